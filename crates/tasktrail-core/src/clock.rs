@@ -1,0 +1,58 @@
+//! Where timestamps come from. Every stored time is UTC with microsecond
+//! precision, so a value read back from any backend equals the one written.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+
+/// A UTC time with microsecond precision.
+pub type Timestamp = DateTime<Utc>;
+
+/// Truncates a time to the microsecond precision every backend stores.
+pub fn truncate_to_micros(at: Timestamp) -> Timestamp {
+    at.duration_trunc(Duration::microseconds(1)).unwrap_or(at)
+}
+
+/// A source of the current time. Workers take one so tests can move time
+/// (for example to make a heartbeat go stale) without sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now, truncated to microseconds.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        truncate_to_micros(Utc::now())
+    }
+}
+
+/// A clock that only moves when told to; clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<Timestamp>>,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn starting_at(start: Timestamp) -> Self {
+        Self {
+            now: Arc::new(Mutex::new(truncate_to_micros(start))),
+        }
+    }
+
+    /// Moves the clock forward (or backward, for a negative duration).
+    pub fn advance(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
+        *now = truncate_to_micros(*now + by);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

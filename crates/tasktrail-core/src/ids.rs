@@ -1,0 +1,141 @@
+//! Identifiers: task ids and worker ids are client-side UUIDs, session ids are
+//! opaque strings handed out by the agent SDK.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+/// The id of one dispatched task: a UUID chosen by the client before the
+/// `running` row is written, so a retry of the same start can never create a
+/// second row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(Uuid);
+
+/// The id of one worker boot. Every boot gets a fresh one, so a restarted
+/// worker never owns the rows of its previous life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(Uuid);
+
+/// An id that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} id {input:?} is not a UUID")]
+pub struct InvalidIdError {
+    what: &'static str,
+    input: String,
+}
+
+macro_rules! uuid_id {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            /// A fresh random (v4) id.
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// Wraps an existing UUID.
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            /// The UUID inside.
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidIdError;
+
+            fn from_str(input: &str) -> Result<Self, Self::Err> {
+                // Only the canonical hyphenated form is accepted: ids are
+                // compared as strings by the SQL backends.
+                let parsed = Uuid::try_parse(input).map_err(|_| InvalidIdError {
+                    what: $what,
+                    input: input.chars().take(64).collect(),
+                })?;
+                if parsed.hyphenated().to_string() != input.to_ascii_lowercase() {
+                    return Err(InvalidIdError {
+                        what: $what,
+                        input: input.chars().take(64).collect(),
+                    });
+                }
+                Ok(Self(parsed))
+            }
+        }
+    };
+}
+
+uuid_id!(TaskId, "task");
+uuid_id!(WorkerId, "worker");
+
+/// The agent SDK's session id (the `claude_sdk_sessions` key). Opaque to
+/// tasktrail; non-empty, at most [`SessionId::MAX_LEN`] bytes, no control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(String);
+
+/// A session id that was empty, too long or held control characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session id is empty, longer than {max} bytes, or holds control characters", max = SessionId::MAX_LEN)]
+pub struct InvalidSessionIdError;
+
+impl SessionId {
+    /// The longest session id accepted, in bytes.
+    pub const MAX_LEN: usize = 200;
+
+    /// Validates a session id.
+    pub fn parse(input: &str) -> Result<Self, InvalidSessionIdError> {
+        if input.trim().is_empty()
+            || input.len() > Self::MAX_LEN
+            || input.chars().any(char::is_control)
+        {
+            return Err(InvalidSessionIdError);
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_round_trips_through_text() {
+        let id = TaskId::new_random();
+        assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected() {
+        for bad in ["", "nope", "1234", "ca432f8fd29e4cab8d4222db730c9419", "{ca432f8f-d29e-4cab-8d42-22db730c9419}"] {
+            assert!(bad.parse::<TaskId>().is_err(), "{bad:?} was accepted");
+        }
+        assert!("ca432f8f-d29e-4cab-8d42-22db730c9419".parse::<TaskId>().is_ok());
+    }
+
+    #[test]
+    fn session_ids_are_validated() {
+        assert!(SessionId::parse("sess_123").is_ok());
+        assert!(SessionId::parse("  ").is_err());
+        assert!(SessionId::parse("a\nb").is_err());
+        assert!(SessionId::parse(&"x".repeat(SessionId::MAX_LEN + 1)).is_err());
+    }
+}

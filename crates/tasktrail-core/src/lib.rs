@@ -1,0 +1,83 @@
+#![warn(missing_docs)]
+//! The tasktrail domain.
+//!
+//! A dispatched task gets a `task_history` row with `status = 'running'` the
+//! moment it starts, one guarded UPDATE when it finishes, and, if its worker
+//! dies, an `interrupted` transition at the next worker boot. This crate holds
+//! the types that make that lifecycle the only one you can write:
+//!
+//! - [`TaskSpec`]: validated input; [`Task<Queued>`] → [`Task<Running>`] →
+//!   [`Task<Finished>`]: the typestate.
+//! - [`Storage`]: what a backend implements; [`MemoryStorage`] beside it.
+//! - [`LivenessPolicy`]: how a booting worker decides another is dead.
+//! - [`RecoveredTask::hint`]: the `[recovery]` line.
+//!
+//! It does no IO and knows no wire format: the SQL backends live in
+//! `tasktrail-diesel`, the process probe and worker runtime in `tasktrail`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tasktrail_core::*;
+//!
+//! let storage = MemoryStorage::new();
+//! let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+//! let worker = RegisteredWorker::register(
+//!     &storage,
+//!     WorkerRegistration {
+//!         id: WorkerId::new_random(),
+//!         host: "dev".into(),
+//!         pid: 4242,
+//!         process_start_marker: "boot:1".into(),
+//!         started_at: clock.now(),
+//!     },
+//!     clock,
+//! )?;
+//! let spec = TaskSpec::validate(TaskSpecInput {
+//!     repo: "acme/widgets".into(),
+//!     issue_number: 1104,
+//!     user: "alice".into(),
+//!     agent: "fixer".into(),
+//!     agent_type: "claude_sdk".into(),
+//!     model: "claude-opus".into(),
+//!     provider: "anthropic".into(),
+//! })?;
+//! let running = Task::queue(spec).start(&worker, &storage)?;
+//! assert_eq!(storage.get_task(running.id())?.map(|row| row.status), Some(TaskStatus::Running));
+//! let finished = running.finish(Outcome::Success(RunReport::empty()), &storage)?;
+//! assert_eq!(storage.get_task(finished.id())?.map(|row| row.status), Some(TaskStatus::Success));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod clock;
+mod ids;
+mod memory;
+mod outcome;
+mod record;
+mod spec;
+mod status;
+mod storage;
+mod task;
+mod worker;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};
+pub use ids::{InvalidIdError, InvalidSessionIdError, SessionId, TaskId, WorkerId};
+pub use memory::MemoryStorage;
+pub use outcome::{CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport};
+pub use record::{
+    human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
+    NewSession, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter,
+    TaskRecord,
+};
+pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
+pub use status::{TaskStatus, UnknownStatusError};
+pub use storage::{BoxError, Storage, StorageError, StorageExt};
+pub use task::{
+    FinishError, Finished, Queued, RegisteredWorker, Running, StartError, Task, TaskState,
+};
+pub use worker::{
+    DeathCause, Liveness, LivenessJudge, LivenessPolicy, PolicyJudge, ProcessProbe, WorkerRecord,
+    WorkerRegistration, WorkerState,
+};

@@ -1,0 +1,330 @@
+//! The in-memory backend: a [`Storage`] for tests and for servers that do not
+//! need the trail to survive a restart. It keeps the same contracts as the SQL
+//! backends (one mutex makes every method one transaction).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::clock::Timestamp;
+use crate::ids::{SessionId, TaskId, WorkerId};
+use crate::outcome::Outcome;
+use crate::record::{
+    recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession,
+    RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter, TaskRecord,
+};
+use crate::status::TaskStatus;
+use crate::storage::{Storage, StorageError};
+use crate::worker::{Liveness, LivenessJudge, WorkerRecord, WorkerRegistration, WorkerState};
+
+/// A [`Storage`] held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    workers: BTreeMap<WorkerId, WorkerRecord>,
+    sessions: BTreeMap<SessionId, SessionRecord>,
+    /// INSERT statements attempted into `task_history`, per id (counted
+    /// before the duplicate check, as a SQL statement log would).
+    task_inserts: HashMap<TaskId, usize>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many INSERTs into `task_history` were issued for `id`.
+    pub fn task_insert_statements(&self, id: TaskId) -> usize {
+        self.lock().task_inserts.get(&id).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn worker_must_be_alive(&self, id: WorkerId) -> Result<(), StorageError> {
+        match self.workers.get(&id) {
+            None => Err(StorageError::UnknownWorker { id }),
+            Some(worker) if worker.state != WorkerState::Alive => {
+                Err(StorageError::WorkerNotAlive { id })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn invalidate_sessions_of(&mut self, task: TaskId, at: Timestamp, reason: &str) -> u32 {
+        let mut invalidated = 0;
+        for session in self.sessions.values_mut() {
+            if session.task_id == task && session.invalidated_at.is_none() {
+                session.invalidated_at = Some(at);
+                session.invalidation_reason = Some(reason.to_owned());
+                invalidated += 1;
+            }
+        }
+        invalidated
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if inner.workers.contains_key(&registration.id) {
+            return Err(StorageError::DuplicateWorker {
+                id: registration.id,
+            });
+        }
+        inner.workers.insert(
+            registration.id,
+            WorkerRecord {
+                id: registration.id,
+                host: registration.host.clone(),
+                pid: registration.pid,
+                process_start_marker: registration.process_start_marker.clone(),
+                started_at: registration.started_at,
+                heartbeat_at: registration.started_at,
+                state: WorkerState::Alive,
+                stopped_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.worker_must_be_alive(worker)?;
+        if let Some(record) = inner.workers.get_mut(&worker) {
+            record.heartbeat_at = record.heartbeat_at.max(at);
+        }
+        Ok(())
+    }
+
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let record = inner
+            .workers
+            .get_mut(&worker)
+            .ok_or(StorageError::UnknownWorker { id: worker })?;
+        if record.state == WorkerState::Alive {
+            record.state = WorkerState::Stopped;
+            record.stopped_at = Some(at);
+        }
+        Ok(())
+    }
+
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.worker_must_be_alive(row.worker)?;
+        *inner.task_inserts.entry(row.id).or_default() += 1;
+        if inner.tasks.contains_key(&row.id) {
+            return Err(StorageError::DuplicateTask { id: row.id });
+        }
+        let spec = &row.spec;
+        inner.tasks.insert(
+            row.id,
+            TaskRecord {
+                id: row.id,
+                repo: spec.repo().to_owned(),
+                issue_number: spec.issue_number(),
+                user: spec.user().to_owned(),
+                agent: spec.agent().to_owned(),
+                agent_type: spec.agent_type().to_owned(),
+                model: spec.model().to_owned(),
+                provider: spec.provider().to_owned(),
+                status: TaskStatus::Running,
+                worker_id: Some(row.worker),
+                started_at: row.started_at,
+                finished_at: None,
+                input_tokens: None,
+                output_tokens: None,
+                cost_usd: None,
+                turns: None,
+                artifacts: None,
+                interrupted_at: None,
+                interrupt_reason: None,
+                interrupted_by: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        let mut inner = self.lock();
+        let Some(record) = inner.tasks.get_mut(&row.id) else {
+            return Ok(FinishWrite::Refused(FinishRefusal::Missing));
+        };
+        if record.status != TaskStatus::Running || record.worker_id != Some(row.worker) {
+            return Ok(FinishWrite::Refused(record.refusal_for(row.worker)));
+        }
+        record.status = row.outcome.status();
+        match &row.outcome {
+            Outcome::Interrupted(reason) => {
+                record.interrupted_at = Some(row.at);
+                record.interrupt_reason = Some(reason.as_str().to_owned());
+                record.interrupted_by = Some(row.worker);
+                let reason = format!("task interrupted: {reason}");
+                inner.invalidate_sessions_of(row.id, row.at, &reason);
+            }
+            Outcome::Success(report)
+            | Outcome::Failure(report)
+            | Outcome::Cancelled(report)
+            | Outcome::AbortedNoSkill(report) => {
+                record.finished_at = Some(row.at);
+                record.input_tokens = Some(report.input_tokens);
+                record.output_tokens = Some(report.output_tokens);
+                record.cost_usd = Some(report.cost_usd.dollars());
+                record.turns = Some(report.turns);
+                record.artifacts = Some(report.artifacts.clone());
+            }
+        }
+        Ok(FinishWrite::Updated)
+    }
+
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let mut inner = self.lock();
+        let mut verdicts: BTreeMap<Option<WorkerId>, Liveness> = BTreeMap::new();
+        let orphans: Vec<(TaskId, Option<WorkerId>)> = inner
+            .tasks
+            .values()
+            .filter(|task| task.status == TaskStatus::Running)
+            .filter(|task| task.worker_id != Some(request.recovering_worker))
+            .map(|task| (task.id, task.worker_id))
+            .collect();
+        let mut recovered = Vec::new();
+        for (task_id, owner) in orphans {
+            let verdict = verdicts
+                .entry(owner)
+                .or_insert_with(|| judge.judge(owner.and_then(|id| inner.workers.get(&id))))
+                .clone();
+            let Liveness::Dead(cause) = verdict else {
+                continue;
+            };
+            let reason = recovery_reason(owner, &cause);
+            let mut task = inner.tasks[&task_id].clone();
+            task.status = TaskStatus::Interrupted;
+            task.interrupted_at = Some(request.now);
+            task.interrupt_reason = Some(reason.clone());
+            task.interrupted_by = Some(request.recovering_worker);
+            let sessions_invalidated = match request.mode {
+                SweepMode::DryRun => inner
+                    .sessions
+                    .values()
+                    .filter(|s| s.task_id == task_id && s.invalidated_at.is_none())
+                    .count() as u32,
+                SweepMode::Apply => {
+                    inner.tasks.insert(task_id, task.clone());
+                    inner.invalidate_sessions_of(task_id, request.now, &reason)
+                }
+            };
+            recovered.push(RecoveredTask {
+                task,
+                dead_worker: owner,
+                cause,
+                recovered_by: request.recovering_worker,
+                recovered_at: request.now,
+                sessions_invalidated,
+            });
+        }
+        if request.mode == SweepMode::Apply {
+            for (owner, verdict) in &verdicts {
+                if let (Some(owner), Liveness::Dead(_)) = (owner, verdict) {
+                    if let Some(worker) = inner.workers.get_mut(owner) {
+                        if worker.state == WorkerState::Alive {
+                            worker.state = WorkerState::Dead;
+                            worker.stopped_at = Some(request.now);
+                        }
+                    }
+                }
+            }
+        }
+        recovered.sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
+        Ok(recovered)
+    }
+
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner.worker_must_be_alive(session.worker)?;
+        let owned_and_running = inner.tasks.get(&session.task_id).is_some_and(|task| {
+            task.status == TaskStatus::Running && task.worker_id == Some(session.worker)
+        });
+        if !owned_and_running {
+            return Err(StorageError::TaskNotRunning {
+                id: session.task_id,
+            });
+        }
+        if inner.sessions.contains_key(&session.session_id) {
+            return Err(StorageError::DuplicateSession);
+        }
+        inner.sessions.insert(
+            session.session_id.clone(),
+            SessionRecord {
+                session_id: session.session_id.clone(),
+                task_id: session.task_id,
+                repo: session.repo.clone(),
+                issue_number: session.issue_number,
+                agent: session.agent.clone(),
+                created_at: session.created_at,
+                invalidated_at: None,
+                invalidation_reason: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        let inner = self.lock();
+        Ok(inner
+            .sessions
+            .values()
+            .filter(|s| s.repo == key.repo && s.issue_number == key.issue_number && s.agent == key.agent)
+            .filter(|s| s.invalidated_at.is_none())
+            .filter(|s| {
+                inner
+                    .tasks
+                    .get(&s.task_id)
+                    .is_some_and(|task| task.status.is_final() && task.status != TaskStatus::Interrupted)
+            })
+            .max_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)))
+            .cloned())
+    }
+
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        let mut sessions: Vec<SessionRecord> = self.lock().sessions.values().cloned().collect();
+        sessions.sort_by(|a, b| (b.created_at, &b.session_id).cmp(&(a.created_at, &a.session_id)));
+        Ok(sessions)
+    }
+
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        Ok(self.lock().tasks.get(&id).cloned())
+    }
+
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        let inner = self.lock();
+        let mut tasks: Vec<TaskRecord> = inner
+            .tasks
+            .values()
+            .filter(|task| filter.status.is_none_or(|status| task.status == status))
+            .filter(|task| filter.repo.as_ref().is_none_or(|repo| &task.repo == repo))
+            .cloned()
+            .collect();
+        tasks.sort_by(|a, b| (b.started_at, b.id).cmp(&(a.started_at, a.id)));
+        if let Some(limit) = filter.limit {
+            tasks.truncate(limit as usize);
+        }
+        Ok(tasks)
+    }
+}

@@ -1,0 +1,310 @@
+//! Plain records: what the [`Storage`](crate::Storage) trait reads and writes.
+//!
+//! A record read back from storage is data, never a
+//! [`Task<Running>`](crate::Task): only the worker that started a task holds
+//! the value that can finish it.
+
+use chrono::Duration;
+
+use crate::clock::Timestamp;
+use crate::ids::{SessionId, TaskId, WorkerId};
+use crate::outcome::Outcome;
+use crate::spec::TaskSpec;
+use crate::status::TaskStatus;
+use crate::worker::DeathCause;
+
+/// A `task_history` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// `id`
+    pub id: TaskId,
+    /// `repo`
+    pub repo: String,
+    /// `issue_number`
+    pub issue_number: u32,
+    /// `user`
+    pub user: String,
+    /// `agent`
+    pub agent: String,
+    /// `agent_type`
+    pub agent_type: String,
+    /// `model`
+    pub model: String,
+    /// `provider`
+    pub provider: String,
+    /// `status`
+    pub status: TaskStatus,
+    /// `worker_id`: the worker that started the task (NULL on rows written
+    /// before the fix).
+    pub worker_id: Option<WorkerId>,
+    /// `started_at`
+    pub started_at: Timestamp,
+    /// `finished_at`: NULL while running and for interrupted rows.
+    pub finished_at: Option<Timestamp>,
+    /// `input_tokens`
+    pub input_tokens: Option<u32>,
+    /// `output_tokens`
+    pub output_tokens: Option<u32>,
+    /// `cost_usd`
+    pub cost_usd: Option<f64>,
+    /// `turns`
+    pub turns: Option<u32>,
+    /// `artifacts`
+    pub artifacts: Option<Vec<String>>,
+    /// `interrupted_at`: when the row became `interrupted`.
+    pub interrupted_at: Option<Timestamp>,
+    /// `interrupt_reason`
+    pub interrupt_reason: Option<String>,
+    /// `interrupted_by`: the worker that marked the row interrupted (the
+    /// owner itself on shutdown, or the worker whose boot recovered it).
+    pub interrupted_by: Option<WorkerId>,
+}
+
+impl TaskRecord {
+    /// Why a finish of this row by `worker` (guarded by `status = 'running'`
+    /// and ownership) matches nothing. Backends call it after their guarded
+    /// UPDATE touched no row.
+    pub fn refusal_for(&self, worker: WorkerId) -> FinishRefusal {
+        if self.status == TaskStatus::Interrupted && self.interrupted_by != self.worker_id {
+            FinishRefusal::InterruptedByRecovery {
+                recovered_by: self.interrupted_by,
+            }
+        } else if self.worker_id != Some(worker) {
+            FinishRefusal::OwnedByAnotherWorker {
+                owner: self.worker_id,
+            }
+        } else {
+            FinishRefusal::AlreadyFinished {
+                status: self.status,
+            }
+        }
+    }
+
+    /// `repo#issue_number`.
+    pub fn repo_issue(&self) -> String {
+        format!("{}#{}", self.repo, self.issue_number)
+    }
+}
+
+/// Filters for [`Storage::list_tasks`](crate::Storage::list_tasks). Rows
+/// come back newest `started_at` first (ties broken by id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only rows with this status.
+    pub status: Option<TaskStatus>,
+    /// Only rows of this `owner/name`.
+    pub repo: Option<String>,
+    /// At most this many rows.
+    pub limit: Option<u32>,
+}
+
+/// The INSERT a start issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRunningRow {
+    /// The client-side id.
+    pub id: TaskId,
+    /// The validated spec.
+    pub spec: TaskSpec,
+    /// The owning worker.
+    pub worker: WorkerId,
+    /// `started_at`
+    pub started_at: Timestamp,
+}
+
+/// The guarded UPDATE a finish issues: it matches only the row with this id
+/// that is still `running` and owned by this worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishRow {
+    /// The row.
+    pub id: TaskId,
+    /// The worker that must own it.
+    pub worker: WorkerId,
+    /// How the task ended.
+    pub outcome: Outcome,
+    /// When: `finished_at` for a completed task, `interrupted_at` for an
+    /// interrupted one.
+    pub at: Timestamp,
+}
+
+/// What a guarded finish UPDATE did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishWrite {
+    /// Exactly one row was updated.
+    Updated,
+    /// No row matched; nothing was written. Says what the row is now.
+    Refused(FinishRefusal),
+}
+
+/// Why a finish matched no row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishRefusal {
+    /// There is no row with this id.
+    Missing,
+    /// The row already has this final status (finished by its owner).
+    AlreadyFinished {
+        /// The status it has.
+        status: TaskStatus,
+    },
+    /// A recovery sweep declared the owner dead and marked the row
+    /// `interrupted`.
+    InterruptedByRecovery {
+        /// The worker whose boot did it.
+        recovered_by: Option<WorkerId>,
+    },
+    /// The row belongs to another worker.
+    OwnedByAnotherWorker {
+        /// Its owner.
+        owner: Option<WorkerId>,
+    },
+}
+
+/// A `claude_sdk_sessions` row to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The SDK's session id.
+    pub session_id: SessionId,
+    /// The task running under it (must be `running` and owned by `worker`).
+    pub task_id: TaskId,
+    /// The worker recording it.
+    pub worker: WorkerId,
+    /// `repo` of the task.
+    pub repo: String,
+    /// `issue_number` of the task.
+    pub issue_number: u32,
+    /// `agent` of the task.
+    pub agent: String,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// Which conversation a new task would like to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// `owner/name`
+    pub repo: String,
+    /// The issue.
+    pub issue_number: u32,
+    /// The agent.
+    pub agent: String,
+}
+
+/// A `claude_sdk_sessions` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// `session_id`
+    pub session_id: SessionId,
+    /// `task_id`
+    pub task_id: TaskId,
+    /// `repo`
+    pub repo: String,
+    /// `issue_number`
+    pub issue_number: u32,
+    /// `agent`
+    pub agent: String,
+    /// `created_at`
+    pub created_at: Timestamp,
+    /// `invalidated_at`: set when the task was interrupted; an invalidated
+    /// session is never offered for resume.
+    pub invalidated_at: Option<Timestamp>,
+    /// `invalidation_reason`
+    pub invalidation_reason: Option<String>,
+}
+
+/// Whether a sweep writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SweepMode {
+    /// Transition, invalidate and report.
+    Apply,
+    /// Report what `Apply` would do; change nothing.
+    DryRun,
+}
+
+/// A recovery sweep's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryRequest {
+    /// The worker running the sweep (never judged: it is alive).
+    pub recovering_worker: WorkerId,
+    /// The sweep's time: `interrupted_at` and `invalidated_at`.
+    pub now: Timestamp,
+    /// Apply or dry run.
+    pub mode: SweepMode,
+}
+
+/// One task a sweep turned from `running` into `interrupted`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveredTask {
+    /// The row as it is after the sweep (as it would be, on a dry run).
+    pub task: TaskRecord,
+    /// The dead owner (None for a row that named no worker).
+    pub dead_worker: Option<WorkerId>,
+    /// Why the owner counts as dead.
+    pub cause: DeathCause,
+    /// The worker whose sweep recovered it.
+    pub recovered_by: WorkerId,
+    /// When.
+    pub recovered_at: Timestamp,
+    /// How many `claude_sdk_sessions` rows were invalidated with it.
+    pub sessions_invalidated: u32,
+}
+
+impl RecoveredTask {
+    /// How long the task had run when it was recovered.
+    pub fn ran_for(&self) -> Duration {
+        self.recovered_at - self.task.started_at
+    }
+
+    /// The one `[recovery] ` log line for this task: id, `repo#issue`,
+    /// agent, model, the dead worker, `started_at`, how long it ran, and why.
+    /// Never artifacts or session content.
+    pub fn hint(&self) -> String {
+        let worker = self
+            .dead_worker
+            .map_or_else(|| "none".to_owned(), |id| id.to_string());
+        format!(
+            "[recovery] task {} ({}) agent={} model={} worker={} started_at={} ran_for={} marked interrupted: {}; {} session(s) invalidated",
+            self.task.id,
+            self.task.repo_issue(),
+            self.task.agent,
+            self.task.model,
+            worker,
+            self.task.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            human_duration(self.ran_for()),
+            self.cause,
+            self.sessions_invalidated,
+        )
+    }
+}
+
+/// `1h02m03s`, `4m05s`, `6s`; negative durations (clock skew) print as `0s`.
+pub fn human_duration(duration: Duration) -> String {
+    let total = duration.num_seconds().max(0);
+    let (hours, minutes, seconds) = (total / 3600, (total % 3600) / 60, total % 60);
+    if hours > 0 {
+        format!("{hours}h{minutes:02}m{seconds:02}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds:02}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// The `interrupt_reason` a sweep stores for a recovered task.
+pub fn recovery_reason(dead_worker: Option<WorkerId>, cause: &DeathCause) -> String {
+    match dead_worker {
+        Some(worker) => format!("recovered at boot: worker {worker} died ({cause})"),
+        None => format!("recovered at boot: {cause}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human_duration(Duration::seconds(6)), "6s");
+        assert_eq!(human_duration(Duration::seconds(36 * 60 + 5)), "36m05s");
+        assert_eq!(human_duration(Duration::seconds(3723)), "1h02m03s");
+        assert_eq!(human_duration(Duration::seconds(-4)), "0s");
+    }
+}
