@@ -1,0 +1,24 @@
+#![warn(missing_docs)]
+//! Diesel backends for tasktrail.
+//!
+//! - [`SqliteStorage`] (feature `sqlite`, on by default): the embedded
+//!   default, one file per deployment, WAL journal, a busy timeout so several
+//!   worker processes on one file wait for each other instead of failing.
+//! - `PostgresStorage` (feature `postgres`): one database shared by workers on
+//!   many hosts.
+//!
+//! Each backend embeds its own migrations (`migrations/sqlite`,
+//! `migrations/postgres` at the workspace root) and runs them when a store is
+//! opened. Diesel errors never leave this crate: they are mapped onto
+//! [`tasktrail_core::StorageError`] kinds.
+
+mod codec;
+mod statement_log;
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use statement_log::StatementLog;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};

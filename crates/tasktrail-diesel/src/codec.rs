@@ -1,0 +1,105 @@
+//! Encodings shared by the SQL backends: timestamps as fixed-width RFC 3339
+//! text (SQLite), artifacts as a JSON array, and integers checked on the way
+//! back in. A value that does not decode is a `CorruptRow`, never a panic.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState};
+
+pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
+    StorageError::CorruptRow {
+        detail: detail.into(),
+    }
+}
+
+/// `2026-05-11T15:13:02.123456Z`: fixed width, so text order is time order.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn encode_timestamp(at: Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, StorageError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| corrupt(format!("{column} {text:?} is not an RFC 3339 time")))
+}
+
+pub(crate) fn encode_artifacts(artifacts: &[String]) -> String {
+    serde_json::Value::Array(
+        artifacts
+            .iter()
+            .map(|artifact| serde_json::Value::String(artifact.clone()))
+            .collect(),
+    )
+    .to_string()
+}
+
+pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, StorageError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| corrupt(format!("task {id}: artifacts are not valid JSON")))?;
+    let serde_json::Value::Array(items) = value else {
+        return Err(corrupt(format!("task {id}: artifacts are not a JSON array")));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(text) => Ok(text),
+            other => Ok(other.to_string()),
+        })
+        .collect()
+}
+
+pub(crate) fn decode_status(id: &str, text: &str) -> Result<TaskStatus, StorageError> {
+    text.parse()
+        .map_err(|_| corrupt(format!("task {id}: unknown status {text:?}")))
+}
+
+pub(crate) fn decode_worker_state(id: &str, text: &str) -> Result<WorkerState, StorageError> {
+    WorkerState::from_column(text)
+        .ok_or_else(|| corrupt(format!("worker {id}: unknown state {text:?}")))
+}
+
+pub(crate) fn decode_task_id(text: &str) -> Result<TaskId, StorageError> {
+    text.parse()
+        .map_err(|_| corrupt(format!("task id {text:?} is not a UUID")))
+}
+
+pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, StorageError> {
+    text.parse()
+        .map_err(|_| corrupt(format!("{column} {text:?} is not a UUID")))
+}
+
+pub(crate) fn decode_u32(column: &str, id: &str, value: i64) -> Result<u32, StorageError> {
+    u32::try_from(value)
+        .map_err(|_| corrupt(format!("{id}: {column} {value} is out of range")))
+}
+
+pub(crate) fn decode_cost(id: &str, value: f64) -> Result<f64, StorageError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(corrupt(format!("task {id}: cost_usd {value} is not a finite amount >= 0")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_round_trip_and_garbage_is_corrupt() {
+        let artifacts = vec!["pr/12".to_owned(), "a \"quoted\" path".to_owned()];
+        assert_eq!(decode_artifacts("t", &encode_artifacts(&artifacts)).ok(), Some(artifacts));
+        assert!(matches!(decode_artifacts("t", "{not json"), Err(StorageError::CorruptRow { .. })));
+        assert!(matches!(decode_artifacts("t", "{\"a\":1}"), Err(StorageError::CorruptRow { .. })));
+    }
+
+    #[test]
+    fn timestamps_are_fixed_width_and_round_trip() {
+        let at = tasktrail_core::truncate_to_micros(Utc::now());
+        let text = encode_timestamp(at);
+        assert_eq!(text.len(), "2026-05-11T15:13:02.123456Z".len());
+        assert_eq!(decode_timestamp("started_at", &text).ok(), Some(at));
+        assert!(decode_timestamp("started_at", "yesterday").is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! The SQLite backend: the embedded default.
+
+mod rows;
+mod schema;
+mod store;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel::migration::{Migration, MigrationSource};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use tasktrail_core::StorageError;
+
+use crate::statement_log::StatementLog;
+
+/// The SQLite migrations, embedded at build time from `migrations/sqlite`.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// How hard a commit tries to reach the disk. Both settings use the WAL
+/// journal; neither loses a committed row when the *process* is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SqliteDurability {
+    /// `PRAGMA synchronous = FULL`: every commit is fsynced before it
+    /// returns. A committed row survives an OS crash or power loss. The
+    /// default: an audit trail is the record of last resort.
+    #[default]
+    Full,
+    /// `PRAGMA synchronous = NORMAL`: commits are fsynced at WAL checkpoints.
+    /// Faster; the last commits before an OS crash or power loss may be lost
+    /// (never on a process crash, and the file is never corrupted).
+    Normal,
+}
+
+impl SqliteDurability {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteDurability::Full => "FULL",
+            SqliteDurability::Normal => "NORMAL",
+        }
+    }
+}
+
+/// How to open a SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// See [`SqliteDurability`].
+    pub durability: SqliteDurability,
+    /// How long a statement waits for another process's write lock before it
+    /// fails with [`StorageError::Unavailable`]. Default 30 s.
+    pub busy_timeout: Duration,
+    /// Record the INSERTs into `task_history` this store issues (tests).
+    pub statement_log: Option<StatementLog>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: SqliteDurability::default(),
+            busy_timeout: Duration::from_secs(30),
+            statement_log: None,
+        }
+    }
+}
+
+/// A [`tasktrail_core::Storage`] on one SQLite file.
+///
+/// One connection per store, behind a mutex: every method is one statement or
+/// one `BEGIN IMMEDIATE` transaction, so writers from several processes queue
+/// on the file lock (for up to the busy timeout) instead of failing.
+pub struct SqliteStorage {
+    connection: Mutex<SqliteConnection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating it, readable by its owner only) the database at
+    /// `path` with default options and applies pending migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens the database at `path` and applies pending migrations.
+    ///
+    /// Refuses ([`StorageError::Incompatible`]) a file that is not a SQLite
+    /// database, a database that holds tables but is not a tasktrail one,
+    /// and a database migrated by a newer tasktrail.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StorageError> {
+        let store = Self::open_unmigrated(path, &options)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens the database without running migrations (the upgrade tests use
+    /// it to start from an old schema).
+    pub fn open_unmigrated(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        create_owner_only(&path)?;
+        let url = path
+            .to_str()
+            .ok_or_else(|| StorageError::Incompatible {
+                detail: format!("database path {} is not valid UTF-8", path.display()),
+            })?
+            .to_owned();
+        let mut connection = SqliteConnection::establish(&url).map_err(map_connection_error)?;
+        if let Some(log) = &options.statement_log {
+            connection.set_instrumentation(log.instrumentation());
+        }
+        connection
+            .batch_execute(&format!(
+                "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON;",
+                options.busy_timeout.as_millis().min(i32::MAX as u128)
+            ))
+            .map_err(map_error)?;
+        // The first read tells a file that is not a database apart.
+        ensure_ours(&mut connection)?;
+        connection
+            .batch_execute(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {};",
+                options.durability.pragma()
+            ))
+            .map_err(map_error)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            path,
+        })
+    }
+
+    /// Applies pending migrations; returns the versions it applied (empty
+    /// when the schema was already current). Idempotent.
+    pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
+        let mut connection = self.connection();
+        ensure_ours(&mut connection)?;
+        let applied = connection
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map_err(|error| StorageError::Other { source: error })?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    }
+
+    /// The migration versions applied to this database, oldest first.
+    pub fn applied_migrations(&self) -> Result<Vec<String>, StorageError> {
+        let mut connection = self.connection();
+        let mut versions: Vec<String> = connection
+            .applied_migrations()
+            .map_err(|error| StorageError::Other { source: error })?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        versions.sort();
+        Ok(versions)
+    }
+
+    /// The file this store uses.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the raw Diesel connection (tests, benchmarks, and
+    /// operators' one-off repairs).
+    pub fn with_connection<T>(&self, f: impl FnOnce(&mut SqliteConnection) -> T) -> T {
+        f(&mut self.connection())
+    }
+
+    fn connection(&self) -> MutexGuard<'_, SqliteConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist yet, so the database
+/// and (by SQLite's rule of copying the main file's mode) its WAL are readable
+/// by their owner only.
+fn create_owner_only(path: &Path) -> Result<(), StorageError> {
+    if path.exists() {
+        return Ok(());
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|error| StorageError::Unavailable {
+            source: Box::new(error),
+        })
+}
+
+/// The migration versions this binary knows.
+fn known_versions() -> Result<Vec<String>, StorageError> {
+    let migrations: Vec<Box<dyn Migration<diesel::sqlite::Sqlite>>> =
+        MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+            .map_err(|error| StorageError::Other { source: error })?;
+    Ok(migrations
+        .iter()
+        .map(|migration| migration.name().version().to_string())
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct TableName {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    version: String,
+}
+
+/// Refuses a database that is not ours or is newer than this binary.
+fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
+    let tables: Vec<TableName> = diesel::sql_query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .load(connection)
+    .map_err(map_error)?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if !tables.iter().any(|t| t.name == "__diesel_schema_migrations") {
+        return Err(StorageError::Incompatible {
+            detail: "the database holds tables but is not a tasktrail database".to_owned(),
+        });
+    }
+    let applied: Vec<Version> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load(connection)
+            .map_err(map_error)?;
+    let known = known_versions()?;
+    if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
+        return Err(StorageError::Incompatible {
+            detail: format!(
+                "the database has migration {} which this tasktrail does not know: it was written by a newer tasktrail or another program",
+                unknown.version
+            ),
+        });
+    }
+    if !tables.iter().any(|t| t.name == "task_history") && !applied.is_empty() {
+        return Err(StorageError::Incompatible {
+            detail: "the database has migrations but no task_history table".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn map_connection_error(error: ConnectionError) -> StorageError {
+    let text = error.to_string();
+    if text.contains("not a database") {
+        StorageError::Incompatible {
+            detail: "the file is not a SQLite database".to_owned(),
+        }
+    } else {
+        StorageError::Unavailable {
+            source: Box::new(error),
+        }
+    }
+}
+
+/// Maps a Diesel error onto a public kind. Unique violations are mapped by
+/// the callers, which know which row they were writing.
+pub(crate) fn map_error(error: DieselError) -> StorageError {
+    match &error {
+        DieselError::DatabaseError(kind, info) => {
+            let message = info.message().to_ascii_lowercase();
+            if message.contains("not a database") || message.contains("malformed") {
+                StorageError::Incompatible {
+                    detail: format!("the file is not a usable SQLite database ({message})"),
+                }
+            } else if message.contains("no such table") || message.contains("no such column") {
+                StorageError::Incompatible {
+                    detail: format!("the database schema is not tasktrail's ({message})"),
+                }
+            } else if matches!(kind, DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation) {
+                StorageError::CorruptRow {
+                    detail: format!("a constraint rejected the write ({message})"),
+                }
+            } else if message.contains("locked")
+                || message.contains("busy")
+                || message.contains("full")
+                || message.contains("readonly")
+                || message.contains("read-only")
+                || message.contains("disk i/o")
+                || message.contains("unable to open")
+            {
+                StorageError::Unavailable {
+                    source: Box::new(error),
+                }
+            } else {
+                StorageError::Other {
+                    source: Box::new(error),
+                }
+            }
+        }
+        _ => StorageError::Other {
+            source: Box::new(error),
+        },
+    }
+}

@@ -1,0 +1,197 @@
+//! Row structs for the SQLite schema and their conversion to and from the
+//! domain records.
+
+use diesel::prelude::*;
+use tasktrail_core::{
+    NewRunningRow, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
+    WorkerRegistration, WorkerState,
+};
+
+use super::schema::{claude_sdk_sessions, task_history, workers};
+use crate::codec::{
+    corrupt, decode_artifacts, decode_cost, decode_status, decode_task_id, decode_timestamp,
+    decode_u32, decode_worker_id, decode_worker_state, encode_timestamp,
+};
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = task_history)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct TaskRow {
+    id: String,
+    repo: String,
+    issue_number: i64,
+    user: String,
+    agent: String,
+    agent_type: String,
+    model: String,
+    provider: String,
+    status: String,
+    started_at: String,
+    finished_at: Option<String>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_usd: Option<f64>,
+    turns: Option<i64>,
+    artifacts: Option<String>,
+    worker_id: Option<String>,
+    interrupted_at: Option<String>,
+    interrupt_reason: Option<String>,
+    interrupted_by: Option<String>,
+}
+
+impl TaskRow {
+    pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
+        let id = decode_task_id(&self.id)?;
+        let label = format!("task {}", self.id);
+        let optional_u32 = |column: &str, value: Option<i64>| {
+            value.map(|v| decode_u32(column, &label, v)).transpose()
+        };
+        let optional_time = |column: &str, value: Option<String>| {
+            value.map(|v| decode_timestamp(column, &v)).transpose()
+        };
+        let optional_worker = |column: &str, value: Option<String>| {
+            value.map(|v| decode_worker_id(column, &v)).transpose()
+        };
+        Ok(TaskRecord {
+            id,
+            repo: self.repo,
+            issue_number: decode_u32("issue_number", &label, self.issue_number)?,
+            user: self.user,
+            agent: self.agent,
+            agent_type: self.agent_type,
+            model: self.model,
+            provider: self.provider,
+            status: decode_status(&self.id, &self.status)?,
+            worker_id: optional_worker("worker_id", self.worker_id)?,
+            started_at: decode_timestamp("started_at", &self.started_at)?,
+            finished_at: optional_time("finished_at", self.finished_at)?,
+            input_tokens: optional_u32("input_tokens", self.input_tokens)?,
+            output_tokens: optional_u32("output_tokens", self.output_tokens)?,
+            cost_usd: self.cost_usd.map(|c| decode_cost(&self.id, c)).transpose()?,
+            turns: optional_u32("turns", self.turns)?,
+            artifacts: self
+                .artifacts
+                .map(|a| decode_artifacts(&self.id, &a))
+                .transpose()?,
+            interrupted_at: optional_time("interrupted_at", self.interrupted_at)?,
+            interrupt_reason: self.interrupt_reason,
+            interrupted_by: optional_worker("interrupted_by", self.interrupted_by)?,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = task_history)]
+pub(super) struct NewTaskRow {
+    id: String,
+    repo: String,
+    issue_number: i64,
+    user: String,
+    agent: String,
+    agent_type: String,
+    model: String,
+    provider: String,
+    status: &'static str,
+    started_at: String,
+    worker_id: String,
+}
+
+impl NewTaskRow {
+    pub(super) fn from_domain(row: &NewRunningRow) -> Self {
+        let spec = &row.spec;
+        Self {
+            id: row.id.to_string(),
+            repo: spec.repo().to_owned(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user().to_owned(),
+            agent: spec.agent().to_owned(),
+            agent_type: spec.agent_type().to_owned(),
+            model: spec.model().to_owned(),
+            provider: spec.provider().to_owned(),
+            status: tasktrail_core::TaskStatus::Running.as_str(),
+            started_at: encode_timestamp(row.started_at),
+            worker_id: row.worker.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = workers)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct WorkerRow {
+    id: String,
+    host: String,
+    pid: i64,
+    process_start_marker: String,
+    started_at: String,
+    heartbeat_at: String,
+    state: String,
+    stopped_at: Option<String>,
+}
+
+impl WorkerRow {
+    pub(super) fn from_registration(registration: &WorkerRegistration) -> Self {
+        let started_at = encode_timestamp(registration.started_at);
+        Self {
+            id: registration.id.to_string(),
+            host: registration.host.clone(),
+            pid: i64::from(registration.pid),
+            process_start_marker: registration.process_start_marker.clone(),
+            heartbeat_at: started_at.clone(),
+            started_at,
+            state: WorkerState::Alive.as_str().to_owned(),
+            stopped_at: None,
+        }
+    }
+
+    pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
+        let label = format!("worker {}", self.id);
+        Ok(WorkerRecord {
+            id: decode_worker_id("workers.id", &self.id)?,
+            host: self.host,
+            pid: decode_u32("pid", &label, self.pid)?,
+            process_start_marker: self.process_start_marker,
+            started_at: decode_timestamp("started_at", &self.started_at)?,
+            heartbeat_at: decode_timestamp("heartbeat_at", &self.heartbeat_at)?,
+            state: decode_worker_state(&self.id, &self.state)?,
+            stopped_at: self
+                .stopped_at
+                .map(|at| decode_timestamp("stopped_at", &at))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = claude_sdk_sessions)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct SessionRow {
+    pub(super) session_id: String,
+    pub(super) task_id: String,
+    pub(super) repo: String,
+    pub(super) issue_number: i64,
+    pub(super) agent: String,
+    pub(super) created_at: String,
+    pub(super) invalidated_at: Option<String>,
+    pub(super) invalidation_reason: Option<String>,
+}
+
+impl SessionRow {
+    pub(super) fn into_record(self) -> Result<SessionRecord, StorageError> {
+        let label = format!("session {}", self.session_id);
+        Ok(SessionRecord {
+            session_id: SessionId::parse(&self.session_id)
+                .map_err(|_| corrupt(format!("{label}: invalid session id")))?,
+            task_id: decode_task_id(&self.task_id)?,
+            repo: self.repo,
+            issue_number: decode_u32("issue_number", &label, self.issue_number)?,
+            agent: self.agent,
+            created_at: decode_timestamp("created_at", &self.created_at)?,
+            invalidated_at: self
+                .invalidated_at
+                .map(|at| decode_timestamp("invalidated_at", &at))
+                .transpose()?,
+            invalidation_reason: self.invalidation_reason,
+        })
+    }
+}

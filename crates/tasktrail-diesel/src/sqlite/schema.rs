@@ -1,0 +1,55 @@
+//! The SQLite schema after every migration in `migrations/sqlite`.
+
+diesel::table! {
+    task_history (id) {
+        id -> Text,
+        repo -> Text,
+        issue_number -> BigInt,
+        user -> Text,
+        agent -> Text,
+        agent_type -> Text,
+        model -> Text,
+        provider -> Text,
+        status -> Text,
+        started_at -> Text,
+        finished_at -> Nullable<Text>,
+        input_tokens -> Nullable<BigInt>,
+        output_tokens -> Nullable<BigInt>,
+        cost_usd -> Nullable<Double>,
+        turns -> Nullable<BigInt>,
+        artifacts -> Nullable<Text>,
+        worker_id -> Nullable<Text>,
+        interrupted_at -> Nullable<Text>,
+        interrupt_reason -> Nullable<Text>,
+        interrupted_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    workers (id) {
+        id -> Text,
+        host -> Text,
+        pid -> BigInt,
+        process_start_marker -> Text,
+        started_at -> Text,
+        heartbeat_at -> Text,
+        state -> Text,
+        stopped_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    claude_sdk_sessions (session_id) {
+        session_id -> Text,
+        task_id -> Text,
+        repo -> Text,
+        issue_number -> BigInt,
+        agent -> Text,
+        created_at -> Text,
+        invalidated_at -> Nullable<Text>,
+        invalidation_reason -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(claude_sdk_sessions -> task_history (task_id));
+diesel::allow_tables_to_appear_in_same_query!(task_history, workers, claude_sdk_sessions);

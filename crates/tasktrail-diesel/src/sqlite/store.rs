@@ -1,0 +1,488 @@
+//! `impl Storage for SqliteStorage`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use tasktrail_core::{
+    recovery_reason, FinishRow, FinishWrite, Liveness, LivenessJudge, NewRunningRow, NewSession,
+    Outcome, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError,
+    SweepMode, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord,
+    WorkerRegistration, WorkerState,
+};
+
+use super::rows::{NewTaskRow, SessionRow, TaskRow, WorkerRow};
+use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::{map_error, SqliteStorage};
+use crate::codec::{encode_artifacts, encode_timestamp};
+
+/// An error inside a transaction: either a domain answer to return as is, or
+/// a Diesel error to map (Diesel needs `From<diesel::result::Error>`).
+enum TxError {
+    Storage(StorageError),
+    Diesel(DieselError),
+}
+
+impl From<DieselError> for TxError {
+    fn from(error: DieselError) -> Self {
+        TxError::Diesel(error)
+    }
+}
+
+impl From<StorageError> for TxError {
+    fn from(error: StorageError) -> Self {
+        TxError::Storage(error)
+    }
+}
+
+impl From<TxError> for StorageError {
+    fn from(error: TxError) -> Self {
+        match error {
+            TxError::Storage(error) => error,
+            TxError::Diesel(error) => map_error(error),
+        }
+    }
+}
+
+fn immediate<T>(
+    connection: &mut SqliteConnection,
+    body: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError>,
+) -> Result<T, StorageError> {
+    connection.immediate_transaction(body).map_err(StorageError::from)
+}
+
+fn is_unique_violation(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+fn load_worker_state(
+    connection: &mut SqliteConnection,
+    id: WorkerId,
+) -> Result<Option<String>, DieselError> {
+    workers::table
+        .find(id.to_string())
+        .select(workers::state)
+        .first::<String>(connection)
+        .optional()
+}
+
+fn require_alive(connection: &mut SqliteConnection, id: WorkerId) -> Result<(), TxError> {
+    match load_worker_state(connection, id)? {
+        None => Err(StorageError::UnknownWorker { id }.into()),
+        Some(state) if state == WorkerState::Alive.as_str() => Ok(()),
+        Some(_) => Err(StorageError::WorkerNotAlive { id }.into()),
+    }
+}
+
+fn load_task(connection: &mut SqliteConnection, id: &str) -> Result<Option<TaskRecord>, TxError> {
+    task_history::table
+        .find(id)
+        .select(TaskRow::as_select())
+        .first(connection)
+        .optional()?
+        .map(TaskRow::into_record)
+        .transpose()
+        .map_err(TxError::from)
+}
+
+/// Invalidates the still-valid sessions of the `running` rows `owner` holds
+/// (or of one task), returning how many each task had.
+fn invalidate_sessions_of_tasks(
+    connection: &mut SqliteConnection,
+    task_ids: &[String],
+    at: &str,
+    reason: &str,
+) -> Result<HashMap<String, u32>, DieselError> {
+    let mut counts = HashMap::new();
+    // SQLite limits bind parameters per statement; chunk big sweeps.
+    for chunk in task_ids.chunks(500) {
+        let valid: Vec<String> = claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+            .filter(claude_sdk_sessions::invalidated_at.is_null())
+            .select(claude_sdk_sessions::task_id)
+            .load(connection)?;
+        if valid.is_empty() {
+            continue;
+        }
+        for task in valid {
+            *counts.entry(task).or_insert(0) += 1;
+        }
+        diesel::update(
+            claude_sdk_sessions::table
+                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                .filter(claude_sdk_sessions::invalidated_at.is_null()),
+        )
+        .set((
+            claude_sdk_sessions::invalidated_at.eq(at),
+            claude_sdk_sessions::invalidation_reason.eq(reason),
+        ))
+        .execute(connection)?;
+    }
+    Ok(counts)
+}
+
+impl Storage for SqliteStorage {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        diesel::insert_into(workers::table)
+            .values(WorkerRow::from_registration(registration))
+            .execute(&mut *self.connection())
+            .map(drop)
+            .map_err(|error| {
+                if is_unique_violation(&error) {
+                    StorageError::DuplicateWorker {
+                        id: registration.id,
+                    }
+                } else {
+                    map_error(error)
+                }
+            })
+    }
+
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        let at = encode_timestamp(at);
+        immediate(&mut self.connection(), |connection| {
+            require_alive(connection, worker)?;
+            diesel::update(
+                workers::table
+                    .find(worker.to_string())
+                    .filter(workers::heartbeat_at.lt(&at)),
+            )
+            .set(workers::heartbeat_at.eq(&at))
+            .execute(connection)?;
+            Ok(())
+        })
+    }
+
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        immediate(&mut self.connection(), |connection| {
+            if load_worker_state(connection, worker)?.is_none() {
+                return Err(StorageError::UnknownWorker { id: worker }.into());
+            }
+            diesel::update(
+                workers::table
+                    .find(worker.to_string())
+                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
+            )
+            .set((
+                workers::state.eq(WorkerState::Stopped.as_str()),
+                workers::stopped_at.eq(encode_timestamp(at)),
+            ))
+            .execute(connection)?;
+            Ok(())
+        })
+    }
+
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        workers::table
+            .order((workers::started_at, workers::id))
+            .select(WorkerRow::as_select())
+            .load(&mut *self.connection())
+            .map_err(map_error)?
+            .into_iter()
+            .map(WorkerRow::into_record)
+            .collect()
+    }
+
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        immediate(&mut self.connection(), |connection| {
+            require_alive(connection, row.worker)?;
+            diesel::insert_into(task_history::table)
+                .values(NewTaskRow::from_domain(row))
+                .execute(connection)
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        TxError::Storage(StorageError::DuplicateTask { id: row.id })
+                    } else {
+                        TxError::Diesel(error)
+                    }
+                })?;
+            Ok(())
+        })
+    }
+
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        let id = row.id.to_string();
+        let worker = row.worker.to_string();
+        let at = encode_timestamp(row.at);
+        immediate(&mut self.connection(), |connection| {
+            let guarded = task_history::table
+                .filter(task_history::id.eq(&id))
+                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                .filter(task_history::worker_id.eq(&worker));
+            let updated = match &row.outcome {
+                Outcome::Interrupted(reason) => {
+                    let updated = diesel::update(guarded)
+                        .set((
+                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                            task_history::interrupted_at.eq(&at),
+                            task_history::interrupt_reason.eq(reason.as_str()),
+                            task_history::interrupted_by.eq(&worker),
+                        ))
+                        .execute(connection)?;
+                    if updated == 1 {
+                        let reason = format!("task interrupted: {reason}");
+                        invalidate_sessions_of_tasks(connection, std::slice::from_ref(&id), &at, &reason)?;
+                    }
+                    updated
+                }
+                Outcome::Success(report)
+                | Outcome::Failure(report)
+                | Outcome::Cancelled(report)
+                | Outcome::AbortedNoSkill(report) => diesel::update(guarded)
+                    .set((
+                        task_history::status.eq(row.outcome.status().as_str()),
+                        task_history::finished_at.eq(&at),
+                        task_history::input_tokens.eq(i64::from(report.input_tokens)),
+                        task_history::output_tokens.eq(i64::from(report.output_tokens)),
+                        task_history::cost_usd.eq(report.cost_usd.dollars()),
+                        task_history::turns.eq(i64::from(report.turns)),
+                        task_history::artifacts.eq(encode_artifacts(&report.artifacts)),
+                    ))
+                    .execute(connection)?,
+            };
+            if updated == 1 {
+                return Ok(FinishWrite::Updated);
+            }
+            Ok(FinishWrite::Refused(match load_task(connection, &id)? {
+                None => tasktrail_core::FinishRefusal::Missing,
+                Some(record) => record.refusal_for(row.worker),
+            }))
+        })
+    }
+
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let now = encode_timestamp(request.now);
+        let recovering = request.recovering_worker.to_string();
+        let sweep = |connection: &mut SqliteConnection| -> Result<Vec<RecoveredTask>, TxError> {
+            // `status = 'running'` lets SQLite use the partial index: the
+            // sweep reads running rows only, never the history.
+            let running: Vec<TaskRow> = task_history::table
+                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                .filter(
+                    task_history::worker_id
+                        .ne(&recovering)
+                        .or(task_history::worker_id.is_null()),
+                )
+                .order((task_history::started_at, task_history::id))
+                .select(TaskRow::as_select())
+                .load(connection)?;
+            if running.is_empty() {
+                return Ok(Vec::new());
+            }
+            let running: Vec<TaskRecord> = running
+                .into_iter()
+                .map(TaskRow::into_record)
+                .collect::<Result<_, _>>()?;
+            let owner_ids: Vec<String> = running
+                .iter()
+                .filter_map(|task| task.worker_id.map(|id| id.to_string()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut owners: HashMap<WorkerId, WorkerRecord> = HashMap::new();
+            for chunk in owner_ids.chunks(500) {
+                let rows: Vec<WorkerRow> = workers::table
+                    .filter(workers::id.eq_any(chunk))
+                    .select(WorkerRow::as_select())
+                    .load(connection)?;
+                for row in rows {
+                    let record = row.into_record()?;
+                    owners.insert(record.id, record);
+                }
+            }
+            let mut verdicts: BTreeMap<Option<WorkerId>, Liveness> = BTreeMap::new();
+            for task in &running {
+                verdicts
+                    .entry(task.worker_id)
+                    .or_insert_with(|| judge.judge(task.worker_id.and_then(|id| owners.get(&id))));
+            }
+            let mut recovered = Vec::new();
+            for (owner, verdict) in &verdicts {
+                let Liveness::Dead(cause) = verdict else {
+                    continue;
+                };
+                let reason = recovery_reason(*owner, cause);
+                let orphans: Vec<&TaskRecord> =
+                    running.iter().filter(|task| task.worker_id == *owner).collect();
+                let orphan_ids: Vec<String> = orphans.iter().map(|task| task.id.to_string()).collect();
+                let sessions = match request.mode {
+                    SweepMode::Apply => {
+                        let counts = invalidate_sessions_of_tasks(connection, &orphan_ids, &now, &reason)?;
+                        // `IS` matches NULL too: rows written before the fix name no worker.
+                        let owned = task_history::table
+                            .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                            .filter(task_history::worker_id.is(owner.map(|id| id.to_string())));
+                        diesel::update(owned)
+                            .set((
+                                task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                                task_history::interrupted_at.eq(&now),
+                                task_history::interrupt_reason.eq(&reason),
+                                task_history::interrupted_by.eq(&recovering),
+                            ))
+                            .execute(connection)?;
+                        if let Some(owner) = owner {
+                            diesel::update(
+                                workers::table
+                                    .find(owner.to_string())
+                                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
+                            )
+                            .set((
+                                workers::state.eq(WorkerState::Dead.as_str()),
+                                workers::stopped_at.eq(&now),
+                            ))
+                            .execute(connection)?;
+                        }
+                        counts
+                    }
+                    SweepMode::DryRun => {
+                        let mut counts = HashMap::new();
+                        for chunk in orphan_ids.chunks(500) {
+                            let valid: Vec<String> = claude_sdk_sessions::table
+                                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                                .filter(claude_sdk_sessions::invalidated_at.is_null())
+                                .select(claude_sdk_sessions::task_id)
+                                .load(connection)?;
+                            for task in valid {
+                                *counts.entry(task).or_insert(0u32) += 1;
+                            }
+                        }
+                        counts
+                    }
+                };
+                for task in orphans {
+                    let mut task = task.clone();
+                    let sessions_invalidated = sessions.get(&task.id.to_string()).copied().unwrap_or(0);
+                    task.status = TaskStatus::Interrupted;
+                    task.interrupted_at = Some(request.now);
+                    task.interrupt_reason = Some(reason.clone());
+                    task.interrupted_by = Some(request.recovering_worker);
+                    recovered.push(RecoveredTask {
+                        task,
+                        dead_worker: *owner,
+                        cause: cause.clone(),
+                        recovered_by: request.recovering_worker,
+                        recovered_at: request.now,
+                        sessions_invalidated,
+                    });
+                }
+            }
+            recovered.sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
+            Ok(recovered)
+        };
+        immediate(&mut self.connection(), sweep)
+    }
+
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        let task_id = session.task_id.to_string();
+        immediate(&mut self.connection(), |connection| {
+            require_alive(connection, session.worker)?;
+            let owned_and_running = task_history::table
+                .filter(task_history::id.eq(&task_id))
+                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                .filter(task_history::worker_id.eq(session.worker.to_string()))
+                .count()
+                .get_result::<i64>(connection)?
+                == 1;
+            if !owned_and_running {
+                return Err(StorageError::TaskNotRunning {
+                    id: session.task_id,
+                }
+                .into());
+            }
+            diesel::insert_into(claude_sdk_sessions::table)
+                .values(SessionRow {
+                    session_id: session.session_id.as_str().to_owned(),
+                    task_id: task_id.clone(),
+                    repo: session.repo.clone(),
+                    issue_number: i64::from(session.issue_number),
+                    agent: session.agent.clone(),
+                    created_at: encode_timestamp(session.created_at),
+                    invalidated_at: None,
+                    invalidation_reason: None,
+                })
+                .execute(connection)
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        TxError::Storage(StorageError::DuplicateSession)
+                    } else {
+                        TxError::Diesel(error)
+                    }
+                })?;
+            Ok(())
+        })
+    }
+
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        let resumable_statuses = [
+            TaskStatus::Success.as_str(),
+            TaskStatus::Failure.as_str(),
+            TaskStatus::Cancelled.as_str(),
+            TaskStatus::AbortedNoSkill.as_str(),
+        ];
+        claude_sdk_sessions::table
+            .inner_join(task_history::table)
+            .filter(claude_sdk_sessions::repo.eq(&key.repo))
+            .filter(claude_sdk_sessions::issue_number.eq(i64::from(key.issue_number)))
+            .filter(claude_sdk_sessions::agent.eq(&key.agent))
+            .filter(claude_sdk_sessions::invalidated_at.is_null())
+            .filter(task_history::status.eq_any(resumable_statuses))
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .first(&mut *self.connection())
+            .optional()
+            .map_err(map_error)?
+            .map(SessionRow::into_record)
+            .transpose()
+    }
+
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        claude_sdk_sessions::table
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .load(&mut *self.connection())
+            .map_err(map_error)?
+            .into_iter()
+            .map(SessionRow::into_record)
+            .collect()
+    }
+
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        load_task(&mut self.connection(), &id.to_string()).map_err(StorageError::from)
+    }
+
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        let mut query = task_history::table
+            .select(TaskRow::as_select())
+            .order((task_history::started_at.desc(), task_history::id.desc()))
+            .into_boxed();
+        if let Some(status) = filter.status {
+            query = query.filter(task_history::status.eq(status.as_str()));
+        }
+        if let Some(repo) = &filter.repo {
+            query = query.filter(task_history::repo.eq(repo.clone()));
+        }
+        if let Some(limit) = filter.limit {
+            query = query.limit(i64::from(limit));
+        }
+        query
+            .load(&mut *self.connection())
+            .map_err(map_error)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect()
+    }
+}

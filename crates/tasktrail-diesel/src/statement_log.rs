@@ -1,0 +1,76 @@
+//! Counts the SQL statements a backend really issues, through Diesel's
+//! connection instrumentation. Tests use it to prove that a task's lifecycle
+//! issues exactly one INSERT into `task_history`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use tasktrail_core::TaskId;
+
+/// A shared log of the INSERT statements into `task_history` issued on the
+/// connections it is attached to (with their bind values).
+#[derive(Debug, Clone, Default)]
+pub struct StatementLog {
+    task_history_inserts: Arc<Mutex<Vec<String>>>,
+}
+
+impl StatementLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many INSERT statements into `task_history` carried `id` as a bind
+    /// value (whether or not they succeeded).
+    pub fn task_insert_statements(&self, id: TaskId) -> usize {
+        let id = id.to_string();
+        self.task_history_inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|statement| statement.contains(&id))
+            .count()
+    }
+
+    /// Every INSERT into `task_history` seen so far.
+    pub fn task_history_inserts(&self) -> Vec<String> {
+        self.task_history_inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn instrumentation(&self) -> impl Instrumentation {
+        let inserts = Arc::clone(&self.task_history_inserts);
+        move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                let text = query.to_string();
+                if is_task_history_insert(&text) {
+                    inserts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(text);
+                }
+            }
+        }
+    }
+}
+
+fn is_task_history_insert(sql: &str) -> bool {
+    let normalized = sql.trim_start().to_ascii_lowercase().replace(['`', '"'], "");
+    normalized.starts_with("insert into task_history ") || normalized.starts_with("insert into task_history(")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_inserts_into_task_history_only() {
+        assert!(is_task_history_insert("INSERT INTO `task_history` (`id`) VALUES (?) -- binds: [\"x\"]"));
+        assert!(is_task_history_insert("insert into \"task_history\"(id) values ($1)"));
+        assert!(!is_task_history_insert("UPDATE `task_history` SET `status` = ?"));
+        assert!(!is_task_history_insert("INSERT INTO `task_history_rebuilt` (`id`) VALUES (?)"));
+        assert!(!is_task_history_insert("INSERT INTO `claude_sdk_sessions` (`task_id`) VALUES (?)"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The real upgrade path: a database written by the pre-fix schema upgrades
+//! with every row intact, and the fix migration round-trips down and up.
+#![cfg(feature = "sqlite")]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
+use diesel_migrations::MigrationHarness;
+use tasktrail_core::{Storage, StorageError, TaskId, TaskStatus};
+use tasktrail_diesel::{SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
+
+const PRE_FIX_ROWS: &str = "
+INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at, input_tokens, output_tokens, cost_usd, turns, artifacts) VALUES
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01', 'acme/widgets', 994, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success', '2026-05-10T10:00:00.000000Z', '2026-05-10T10:05:00.000000Z', 1200, 300, 0.42, 7, '[\"pr/17\"]'),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02', 'acme/widgets', 957, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted', '2026-05-10T11:00:00.000000Z', '2026-05-10T11:30:00.000000Z', NULL, NULL, NULL, NULL, NULL),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e03', 'acme/gears', 1018, 'carol', 'triager', 'claude_sdk', 'claude-haiku', 'anthropic', 'failure', '2026-05-10T12:00:00.000000Z', '2026-05-10T12:01:00.000000Z', 10, 20, 0.01, 1, '[]'),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e04', 'acme/gears', 1033, 'dave', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'aborted_no_skill', '2026-05-10T13:00:00.000000Z', '2026-05-10T13:00:01.000000Z', 0, 0, 0.0, 0, NULL);
+";
+
+#[derive(Debug, PartialEq, QueryableByName)]
+struct PreFixRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    finished_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    artifacts: Option<String>,
+    #[diesel(sql_type = Text)]
+    everything_else: String,
+}
+
+const SELECT_PRE_FIX_COLUMNS: &str = "SELECT id, status, finished_at, artifacts, \
+    repo || '|' || issue_number || '|' || user || '|' || agent || '|' || agent_type || '|' || model || '|' || provider || '|' || started_at || '|' || \
+    COALESCE(input_tokens, 'NULL') || '|' || COALESCE(output_tokens, 'NULL') || '|' || COALESCE(cost_usd, 'NULL') || '|' || COALESCE(turns, 'NULL') AS everything_else \
+    FROM task_history ORDER BY id";
+
+fn rows(store: &SqliteStorage) -> Vec<PreFixRow> {
+    store
+        .with_connection(|c| diesel::sql_query(SELECT_PRE_FIX_COLUMNS).load::<PreFixRow>(c))
+        .expect("rows load")
+}
+
+fn store_at_pre_fix_schema(path: &Path) -> SqliteStorage {
+    let store = SqliteStorage::open_unmigrated(path, &SqliteOptions::default()).expect("open");
+    store
+        .with_connection(|c| c.run_next_migration(SQLITE_MIGRATIONS).map(drop))
+        .expect("first migration");
+    store
+        .with_connection(|c| c.batch_execute(PRE_FIX_ROWS))
+        .expect("pre-fix rows");
+    store
+}
+
+#[test]
+fn pre_fix_schema_does_not_permit_running_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_at_pre_fix_schema(&dir.path().join("old.db"));
+    let inserted = store.with_connection(|c| {
+        c.batch_execute(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at) \
+             VALUES ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e09', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'running', '2026-05-11T00:00:00.000000Z')",
+        )
+    });
+    assert!(inserted.is_err(), "the pre-fix CHECK must reject status='running'");
+}
+
+#[test]
+fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let before = rows(&store_at_pre_fix_schema(&path));
+    assert_eq!(before.len(), 4);
+
+    let store = SqliteStorage::open(&path).expect("open upgrades");
+    let after = rows(&store);
+    assert_eq!(after.len(), before.len(), "every row is kept");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.id, new.id);
+        assert_eq!(old.status, new.status);
+        assert_eq!(old.artifacts, new.artifacts);
+        assert_eq!(old.everything_else, new.everything_else);
+        if old.status == "interrupted" {
+            assert_eq!(new.finished_at, None, "interrupted rows get finished_at = NULL");
+        } else {
+            assert_eq!(old.finished_at, new.finished_at);
+        }
+    }
+    // The interrupted row's old time moved to interrupted_at, and every
+    // upgraded row reads back as a record.
+    let interrupted: TaskId = "0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02".parse().expect("id");
+    let record = store.get_task(interrupted).expect("read").expect("row");
+    assert_eq!(record.status, TaskStatus::Interrupted);
+    assert_eq!(record.finished_at, None);
+    assert_eq!(
+        record.interrupted_at.map(|at| at.to_rfc3339()),
+        Some("2026-05-10T11:30:00+00:00".to_owned())
+    );
+    assert_eq!(record.worker_id, None);
+    assert_eq!(store.list_tasks(&Default::default()).expect("list").len(), 4);
+}
+
+#[test]
+fn the_fix_migration_round_trips_down_and_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let original = rows(&store_at_pre_fix_schema(&path));
+    let store = SqliteStorage::open(&path).expect("upgrade");
+    let upgraded = rows(&store);
+
+    store
+        .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
+        .expect("down");
+    assert_eq!(rows(&store), original, "down restores the pre-fix rows exactly");
+    assert_eq!(store.applied_migrations().expect("versions").len(), 1);
+
+    assert_eq!(store.migrate().expect("up again").len(), 1);
+    assert_eq!(rows(&store), upgraded, "up again gives the same upgraded rows");
+}
+
+#[test]
+fn migrate_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    assert!(store.migrate().expect("again").is_empty());
+    drop(store);
+    let reopened = SqliteStorage::open(dir.path().join("t.db")).expect("reopen");
+    assert!(reopened.migrate().expect("again").is_empty());
+}
+
+#[test]
+fn a_file_that_is_not_a_sqlite_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.txt");
+    let content = "these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &content).expect("write");
+    let error = SqliteStorage::open(&path).expect_err("must refuse");
+    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), content);
+}
+
+#[test]
+fn a_sqlite_database_that_is_not_ours_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("other.db");
+    let mut other = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("open");
+    other
+        .batch_execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL);")
+        .expect("create");
+    drop(other);
+    let error = SqliteStorage::open(&path).expect_err("must refuse");
+    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+    let mut other = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("open");
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let tables: Vec<String> = diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .load::<Name>(&mut other)
+        .expect("tables")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(tables, vec!["invoices".to_owned()], "nothing was created");
+}
+
+#[test]
+fn a_database_migrated_by_a_newer_tasktrail_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.db");
+    let store = SqliteStorage::open(&path).expect("open");
+    store
+        .with_connection(|c| {
+            c.batch_execute("INSERT INTO __diesel_schema_migrations (version) VALUES ('20990101000000')")
+        })
+        .expect("pretend newer");
+    drop(store);
+    let error = SqliteStorage::open(&path).expect_err("must refuse");
+    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+}
+
+#[test]
+fn the_database_and_its_wal_are_readable_by_their_owner_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("private.db");
+    let store = SqliteStorage::open(&path).expect("open");
+    // A write makes sure the WAL exists.
+    store
+        .with_connection(|c| c.batch_execute("CREATE TEMP TABLE t (x); INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at) VALUES ('w', 'h', 1, 'm', 'a', 'b');"))
+        .expect("write");
+    for file in [path.clone(), dir.path().join("private.db-wal")] {
+        let mode = std::fs::metadata(&file).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+    }
+}
