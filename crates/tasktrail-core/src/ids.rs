@@ -125,10 +125,18 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected() {
-        for bad in ["", "nope", "1234", "ca432f8fd29e4cab8d4222db730c9419", "{ca432f8f-d29e-4cab-8d42-22db730c9419}"] {
+        for bad in [
+            "",
+            "nope",
+            "1234",
+            "ca432f8fd29e4cab8d4222db730c9419",
+            "{ca432f8f-d29e-4cab-8d42-22db730c9419}",
+        ] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad:?} was accepted");
         }
-        assert!("ca432f8f-d29e-4cab-8d42-22db730c9419".parse::<TaskId>().is_ok());
+        assert!("ca432f8f-d29e-4cab-8d42-22db730c9419"
+            .parse::<TaskId>()
+            .is_ok());
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub mod conformance;
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{InvalidIdError, InvalidSessionIdError, SessionId, TaskId, WorkerId};
 pub use memory::MemoryStorage;
-pub use outcome::{CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport};
+pub use outcome::{
+    CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport,
+};
 pub use record::{
     human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
     NewSession, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter,

@@ -251,7 +251,8 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        recovered.sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
+        recovered
+            .sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
         Ok(recovered)
     }
 
@@ -290,13 +291,14 @@ impl Storage for MemoryStorage {
         Ok(inner
             .sessions
             .values()
-            .filter(|s| s.repo == key.repo && s.issue_number == key.issue_number && s.agent == key.agent)
+            .filter(|s| {
+                s.repo == key.repo && s.issue_number == key.issue_number && s.agent == key.agent
+            })
             .filter(|s| s.invalidated_at.is_none())
             .filter(|s| {
-                inner
-                    .tasks
-                    .get(&s.task_id)
-                    .is_some_and(|task| task.status.is_final() && task.status != TaskStatus::Interrupted)
+                inner.tasks.get(&s.task_id).is_some_and(|task| {
+                    task.status.is_final() && task.status != TaskStatus::Interrupted
+                })
             })
             .max_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)))
             .cloned())

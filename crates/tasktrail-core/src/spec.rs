@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-
-
 /// Which field of a [`TaskSpecInput`] was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -236,7 +234,6 @@ fn check_issue_number(issue_number: i64) -> Result<u32, SpecError> {
     u32::try_from(issue_number).or_else(|_| fail(SpecProblem::TooLarge))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,18 +264,102 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases: Vec<(TaskSpecInput, SpecField, SpecProblem)> = vec![
-            (TaskSpecInput { repo: "".into(), ..input() }, SpecField::Repo, SpecProblem::Empty),
-            (TaskSpecInput { repo: "widgets".into(), ..input() }, SpecField::Repo, SpecProblem::NotOwnerSlashName),
-            (TaskSpecInput { repo: "a/b/c".into(), ..input() }, SpecField::Repo, SpecProblem::NotOwnerSlashName),
-            (TaskSpecInput { repo: "/b".into(), ..input() }, SpecField::Repo, SpecProblem::NotOwnerSlashName),
-            (TaskSpecInput { issue_number: 0, ..input() }, SpecField::IssueNumber, SpecProblem::NotPositive),
-            (TaskSpecInput { issue_number: -3, ..input() }, SpecField::IssueNumber, SpecProblem::NotPositive),
-            (TaskSpecInput { issue_number: i64::MAX, ..input() }, SpecField::IssueNumber, SpecProblem::TooLarge),
-            (TaskSpecInput { user: "   ".into(), ..input() }, SpecField::User, SpecProblem::Empty),
-            (TaskSpecInput { agent: "a\u{1b}[31m".into(), ..input() }, SpecField::Agent, SpecProblem::ControlCharacter),
-            (TaskSpecInput { agent_type: " x".into(), ..input() }, SpecField::AgentType, SpecProblem::SurroundingWhitespace),
-            (TaskSpecInput { model: "m".repeat(TaskSpec::MAX_FIELD_LEN + 1), ..input() }, SpecField::Model, SpecProblem::TooLong),
-            (TaskSpecInput { provider: "p\0".into(), ..input() }, SpecField::Provider, SpecProblem::ControlCharacter),
+            (
+                TaskSpecInput {
+                    repo: "".into(),
+                    ..input()
+                },
+                SpecField::Repo,
+                SpecProblem::Empty,
+            ),
+            (
+                TaskSpecInput {
+                    repo: "widgets".into(),
+                    ..input()
+                },
+                SpecField::Repo,
+                SpecProblem::NotOwnerSlashName,
+            ),
+            (
+                TaskSpecInput {
+                    repo: "a/b/c".into(),
+                    ..input()
+                },
+                SpecField::Repo,
+                SpecProblem::NotOwnerSlashName,
+            ),
+            (
+                TaskSpecInput {
+                    repo: "/b".into(),
+                    ..input()
+                },
+                SpecField::Repo,
+                SpecProblem::NotOwnerSlashName,
+            ),
+            (
+                TaskSpecInput {
+                    issue_number: 0,
+                    ..input()
+                },
+                SpecField::IssueNumber,
+                SpecProblem::NotPositive,
+            ),
+            (
+                TaskSpecInput {
+                    issue_number: -3,
+                    ..input()
+                },
+                SpecField::IssueNumber,
+                SpecProblem::NotPositive,
+            ),
+            (
+                TaskSpecInput {
+                    issue_number: i64::MAX,
+                    ..input()
+                },
+                SpecField::IssueNumber,
+                SpecProblem::TooLarge,
+            ),
+            (
+                TaskSpecInput {
+                    user: "   ".into(),
+                    ..input()
+                },
+                SpecField::User,
+                SpecProblem::Empty,
+            ),
+            (
+                TaskSpecInput {
+                    agent: "a\u{1b}[31m".into(),
+                    ..input()
+                },
+                SpecField::Agent,
+                SpecProblem::ControlCharacter,
+            ),
+            (
+                TaskSpecInput {
+                    agent_type: " x".into(),
+                    ..input()
+                },
+                SpecField::AgentType,
+                SpecProblem::SurroundingWhitespace,
+            ),
+            (
+                TaskSpecInput {
+                    model: "m".repeat(TaskSpec::MAX_FIELD_LEN + 1),
+                    ..input()
+                },
+                SpecField::Model,
+                SpecProblem::TooLong,
+            ),
+            (
+                TaskSpecInput {
+                    provider: "p\0".into(),
+                    ..input()
+                },
+                SpecField::Provider,
+                SpecProblem::ControlCharacter,
+            ),
         ];
         for (bad, field, problem) in cases {
             assert_eq!(problem_of(bad.clone()), (field, problem), "{bad:?}");

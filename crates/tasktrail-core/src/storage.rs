@@ -6,8 +6,8 @@ use std::error::Error as StdError;
 use crate::clock::Timestamp;
 use crate::ids::{TaskId, WorkerId};
 use crate::record::{
-    FinishRow, FinishWrite, NewRunningRow, NewSession, RecoveredTask, RecoveryRequest,
-    SessionKey, SessionRecord, SweepMode, TaskFilter, TaskRecord,
+    FinishRow, FinishWrite, NewRunningRow, NewSession, RecoveredTask, RecoveryRequest, SessionKey,
+    SessionRecord, SweepMode, TaskFilter, TaskRecord,
 };
 use crate::status::TaskStatus;
 use crate::worker::{LivenessJudge, WorkerRecord, WorkerRegistration};

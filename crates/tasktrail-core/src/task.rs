@@ -30,6 +30,30 @@
 //! finished.finish(Outcome::Success(RunReport::empty()), storage);
 //! # }
 //! ```
+//!
+//! No other crate can add a state (the trait is sealed):
+//!
+//! ```compile_fail,E0277
+//! #[derive(Debug)]
+//! struct Forged;
+//! impl tasktrail_core::TaskState for Forged {}
+//! ```
+//!
+//! nor build a `Task<Running>` without a committed start:
+//!
+//! ```compile_fail,E0451
+//! # use tasktrail_core::*;
+//! # fn f(id: TaskId, spec: TaskSpec, state: Running) {
+//! let forged = Task { id, spec, state };
+//! # }
+//! ```
+//!
+//! and an interrupted outcome cannot carry tokens or cost:
+//!
+//! ```compile_fail,E0308
+//! # use tasktrail_core::*;
+//! let outcome = Outcome::Interrupted(RunReport::empty());
+//! ```
 
 use std::fmt;
 use std::sync::Arc;

@@ -119,7 +119,12 @@ impl LivenessPolicy {
     ///   not count). No timeout is involved.
     /// - A worker on another host is alive while its heartbeat is younger
     ///   than the lease.
-    pub fn judge(&self, worker: &WorkerRecord, now: Timestamp, probe: &dyn ProcessProbe) -> Liveness {
+    pub fn judge(
+        &self,
+        worker: &WorkerRecord,
+        now: Timestamp,
+        probe: &dyn ProcessProbe,
+    ) -> Liveness {
         match worker.state {
             WorkerState::Stopped => return Liveness::Dead(DeathCause::Deregistered),
             WorkerState::Dead => return Liveness::Dead(DeathCause::DeclaredDead),
@@ -291,7 +296,10 @@ mod tests {
     }
 
     fn t(seconds: i64) -> Timestamp {
-        chrono::Utc.timestamp_opt(1_700_000_000 + seconds, 0).single().expect("valid")
+        chrono::Utc
+            .timestamp_opt(1_700_000_000 + seconds, 0)
+            .single()
+            .expect("valid")
     }
 
     #[test]
@@ -300,10 +308,16 @@ mod tests {
         let probe = FakeProcesses(vec![(10, "boot:100")]);
         // A fresh heartbeat does not save a killed process...
         let killed = worker("dev", 11, "boot:100", t(0));
-        assert!(matches!(policy.judge(&killed, t(1), &probe), Liveness::Dead(DeathCause::ProcessGone { .. })));
+        assert!(matches!(
+            policy.judge(&killed, t(1), &probe),
+            Liveness::Dead(DeathCause::ProcessGone { .. })
+        ));
         // ...a reused pid does not look alive...
         let reused = worker("dev", 10, "boot:50", t(0));
-        assert!(matches!(policy.judge(&reused, t(1), &probe), Liveness::Dead(DeathCause::PidReused { .. })));
+        assert!(matches!(
+            policy.judge(&reused, t(1), &probe),
+            Liveness::Dead(DeathCause::PidReused { .. })
+        ));
         // ...and an old heartbeat does not kill a live process.
         let alive = worker("dev", 10, "boot:100", t(0));
         assert_eq!(policy.judge(&alive, t(3600), &probe), Liveness::Alive);
@@ -315,7 +329,10 @@ mod tests {
         let probe = FakeProcesses(vec![]);
         let remote = worker("other", 10, "x", t(0));
         assert_eq!(policy.judge(&remote, t(15), &probe), Liveness::Alive);
-        assert!(matches!(policy.judge(&remote, t(16), &probe), Liveness::Dead(DeathCause::LeaseExpired { .. })));
+        assert!(matches!(
+            policy.judge(&remote, t(16), &probe),
+            Liveness::Dead(DeathCause::LeaseExpired { .. })
+        ));
     }
 
     #[test]
@@ -324,8 +341,14 @@ mod tests {
         let probe = FakeProcesses(vec![(10, "m")]);
         let mut w = worker("dev", 10, "m", t(0));
         w.state = WorkerState::Stopped;
-        assert_eq!(policy.judge(&w, t(0), &probe), Liveness::Dead(DeathCause::Deregistered));
+        assert_eq!(
+            policy.judge(&w, t(0), &probe),
+            Liveness::Dead(DeathCause::Deregistered)
+        );
         w.state = WorkerState::Dead;
-        assert_eq!(policy.judge(&w, t(0), &probe), Liveness::Dead(DeathCause::DeclaredDead));
+        assert_eq!(
+            policy.judge(&w, t(0), &probe),
+            Liveness::Dead(DeathCause::DeclaredDead)
+        );
     }
 }

@@ -38,7 +38,9 @@ pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, Stor
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| corrupt(format!("task {id}: artifacts are not valid JSON")))?;
     let serde_json::Value::Array(items) = value else {
-        return Err(corrupt(format!("task {id}: artifacts are not a JSON array")));
+        return Err(corrupt(format!(
+            "task {id}: artifacts are not a JSON array"
+        )));
     };
     items
         .into_iter()
@@ -70,15 +72,16 @@ pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, Sto
 }
 
 pub(crate) fn decode_u32(column: &str, id: &str, value: i64) -> Result<u32, StorageError> {
-    u32::try_from(value)
-        .map_err(|_| corrupt(format!("{id}: {column} {value} is out of range")))
+    u32::try_from(value).map_err(|_| corrupt(format!("{id}: {column} {value} is out of range")))
 }
 
 pub(crate) fn decode_cost(id: &str, value: f64) -> Result<f64, StorageError> {
     if value.is_finite() && value >= 0.0 {
         Ok(value)
     } else {
-        Err(corrupt(format!("task {id}: cost_usd {value} is not a finite amount >= 0")))
+        Err(corrupt(format!(
+            "task {id}: cost_usd {value} is not a finite amount >= 0"
+        )))
     }
 }
 
@@ -89,9 +92,18 @@ mod tests {
     #[test]
     fn artifacts_round_trip_and_garbage_is_corrupt() {
         let artifacts = vec!["pr/12".to_owned(), "a \"quoted\" path".to_owned()];
-        assert_eq!(decode_artifacts("t", &encode_artifacts(&artifacts)).ok(), Some(artifacts));
-        assert!(matches!(decode_artifacts("t", "{not json"), Err(StorageError::CorruptRow { .. })));
-        assert!(matches!(decode_artifacts("t", "{\"a\":1}"), Err(StorageError::CorruptRow { .. })));
+        assert_eq!(
+            decode_artifacts("t", &encode_artifacts(&artifacts)).ok(),
+            Some(artifacts)
+        );
+        assert!(matches!(
+            decode_artifacts("t", "{not json"),
+            Err(StorageError::CorruptRow { .. })
+        ));
+        assert!(matches!(
+            decode_artifacts("t", "{\"a\":1}"),
+            Err(StorageError::CorruptRow { .. })
+        ));
     }
 
     #[test]

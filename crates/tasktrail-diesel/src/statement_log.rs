@@ -57,8 +57,12 @@ impl StatementLog {
 }
 
 fn is_task_history_insert(sql: &str) -> bool {
-    let normalized = sql.trim_start().to_ascii_lowercase().replace(['`', '"'], "");
-    normalized.starts_with("insert into task_history ") || normalized.starts_with("insert into task_history(")
+    let normalized = sql
+        .trim_start()
+        .to_ascii_lowercase()
+        .replace(['`', '"'], "");
+    normalized.starts_with("insert into task_history ")
+        || normalized.starts_with("insert into task_history(")
 }
 
 #[cfg(test)]
@@ -67,10 +71,20 @@ mod tests {
 
     #[test]
     fn recognises_inserts_into_task_history_only() {
-        assert!(is_task_history_insert("INSERT INTO `task_history` (`id`) VALUES (?) -- binds: [\"x\"]"));
-        assert!(is_task_history_insert("insert into \"task_history\"(id) values ($1)"));
-        assert!(!is_task_history_insert("UPDATE `task_history` SET `status` = ?"));
-        assert!(!is_task_history_insert("INSERT INTO `task_history_rebuilt` (`id`) VALUES (?)"));
-        assert!(!is_task_history_insert("INSERT INTO `claude_sdk_sessions` (`task_id`) VALUES (?)"));
+        assert!(is_task_history_insert(
+            "INSERT INTO `task_history` (`id`) VALUES (?) -- binds: [\"x\"]"
+        ));
+        assert!(is_task_history_insert(
+            "insert into \"task_history\"(id) values ($1)"
+        ));
+        assert!(!is_task_history_insert(
+            "UPDATE `task_history` SET `status` = ?"
+        ));
+        assert!(!is_task_history_insert(
+            "INSERT INTO `task_history_rebuilt` (`id`) VALUES (?)"
+        ));
+        assert!(!is_task_history_insert(
+            "INSERT INTO `claude_sdk_sessions` (`task_id`) VALUES (?)"
+        ));
     }
 }

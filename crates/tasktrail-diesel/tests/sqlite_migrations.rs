@@ -66,7 +66,10 @@ fn pre_fix_schema_does_not_permit_running_rows() {
              VALUES ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e09', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'running', '2026-05-11T00:00:00.000000Z')",
         )
     });
-    assert!(inserted.is_err(), "the pre-fix CHECK must reject status='running'");
+    assert!(
+        inserted.is_err(),
+        "the pre-fix CHECK must reject status='running'"
+    );
 }
 
 #[test]
@@ -85,7 +88,10 @@ fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
         assert_eq!(old.artifacts, new.artifacts);
         assert_eq!(old.everything_else, new.everything_else);
         if old.status == "interrupted" {
-            assert_eq!(new.finished_at, None, "interrupted rows get finished_at = NULL");
+            assert_eq!(
+                new.finished_at, None,
+                "interrupted rows get finished_at = NULL"
+            );
         } else {
             assert_eq!(old.finished_at, new.finished_at);
         }
@@ -101,7 +107,10 @@ fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
         Some("2026-05-10T11:30:00+00:00".to_owned())
     );
     assert_eq!(record.worker_id, None);
-    assert_eq!(store.list_tasks(&Default::default()).expect("list").len(), 4);
+    assert_eq!(
+        store.list_tasks(&Default::default()).expect("list").len(),
+        4
+    );
 }
 
 #[test]
@@ -115,11 +124,19 @@ fn the_fix_migration_round_trips_down_and_up() {
     store
         .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
         .expect("down");
-    assert_eq!(rows(&store), original, "down restores the pre-fix rows exactly");
+    assert_eq!(
+        rows(&store),
+        original,
+        "down restores the pre-fix rows exactly"
+    );
     assert_eq!(store.applied_migrations().expect("versions").len(), 1);
 
     assert_eq!(store.migrate().expect("up again").len(), 1);
-    assert_eq!(rows(&store), upgraded, "up again gives the same upgraded rows");
+    assert_eq!(
+        rows(&store),
+        upgraded,
+        "up again gives the same upgraded rows"
+    );
 }
 
 #[test]
@@ -140,7 +157,10 @@ fn a_file_that_is_not_a_sqlite_database_is_refused_and_left_alone() {
     let content = "these are my notes, not a database\n".repeat(200);
     std::fs::write(&path, &content).expect("write");
     let error = SqliteStorage::open(&path).expect_err("must refuse");
-    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+    assert!(
+        matches!(error, StorageError::Incompatible { .. }),
+        "{error:?}"
+    );
     assert_eq!(std::fs::read_to_string(&path).expect("read"), content);
 }
 
@@ -154,19 +174,23 @@ fn a_sqlite_database_that_is_not_ours_is_refused_and_left_alone() {
         .expect("create");
     drop(other);
     let error = SqliteStorage::open(&path).expect_err("must refuse");
-    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+    assert!(
+        matches!(error, StorageError::Incompatible { .. }),
+        "{error:?}"
+    );
     let mut other = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("open");
     #[derive(QueryableByName)]
     struct Name {
         #[diesel(sql_type = Text)]
         name: String,
     }
-    let tables: Vec<String> = diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table'")
-        .load::<Name>(&mut other)
-        .expect("tables")
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let tables: Vec<String> =
+        diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .load::<Name>(&mut other)
+            .expect("tables")
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
     assert_eq!(tables, vec!["invoices".to_owned()], "nothing was created");
 }
 
@@ -177,12 +201,17 @@ fn a_database_migrated_by_a_newer_tasktrail_is_refused() {
     let store = SqliteStorage::open(&path).expect("open");
     store
         .with_connection(|c| {
-            c.batch_execute("INSERT INTO __diesel_schema_migrations (version) VALUES ('20990101000000')")
+            c.batch_execute(
+                "INSERT INTO __diesel_schema_migrations (version) VALUES ('20990101000000')",
+            )
         })
         .expect("pretend newer");
     drop(store);
     let error = SqliteStorage::open(&path).expect_err("must refuse");
-    assert!(matches!(error, StorageError::Incompatible { .. }), "{error:?}");
+    assert!(
+        matches!(error, StorageError::Incompatible { .. }),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -195,7 +224,11 @@ fn the_database_and_its_wal_are_readable_by_their_owner_only() {
         .with_connection(|c| c.batch_execute("CREATE TEMP TABLE t (x); INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at) VALUES ('w', 'h', 1, 'm', 'a', 'b');"))
         .expect("write");
     for file in [path.clone(), dir.path().join("private.db-wal")] {
-        let mode = std::fs::metadata(&file).expect("metadata").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&file)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
     }
 }

@@ -11,10 +11,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
+use diesel::migration::{Migration, MigrationSource};
 use diesel::prelude::*;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
-use diesel::migration::{Migration, MigrationSource};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::StorageError;
 
@@ -77,6 +77,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStorage {
     connection: Mutex<SqliteConnection>,
     path: PathBuf,
+    statement_log: Option<StatementLog>,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -107,7 +108,10 @@ impl SqliteStorage {
 
     /// Opens the database without running migrations (the upgrade tests use
     /// it to start from an old schema).
-    pub fn open_unmigrated(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self, StorageError> {
+    pub fn open_unmigrated(
+        path: impl AsRef<Path>,
+        options: &SqliteOptions,
+    ) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         create_owner_only(&path)?;
         let url = path
@@ -137,6 +141,7 @@ impl SqliteStorage {
         Ok(Self {
             connection: Mutex::new(connection),
             path,
+            statement_log: options.statement_log.clone(),
         })
     }
 
@@ -162,6 +167,11 @@ impl SqliteStorage {
             .collect();
         versions.sort();
         Ok(versions)
+    }
+
+    /// The statement log this store was opened with, if any.
+    pub fn statement_log(&self) -> Option<&StatementLog> {
+        self.statement_log.as_ref()
     }
 
     /// The file this store uses.
@@ -234,15 +244,17 @@ fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
     if tables.is_empty() {
         return Ok(());
     }
-    if !tables.iter().any(|t| t.name == "__diesel_schema_migrations") {
+    if !tables
+        .iter()
+        .any(|t| t.name == "__diesel_schema_migrations")
+    {
         return Err(StorageError::Incompatible {
             detail: "the database holds tables but is not a tasktrail database".to_owned(),
         });
     }
-    let applied: Vec<Version> =
-        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-            .load(connection)
-            .map_err(map_error)?;
+    let applied: Vec<Version> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load(connection)
+        .map_err(map_error)?;
     let known = known_versions()?;
     if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
         return Err(StorageError::Incompatible {
@@ -287,7 +299,10 @@ pub(crate) fn map_error(error: DieselError) -> StorageError {
                 StorageError::Incompatible {
                     detail: format!("the database schema is not tasktrail's ({message})"),
                 }
-            } else if matches!(kind, DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation) {
+            } else if matches!(
+                kind,
+                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
+            ) {
                 StorageError::CorruptRow {
                     detail: format!("a constraint rejected the write ({message})"),
                 }

@@ -67,7 +67,10 @@ impl TaskRow {
             finished_at: optional_time("finished_at", self.finished_at)?,
             input_tokens: optional_u32("input_tokens", self.input_tokens)?,
             output_tokens: optional_u32("output_tokens", self.output_tokens)?,
-            cost_usd: self.cost_usd.map(|c| decode_cost(&self.id, c)).transpose()?,
+            cost_usd: self
+                .cost_usd
+                .map(|c| decode_cost(&self.id, c))
+                .transpose()?,
             turns: optional_u32("turns", self.turns)?,
             artifacts: self
                 .artifacts

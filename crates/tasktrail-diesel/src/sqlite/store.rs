@@ -49,7 +49,9 @@ fn immediate<T>(
     connection: &mut SqliteConnection,
     body: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError>,
 ) -> Result<T, StorageError> {
-    connection.immediate_transaction(body).map_err(StorageError::from)
+    connection
+        .immediate_transaction(body)
+        .map_err(StorageError::from)
 }
 
 fn is_unique_violation(error: &DieselError) -> bool {
@@ -225,7 +227,12 @@ impl Storage for SqliteStorage {
                         .execute(connection)?;
                     if updated == 1 {
                         let reason = format!("task interrupted: {reason}");
-                        invalidate_sessions_of_tasks(connection, std::slice::from_ref(&id), &at, &reason)?;
+                        invalidate_sessions_of_tasks(
+                            connection,
+                            std::slice::from_ref(&id),
+                            &at,
+                            &reason,
+                        )?;
                     }
                     updated
                 }
@@ -310,12 +317,16 @@ impl Storage for SqliteStorage {
                     continue;
                 };
                 let reason = recovery_reason(*owner, cause);
-                let orphans: Vec<&TaskRecord> =
-                    running.iter().filter(|task| task.worker_id == *owner).collect();
-                let orphan_ids: Vec<String> = orphans.iter().map(|task| task.id.to_string()).collect();
+                let orphans: Vec<&TaskRecord> = running
+                    .iter()
+                    .filter(|task| task.worker_id == *owner)
+                    .collect();
+                let orphan_ids: Vec<String> =
+                    orphans.iter().map(|task| task.id.to_string()).collect();
                 let sessions = match request.mode {
                     SweepMode::Apply => {
-                        let counts = invalidate_sessions_of_tasks(connection, &orphan_ids, &now, &reason)?;
+                        let counts =
+                            invalidate_sessions_of_tasks(connection, &orphan_ids, &now, &reason)?;
                         // `IS` matches NULL too: rows written before the fix name no worker.
                         let owned = task_history::table
                             .filter(task_history::status.eq(TaskStatus::Running.as_str()))
@@ -359,7 +370,8 @@ impl Storage for SqliteStorage {
                 };
                 for task in orphans {
                     let mut task = task.clone();
-                    let sessions_invalidated = sessions.get(&task.id.to_string()).copied().unwrap_or(0);
+                    let sessions_invalidated =
+                        sessions.get(&task.id.to_string()).copied().unwrap_or(0);
                     task.status = TaskStatus::Interrupted;
                     task.interrupted_at = Some(request.now);
                     task.interrupt_reason = Some(reason.clone());
@@ -374,7 +386,9 @@ impl Storage for SqliteStorage {
                     });
                 }
             }
-            recovered.sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
+            recovered.sort_by(|a, b| {
+                (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id))
+            });
             Ok(recovered)
         };
         immediate(&mut self.connection(), sweep)

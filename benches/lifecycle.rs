@@ -1,0 +1,146 @@
+//! Lifecycle throughput: start + finish of one task, each its own commit,
+//! next to a raw baseline that issues the same two statements through the
+//! same driver on the same kind of file with nothing around them.
+//!
+//! Run: `cargo bench --bench lifecycle`. Results: docs/performance.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use tasktrail::*;
+
+fn spec() -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number: 1104,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("valid spec")
+}
+
+fn worker<S: Storage>(storage: &S) -> RegisteredWorker {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    RegisteredWorker::register(
+        storage,
+        WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "bench".into(),
+            pid: std::process::id(),
+            process_start_marker: "bench".into(),
+            started_at: clock.now(),
+        },
+        clock,
+    )
+    .expect("register")
+}
+
+fn report() -> RunReport {
+    RunReport {
+        input_tokens: 1200,
+        output_tokens: 300,
+        cost_usd: CostUsd::new(0.42).expect("cost"),
+        turns: 7,
+        artifacts: vec!["pr/17".into()],
+    }
+}
+
+fn one_lifecycle<S: Storage>(worker: &RegisteredWorker, storage: &S) {
+    let running = Task::queue(spec()).start(worker, storage).expect("start");
+    black_box(
+        running
+            .finish(Outcome::Success(report()), storage)
+            .expect("finish"),
+    );
+}
+
+/// The same two statements, autocommit each, through Diesel's `sql_query`.
+fn raw_lifecycle(connection: &mut SqliteConnection, worker: &str) {
+    use diesel::sql_types::{BigInt, Double, Text};
+    let id = TaskId::new_random().to_string();
+    let now = || {
+        SystemClock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    diesel::sql_query(
+        "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+    )
+    .bind::<Text, _>(&id)
+    .bind::<Text, _>("acme/widgets")
+    .bind::<BigInt, _>(1104_i64)
+    .bind::<Text, _>("alice")
+    .bind::<Text, _>("fixer")
+    .bind::<Text, _>("claude_sdk")
+    .bind::<Text, _>("claude-opus")
+    .bind::<Text, _>("anthropic")
+    .bind::<Text, _>(now())
+    .bind::<Text, _>(worker)
+    .execute(connection)
+    .expect("raw insert");
+    diesel::sql_query(
+        "UPDATE task_history SET status = 'success', finished_at = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?, turns = ?, artifacts = ? \
+         WHERE id = ? AND status = 'running' AND worker_id = ?",
+    )
+    .bind::<Text, _>(now())
+    .bind::<BigInt, _>(1200_i64)
+    .bind::<BigInt, _>(300_i64)
+    .bind::<Double, _>(0.42)
+    .bind::<BigInt, _>(7_i64)
+    .bind::<Text, _>("[\"pr/17\"]")
+    .bind::<Text, _>(&id)
+    .bind::<Text, _>(worker)
+    .execute(connection)
+    .expect("raw update");
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    group.throughput(Throughput::Elements(1));
+
+    let memory = MemoryStorage::new();
+    let memory_worker = worker(&memory);
+    group.bench_function("memory/tasktrail", |b| {
+        b.iter(|| one_lifecycle(&memory_worker, &memory))
+    });
+
+    for durability in [SqliteDurability::Full, SqliteDurability::Normal] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = || SqliteOptions {
+            durability,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStorage::open_with(dir.path().join("crate.db"), options()).expect("open");
+        let store_worker = worker(&store);
+        group.bench_function(
+            BenchmarkId::new("sqlite/tasktrail", format!("{durability:?}")),
+            |b| b.iter(|| one_lifecycle(&store_worker, &store)),
+        );
+
+        let raw_store =
+            SqliteStorage::open_with(dir.path().join("raw.db"), options()).expect("open");
+        let raw_worker = worker(&raw_store).id().to_string();
+        raw_store.with_connection(|connection| {
+            connection.batch_execute("SELECT 1").expect("ready");
+            group.bench_function(
+                BenchmarkId::new("sqlite/raw_sql_baseline", format!("{durability:?}")),
+                |b| b.iter(|| raw_lifecycle(connection, &raw_worker)),
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(5));
+    targets = lifecycle
+}
+criterion_main!(benches);

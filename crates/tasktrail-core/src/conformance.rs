@@ -1,0 +1,944 @@
+//! The behaviour suite every [`Storage`] backend must pass, written once
+//! against the trait (in the manner of object_store's shared integration
+//! tests). Each backend has one test entry that calls
+//! [`run_conformance_suite`]; a server that writes its own backend can run it
+//! too (enable the `conformance` feature).
+//!
+//! ```
+//! use tasktrail_core::conformance::{run_conformance_suite, Subject};
+//! use tasktrail_core::MemoryStorage;
+//!
+//! run_conformance_suite(Subject {
+//!     name: "memory",
+//!     fresh_store: Box::new(MemoryStorage::new),
+//!     task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
+//! });
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+
+use crate::{
+    Clock, CostUsd, FinishError, FinishRefusal, FinishRow, FinishWrite, InterruptReason,
+    LivenessPolicy, ManualClock, Outcome, PolicyJudge, ProcessProbe, RecoveredTask,
+    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError,
+    SweepMode, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus, WorkerId,
+    WorkerRegistration, WorkerState,
+};
+
+/// What a backend hands the suite.
+pub struct Subject<S: Storage> {
+    /// The backend's name, for failure messages.
+    pub name: &'static str,
+    /// Makes a fresh, empty, migrated store; called once per case.
+    pub fresh_store: Box<dyn FnMut() -> S>,
+    /// The INSERT statements into `task_history` the backend really issued
+    /// for an id (from its statement log, not inferred from rows).
+    pub task_insert_statements: Box<dyn Fn(&S, TaskId) -> usize>,
+}
+
+impl<S: Storage> fmt::Debug for Subject<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subject")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One case's world: a store, a clock, a process table, and helpers.
+struct World<'a, S: Storage> {
+    store: &'a S,
+    inserts: &'a dyn Fn(&S, TaskId) -> usize,
+    clock: ManualClock,
+    processes: FakeProcesses,
+    next_pid: u32,
+    next_issue: u32,
+}
+
+#[derive(Clone, Default)]
+struct FakeProcesses(Arc<std::sync::Mutex<Vec<(u32, String)>>>);
+
+impl FakeProcesses {
+    fn spawn(&self, pid: u32) {
+        self.lock().push((pid, format!("boot:{pid}")));
+    }
+    fn kill(&self, pid: u32) {
+        self.lock().retain(|(p, _)| *p != pid);
+    }
+    fn reuse(&self, pid: u32) {
+        self.kill(pid);
+        self.lock().push((pid, format!("boot:{pid}:reused")));
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, String)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ProcessProbe for FakeProcesses {
+    fn process_start_marker(&self, pid: u32) -> Option<String> {
+        self.lock()
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, m)| m.clone())
+    }
+}
+
+const LOCAL_HOST: &str = "local";
+
+impl<S: Storage> World<'_, S> {
+    fn worker_on(&mut self, host: &str) -> (RegisteredWorker, u32) {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        if host == LOCAL_HOST {
+            self.processes.spawn(pid);
+        }
+        let worker = RegisteredWorker::register(
+            self.store,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: host.to_owned(),
+                pid,
+                process_start_marker: format!("boot:{pid}"),
+                started_at: self.clock.now(),
+            },
+            Arc::new(self.clock.clone()),
+        )
+        .expect("register worker");
+        (worker, pid)
+    }
+
+    fn local_worker(&mut self) -> (RegisteredWorker, u32) {
+        self.worker_on(LOCAL_HOST)
+    }
+
+    fn spec(&mut self, repo: &str) -> TaskSpec {
+        self.next_issue += 1;
+        TaskSpec::validate(TaskSpecInput {
+            repo: repo.to_owned(),
+            issue_number: i64::from(self.next_issue),
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("valid spec")
+    }
+
+    fn start(&mut self, worker: &RegisteredWorker) -> Task<crate::Running> {
+        let spec = self.spec("acme/widgets");
+        Task::queue(spec).start(worker, self.store).expect("start")
+    }
+
+    fn row(&self, id: TaskId) -> TaskRecord {
+        self.store
+            .get_task(id)
+            .expect("get_task")
+            .expect("row exists")
+    }
+
+    fn inserts(&self, id: TaskId) -> usize {
+        (self.inserts)(self.store, id)
+    }
+
+    fn sweep(&self, by: &RegisteredWorker, mode: SweepMode) -> Vec<RecoveredTask> {
+        let policy = LivenessPolicy::for_host(LOCAL_HOST);
+        let now = self.clock.now();
+        self.store
+            .recover_orphans(
+                &RecoveryRequest {
+                    recovering_worker: by.id(),
+                    now,
+                    mode,
+                },
+                &PolicyJudge {
+                    policy: &policy,
+                    probe: &self.processes,
+                    now,
+                },
+            )
+            .expect("sweep")
+    }
+}
+
+fn report() -> RunReport {
+    RunReport {
+        input_tokens: 1200,
+        output_tokens: 345,
+        cost_usd: CostUsd::new(0.4275).expect("cost"),
+        turns: 7,
+        artifacts: vec!["pr/17".into(), "notes/summary.md".into()],
+    }
+}
+
+fn interrupted(reason: &str) -> Outcome {
+    Outcome::Interrupted(InterruptReason::new(reason).expect("reason"))
+}
+
+type Case<S> = fn(&mut World<'_, S>);
+
+fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
+    vec![
+        (
+            "start_inserts_one_running_row_with_every_seed_column",
+            start_inserts_one_running_row_with_every_seed_column,
+        ),
+        (
+            "finish_with_each_outcome_updates_the_same_row",
+            finish_with_each_outcome_updates_the_same_row,
+        ),
+        (
+            "timestamps_round_trip_to_the_microsecond",
+            timestamps_round_trip_to_the_microsecond,
+        ),
+        (
+            "starting_the_same_id_twice_is_refused_and_hands_the_task_back",
+            starting_the_same_id_twice_is_refused_and_hands_the_task_back,
+        ),
+        (
+            "finishing_twice_is_refused_and_changes_nothing",
+            finishing_twice_is_refused_and_changes_nothing,
+        ),
+        (
+            "finish_by_a_worker_that_does_not_own_the_row_is_refused",
+            finish_by_a_worker_that_does_not_own_the_row_is_refused,
+        ),
+        (
+            "finish_of_an_id_with_no_row_never_inserts",
+            finish_of_an_id_with_no_row_never_inserts,
+        ),
+        (
+            "finish_after_recovery_interrupted_the_row_is_refused",
+            finish_after_recovery_interrupted_the_row_is_refused,
+        ),
+        (
+            "recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it",
+            recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it,
+        ),
+        (
+            "recovery_treats_a_reused_pid_as_dead",
+            recovery_treats_a_reused_pid_as_dead,
+        ),
+        (
+            "recovery_leaves_live_workers_rows_alone",
+            recovery_leaves_live_workers_rows_alone,
+        ),
+        (
+            "recovery_of_other_hosts_follows_the_heartbeat_lease",
+            recovery_of_other_hosts_follows_the_heartbeat_lease,
+        ),
+        (
+            "recovery_with_no_orphans_is_a_no_op",
+            recovery_with_no_orphans_is_a_no_op,
+        ),
+        (
+            "every_recovered_task_is_reported_once",
+            every_recovered_task_is_reported_once,
+        ),
+        (
+            "dry_run_reports_the_same_tasks_and_changes_nothing",
+            dry_run_reports_the_same_tasks_and_changes_nothing,
+        ),
+        (
+            "sessions_are_resumable_only_after_a_completed_run",
+            sessions_are_resumable_only_after_a_completed_run,
+        ),
+        (
+            "sessions_of_interrupted_tasks_are_invalidated_and_never_resumed",
+            sessions_of_interrupted_tasks_are_invalidated_and_never_resumed,
+        ),
+        ("session_writes_are_checked", session_writes_are_checked),
+        (
+            "a_deregistered_workers_leftover_rows_are_orphans",
+            a_deregistered_workers_leftover_rows_are_orphans,
+        ),
+        (
+            "listing_filters_orders_and_limits",
+            listing_filters_orders_and_limits,
+        ),
+    ]
+}
+
+/// Runs every case on its own fresh store; panics naming the backend and the
+/// case on the first failure.
+pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
+    for (name, case) in cases::<S>() {
+        eprintln!("conformance[{}]: {name}", subject.name);
+        let store = (subject.fresh_store)();
+        let mut world = World {
+            store: &store,
+            inserts: subject.task_insert_statements.as_ref(),
+            clock: ManualClock::starting_at(
+                Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
+                    .single()
+                    .expect("time")
+                    + Duration::microseconds(123_456),
+            ),
+            processes: FakeProcesses::default(),
+            next_pid: 100,
+            next_issue: 1000,
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&mut world)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            panic!(
+                "backend `{}` failed conformance case `{name}`: {message}",
+                subject.name
+            );
+        }
+    }
+}
+
+fn start_inserts_one_running_row_with_every_seed_column<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let spec = w.spec("acme/widgets");
+    let running = Task::queue(spec.clone())
+        .start(&worker, w.store)
+        .expect("start");
+    let row = w.row(running.id());
+    assert_eq!(row.id, running.id());
+    assert_eq!(row.status, TaskStatus::Running);
+    assert_eq!(
+        (row.repo.as_str(), row.issue_number),
+        (spec.repo(), spec.issue_number())
+    );
+    assert_eq!(
+        (
+            row.user.as_str(),
+            row.agent.as_str(),
+            row.agent_type.as_str(),
+            row.model.as_str(),
+            row.provider.as_str()
+        ),
+        (
+            spec.user(),
+            spec.agent(),
+            spec.agent_type(),
+            spec.model(),
+            spec.provider()
+        )
+    );
+    assert_eq!(row.started_at, running.started_at());
+    assert_eq!(row.worker_id, Some(worker.id()));
+    assert_eq!(row.finished_at, None);
+    assert_eq!(
+        (row.input_tokens, row.output_tokens, row.turns),
+        (None, None, None)
+    );
+    assert_eq!(row.cost_usd, None);
+    assert_eq!(row.artifacts, None);
+    assert_eq!(w.inserts(running.id()), 1, "exactly one INSERT");
+    assert_eq!(
+        w.store
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+fn finish_with_each_outcome_updates_the_same_row<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let outcomes = [
+        Outcome::Success(report()),
+        Outcome::Failure(report()),
+        Outcome::Cancelled(report()),
+        Outcome::AbortedNoSkill(report()),
+        interrupted("worker received SIGTERM"),
+    ];
+    for outcome in outcomes {
+        let running = w.start(&worker);
+        let id = running.id();
+        w.clock.advance(Duration::seconds(90));
+        let finished = running.finish(outcome.clone(), w.store).expect("finish");
+        let row = w.row(id);
+        assert_eq!(row.status, outcome.status());
+        assert_eq!(w.inserts(id), 1, "finish must not INSERT");
+        match outcome.report() {
+            Some(report) => {
+                assert_eq!(row.finished_at, Some(finished.finished_at()));
+                assert_eq!(row.input_tokens, Some(report.input_tokens));
+                assert_eq!(row.output_tokens, Some(report.output_tokens));
+                assert_eq!(row.cost_usd, Some(report.cost_usd.dollars()));
+                assert_eq!(row.turns, Some(report.turns));
+                assert_eq!(row.artifacts.as_ref(), Some(&report.artifacts));
+                assert_eq!(row.interrupted_at, None);
+            }
+            None => {
+                assert_eq!(
+                    row.finished_at, None,
+                    "interrupted rows keep finished_at NULL"
+                );
+                assert_eq!(
+                    (row.input_tokens, row.output_tokens, row.turns),
+                    (None, None, None)
+                );
+                assert_eq!((row.cost_usd, row.artifacts.clone()), (None, None));
+                assert_eq!(row.interrupted_at, Some(finished.finished_at()));
+                assert_eq!(
+                    row.interrupt_reason.as_deref(),
+                    Some("worker received SIGTERM")
+                );
+                assert_eq!(row.interrupted_by, Some(worker.id()));
+            }
+        }
+    }
+    assert_eq!(
+        w.store
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .len(),
+        5
+    );
+}
+
+fn timestamps_round_trip_to_the_microsecond<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let running = w.start(&worker);
+    let started = running.started_at();
+    assert_ne!(started.timestamp_subsec_micros(), 0);
+    w.clock.advance(Duration::microseconds(1_000_001));
+    let finished = running
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let row = w.row(finished.id());
+    assert_eq!(row.started_at, started);
+    assert_eq!(row.finished_at, Some(finished.finished_at()));
+}
+
+fn starting_the_same_id_twice_is_refused_and_hands_the_task_back<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let id = TaskId::new_random();
+    let spec = w.spec("acme/widgets");
+    let first = Task::queue_with_id(id, spec.clone())
+        .start(&worker, w.store)
+        .expect("first start");
+    let before = w.row(id);
+    let other_spec = w.spec("acme/gears");
+    let error = Task::queue_with_id(id, other_spec)
+        .start(&worker, w.store)
+        .expect_err("second start");
+    assert!(
+        matches!(error.error, StorageError::DuplicateTask { id: dup } if dup == id),
+        "{:?}",
+        error.error
+    );
+    assert_eq!(error.into_task().id(), id);
+    assert_eq!(w.row(id), before, "the first row is unchanged");
+    drop(first);
+}
+
+fn finishing_twice_is_refused_and_changes_nothing<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let running = w.start(&worker);
+    let id = running.id();
+    running
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let before = w.row(id);
+    w.clock.advance(Duration::seconds(5));
+    let again = w
+        .store
+        .finish_running(&FinishRow {
+            id,
+            worker: worker.id(),
+            outcome: Outcome::Failure(RunReport::empty()),
+            at: w.clock.now(),
+        })
+        .expect("second finish");
+    assert_eq!(
+        again,
+        FinishWrite::Refused(FinishRefusal::AlreadyFinished {
+            status: TaskStatus::Success
+        })
+    );
+    assert_eq!(w.row(id), before, "a finished row never changes again");
+    assert_eq!(w.inserts(id), 1);
+}
+
+fn finish_by_a_worker_that_does_not_own_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
+    let (owner, _) = w.local_worker();
+    let (intruder, _) = w.local_worker();
+    let running = w.start(&owner);
+    let id = running.id();
+    let before = w.row(id);
+    let write = w
+        .store
+        .finish_running(&FinishRow {
+            id,
+            worker: intruder.id(),
+            outcome: Outcome::Success(report()),
+            at: w.clock.now(),
+        })
+        .expect("finish");
+    assert_eq!(
+        write,
+        FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
+            owner: Some(owner.id())
+        })
+    );
+    assert_eq!(w.row(id), before);
+    running
+        .finish(Outcome::Success(report()), w.store)
+        .expect("the owner still can");
+}
+
+fn finish_of_an_id_with_no_row_never_inserts<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let ghost = TaskId::new_random();
+    let write = w
+        .store
+        .finish_running(&FinishRow {
+            id: ghost,
+            worker: worker.id(),
+            outcome: Outcome::Success(report()),
+            at: w.clock.now(),
+        })
+        .expect("finish");
+    assert_eq!(write, FinishWrite::Refused(FinishRefusal::Missing));
+    assert_eq!(w.store.get_task(ghost).expect("get"), None);
+    assert_eq!(w.inserts(ghost), 0);
+}
+
+fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
+    let (victim, victim_pid) = w.local_worker();
+    let running = w.start(&victim);
+    let id = running.id();
+    w.processes.kill(victim_pid);
+    let (rescuer, _) = w.local_worker();
+    assert_eq!(w.sweep(&rescuer, SweepMode::Apply).len(), 1);
+    let before = w.row(id);
+    let error = running
+        .finish(Outcome::Success(report()), w.store)
+        .expect_err("late finish");
+    assert!(
+        matches!(&error, FinishError::Refused { refusal: FinishRefusal::InterruptedByRecovery { recovered_by: Some(by) }, .. } if *by == rescuer.id()),
+        "{error:?}"
+    );
+    assert_eq!(w.row(id), before);
+    assert_eq!(w.inserts(id), 1);
+}
+
+fn recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (victim, victim_pid) = w.local_worker();
+    let a = w.start(&victim);
+    w.clock.advance(Duration::seconds(30));
+    let b = w.start(&victim);
+    w.clock.advance(Duration::minutes(36));
+    w.processes.kill(victim_pid);
+    let (rescuer, _) = w.local_worker();
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    let ids: Vec<TaskId> = recovered.iter().map(|r| r.task.id).collect();
+    assert_eq!(ids, vec![a.id(), b.id()], "oldest first, each once");
+    for task in &recovered {
+        let row = w.row(task.task.id);
+        assert_eq!(row, task.task, "the reported record is the stored row");
+        assert_eq!(row.status, TaskStatus::Interrupted);
+        assert_eq!(
+            (
+                row.finished_at,
+                row.cost_usd,
+                row.input_tokens,
+                row.output_tokens
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(row.interrupted_by, Some(rescuer.id()));
+        assert_eq!(row.interrupted_at, Some(w.clock.now()));
+        assert!(row
+            .interrupt_reason
+            .as_deref()
+            .is_some_and(|r| r.contains(&victim.id().to_string())));
+        assert_eq!(task.dead_worker, Some(victim.id()));
+        let hint = task.hint();
+        assert!(hint.starts_with("[recovery] "), "{hint}");
+        for needle in [
+            row.id.to_string(),
+            row.repo_issue(),
+            row.agent.clone(),
+            row.model.clone(),
+            victim.id().to_string(),
+        ] {
+            assert!(hint.contains(&needle), "hint {hint:?} lacks {needle:?}");
+        }
+    }
+    assert!(
+        recovered[0].hint().contains("ran_for=36m30s"),
+        "{}",
+        recovered[0].hint()
+    );
+    let state = w
+        .store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .find(|x| x.id == victim.id())
+        .map(|x| x.state);
+    assert_eq!(state, Some(WorkerState::Dead));
+    assert!(matches!(
+        victim.heartbeat(w.store),
+        Err(StorageError::WorkerNotAlive { .. })
+    ));
+    let spec = w.spec("acme/widgets");
+    let late = Task::queue(spec)
+        .start(&victim, w.store)
+        .expect_err("a dead worker cannot start");
+    assert!(matches!(late.error, StorageError::WorkerNotAlive { .. }));
+    assert_eq!(w.inserts(late.into_task().id()), 0, "nothing inserted");
+}
+
+fn recovery_treats_a_reused_pid_as_dead<S: Storage>(w: &mut World<'_, S>) {
+    let (victim, victim_pid) = w.local_worker();
+    let running = w.start(&victim);
+    w.processes.reuse(victim_pid);
+    let (rescuer, _) = w.local_worker();
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(
+        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+        vec![running.id()]
+    );
+}
+
+fn recovery_leaves_live_workers_rows_alone<S: Storage>(w: &mut World<'_, S>) {
+    let (local, _) = w.local_worker();
+    let (remote, _) = w.worker_on("elsewhere");
+    let (rescuer, _) = w.local_worker();
+    let rows = [w.start(&local), w.start(&remote), w.start(&rescuer)];
+    w.clock.advance(Duration::seconds(10));
+    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
+    for running in rows {
+        assert_eq!(w.row(running.id()).status, TaskStatus::Running);
+        running
+            .finish(Outcome::Success(report()), w.store)
+            .expect("owners still finish");
+    }
+}
+
+fn recovery_of_other_hosts_follows_the_heartbeat_lease<S: Storage>(w: &mut World<'_, S>) {
+    let (beating, _) = w.worker_on("elsewhere");
+    let (silent, _) = w.worker_on("elsewhere");
+    let kept = w.start(&beating);
+    let lost = w.start(&silent);
+    w.clock
+        .advance(LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1));
+    beating.heartbeat(w.store).expect("beat");
+    let (rescuer, _) = w.local_worker();
+    assert!(
+        w.sweep(&rescuer, SweepMode::Apply).is_empty(),
+        "within the lease both are alive"
+    );
+    w.clock.advance(Duration::seconds(2));
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(
+        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+        vec![lost.id()]
+    );
+    assert_eq!(w.row(kept.id()).status, TaskStatus::Running);
+}
+
+fn recovery_with_no_orphans_is_a_no_op<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let done = w.start(&worker);
+    let id = done.id();
+    done.finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let before = w.store.list_tasks(&TaskFilter::default()).expect("list");
+    let workers_before = w.store.list_workers().expect("workers");
+    let (rescuer, _) = w.local_worker();
+    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
+    assert_eq!(
+        w.store.list_tasks(&TaskFilter::default()).expect("list"),
+        before
+    );
+    let workers_after = w.store.list_workers().expect("workers");
+    assert!(workers_before.iter().all(|old| workers_after.contains(old)));
+    assert_eq!(w.row(id).status, TaskStatus::Success);
+}
+
+fn every_recovered_task_is_reported_once<S: Storage>(w: &mut World<'_, S>) {
+    let (victim, pid) = w.local_worker();
+    for _ in 0..3 {
+        let _ = w.start(&victim);
+    }
+    w.processes.kill(pid);
+    let (first, _) = w.local_worker();
+    let (second, _) = w.local_worker();
+    assert_eq!(w.sweep(&first, SweepMode::Apply).len(), 3);
+    assert!(w.sweep(&second, SweepMode::Apply).is_empty());
+    assert!(w.sweep(&first, SweepMode::Apply).is_empty());
+}
+
+fn dry_run_reports_the_same_tasks_and_changes_nothing<S: Storage>(w: &mut World<'_, S>) {
+    let (victim, pid) = w.local_worker();
+    let running = w.start(&victim);
+    running
+        .record_session(SessionId::parse("sess_dry").expect("id"), w.store)
+        .expect("session");
+    w.processes.kill(pid);
+    let (rescuer, _) = w.local_worker();
+    let before = w.store.list_tasks(&TaskFilter::default()).expect("list");
+    let sessions_before = w.store.list_sessions().expect("sessions");
+    let preview = w.sweep(&rescuer, SweepMode::DryRun);
+    assert_eq!(
+        w.store.list_tasks(&TaskFilter::default()).expect("list"),
+        before
+    );
+    assert_eq!(w.store.list_sessions().expect("sessions"), sessions_before);
+    let victim_state = w
+        .store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .find(|x| x.id == victim.id())
+        .map(|x| x.state);
+    assert_eq!(victim_state, Some(WorkerState::Alive));
+    let applied = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(
+        preview
+            .iter()
+            .map(|r| (r.task.id, r.sessions_invalidated))
+            .collect::<Vec<_>>(),
+        applied
+            .iter()
+            .map(|r| (r.task.id, r.sessions_invalidated))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(applied[0].sessions_invalidated, 1);
+}
+
+fn key_of(row: &TaskRecord) -> SessionKey {
+    SessionKey {
+        repo: row.repo.clone(),
+        issue_number: row.issue_number,
+        agent: row.agent.clone(),
+    }
+}
+
+fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let spec = w.spec("acme/widgets");
+    let first = Task::queue(spec.clone())
+        .start(&worker, w.store)
+        .expect("start");
+    first
+        .record_session(SessionId::parse("sess_1").expect("id"), w.store)
+        .expect("record");
+    let key = key_of(&w.row(first.id()));
+    assert_eq!(
+        w.store.resumable_session(&key).expect("resumable"),
+        None,
+        "its task is still running"
+    );
+    first
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let offered = w
+        .store
+        .resumable_session(&key)
+        .expect("resumable")
+        .expect("offered");
+    assert_eq!(offered.session_id.as_str(), "sess_1");
+
+    w.clock.advance(Duration::minutes(1));
+    let second = Task::queue(spec).start(&worker, w.store).expect("start");
+    second
+        .record_session(SessionId::parse("sess_2").expect("id"), w.store)
+        .expect("record");
+    second
+        .finish(Outcome::Failure(report()), w.store)
+        .expect("finish");
+    let offered = w
+        .store
+        .resumable_session(&key)
+        .expect("resumable")
+        .expect("offered");
+    assert_eq!(offered.session_id.as_str(), "sess_2", "newest wins");
+    let other_key = SessionKey {
+        agent: "triager".into(),
+        ..key
+    };
+    assert_eq!(
+        w.store.resumable_session(&other_key).expect("resumable"),
+        None
+    );
+}
+
+fn sessions_of_interrupted_tasks_are_invalidated_and_never_resumed<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    // Interrupted by recovery.
+    let (victim, pid) = w.local_worker();
+    let spec = w.spec("acme/widgets");
+    let orphan = Task::queue(spec.clone())
+        .start(&victim, w.store)
+        .expect("start");
+    orphan
+        .record_session(SessionId::parse("sess_orphan").expect("id"), w.store)
+        .expect("record");
+    let key = key_of(&w.row(orphan.id()));
+    w.processes.kill(pid);
+    let (rescuer, _) = w.local_worker();
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].sessions_invalidated, 1);
+    assert_eq!(w.store.resumable_session(&key).expect("resumable"), None);
+
+    // Interrupted by its own worker on shutdown.
+    let stopping = Task::queue(spec).start(&rescuer, w.store).expect("start");
+    stopping
+        .record_session(SessionId::parse("sess_stopping").expect("id"), w.store)
+        .expect("record");
+    stopping
+        .finish(interrupted("worker received SIGTERM"), w.store)
+        .expect("finish");
+    assert_eq!(w.store.resumable_session(&key).expect("resumable"), None);
+
+    let sessions = w.store.list_sessions().expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    for session in sessions {
+        assert!(
+            session.invalidated_at.is_some(),
+            "{} must be invalidated",
+            session.session_id
+        );
+        assert!(session.invalidation_reason.is_some());
+    }
+}
+
+fn session_writes_are_checked<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let running = w.start(&worker);
+    running
+        .record_session(SessionId::parse("sess_a").expect("id"), w.store)
+        .expect("record");
+    let dup = running.record_session(SessionId::parse("sess_a").expect("id"), w.store);
+    assert!(
+        matches!(dup, Err(StorageError::DuplicateSession)),
+        "{dup:?}"
+    );
+    let id = running.id();
+    running
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let late = w.store.record_session(&crate::NewSession {
+        session_id: SessionId::parse("sess_b").expect("id"),
+        task_id: id,
+        worker: worker.id(),
+        repo: "acme/widgets".into(),
+        issue_number: 1,
+        agent: "fixer".into(),
+        created_at: w.clock.now(),
+    });
+    assert!(
+        matches!(late, Err(StorageError::TaskNotRunning { .. })),
+        "{late:?}"
+    );
+    assert_eq!(w.store.list_sessions().expect("sessions").len(), 1);
+}
+
+fn a_deregistered_workers_leftover_rows_are_orphans<S: Storage>(w: &mut World<'_, S>) {
+    let (quitter, _) = w.local_worker();
+    let running = w.start(&quitter);
+    let quitter_id = quitter.id();
+    quitter.deregister(w.store).expect("deregister");
+    let state = w
+        .store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .find(|x| x.id == quitter_id)
+        .map(|x| x.state);
+    assert_eq!(state, Some(WorkerState::Stopped));
+    let (rescuer, _) = w.local_worker();
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(
+        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+        vec![running.id()]
+    );
+}
+
+fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let mut ids = Vec::new();
+    for (repo, finish) in [
+        ("acme/widgets", true),
+        ("acme/gears", false),
+        ("acme/widgets", false),
+        ("acme/gears", true),
+    ] {
+        let spec = w.spec(repo);
+        let running = Task::queue(spec).start(&worker, w.store).expect("start");
+        ids.push(running.id());
+        if finish {
+            running
+                .finish(Outcome::Success(report()), w.store)
+                .expect("finish");
+        }
+        w.clock.advance(Duration::seconds(1));
+    }
+    let all = w.store.list_tasks(&TaskFilter::default()).expect("list");
+    assert_eq!(
+        all.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    let running = w
+        .store
+        .list_tasks(&TaskFilter {
+            status: Some(TaskStatus::Running),
+            ..TaskFilter::default()
+        })
+        .expect("list");
+    assert_eq!(
+        running.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    let gears = w
+        .store
+        .list_tasks(&TaskFilter {
+            repo: Some("acme/gears".into()),
+            ..TaskFilter::default()
+        })
+        .expect("list");
+    assert_eq!(
+        gears.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[1]]
+    );
+    let limited = w
+        .store
+        .list_tasks(&TaskFilter {
+            limit: Some(1),
+            ..TaskFilter::default()
+        })
+        .expect("list");
+    assert_eq!(
+        limited.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[3]]
+    );
+    let both = w
+        .store
+        .list_tasks(&TaskFilter {
+            status: Some(TaskStatus::Success),
+            repo: Some("acme/widgets".into()),
+            limit: Some(10),
+        })
+        .expect("list");
+    assert_eq!(both.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert_eq!(w.store.get_task(TaskId::new_random()).expect("get"), None);
+    assert!(w
+        .store
+        .list_workers()
+        .expect("workers")
+        .iter()
+        .any(|x| x.id == worker.id()));
+}

@@ -1,0 +1,105 @@
+//! The in-memory backend's single entry into the shared behaviour suite, and
+//! the proof that the suite catches a backend that breaks the contract.
+
+use tasktrail_core::conformance::{run_conformance_suite, Subject};
+use tasktrail_core::*;
+
+#[test]
+fn memory_storage_passes_the_conformance_suite() {
+    run_conformance_suite(Subject {
+        name: "memory",
+        fresh_store: Box::new(MemoryStorage::new),
+        task_insert_statements: Box::new(|store: &MemoryStorage, id| {
+            store.task_insert_statements(id)
+        }),
+    });
+}
+
+/// A backend with the seed issue's bug: finish writes a new row instead of
+/// updating the running one (here: it re-INSERTs after the UPDATE).
+#[derive(Debug, Default)]
+struct InsertsOnFinish {
+    inner: MemoryStorage,
+}
+
+impl Storage for InsertsOnFinish {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        self.inner.register_worker(registration)
+    }
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.inner.heartbeat_worker(worker, at)
+    }
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.inner.deregister_worker(worker, at)
+    }
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        self.inner.list_workers()
+    }
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        self.inner.insert_running(row)
+    }
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        let written = self.inner.finish_running(row)?;
+        if let Some(record) = self.inner.get_task(row.id)? {
+            let spec = TaskSpec::validate(TaskSpecInput {
+                repo: record.repo,
+                issue_number: i64::from(record.issue_number),
+                user: record.user,
+                agent: record.agent,
+                agent_type: record.agent_type,
+                model: record.model,
+                provider: record.provider,
+            })
+            .map_err(|error| StorageError::Other {
+                source: Box::new(error),
+            })?;
+            // The bug: a second INSERT for the same id (refused here as a
+            // duplicate, but issued all the same).
+            let _ = self.inner.insert_running(&NewRunningRow {
+                id: row.id,
+                spec,
+                worker: row.worker,
+                started_at: row.at,
+            });
+        }
+        Ok(written)
+    }
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.inner.recover_orphans(request, judge)
+    }
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        self.inner.record_session(session)
+    }
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        self.inner.resumable_session(key)
+    }
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        self.inner.list_sessions()
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        self.inner.get_task(id)
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.inner.list_tasks(filter)
+    }
+}
+
+#[test]
+fn the_suite_fails_a_backend_that_inserts_on_finish() {
+    let result = std::panic::catch_unwind(|| {
+        run_conformance_suite(Subject {
+            name: "inserts-on-finish",
+            fresh_store: Box::new(InsertsOnFinish::default),
+            task_insert_statements: Box::new(|store: &InsertsOnFinish, id| {
+                store.inner.task_insert_statements(id)
+            }),
+        });
+    });
+    let panic = result.expect_err("the broken backend must fail the suite");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("inserts-on-finish"), "{message}");
+}

@@ -1,0 +1,274 @@
+//! Database URLs and opening the right backend for one.
+//!
+//! Accepted forms:
+//! - a file path (`tasktrail.db`, `/var/lib/tasktrail/trail.db`) or
+//!   `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://relative.db`): the
+//!   embedded SQLite backend;
+//! - `postgres://user:password@host:port/database` (or `postgresql://`): the
+//!   Postgres backend, when built with the `postgres` feature.
+//!
+//! A URL's password never appears in an error or a `Display`: it prints as
+//! `***`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use tasktrail_core::{Storage, StorageError};
+
+/// A parsed database URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A Postgres connection URL (kept whole; shown with its password
+    /// redacted).
+    Postgres(String),
+}
+
+/// A database URL that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatabaseUrlError {
+    /// Empty, or only whitespace.
+    #[error("database URL is empty")]
+    Empty,
+    /// A scheme other than `sqlite`, `postgres` or `postgresql`.
+    #[error("database URL has unsupported scheme {scheme:?} (use a file path, sqlite://PATH or postgres://...)")]
+    UnsupportedScheme {
+        /// The scheme.
+        scheme: String,
+    },
+    /// A URL or path holding control characters.
+    #[error("database URL holds control characters")]
+    ControlCharacters,
+    /// `sqlite://` with no path.
+    #[error("sqlite URL has no file path")]
+    MissingPath,
+    /// A Postgres URL that is malformed (no host, control characters...).
+    #[error("postgres URL is malformed: {reason}")]
+    MalformedPostgres {
+        /// What is wrong (never the password).
+        reason: &'static str,
+    },
+    /// The binary was built without the backend the URL asks for.
+    #[error("this tasktrail was built without the {backend} backend (enable the `{backend}` cargo feature)")]
+    BackendNotBuilt {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+    },
+}
+
+impl DatabaseUrl {
+    /// Parses a URL or path.
+    pub fn parse(input: &str) -> Result<Self, DatabaseUrlError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(DatabaseUrlError::Empty);
+        }
+        if input.chars().any(char::is_control) {
+            return Err(DatabaseUrlError::ControlCharacters);
+        }
+        let Some((scheme, rest)) = input.split_once("://") else {
+            if let Some((scheme, _)) = input.split_once(':') {
+                if looks_like_scheme(scheme) && scheme.len() > 1 {
+                    return Err(DatabaseUrlError::UnsupportedScheme {
+                        scheme: scheme.to_owned(),
+                    });
+                }
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(input)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" | "file" => {
+                if rest.is_empty() {
+                    Err(DatabaseUrlError::MissingPath)
+                } else {
+                    Ok(DatabaseUrl::Sqlite(PathBuf::from(rest)))
+                }
+            }
+            "postgres" | "postgresql" => {
+                let authority = rest.split(['/', '?']).next().unwrap_or_default();
+                let host = authority
+                    .rsplit_once('@')
+                    .map_or(authority, |(_, host)| host);
+                if host.is_empty() {
+                    return Err(DatabaseUrlError::MalformedPostgres {
+                        reason: "it names no host",
+                    });
+                }
+                if input.contains(' ') {
+                    return Err(DatabaseUrlError::MalformedPostgres {
+                        reason: "it holds spaces",
+                    });
+                }
+                Ok(DatabaseUrl::Postgres(input.to_owned()))
+            }
+            other => Err(DatabaseUrlError::UnsupportedScheme {
+                scheme: other.chars().take(32).collect(),
+            }),
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+fn looks_like_scheme(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+/// An opened store of whichever backend the URL named.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyStorage {
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(tasktrail_diesel::SqliteStorage),
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is unusable.
+    #[error(transparent)]
+    Url(#[from] DatabaseUrlError),
+    /// The backend refused or failed.
+    #[error("cannot open {url}: {error}")]
+    Storage {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        #[source]
+        error: StorageError,
+    },
+}
+
+impl AnyStorage {
+    /// Opens the database and applies pending migrations.
+    pub fn open(url: &DatabaseUrl) -> Result<Self, OpenError> {
+        let storage_error = |error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        };
+        match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open(path)
+                .map(AnyStorage::Sqlite)
+                .map_err(storage_error),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            DatabaseUrl::Postgres(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt {
+                    backend: "postgres",
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store.migrate(),
+        }
+    }
+
+    /// The store as a trait object.
+    pub fn as_storage(&self) -> &dyn Storage {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_sqlite_urls_name_a_file() {
+        assert_eq!(
+            DatabaseUrl::parse("tasktrail.db"),
+            Ok(DatabaseUrl::Sqlite("tasktrail.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/t.db"),
+            Ok(DatabaseUrl::Sqlite("/var/t.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://rel.db"),
+            Ok(DatabaseUrl::Sqlite("rel.db".into()))
+        );
+    }
+
+    #[test]
+    fn bad_urls_get_typed_errors() {
+        assert_eq!(DatabaseUrl::parse("  "), Err(DatabaseUrlError::Empty));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://"),
+            Err(DatabaseUrlError::MissingPath)
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("mysql://root@db/x"),
+            Err(DatabaseUrlError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("http://example"),
+            Err(DatabaseUrlError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("postgres:///db"),
+            Err(DatabaseUrlError::MalformedPostgres { .. })
+        ));
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let url =
+            DatabaseUrl::parse("postgres://app:s3cret-pw@db.internal:5432/trail").expect("valid");
+        for shown in [url.to_string(), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+            assert!(shown.contains("app:***@db.internal:5432/trail"), "{shown}");
+        }
+    }
+}
