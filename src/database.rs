@@ -212,6 +212,15 @@ impl AnyStorage {
         }
     }
 
+    /// The store, shareable between threads (a worker's task threads and its
+    /// heartbeat).
+    pub fn into_shared(self) -> std::sync::Arc<dyn Storage> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => std::sync::Arc::new(store),
+        }
+    }
+
     /// The store as a trait object.
     pub fn as_storage(&self) -> &dyn Storage {
         match self {

@@ -1,1 +1,236 @@
-fn main() {}
+//! `tasktrail`: the operator CLI. See `tasktrail --help` and README.md.
+
+mod demo;
+mod output;
+mod simulate;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tasktrail::host::{local_host_name, ProcfsProbe};
+use tasktrail::runtime::recover_now;
+use tasktrail::{
+    AnyStorage, DatabaseUrl, LivenessPolicy, SweepMode, SystemClock, TaskFilter, TaskId, TaskStatus,
+};
+
+/// The task audit trail of an agent-dispatch server: inspect it, recover it
+/// after a restart, or simulate a worker.
+#[derive(Debug, Parser)]
+#[command(name = "tasktrail", version, about, long_about = None)]
+struct Cli {
+    /// Database: a file path, sqlite://PATH, or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        global = true,
+        env = "TASKTRAIL_DB",
+        default_value = "tasktrail.db",
+        hide_env_values = true
+    )]
+    db: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending migrations (idempotent).
+    Migrate,
+    /// Run a simulated agent worker: boot (recovery sweep), then run tasks.
+    Worker(simulate::WorkerArgs),
+    /// Run the recovery sweep now and print the [recovery] hints.
+    Recover {
+        /// Print what would be recovered; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List task_history rows, newest first.
+    List {
+        /// Only rows with this status (running, success, failure, cancelled,
+        /// interrupted, aborted_no_skill).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only rows of this owner/name.
+        #[arg(long)]
+        repo: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// JSON (an array of objects keyed by column name).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task_history row.
+    Show {
+        /// The task id (a UUID).
+        id: String,
+        /// JSON (an object keyed by column name).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List claude_sdk_sessions rows, newest first.
+    Sessions {
+        /// JSON (an array of objects keyed by column name).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reproduce the incident on a temporary database: start a worker, SIGKILL
+    /// it mid-task, boot a new one, print the hints and the table.
+    Demo,
+}
+
+/// A failure to report as one line.
+pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("tasktrail: {}", one_line(first));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!(
+                "tasktrail: error: {}",
+                one_line(&error_chain(error.as_ref()))
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its sources, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn open(db: &str) -> CliResult<AnyStorage> {
+    let url = DatabaseUrl::parse(db)?;
+    Ok(AnyStorage::open(&url)?)
+}
+
+fn run(cli: Cli) -> CliResult<ExitCode> {
+    // Validate arguments before touching the database: bad input writes
+    // nothing.
+    match cli.command {
+        Command::Migrate => {
+            let url = DatabaseUrl::parse(&cli.db)?;
+            let storage = AnyStorage::open(&url)?;
+            let applied = storage.migrate()?;
+            if applied.is_empty() {
+                println!("{url}: schema is up to date");
+            } else {
+                println!("{url}: applied {}", applied.join(", "));
+            }
+        }
+        Command::Worker(args) => {
+            let plan = args.validate()?;
+            let storage = open(&cli.db)?;
+            return simulate::run_worker(storage.into_shared(), plan);
+        }
+        Command::Recover { dry_run } => {
+            let storage = open(&cli.db)?;
+            let mode = if dry_run {
+                SweepMode::DryRun
+            } else {
+                SweepMode::Apply
+            };
+            let recovered = recover_now(
+                storage.as_storage(),
+                &SystemClock,
+                &ProcfsProbe,
+                &LivenessPolicy::for_host(local_host_name()),
+                mode,
+            )?;
+            let mut out = std::io::stdout().lock();
+            for task in &recovered {
+                writeln!(out, "{}", task.hint())?;
+            }
+            if dry_run {
+                writeln!(
+                    out,
+                    "dry run: {} task(s) would be marked interrupted; nothing changed",
+                    recovered.len()
+                )?;
+            } else {
+                writeln!(out, "{} task(s) marked interrupted", recovered.len())?;
+            }
+        }
+        Command::List {
+            status,
+            repo,
+            limit,
+            json,
+        } => {
+            let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
+            let storage = open(&cli.db)?;
+            let rows = storage.as_storage().list_tasks(&TaskFilter {
+                status,
+                repo,
+                limit: Some(limit),
+            })?;
+            output::print_tasks(&rows, json)?;
+        }
+        Command::Show { id, json } => {
+            let id: TaskId = id.trim().parse()?;
+            let storage = open(&cli.db)?;
+            let Some(row) = storage.as_storage().get_task(id)? else {
+                return Err(format!("no task_history row with id {id}").into());
+            };
+            output::print_task(&row, json)?;
+        }
+        Command::Sessions { json } => {
+            let storage = open(&cli.db)?;
+            output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
+        }
+        Command::Demo => return demo::run(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_print_on_one_line_with_their_causes() {
+        let error: Box<dyn std::error::Error> = "first\nsecond".into();
+        assert_eq!(one_line(&error_chain(error.as_ref())), "first second");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

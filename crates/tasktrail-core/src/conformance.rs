@@ -28,6 +28,9 @@ use crate::{
     WorkerRegistration, WorkerState,
 };
 
+/// Counts the INSERT statements into `task_history` a store issued for an id.
+pub type InsertCounter<S> = Box<dyn Fn(&S, TaskId) -> usize>;
+
 /// What a backend hands the suite.
 pub struct Subject<S: Storage> {
     /// The backend's name, for failure messages.
@@ -36,7 +39,7 @@ pub struct Subject<S: Storage> {
     pub fresh_store: Box<dyn FnMut() -> S>,
     /// The INSERT statements into `task_history` the backend really issued
     /// for an id (from its statement log, not inferred from rows).
-    pub task_insert_statements: Box<dyn Fn(&S, TaskId) -> usize>,
+    pub task_insert_statements: InsertCounter<S>,
 }
 
 impl<S: Storage> fmt::Debug for Subject<S> {

@@ -251,8 +251,7 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        recovered
-            .sort_by(|a, b| (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id)));
+        recovered.sort_by_key(|r| (r.task.started_at, r.task.id));
         Ok(recovered)
     }
 
@@ -323,7 +322,7 @@ impl Storage for MemoryStorage {
             .filter(|task| filter.repo.as_ref().is_none_or(|repo| &task.repo == repo))
             .cloned()
             .collect();
-        tasks.sort_by(|a, b| (b.started_at, b.id).cmp(&(a.started_at, a.id)));
+        tasks.sort_by_key(|t| std::cmp::Reverse((t.started_at, t.id)));
         if let Some(limit) = filter.limit {
             tasks.truncate(limit as usize);
         }

@@ -238,7 +238,10 @@ impl Task<Queued> {
                     started_at,
                 },
             }),
-            Err(error) => Err(StartError { error, task: self }),
+            Err(error) => Err(StartError {
+                error,
+                task: Box::new(self),
+            }),
         }
     }
 }
@@ -250,13 +253,13 @@ pub struct StartError {
     /// Why.
     #[source]
     pub error: StorageError,
-    task: Task<Queued>,
+    task: Box<Task<Queued>>,
 }
 
 impl StartError {
     /// The queued task, to retry or drop.
     pub fn into_task(self) -> Task<Queued> {
-        self.task
+        *self.task
     }
 }
 

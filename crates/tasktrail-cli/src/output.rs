@@ -1,0 +1,210 @@
+//! Tables for people, JSON for scripts (keys are the column names).
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+use tasktrail::{human_duration, SessionRecord, TaskRecord, Timestamp};
+
+use crate::CliResult;
+
+fn time(at: Option<Timestamp>) -> Value {
+    at.map_or(Value::Null, |at| {
+        Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    })
+}
+
+fn short_time(at: Option<Timestamp>) -> String {
+    at.map_or_else(
+        || "-".to_owned(),
+        |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+/// A `task_history` row as a JSON object keyed by column name.
+pub(crate) fn task_json(row: &TaskRecord) -> Value {
+    json!({
+        "id": row.id.to_string(),
+        "repo": row.repo,
+        "issue_number": row.issue_number,
+        "user": row.user,
+        "agent": row.agent,
+        "agent_type": row.agent_type,
+        "model": row.model,
+        "provider": row.provider,
+        "status": row.status.as_str(),
+        "worker_id": row.worker_id.map(|id| id.to_string()),
+        "started_at": time(Some(row.started_at)),
+        "finished_at": time(row.finished_at),
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cost_usd": row.cost_usd,
+        "turns": row.turns,
+        "artifacts": row.artifacts,
+        "interrupted_at": time(row.interrupted_at),
+        "interrupt_reason": row.interrupt_reason,
+        "interrupted_by": row.interrupted_by.map(|id| id.to_string()),
+    })
+}
+
+fn session_json(row: &SessionRecord) -> Value {
+    json!({
+        "session_id": row.session_id.as_str(),
+        "task_id": row.task_id.to_string(),
+        "repo": row.repo,
+        "issue_number": row.issue_number,
+        "agent": row.agent,
+        "created_at": time(Some(row.created_at)),
+        "invalidated_at": time(row.invalidated_at),
+        "invalidation_reason": row.invalidation_reason,
+    })
+}
+
+fn print_json(value: &Value) -> CliResult<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Writes rows as a left-aligned table with a header.
+pub(crate) fn write_table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| (*h).to_owned()).collect())
+    )?;
+    for row in rows {
+        writeln!(out, "{}", line(row.clone()))?;
+    }
+    Ok(())
+}
+
+/// The task table.
+pub(crate) fn task_table(rows: &[TaskRecord]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|row| {
+            let end = row.finished_at.or(row.interrupted_at);
+            let ran = end.map_or_else(
+                || "-".to_owned(),
+                |end| human_duration(end - row.started_at),
+            );
+            vec![
+                row.id.to_string(),
+                row.repo_issue(),
+                row.status.to_string(),
+                row.agent.clone(),
+                row.model.clone(),
+                row.worker_id
+                    .map_or_else(|| "-".to_owned(), |id| id.to_string()[..8].to_owned()),
+                short_time(Some(row.started_at)),
+                short_time(row.finished_at),
+                ran,
+            ]
+        })
+        .collect()
+}
+
+pub(crate) const TASK_HEADER: [&str; 9] = [
+    "id",
+    "repo#issue",
+    "status",
+    "agent",
+    "model",
+    "worker",
+    "started_at",
+    "finished_at",
+    "ran",
+];
+
+pub(crate) fn print_tasks(rows: &[TaskRecord], json: bool) -> CliResult<()> {
+    if json {
+        return print_json(&Value::Array(rows.iter().map(task_json).collect()));
+    }
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        writeln!(out, "no task_history rows")?;
+        return Ok(());
+    }
+    write_table(&mut out, &TASK_HEADER, &task_table(rows))?;
+    Ok(())
+}
+
+pub(crate) fn print_task(row: &TaskRecord, json: bool) -> CliResult<()> {
+    let value = task_json(row);
+    if json {
+        return print_json(&value);
+    }
+    let mut out = std::io::stdout().lock();
+    if let Value::Object(columns) = value {
+        for (name, value) in columns {
+            let text = match value {
+                Value::Null => "NULL".to_owned(),
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            writeln!(out, "{name:>16}: {text}")?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn session_table(rows: &[SessionRecord]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|row| {
+            vec![
+                row.session_id.to_string(),
+                row.task_id.to_string(),
+                format!("{}#{}", row.repo, row.issue_number),
+                row.agent.clone(),
+                short_time(Some(row.created_at)),
+                short_time(row.invalidated_at),
+                row.invalidation_reason
+                    .clone()
+                    .unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect()
+}
+
+pub(crate) const SESSION_HEADER: [&str; 7] = [
+    "session_id",
+    "task_id",
+    "repo#issue",
+    "agent",
+    "created_at",
+    "invalidated_at",
+    "invalidation_reason",
+];
+
+pub(crate) fn print_sessions(rows: &[SessionRecord], json: bool) -> CliResult<()> {
+    if json {
+        return print_json(&Value::Array(rows.iter().map(session_json).collect()));
+    }
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        writeln!(out, "no claude_sdk_sessions rows")?;
+        return Ok(());
+    }
+    write_table(&mut out, &SESSION_HEADER, &session_table(rows))?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `tasktrail worker`: a simulated agent worker that uses the library the way
+//! the dispatch server does.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tasktrail::host::{current_registration, ProcfsProbe};
+use tasktrail::runtime::{boot, Heartbeat, WorkerOptions};
+use tasktrail::{
+    Clock, CostUsd, FinishError, InterruptReason, Outcome, RegisteredWorker, RunReport, SessionId,
+    Storage, SystemClock, Task, TaskSpec, TaskSpecInput,
+};
+
+use crate::CliResult;
+
+/// Arguments of `tasktrail worker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// How many tasks to run (0: boot, recover, stop).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    tasks: u32,
+    /// How many tasks run at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    concurrency: u32,
+    /// How long each task works: 250ms, 2s, 1m, 1h, or plain seconds.
+    #[arg(long, default_value = "2s")]
+    task_duration: String,
+    /// Probability in [0, 1] that a task ends in failure.
+    #[arg(long, default_value_t = 0.1)]
+    fail_rate: f64,
+}
+
+/// Validated worker arguments.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    tasks: u32,
+    concurrency: u32,
+    task_duration: Duration,
+    fail_rate: f64,
+}
+
+impl WorkerArgs {
+    pub(crate) fn validate(self) -> CliResult<Plan> {
+        if !(self.fail_rate.is_finite() && (0.0..=1.0).contains(&self.fail_rate)) {
+            return Err(format!(
+                "--fail-rate must be between 0 and 1, got {}",
+                self.fail_rate
+            )
+            .into());
+        }
+        Ok(Plan {
+            tasks: self.tasks,
+            concurrency: self.concurrency.min(self.tasks.max(1)),
+            task_duration: parse_duration(&self.task_duration)?,
+            fail_rate: self.fail_rate,
+        })
+    }
+}
+
+/// `250ms`, `2s`, `1m`, `1h`, or a plain number of seconds (fractions
+/// allowed); at most a day.
+pub(crate) fn parse_duration(text: &str) -> CliResult<Duration> {
+    let text = text.trim();
+    let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (text, 1.0)
+    };
+    let bad = || format!("--task-duration {text:?} is not a duration like 250ms, 2s, 1m or 1h");
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = value * unit_seconds;
+    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
+        return Err(bad().into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A small xorshift generator seeded from a fresh UUID: made-up work needs
+/// no cryptographic randomness.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Self {
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+        Self(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+fn made_up_spec(dice: &mut Dice) -> CliResult<TaskSpec> {
+    Ok(TaskSpec::validate(TaskSpecInput {
+        repo: dice
+            .pick(&["acme/widgets", "acme/gears", "initech/tps-reports"])
+            .to_owned(),
+        issue_number: 1 + dice.below(2000) as i64,
+        user: "operator".into(),
+        agent: dice.pick(&["fixer", "triager"]).to_owned(),
+        agent_type: "claude_sdk".into(),
+        model: dice.pick(&["claude-opus", "claude-sonnet"]).to_owned(),
+        provider: "anthropic".into(),
+    })?)
+}
+
+/// Prints whole lines to stdout and flushes each, so a reader (or the crash
+/// tests) sees `starting <id>` the moment the row is committed.
+#[derive(Clone)]
+struct Lines(Arc<Mutex<()>>);
+
+impl Lines {
+    fn say(&self, line: &str) {
+        let _guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+struct Signals {
+    term: Arc<AtomicBool>,
+    int: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> CliResult<Self> {
+        let term = Arc::new(AtomicBool::new(false));
+        let int = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term))?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&int))?;
+        Ok(Self { term, int })
+    }
+    fn received(&self) -> Option<&'static str> {
+        if self.term.load(Ordering::SeqCst) {
+            Some("SIGTERM")
+        } else if self.int.load(Ordering::SeqCst) {
+            Some("SIGINT")
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<ExitCode> {
+    let signals = Signals::install()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let options = WorkerOptions::default();
+    let registration = current_registration(clock.as_ref())?;
+    let report = boot(
+        storage.as_ref(),
+        registration,
+        Arc::clone(&clock),
+        &ProcfsProbe,
+        &options,
+    )?;
+    let lines = Lines(Arc::new(Mutex::new(())));
+    for task in &report.recovered {
+        lines.say(&task.hint());
+    }
+    let worker = report.worker;
+    lines.say(&format!(
+        "worker {} booted (pid {}); recovered {} task(s)",
+        worker.id(),
+        worker.registration().pid,
+        report.recovered.len()
+    ));
+    let heartbeat = Heartbeat::start(
+        Arc::clone(&storage),
+        worker.clone(),
+        options.heartbeat_interval,
+    );
+    let heartbeat = Arc::new(heartbeat);
+
+    let remaining = Arc::new(AtomicU32::new(plan.tasks));
+    let signals = Arc::new(signals);
+    let threads: Vec<_> = (0..plan.concurrency)
+        .map(|_| {
+            let ctx = TaskLoop {
+                storage: Arc::clone(&storage),
+                worker: worker.clone(),
+                remaining: Arc::clone(&remaining),
+                signals: Arc::clone(&signals),
+                heartbeat: Arc::clone(&heartbeat),
+                lines: lines.clone(),
+                task_duration: plan.task_duration,
+                fail_rate: plan.fail_rate,
+            };
+            std::thread::spawn(move || ctx.run())
+        })
+        .collect();
+    let mut first_error = None;
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(|| "a task thread panicked".to_owned());
+            }
+        }
+    }
+    let declared_dead = heartbeat.declared_dead();
+    drop(heartbeat);
+    if declared_dead {
+        return Err(format!(
+            "worker {} was declared dead by another worker's recovery sweep; it stopped writing",
+            worker.id()
+        )
+        .into());
+    }
+    worker.deregister(storage.as_ref())?;
+    if let Some(error) = first_error {
+        return Err(error.into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct TaskLoop {
+    storage: Arc<dyn Storage>,
+    worker: RegisteredWorker,
+    remaining: Arc<AtomicU32>,
+    signals: Arc<Signals>,
+    heartbeat: Arc<Heartbeat>,
+    lines: Lines,
+    task_duration: Duration,
+    fail_rate: f64,
+}
+
+impl TaskLoop {
+    fn should_stop(&self) -> bool {
+        self.signals.received().is_some() || self.heartbeat.declared_dead()
+    }
+
+    fn take_task(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn run(self) -> Result<(), String> {
+        let mut dice = Dice::new();
+        while !self.should_stop() && self.take_task() {
+            self.one_task(&mut dice)
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn one_task(&self, dice: &mut Dice) -> CliResult<()> {
+        let spec = made_up_spec(dice)?;
+        let running = Task::queue(spec).start(&self.worker, self.storage.as_ref())?;
+        let id = running.id();
+        self.lines.say(&format!("starting {id}"));
+        let session = SessionId::parse(&format!("sess_{}", uuid::Uuid::new_v4().simple()))?;
+        running.record_session(session, self.storage.as_ref())?;
+
+        let deadline = Instant::now() + self.task_duration;
+        while Instant::now() < deadline && !self.should_stop() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+        if self.heartbeat.declared_dead() {
+            // Declared dead: our rows are no longer ours. Write nothing.
+            return Ok(());
+        }
+        let outcome = match self.signals.received() {
+            Some(signal) => {
+                Outcome::Interrupted(InterruptReason::new(format!("worker received {signal}"))?)
+            }
+            None => {
+                let report = RunReport {
+                    input_tokens: 500 + dice.below(20_000) as u32,
+                    output_tokens: 100 + dice.below(4_000) as u32,
+                    cost_usd: CostUsd::new(dice.below(300) as f64 / 100.0)?,
+                    turns: 1 + dice.below(30) as u32,
+                    artifacts: vec![format!("pr/{}", 1 + dice.below(500))],
+                };
+                if dice.chance(self.fail_rate) {
+                    Outcome::Failure(report)
+                } else {
+                    Outcome::Success(report)
+                }
+            }
+        };
+        let status = outcome.status();
+        match running.finish(outcome, self.storage.as_ref()) {
+            Ok(_) => self.lines.say(&format!("finished {id} {status}")),
+            Err(FinishError::Refused { id, refusal }) => {
+                let error = FinishError::Refused { id, refusal };
+                eprintln!("tasktrail: warning: {error}");
+            }
+            Err(error @ FinishError::Storage { .. }) => return Err(error.into()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_garbage_is_refused() {
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("2s").ok(), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m").ok(), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3").ok(), Some(Duration::from_secs(3)));
+        for bad in ["", "-1s", "soon", "2d", "NaNs", "100000h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dice_chance_respects_the_extremes() {
+        let mut dice = Dice::new();
+        assert!((0..1000).all(|_| !dice.chance(0.0)));
+        assert!((0..1000).all(|_| dice.chance(1.0)));
+    }
+}

@@ -1,0 +1,351 @@
+//! The real `tasktrail` binary, end to end, on temporary databases.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tasktrail(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("TASKTRAIL_DB")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tasktrail")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Exit code 1, exactly one line on stderr, naming the problem.
+fn assert_one_line_error(output: &Output, needle: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout: {} stderr: {}",
+        stdout(output),
+        stderr(output)
+    );
+    let err = stderr(output);
+    assert_eq!(err.lines().count(), 1, "one line expected, got: {err:?}");
+    assert!(err.starts_with("tasktrail: error: "), "{err:?}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    assert!(!err.contains("panicked"), "{err:?}");
+}
+
+fn list_json(db: &Path) -> Vec<serde_json::Value> {
+    let output = tasktrail(db, &["list", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).expect("json array")
+}
+
+/// Spawns a worker and waits until it printed `starting` `count` times.
+fn worker_with_started_tasks(db: &Path, count: usize) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+        .arg("--db")
+        .arg(db)
+        .args([
+            "worker",
+            "--tasks",
+            &count.to_string(),
+            "--concurrency",
+            &count.to_string(),
+            "--task-duration",
+            "5m",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids.len() < count && Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(id) = line.strip_prefix("starting ") {
+                    ids.push(id.to_owned());
+                }
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(ids.len(), count, "the worker did not start its tasks");
+    // Keep the pipe open so the worker never blocks or dies on SIGPIPE.
+    std::mem::forget(lines);
+    (child, ids)
+}
+
+#[test]
+fn migrate_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let first = tasktrail(&db, &["migrate"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = tasktrail(&db, &["migrate"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("up to date"),
+        "{}",
+        stdout(&second)
+    );
+}
+
+#[test]
+fn a_worker_runs_tasks_and_every_row_ends_finished() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let output = tasktrail(
+        &db,
+        &[
+            "worker",
+            "--tasks",
+            "3",
+            "--concurrency",
+            "2",
+            "--task-duration",
+            "10ms",
+            "--fail-rate",
+            "0.5",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let starting: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("starting "))
+        .collect();
+    let finished: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("finished "))
+        .collect();
+    assert_eq!(starting.len(), 3, "{text}");
+    assert_eq!(finished.len(), 3, "{text}");
+    for id in &starting {
+        assert!(
+            finished
+                .iter()
+                .any(|l| l.contains(id) && (l.ends_with(" success") || l.ends_with(" failure"))),
+            "{text}"
+        );
+    }
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let status = row["status"].as_str().expect("status");
+        assert!(status == "success" || status == "failure", "{row}");
+        assert!(
+            row["finished_at"].is_string() && row["cost_usd"].is_number(),
+            "{row}"
+        );
+        for column in [
+            "id",
+            "repo",
+            "issue_number",
+            "user",
+            "agent",
+            "agent_type",
+            "model",
+            "provider",
+            "worker_id",
+            "started_at",
+            "input_tokens",
+            "output_tokens",
+            "turns",
+            "artifacts",
+            "interrupted_at",
+            "interrupt_reason",
+            "interrupted_by",
+        ] {
+            assert!(
+                row.get(column).is_some(),
+                "column {column} missing in {row}"
+            );
+        }
+    }
+    let id = rows[0]["id"].as_str().expect("id");
+    let show = tasktrail(&db, &["show", id, "--json"]);
+    assert!(show.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(shown, rows[0]);
+    let sessions = tasktrail(&db, &["sessions", "--json"]);
+    let sessions: Vec<serde_json::Value> = serde_json::from_slice(&sessions.stdout).expect("json");
+    assert_eq!(sessions.len(), 3);
+}
+
+#[test]
+fn bad_input_gets_one_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+    assert_one_line_error(
+        &tasktrail(&db, &["list", "--status", "bogus"]),
+        "unknown task status",
+    );
+    assert_one_line_error(&tasktrail(&db, &["show", "not-a-uuid"]), "is not a UUID");
+    assert_one_line_error(
+        &tasktrail(&db, &["show", "ca432f8f-d29e-4cab-8d42-22db730c9419"]),
+        "no task_history row",
+    );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--fail-rate", "1.5"]),
+        "--fail-rate",
+    );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--task-duration", "soon"]),
+        "--task-duration",
+    );
+    assert!(list_json(&db).is_empty(), "nothing was written");
+
+    let usage = tasktrail(&db, &["list", "--limit", "0"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert_eq!(stderr(&usage).lines().count(), 1, "{}", stderr(&usage));
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_and_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notes = dir.path().join("notes.txt");
+    let content = "not a database\n".repeat(300);
+    std::fs::write(&notes, &content).expect("write");
+    assert_one_line_error(
+        &tasktrail(&notes, &["list"]),
+        "not a usable SQLite database",
+    );
+    assert_eq!(std::fs::read_to_string(&notes).expect("read"), content);
+    assert_one_line_error(
+        &tasktrail(Path::new("mysql://root@db/x"), &["list"]),
+        "unsupported scheme",
+    );
+}
+
+#[test]
+fn a_password_in_the_url_never_shows() {
+    let output = tasktrail(
+        Path::new("postgres://app:secretpw@127.0.0.1:1/trail"),
+        &["list"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!stderr(&output).contains("secretpw"), "{}", stderr(&output));
+    assert!(!stdout(&output).contains("secretpw"));
+    let help = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+        .arg("--help")
+        .env("TASKTRAIL_DB", "postgres://app:secretpw@127.0.0.1:1/trail")
+        .output()
+        .expect("help");
+    assert!(help.status.success());
+    assert!(!stdout(&help).contains("secretpw"), "{}", stdout(&help));
+}
+
+#[test]
+fn sigterm_finishes_in_flight_tasks_as_interrupted_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 2);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert!(ids.contains(&row["id"].as_str().expect("id").to_owned()));
+        assert_eq!(row["status"], "interrupted", "{row}");
+        assert_eq!(row["interrupt_reason"], "worker received SIGTERM");
+        assert!(
+            row["finished_at"].is_null() && row["cost_usd"].is_null(),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn sigkill_leaves_running_rows_that_the_next_boot_recovers_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let rows = list_json(&db);
+    assert!(
+        rows.iter().all(|row| row["status"] == "running"),
+        "rows survive a SIGKILL as running"
+    );
+
+    let boot = tasktrail(&db, &["worker", "--tasks", "0"]);
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let text = stdout(&boot);
+    let hints: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("[recovery] "))
+        .collect();
+    assert_eq!(hints.len(), ids.len(), "{text}");
+    for id in &ids {
+        assert_eq!(
+            hints.iter().filter(|h| h.contains(id.as_str())).count(),
+            1,
+            "{text}"
+        );
+    }
+    assert!(list_json(&db)
+        .iter()
+        .all(|row| row["status"] == "interrupted"));
+
+    let again = tasktrail(&db, &["worker", "--tasks", "0"]);
+    assert!(
+        !stdout(&again).contains("[recovery]"),
+        "reported once: {}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn recover_dry_run_changes_nothing_and_recover_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let dry = tasktrail(&db, &["recover", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains(&ids[0]) && stdout(&dry).contains("nothing changed"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(list_json(&db)[0]["status"], "running");
+    let applied = tasktrail(&db, &["recover"]);
+    assert!(
+        stdout(&applied).contains("1 task(s) marked interrupted"),
+        "{}",
+        stdout(&applied)
+    );
+    assert_eq!(list_json(&db)[0]["status"], "interrupted");
+}
+
+#[test]
+fn demo_shows_the_incident_and_its_recovery() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+        .arg("demo")
+        .env_remove("TASKTRAIL_DB")
+        .output()
+        .expect("demo");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("| [recovery] ")).count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("interrupted"), "{text}");
+}
