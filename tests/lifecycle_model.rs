@@ -1,0 +1,643 @@
+//! Model-based property tests: random sequences of worker and task events run
+//! against a reference model and a real backend (in-memory and SQLite), with
+//! several workers. After every step the store must agree with the model and
+//! the lifecycle invariants must hold:
+//!
+//! - every task whose start returned Ok has exactly one row from then on;
+//! - no id is ever INSERTed twice (counted from the backend's own statement
+//!   log, not inferred from rows);
+//! - a finished row never changes again;
+//! - after a boot, no `running` row belongs to a dead worker, and every
+//!   interrupted task was reported exactly once;
+//! - interrupted rows keep `finished_at`, tokens and cost NULL, and their
+//!   sessions are invalidated and never offered for resume.
+//!
+//! CI runs a small number of cases; `PROPTEST_CASES=2000 cargo test --test
+//! lifecycle_model` runs the long version (docs/testing.md). Failures shrink
+//! and are kept under `tests/proptest-regressions/`.
+
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
+use tasktrail::runtime::{boot, WorkerOptions};
+use tasktrail::*;
+
+mod common;
+use common::Backend;
+
+const LOCAL_HOST: &str = "local";
+const LEASE_SECONDS: i64 = 15;
+
+// ---------------------------------------------------------------- the model
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelWorkerState {
+    Alive,
+    Dead,
+}
+
+#[derive(Debug, Clone)]
+struct ModelWorker {
+    local: bool,
+    process_alive: bool,
+    last_heartbeat: i64,
+    state: ModelWorkerState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelTask {
+    owner: usize,
+    status: TaskStatus,
+    /// The owner still holds the `Task<Running>` (it has not finished it).
+    handle_held: bool,
+    recovered: bool,
+    has_session: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Model {
+    now: i64,
+    workers: Vec<ModelWorker>,
+    tasks: Vec<ModelTask>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FinishKind {
+    Success,
+    Failure,
+    Cancelled,
+    AbortedNoSkill,
+    Interrupted,
+}
+
+impl FinishKind {
+    fn status(self) -> TaskStatus {
+        match self {
+            FinishKind::Success => TaskStatus::Success,
+            FinishKind::Failure => TaskStatus::Failure,
+            FinishKind::Cancelled => TaskStatus::Cancelled,
+            FinishKind::AbortedNoSkill => TaskStatus::AbortedNoSkill,
+            FinishKind::Interrupted => TaskStatus::Interrupted,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A worker process boots (registers, then sweeps).
+    Boot { local: bool },
+    /// Two workers boot back to back (as at once, serialised by the store).
+    TwoBoots,
+    /// An alive worker dispatches and starts a task.
+    Start { worker: usize },
+    /// The owner finishes a task it holds.
+    Finish { task: usize, kind: FinishKind },
+    /// A second finish of a finished task, issued directly.
+    DuplicateFinish { task: usize },
+    /// A finish by a worker that does not own the row, issued directly.
+    WrongWorkerFinish { task: usize, worker: usize },
+    /// The worker's process dies without finishing anything.
+    Kill { worker: usize },
+    /// Time passes (heartbeats may go stale).
+    Advance { seconds: i64 },
+    /// A worker heartbeats.
+    Heartbeat { worker: usize },
+    /// A running task records its SDK session.
+    RecordSession { task: usize },
+    /// A dispatcher asks which session (repo, issue, agent) may resume.
+    AskResume { task: usize },
+}
+
+impl Model {
+    fn acting(&self, worker: usize) -> bool {
+        self.workers.get(worker).is_some_and(|w| w.process_alive)
+    }
+
+    fn is_dead_for(&self, sweeper: usize, worker: usize) -> bool {
+        let w = &self.workers[worker];
+        if w.state == ModelWorkerState::Dead {
+            return true;
+        }
+        if w.local && self.workers[sweeper].local {
+            !w.process_alive
+        } else {
+            self.now - w.last_heartbeat > LEASE_SECONDS
+        }
+    }
+
+    /// The tasks a sweep by `sweeper` recovers, oldest first.
+    fn sweep(&mut self, sweeper: usize) -> Vec<usize> {
+        let dead: Vec<bool> = (0..self.workers.len())
+            .map(|w| w != sweeper && self.is_dead_for(sweeper, w))
+            .collect();
+        let mut recovered = Vec::new();
+        let mut owners = HashSet::new();
+        for (index, task) in self.tasks.iter_mut().enumerate() {
+            if task.status == TaskStatus::Running && task.owner != sweeper && dead[task.owner] {
+                task.status = TaskStatus::Interrupted;
+                task.recovered = true;
+                recovered.push(index);
+                owners.insert(task.owner);
+            }
+        }
+        for owner in owners {
+            self.workers[owner].state = ModelWorkerState::Dead;
+        }
+        recovered
+    }
+
+    fn boot(&mut self, local: bool) -> usize {
+        self.workers.push(ModelWorker {
+            local,
+            process_alive: true,
+            last_heartbeat: self.now,
+            state: ModelWorkerState::Alive,
+        });
+        let index = self.workers.len() - 1;
+        self.sweep(index);
+        index
+    }
+}
+
+struct LifecycleModel;
+
+impl ReferenceStateMachine for LifecycleModel {
+    type State = Model;
+    type Transition = Step;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        Just(Model::default()).boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Step> {
+        let workers = state.workers.len().max(1);
+        let tasks = state.tasks.len().max(1);
+        let kind = prop_oneof![
+            Just(FinishKind::Success),
+            Just(FinishKind::Failure),
+            Just(FinishKind::Cancelled),
+            Just(FinishKind::AbortedNoSkill),
+            Just(FinishKind::Interrupted),
+        ];
+        prop_oneof![
+            2 => any::<bool>().prop_map(|remote| Step::Boot { local: !remote }),
+            1 => Just(Step::TwoBoots),
+            6 => (0..workers).prop_map(|worker| Step::Start { worker }),
+            5 => (0..tasks, kind).prop_map(|(task, kind)| Step::Finish { task, kind }),
+            1 => (0..tasks).prop_map(|task| Step::DuplicateFinish { task }),
+            1 => (0..tasks, 0..workers).prop_map(|(task, worker)| Step::WrongWorkerFinish { task, worker }),
+            2 => (0..workers).prop_map(|worker| Step::Kill { worker }),
+            2 => (1..30i64).prop_map(|seconds| Step::Advance { seconds }),
+            3 => (0..workers).prop_map(|worker| Step::Heartbeat { worker }),
+            2 => (0..tasks).prop_map(|task| Step::RecordSession { task }),
+            1 => (0..tasks).prop_map(|task| Step::AskResume { task }),
+        ]
+        .boxed()
+    }
+
+    fn preconditions(state: &Model, step: &Step) -> bool {
+        match step {
+            Step::Boot { .. } | Step::TwoBoots | Step::Advance { .. } => true,
+            Step::Start { worker } | Step::Kill { worker } | Step::Heartbeat { worker } => {
+                state.acting(*worker)
+            }
+            Step::Finish { task, .. } => state
+                .tasks
+                .get(*task)
+                .is_some_and(|t| t.handle_held && state.acting(t.owner)),
+            Step::DuplicateFinish { task } => {
+                state.tasks.get(*task).is_some_and(|t| t.status.is_final())
+            }
+            Step::WrongWorkerFinish { task, worker } => state
+                .tasks
+                .get(*task)
+                .is_some_and(|t| t.owner != *worker && *worker < state.workers.len()),
+            Step::RecordSession { task } => state
+                .tasks
+                .get(*task)
+                .is_some_and(|t| t.handle_held && !t.has_session && state.acting(t.owner)),
+            Step::AskResume { task } => *task < state.tasks.len(),
+        }
+    }
+
+    fn apply(mut state: Model, step: &Step) -> Model {
+        match *step {
+            Step::Boot { local } => {
+                state.boot(local);
+            }
+            Step::TwoBoots => {
+                state.boot(true);
+                state.boot(false);
+            }
+            Step::Start { worker } => {
+                if state.workers[worker].state == ModelWorkerState::Alive {
+                    state.tasks.push(ModelTask {
+                        owner: worker,
+                        status: TaskStatus::Running,
+                        handle_held: true,
+                        recovered: false,
+                        has_session: false,
+                    });
+                }
+            }
+            Step::Finish { task, kind } => {
+                let task = &mut state.tasks[task];
+                task.handle_held = false;
+                if task.status == TaskStatus::Running {
+                    task.status = kind.status();
+                }
+            }
+            Step::DuplicateFinish { .. }
+            | Step::WrongWorkerFinish { .. }
+            | Step::AskResume { .. } => {}
+            Step::Kill { worker } => state.workers[worker].process_alive = false,
+            Step::Advance { seconds } => state.now += seconds,
+            Step::Heartbeat { worker } => {
+                if state.workers[worker].state == ModelWorkerState::Alive {
+                    state.workers[worker].last_heartbeat = state.now;
+                }
+            }
+            Step::RecordSession { task } => {
+                let owner = state.tasks[task].owner;
+                if state.tasks[task].status == TaskStatus::Running
+                    && state.workers[owner].state == ModelWorkerState::Alive
+                {
+                    state.tasks[task].has_session = true;
+                }
+            }
+        }
+        state
+    }
+}
+
+// ------------------------------------------------------- the system under test
+
+#[derive(Clone, Default)]
+struct FakeProcesses(Arc<Mutex<HashSet<u32>>>);
+
+impl ProcessProbe for FakeProcesses {
+    fn process_start_marker(&self, pid: u32) -> Option<String> {
+        let alive = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        alive.contains(&pid).then(|| format!("boot:{pid}"))
+    }
+}
+
+struct System<B: Backend> {
+    store: B,
+    clock: Arc<ManualClock>,
+    processes: FakeProcesses,
+    workers: Vec<RegisteredWorker>,
+    task_ids: Vec<TaskId>,
+    handles: HashMap<usize, Task<Running>>,
+    final_rows: HashMap<TaskId, TaskRecord>,
+    reported: HashSet<TaskId>,
+    _dir: tempfile::TempDir,
+}
+
+impl<B: Backend> System<B> {
+    fn boot(&mut self, local: bool, model_after: &Model) {
+        let pid = 1000 + self.workers.len() as u32;
+        let host = if local {
+            LOCAL_HOST.to_owned()
+        } else {
+            format!("remote-{pid}")
+        };
+        if local {
+            self.processes
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(pid);
+        }
+        let registration = WorkerRegistration {
+            id: WorkerId::new_random(),
+            host,
+            pid,
+            process_start_marker: format!("boot:{pid}"),
+            started_at: self.clock.now(),
+        };
+        let options = WorkerOptions {
+            lease: Duration::seconds(LEASE_SECONDS),
+            ..WorkerOptions::default()
+        };
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let report =
+            boot(&self.store, registration, clock, &self.processes, &options).expect("boot");
+        for task in &report.recovered {
+            assert!(
+                self.reported.insert(task.task.id),
+                "task {} reported twice",
+                task.task.id
+            );
+            assert!(task.hint().starts_with("[recovery] "));
+        }
+        self.workers.push(report.worker);
+        // Every task the model says this boot recovers was reported by it.
+        let reported_now: HashSet<TaskId> = report.recovered.iter().map(|t| t.task.id).collect();
+        let newly_recovered: HashSet<TaskId> = model_after
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.recovered)
+            .map(|(i, _)| self.task_ids[i])
+            .filter(|id| !self.reported.contains(id) || reported_now.contains(id))
+            .collect();
+        assert!(
+            reported_now.is_subset(&newly_recovered),
+            "a boot reported a task the model did not recover"
+        );
+    }
+
+    fn row(&self, index: usize) -> TaskRecord {
+        self.store
+            .get_task(self.task_ids[index])
+            .expect("read")
+            .expect("every started task has a row")
+    }
+}
+
+struct LifecycleTest<B>(PhantomData<B>);
+
+fn spec_for(index: usize) -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number: index as i64 + 1,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("spec")
+}
+
+fn report() -> RunReport {
+    RunReport {
+        input_tokens: 10,
+        output_tokens: 20,
+        cost_usd: CostUsd::new(0.5).expect("cost"),
+        turns: 3,
+        artifacts: vec!["pr/1".into()],
+    }
+}
+
+fn outcome(kind: FinishKind) -> Outcome {
+    match kind {
+        FinishKind::Success => Outcome::Success(report()),
+        FinishKind::Failure => Outcome::Failure(report()),
+        FinishKind::Cancelled => Outcome::Cancelled(report()),
+        FinishKind::AbortedNoSkill => Outcome::AbortedNoSkill(report()),
+        FinishKind::Interrupted => {
+            Outcome::Interrupted(InterruptReason::new("worker received SIGTERM").expect("reason"))
+        }
+    }
+}
+
+impl<B: Backend> StateMachineTest for LifecycleTest<B> {
+    type SystemUnderTest = System<B>;
+    type Reference = LifecycleModel;
+
+    fn init_test(_model: &Model) -> System<B> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        System {
+            store: B::fresh(dir.path()),
+            clock: Arc::new(ManualClock::starting_at(
+                Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 0)
+                    .single()
+                    .expect("time"),
+            )),
+            processes: FakeProcesses::default(),
+            workers: Vec::new(),
+            task_ids: Vec::new(),
+            handles: HashMap::new(),
+            final_rows: HashMap::new(),
+            reported: HashSet::new(),
+            _dir: dir,
+        }
+    }
+
+    fn apply(mut sut: System<B>, model: &Model, step: Step) -> System<B> {
+        snapshot_final_rows(&mut sut);
+        match step {
+            Step::Boot { local } => sut.boot(local, model),
+            Step::TwoBoots => {
+                sut.boot(true, model);
+                sut.boot(false, model);
+            }
+            Step::Start { worker } => {
+                let index = sut.task_ids.len();
+                let result = Task::queue(spec_for(index)).start(&sut.workers[worker], &sut.store);
+                let model_started = model.tasks.len() > index;
+                match result {
+                    Ok(running) => {
+                        assert!(
+                            model_started,
+                            "start succeeded for a worker the model says is dead"
+                        );
+                        sut.task_ids.push(running.id());
+                        sut.handles.insert(index, running);
+                    }
+                    Err(error) => {
+                        assert!(!model_started, "start failed: {error}");
+                        assert!(
+                            matches!(error.error, StorageError::WorkerNotAlive { .. }),
+                            "{error}"
+                        );
+                        let id = error.into_task().id();
+                        assert_eq!(
+                            sut.store.get_task(id).expect("read"),
+                            None,
+                            "a failed start leaves no row"
+                        );
+                    }
+                }
+            }
+            Step::Finish { task, kind } => {
+                let running = sut.handles.remove(&task).expect("handle held");
+                let result = running.finish(outcome(kind), &sut.store);
+                let expected = model.tasks[task].status;
+                match result {
+                    Ok(finished) => assert_eq!(finished.outcome().status(), expected),
+                    Err(FinishError::Refused { refusal, .. }) => {
+                        assert!(
+                            model.tasks[task].recovered,
+                            "refused but not recovered: {refusal:?}"
+                        );
+                        assert!(
+                            matches!(refusal, FinishRefusal::InterruptedByRecovery { .. }),
+                            "{refusal:?}"
+                        );
+                    }
+                    Err(error) => panic!("storage failed: {error}"),
+                }
+            }
+            Step::DuplicateFinish { task } => {
+                let before = sut.row(task);
+                let owner = before.worker_id.expect("owner");
+                let write = sut
+                    .store
+                    .finish_running(&FinishRow {
+                        id: before.id,
+                        worker: owner,
+                        outcome: Outcome::Success(report()),
+                        at: sut.clock.now(),
+                    })
+                    .expect("finish");
+                let expected = if model.tasks[task].recovered {
+                    FinishRefusal::InterruptedByRecovery {
+                        recovered_by: before.interrupted_by,
+                    }
+                } else {
+                    FinishRefusal::AlreadyFinished {
+                        status: before.status,
+                    }
+                };
+                assert_eq!(write, FinishWrite::Refused(expected));
+            }
+            Step::WrongWorkerFinish { task, worker } => {
+                let before = sut.row(task);
+                let write = sut
+                    .store
+                    .finish_running(&FinishRow {
+                        id: before.id,
+                        worker: sut.workers[worker].id(),
+                        outcome: Outcome::Success(report()),
+                        at: sut.clock.now(),
+                    })
+                    .expect("finish");
+                assert!(matches!(write, FinishWrite::Refused(_)), "{write:?}");
+                assert_eq!(sut.row(task), before, "a refused finish changes nothing");
+            }
+            Step::Kill { worker } => {
+                let pid = sut.workers[worker].registration().pid;
+                sut.processes
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&pid);
+            }
+            Step::Advance { seconds } => sut.clock.advance(Duration::seconds(seconds)),
+            Step::Heartbeat { worker } => {
+                let result = sut.workers[worker].heartbeat(&sut.store);
+                match model.workers[worker].state {
+                    ModelWorkerState::Alive => result.expect("heartbeat"),
+                    ModelWorkerState::Dead => {
+                        assert!(
+                            matches!(result, Err(StorageError::WorkerNotAlive { .. })),
+                            "{result:?}"
+                        )
+                    }
+                }
+            }
+            Step::RecordSession { task } => {
+                let session = SessionId::parse(&format!("sess_{task}")).expect("session");
+                let result = sut.handles[&task].record_session(session, &sut.store);
+                if model.tasks[task].has_session {
+                    result.expect("record session");
+                } else {
+                    assert!(
+                        result.is_err(),
+                        "recording a session for a task that is no longer running must fail"
+                    );
+                }
+            }
+            Step::AskResume { task } => {
+                let key = SessionKey {
+                    repo: "acme/widgets".into(),
+                    issue_number: task as u32 + 1,
+                    agent: "fixer".into(),
+                };
+                let offered = sut.store.resumable_session(&key).expect("resume");
+                let t = &model.tasks[task];
+                let resumable =
+                    t.has_session && t.status.is_final() && t.status != TaskStatus::Interrupted;
+                assert_eq!(offered.is_some(), resumable, "resume offer for {t:?}");
+            }
+        }
+        sut
+    }
+
+    fn check_invariants(sut: &System<B>, model: &Model) {
+        let rows = sut.store.list_tasks(&TaskFilter::default()).expect("list");
+        assert_eq!(
+            rows.len(),
+            model.tasks.len(),
+            "one row per started task, no more"
+        );
+        let sessions = sut.store.list_sessions().expect("sessions");
+        for (index, expected) in model.tasks.iter().enumerate() {
+            let id = sut.task_ids[index];
+            let row = sut.row(index);
+            assert_eq!(row.status, expected.status, "task #{index} status");
+            assert_eq!(
+                sut.store.task_insert_statements(id),
+                1,
+                "task #{index}: exactly one INSERT"
+            );
+            if let Some(before) = sut.final_rows.get(&id) {
+                assert_eq!(&row, before, "a finished row never changes again");
+            }
+            if row.status == TaskStatus::Interrupted {
+                assert_eq!(
+                    (
+                        row.finished_at,
+                        row.cost_usd,
+                        row.input_tokens,
+                        row.output_tokens
+                    ),
+                    (None, None, None, None)
+                );
+                for session in sessions.iter().filter(|s| s.task_id == id) {
+                    assert!(
+                        session.invalidated_at.is_some(),
+                        "sessions of interrupted tasks are invalidated"
+                    );
+                }
+            }
+            assert_eq!(
+                expected.recovered,
+                sut.reported.contains(&id),
+                "task #{index} reported iff recovered"
+            );
+            // No running row belongs to a worker that a boot declared dead.
+            if row.status == TaskStatus::Running {
+                assert_eq!(model.workers[expected.owner].state, ModelWorkerState::Alive);
+            }
+        }
+    }
+}
+
+/// Remembers final rows so `check_invariants` can prove they never change.
+fn snapshot_final_rows<B: Backend>(sut: &mut System<B>) {
+    for (index, id) in sut.task_ids.clone().into_iter().enumerate() {
+        let row = sut.row(index);
+        if row.status.is_final() {
+            sut.final_rows.entry(id).or_insert(row);
+        }
+    }
+}
+
+fn config(default_cases: u32) -> Config {
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default_cases;
+    }
+    config
+}
+
+prop_state_machine! {
+    #![proptest_config(config(96))]
+    #[test]
+    fn memory_backend_agrees_with_the_model(sequential 1..40 => LifecycleTest<MemoryStorage>);
+}
+
+prop_state_machine! {
+    #![proptest_config(config(24))]
+    #[test]
+    fn sqlite_backend_agrees_with_the_model(sequential 1..40 => LifecycleTest<SqliteStorage>);
+}
