@@ -1,15 +1,20 @@
 //! The boot-time recovery sweep (session invalidation and hint building
-//! included), next to a raw single UPDATE of the same rows in the same run,
-//! and the sweep's cost with few orphans in a small and a large history.
+//! included), next to a raw single UPDATE of the same rows in the same run;
+//! and the sweep's cost with 10 orphans in a small and a large history.
+//!
+//! Each iteration's setup (not measured) puts the orphans back: it marks the
+//! same rows `running` again under a fresh dead worker and re-validates their
+//! sessions, so no file is copied and the history stays the same size.
 //!
 //! Run: `cargo bench --bench recovery`. Results: docs/performance.md.
+//! `TASKTRAIL_BENCH_LARGE=1` adds 100k orphans and 10 orphans among 1M rows.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::path::Path;
 
-use chrono::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use diesel::connection::SimpleConnection;
+use diesel::RunQueryDsl;
 use tasktrail::*;
 
 struct NoProcesses;
@@ -20,18 +25,48 @@ impl ProcessProbe for NoProcesses {
     }
 }
 
-/// A database with `finished` finished rows and `orphans` running rows of one
-/// dead worker (each with a session), built with one SQL script per table.
-fn seeded_database(dir: &std::path::Path, finished: usize, orphans: usize) -> std::path::PathBuf {
-    let path = dir.join(format!("seed-{finished}-{orphans}.db"));
-    let store = SqliteStorage::open_with(
-        &path,
+const UUID_EXPR: &str = "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))";
+
+fn open(path: &Path) -> SqliteStorage {
+    SqliteStorage::open_with(
+        path,
         SqliteOptions {
             durability: SqliteDurability::Normal,
             ..SqliteOptions::default()
         },
     )
-    .expect("open");
+    .expect("open")
+}
+
+/// `finished` finished rows and `orphans` orphan rows, each orphan with a
+/// session; the orphans' issue numbers are negative-free but marked by
+/// repo `acme/orphans` so setup can find them again.
+fn seeded(dir: &Path, finished: u64, orphans: u64) -> SqliteStorage {
+    let store = open(&dir.join(format!("seed-{finished}-{orphans}.db")));
+    store
+        .with_connection(|c| {
+            c.batch_execute(&format!(
+                "BEGIN;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {finished})
+                 INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at, worker_id)
+                 SELECT {UUID_EXPR}, 'acme/widgets', i, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success',
+                        '2026-05-10T00:00:00.000000Z', '2026-05-10T00:01:00.000000Z', 'finished-worker' FROM n WHERE {finished} > 0;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {orphans})
+                 INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, interrupted_at, worker_id)
+                 SELECT {UUID_EXPR}, 'acme/orphans', i, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted',
+                        '2026-05-11T15:00:00.000000Z', '2026-05-11T15:30:00.000000Z', 'placeholder' FROM n WHERE {orphans} > 0;
+                 INSERT INTO claude_sdk_sessions (session_id, task_id, repo, issue_number, agent, created_at)
+                 SELECT 'sess_' || id, id, repo, issue_number, agent, started_at FROM task_history WHERE repo = 'acme/orphans';
+                 COMMIT;"
+            ))
+        })
+        .expect("seed");
+    store
+}
+
+/// Makes the orphans orphans again: `running` under a fresh, dead worker,
+/// sessions valid. Not measured.
+fn reset_orphans(store: &SqliteStorage) {
     let dead = WorkerId::new_random();
     store
         .with_connection(|c| {
@@ -39,53 +74,29 @@ fn seeded_database(dir: &std::path::Path, finished: usize, orphans: usize) -> st
                 "BEGIN;
                  INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at, state)
                  VALUES ('{dead}', 'bench', 1, 'gone', '2026-05-11T14:00:00.000000Z', '2026-05-11T14:00:00.000000Z', 'alive');
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {finished})
-                 INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at, worker_id)
-                 SELECT lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))),
-                        'acme/widgets', i, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success',
-                        '2026-05-10T00:00:00.000000Z', '2026-05-10T00:01:00.000000Z', '{dead}' FROM n WHERE {finished} > 0;
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {orphans})
-                 INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id)
-                 SELECT lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))),
-                        'acme/gears', i, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'running',
-                        '2026-05-11T15:00:00.000000Z', '{dead}' FROM n WHERE {orphans} > 0;
-                 INSERT INTO claude_sdk_sessions (session_id, task_id, repo, issue_number, agent, created_at)
-                 SELECT 'sess_' || id, id, repo, issue_number, agent, started_at FROM task_history WHERE status = 'running';
+                 UPDATE task_history SET status = 'running', interrupted_at = NULL, interrupt_reason = NULL, interrupted_by = NULL, worker_id = '{dead}'
+                 WHERE repo = 'acme/orphans';
+                 UPDATE claude_sdk_sessions SET invalidated_at = NULL, invalidation_reason = NULL WHERE repo = 'acme/orphans';
                  COMMIT;"
             ))
         })
-        .expect("seed");
-    path
+        .expect("reset");
 }
 
-fn copy_of(path: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
-    let copy = dir.join(format!("run-{}.db", TaskId::new_random()));
-    std::fs::copy(path, &copy).expect("copy");
-    copy
-}
-
-fn sweep(path: &std::path::Path) -> usize {
-    let store = SqliteStorage::open_with(
-        path,
-        SqliteOptions {
-            durability: SqliteDurability::Normal,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+fn sweep(store: &SqliteStorage) -> usize {
+    let now = SystemClock.now();
     let policy = LivenessPolicy::for_host("bench");
     let recovered = store
         .recover_orphans(
             &RecoveryRequest {
                 recovering_worker: WorkerId::new_random(),
-                now: clock.now(),
+                now,
                 mode: SweepMode::Apply,
             },
             &PolicyJudge {
                 policy: &policy,
                 probe: &NoProcesses,
-                now: clock.now() + Duration::zero(),
+                now,
             },
         )
         .expect("sweep");
@@ -94,17 +105,9 @@ fn sweep(path: &std::path::Path) -> usize {
     recovered.len()
 }
 
-fn raw_update(path: &std::path::Path) -> usize {
-    let store = SqliteStorage::open_with(
-        path,
-        SqliteOptions {
-            durability: SqliteDurability::Normal,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open");
+/// The floor: one UPDATE of the same rows, nothing else.
+fn raw_update(store: &SqliteStorage) -> usize {
     store.with_connection(|c| {
-        use diesel::RunQueryDsl;
         diesel::sql_query(
             "UPDATE task_history SET status = 'interrupted', interrupted_at = '2026-05-11T16:00:00.000000Z' WHERE status = 'running'",
         )
@@ -114,15 +117,21 @@ fn raw_update(path: &std::path::Path) -> usize {
 }
 
 fn recovery(c: &mut Criterion) {
+    let large = std::env::var_os("TASKTRAIL_BENCH_LARGE").is_some();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut group = c.benchmark_group("recovery");
     group.sample_size(10);
-    for orphans in [1_000, 10_000] {
-        let seed = seeded_database(dir.path(), 0, orphans);
+
+    let mut orphan_counts = vec![1_000u64, 10_000];
+    if large {
+        orphan_counts.push(100_000);
+    }
+    for orphans in orphan_counts {
+        let store = seeded(dir.path(), 0, orphans);
         group.bench_function(BenchmarkId::new("sweep_orphans/tasktrail", orphans), |b| {
             b.iter_batched(
-                || copy_of(&seed, dir.path()),
-                |db| sweep(&db),
+                || reset_orphans(&store),
+                |()| assert_eq!(sweep(&store) as u64, orphans),
                 BatchSize::PerIteration,
             )
         });
@@ -130,21 +139,26 @@ fn recovery(c: &mut Criterion) {
             BenchmarkId::new("sweep_orphans/raw_single_update", orphans),
             |b| {
                 b.iter_batched(
-                    || copy_of(&seed, dir.path()),
-                    |db| raw_update(&db),
+                    || reset_orphans(&store),
+                    |()| assert_eq!(raw_update(&store) as u64, orphans),
                     BatchSize::PerIteration,
                 )
             },
         );
     }
-    for finished in [10_000, 100_000] {
-        let seed = seeded_database(dir.path(), finished, 10);
+
+    let mut histories = vec![10_000u64, 100_000];
+    if large {
+        histories.push(1_000_000);
+    }
+    for finished in histories {
+        let store = seeded(dir.path(), finished, 10);
         group.bench_function(
             BenchmarkId::new("ten_orphans_among_finished_rows", finished),
             |b| {
                 b.iter_batched(
-                    || copy_of(&seed, dir.path()),
-                    |db| sweep(&db),
+                    || reset_orphans(&store),
+                    |()| assert_eq!(sweep(&store), 10),
                     BatchSize::PerIteration,
                 )
             },

@@ -278,7 +278,6 @@ impl Storage for SqliteStorage {
                         .ne(&recovering)
                         .or(task_history::worker_id.is_null()),
                 )
-                .order((task_history::started_at, task_history::id))
                 .select(TaskRow::as_select())
                 .load(connection)?;
             if running.is_empty() {
@@ -305,71 +304,78 @@ impl Storage for SqliteStorage {
                     owners.insert(record.id, record);
                 }
             }
-            let mut verdicts: BTreeMap<Option<WorkerId>, Liveness> = BTreeMap::new();
-            for task in &running {
-                verdicts
-                    .entry(task.worker_id)
-                    .or_insert_with(|| judge.judge(task.worker_id.and_then(|id| owners.get(&id))));
+            let mut by_owner: BTreeMap<Option<WorkerId>, Vec<TaskRecord>> = BTreeMap::new();
+            for task in running {
+                by_owner.entry(task.worker_id).or_default().push(task);
             }
             let mut recovered = Vec::new();
-            for (owner, verdict) in &verdicts {
+            for (owner, orphans) in by_owner {
+                let verdict = judge.judge(owner.and_then(|id| owners.get(&id)));
                 let Liveness::Dead(cause) = verdict else {
                     continue;
                 };
-                let reason = recovery_reason(*owner, cause);
-                let orphans: Vec<&TaskRecord> = running
-                    .iter()
-                    .filter(|task| task.worker_id == *owner)
-                    .collect();
-                let orphan_ids: Vec<String> =
-                    orphans.iter().map(|task| task.id.to_string()).collect();
-                let sessions = match request.mode {
-                    SweepMode::Apply => {
-                        let counts =
-                            invalidate_sessions_of_tasks(connection, &orphan_ids, &now, &reason)?;
-                        // `IS` matches NULL too: rows written before the fix name no worker.
-                        let owned = task_history::table
+                let reason = recovery_reason(owner, &cause);
+                let owner_text = owner.map(|id| id.to_string());
+                // The owner's running rows, as a subquery: statements stay the
+                // same size however many orphans there are. `IS` matches NULL
+                // too: rows written before the fix name no worker.
+                let owned_running_ids = task_history::table
+                    .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                    .filter(task_history::worker_id.is(owner_text.clone()))
+                    .select(task_history::id);
+                let valid_sessions = claude_sdk_sessions::table
+                    .filter(claude_sdk_sessions::invalidated_at.is_null())
+                    .filter(claude_sdk_sessions::task_id.eq_any(owned_running_ids));
+                let mut sessions: HashMap<String, u32> = HashMap::new();
+                if request.mode == SweepMode::Apply {
+                    // One statement invalidates the sessions and says which
+                    // tasks they belonged to.
+                    let invalidated: Vec<String> = diesel::update(valid_sessions)
+                        .set((
+                            claude_sdk_sessions::invalidated_at.eq(&now),
+                            claude_sdk_sessions::invalidation_reason.eq(&reason),
+                        ))
+                        .returning(claude_sdk_sessions::task_id)
+                        .get_results(connection)?;
+                    for task in invalidated {
+                        *sessions.entry(task).or_default() += 1;
+                    }
+                } else {
+                    let counts: Vec<(String, i64)> = valid_sessions
+                        .group_by(claude_sdk_sessions::task_id)
+                        .select((claude_sdk_sessions::task_id, diesel::dsl::count_star()))
+                        .load(connection)?;
+                    for (task, count) in counts {
+                        sessions.insert(task, u32::try_from(count).unwrap_or(u32::MAX));
+                    }
+                }
+                if request.mode == SweepMode::Apply {
+                    diesel::update(
+                        task_history::table
                             .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                            .filter(task_history::worker_id.is(owner.map(|id| id.to_string())));
-                        diesel::update(owned)
-                            .set((
-                                task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                                task_history::interrupted_at.eq(&now),
-                                task_history::interrupt_reason.eq(&reason),
-                                task_history::interrupted_by.eq(&recovering),
-                            ))
-                            .execute(connection)?;
-                        if let Some(owner) = owner {
-                            diesel::update(
-                                workers::table
-                                    .find(owner.to_string())
-                                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
-                            )
-                            .set((
-                                workers::state.eq(WorkerState::Dead.as_str()),
-                                workers::stopped_at.eq(&now),
-                            ))
-                            .execute(connection)?;
-                        }
-                        counts
+                            .filter(task_history::worker_id.is(owner_text.clone())),
+                    )
+                    .set((
+                        task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                        task_history::interrupted_at.eq(&now),
+                        task_history::interrupt_reason.eq(&reason),
+                        task_history::interrupted_by.eq(&recovering),
+                    ))
+                    .execute(connection)?;
+                    if let Some(owner) = &owner_text {
+                        diesel::update(
+                            workers::table
+                                .find(owner)
+                                .filter(workers::state.eq(WorkerState::Alive.as_str())),
+                        )
+                        .set((
+                            workers::state.eq(WorkerState::Dead.as_str()),
+                            workers::stopped_at.eq(&now),
+                        ))
+                        .execute(connection)?;
                     }
-                    SweepMode::DryRun => {
-                        let mut counts = HashMap::new();
-                        for chunk in orphan_ids.chunks(500) {
-                            let valid: Vec<String> = claude_sdk_sessions::table
-                                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
-                                .filter(claude_sdk_sessions::invalidated_at.is_null())
-                                .select(claude_sdk_sessions::task_id)
-                                .load(connection)?;
-                            for task in valid {
-                                *counts.entry(task).or_insert(0u32) += 1;
-                            }
-                        }
-                        counts
-                    }
-                };
-                for task in orphans {
-                    let mut task = task.clone();
+                }
+                for mut task in orphans {
                     let sessions_invalidated =
                         sessions.get(&task.id.to_string()).copied().unwrap_or(0);
                     task.status = TaskStatus::Interrupted;
@@ -378,7 +384,7 @@ impl Storage for SqliteStorage {
                     task.interrupted_by = Some(request.recovering_worker);
                     recovered.push(RecoveredTask {
                         task,
-                        dead_worker: *owner,
+                        dead_worker: owner,
                         cause: cause.clone(),
                         recovered_by: request.recovering_worker,
                         recovered_at: request.now,
