@@ -24,19 +24,37 @@ pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, St
         .map_err(|_| corrupt(format!("{column} {text:?} is not an RFC 3339 time")))
 }
 
-pub(crate) fn encode_artifacts(artifacts: &[String]) -> String {
+/// Artifacts as a JSON array of strings (SQLite stores its text, Postgres
+/// stores it as `jsonb`).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn artifacts_to_json(artifacts: &[String]) -> serde_json::Value {
     serde_json::Value::Array(
         artifacts
             .iter()
             .map(|artifact| serde_json::Value::String(artifact.clone()))
             .collect(),
     )
-    .to_string()
 }
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn encode_artifacts(artifacts: &[String]) -> String {
+    artifacts_to_json(artifacts).to_string()
+}
+
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, StorageError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| corrupt(format!("task {id}: artifacts are not valid JSON")))?;
+    artifacts_from_json(id, value)
+}
+
+/// Reads artifacts back from a JSON value: an array is required; an item
+/// that is not a string is kept as its JSON text.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn artifacts_from_json(
+    id: &str,
+    value: serde_json::Value,
+) -> Result<Vec<String>, StorageError> {
     let serde_json::Value::Array(items) = value else {
         return Err(corrupt(format!(
             "task {id}: artifacts are not a JSON array"
@@ -61,11 +79,13 @@ pub(crate) fn decode_worker_state(id: &str, text: &str) -> Result<WorkerState, S
         .ok_or_else(|| corrupt(format!("worker {id}: unknown state {text:?}")))
 }
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_task_id(text: &str) -> Result<TaskId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("task id {text:?} is not a UUID")))
 }
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("{column} {text:?} is not a UUID")))

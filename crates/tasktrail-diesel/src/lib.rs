@@ -5,7 +5,9 @@
 //!   default, one file per deployment, WAL journal, a busy timeout so several
 //!   worker processes on one file wait for each other instead of failing.
 //! - `PostgresStorage` (feature `postgres`): one database shared by workers on
-//!   many hosts.
+//!   many hosts, an r2d2 connection pool, liveness judged on the database's
+//!   clock plus a session-level advisory lock per live worker, and a recovery
+//!   sweep that is exactly-once across concurrent boots.
 //!
 //! Each backend embeds its own migrations (`migrations/sqlite`,
 //! `migrations/postgres` at the workspace root) and runs them when a store is
@@ -15,6 +17,8 @@
 mod codec;
 mod statement_log;
 
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -22,3 +26,6 @@ pub use statement_log::StatementLog;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
+
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresLeaseClock, PostgresOptions, PostgresStorage, POSTGRES_MIGRATIONS};

@@ -1,0 +1,815 @@
+//! The Postgres backend: one database shared by workers on many hosts.
+//! The design (connections, liveness, partitions, exactly-once recovery) is
+//! documented on [`PostgresStorage`].
+
+mod rows;
+mod schema;
+mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::migration::{Migration, MigrationSource};
+use diesel::pg::{Pg, PgConnection};
+use diesel::prelude::*;
+use diesel::r2d2::{
+    ConnectionManager, CustomizeConnection, NopErrorHandler, Pool, PoolError, PooledConnection,
+    R2D2Connection,
+};
+use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use tasktrail_core::{StorageError, WorkerId};
+
+use crate::statement_log::StatementLog;
+
+/// The Postgres migrations, embedded at build time from `migrations/postgres`.
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// The advisory lock key that serialises migrations of one database (several
+/// workers opening the same database at once migrate it once).
+const MIGRATION_LOCK_KEY: i64 = 0x7461_736b_7472_6d67; // "taskrmg"
+
+/// Mixed into every worker lock key, so tasktrail's keys are unlikely to meet
+/// another application's advisory locks.
+const WORKER_LOCK_NAMESPACE: u64 = 0x7461_736b_7472_6c77; // "tasktrlw"
+
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub(crate) type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// Whose clock writes heartbeats and measures the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PostgresLeaseClock {
+    /// The database's: heartbeats are `now()` on the server and the sweep
+    /// measures silence against the server's `clock_timestamp()`, so the
+    /// clocks of the workers' hosts never matter. The default, and the one to
+    /// use whenever workers run on more than one host.
+    #[default]
+    Database,
+    /// The callers': a heartbeat stores the `at` it is given (a registration
+    /// its `started_at`) and the judge compares it with the sweep's `now`, as
+    /// the SQLite and in-memory backends do. Only for deployments with a
+    /// single clock and for tests that drive time with a
+    /// [`ManualClock`](tasktrail_core::ManualClock) (the shared conformance
+    /// suite). The advisory-lock check applies either way.
+    Caller,
+}
+
+/// How to open a Postgres store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The most pooled connections the store keeps open (besides its one
+    /// liveness session). Default 8.
+    pub pool_size: u32,
+    /// How long connecting, or waiting for a free pooled connection, may
+    /// take before the call fails with [`StorageError::Unavailable`].
+    /// Default 10 s. (Also passed to libpq as `connect_timeout` unless the
+    /// URL sets one.)
+    pub connection_timeout: Duration,
+    /// Record the INSERTs into `task_history` this store issues (tests).
+    pub statement_log: Option<StatementLog>,
+    /// See [`PostgresLeaseClock`]. Default: the database's.
+    pub lease_clock: PostgresLeaseClock,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            connection_timeout: Duration::from_secs(10),
+            statement_log: None,
+            lease_clock: PostgresLeaseClock::default(),
+        }
+    }
+}
+
+/// A [`tasktrail_core::Storage`] on one Postgres database, shared by workers
+/// on many hosts.
+///
+/// # Connections
+///
+/// A [`PostgresStorage`] holds an r2d2 pool of Diesel connections for its
+/// statements, plus one dedicated *liveness session* that is never pooled:
+/// it runs the migrations, registers workers, writes their heartbeats, and
+/// holds one session-level advisory lock per worker registered through the
+/// store ([`PostgresStorage::worker_lock_key`]) for as long as the store
+/// lives.
+///
+/// # Liveness across hosts
+///
+/// A booting worker's sweep decides whether the owner of a `running` row is
+/// alive from three facts, all read inside the sweep's transaction:
+///
+/// 1. **The `workers.state` column.** `stopped` or `dead` owners are dead.
+/// 2. **The lease, measured on the database's clock.** Heartbeats are written
+///    as `GREATEST(heartbeat_at, now())` by the database itself (the `at`
+///    passed to [`Storage::heartbeat_worker`](tasktrail_core::Storage) is
+///    ignored, and a registration's first heartbeat is the database's `now()`
+///    too), so no host's clock is ever compared with another's. The
+///    [`LivenessJudge`](tasktrail_core::LivenessJudge) a caller passes works
+///    in the caller's time (`PolicyJudge::now`), so before judging, each
+///    owner's `heartbeat_at` is moved into the caller's frame: `heartbeat_at'
+///    = request.now - (db_now - heartbeat_at)`, where `db_now` is the
+///    database's `clock_timestamp()` read in the sweep. Judging
+///    `request.now - heartbeat_at'` against the lease is then exactly judging
+///    the silence on the database's clock. (A lease-expired cause reports the
+///    database's `heartbeat_at`.) The lease is the policy's
+///    ([`LivenessPolicy::DEFAULT_LEASE`](tasktrail_core::LivenessPolicy), 15 s:
+///    three 5 s heartbeats).
+/// 3. **The advisory lock: the exact signal.** Each owner the judge still
+///    calls alive is tested with `pg_try_advisory_lock(key)` on the sweeping
+///    (pooled) connection. The owner's liveness session holds that lock, so
+///    the attempt fails while the owner's session exists: alive. If it
+///    succeeds, the server has ended the owner's session (the process
+///    crashed, its host vanished, its store was dropped), so the owner is
+///    dead *now*, without waiting out the lease. The sweep releases the lock
+///    again after its transaction ends. This verdict is reported as
+///    [`DeathCause::ProcessGone`](tasktrail_core::DeathCause) (host and pid of
+///    the owner) until the core grows a cause of its own for it.
+///
+/// A crashed worker process loses its session when the kernel closes its
+/// socket: its lock is free at once. A host that vanishes without closing
+/// its sockets (power loss, cable cut) is noticed by the server's TCP
+/// keepalives, which the liveness session sets to 5 s idle + 3 probes 2 s
+/// apart (≈ 11 s, below the lease); the lease catches it otherwise.
+///
+/// # Network partitions, and why no live worker's row is interrupted
+///
+/// On Postgres a worker is alive exactly while its database session holds
+/// its lock and its heartbeats, written through that session, are younger
+/// than the lease on the database's clock. A worker that keeps its session
+/// and heartbeats cannot lose its rows: no other session can take its lock,
+/// and its heartbeat age depends on no host's clock. A worker is declared
+/// dead only when its session ended (it can no longer write through it) or it
+/// stopped heartbeating for a whole lease by the database's clock (it hangs);
+/// from that moment every write it attempts is refused, because starts check
+/// the worker row (`FOR SHARE`) and finishes are guarded by `status =
+/// 'running'` in the same database the sweep wrote to.
+///
+/// During a partition the worker's statements fail (its `Task::finish` hands
+/// the running task back for a retry). Once the server drops its session, the
+/// next sweep interrupts its rows, invalidates their sessions and marks it
+/// `dead`, in one transaction. When the partition heals the store reconnects
+/// and tries to take its lock again; its next heartbeat then fails with
+/// [`StorageError::WorkerNotAlive`], its finishes are refused
+/// ([`FinishRefusal::InterruptedByRecovery`](tasktrail_core::FinishRefusal))
+/// and its starts fail with `WorkerNotAlive`: a worker that finds itself
+/// declared dead stops writing. It has to register again (a fresh worker id)
+/// to work again. If the partition heals before any sweep ran, the store
+/// takes its lock back and nothing happened. A server restart or failover
+/// ends every session at once: the same rules apply, so a worker whose store
+/// reconnects (at its next heartbeat) before any sweep keeps its rows, and
+/// one a sweep reached first is fenced — its in-flight task is reported
+/// `interrupted`, never silently lost or finished twice.
+///
+/// [`PostgresLeaseClock::Caller`] switches the lease (only) back to the
+/// callers' clocks, for single-clock deployments and for tests that drive a
+/// manual clock.
+///
+/// # Exactly-once recovery
+///
+/// The sweep is one transaction that locks, in this order: the `workers` rows
+/// of the owners of `running` rows (`FOR UPDATE`, ordered by id, so
+/// concurrent sweeps queue on an owner instead of both judging it), then the
+/// `running` rows themselves (`FOR UPDATE SKIP LOCKED`, so a row another
+/// sweep or a finishing owner holds is left to it). The transition is an
+/// `UPDATE ... WHERE status = 'running' ... RETURNING id`. A sweep that
+/// waited on an owner reads, once it gets the lock, the owner `dead` and its
+/// rows already `interrupted`: every orphan is transitioned, its sessions
+/// invalidated and reported by exactly one sweep.
+pub struct PostgresStorage {
+    pool: PgPool,
+    liveness: LivenessSession,
+    shown_url: String,
+    secrets: Secrets,
+    statement_log: Option<StatementLog>,
+    lease_clock: PostgresLeaseClock,
+}
+
+impl fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("url", &self.shown_url)
+            .field("pool_size", &self.pool.max_size())
+            .field("lease_clock", &self.lease_clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStorage {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`)
+    /// with default options and applies pending migrations.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        Self::open_with(url, PostgresOptions::default())
+    }
+
+    /// Connects and applies pending migrations.
+    ///
+    /// Fails with [`StorageError::Unavailable`] when the server cannot be
+    /// reached, refuses the login, or has no such database; refuses
+    /// ([`StorageError::Incompatible`]) a database whose schema holds tables
+    /// but is not a tasktrail one, and a database migrated by a newer
+    /// tasktrail. No error text ever contains the URL's password.
+    pub fn open_with(url: &str, options: PostgresOptions) -> Result<Self, StorageError> {
+        let store = Self::open_unmigrated(url, &options)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects without running migrations (the upgrade tests use it to start
+    /// from an old schema). Still refuses a database that is not ours.
+    pub fn open_unmigrated(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
+        let secrets = Secrets::of(url);
+        let url = with_connect_timeout(url, options.connection_timeout);
+        let liveness =
+            LivenessSession::connect(url.clone(), secrets.clone(), options.statement_log.clone())?;
+        liveness.run(|connection, _| ensure_ours(connection))?;
+        let pool = Pool::builder()
+            .max_size(options.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(options.connection_timeout)
+            .test_on_check_out(true)
+            // r2d2 would log connection errors (which may name the host)
+            // through `log`; they are returned, redacted, instead.
+            .error_handler(Box::new(NopErrorHandler))
+            .connection_customizer(Box::new(OnAcquire {
+                statement_log: options.statement_log.clone(),
+            }))
+            .build_unchecked(ConnectionManager::new(url));
+        Ok(Self {
+            pool,
+            liveness,
+            shown_url: secrets.scrub(&secrets.source),
+            secrets,
+            statement_log: options.statement_log.clone(),
+            lease_clock: options.lease_clock,
+        })
+    }
+
+    /// Applies pending migrations; returns the versions it applied (empty
+    /// when the schema was already current). Idempotent, and safe to call
+    /// from many processes at once: a database-wide advisory lock lets one
+    /// migrate while the others wait.
+    pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
+        self.liveness.run(|connection, _| {
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                .execute(connection)
+                .map_err(map_error)?;
+            let migrated = ensure_ours(connection).and_then(|()| {
+                connection
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|applied| applied.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .map_err(|error| StorageError::Other { source: error })
+            });
+            let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                .execute(connection)
+                .map_err(map_error);
+            let applied = migrated?;
+            unlocked?;
+            Ok(applied)
+        })
+    }
+
+    /// The migration versions applied to this database, oldest first.
+    pub fn applied_migrations(&self) -> Result<Vec<String>, StorageError> {
+        let mut connection = self.pooled()?;
+        let mut versions: Vec<String> = connection
+            .applied_migrations()
+            .map_err(|error| StorageError::Other { source: error })?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        versions.sort();
+        Ok(versions)
+    }
+
+    /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
+    /// operators' one-off repairs). Fails only if no connection can be had.
+    pub fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut PgConnection) -> T,
+    ) -> Result<T, StorageError> {
+        let mut connection = self.pooled()?;
+        Ok(f(&mut connection))
+    }
+
+    /// The statement log this store was opened with.
+    pub fn statement_log(&self) -> Option<&StatementLog> {
+        self.statement_log.as_ref()
+    }
+
+    /// Whose clock this store's heartbeats and lease use.
+    pub fn lease_clock(&self) -> PostgresLeaseClock {
+        self.lease_clock
+    }
+
+    /// The URL this store connects to, with its password replaced by `***`.
+    pub fn redacted_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// The key of the session-level advisory lock a live worker's store
+    /// holds (`pg_try_advisory_lock(key)`): the two halves of the worker's
+    /// UUID folded into 64 bits, mixed with a tasktrail constant. Operators
+    /// can find it in `pg_locks` (`locktype = 'advisory'`, `objsubid = 1`,
+    /// `classid = key >> 32`, `objid = key & 0xffffffff`).
+    pub fn worker_lock_key(worker: WorkerId) -> i64 {
+        let bits = worker.as_uuid().as_u128();
+        let folded = ((bits >> 64) as u64) ^ (bits as u64) ^ WORKER_LOCK_NAMESPACE;
+        i64::from_ne_bytes(folded.to_ne_bytes())
+    }
+
+    pub(crate) fn pooled(&self) -> Result<PgPooled, StorageError> {
+        self.pool
+            .get()
+            .map_err(|error| pool_error(&error, &self.secrets))
+    }
+}
+
+/// Attaches the statement log to every pooled connection when it is made.
+#[derive(Debug)]
+struct OnAcquire {
+    statement_log: Option<StatementLog>,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for OnAcquire {
+    fn on_acquire(&self, connection: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        if let Some(log) = &self.statement_log {
+            connection.set_instrumentation(log.instrumentation());
+        }
+        connection
+            .batch_execute("SET application_name = 'tasktrail'")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Session settings of the liveness connection, applied one by one (a server
+/// that does not know one of them still works; on a Unix socket the TCP
+/// settings are ignored). The keepalives make the server notice a vanished
+/// host within about 11 s and release its advisory locks; the timeouts at 0
+/// keep an idle session (which is what a healthy worker's is) from being
+/// ended by a server-wide setting.
+const LIVENESS_SESSION_SETTINGS: &[&str] = &[
+    "SET application_name = 'tasktrail-liveness'",
+    "SET idle_session_timeout = 0",
+    "SET idle_in_transaction_session_timeout = 0",
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+];
+
+/// The store's dedicated, unpooled connection and the advisory locks it
+/// holds.
+pub(crate) struct LivenessSession {
+    url: String,
+    secrets: Secrets,
+    statement_log: Option<StatementLog>,
+    state: Mutex<LivenessState>,
+}
+
+pub(crate) struct LivenessState {
+    connection: Option<PgConnection>,
+    /// The workers registered through this store and not yet stopped or
+    /// found dead, with whether the current connection holds their lock
+    /// (false after a reconnect, until the next heartbeat takes it again).
+    workers: BTreeMap<WorkerId, bool>,
+}
+
+impl LivenessSession {
+    fn connect(
+        url: String,
+        secrets: Secrets,
+        statement_log: Option<StatementLog>,
+    ) -> Result<Self, StorageError> {
+        let connection = Self::establish(&url, &secrets, statement_log.as_ref())?;
+        Ok(Self {
+            url,
+            secrets,
+            statement_log,
+            state: Mutex::new(LivenessState {
+                connection: Some(connection),
+                workers: BTreeMap::new(),
+            }),
+        })
+    }
+
+    fn establish(
+        url: &str,
+        secrets: &Secrets,
+        statement_log: Option<&StatementLog>,
+    ) -> Result<PgConnection, StorageError> {
+        let mut connection =
+            PgConnection::establish(url).map_err(|error| connection_error(&error, secrets))?;
+        if let Some(log) = statement_log {
+            connection.set_instrumentation(log.instrumentation());
+        }
+        for setting in LIVENESS_SESSION_SETTINGS {
+            // Best effort: see LIVENESS_SESSION_SETTINGS.
+            let _ = connection.batch_execute(setting);
+        }
+        Ok(connection)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LivenessState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `worker` was registered through this store (and is not known
+    /// to be stopped or dead).
+    pub(crate) fn tracks(&self, worker: WorkerId) -> bool {
+        self.lock().workers.contains_key(&worker)
+    }
+
+    /// Runs `f` on the liveness connection, reconnecting first if it was
+    /// lost (every lock is then marked as not held). If `f` fails and the
+    /// connection no longer answers, it is dropped so the next call
+    /// reconnects.
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnOnce(&mut PgConnection, &mut BTreeMap<WorkerId, bool>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut state = self.lock();
+        let LivenessState {
+            connection,
+            workers,
+        } = &mut *state;
+        if connection.as_mut().is_some_and(R2D2Connection::is_broken) {
+            *connection = None;
+        }
+        let live = match connection {
+            Some(live) => live,
+            None => {
+                for held in workers.values_mut() {
+                    *held = false;
+                }
+                connection.insert(Self::establish(
+                    &self.url,
+                    &self.secrets,
+                    self.statement_log.as_ref(),
+                )?)
+            }
+        };
+        let result = f(live, workers);
+        if result.is_err() && live.ping().is_err() {
+            *connection = None;
+            for held in workers.values_mut() {
+                *held = false;
+            }
+        }
+        result
+    }
+}
+
+#[derive(QueryableByName)]
+struct TableName {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    flag: bool,
+}
+
+/// `pg_try_advisory_lock(key)` on this connection's session.
+pub(crate) fn try_advisory_lock(
+    connection: &mut PgConnection,
+    key: i64,
+) -> Result<bool, DieselError> {
+    diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
+        .bind::<BigInt, _>(key)
+        .get_result::<Flag>(connection)
+        .map(|row| row.flag)
+}
+
+/// `pg_advisory_unlock(key)`; false if this session did not hold it.
+pub(crate) fn advisory_unlock(
+    connection: &mut PgConnection,
+    key: i64,
+) -> Result<bool, DieselError> {
+    diesel::sql_query("SELECT pg_advisory_unlock($1) AS flag")
+        .bind::<BigInt, _>(key)
+        .get_result::<Flag>(connection)
+        .map(|row| row.flag)
+}
+
+/// The migration versions this binary knows.
+fn known_versions() -> Result<Vec<String>, StorageError> {
+    let migrations: Vec<Box<dyn Migration<Pg>>> =
+        MigrationSource::<Pg>::migrations(&POSTGRES_MIGRATIONS)
+            .map_err(|error| StorageError::Other { source: error })?;
+    Ok(migrations
+        .iter()
+        .map(|migration| migration.name().version().to_string())
+        .collect())
+}
+
+/// Refuses a database that is not ours or is newer than this binary: the
+/// same rules as the SQLite backend, applied to the tables of the schema the
+/// connection works in (`current_schema()`).
+fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageError> {
+    let tables: Vec<TableName> = diesel::sql_query(
+        "SELECT c.relname::text AS name FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+    )
+    .load(connection)
+    .map_err(map_error)?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if !tables
+        .iter()
+        .any(|t| t.name == "__diesel_schema_migrations")
+    {
+        return Err(StorageError::Incompatible {
+            detail: "the database holds tables but is not a tasktrail database".to_owned(),
+        });
+    }
+    let applied: Vec<Version> =
+        diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
+            .load(connection)
+            .map_err(map_error)?;
+    let known = known_versions()?;
+    if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
+        return Err(StorageError::Incompatible {
+            detail: format!(
+                "the database has migration {} which this tasktrail does not know: it was written by a newer tasktrail or another program",
+                unknown.version
+            ),
+        });
+    }
+    if !tables.iter().any(|t| t.name == "task_history") && !applied.is_empty() {
+        return Err(StorageError::Incompatible {
+            detail: "the database has migrations but no task_history table".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Adds libpq's `connect_timeout` unless the URL sets one, so an unreachable
+/// host fails within the configured time instead of the TCP timeout.
+fn with_connect_timeout(url: &str, timeout: Duration) -> String {
+    if url.contains("connect_timeout") {
+        return url.to_owned();
+    }
+    // libpq ignores values below 2 s.
+    let seconds = timeout.as_secs().max(2);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}connect_timeout={seconds}")
+    } else {
+        format!("{url} connect_timeout={seconds}")
+    }
+}
+
+/// The parts of a URL that must never be shown: its password (as written
+/// and percent-decoded), the longer pieces of it that a misparse could show
+/// separately, and any `password=` parameter.
+#[derive(Clone)]
+pub(crate) struct Secrets {
+    source: String,
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(***)")
+    }
+}
+
+impl Secrets {
+    pub(crate) fn of(url: &str) -> Self {
+        let mut found: Vec<String> = Vec::new();
+        if let Some((_, rest)) = url.split_once("://") {
+            // The last '@' ends the user info even when the password holds
+            // an unescaped '@' (which libpq would misparse and might echo).
+            if let Some(at) = rest.rfind('@') {
+                if let Some((_, password)) = rest[..at].split_once(':') {
+                    found.push(password.to_owned());
+                    found.extend(
+                        password
+                            .split(['@', '/', '?', '#', ':'])
+                            .filter(|piece| piece.len() >= 4)
+                            .map(str::to_owned),
+                    );
+                }
+            }
+        }
+        for (index, _) in url.match_indices("password=") {
+            let value = &url[index + "password=".len()..];
+            let value = value.split(['&', ' ']).next().unwrap_or_default();
+            found.push(value.trim_matches('\'').to_owned());
+        }
+        let decoded: Vec<String> = found.iter().map(|secret| percent_decode(secret)).collect();
+        found.extend(decoded);
+        found.retain(|secret| !secret.is_empty());
+        found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        found.dedup();
+        Self {
+            source: url.to_owned(),
+            secrets: found,
+        }
+    }
+
+    /// `text` with every secret replaced by `***`.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error whose text was scrubbed of the URL's secrets. The original error
+/// is not kept as a source: its text may hold them.
+#[derive(Debug)]
+pub(crate) struct Redacted(String);
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Redacted {}
+
+fn connection_error(error: &ConnectionError, secrets: &Secrets) -> StorageError {
+    let message = secrets.scrub(error.to_string().trim_end());
+    match error {
+        ConnectionError::InvalidConnectionUrl(_) => StorageError::Other {
+            source: Box::new(Redacted(format!("invalid postgres URL: {message}"))),
+        },
+        // Refused, unreachable, timed out, login refused, unknown database:
+        // all can succeed later or with a fixed configuration.
+        _ => StorageError::Unavailable {
+            source: Box::new(Redacted(format!("cannot connect to postgres: {message}"))),
+        },
+    }
+}
+
+fn pool_error(error: &PoolError, secrets: &Secrets) -> StorageError {
+    StorageError::Unavailable {
+        source: Box::new(Redacted(format!(
+            "no postgres connection available: {}",
+            secrets.scrub(error.to_string().trim_end())
+        ))),
+    }
+}
+
+/// Maps a Diesel error onto a public kind. Unique violations are mapped by
+/// the callers, which know which row they were writing.
+pub(crate) fn map_error(error: DieselError) -> StorageError {
+    let DieselError::DatabaseError(kind, info) = &error else {
+        return StorageError::Other {
+            source: Box::new(error),
+        };
+    };
+    let message = info.message().to_ascii_lowercase();
+    let unavailable = [
+        "server closed the connection",
+        "terminating connection",
+        "no connection to the server",
+        "could not connect",
+        "connection to server",
+        "the database system is",
+        "too many connections",
+        "deadlock detected",
+        "canceling statement",
+        "lock timeout",
+        "could not serialize",
+        "read-only transaction",
+        "could not extend file",
+        "no space left",
+        "out of memory",
+        "out of shared memory",
+    ];
+    if matches!(
+        kind,
+        DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ReadOnlyTransaction
+    ) || unavailable.iter().any(|needle| message.contains(needle))
+    {
+        StorageError::Unavailable {
+            source: Box::new(error),
+        }
+    } else if matches!(
+        kind,
+        DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
+    ) {
+        StorageError::CorruptRow {
+            detail: format!("a constraint rejected the write ({message})"),
+        }
+    } else if (message.contains("relation") || message.contains("column"))
+        && message.contains("does not exist")
+    {
+        StorageError::Incompatible {
+            detail: format!("the database schema is not tasktrail's ({message})"),
+        }
+    } else {
+        StorageError::Other {
+            source: Box::new(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_scrubbed_in_every_form() {
+        let secrets =
+            Secrets::of("postgres://app:s3cr%40t-pw@db.internal:5432/trail?sslmode=require");
+        let shown =
+            secrets.scrub("postgres://app:s3cr%40t-pw@db.internal:5432/trail and s3cr@t-pw");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(shown.contains("app:***@db.internal:5432/trail"), "{shown}");
+
+        // An unescaped '@' in the password: libpq may show the tail as a host.
+        let secrets = Secrets::of("postgres://app:pass@word-secret@db/trail");
+        let shown = secrets.scrub("could not translate host name \"word-secret@db\" to address");
+        assert!(!shown.contains("word-secret"), "{shown}");
+
+        let secrets = Secrets::of("postgres://db/trail?user=app&password=hunter22&sslmode=disable");
+        assert!(!secrets.scrub(&secrets.source).contains("hunter22"));
+        let secrets = Secrets::of("host=db user=app password=hunter22 dbname=trail");
+        assert!(!secrets.scrub(&secrets.source).contains("hunter22"));
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_whole() {
+        let secrets = Secrets::of("postgres://postgres@127.0.0.1:5432/test");
+        assert_eq!(
+            secrets.scrub(&secrets.source),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+    }
+
+    #[test]
+    fn connect_timeout_is_added_once() {
+        assert_eq!(
+            with_connect_timeout("postgres://h/db", Duration::from_secs(7)),
+            "postgres://h/db?connect_timeout=7"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://h/db?sslmode=disable", Duration::from_millis(10)),
+            "postgres://h/db?sslmode=disable&connect_timeout=2"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://h/db?connect_timeout=1", Duration::from_secs(7)),
+            "postgres://h/db?connect_timeout=1"
+        );
+        assert_eq!(
+            with_connect_timeout("host=h dbname=d", Duration::from_secs(3)),
+            "host=h dbname=d connect_timeout=3"
+        );
+    }
+
+    #[test]
+    fn worker_lock_keys_differ_per_worker_and_are_stable() {
+        let a = WorkerId::new_random();
+        let b = WorkerId::new_random();
+        assert_eq!(
+            PostgresStorage::worker_lock_key(a),
+            PostgresStorage::worker_lock_key(a)
+        );
+        assert_ne!(
+            PostgresStorage::worker_lock_key(a),
+            PostgresStorage::worker_lock_key(b)
+        );
+    }
+}

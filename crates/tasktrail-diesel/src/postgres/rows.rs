@@ -1,0 +1,207 @@
+//! Row structs for the Postgres schema and their conversion to and from the
+//! domain records. Ids are native `uuid`, times `timestamptz`, artifacts
+//! `jsonb`; integers are checked on the way back in, so a value that does not
+//! fit the domain is a `CorruptRow`, never a panic.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use tasktrail_core::{
+    truncate_to_micros, NewRunningRow, SessionId, SessionRecord, StorageError, TaskId, TaskRecord,
+    TaskStatus, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+};
+use uuid::Uuid;
+
+use super::schema::{claude_sdk_sessions, task_history, workers};
+use crate::codec::{
+    artifacts_from_json, corrupt, decode_cost, decode_status, decode_u32, decode_worker_state,
+};
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = task_history)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(super) struct TaskRow {
+    id: Uuid,
+    repo: String,
+    issue_number: i64,
+    user: String,
+    agent: String,
+    agent_type: String,
+    model: String,
+    provider: String,
+    status: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_usd: Option<f64>,
+    turns: Option<i64>,
+    artifacts: Option<serde_json::Value>,
+    worker_id: Option<Uuid>,
+    interrupted_at: Option<DateTime<Utc>>,
+    interrupt_reason: Option<String>,
+    interrupted_by: Option<Uuid>,
+}
+
+impl TaskRow {
+    pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
+        let id = self.id.hyphenated().to_string();
+        let label = format!("task {id}");
+        let optional_u32 = |column: &str, value: Option<i64>| {
+            value.map(|v| decode_u32(column, &label, v)).transpose()
+        };
+        Ok(TaskRecord {
+            id: TaskId::from_uuid(self.id),
+            repo: self.repo,
+            issue_number: decode_u32("issue_number", &label, self.issue_number)?,
+            user: self.user,
+            agent: self.agent,
+            agent_type: self.agent_type,
+            model: self.model,
+            provider: self.provider,
+            status: decode_status(&id, &self.status)?,
+            worker_id: self.worker_id.map(WorkerId::from_uuid),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            input_tokens: optional_u32("input_tokens", self.input_tokens)?,
+            output_tokens: optional_u32("output_tokens", self.output_tokens)?,
+            cost_usd: self.cost_usd.map(|c| decode_cost(&id, c)).transpose()?,
+            turns: optional_u32("turns", self.turns)?,
+            artifacts: self
+                .artifacts
+                .map(|a| artifacts_from_json(&id, a))
+                .transpose()?,
+            interrupted_at: self.interrupted_at,
+            interrupt_reason: self.interrupt_reason,
+            interrupted_by: self.interrupted_by.map(WorkerId::from_uuid),
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = task_history)]
+pub(super) struct NewTaskRow {
+    id: Uuid,
+    repo: String,
+    issue_number: i64,
+    user: String,
+    agent: String,
+    agent_type: String,
+    model: String,
+    provider: String,
+    status: &'static str,
+    started_at: DateTime<Utc>,
+    worker_id: Uuid,
+}
+
+impl NewTaskRow {
+    pub(super) fn from_domain(row: &NewRunningRow) -> Self {
+        let spec = &row.spec;
+        Self {
+            id: *row.id.as_uuid(),
+            repo: spec.repo().to_owned(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user().to_owned(),
+            agent: spec.agent().to_owned(),
+            agent_type: spec.agent_type().to_owned(),
+            model: spec.model().to_owned(),
+            provider: spec.provider().to_owned(),
+            status: TaskStatus::Running.as_str(),
+            started_at: truncate_to_micros(row.started_at),
+            worker_id: *row.worker.as_uuid(),
+        }
+    }
+}
+
+/// A registration. With the database's clock `heartbeat_at` is `None`, so
+/// the column's default, the database's `now()`, fills it; with the callers'
+/// clock it is the registration's `started_at`.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = workers)]
+pub(super) struct NewWorkerRow {
+    id: Uuid,
+    host: String,
+    pid: i64,
+    process_start_marker: String,
+    started_at: DateTime<Utc>,
+    heartbeat_at: Option<DateTime<Utc>>,
+    state: &'static str,
+}
+
+impl NewWorkerRow {
+    pub(super) fn from_registration(
+        registration: &WorkerRegistration,
+        database_clock: bool,
+    ) -> Self {
+        Self {
+            heartbeat_at: (!database_clock).then(|| truncate_to_micros(registration.started_at)),
+            id: *registration.id.as_uuid(),
+            host: registration.host.clone(),
+            pid: i64::from(registration.pid),
+            process_start_marker: registration.process_start_marker.clone(),
+            started_at: truncate_to_micros(registration.started_at),
+            state: WorkerState::Alive.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = workers)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(super) struct WorkerRow {
+    id: Uuid,
+    host: String,
+    pid: i64,
+    process_start_marker: String,
+    started_at: DateTime<Utc>,
+    heartbeat_at: DateTime<Utc>,
+    state: String,
+    stopped_at: Option<DateTime<Utc>>,
+}
+
+impl WorkerRow {
+    pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
+        let id = self.id.hyphenated().to_string();
+        let label = format!("worker {id}");
+        Ok(WorkerRecord {
+            id: WorkerId::from_uuid(self.id),
+            host: self.host,
+            pid: decode_u32("pid", &label, self.pid)?,
+            process_start_marker: self.process_start_marker,
+            started_at: self.started_at,
+            heartbeat_at: self.heartbeat_at,
+            state: decode_worker_state(&id, &self.state)?,
+            stopped_at: self.stopped_at,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = claude_sdk_sessions)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(super) struct SessionRow {
+    pub(super) session_id: String,
+    pub(super) task_id: Uuid,
+    pub(super) repo: String,
+    pub(super) issue_number: i64,
+    pub(super) agent: String,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) invalidated_at: Option<DateTime<Utc>>,
+    pub(super) invalidation_reason: Option<String>,
+}
+
+impl SessionRow {
+    pub(super) fn into_record(self) -> Result<SessionRecord, StorageError> {
+        let label = format!("session {}", self.session_id);
+        Ok(SessionRecord {
+            session_id: SessionId::parse(&self.session_id)
+                .map_err(|_| corrupt(format!("{label}: invalid session id")))?,
+            task_id: TaskId::from_uuid(self.task_id),
+            repo: self.repo,
+            issue_number: decode_u32("issue_number", &label, self.issue_number)?,
+            agent: self.agent,
+            created_at: self.created_at,
+            invalidated_at: self.invalidated_at,
+            invalidation_reason: self.invalidation_reason,
+        })
+    }
+}

@@ -1,0 +1,713 @@
+//! `impl Storage for PostgresStorage`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+use tasktrail_core::{
+    recovery_reason, truncate_to_micros, DeathCause, FinishRefusal, FinishRow, FinishWrite,
+    Liveness, LivenessJudge, NewRunningRow, NewSession, Outcome, RecoveredTask, RecoveryRequest,
+    SessionKey, SessionRecord, Storage, StorageError, SweepMode, TaskFilter, TaskId, TaskRecord,
+    TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+};
+use uuid::Uuid;
+
+use super::rows::{NewTaskRow, NewWorkerRow, SessionRow, TaskRow, WorkerRow};
+use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::{
+    advisory_unlock, map_error, try_advisory_lock, PostgresLeaseClock, PostgresStorage, Redacted,
+};
+use crate::codec::artifacts_to_json;
+
+/// An error inside a transaction: either a domain answer to return as is, or
+/// a Diesel error to map (Diesel needs `From<diesel::result::Error>`).
+enum TxError {
+    Storage(StorageError),
+    Diesel(DieselError),
+}
+
+impl From<DieselError> for TxError {
+    fn from(error: DieselError) -> Self {
+        TxError::Diesel(error)
+    }
+}
+
+impl From<StorageError> for TxError {
+    fn from(error: StorageError) -> Self {
+        TxError::Storage(error)
+    }
+}
+
+impl From<TxError> for StorageError {
+    fn from(error: TxError) -> Self {
+        match error {
+            TxError::Storage(error) => error,
+            TxError::Diesel(error) => map_error(error),
+        }
+    }
+}
+
+fn transaction<T>(
+    connection: &mut PgConnection,
+    body: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
+) -> Result<T, StorageError> {
+    connection.transaction(body).map_err(StorageError::from)
+}
+
+fn is_unique_violation(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+const RUNNING: &str = TaskStatus::Running.as_str();
+const ALIVE: &str = WorkerState::Alive.as_str();
+
+/// The worker's state, read with a `FOR SHARE` lock when `lock` is set (so a
+/// sweep cannot mark it dead until the caller's transaction ends).
+fn worker_state(
+    connection: &mut PgConnection,
+    id: WorkerId,
+    lock: bool,
+) -> Result<Option<String>, DieselError> {
+    let query = workers::table.find(*id.as_uuid()).select(workers::state);
+    if lock {
+        query.for_share().first::<String>(connection).optional()
+    } else {
+        query.first::<String>(connection).optional()
+    }
+}
+
+fn require_alive(connection: &mut PgConnection, id: WorkerId) -> Result<(), TxError> {
+    match worker_state(connection, id, true)? {
+        None => Err(StorageError::UnknownWorker { id }.into()),
+        Some(state) if state == ALIVE => Ok(()),
+        Some(_) => Err(StorageError::WorkerNotAlive { id }.into()),
+    }
+}
+
+fn load_task(connection: &mut PgConnection, id: Uuid) -> Result<Option<TaskRecord>, TxError> {
+    task_history::table
+        .find(id)
+        .select(TaskRow::as_select())
+        .first(connection)
+        .optional()?
+        .map(TaskRow::into_record)
+        .transpose()
+        .map_err(TxError::from)
+}
+
+/// Invalidates the still-valid sessions of `task_ids`; returns how many
+/// each task had.
+fn invalidate_sessions_of_tasks(
+    connection: &mut PgConnection,
+    task_ids: &[Uuid],
+    at: Timestamp,
+    reason: &str,
+) -> Result<HashMap<Uuid, u32>, DieselError> {
+    let invalidated: Vec<Uuid> = diesel::update(
+        claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
+            .filter(claude_sdk_sessions::invalidated_at.is_null()),
+    )
+    .set((
+        claude_sdk_sessions::invalidated_at.eq(at),
+        claude_sdk_sessions::invalidation_reason.eq(reason),
+    ))
+    .returning(claude_sdk_sessions::task_id)
+    .get_results(connection)?;
+    Ok(count_by_task(invalidated))
+}
+
+fn count_by_task(task_ids: Vec<Uuid>) -> HashMap<Uuid, u32> {
+    let mut counts = HashMap::new();
+    for task in task_ids {
+        *counts.entry(task).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The heartbeat, never going backwards: the database's own clock, or the
+/// caller's `at` with [`PostgresLeaseClock::Caller`].
+fn beat(
+    connection: &mut PgConnection,
+    worker: WorkerId,
+    callers_at: Option<Timestamp>,
+) -> Result<(), StorageError> {
+    let updated = match callers_at {
+        None => diesel::sql_query(
+            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, now()) WHERE id = $1 AND state = 'alive'",
+        )
+        .bind::<SqlUuid, _>(*worker.as_uuid())
+        .execute(connection),
+        Some(at) => diesel::sql_query(
+            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, $2) WHERE id = $1 AND state = 'alive'",
+        )
+        .bind::<SqlUuid, _>(*worker.as_uuid())
+        .bind::<Timestamptz, _>(truncate_to_micros(at))
+        .execute(connection),
+    }
+    .map_err(map_error)?;
+    if updated == 1 {
+        return Ok(());
+    }
+    match worker_state(connection, worker, false).map_err(map_error)? {
+        None => Err(StorageError::UnknownWorker { id: worker }),
+        Some(_) => Err(StorageError::WorkerNotAlive { id: worker }),
+    }
+}
+
+/// `worker` as the caller's judge must see it: its heartbeat moved from the
+/// database's clock into the caller's (`request.now - (db_now -
+/// heartbeat_at)`), so the caller's `now - heartbeat_at` is the silence
+/// measured on the database's clock.
+fn in_callers_frame(
+    worker: &WorkerRecord,
+    db_now: Timestamp,
+    callers_now: Timestamp,
+) -> WorkerRecord {
+    let silence = (db_now - worker.heartbeat_at).max(chrono::Duration::zero());
+    WorkerRecord {
+        heartbeat_at: callers_now - silence,
+        ..worker.clone()
+    }
+}
+
+impl PostgresStorage {
+    /// Judges one owner: the caller's judge on the database's clock, then,
+    /// for an owner it calls alive, the advisory lock. A lock this sweep took
+    /// is added to `taken`, to be released once the transaction has ended.
+    fn judge_owner(
+        connection: &mut PgConnection,
+        owner: Option<&WorkerRecord>,
+        judge: &dyn LivenessJudge,
+        clocks: Option<(Timestamp, Timestamp)>,
+        taken: &mut Vec<i64>,
+    ) -> Result<Liveness, DieselError> {
+        let Some(owner) = owner else {
+            return Ok(judge.judge(None));
+        };
+        let verdict = match clocks {
+            Some((db_now, callers_now)) => {
+                judge.judge(Some(&in_callers_frame(owner, db_now, callers_now)))
+            }
+            None => judge.judge(Some(owner)),
+        };
+        match verdict {
+            Liveness::Dead(DeathCause::LeaseExpired { host, lease, .. }) => {
+                Ok(Liveness::Dead(DeathCause::LeaseExpired {
+                    host,
+                    // The database's time of the last heartbeat, not the
+                    // caller-frame value the judge saw.
+                    last_heartbeat: owner.heartbeat_at,
+                    lease,
+                }))
+            }
+            Liveness::Alive if owner.state == WorkerState::Alive => {
+                let key = Self::worker_lock_key(owner.id);
+                if try_advisory_lock(connection, key)? {
+                    taken.push(key);
+                    // The owner's liveness session is gone: the server
+                    // released its lock. The core has no cause for "its
+                    // database session ended" yet; ProcessGone (its host and
+                    // pid) is the closest.
+                    Ok(Liveness::Dead(DeathCause::ProcessGone {
+                        host: owner.host.clone(),
+                        pid: owner.pid,
+                    }))
+                } else {
+                    Ok(Liveness::Alive)
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn sweep(
+        connection: &mut PgConnection,
+        lease_clock: PostgresLeaseClock,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+        taken: &mut Vec<i64>,
+    ) -> Result<Vec<RecoveredTask>, TxError> {
+        let apply = request.mode == SweepMode::Apply;
+        let me = *request.recovering_worker.as_uuid();
+        let now = truncate_to_micros(request.now);
+        let not_mine = task_history::worker_id
+            .ne(me)
+            .or(task_history::worker_id.is_null());
+
+        // 1. The owners of running rows (the partial index serves this).
+        let owner_ids: Vec<Option<Uuid>> = task_history::table
+            .filter(task_history::status.eq(RUNNING))
+            .filter(not_mine)
+            .select(task_history::worker_id)
+            .distinct()
+            .load(connection)?;
+        if owner_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known_owners: BTreeSet<Option<Uuid>> = owner_ids.into_iter().collect();
+        let registered: Vec<Uuid> = known_owners.iter().flatten().copied().collect();
+
+        // 2. Their workers rows, locked in id order: concurrent sweeps queue
+        //    here, and the second reads what the first decided.
+        let owner_rows = workers::table
+            .filter(workers::id.eq_any(&registered))
+            .order(workers::id)
+            .select(WorkerRow::as_select());
+        let owner_rows: Vec<WorkerRow> = if apply {
+            owner_rows.for_update().load(connection)?
+        } else {
+            owner_rows.load(connection)?
+        };
+        let mut owners: HashMap<Uuid, WorkerRecord> = HashMap::new();
+        for row in owner_rows {
+            let record = row.into_record()?;
+            owners.insert(*record.id.as_uuid(), record);
+        }
+
+        // 3. The database's time (read after the locks were granted) and the
+        //    caller's, to judge in the caller's frame on the database's clock.
+        let clocks = match lease_clock {
+            PostgresLeaseClock::Database => {
+                let db_now: DateTime<Utc> = diesel::select(sql::<Timestamptz>("clock_timestamp()"))
+                    .get_result(connection)?;
+                Some((db_now, request.now))
+            }
+            PostgresLeaseClock::Caller => None,
+        };
+
+        // 4. The running rows, each locked by exactly one sweep. Rows of an
+        //    owner that appeared after step 1 are left to the next sweep.
+        let running = task_history::table
+            .filter(task_history::status.eq(RUNNING))
+            .filter(not_mine)
+            .order((task_history::started_at, task_history::id))
+            .select(TaskRow::as_select());
+        let running: Vec<TaskRow> = if apply {
+            running.for_update().skip_locked().load(connection)?
+        } else {
+            running.load(connection)?
+        };
+        let running: Vec<TaskRecord> = running
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|task| known_owners.contains(&task.worker_id.map(|id| *id.as_uuid())))
+            .collect();
+
+        // 5. One verdict per owner.
+        let mut verdicts: BTreeMap<Option<WorkerId>, Liveness> = BTreeMap::new();
+        for task in &running {
+            if verdicts.contains_key(&task.worker_id) {
+                continue;
+            }
+            let owner = task.worker_id.and_then(|id| owners.get(id.as_uuid()));
+            let verdict = Self::judge_owner(connection, owner, judge, clocks, taken)?;
+            verdicts.insert(task.worker_id, verdict);
+        }
+
+        // 6. Transition, invalidate, mark dead.
+        let mut recovered = Vec::new();
+        for (owner, verdict) in &verdicts {
+            let Liveness::Dead(cause) = verdict else {
+                continue;
+            };
+            let reason = recovery_reason(*owner, cause);
+            let orphans: Vec<&TaskRecord> = running
+                .iter()
+                .filter(|task| task.worker_id == *owner)
+                .collect();
+            let orphan_ids: Vec<Uuid> = orphans.iter().map(|task| *task.id.as_uuid()).collect();
+            let (transitioned, sessions): (BTreeSet<Uuid>, HashMap<Uuid, u32>) = if apply {
+                let transitioned: Vec<Uuid> = diesel::update(
+                    task_history::table
+                        .filter(task_history::id.eq_any(&orphan_ids))
+                        .filter(task_history::status.eq(RUNNING)),
+                )
+                .set((
+                    task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                    task_history::interrupted_at.eq(now),
+                    task_history::interrupt_reason.eq(&reason),
+                    task_history::interrupted_by.eq(me),
+                ))
+                .returning(task_history::id)
+                .get_results(connection)?;
+                let sessions =
+                    invalidate_sessions_of_tasks(connection, &transitioned, now, &reason)?;
+                if let Some(owner) = owner {
+                    diesel::update(
+                        workers::table
+                            .find(*owner.as_uuid())
+                            .filter(workers::state.eq(ALIVE)),
+                    )
+                    .set((
+                        workers::state.eq(WorkerState::Dead.as_str()),
+                        workers::stopped_at.eq(now),
+                    ))
+                    .execute(connection)?;
+                }
+                (transitioned.into_iter().collect(), sessions)
+            } else {
+                let valid: Vec<Uuid> = claude_sdk_sessions::table
+                    .filter(claude_sdk_sessions::task_id.eq_any(&orphan_ids))
+                    .filter(claude_sdk_sessions::invalidated_at.is_null())
+                    .select(claude_sdk_sessions::task_id)
+                    .load(connection)?;
+                (orphan_ids.iter().copied().collect(), count_by_task(valid))
+            };
+            for task in orphans {
+                let id = *task.id.as_uuid();
+                if !transitioned.contains(&id) {
+                    continue;
+                }
+                let mut task = task.clone();
+                task.status = TaskStatus::Interrupted;
+                task.interrupted_at = Some(now);
+                task.interrupt_reason = Some(reason.clone());
+                task.interrupted_by = Some(request.recovering_worker);
+                recovered.push(RecoveredTask {
+                    task,
+                    dead_worker: *owner,
+                    cause: cause.clone(),
+                    recovered_by: request.recovering_worker,
+                    recovered_at: now,
+                    sessions_invalidated: sessions.get(&id).copied().unwrap_or(0),
+                });
+            }
+        }
+        recovered.sort_by_key(|recovered| (recovered.task.started_at, recovered.task.id));
+        Ok(recovered)
+    }
+}
+
+impl Storage for PostgresStorage {
+    /// Takes the worker's advisory lock on this store's liveness session,
+    /// then inserts its row; the first heartbeat is the database's `now()`
+    /// (with [`PostgresLeaseClock::Caller`], `started_at`).
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        let id = registration.id;
+        let key = Self::worker_lock_key(id);
+        let database_clock = self.lease_clock == PostgresLeaseClock::Database;
+        self.liveness.run(|connection, tracked| {
+            if tracked.contains_key(&id) {
+                return Err(StorageError::DuplicateWorker { id });
+            }
+            if !try_advisory_lock(connection, key).map_err(map_error)? {
+                // Another live session holds this worker's lock.
+                return Err(StorageError::DuplicateWorker { id });
+            }
+            match diesel::insert_into(workers::table)
+                .values(NewWorkerRow::from_registration(
+                    registration,
+                    database_clock,
+                ))
+                .execute(connection)
+            {
+                Ok(_) => {
+                    tracked.insert(id, true);
+                    Ok(())
+                }
+                Err(error) => {
+                    let _ = advisory_unlock(connection, key);
+                    if is_unique_violation(&error) {
+                        Err(StorageError::DuplicateWorker { id })
+                    } else {
+                        Err(map_error(error))
+                    }
+                }
+            }
+        })
+    }
+
+    /// Moves `heartbeat_at` to the database's `now()` (`at` is ignored: see
+    /// [`PostgresStorage`]; with [`PostgresLeaseClock::Caller`], to
+    /// `at`). For a worker registered through this store
+    /// the heartbeat goes through its liveness session, after taking its lock
+    /// again if the session was re-established; a heartbeat that succeeds
+    /// proves the lock is held.
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        let callers_at = (self.lease_clock == PostgresLeaseClock::Caller).then_some(at);
+        if !self.liveness.tracks(worker) {
+            return beat(&mut *self.pooled()?, worker, callers_at);
+        }
+        let key = Self::worker_lock_key(worker);
+        self.liveness.run(|connection, tracked| {
+            if tracked.get(&worker) == Some(&false) {
+                if !try_advisory_lock(connection, key).map_err(map_error)? {
+                    // A sweep is judging this worker right now, or the server
+                    // has not yet ended the lost session that held the lock.
+                    return match worker_state(connection, worker, false).map_err(map_error)? {
+                        None => Err(StorageError::UnknownWorker { id: worker }),
+                        Some(state) if state != ALIVE => {
+                            tracked.remove(&worker);
+                            Err(StorageError::WorkerNotAlive { id: worker })
+                        }
+                        Some(_) => Err(StorageError::Unavailable {
+                            source: Box::new(Redacted(format!(
+                                "the liveness lock of worker {worker} is held by another session; retry at the next heartbeat"
+                            ))),
+                        }),
+                    };
+                }
+                tracked.insert(worker, true);
+            }
+            let result = beat(connection, worker, callers_at);
+            if matches!(
+                result,
+                Err(StorageError::WorkerNotAlive { .. } | StorageError::UnknownWorker { .. })
+            ) {
+                let _ = advisory_unlock(connection, key);
+                tracked.remove(&worker);
+            }
+            result
+        })
+    }
+
+    /// Marks the worker `stopped`, then releases its advisory lock.
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        let at = truncate_to_micros(at);
+        transaction(&mut *self.pooled()?, |connection| {
+            if worker_state(connection, worker, false)?.is_none() {
+                return Err(StorageError::UnknownWorker { id: worker }.into());
+            }
+            diesel::update(
+                workers::table
+                    .find(*worker.as_uuid())
+                    .filter(workers::state.eq(ALIVE)),
+            )
+            .set((
+                workers::state.eq(WorkerState::Stopped.as_str()),
+                workers::stopped_at.eq(at),
+            ))
+            .execute(connection)?;
+            Ok(())
+        })?;
+        if self.liveness.tracks(worker) {
+            // Best effort: if the session is gone, so is the lock.
+            let _ = self.liveness.run(|connection, tracked| {
+                tracked.remove(&worker);
+                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
+            });
+        }
+        Ok(())
+    }
+
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        workers::table
+            .order((workers::started_at, workers::id))
+            .select(WorkerRow::as_select())
+            .load(&mut self.pooled()?)
+            .map_err(map_error)?
+            .into_iter()
+            .map(WorkerRow::into_record)
+            .collect()
+    }
+
+    /// One transaction: the worker's row is read `FOR SHARE` (a concurrent
+    /// sweep cannot declare it dead in between) and must be `alive`, then the
+    /// one INSERT.
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        transaction(&mut *self.pooled()?, |connection| {
+            require_alive(connection, row.worker)?;
+            diesel::insert_into(task_history::table)
+                .values(NewTaskRow::from_domain(row))
+                .execute(connection)
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        TxError::Storage(StorageError::DuplicateTask { id: row.id })
+                    } else {
+                        TxError::Diesel(error)
+                    }
+                })?;
+            Ok(())
+        })
+    }
+
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        let id = *row.id.as_uuid();
+        let worker = *row.worker.as_uuid();
+        let at = truncate_to_micros(row.at);
+        transaction(&mut *self.pooled()?, |connection| {
+            let guarded = task_history::table
+                .filter(task_history::id.eq(id))
+                .filter(task_history::status.eq(RUNNING))
+                .filter(task_history::worker_id.eq(worker));
+            let updated = match &row.outcome {
+                Outcome::Interrupted(reason) => {
+                    let updated = diesel::update(guarded)
+                        .set((
+                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                            task_history::interrupted_at.eq(at),
+                            task_history::interrupt_reason.eq(reason.as_str()),
+                            task_history::interrupted_by.eq(worker),
+                        ))
+                        .execute(connection)?;
+                    if updated == 1 {
+                        let reason = format!("task interrupted: {reason}");
+                        invalidate_sessions_of_tasks(connection, &[id], at, &reason)?;
+                    }
+                    updated
+                }
+                Outcome::Success(report)
+                | Outcome::Failure(report)
+                | Outcome::Cancelled(report)
+                | Outcome::AbortedNoSkill(report) => diesel::update(guarded)
+                    .set((
+                        task_history::status.eq(row.outcome.status().as_str()),
+                        task_history::finished_at.eq(at),
+                        task_history::input_tokens.eq(i64::from(report.input_tokens)),
+                        task_history::output_tokens.eq(i64::from(report.output_tokens)),
+                        task_history::cost_usd.eq(report.cost_usd.dollars()),
+                        task_history::turns.eq(i64::from(report.turns)),
+                        task_history::artifacts.eq(artifacts_to_json(&report.artifacts)),
+                    ))
+                    .execute(connection)?,
+            };
+            if updated == 1 {
+                return Ok(FinishWrite::Updated);
+            }
+            Ok(FinishWrite::Refused(match load_task(connection, id)? {
+                None => FinishRefusal::Missing,
+                Some(record) => record.refusal_for(row.worker),
+            }))
+        })
+    }
+
+    /// One transaction; see [`PostgresStorage`] for the locking that
+    /// makes it exactly-once across concurrent sweeps.
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let mut connection = self.pooled()?;
+        let mut taken: Vec<i64> = Vec::new();
+        let result = transaction(&mut connection, |connection| {
+            Self::sweep(connection, self.lease_clock, request, judge, &mut taken)
+        });
+        // Session-level locks outlive the transaction: release the ones the
+        // sweep took, now that its verdicts are committed (or rolled back).
+        for key in taken {
+            let _ = advisory_unlock(&mut connection, key);
+        }
+        result
+    }
+
+    /// One transaction: the worker must be `alive` (`FOR SHARE`) and the task
+    /// `running` under it (`FOR SHARE`), then the INSERT.
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        let task_id = *session.task_id.as_uuid();
+        transaction(&mut *self.pooled()?, |connection| {
+            require_alive(connection, session.worker)?;
+            let owned_and_running = task_history::table
+                .filter(task_history::id.eq(task_id))
+                .filter(task_history::status.eq(RUNNING))
+                .filter(task_history::worker_id.eq(*session.worker.as_uuid()))
+                .select(task_history::id)
+                .for_share()
+                .first::<Uuid>(connection)
+                .optional()?
+                .is_some();
+            if !owned_and_running {
+                return Err(StorageError::TaskNotRunning {
+                    id: session.task_id,
+                }
+                .into());
+            }
+            diesel::insert_into(claude_sdk_sessions::table)
+                .values(SessionRow {
+                    session_id: session.session_id.as_str().to_owned(),
+                    task_id,
+                    repo: session.repo.clone(),
+                    issue_number: i64::from(session.issue_number),
+                    agent: session.agent.clone(),
+                    created_at: truncate_to_micros(session.created_at),
+                    invalidated_at: None,
+                    invalidation_reason: None,
+                })
+                .execute(connection)
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        TxError::Storage(StorageError::DuplicateSession)
+                    } else {
+                        TxError::Diesel(error)
+                    }
+                })?;
+            Ok(())
+        })
+    }
+
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        let resumable_statuses = [
+            TaskStatus::Success.as_str(),
+            TaskStatus::Failure.as_str(),
+            TaskStatus::Cancelled.as_str(),
+            TaskStatus::AbortedNoSkill.as_str(),
+        ];
+        claude_sdk_sessions::table
+            .inner_join(task_history::table)
+            .filter(claude_sdk_sessions::repo.eq(&key.repo))
+            .filter(claude_sdk_sessions::issue_number.eq(i64::from(key.issue_number)))
+            .filter(claude_sdk_sessions::agent.eq(&key.agent))
+            .filter(claude_sdk_sessions::invalidated_at.is_null())
+            .filter(task_history::status.eq_any(resumable_statuses))
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .first(&mut self.pooled()?)
+            .optional()
+            .map_err(map_error)?
+            .map(SessionRow::into_record)
+            .transpose()
+    }
+
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        claude_sdk_sessions::table
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .load(&mut self.pooled()?)
+            .map_err(map_error)?
+            .into_iter()
+            .map(SessionRow::into_record)
+            .collect()
+    }
+
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        load_task(&mut *self.pooled()?, *id.as_uuid()).map_err(StorageError::from)
+    }
+
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        let mut query = task_history::table
+            .select(TaskRow::as_select())
+            .order((task_history::started_at.desc(), task_history::id.desc()))
+            .into_boxed();
+        if let Some(status) = filter.status {
+            query = query.filter(task_history::status.eq(status.as_str()));
+        }
+        if let Some(repo) = &filter.repo {
+            query = query.filter(task_history::repo.eq(repo.clone()));
+        }
+        if let Some(limit) = filter.limit {
+            query = query.limit(i64::from(limit));
+        }
+        query
+            .load(&mut self.pooled()?)
+            .map_err(map_error)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect()
+    }
+}

@@ -1,0 +1,1337 @@
+//! The Postgres backend against a real server: the upgrade path, the
+//! lifecycle, fencing, liveness on the database's clock and advisory locks,
+//! and exactly-once recovery when several workers boot at the same moment.
+//!
+//! Every test works in its own fresh database (`tasktrail_test_<random>`),
+//! dropped when the test ends. Point the tests at a server with
+//! `TASKTRAIL_TEST_POSTGRES_URL=postgres://user[:password]@host:port/db`
+//! (the user must be allowed to create databases); without it each test
+//! prints `skipped: TASKTRAIL_TEST_POSTGRES_URL is not set` and passes.
+#![cfg(feature = "postgres")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier};
+
+use chrono::{Duration, TimeZone, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel_migrations::MigrationHarness;
+use tasktrail_core::{
+    Clock, CostUsd, DeathCause, FinishRefusal, FinishRow, FinishWrite, InterruptReason,
+    LivenessPolicy, NewRunningRow, Outcome, PolicyJudge, ProcessProbe, RecoveredTask,
+    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError,
+    StorageExt, SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
+    TaskStatus, Timestamp, WorkerId, WorkerRegistration, WorkerState,
+};
+use tasktrail_diesel::{PostgresOptions, PostgresStorage, StatementLog, POSTGRES_MIGRATIONS};
+
+const URL_VARIABLE: &str = "TASKTRAIL_TEST_POSTGRES_URL";
+
+/// A database of its own for one test, dropped (`WITH (FORCE)`) when the
+/// guard is.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (after printing the skip line) when the
+    /// variable is not set. A set variable whose server cannot be reached
+    /// fails the test: CI must never skip silently.
+    fn create() -> Option<Self> {
+        let admin_url = match std::env::var(URL_VARIABLE) {
+            Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
+            _ => {
+                eprintln!("skipped: {URL_VARIABLE} is not set");
+                return None;
+            }
+        };
+        let name = format!("tasktrail_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&admin_url)
+            .unwrap_or_else(|_| panic!("{URL_VARIABLE} is set but its server cannot be reached"));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create the test database");
+        let url = with_database(&admin_url, &name);
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    fn open(&self) -> PostgresStorage {
+        PostgresStorage::open(&self.url).expect("open the test database")
+    }
+
+    fn open_with(&self, options: PostgresOptions) -> PostgresStorage {
+        PostgresStorage::open_with(&self.url, options).expect("open the test database")
+    }
+
+    fn connect(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+macro_rules! database_or_skip {
+    () => {
+        match TestDatabase::create() {
+            Some(database) => database,
+            None => return,
+        }
+    };
+}
+
+struct NoProcesses;
+
+impl ProcessProbe for NoProcesses {
+    fn process_start_marker(&self, _pid: u32) -> Option<String> {
+        None
+    }
+}
+
+fn spec(issue_number: i64) -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("spec")
+}
+
+fn registration(host: &str, pid: u32) -> WorkerRegistration {
+    WorkerRegistration {
+        id: WorkerId::new_random(),
+        host: host.into(),
+        pid,
+        process_start_marker: format!("boot:{pid}"),
+        started_at: SystemClock.now(),
+    }
+}
+
+fn register(store: &PostgresStorage, host: &str, pid: u32) -> RegisteredWorker {
+    RegisteredWorker::register(store, registration(host, pid), Arc::new(SystemClock))
+        .expect("register")
+}
+
+fn report() -> RunReport {
+    RunReport {
+        input_tokens: 1200,
+        output_tokens: 300,
+        cost_usd: CostUsd::new(0.42).expect("cost"),
+        turns: 7,
+        artifacts: vec!["pr/17".into(), "a \"quoted\" path".into()],
+    }
+}
+
+/// The boot-time sweep of a worker on `host`, with the default lease.
+fn sweep_as(
+    store: &PostgresStorage,
+    worker: WorkerId,
+    host: &str,
+    now: Timestamp,
+) -> Vec<RecoveredTask> {
+    let policy = LivenessPolicy::for_host(host);
+    store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: worker,
+                now,
+                mode: SweepMode::Apply,
+            },
+            &PolicyJudge {
+                policy: &policy,
+                probe: &NoProcesses,
+                now,
+            },
+        )
+        .expect("sweep")
+}
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    flag: bool,
+}
+
+/// Whether another session could take `worker`'s advisory lock right now
+/// (it takes and releases it).
+fn lock_is_free(connection: &mut PgConnection, worker: WorkerId) -> bool {
+    let key = PostgresStorage::worker_lock_key(worker);
+    let free = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
+        .bind::<BigInt, _>(key)
+        .get_result::<Flag>(connection)
+        .expect("try lock")
+        .flag;
+    if free {
+        diesel::sql_query("SELECT pg_advisory_unlock($1) AS flag")
+            .bind::<BigInt, _>(key)
+            .get_result::<Flag>(connection)
+            .expect("unlock");
+    }
+    free
+}
+
+fn set_heartbeat_back(connection: &mut PgConnection, worker: WorkerId, by: &str) {
+    connection
+        .batch_execute(&format!(
+            "UPDATE workers SET heartbeat_at = now() - interval '{by}' WHERE id = '{worker}'"
+        ))
+        .expect("age the heartbeat");
+}
+
+// ---------------------------------------------------------------------------
+// Migrations
+// ---------------------------------------------------------------------------
+
+const PRE_FIX_ROWS: &str = r#"
+INSERT INTO task_history (id, repo, issue_number, "user", agent, agent_type, model, provider, status, started_at, finished_at, input_tokens, output_tokens, cost_usd, turns, artifacts) VALUES
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01', 'acme/widgets', 994, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success', '2026-05-10T10:00:00Z', '2026-05-10T10:05:00Z', 1200, 300, 0.42, 7, '["pr/17"]'),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02', 'acme/widgets', 957, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted', '2026-05-10T11:00:00Z', '2026-05-10T11:30:00Z', NULL, NULL, NULL, NULL, NULL),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e03', 'acme/gears', 1018, 'carol', 'triager', 'claude_sdk', 'claude-haiku', 'anthropic', 'failure', '2026-05-10T12:00:00Z', '2026-05-10T12:01:00Z', 10, 20, 0.01, 1, '[]'),
+ ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e04', 'acme/gears', 1033, 'dave', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'aborted_no_skill', '2026-05-10T13:00:00Z', '2026-05-10T13:00:01Z', 0, 0, 0.0, 0, NULL);
+"#;
+
+#[derive(Debug, PartialEq, QueryableByName)]
+struct PreFixRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    finished_at: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    artifacts: Option<String>,
+    #[diesel(sql_type = Text)]
+    everything_else: String,
+}
+
+const SELECT_PRE_FIX_COLUMNS: &str = r#"SELECT id::text AS id, status, finished_at::text AS finished_at, artifacts::text AS artifacts,
+    concat_ws('|', repo, issue_number, "user", agent, agent_type, model, provider, started_at,
+        COALESCE(input_tokens::text, 'NULL'), COALESCE(output_tokens::text, 'NULL'),
+        COALESCE(cost_usd::text, 'NULL'), COALESCE(turns::text, 'NULL')) AS everything_else
+    FROM task_history ORDER BY id"#;
+
+fn rows(store: &PostgresStorage) -> Vec<PreFixRow> {
+    store
+        .with_connection(|c| diesel::sql_query(SELECT_PRE_FIX_COLUMNS).load::<PreFixRow>(c))
+        .expect("connection")
+        .expect("rows load")
+}
+
+fn store_at_pre_fix_schema(database: &TestDatabase) -> PostgresStorage {
+    let store =
+        PostgresStorage::open_unmigrated(&database.url, &PostgresOptions::default()).expect("open");
+    store
+        .with_connection(|c| c.run_next_migration(POSTGRES_MIGRATIONS).map(drop))
+        .expect("connection")
+        .expect("first migration");
+    store
+        .with_connection(|c| c.batch_execute(PRE_FIX_ROWS))
+        .expect("connection")
+        .expect("pre-fix rows");
+    store
+}
+
+#[test]
+fn pre_fix_schema_does_not_permit_running_rows() {
+    let database = database_or_skip!();
+    let store = store_at_pre_fix_schema(&database);
+    let inserted = store
+        .with_connection(|c| {
+            c.batch_execute(
+                r#"INSERT INTO task_history (id, repo, issue_number, "user", agent, agent_type, model, provider, status, started_at)
+                   VALUES ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e09', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'running', now())"#,
+            )
+        })
+        .expect("connection");
+    assert!(
+        inserted.is_err(),
+        "the pre-fix CHECK must reject status='running'"
+    );
+}
+
+#[test]
+fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
+    let database = database_or_skip!();
+    let before = rows(&store_at_pre_fix_schema(&database));
+    assert_eq!(before.len(), 4);
+
+    let store = database.open();
+    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    let after = rows(&store);
+    assert_eq!(after.len(), before.len(), "every row is kept");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.id, new.id);
+        assert_eq!(old.status, new.status);
+        assert_eq!(old.artifacts, new.artifacts);
+        assert_eq!(old.everything_else, new.everything_else);
+        if old.status == "interrupted" {
+            assert_eq!(
+                new.finished_at, None,
+                "interrupted rows get finished_at = NULL"
+            );
+        } else {
+            assert_eq!(old.finished_at, new.finished_at);
+        }
+    }
+    let interrupted: TaskId = "0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02".parse().expect("id");
+    let record = store.get_task(interrupted).expect("read").expect("row");
+    assert_eq!(record.status, TaskStatus::Interrupted);
+    assert_eq!(record.finished_at, None);
+    assert_eq!(
+        record.interrupted_at,
+        Some(
+            Utc.with_ymd_and_hms(2026, 5, 10, 11, 30, 0)
+                .single()
+                .expect("time")
+        )
+    );
+    assert_eq!(record.worker_id, None);
+    let success: TaskId = "0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01".parse().expect("id");
+    let record = store.get_task(success).expect("read").expect("row");
+    assert_eq!(record.artifacts, Some(vec!["pr/17".to_owned()]));
+    assert_eq!(record.cost_usd, Some(0.42));
+    assert_eq!(
+        store
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .len(),
+        4
+    );
+
+    // The upgraded schema permits running rows, and a pre-fix interrupted row
+    // is picked up by nobody's sweep (it is not running).
+    let worker = register(&store, "dev", 1);
+    let running = Task::queue(spec(1104))
+        .start(&worker, &store)
+        .expect("start");
+    assert_eq!(store.running_tasks().expect("running").len(), 1);
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+}
+
+#[test]
+fn the_fix_migration_round_trips_down_and_up() {
+    let database = database_or_skip!();
+    let original = rows(&store_at_pre_fix_schema(&database));
+    let store = database.open();
+    let upgraded = rows(&store);
+
+    store
+        .with_connection(|c| c.revert_last_migration(POSTGRES_MIGRATIONS).map(drop))
+        .expect("connection")
+        .expect("down");
+    assert_eq!(
+        rows(&store),
+        original,
+        "down restores the pre-fix rows exactly"
+    );
+    assert_eq!(store.applied_migrations().expect("versions").len(), 1);
+
+    assert_eq!(store.migrate().expect("up again").len(), 1);
+    assert_eq!(
+        rows(&store),
+        upgraded,
+        "up again gives the same upgraded rows"
+    );
+
+    // All the way down leaves an empty database, and up again works.
+    store
+        .with_connection(|c| c.revert_all_migrations(POSTGRES_MIGRATIONS).map(drop))
+        .expect("connection")
+        .expect("all down");
+    assert!(store.applied_migrations().expect("versions").is_empty());
+    assert_eq!(store.migrate().expect("up").len(), 2);
+}
+
+#[test]
+fn concurrent_opens_migrate_once_and_migrate_is_idempotent() {
+    let database = database_or_skip!();
+    let barrier = Arc::new(Barrier::new(4));
+    let applied: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                let url = database.url.clone();
+                scope.spawn(move || {
+                    let store = PostgresStorage::open_unmigrated(&url, &PostgresOptions::default())
+                        .expect("open");
+                    barrier.wait();
+                    store.migrate().expect("migrate")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(
+        applied.iter().map(Vec::len).sum::<usize>(),
+        2,
+        "{applied:?}"
+    );
+    let store = database.open();
+    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    assert!(store.migrate().expect("again").is_empty());
+}
+
+#[test]
+fn a_database_that_is_not_ours_is_refused_and_left_alone() {
+    let database = database_or_skip!();
+    database
+        .connect()
+        .batch_execute("CREATE TABLE invoices (id integer PRIMARY KEY, total double precision)")
+        .expect("create");
+    let error = PostgresStorage::open(&database.url).expect_err("must refuse");
+    assert!(
+        matches!(error, StorageError::Incompatible { .. }),
+        "{error:?}"
+    );
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let tables: Vec<String> = diesel::sql_query(
+        "SELECT tablename::text AS name FROM pg_tables WHERE schemaname = current_schema()",
+    )
+    .load::<Name>(&mut database.connect())
+    .expect("tables")
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+    assert_eq!(tables, vec!["invoices".to_owned()], "nothing was created");
+}
+
+#[test]
+fn a_database_migrated_by_a_newer_tasktrail_is_refused() {
+    let database = database_or_skip!();
+    drop(database.open());
+    database
+        .connect()
+        .batch_execute("INSERT INTO __diesel_schema_migrations (version) VALUES ('20990101000000')")
+        .expect("pretend newer");
+    let error = PostgresStorage::open(&database.url).expect_err("must refuse");
+    assert!(
+        matches!(error, StorageError::Incompatible { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn unreachable_servers_and_unknown_databases_are_unavailable_and_never_show_the_password() {
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    let secret = "hunter2-Sup3rSecret";
+    let mut cases = vec![
+        // Nothing listens on port 1.
+        format!("postgres://tasktrail:{secret}@127.0.0.1:1/tasktrail"),
+        // An unescaped '@' in the password: libpq reads the tail as a host.
+        format!("postgres://tasktrail:pa@{secret}@127.0.0.1:1/tasktrail"),
+        // A '/' in the password: libpq reads the head as a port.
+        format!("postgres://tasktrail:{secret}/x@127.0.0.1:1/tasktrail"),
+    ];
+    // The right server, a database that does not exist.
+    let unknown = with_database(&database.admin_url, "tasktrail_no_such_database");
+    let separator = if unknown.contains('?') { '&' } else { '?' };
+    cases.push(format!("{unknown}{separator}password={secret}"));
+    for url in cases {
+        let options = PostgresOptions {
+            connection_timeout: std::time::Duration::from_secs(2),
+            ..PostgresOptions::default()
+        };
+        let error = PostgresStorage::open_with(&url, options).expect_err("must fail");
+        let shown = format!(
+            "{error} / {error:?} / {:?}",
+            std::error::Error::source(&error).map(ToString::to_string)
+        );
+        assert!(
+            !shown.contains(secret) && !shown.contains("Sup3r"),
+            "{shown}"
+        );
+        assert!(
+            matches!(error, StorageError::Unavailable { .. }),
+            "{url}: {shown}"
+        );
+    }
+    let store = database.open();
+    let shown = format!("{store:?} {}", store.redacted_url());
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+// ---------------------------------------------------------------------------
+// The lifecycle
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_task_lifecycle_is_one_insert_then_one_update() {
+    let database = database_or_skip!();
+    let log = StatementLog::new();
+    let store = database.open_with(PostgresOptions {
+        statement_log: Some(log.clone()),
+        pool_size: 2,
+        ..PostgresOptions::default()
+    });
+    let worker = register(&store, "dev", 10);
+    let running = Task::queue(spec(1104))
+        .start(&worker, &store)
+        .expect("start");
+    let id = running.id();
+    let row = store.get_task(id).expect("read").expect("row");
+    assert_eq!(row.status, TaskStatus::Running);
+    assert_eq!(row.worker_id, Some(worker.id()));
+    assert_eq!(
+        (row.repo.as_str(), row.issue_number, row.user.as_str()),
+        ("acme/widgets", 1104, "alice")
+    );
+    assert_eq!(row.started_at, running.started_at());
+    assert_eq!(
+        (row.finished_at, row.cost_usd, row.artifacts.clone()),
+        (None, None, None)
+    );
+
+    running
+        .record_session(SessionId::parse("sess_1").expect("session"), &store)
+        .expect("record session");
+    let key = SessionKey {
+        repo: "acme/widgets".into(),
+        issue_number: 1104,
+        agent: "fixer".into(),
+    };
+    assert_eq!(
+        store.resumable_session(&key).expect("resumable"),
+        None,
+        "running tasks are not resumable"
+    );
+
+    let finished = running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    let row = store.get_task(id).expect("read").expect("row");
+    assert_eq!(row.status, TaskStatus::Success);
+    assert_eq!(row.finished_at, Some(finished.finished_at()));
+    assert_eq!(
+        (row.input_tokens, row.output_tokens, row.turns),
+        (Some(1200), Some(300), Some(7))
+    );
+    assert_eq!(row.cost_usd, Some(0.42));
+    assert_eq!(row.artifacts, Some(report().artifacts));
+    assert_eq!(
+        store
+            .resumable_session(&key)
+            .expect("resumable")
+            .map(|s| s.session_id.to_string()),
+        Some("sess_1".to_owned())
+    );
+    assert_eq!(
+        log.task_insert_statements(id),
+        1,
+        "{:?}",
+        log.task_history_inserts()
+    );
+    assert_eq!(
+        store
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .len(),
+        1
+    );
+
+    // An interrupted finish invalidates the task's sessions.
+    let running = Task::queue(spec(1105))
+        .start(&worker, &store)
+        .expect("start");
+    running
+        .record_session(SessionId::parse("sess_2").expect("session"), &store)
+        .expect("record session");
+    let reason = InterruptReason::new("worker received SIGTERM").expect("reason");
+    let interrupted = running
+        .finish(Outcome::Interrupted(reason), &store)
+        .expect("finish");
+    let row = store
+        .get_task(interrupted.id())
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (row.status, row.finished_at),
+        (TaskStatus::Interrupted, None)
+    );
+    assert_eq!(row.interrupted_by, Some(worker.id()));
+    let sessions = store.list_sessions().expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions
+        .iter()
+        .any(|s| s.session_id.as_str() == "sess_2" && s.invalidated_at.is_some()));
+    assert!(sessions
+        .iter()
+        .any(|s| s.session_id.as_str() == "sess_1" && s.invalidated_at.is_none()));
+
+    worker.deregister(&store).expect("deregister");
+    let workers = store.list_workers().expect("workers");
+    assert_eq!(workers[0].state, WorkerState::Stopped);
+}
+
+#[test]
+fn a_duplicate_start_is_refused_and_writes_nothing() {
+    let database = database_or_skip!();
+    let log = StatementLog::new();
+    let store = database.open_with(PostgresOptions {
+        statement_log: Some(log.clone()),
+        ..PostgresOptions::default()
+    });
+    let worker = register(&store, "dev", 10);
+    let id = TaskId::new_random();
+    let running = Task::queue_with_id(id, spec(1))
+        .start(&worker, &store)
+        .expect("start");
+    let error = Task::queue_with_id(id, spec(2))
+        .start(&worker, &store)
+        .expect_err("duplicate");
+    assert!(
+        matches!(error.error, StorageError::DuplicateTask { id: dup } if dup == id),
+        "{error:?}"
+    );
+    let row = store.get_task(id).expect("read").expect("row");
+    assert_eq!(row.issue_number, 1, "the first row is untouched");
+    assert_eq!(
+        log.task_insert_statements(id),
+        2,
+        "the duplicate was one INSERT, refused"
+    );
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+
+    // A registered worker id cannot be registered again, on this store or
+    // another one.
+    let again = registration("dev", 11);
+    store.register_worker(&again).expect("first");
+    assert!(matches!(
+        store.register_worker(&again),
+        Err(StorageError::DuplicateWorker { .. })
+    ));
+    let other = database.open();
+    assert!(matches!(
+        other.register_worker(&again),
+        Err(StorageError::DuplicateWorker { .. })
+    ));
+    // A start by an unknown worker writes nothing.
+    let stranger = NewRunningRow {
+        id: TaskId::new_random(),
+        spec: spec(3),
+        worker: WorkerId::new_random(),
+        started_at: SystemClock.now(),
+    };
+    assert!(matches!(
+        store.insert_running(&stranger),
+        Err(StorageError::UnknownWorker { .. })
+    ));
+}
+
+#[test]
+fn a_finish_is_fenced_to_the_owner_of_a_running_row() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let owner = register(&store, "dev", 10);
+    let intruder = register(&store, "dev", 11);
+    let running = Task::queue(spec(7)).start(&owner, &store).expect("start");
+    let id = running.id();
+    let finish = |worker: WorkerId| FinishRow {
+        id,
+        worker,
+        outcome: Outcome::Success(report()),
+        at: SystemClock.now(),
+    };
+    assert_eq!(
+        store
+            .finish_running(&finish(intruder.id()))
+            .expect("finish"),
+        FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
+            owner: Some(owner.id())
+        })
+    );
+    assert_eq!(
+        store.get_task(id).expect("read").map(|r| r.status),
+        Some(TaskStatus::Running)
+    );
+    running
+        .finish(Outcome::Failure(report()), &store)
+        .expect("finish");
+    assert_eq!(
+        store.finish_running(&finish(owner.id())).expect("finish"),
+        FinishWrite::Refused(FinishRefusal::AlreadyFinished {
+            status: TaskStatus::Failure
+        })
+    );
+    let missing = FinishRow {
+        id: TaskId::new_random(),
+        ..finish(owner.id())
+    };
+    assert_eq!(
+        store.finish_running(&missing).expect("finish"),
+        FinishWrite::Refused(FinishRefusal::Missing)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Liveness and recovery
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
+    let database = database_or_skip!();
+    let (crashed, id) = {
+        let doomed = database.open();
+        let worker = register(&doomed, "host-a", 10);
+        let running = Task::queue(spec(1104))
+            .start(&worker, &doomed)
+            .expect("start");
+        running
+            .record_session(SessionId::parse("sess_1104").expect("session"), &doomed)
+            .expect("session");
+        (worker.id(), running.id())
+        // The store is dropped without finishing: its session ends and the
+        // server releases the worker's advisory lock.
+    };
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    // The heartbeat is fresh: only the lock tells the worker is gone.
+    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    let hint = recovered[0].hint();
+    assert!(
+        hint.starts_with("[recovery] ") && hint.contains(&id.to_string()),
+        "{hint}"
+    );
+    assert_eq!(recovered[0].dead_worker, Some(crashed));
+    assert_eq!(recovered[0].sessions_invalidated, 1);
+    assert!(
+        matches!(&recovered[0].cause, DeathCause::ProcessGone { host, pid: 10 } if host == "host-a")
+    );
+
+    let row = store.get_task(id).expect("read").expect("row");
+    assert_eq!(row.status, TaskStatus::Interrupted);
+    assert_eq!(
+        (row.finished_at, row.cost_usd, row.turns),
+        (None, None, None)
+    );
+    assert_eq!(row.interrupted_by, Some(sweeper.id()));
+    assert_eq!(row.interrupted_at, Some(recovered[0].recovered_at));
+    assert!(store.list_sessions().expect("sessions")[0]
+        .invalidated_at
+        .is_some());
+    let states: BTreeMap<WorkerId, WorkerState> = store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .map(|w| (w.id, w.state))
+        .collect();
+    assert_eq!(states[&crashed], WorkerState::Dead);
+    assert_eq!(states[&sweeper.id()], WorkerState::Alive);
+
+    // Reported once; and the dead owner's late finish is refused.
+    assert!(sweep_as(&store, sweeper.id(), "host-b", SystemClock.now()).is_empty());
+    let late = FinishRow {
+        id,
+        worker: crashed,
+        outcome: Outcome::Success(report()),
+        at: SystemClock.now(),
+    };
+    assert_eq!(
+        store.finish_running(&late).expect("finish"),
+        FinishWrite::Refused(FinishRefusal::InterruptedByRecovery {
+            recovered_by: Some(sweeper.id())
+        })
+    );
+    // The sweep released the lock it took to test the dead worker.
+    assert!(lock_is_free(&mut database.connect(), crashed));
+}
+
+#[test]
+fn a_dry_run_reports_and_writes_nothing() {
+    let database = database_or_skip!();
+    let id = {
+        let doomed = database.open();
+        let worker = register(&doomed, "host-a", 10);
+        Task::queue(spec(5))
+            .start(&worker, &doomed)
+            .expect("start")
+            .id()
+    };
+    let store = database.open();
+    let policy = LivenessPolicy::for_host("host-b");
+    let now = SystemClock.now();
+    let preview = store
+        .preview_recovery(
+            WorkerId::new_random(),
+            now,
+            &PolicyJudge {
+                policy: &policy,
+                probe: &NoProcesses,
+                now,
+            },
+        )
+        .expect("preview");
+    assert_eq!(preview.len(), 1);
+    assert_eq!(preview[0].task.id, id);
+    assert_eq!(
+        store.get_task(id).expect("read").map(|r| r.status),
+        Some(TaskStatus::Running)
+    );
+    assert!(store
+        .list_workers()
+        .expect("workers")
+        .iter()
+        .all(|w| w.state == WorkerState::Alive));
+}
+
+#[test]
+fn a_live_remote_worker_is_safe_from_a_sweeper_whose_clock_runs_ahead() {
+    let database = database_or_skip!();
+    let remote_store = database.open();
+    let remote = register(&remote_store, "host-a", 10);
+    let running = Task::queue(spec(9))
+        .start(&remote, &remote_store)
+        .expect("start");
+
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    // host-b's clock is two hours ahead: by its own clock host-a's heartbeat
+    // is far older than the lease. The database's clock says otherwise.
+    let skewed_now = SystemClock.now() + Duration::hours(2);
+    assert!(sweep_as(&store, sweeper.id(), "host-b", skewed_now).is_empty());
+    assert_eq!(
+        store
+            .get_task(running.id())
+            .expect("read")
+            .map(|r| r.status),
+        Some(TaskStatus::Running)
+    );
+    running
+        .finish(Outcome::Success(report()), &remote_store)
+        .expect("the owner still finishes");
+}
+
+#[test]
+fn heartbeats_are_written_with_the_database_clock() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let worker = register(&store, "dev", 10);
+    let long_ago = Utc
+        .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
+    let far_ahead = Utc
+        .with_ymd_and_hms(2100, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
+    let first = store.list_workers().expect("workers")[0].heartbeat_at;
+    store
+        .heartbeat_worker(worker.id(), far_ahead)
+        .expect("heartbeat");
+    store
+        .heartbeat_worker(worker.id(), long_ago)
+        .expect("heartbeat");
+    let beat = store.list_workers().expect("workers")[0].heartbeat_at;
+    assert!(beat >= first, "never backwards");
+    let now = SystemClock.now();
+    assert!(
+        (now - beat).num_seconds().abs() < 60,
+        "{beat} is the database's now, not the caller's"
+    );
+}
+
+#[test]
+fn a_hung_worker_is_recovered_after_the_lease_and_then_stops_writing() {
+    let database = database_or_skip!();
+    let hung_store = database.open();
+    let hung = register(&hung_store, "host-a", 10);
+    let running = Task::queue(spec(11))
+        .start(&hung, &hung_store)
+        .expect("start");
+    let id = running.id();
+    let mut admin = database.connect();
+    // Its session (and lock) is alive, but it stopped heartbeating an hour
+    // ago by the database's clock.
+    set_heartbeat_back(&mut admin, hung.id(), "1 hour");
+    assert!(!lock_is_free(&mut admin, hung.id()));
+
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
+    assert_eq!(recovered.len(), 1);
+    match &recovered[0].cause {
+        DeathCause::LeaseExpired {
+            host,
+            last_heartbeat,
+            lease,
+        } => {
+            assert_eq!(host, "host-a");
+            assert_eq!(*lease, LivenessPolicy::DEFAULT_LEASE);
+            let stored = store
+                .list_workers()
+                .expect("workers")
+                .into_iter()
+                .find(|w| w.id == hung.id())
+                .expect("row");
+            assert_eq!(
+                *last_heartbeat, stored.heartbeat_at,
+                "the database's time is reported"
+            );
+        }
+        other => panic!("unexpected cause {other:?}"),
+    }
+
+    // The hung worker wakes up: every write is refused.
+    assert!(matches!(
+        hung.heartbeat(&hung_store),
+        Err(StorageError::WorkerNotAlive { .. })
+    ));
+    let error = Task::queue(spec(12))
+        .start(&hung, &hung_store)
+        .expect_err("start refused");
+    assert!(
+        matches!(error.error, StorageError::WorkerNotAlive { .. }),
+        "{error:?}"
+    );
+    let error = running
+        .finish(Outcome::Success(report()), &hung_store)
+        .expect_err("finish refused");
+    assert!(error.to_string().contains("recovery"), "{error}");
+    assert_eq!(
+        store.get_task(id).expect("read").map(|r| r.status),
+        Some(TaskStatus::Interrupted)
+    );
+    // Found dead, its store let the lock go.
+    assert!(lock_is_free(&mut admin, hung.id()));
+}
+
+#[test]
+fn the_advisory_lock_lives_with_the_store_and_deregistering_releases_it() {
+    let database = database_or_skip!();
+    let mut admin = database.connect();
+    let store = database.open();
+    let worker = register(&store, "dev", 10);
+    assert!(
+        !lock_is_free(&mut admin, worker.id()),
+        "held while the store lives"
+    );
+    let kept = register(&store, "dev", 11);
+    worker.deregister(&store).expect("deregister");
+    assert!(!lock_is_free(&mut admin, kept.id()));
+    drop(store);
+    // Dropping the store ends its session: the server releases the lock.
+    let mut released = false;
+    for _ in 0..100 {
+        if lock_is_free(&mut admin, kept.id()) {
+            released = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(released);
+}
+
+fn terminate_liveness_sessions(admin: &mut PgConnection) {
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'tasktrail-liveness' AND pid <> pg_backend_pid()",
+        )
+        .expect("terminate");
+}
+
+/// Heartbeats until one gives a verdict other than `Unavailable` (the first
+/// after a lost session may report the loss).
+fn heartbeat_until_settled(
+    store: &PostgresStorage,
+    worker: &RegisteredWorker,
+) -> Result<(), StorageError> {
+    for _ in 0..50 {
+        match worker.heartbeat(store) {
+            Err(StorageError::Unavailable { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
+    worker.heartbeat(store)
+}
+
+#[test]
+fn a_worker_whose_session_was_lost_takes_its_lock_back_if_nobody_declared_it_dead() {
+    let database = database_or_skip!();
+    let mut admin = database.connect();
+    let store = database.open();
+    let worker = register(&store, "host-a", 10);
+    let running = Task::queue(spec(13)).start(&worker, &store).expect("start");
+    terminate_liveness_sessions(&mut admin);
+    heartbeat_until_settled(&store, &worker).expect("heartbeat after reconnecting");
+    assert!(
+        !lock_is_free(&mut admin, worker.id()),
+        "the lock is held again"
+    );
+    let other = database.open();
+    let sweeper = register(&other, "host-b", 20);
+    assert!(sweep_as(&other, sweeper.id(), "host-b", SystemClock.now()).is_empty());
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+}
+
+#[test]
+fn a_worker_declared_dead_while_its_session_was_lost_stops_writing() {
+    let database = database_or_skip!();
+    let mut admin = database.connect();
+    let store = database.open();
+    let worker = register(&store, "host-a", 10);
+    let running = Task::queue(spec(14)).start(&worker, &store).expect("start");
+    terminate_liveness_sessions(&mut admin);
+    // A partition: before the worker reconnects, another host boots.
+    let other = database.open();
+    let sweeper = register(&other, "host-b", 20);
+    let mut recovered = Vec::new();
+    for _ in 0..100 {
+        recovered = sweep_as(&other, sweeper.id(), "host-b", SystemClock.now());
+        if !recovered.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(recovered.len(), 1);
+    assert!(matches!(
+        heartbeat_until_settled(&store, &worker),
+        Err(StorageError::WorkerNotAlive { .. })
+    ));
+    assert!(running.finish(Outcome::Success(report()), &store).is_err());
+    let error = Task::queue(spec(15))
+        .start(&worker, &store)
+        .expect_err("refused");
+    assert!(matches!(error.error, StorageError::WorkerNotAlive { .. }));
+}
+
+/// 200 orphans of eight dead workers (four crashed, four hung), 20 rows that
+/// name no worker, and a live worker's rows; four workers boot at once.
+#[test]
+fn concurrent_boots_recover_every_orphan_exactly_once() {
+    for _round in 0..3 {
+        if !concurrent_boots_round(8, 25, 20) {
+            return;
+        }
+    }
+}
+
+/// Only rows that name no worker: there is no owner row to queue on, so the
+/// sweeps meet on the rows themselves, where `SKIP LOCKED` leaves each row to
+/// the one sweep that locked it.
+#[test]
+fn concurrent_boots_share_ownerless_orphans_exactly_once() {
+    for _round in 0..3 {
+        if !concurrent_boots_round(0, 0, 400) {
+            return;
+        }
+    }
+}
+
+type Span = (std::time::Instant, std::time::Instant);
+
+/// A judge that takes its time (as one probing a process table or a slow
+/// network might), so concurrent sweeps overlap inside their transactions.
+struct SlowJudge<'a>(PolicyJudge<'a>);
+
+impl tasktrail_core::LivenessJudge for SlowJudge<'_> {
+    fn judge(&self, worker: Option<&tasktrail_core::WorkerRecord>) -> tasktrail_core::Liveness {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.0.judge(worker)
+    }
+}
+
+fn slow_sweep_as(store: &PostgresStorage, worker: WorkerId, host: &str) -> Vec<RecoveredTask> {
+    let policy = LivenessPolicy::for_host(host);
+    let now = SystemClock.now();
+    store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: worker,
+                now,
+                mode: SweepMode::Apply,
+            },
+            &SlowJudge(PolicyJudge {
+                policy: &policy,
+                probe: &NoProcesses,
+                now,
+            }),
+        )
+        .expect("sweep")
+}
+
+/// One round; false when skipped.
+fn concurrent_boots_round(
+    dead_worker_count: usize,
+    orphans_per_worker: usize,
+    legacy_orphans: usize,
+) -> bool {
+    const SWEEPERS: usize = 4;
+    let Some(database) = TestDatabase::create() else {
+        return false;
+    };
+    let setup = database.open();
+
+    // A survivor on another host whose rows must not be touched.
+    let survivor_store = database.open();
+    let survivor = register(&survivor_store, "survivor-host", 99);
+    let survivor_rows: Vec<TaskId> = (0..10)
+        .map(|i| {
+            let running = Task::queue(spec(5000 + i))
+                .start(&survivor, &survivor_store)
+                .expect("start");
+            let id = running.id();
+            std::mem::forget(running);
+            id
+        })
+        .collect();
+
+    // Eight workers on a host that goes away: half crash (their sessions
+    // end), half hang first (their heartbeats are an hour old).
+    let mut orphans: BTreeSet<TaskId> = BTreeSet::new();
+    let mut sessions = 0usize;
+    let mut dead_workers = Vec::new();
+    {
+        let doomed = database.open();
+        for w in 0..dead_worker_count {
+            let worker = register(&doomed, "lost-host", 100 + w as u32);
+            for t in 0..orphans_per_worker {
+                let running = Task::queue(spec(1 + (w * 100 + t) as i64))
+                    .start(&worker, &doomed)
+                    .expect("start");
+                if t % 5 == 0 {
+                    running
+                        .record_session(
+                            SessionId::parse(&format!("sess_{w}_{t}")).expect("session"),
+                            &doomed,
+                        )
+                        .expect("session");
+                    sessions += 1;
+                }
+                orphans.insert(running.id());
+                std::mem::forget(running);
+            }
+            if w % 2 == 1 {
+                set_heartbeat_back(&mut database.connect(), worker.id(), "1 hour");
+            }
+            dead_workers.push(worker.id());
+        }
+    }
+    let mut admin = database.connect();
+    for i in 0..legacy_orphans {
+        let id = TaskId::new_random();
+        admin
+            .batch_execute(&format!(
+                r#"INSERT INTO task_history (id, repo, issue_number, "user", agent, agent_type, model, provider, status, started_at)
+                   VALUES ('{id}', 'acme/legacy', {}, 'u', 'a', 't', 'm', 'p', 'running', now() - interval '1 day')"#,
+                9000 + i
+            ))
+            .expect("legacy row");
+        orphans.insert(id);
+    }
+    drop(setup);
+
+    // Four workers boot at the same moment, each with its own store.
+    let barrier = Arc::new(Barrier::new(SWEEPERS));
+    let reports: Vec<(WorkerId, Vec<RecoveredTask>, Span)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SWEEPERS)
+            .map(|i| {
+                let barrier = Arc::clone(&barrier);
+                let url = database.url.clone();
+                scope.spawn(move || {
+                    let store = PostgresStorage::open_with(
+                        &url,
+                        PostgresOptions {
+                            pool_size: 2,
+                            ..PostgresOptions::default()
+                        },
+                    )
+                    .expect("open");
+                    let host = format!("sweeper-{i}");
+                    let registration = registration(&host, 1000 + i as u32);
+                    barrier.wait();
+                    let worker =
+                        RegisteredWorker::register(&store, registration, Arc::new(SystemClock))
+                            .expect("register");
+                    let started = std::time::Instant::now();
+                    let recovered = slow_sweep_as(&store, worker.id(), &host);
+                    (worker.id(), recovered, (started, std::time::Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sweeper thread"))
+            .collect()
+    });
+
+    eprintln!(
+        "orphans reported per sweep: {:?}",
+        reports
+            .iter()
+            .map(|(_, recovered, _)| recovered.len())
+            .collect::<Vec<_>>()
+    );
+    // The sweeps really ran at the same time: every one started before the
+    // first one to finish had finished.
+    let first_end = reports
+        .iter()
+        .map(|(_, _, (_, end))| *end)
+        .min()
+        .expect("sweeps");
+    assert!(
+        reports.iter().all(|(_, _, (start, _))| *start < first_end),
+        "the sweeps did not overlap"
+    );
+    let mut reported_by: BTreeMap<TaskId, WorkerId> = BTreeMap::new();
+    let mut total = 0;
+    let mut invalidated = 0;
+    for (sweeper, recovered, _) in &reports {
+        for task in recovered {
+            total += 1;
+            invalidated += task.sessions_invalidated as usize;
+            assert_eq!(task.recovered_by, *sweeper);
+            assert!(
+                reported_by.insert(task.task.id, *sweeper).is_none(),
+                "task {} reported twice",
+                task.task.id
+            );
+        }
+    }
+    assert_eq!(
+        total,
+        orphans.len(),
+        "every orphan is reported exactly once"
+    );
+    assert_eq!(
+        reported_by.keys().copied().collect::<BTreeSet<_>>(),
+        orphans
+    );
+    assert_eq!(invalidated, sessions, "every session is invalidated once");
+
+    let store = database.open();
+    for (id, sweeper) in &reported_by {
+        let row = store.get_task(*id).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted);
+        assert_eq!(
+            row.interrupted_by,
+            Some(*sweeper),
+            "the row names the sweep that reported it"
+        );
+        assert_eq!(row.finished_at, None);
+    }
+    for id in &survivor_rows {
+        assert_eq!(
+            store.get_task(*id).expect("read").map(|r| r.status),
+            Some(TaskStatus::Running)
+        );
+    }
+    assert!(store
+        .list_sessions()
+        .expect("sessions")
+        .iter()
+        .all(|s| s.invalidated_at.is_some()));
+    let states: BTreeMap<WorkerId, WorkerState> = store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .map(|w| (w.id, w.state))
+        .collect();
+    for worker in &dead_workers {
+        assert_eq!(states[worker], WorkerState::Dead);
+        assert!(lock_is_free(&mut admin, *worker), "no sweep kept a lock");
+    }
+    assert_eq!(states[&survivor.id()], WorkerState::Alive);
+    assert_eq!(
+        store.running_tasks().expect("running").len(),
+        survivor_rows.len()
+    );
+    true
+}
+
+// ---------------------------------------------------------------------------
+// The shared behaviour suite
+// ---------------------------------------------------------------------------
+
+/// Every conformance case on a fresh database of its own (the guards live
+/// until the suite ends). The suite drives time with a `ManualClock`, which
+/// the database's clock cannot follow, so the stores judge the lease on the
+/// callers' clock ([`PostgresLeaseClock::Caller`]); the tests above cover the
+/// database's clock. Everything else — advisory locks, row locks, fencing —
+/// is the production code path.
+#[test]
+fn postgres_passes_the_conformance_suite() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tasktrail_core::conformance::{run_conformance_suite, Subject};
+    use tasktrail_diesel::PostgresLeaseClock;
+
+    if std::env::var(URL_VARIABLE).map_or(true, |url| url.trim().is_empty()) {
+        eprintln!("skipped: {URL_VARIABLE} is not set");
+        return;
+    }
+    // One database per case; all are dropped when the suite is done.
+    let databases: Rc<RefCell<Vec<TestDatabase>>> = Rc::default();
+    let made = Rc::clone(&databases);
+    run_conformance_suite(Subject {
+        name: "postgres",
+        fresh_store: Box::new(move || {
+            let database = TestDatabase::create().expect("the variable is set");
+            let store = database.open_with(PostgresOptions {
+                statement_log: Some(StatementLog::new()),
+                pool_size: 2,
+                lease_clock: PostgresLeaseClock::Caller,
+                ..PostgresOptions::default()
+            });
+            made.borrow_mut().push(database);
+            store
+        }),
+        task_insert_statements: Box::new(|store: &PostgresStorage, id| {
+            store
+                .statement_log()
+                .map_or(0, |log| log.task_insert_statements(id))
+        }),
+    });
+    assert!(!databases.borrow().is_empty());
+}
