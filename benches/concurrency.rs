@@ -66,8 +66,12 @@ fn run(workers: &[Arc<Worker>], total: u64) -> Duration {
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..per_worker {
-                    let running = Task::queue(spec()).start(&w.worker, &w.store).expect("start");
-                    running.finish(Outcome::Success(RunReport::empty()), &w.store).expect("finish");
+                    let running = Task::queue(spec())
+                        .start(&w.worker, &w.store)
+                        .expect("start");
+                    running
+                        .finish(Outcome::Success(RunReport::empty()), &w.store)
+                        .expect("finish");
                 }
             })
         })
@@ -87,11 +91,14 @@ fn concurrency(c: &mut Criterion) {
         for count in [1usize, 2, 4, 8] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("shared.db");
-            let workers: Vec<Arc<Worker>> = (0..count).map(|_| Arc::new(worker(&path, durability))).collect();
+            let workers: Vec<Arc<Worker>> = (0..count)
+                .map(|_| Arc::new(worker(&path, durability)))
+                .collect();
             group.throughput(Throughput::Elements(1));
-            group.bench_function(BenchmarkId::new(format!("sqlite/{durability:?}"), count), |b| {
-                b.iter_custom(|iters| run(&workers, iters))
-            });
+            group.bench_function(
+                BenchmarkId::new(format!("sqlite/{durability:?}"), count),
+                |b| b.iter_custom(|iters| run(&workers, iters)),
+            );
         }
     }
     group.finish();

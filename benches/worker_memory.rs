@@ -15,7 +15,11 @@ const IN_FLIGHT: usize = 1_000;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -62,7 +66,10 @@ fn start_in_flight(store: &SqliteStorage, worker: &RegisteredWorker) -> Vec<Task
         .map(|i| {
             let running = Task::queue(spec(i)).start(worker, store).expect("start");
             running
-                .record_session(SessionId::parse(&format!("sess_{}", running.id())).expect("id"), store)
+                .record_session(
+                    SessionId::parse(&format!("sess_{}", running.id())).expect("id"),
+                    store,
+                )
                 .expect("session");
             running
         })
@@ -118,11 +125,19 @@ fn worker_memory(c: &mut Criterion) {
     group.sample_size(10);
     let (crate_store, worker) = store(dir.path(), "crate.db");
     group.bench_function("tasktrail_start_and_record_session", |b| {
-        b.iter_batched(|| (), |()| start_in_flight(&crate_store, &worker), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| start_in_flight(&crate_store, &worker),
+            BatchSize::PerIteration,
+        )
     });
     let (raw_store, raw_worker) = store(dir.path(), "raw.db");
     group.bench_function("raw_sql_insert_baseline", |b| {
-        b.iter_batched(|| (), |()| raw_in_flight(&raw_store, raw_worker.id()), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| raw_in_flight(&raw_store, raw_worker.id()),
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
 }

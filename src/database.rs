@@ -158,6 +158,9 @@ pub enum AnyStorage {
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(tasktrail_diesel::SqliteStorage),
+    /// Postgres.
+    #[cfg(feature = "postgres")]
+    Postgres(tasktrail_diesel::PostgresStorage),
 }
 
 /// Why a database could not be opened.
@@ -194,6 +197,53 @@ impl AnyStorage {
             DatabaseUrl::Sqlite(_) => {
                 Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
             }
+            #[cfg(feature = "postgres")]
+            DatabaseUrl::Postgres(postgres_url) => {
+                tasktrail_diesel::PostgresStorage::open(postgres_url)
+                    .map(AnyStorage::Postgres)
+                    .map_err(storage_error)
+            }
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt {
+                    backend: "postgres",
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Connects without applying migrations (the `migrate` command, which
+    /// then reports what it applied). Refuses databases that are not ours
+    /// all the same.
+    pub fn open_unmigrated(url: &DatabaseUrl) -> Result<Self, OpenError> {
+        let storage_error = |error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        };
+        match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open_unmigrated(
+                path,
+                &tasktrail_diesel::SqliteOptions::default(),
+            )
+            .map(AnyStorage::Sqlite)
+            .map_err(storage_error),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            #[cfg(feature = "postgres")]
+            DatabaseUrl::Postgres(postgres_url) => {
+                tasktrail_diesel::PostgresStorage::open_unmigrated(
+                    postgres_url,
+                    &tasktrail_diesel::PostgresOptions::default(),
+                )
+                .map(AnyStorage::Postgres)
+                .map_err(storage_error)
+            }
+            #[cfg(not(feature = "postgres"))]
             DatabaseUrl::Postgres(_) => {
                 let _ = storage_error;
                 Err(DatabaseUrlError::BackendNotBuilt {
@@ -209,6 +259,8 @@ impl AnyStorage {
         match self {
             #[cfg(feature = "sqlite")]
             AnyStorage::Sqlite(store) => store.migrate(),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.migrate(),
         }
     }
 
@@ -218,6 +270,8 @@ impl AnyStorage {
         match self {
             #[cfg(feature = "sqlite")]
             AnyStorage::Sqlite(store) => std::sync::Arc::new(store),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => std::sync::Arc::new(store),
         }
     }
 
@@ -226,6 +280,8 @@ impl AnyStorage {
         match self {
             #[cfg(feature = "sqlite")]
             AnyStorage::Sqlite(store) => store,
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store,
         }
     }
 }

@@ -405,7 +405,7 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
     fn init_test(_model: &Model) -> System<B> {
         let dir = tempfile::tempdir().expect("tempdir");
         System {
-            store: B::fresh(dir.path()),
+            store: B::fresh(dir.path()).expect("the backend is configured"),
             clock: Arc::new(ManualClock::starting_at(
                 Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 0)
                     .single()
@@ -640,4 +640,35 @@ prop_state_machine! {
     #![proptest_config(config(24))]
     #[test]
     fn sqlite_backend_agrees_with_the_model(sequential 1..40 => LifecycleTest<SqliteStorage>);
+}
+
+/// Postgres runs the same model with a fresh database per case (fewer cases:
+/// each creates and drops a database), when `TASKTRAIL_TEST_POSTGRES_URL` is
+/// set.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_backend_agrees_with_the_model() {
+    use proptest::test_runner::TestRunner;
+    if std::env::var_os(TEST_POSTGRES_URL_VARIABLE).is_none() {
+        eprintln!("skipped: {TEST_POSTGRES_URL_VARIABLE} is not set");
+        return;
+    }
+    let mut config = config(8);
+    config.source_file = Some(file!());
+    let mut runner = TestRunner::new(config.clone());
+    let result = runner.run(
+        &LifecycleModel::sequential_strategy(1..30),
+        |(initial, transitions, seen)| {
+            LifecycleTest::<common::PostgresBackend>::test_sequential(
+                config.clone(),
+                initial,
+                transitions,
+                seen,
+            );
+            Ok(())
+        },
+    );
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
 }

@@ -6,13 +6,15 @@ use tasktrail::*;
 
 /// A backend under test, with its INSERT counter.
 pub trait Backend: Storage + Sized {
-    fn fresh(dir: &std::path::Path) -> Self;
+    /// A fresh, empty store; `None` when the backend's server is not
+    /// configured (Postgres without `TASKTRAIL_TEST_POSTGRES_URL`).
+    fn fresh(dir: &std::path::Path) -> Option<Self>;
     fn task_insert_statements(&self, id: TaskId) -> usize;
 }
 
 impl Backend for MemoryStorage {
-    fn fresh(_dir: &std::path::Path) -> Self {
-        MemoryStorage::new()
+    fn fresh(_dir: &std::path::Path) -> Option<Self> {
+        Some(MemoryStorage::new())
     }
     fn task_insert_statements(&self, id: TaskId) -> usize {
         MemoryStorage::task_insert_statements(self, id)
@@ -20,15 +22,16 @@ impl Backend for MemoryStorage {
 }
 
 impl Backend for SqliteStorage {
-    fn fresh(dir: &std::path::Path) -> Self {
-        SqliteStorage::open_with(
+    fn fresh(dir: &std::path::Path) -> Option<Self> {
+        let store = SqliteStorage::open_with(
             dir.join("trail.db"),
             SqliteOptions {
                 statement_log: Some(StatementLog::new()),
                 ..SqliteOptions::default()
             },
         )
-        .expect("open sqlite")
+        .expect("open sqlite");
+        Some(store)
     }
     fn task_insert_statements(&self, id: TaskId) -> usize {
         self.statement_log()
@@ -42,5 +45,85 @@ pub struct Processes(pub Vec<u32>);
 impl ProcessProbe for Processes {
     fn process_start_marker(&self, pid: u32) -> Option<String> {
         self.0.contains(&pid).then(|| format!("boot:{pid}"))
+    }
+}
+
+/// Postgres on a fresh database of its own, dropped with the backend. Runs
+/// with [`PostgresLeaseClock::Caller`] so the tests' manual clock drives the
+/// lease (the database-clock path is covered by the Postgres backend's own
+/// tests in crates/tasktrail-diesel/tests/postgres_backend.rs).
+#[cfg(feature = "postgres")]
+pub struct PostgresBackend {
+    store: PostgresStorage,
+    _database: ScratchDatabase,
+}
+
+#[cfg(feature = "postgres")]
+impl Backend for PostgresBackend {
+    fn fresh(_dir: &std::path::Path) -> Option<Self> {
+        let database = ScratchDatabase::create()?;
+        let store = PostgresStorage::open_with(
+            database.url(),
+            PostgresOptions {
+                statement_log: Some(StatementLog::new()),
+                lease_clock: PostgresLeaseClock::Caller,
+                pool_size: 2,
+                ..PostgresOptions::default()
+            },
+        )
+        .expect("open postgres");
+        Some(Self {
+            store,
+            _database: database,
+        })
+    }
+    fn task_insert_statements(&self, id: TaskId) -> usize {
+        self.store
+            .statement_log()
+            .map_or(0, |log| log.task_insert_statements(id))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Storage for PostgresBackend {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        self.store.register_worker(registration)
+    }
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.store.heartbeat_worker(worker, at)
+    }
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.store.deregister_worker(worker, at)
+    }
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        self.store.list_workers()
+    }
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        self.store.insert_running(row)
+    }
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        self.store.finish_running(row)
+    }
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.store.recover_orphans(request, judge)
+    }
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        self.store.record_session(session)
+    }
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        self.store.resumable_session(key)
+    }
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        self.store.list_sessions()
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        self.store.get_task(id)
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.store.list_tasks(filter)
     }
 }

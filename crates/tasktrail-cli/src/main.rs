@@ -145,7 +145,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Migrate => {
             let url = DatabaseUrl::parse(&cli.db)?;
-            let storage = AnyStorage::open(&url)?;
+            let storage = AnyStorage::open_unmigrated(&url)?;
             let applied = storage.migrate()?;
             if applied.is_empty() {
                 println!("{url}: schema is up to date");

@@ -194,6 +194,15 @@ pub enum DeathCause {
         /// The lease it exceeded.
         lease: Duration,
     },
+    /// The worker's database session ended: the server released the lock
+    /// that a live worker holds on its own connection (Postgres), so its
+    /// process crashed, its host vanished, or its store was dropped.
+    SessionEnded {
+        /// The host.
+        host: String,
+        /// The pid.
+        pid: u32,
+    },
     /// The worker deregistered yet left rows `running`.
     Deregistered,
     /// An earlier sweep already declared the worker dead.
@@ -222,6 +231,9 @@ impl fmt::Display for DeathCause {
                 last_heartbeat.format("%Y-%m-%dT%H:%M:%SZ"),
                 lease.num_seconds()
             ),
+            DeathCause::SessionEnded { host, pid } => {
+                write!(f, "the database session of process {pid} on {host} ended")
+            }
             DeathCause::Deregistered => f.write_str("worker stopped without finishing the task"),
             DeathCause::DeclaredDead => f.write_str("worker was already declared dead"),
             DeathCause::UnknownWorker => f.write_str("row names no registered worker"),

@@ -28,4 +28,7 @@ pub use statement_log::StatementLog;
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresLeaseClock, PostgresOptions, PostgresStorage, POSTGRES_MIGRATIONS};
+pub use postgres::{
+    PostgresLeaseClock, PostgresOptions, PostgresStorage, ScratchDatabase, POSTGRES_MIGRATIONS,
+    TEST_POSTGRES_URL_VARIABLE,
+};

@@ -25,15 +25,14 @@ use tasktrail_core::{
     StorageExt, SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
     TaskStatus, Timestamp, WorkerId, WorkerRegistration, WorkerState,
 };
-use tasktrail_diesel::{PostgresOptions, PostgresStorage, StatementLog, POSTGRES_MIGRATIONS};
+use tasktrail_diesel::{
+    PostgresOptions, PostgresStorage, ScratchDatabase, StatementLog, POSTGRES_MIGRATIONS,
+};
 
-const URL_VARIABLE: &str = "TASKTRAIL_TEST_POSTGRES_URL";
-
-/// A database of its own for one test, dropped (`WITH (FORCE)`) when the
-/// guard is.
+/// A database of its own for one test (the crate's [`ScratchDatabase`]),
+/// with the openers these tests use.
 struct TestDatabase {
-    admin_url: String,
-    name: String,
+    scratch: ScratchDatabase,
     url: String,
 }
 
@@ -42,25 +41,9 @@ impl TestDatabase {
     /// variable is not set. A set variable whose server cannot be reached
     /// fails the test: CI must never skip silently.
     fn create() -> Option<Self> {
-        let admin_url = match std::env::var(URL_VARIABLE) {
-            Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-            _ => {
-                eprintln!("skipped: {URL_VARIABLE} is not set");
-                return None;
-            }
-        };
-        let name = format!("tasktrail_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::establish(&admin_url)
-            .unwrap_or_else(|_| panic!("{URL_VARIABLE} is set but its server cannot be reached"));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create the test database");
-        let url = with_database(&admin_url, &name);
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
+        let scratch = ScratchDatabase::create()?;
+        let url = scratch.url().to_owned();
+        Some(Self { scratch, url })
     }
 
     fn open(&self) -> PostgresStorage {
@@ -72,32 +55,7 @@ impl TestDatabase {
     }
 
     fn connect(&self) -> PgConnection {
-        PgConnection::establish(&self.url).expect("connect to the test database")
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
+        PgConnection::establish(self.scratch.url()).expect("connect to the test database")
     }
 }
 
@@ -468,7 +426,9 @@ fn unreachable_servers_and_unknown_databases_are_unavailable_and_never_show_the_
         format!("postgres://tasktrail:{secret}/x@127.0.0.1:1/tasktrail"),
     ];
     // The right server, a database that does not exist.
-    let unknown = with_database(&database.admin_url, "tasktrail_no_such_database");
+    let unknown = database
+        .url
+        .replace(database.scratch.name(), "tasktrail_no_such_database");
     let separator = if unknown.contains('?') { '&' } else { '?' };
     cases.push(format!("{unknown}{separator}password={secret}"));
     for url in cases {
@@ -742,7 +702,7 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
     assert_eq!(recovered[0].dead_worker, Some(crashed));
     assert_eq!(recovered[0].sessions_invalidated, 1);
     assert!(
-        matches!(&recovered[0].cause, DeathCause::ProcessGone { host, pid: 10 } if host == "host-a")
+        matches!(&recovered[0].cause, DeathCause::SessionEnded { host, pid: 10 } if host == "host-a")
     );
 
     let row = store.get_task(id).expect("read").expect("row");
@@ -1307,8 +1267,13 @@ fn postgres_passes_the_conformance_suite() {
     use tasktrail_core::conformance::{run_conformance_suite, Subject};
     use tasktrail_diesel::PostgresLeaseClock;
 
-    if std::env::var(URL_VARIABLE).map_or(true, |url| url.trim().is_empty()) {
-        eprintln!("skipped: {URL_VARIABLE} is not set");
+    if std::env::var(tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE)
+        .map_or(true, |url| url.trim().is_empty())
+    {
+        eprintln!(
+            "skipped: {} is not set",
+            tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE
+        );
         return;
     }
     // One database per case; all are dropped when the suite is done.

@@ -4,7 +4,10 @@
 
 mod rows;
 mod schema;
+mod scratch;
 mod store;
+
+pub use scratch::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -127,8 +130,8 @@ impl Default for PostgresOptions {
 ///    crashed, its host vanished, its store was dropped), so the owner is
 ///    dead *now*, without waiting out the lease. The sweep releases the lock
 ///    again after its transaction ends. This verdict is reported as
-///    [`DeathCause::ProcessGone`](tasktrail_core::DeathCause) (host and pid of
-///    the owner) until the core grows a cause of its own for it.
+///    [`DeathCause::SessionEnded`](tasktrail_core::DeathCause) (host and pid
+///    of the owner).
 ///
 /// A crashed worker process loses its session when the kernel closes its
 /// socket: its lock is free at once. A host that vanishes without closing

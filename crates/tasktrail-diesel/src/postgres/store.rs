@@ -213,10 +213,8 @@ impl PostgresStorage {
                 if try_advisory_lock(connection, key)? {
                     taken.push(key);
                     // The owner's liveness session is gone: the server
-                    // released its lock. The core has no cause for "its
-                    // database session ended" yet; ProcessGone (its host and
-                    // pid) is the closest.
-                    Ok(Liveness::Dead(DeathCause::ProcessGone {
+                    // released its lock.
+                    Ok(Liveness::Dead(DeathCause::SessionEnded {
                         host: owner.host.clone(),
                         pid: owner.pid,
                     }))

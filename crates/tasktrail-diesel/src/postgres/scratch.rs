@@ -1,0 +1,108 @@
+//! Throwaway databases for tests: one fresh database per test on the server
+//! named by `TASKTRAIL_TEST_POSTGRES_URL`, dropped with the guard. A server
+//! that imports tasktrail can use it to run its own tests on Postgres.
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::Connection;
+
+/// The environment variable naming the test server (any database on it
+/// whose user may `CREATE DATABASE`).
+pub const TEST_POSTGRES_URL_VARIABLE: &str = "TASKTRAIL_TEST_POSTGRES_URL";
+
+/// A database of its own for one test, dropped (`WITH (FORCE)`) when the
+/// guard is.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    /// A fresh database, or `None` (after printing one `skipped:` line) when
+    /// [`TEST_POSTGRES_URL_VARIABLE`] is not set.
+    ///
+    /// # Panics
+    ///
+    /// When the variable is set but its server cannot be reached or refuses
+    /// `CREATE DATABASE`: a configured test run must never skip silently.
+    pub fn create() -> Option<Self> {
+        let admin_url = match std::env::var(TEST_POSTGRES_URL_VARIABLE) {
+            Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
+            _ => {
+                eprintln!("skipped: {TEST_POSTGRES_URL_VARIABLE} is not set");
+                return None;
+            }
+        };
+        let name = format!("tasktrail_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&admin_url).unwrap_or_else(|_| {
+            panic!("{TEST_POSTGRES_URL_VARIABLE} is set but its server cannot be reached")
+        });
+        // `name` is made here from a UUID: no outside input reaches the SQL.
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|_| {
+                panic!("cannot create a test database on the {TEST_POSTGRES_URL_VARIABLE} server")
+            });
+        let url = with_database(&admin_url, &name);
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    /// The fresh database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The fresh database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_name_is_replaced_and_the_query_kept() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
