@@ -24,12 +24,12 @@ fn spec() -> TaskSpec {
     .expect("spec")
 }
 
-struct Worker {
-    store: SqliteStorage,
+struct Worker<S> {
+    store: S,
     worker: RegisteredWorker,
 }
 
-fn worker(path: &Path, durability: SqliteDurability) -> Worker {
+fn sqlite_worker(path: &Path, durability: SqliteDurability) -> Worker<SqliteStorage> {
     let store = SqliteStorage::open_with(
         path,
         SqliteOptions {
@@ -38,6 +38,10 @@ fn worker(path: &Path, durability: SqliteDurability) -> Worker {
         },
     )
     .expect("open");
+    worker(store)
+}
+
+fn worker<S: Storage>(store: S) -> Worker<S> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = RegisteredWorker::register(
         &store,
@@ -55,7 +59,7 @@ fn worker(path: &Path, durability: SqliteDurability) -> Worker {
 }
 
 /// Runs `total` lifecycles split across the workers; returns the wall time.
-fn run(workers: &[Arc<Worker>], total: u64) -> Duration {
+fn run<S: Storage + 'static>(workers: &[Arc<Worker<S>>], total: u64) -> Duration {
     let per_worker = total.div_ceil(workers.len() as u64);
     let barrier = Arc::new(Barrier::new(workers.len() + 1));
     let threads: Vec<_> = workers
@@ -91,14 +95,23 @@ fn concurrency(c: &mut Criterion) {
         for count in [1usize, 2, 4, 8] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("shared.db");
-            let workers: Vec<Arc<Worker>> = (0..count)
-                .map(|_| Arc::new(worker(&path, durability)))
+            let workers: Vec<Arc<Worker<SqliteStorage>>> = (0..count)
+                .map(|_| Arc::new(sqlite_worker(&path, durability)))
                 .collect();
             group.throughput(Throughput::Elements(1));
             group.bench_function(
                 BenchmarkId::new(format!("sqlite/{durability:?}"), count),
                 |b| b.iter_custom(|iters| run(&workers, iters)),
             );
+        }
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(database) = ScratchDatabase::create() {
+        for count in [1usize, 2, 4, 8] {
+            let workers: Vec<Arc<Worker<PostgresStorage>>> = (0..count)
+                .map(|_| Arc::new(worker(PostgresStorage::open(database.url()).expect("open"))))
+                .collect();
+            group.bench_function(BenchmarkId::new("postgres", count), |b| b.iter_custom(|iters| run(&workers, iters)));
         }
     }
     group.finish();

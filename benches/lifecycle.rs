@@ -135,7 +135,67 @@ fn lifecycle(c: &mut Criterion) {
             );
         });
     }
+    #[cfg(feature = "postgres")]
+    postgres_lifecycle(&mut group);
     group.finish();
+}
+
+/// The same two statements on Postgres, autocommit each, on one pooled
+/// connection.
+#[cfg(feature = "postgres")]
+fn raw_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uuid::Uuid) {
+    use diesel::sql_types::{BigInt, Double, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+    let id = uuid::Uuid::new_v4();
+    diesel::sql_query(
+        "INSERT INTO task_history (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10)",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>("acme/widgets")
+    .bind::<BigInt, _>(1104_i64)
+    .bind::<Text, _>("alice")
+    .bind::<Text, _>("fixer")
+    .bind::<Text, _>("claude_sdk")
+    .bind::<Text, _>("claude-opus")
+    .bind::<Text, _>("anthropic")
+    .bind::<Timestamptz, _>(SystemClock.now())
+    .bind::<SqlUuid, _>(worker)
+    .execute(connection)
+    .expect("raw insert");
+    diesel::sql_query(
+        "UPDATE task_history SET status = 'success', finished_at = $1, input_tokens = $2, output_tokens = $3, cost_usd = $4, turns = $5, artifacts = $6 \
+         WHERE id = $7 AND status = 'running' AND worker_id = $8",
+    )
+    .bind::<Timestamptz, _>(SystemClock.now())
+    .bind::<BigInt, _>(1200_i64)
+    .bind::<BigInt, _>(300_i64)
+    .bind::<Double, _>(0.42)
+    .bind::<BigInt, _>(7_i64)
+    .bind::<Jsonb, _>(serde_json::json!(["pr/17"]))
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(worker)
+    .execute(connection)
+    .expect("raw update");
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let Some(database) = ScratchDatabase::create() else {
+        return;
+    };
+    let store = PostgresStorage::open(database.url()).expect("open");
+    let store_worker = worker(&store);
+    group.bench_function("postgres/tasktrail", |b| {
+        b.iter(|| one_lifecycle(&store_worker, &store))
+    });
+    let raw_worker = *worker(&store).id().as_uuid();
+    store
+        .with_connection(|connection| {
+            group.bench_function("postgres/raw_sql_baseline", |b| {
+                b.iter(|| raw_postgres_lifecycle(connection, raw_worker))
+            });
+        })
+        .expect("connection");
 }
 
 criterion_group! {
