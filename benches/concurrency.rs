@@ -111,7 +111,9 @@ fn concurrency(c: &mut Criterion) {
             let workers: Vec<Arc<Worker<PostgresStorage>>> = (0..count)
                 .map(|_| Arc::new(worker(PostgresStorage::open(database.url()).expect("open"))))
                 .collect();
-            group.bench_function(BenchmarkId::new("postgres", count), |b| b.iter_custom(|iters| run(&workers, iters)));
+            group.bench_function(BenchmarkId::new("postgres", count), |b| {
+                b.iter_custom(|iters| run(&workers, iters))
+            });
         }
     }
     group.finish();

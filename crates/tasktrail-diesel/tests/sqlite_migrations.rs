@@ -232,3 +232,37 @@ fn the_database_and_its_wal_are_readable_by_their_owner_only() {
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
     }
 }
+
+#[test]
+fn several_stores_opening_a_fresh_file_at_once_all_migrate_it_once() {
+    // Worker processes started together all open (and migrate) a file that
+    // does not exist yet: none may fail ("database is locked" from the switch
+    // to WAL, "table already exists" from a second run of a migration).
+    for round in 0..20 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fresh.db");
+        let barrier = std::sync::Barrier::new(6);
+        let results: Vec<Result<SqliteStorage, StorageError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        SqliteStorage::open(&path)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("thread"))
+                .collect()
+        });
+        for result in results {
+            let store = result.unwrap_or_else(|error| panic!("round {round}: {error}"));
+            assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+            assert!(store
+                .list_tasks(&Default::default())
+                .expect("list")
+                .is_empty());
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::migration::{Migration, MigrationSource};
@@ -132,9 +132,10 @@ impl SqliteStorage {
             .map_err(map_error)?;
         // The first read tells a file that is not a database apart.
         ensure_ours(&mut connection)?;
+        enable_wal(&mut connection, options.busy_timeout)?;
         connection
             .batch_execute(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {};",
+                "PRAGMA synchronous = {};",
                 options.durability.pragma()
             ))
             .map_err(map_error)?;
@@ -147,13 +148,33 @@ impl SqliteStorage {
 
     /// Applies pending migrations; returns the versions it applied (empty
     /// when the schema was already current). Idempotent.
+    ///
+    /// Several processes may open a fresh file at once (workers started
+    /// together): the migrations run under the write lock (`BEGIN
+    /// IMMEDIATE`, waiting up to the busy timeout), and whoever takes it
+    /// second finds them applied instead of running them again. When nothing
+    /// is pending no lock is taken.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         let mut connection = self.connection();
         ensure_ours(&mut connection)?;
-        let applied = connection
-            .run_pending_migrations(SQLITE_MIGRATIONS)
+        let pending = connection
+            .has_pending_migration(SQLITE_MIGRATIONS)
             .map_err(|error| StorageError::Other { source: error })?;
-        Ok(applied.iter().map(ToString::to_string).collect())
+        if !pending {
+            return Ok(Vec::new());
+        }
+        connection
+            .immediate_transaction(|connection| {
+                ensure_ours(connection).map_err(Locked::Storage)?;
+                let applied = connection
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|error| Locked::Storage(StorageError::Other { source: error }))?;
+                Ok(applied.iter().map(ToString::to_string).collect())
+            })
+            .map_err(|error| match error {
+                Locked::Storage(error) => error,
+                Locked::Diesel(error) => map_error(error),
+            })
     }
 
     /// The migration versions applied to this database, oldest first.
@@ -189,6 +210,52 @@ impl SqliteStorage {
         self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Switches the file to the WAL journal. Switching needs an exclusive lock
+/// that SQLite takes without calling the busy handler, so when several
+/// processes open a fresh file at once all but one get "database is locked"
+/// at once: retry with backoff for up to the busy timeout instead. (On a
+/// file already in WAL mode the pragma takes no lock.)
+fn enable_wal(
+    connection: &mut SqliteConnection,
+    busy_timeout: Duration,
+) -> Result<(), StorageError> {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match connection.batch_execute("PRAGMA journal_mode = WAL") {
+            Ok(()) => return Ok(()),
+            Err(error) if is_busy(&error) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(error) => return Err(map_error(error)),
+        }
+    }
+}
+
+fn is_busy(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message().to_ascii_lowercase();
+            message.contains("locked") || message.contains("busy")
+        }
+        _ => false,
+    }
+}
+
+/// An error inside the migration transaction (Diesel needs
+/// `From<diesel::result::Error>`).
+enum Locked {
+    Storage(StorageError),
+    Diesel(DieselError),
+}
+
+impl From<DieselError> for Locked {
+    fn from(error: DieselError) -> Self {
+        Locked::Diesel(error)
     }
 }
 
@@ -236,11 +303,27 @@ struct Version {
 
 /// Refuses a database that is not ours or is newer than this binary.
 fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
-    let tables: Vec<TableName> = diesel::sql_query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-    )
-    .load(connection)
-    .map_err(map_error)?;
+    // Both reads in one transaction: another process may be migrating the
+    // file, and tables read before its commit with versions read after it
+    // would look like a broken database.
+    let (tables, applied) = connection
+        .transaction(|connection| {
+            let tables: Vec<TableName> = diesel::sql_query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .load(connection)?;
+            let applied: Vec<Version> = if tables
+                .iter()
+                .any(|t| t.name == "__diesel_schema_migrations")
+            {
+                diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+                    .load(connection)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, DieselError>((tables, applied))
+        })
+        .map_err(map_error)?;
     if tables.is_empty() {
         return Ok(());
     }
@@ -252,9 +335,6 @@ fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
             detail: "the database holds tables but is not a tasktrail database".to_owned(),
         });
     }
-    let applied: Vec<Version> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-        .load(connection)
-        .map_err(map_error)?;
     let known = known_versions()?;
     if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
         return Err(StorageError::Incompatible {
