@@ -6,8 +6,8 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use tasktrail_core::{
-    truncate_to_micros, NewRunningRow, SessionId, SessionRecord, StorageError, TaskId, TaskRecord,
-    TaskStatus, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    truncate_to_micros, SessionId, SessionRecord, StorageError, TaskId, TaskRecord, WorkerId,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 
@@ -74,41 +74,6 @@ impl TaskRow {
             interrupt_reason: self.interrupt_reason,
             interrupted_by: self.interrupted_by.map(WorkerId::from_uuid),
         })
-    }
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = task_history)]
-pub(super) struct NewTaskRow {
-    id: Uuid,
-    repo: String,
-    issue_number: i64,
-    user: String,
-    agent: String,
-    agent_type: String,
-    model: String,
-    provider: String,
-    status: &'static str,
-    started_at: DateTime<Utc>,
-    worker_id: Uuid,
-}
-
-impl NewTaskRow {
-    pub(super) fn from_domain(row: &NewRunningRow) -> Self {
-        let spec = &row.spec;
-        Self {
-            id: *row.id.as_uuid(),
-            repo: spec.repo().to_owned(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user().to_owned(),
-            agent: spec.agent().to_owned(),
-            agent_type: spec.agent_type().to_owned(),
-            model: spec.model().to_owned(),
-            provider: spec.provider().to_owned(),
-            status: TaskStatus::Running.as_str(),
-            started_at: truncate_to_micros(row.started_at),
-            worker_id: *row.worker.as_uuid(),
-        }
     }
 }
 

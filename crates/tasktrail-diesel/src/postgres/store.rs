@@ -16,7 +16,7 @@ use tasktrail_core::{
 };
 use uuid::Uuid;
 
-use super::rows::{NewTaskRow, NewWorkerRow, SessionRow, TaskRow, WorkerRow};
+use super::rows::{NewWorkerRow, SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use super::{
     advisory_unlock, map_error, try_advisory_lock, PostgresLeaseClock, PostgresStorage, Redacted,
@@ -513,27 +513,51 @@ impl Storage for PostgresStorage {
     /// sweep cannot declare it dead in between) and must be `alive`, then the
     /// one INSERT.
     fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        transaction(&mut *self.pooled()?, |connection| {
-            require_alive(connection, row.worker)?;
-            diesel::insert_into(task_history::table)
-                .values(NewTaskRow::from_domain(row))
-                .execute(connection)
-                .map_err(|error| {
-                    if is_unique_violation(&error) {
-                        TxError::Storage(StorageError::DuplicateTask { id: row.id })
-                    } else {
-                        TxError::Diesel(error)
-                    }
-                })?;
-            Ok(())
-        })
+        use diesel::sql_types::{BigInt, Text};
+        let mut connection = self.pooled()?;
+        let spec = &row.spec;
+        // One statement, one round trip: the INSERT happens only if the
+        // worker is `alive`, and `FOR SHARE` makes it wait for (and then see)
+        // a sweep that is declaring the worker dead right now.
+        let inserted = diesel::sql_query(
+            "INSERT INTO task_history \
+               (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, workers.id \
+             FROM workers WHERE workers.id = $10 AND workers.state = 'alive' FOR SHARE",
+        )
+        .bind::<SqlUuid, _>(*row.id.as_uuid())
+        .bind::<Text, _>(spec.repo())
+        .bind::<BigInt, _>(i64::from(spec.issue_number()))
+        .bind::<Text, _>(spec.user())
+        .bind::<Text, _>(spec.agent())
+        .bind::<Text, _>(spec.agent_type())
+        .bind::<Text, _>(spec.model())
+        .bind::<Text, _>(spec.provider())
+        .bind::<Timestamptz, _>(truncate_to_micros(row.started_at))
+        .bind::<SqlUuid, _>(*row.worker.as_uuid())
+        .execute(&mut *connection)
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                StorageError::DuplicateTask { id: row.id }
+            } else {
+                map_error(error)
+            }
+        })?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        // Nothing inserted: say why.
+        match worker_state(&mut connection, row.worker, false).map_err(map_error)? {
+            None => Err(StorageError::UnknownWorker { id: row.worker }),
+            Some(_) => Err(StorageError::WorkerNotAlive { id: row.worker }),
+        }
     }
 
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
         let id = *row.id.as_uuid();
         let worker = *row.worker.as_uuid();
         let at = truncate_to_micros(row.at);
-        transaction(&mut *self.pooled()?, |connection| {
+        let finish = |connection: &mut PgConnection| -> Result<FinishWrite, TxError> {
             let guarded = task_history::table
                 .filter(task_history::id.eq(id))
                 .filter(task_history::status.eq(RUNNING))
@@ -576,7 +600,14 @@ impl Storage for PostgresStorage {
                 None => FinishRefusal::Missing,
                 Some(record) => record.refusal_for(row.worker),
             }))
-        })
+        };
+        let mut connection = self.pooled()?;
+        match row.outcome {
+            // The UPDATE and the sessions' invalidation commit together.
+            Outcome::Interrupted(_) => transaction(&mut connection, finish),
+            // A single guarded UPDATE commits on its own: one round trip.
+            _ => finish(&mut connection).map_err(StorageError::from),
+        }
     }
 
     /// One transaction; see [`PostgresStorage`] for the locking that

@@ -3,8 +3,8 @@
 
 use diesel::prelude::*;
 use tasktrail_core::{
-    NewRunningRow, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord, WorkerRegistration,
+    WorkerState,
 };
 
 use super::schema::{claude_sdk_sessions, task_history, workers};
@@ -80,41 +80,6 @@ impl TaskRow {
             interrupt_reason: self.interrupt_reason,
             interrupted_by: optional_worker("interrupted_by", self.interrupted_by)?,
         })
-    }
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = task_history)]
-pub(super) struct NewTaskRow {
-    id: String,
-    repo: String,
-    issue_number: i64,
-    user: String,
-    agent: String,
-    agent_type: String,
-    model: String,
-    provider: String,
-    status: &'static str,
-    started_at: String,
-    worker_id: String,
-}
-
-impl NewTaskRow {
-    pub(super) fn from_domain(row: &NewRunningRow) -> Self {
-        let spec = &row.spec;
-        Self {
-            id: row.id.to_string(),
-            repo: spec.repo().to_owned(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user().to_owned(),
-            agent: spec.agent().to_owned(),
-            agent_type: spec.agent_type().to_owned(),
-            model: spec.model().to_owned(),
-            provider: spec.provider().to_owned(),
-            status: tasktrail_core::TaskStatus::Running.as_str(),
-            started_at: encode_timestamp(row.started_at),
-            worker_id: row.worker.to_string(),
-        }
     }
 }
 

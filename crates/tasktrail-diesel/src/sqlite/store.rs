@@ -12,7 +12,7 @@ use tasktrail_core::{
     WorkerRegistration, WorkerState,
 };
 
-use super::rows::{NewTaskRow, SessionRow, TaskRow, WorkerRow};
+use super::rows::{SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use super::{map_error, SqliteStorage};
 use crate::codec::{encode_artifacts, encode_timestamp};
@@ -190,27 +190,52 @@ impl Storage for SqliteStorage {
     }
 
     fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        immediate(&mut self.connection(), |connection| {
-            require_alive(connection, row.worker)?;
-            diesel::insert_into(task_history::table)
-                .values(NewTaskRow::from_domain(row))
-                .execute(connection)
-                .map_err(|error| {
-                    if is_unique_violation(&error) {
-                        TxError::Storage(StorageError::DuplicateTask { id: row.id })
-                    } else {
-                        TxError::Diesel(error)
-                    }
-                })?;
-            Ok(())
-        })
+        use diesel::sql_types::{BigInt, Text};
+        let mut connection = self.connection();
+        let spec = &row.spec;
+        let worker = row.worker.to_string();
+        // One autocommit statement: the row is inserted only if its worker
+        // is `alive` (SQLite holds the write lock for the whole statement, so
+        // no sweep can declare the worker dead in between).
+        let inserted = diesel::sql_query(
+            "INSERT INTO task_history \
+               (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, workers.id \
+             FROM workers WHERE workers.id = ? AND workers.state = 'alive'",
+        )
+        .bind::<Text, _>(row.id.to_string())
+        .bind::<Text, _>(spec.repo())
+        .bind::<BigInt, _>(i64::from(spec.issue_number()))
+        .bind::<Text, _>(spec.user())
+        .bind::<Text, _>(spec.agent())
+        .bind::<Text, _>(spec.agent_type())
+        .bind::<Text, _>(spec.model())
+        .bind::<Text, _>(spec.provider())
+        .bind::<Text, _>(encode_timestamp(row.started_at))
+        .bind::<Text, _>(&worker)
+        .execute(&mut *connection)
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                StorageError::DuplicateTask { id: row.id }
+            } else {
+                map_error(error)
+            }
+        })?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        // Nothing inserted: say why.
+        match load_worker_state(&mut connection, row.worker).map_err(map_error)? {
+            None => Err(StorageError::UnknownWorker { id: row.worker }),
+            Some(_) => Err(StorageError::WorkerNotAlive { id: row.worker }),
+        }
     }
 
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
         let id = row.id.to_string();
         let worker = row.worker.to_string();
         let at = encode_timestamp(row.at);
-        immediate(&mut self.connection(), |connection| {
+        let finish = |connection: &mut SqliteConnection| -> Result<FinishWrite, TxError> {
             let guarded = task_history::table
                 .filter(task_history::id.eq(&id))
                 .filter(task_history::status.eq(TaskStatus::Running.as_str()))
@@ -258,7 +283,14 @@ impl Storage for SqliteStorage {
                 None => tasktrail_core::FinishRefusal::Missing,
                 Some(record) => record.refusal_for(row.worker),
             }))
-        })
+        };
+        let mut connection = self.connection();
+        match row.outcome {
+            // The UPDATE and the sessions' invalidation commit together.
+            Outcome::Interrupted(_) => immediate(&mut connection, finish),
+            // A single guarded UPDATE commits on its own.
+            _ => finish(&mut connection).map_err(StorageError::from),
+        }
     }
 
     fn recover_orphans(
