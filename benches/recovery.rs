@@ -116,6 +116,24 @@ fn raw_update(store: &SqliteStorage) -> usize {
     })
 }
 
+/// The floor of what the sweep must write: the sessions' UPDATE and the
+/// rows' UPDATE, two statements, nothing read back.
+fn raw_update_with_sessions(store: &SqliteStorage) -> usize {
+    store.with_connection(|c| {
+        diesel::sql_query(
+            "UPDATE claude_sdk_sessions SET invalidated_at = '2026-05-11T16:00:00.000000Z', invalidation_reason = 'recovered' \
+             WHERE invalidated_at IS NULL AND task_id IN (SELECT id FROM task_history WHERE status = 'running')",
+        )
+        .execute(c)
+        .expect("raw sessions update");
+        diesel::sql_query(
+            "UPDATE task_history SET status = 'interrupted', interrupted_at = '2026-05-11T16:00:00.000000Z' WHERE status = 'running'",
+        )
+        .execute(c)
+        .expect("raw update")
+    })
+}
+
 fn recovery(c: &mut Criterion) {
     let large = std::env::var_os("TASKTRAIL_BENCH_LARGE").is_some();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,6 +153,16 @@ fn recovery(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        group.bench_function(
+            BenchmarkId::new("sweep_orphans/raw_rows_and_sessions_update", orphans),
+            |b| {
+                b.iter_batched(
+                    || reset_orphans(&store),
+                    |()| assert_eq!(raw_update_with_sessions(&store) as u64, orphans),
+                    BatchSize::PerIteration,
+                )
+            },
+        );
         group.bench_function(
             BenchmarkId::new("sweep_orphans/raw_single_update", orphans),
             |b| {
