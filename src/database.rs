@@ -184,34 +184,12 @@ pub enum OpenError {
 impl AnyStorage {
     /// Opens the database and applies pending migrations.
     pub fn open(url: &DatabaseUrl) -> Result<Self, OpenError> {
-        let storage_error = |error| OpenError::Storage {
+        let storage = Self::open_unmigrated(url)?;
+        storage.migrate().map_err(|error| OpenError::Storage {
             url: url.redacted(),
             error,
-        };
-        match url {
-            #[cfg(feature = "sqlite")]
-            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open(path)
-                .map(AnyStorage::Sqlite)
-                .map_err(storage_error),
-            #[cfg(not(feature = "sqlite"))]
-            DatabaseUrl::Sqlite(_) => {
-                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
-            }
-            #[cfg(feature = "postgres")]
-            DatabaseUrl::Postgres(postgres_url) => {
-                tasktrail_diesel::PostgresStorage::open(postgres_url)
-                    .map(AnyStorage::Postgres)
-                    .map_err(storage_error)
-            }
-            #[cfg(not(feature = "postgres"))]
-            DatabaseUrl::Postgres(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt {
-                    backend: "postgres",
-                }
-                .into())
-            }
-        }
+        })?;
+        Ok(storage)
     }
 
     /// Connects without applying migrations (the `migrate` command, which
