@@ -49,9 +49,18 @@ fn immediate<T>(
     connection: &mut SqliteConnection,
     body: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError>,
 ) -> Result<T, StorageError> {
-    connection
-        .immediate_transaction(body)
-        .map_err(StorageError::from)
+    // When a statement fails with SQLITE_FULL (or IOERR), SQLite has already
+    // rolled the transaction back, and Diesel's own ROLLBACK then fails with
+    // "no transaction is active". Keep the body's error: it says what
+    // happened.
+    let mut failure: Option<TxError> = None;
+    let result = connection.immediate_transaction(|connection| {
+        body(connection).map_err(|error| {
+            failure = Some(error);
+            TxError::Diesel(DieselError::RollbackTransaction)
+        })
+    });
+    result.map_err(|after| failure.map_or_else(|| StorageError::from(after), StorageError::from))
 }
 
 fn is_unique_violation(error: &DieselError) -> bool {

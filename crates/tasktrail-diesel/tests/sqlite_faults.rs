@@ -1,0 +1,411 @@
+//! SQLite under faults and foreign data: rows the crate did not write, a full
+//! disk, a read-only database, a lock held longer than the busy timeout, a
+//! file deleted under a running store, a migration failing halfway. Each gets
+//! a typed error, nothing is written, and `PRAGMA integrity_check` passes.
+#![cfg(feature = "sqlite")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_migrations::MigrationHarness;
+use tasktrail_core::*;
+use tasktrail_diesel::{SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
+
+struct NoProcesses;
+
+impl ProcessProbe for NoProcesses {
+    fn process_start_marker(&self, _pid: u32) -> Option<String> {
+        None
+    }
+}
+
+fn spec(issue: i64) -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number: issue,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("spec")
+}
+
+fn worker(store: &SqliteStorage, pid: u32) -> RegisteredWorker {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    RegisteredWorker::register(
+        store,
+        WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".into(),
+            pid,
+            process_start_marker: format!("boot:{pid}"),
+            started_at: clock.now(),
+        },
+        clock,
+    )
+    .expect("register")
+}
+
+fn sweep(store: &SqliteStorage) -> Result<Vec<RecoveredTask>, StorageError> {
+    let policy = LivenessPolicy::for_host("dev");
+    let now = SystemClock.now();
+    store.recover_orphans(
+        &RecoveryRequest {
+            recovering_worker: WorkerId::new_random(),
+            now,
+            mode: SweepMode::Apply,
+        },
+        &PolicyJudge {
+            policy: &policy,
+            probe: &NoProcesses,
+            now,
+        },
+    )
+}
+
+#[derive(QueryableByName)]
+struct Check {
+    #[diesel(sql_type = Text)]
+    integrity_check: String,
+}
+
+fn integrity_ok(store: &SqliteStorage) -> bool {
+    store
+        .with_connection(|c| diesel::sql_query("PRAGMA integrity_check").load::<Check>(c))
+        .map(|rows| rows.len() == 1 && rows[0].integrity_check == "ok")
+        .unwrap_or(false)
+}
+
+fn raw(store: &SqliteStorage, sql: &str) {
+    store
+        .with_connection(|c| c.batch_execute(sql))
+        .expect("raw sql");
+}
+
+const FOREIGN_ROW: &str = "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, artifacts) VALUES";
+
+#[test]
+fn a_row_with_an_unknown_status_reads_as_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    raw(
+        &store,
+        &format!(
+            "PRAGMA ignore_check_constraints = ON; {FOREIGN_ROW} ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'paused', '2026-05-11T00:00:00.000000Z', NULL); PRAGMA ignore_check_constraints = OFF;"
+        ),
+    );
+    let id: TaskId = "0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01".parse().expect("id");
+    assert!(matches!(
+        store.get_task(id),
+        Err(StorageError::CorruptRow { .. })
+    ));
+    assert!(matches!(
+        store.list_tasks(&TaskFilter::default()),
+        Err(StorageError::CorruptRow { .. })
+    ));
+}
+
+#[test]
+fn artifacts_that_are_not_json_read_as_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    raw(
+        &store,
+        &format!("{FOREIGN_ROW} ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'success', '2026-05-11T00:00:00.000000Z', '{{not json');"),
+    );
+    let id: TaskId = "0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02".parse().expect("id");
+    assert!(matches!(
+        store.get_task(id),
+        Err(StorageError::CorruptRow { .. })
+    ));
+}
+
+#[test]
+fn a_running_row_with_no_worker_is_recovered_as_an_orphan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    raw(
+        &store,
+        &format!("{FOREIGN_ROW} ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e03', 'a/b', 7, 'u', 'a', 't', 'm', 'p', 'running', '2026-05-11T00:00:00.000000Z', NULL);"),
+    );
+    let recovered = sweep(&store).expect("sweep");
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].dead_worker, None);
+    assert_eq!(recovered[0].cause, DeathCause::UnknownWorker);
+    assert!(
+        recovered[0].hint().contains("worker=none"),
+        "{}",
+        recovered[0].hint()
+    );
+    assert_eq!(recovered[0].task.status, TaskStatus::Interrupted);
+}
+
+#[test]
+fn a_full_disk_fails_with_unavailable_and_keeps_every_earlier_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let worker = worker(&store, 10);
+    // Freeze the file at its current size: the next pages cannot be added.
+    raw(&store, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let pages: i64 = store
+        .with_connection(|c| {
+            #[derive(QueryableByName)]
+            struct Count {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                page_count: i64,
+            }
+            diesel::sql_query("PRAGMA page_count").get_result::<Count>(c)
+        })
+        .expect("page count")
+        .page_count;
+    raw(&store, &format!("PRAGMA max_page_count = {pages};"));
+    let mut started = Vec::new();
+    let mut failure = None;
+    for issue in 1..=5_000 {
+        match Task::queue(spec(issue)).start(&worker, &store) {
+            Ok(running) => started.push(running.id()),
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let error = failure.expect("the disk fills up");
+    assert!(
+        matches!(error.error, StorageError::Unavailable { .. }),
+        "{:?}",
+        error.error
+    );
+    let refused = error.into_task().id();
+    assert_eq!(
+        store.get_task(refused).expect("read"),
+        None,
+        "nothing written"
+    );
+    let rows = store.list_tasks(&TaskFilter::default()).expect("rows");
+    assert_eq!(rows.len(), started.len(), "every earlier row is intact");
+    assert!(integrity_ok(&store));
+}
+
+#[test]
+fn a_sweep_that_fails_on_a_full_disk_leaves_every_row_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let victim = worker(&store, 10);
+    for issue in 1..=400 {
+        let running = Task::queue(spec(issue))
+            .start(&victim, &store)
+            .expect("start");
+        running
+            .record_session(
+                SessionId::parse(&format!("sess_{}", running.id())).expect("id"),
+                &store,
+            )
+            .expect("session");
+    }
+    raw(&store, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let before = store.list_tasks(&TaskFilter::default()).expect("rows");
+    let sessions_before = store.list_sessions().expect("sessions");
+    // No room for the sweep's new pages (its longer rows, the WAL frames).
+    raw(&store, "PRAGMA max_page_count = 1;");
+    let result = sweep(&store);
+    assert!(
+        matches!(result, Err(StorageError::Unavailable { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        store.list_tasks(&TaskFilter::default()).expect("rows"),
+        before
+    );
+    assert_eq!(store.list_sessions().expect("sessions"), sessions_before);
+    assert!(integrity_ok(&store));
+    raw(&store, "PRAGMA max_page_count = 1073741823;");
+    assert_eq!(
+        sweep(&store).expect("sweep").len(),
+        400,
+        "nothing lost: all recovered later"
+    );
+}
+
+#[test]
+fn a_read_only_database_refuses_writes_with_a_clear_kind() {
+    // Tests run as root, which ignores file modes; SQLite's own read-only
+    // switch stands in for a read-only file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let worker = worker(&store, 10);
+    raw(&store, "PRAGMA query_only = ON;");
+    let error = Task::queue(spec(1))
+        .start(&worker, &store)
+        .expect_err("read-only");
+    assert!(
+        matches!(error.error, StorageError::Unavailable { .. }),
+        "{:?}",
+        error.error
+    );
+    raw(&store, "PRAGMA query_only = OFF;");
+    assert!(store
+        .list_tasks(&TaskFilter::default())
+        .expect("rows")
+        .is_empty());
+    assert!(integrity_ok(&store));
+}
+
+#[test]
+fn a_lock_held_longer_than_the_busy_timeout_fails_and_a_retry_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStorage::open_with(
+        &path,
+        SqliteOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open");
+    let worker = worker(&store, 10);
+    let mut holder =
+        SqliteConnection::establish(path.to_str().expect("utf-8")).expect("second connection");
+    holder
+        .batch_execute("BEGIN IMMEDIATE;")
+        .expect("hold the write lock");
+    let queued = Task::queue(spec(1));
+    let id = queued.id();
+    let error = queued.start(&worker, &store).expect_err("locked");
+    assert!(
+        matches!(error.error, StorageError::Unavailable { .. }),
+        "{:?}",
+        error.error
+    );
+    holder.batch_execute("COMMIT;").expect("release");
+    assert_eq!(store.get_task(id).expect("read"), None, "nothing written");
+    let running = error
+        .into_task()
+        .start(&worker, &store)
+        .expect("retry after release");
+    assert_eq!(running.id(), id);
+}
+
+#[test]
+fn a_database_file_deleted_under_a_running_store_never_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStorage::open(&path).expect("open");
+    let worker = worker(&store, 10);
+    let first = Task::queue(spec(1)).start(&worker, &store).expect("start");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    // The open connection keeps the unlinked inode: writes either go on
+    // there or fail with a typed error. Neither panics.
+    let finished = first.finish(Outcome::Success(RunReport::empty()), &store);
+    if let Err(error) = &finished {
+        assert!(matches!(error, FinishError::Storage { .. }), "{error:?}");
+    }
+    let _ = store.list_tasks(&TaskFilter::default());
+    drop(store);
+    // A fresh open makes a new, empty, migrated database.
+    let reopened = SqliteStorage::open(&path).expect("reopen");
+    assert!(reopened
+        .list_tasks(&TaskFilter::default())
+        .expect("rows")
+        .is_empty());
+    assert!(integrity_ok(&reopened));
+}
+
+#[test]
+fn a_migration_that_fails_halfway_leaves_the_previous_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStorage::open_unmigrated(&path, &SqliteOptions::default()).expect("open");
+    store
+        .with_connection(|c| c.run_next_migration(SQLITE_MIGRATIONS).map(drop))
+        .expect("first migration");
+    raw(
+        &store,
+        "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at) \
+         VALUES ('0b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e05', 'a/b', 1, 'u', 'a', 't', 'm', 'p', 'interrupted', '2026-05-10T00:00:00.000000Z', '2026-05-10T00:10:00.000000Z');
+         CREATE TABLE claude_sdk_sessions (oops INTEGER);",
+    );
+    // The fix migration rebuilds task_history, then fails creating a table
+    // that is already there: the whole migration must roll back.
+    assert!(store.migrate().is_err());
+    assert_eq!(store.applied_migrations().expect("versions").len(), 1);
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        status: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        finished_at: Option<String>,
+    }
+    let rows: Vec<Row> = store
+        .with_connection(|c| {
+            diesel::sql_query("SELECT status, finished_at FROM task_history").load(c)
+        })
+        .expect("pre-fix rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "interrupted");
+    assert_eq!(
+        rows[0].finished_at.as_deref(),
+        Some("2026-05-10T00:10:00.000000Z"),
+        "the backfill rolled back too"
+    );
+    raw(&store, "DROP TABLE claude_sdk_sessions;");
+    assert_eq!(store.migrate().expect("now it applies").len(), 1);
+    assert!(integrity_ok(&store));
+}
+
+#[test]
+fn hostile_text_round_trips_as_data_and_hints_carry_no_artifacts_or_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let victim = worker(&store, 10);
+    let hostile = "fixer'); DROP TABLE task_history; --";
+    let spec = TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number: 9,
+        user: "alice".into(),
+        agent: hostile.into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("no control characters: accepted as data");
+    let running = Task::queue(spec).start(&victim, &store).expect("start");
+    running
+        .record_session(
+            SessionId::parse("sess_secret_conversation_42").expect("id"),
+            &store,
+        )
+        .expect("session");
+    assert_eq!(
+        store
+            .get_task(running.id())
+            .expect("read")
+            .expect("row")
+            .agent,
+        hostile
+    );
+    let recovered = sweep(&store).expect("sweep");
+    let hint = recovered[0].hint();
+    assert!(
+        hint.contains(hostile),
+        "names are shown as they are: {hint}"
+    );
+    assert!(
+        !hint.contains("sess_secret_conversation_42"),
+        "no session ids in hints: {hint}"
+    );
+    assert_eq!(
+        store
+            .list_tasks(&TaskFilter::default())
+            .expect("the table is still there")
+            .len(),
+        1
+    );
+}
