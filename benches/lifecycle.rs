@@ -69,36 +69,77 @@ fn raw_lifecycle(connection: &mut SqliteConnection, worker: &str) {
             .now()
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     };
-    diesel::sql_query(
-        "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-    )
-    .bind::<Text, _>(&id)
-    .bind::<Text, _>("acme/widgets")
-    .bind::<BigInt, _>(1104_i64)
-    .bind::<Text, _>("alice")
-    .bind::<Text, _>("fixer")
-    .bind::<Text, _>("claude_sdk")
-    .bind::<Text, _>("claude-opus")
-    .bind::<Text, _>("anthropic")
-    .bind::<Text, _>(now())
-    .bind::<Text, _>(worker)
-    .execute(connection)
-    .expect("raw insert");
-    diesel::sql_query(
-        "UPDATE task_history SET status = 'success', finished_at = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?, turns = ?, artifacts = ? \
-         WHERE id = ? AND status = 'running' AND worker_id = ?",
-    )
-    .bind::<Text, _>(now())
-    .bind::<BigInt, _>(1200_i64)
-    .bind::<BigInt, _>(300_i64)
-    .bind::<Double, _>(0.42)
-    .bind::<BigInt, _>(7_i64)
-    .bind::<Text, _>("[\"pr/17\"]")
-    .bind::<Text, _>(&id)
-    .bind::<Text, _>(worker)
-    .execute(connection)
-    .expect("raw update");
+    diesel::sql_query(RAW_INSERT_RUNNING)
+        .bind::<Text, _>(&id)
+        .bind::<Text, _>("acme/widgets")
+        .bind::<BigInt, _>(1104_i64)
+        .bind::<Text, _>("alice")
+        .bind::<Text, _>("fixer")
+        .bind::<Text, _>("claude_sdk")
+        .bind::<Text, _>("claude-opus")
+        .bind::<Text, _>("anthropic")
+        .bind::<Text, _>(now())
+        .bind::<Text, _>(worker)
+        .execute(connection)
+        .expect("raw insert");
+    diesel::sql_query(RAW_FINISH)
+        .bind::<Text, _>(now())
+        .bind::<BigInt, _>(1200_i64)
+        .bind::<BigInt, _>(300_i64)
+        .bind::<Double, _>(0.42)
+        .bind::<BigInt, _>(7_i64)
+        .bind::<Text, _>("[\"pr/17\"]")
+        .bind::<Text, _>(&id)
+        .bind::<Text, _>(worker)
+        .execute(connection)
+        .expect("raw update");
+}
+
+const RAW_INSERT_RUNNING: &str = "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)";
+const RAW_FINISH: &str = "UPDATE task_history SET status = 'success', finished_at = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?, turns = ?, artifacts = ? \
+     WHERE id = ? AND status = 'running' AND worker_id = ?";
+
+/// The same two statements, autocommit each, prepared once and reused
+/// (rusqlite's statement cache on the same bundled SQLite): the fastest
+/// anything can issue them.
+fn raw_prepared_lifecycle(connection: &rusqlite::Connection, worker: &str) {
+    let id = TaskId::new_random().to_string();
+    let now = || {
+        SystemClock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    connection
+        .prepare_cached(RAW_INSERT_RUNNING)
+        .expect("prepare insert")
+        .execute(rusqlite::params![
+            id,
+            "acme/widgets",
+            1104_i64,
+            "alice",
+            "fixer",
+            "claude_sdk",
+            "claude-opus",
+            "anthropic",
+            now(),
+            worker
+        ])
+        .expect("raw insert");
+    connection
+        .prepare_cached(RAW_FINISH)
+        .expect("prepare finish")
+        .execute(rusqlite::params![
+            now(),
+            1200_i64,
+            300_i64,
+            0.42_f64,
+            7_i64,
+            "[\"pr/17\"]",
+            id,
+            worker
+        ])
+        .expect("raw update");
 }
 
 fn lifecycle(c: &mut Criterion) {
@@ -134,6 +175,23 @@ fn lifecycle(c: &mut Criterion) {
                 |b| b.iter(|| raw_lifecycle(connection, &raw_worker)),
             );
         });
+
+        let prepared_path = dir.path().join("raw-prepared.db");
+        let prepared_store = SqliteStorage::open_with(&prepared_path, options()).expect("open");
+        let prepared_worker = worker(&prepared_store).id().to_string();
+        let prepared = rusqlite::Connection::open(&prepared_path).expect("rusqlite open");
+        prepared
+            .execute_batch(match durability {
+                SqliteDurability::Full => "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                SqliteDurability::Normal => {
+                    "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;"
+                }
+            })
+            .expect("pragmas");
+        group.bench_function(
+            BenchmarkId::new("sqlite/raw_prepared_baseline", format!("{durability:?}")),
+            |b| b.iter(|| raw_prepared_lifecycle(&prepared, &prepared_worker)),
+        );
     }
     #[cfg(feature = "postgres")]
     postgres_lifecycle(&mut group);
@@ -178,6 +236,32 @@ fn raw_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uui
     .expect("raw update");
 }
 
+/// The same two statements, prepared once on the server (`PREPARE`) and
+/// run with `EXECUTE`, autocommit each, through the same driver. (`EXECUTE`
+/// takes no bind parameters, so its arguments are literals: a fresh UUID,
+/// timestamps and constants.)
+#[cfg(feature = "postgres")]
+fn raw_prepared_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uuid::Uuid) {
+    let id = uuid::Uuid::new_v4();
+    let now = || {
+        SystemClock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    diesel::sql_query(format!(
+        "EXECUTE tasktrail_bench_start('{id}', 'acme/widgets', 1104, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', '{}', '{worker}')",
+        now()
+    ))
+    .execute(connection)
+    .expect("raw prepared insert");
+    diesel::sql_query(format!(
+        "EXECUTE tasktrail_bench_finish('{}', 1200, 300, 0.42, 7, '[\"pr/17\"]', '{id}', '{worker}')",
+        now()
+    ))
+    .execute(connection)
+    .expect("raw prepared update");
+}
+
 #[cfg(feature = "postgres")]
 fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let Some(database) = ScratchDatabase::create() else {
@@ -193,6 +277,19 @@ fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measu
         .with_connection(|connection| {
             group.bench_function("postgres/raw_sql_baseline", |b| {
                 b.iter(|| raw_postgres_lifecycle(connection, raw_worker))
+            });
+            connection
+                .batch_execute(
+                    "PREPARE tasktrail_bench_start (uuid, text, bigint, text, text, text, text, text, timestamptz, uuid) AS \
+                       INSERT INTO task_history (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10); \
+                     PREPARE tasktrail_bench_finish (timestamptz, bigint, bigint, float8, bigint, jsonb, uuid, uuid) AS \
+                       UPDATE task_history SET status = 'success', finished_at = $1, input_tokens = $2, output_tokens = $3, cost_usd = $4, turns = $5, artifacts = $6 \
+                       WHERE id = $7 AND status = 'running' AND worker_id = $8;",
+                )
+                .expect("prepare");
+            group.bench_function("postgres/raw_prepared_baseline", |b| {
+                b.iter(|| raw_prepared_postgres_lifecycle(connection, raw_worker))
             });
         })
         .expect("connection");

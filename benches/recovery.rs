@@ -25,7 +25,14 @@ impl ProcessProbe for NoProcesses {
     }
 }
 
-const UUID_EXPR: &str = "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))";
+/// A time-ordered (v7) task id as SQL, for row `i` of a seed started at
+/// `base_ms`: the ids the crate writes ([`TaskId::new_time_ordered`]), so
+/// the seeded history sits on disk as a real one does.
+fn v7_id_expr(base_ms: u64) -> String {
+    format!(
+        "printf('%08x-%04x', ({base_ms} + i) >> 16, ({base_ms} + i) & 65535) || '-7' || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))"
+    )
+}
 
 fn open(path: &Path) -> SqliteStorage {
     SqliteStorage::open_with(
@@ -43,17 +50,20 @@ fn open(path: &Path) -> SqliteStorage {
 /// repo `acme/orphans` so setup can find them again.
 fn seeded(dir: &Path, finished: u64, orphans: u64) -> SqliteStorage {
     let store = open(&dir.join(format!("seed-{finished}-{orphans}.db")));
+    // 2026-05-10T00:00Z and 2026-05-11T15:00Z, one millisecond per row.
+    let finished_id = v7_id_expr(1_778_371_200_000);
+    let orphan_id = v7_id_expr(1_778_511_600_000);
     store
         .with_connection(|c| {
             c.batch_execute(&format!(
                 "BEGIN;
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {finished})
                  INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at, worker_id)
-                 SELECT {UUID_EXPR}, 'acme/widgets', i, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success',
+                 SELECT {finished_id}, 'acme/widgets', i, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success',
                         '2026-05-10T00:00:00.000000Z', '2026-05-10T00:01:00.000000Z', 'finished-worker' FROM n WHERE {finished} > 0;
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {orphans})
                  INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, interrupted_at, worker_id)
-                 SELECT {UUID_EXPR}, 'acme/orphans', i, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted',
+                 SELECT {orphan_id}, 'acme/orphans', i, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted',
                         '2026-05-11T15:00:00.000000Z', '2026-05-11T15:30:00.000000Z', 'placeholder' FROM n WHERE {orphans} > 0;
                  INSERT INTO claude_sdk_sessions (session_id, task_id, repo, issue_number, agent, created_at)
                  SELECT 'sess_' || id, id, repo, issue_number, agent, started_at FROM task_history WHERE repo = 'acme/orphans';

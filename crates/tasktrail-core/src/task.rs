@@ -195,10 +195,11 @@ impl RegisteredWorker {
 }
 
 impl Task<Queued> {
-    /// Dispatches a task under a fresh random id. Nothing is stored until
+    /// Dispatches a task under a fresh time-ordered id
+    /// ([`TaskId::new_time_ordered`]). Nothing is stored until
     /// [`start`](Task::start).
     pub fn queue(spec: TaskSpec) -> Self {
-        Self::queue_with_id(TaskId::new_random(), spec)
+        Self::queue_with_id(TaskId::new_time_ordered(), spec)
     }
 
     /// Dispatches a task under an id the caller chose.

@@ -91,8 +91,25 @@ pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, Sto
         .map_err(|_| corrupt(format!("{column} {text:?} is not a UUID")))
 }
 
-pub(crate) fn decode_u32(column: &str, id: &str, value: i64) -> Result<u32, StorageError> {
-    u32::try_from(value).map_err(|_| corrupt(format!("{id}: {column} {value} is out of range")))
+/// Names a row in a `CorruptRow` detail ("task 0190…"); formatted only when
+/// a detail is built, so decoding a good row allocates nothing for it.
+pub(crate) struct RowLabel<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) id: &'a dyn std::fmt::Display,
+}
+
+impl std::fmt::Display for RowLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.id)
+    }
+}
+
+pub(crate) fn decode_u32(
+    column: &str,
+    row: &RowLabel<'_>,
+    value: i64,
+) -> Result<u32, StorageError> {
+    u32::try_from(value).map_err(|_| corrupt(format!("{row}: {column} {value} is out of range")))
 }
 
 pub(crate) fn decode_cost(id: &str, value: f64) -> Result<f64, StorageError> {

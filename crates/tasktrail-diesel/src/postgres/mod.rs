@@ -5,6 +5,7 @@
 mod rows;
 mod schema;
 mod scratch;
+mod statements;
 mod store;
 
 pub use scratch::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use crate::codec::{
     artifacts_from_json, corrupt, decode_cost, decode_status, decode_u32, decode_worker_state,
+    RowLabel,
 };
 
 #[derive(Debug, Queryable, Selectable)]
@@ -45,7 +46,10 @@ pub(super) struct TaskRow {
 impl TaskRow {
     pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
         let id = self.id.hyphenated().to_string();
-        let label = format!("task {id}");
+        let label = RowLabel {
+            kind: "task",
+            id: &id,
+        };
         let optional_u32 = |column: &str, value: Option<i64>| {
             value.map(|v| decode_u32(column, &label, v)).transpose()
         };
@@ -126,7 +130,10 @@ pub(super) struct WorkerRow {
 impl WorkerRow {
     pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
         let id = self.id.hyphenated().to_string();
-        let label = format!("worker {id}");
+        let label = RowLabel {
+            kind: "worker",
+            id: &id,
+        };
         Ok(WorkerRecord {
             id: WorkerId::from_uuid(self.id),
             host: self.host,
@@ -156,7 +163,10 @@ pub(super) struct SessionRow {
 
 impl SessionRow {
     pub(super) fn into_record(self) -> Result<SessionRecord, StorageError> {
-        let label = format!("session {}", self.session_id);
+        let label = RowLabel {
+            kind: "session",
+            id: &self.session_id,
+        };
         Ok(SessionRecord {
             session_id: SessionId::parse(&self.session_id)
                 .map_err(|_| corrupt(format!("{label}: invalid session id")))?,

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::rows::{NewWorkerRow, SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{
     advisory_unlock, map_error, try_advisory_lock, PostgresLeaseClock, PostgresStorage, Redacted,
 };
@@ -509,32 +510,24 @@ impl Storage for PostgresStorage {
             .collect()
     }
 
-    /// One transaction: the worker's row is read `FOR SHARE` (a concurrent
-    /// sweep cannot declare it dead in between) and must be `alive`, then the
-    /// one INSERT.
+    /// One prepared statement, one round trip: the INSERT reads the worker's
+    /// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
+    /// between) and writes nothing unless it is `alive`.
     fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        use diesel::sql_types::{BigInt, Text};
         let mut connection = self.pooled()?;
         let spec = &row.spec;
-        // One statement, one round trip: the INSERT happens only if the
-        // worker is `alive`, and `FOR SHARE` makes it wait for (and then see)
-        // a sweep that is declaring the worker dead right now.
-        let inserted = diesel::sql_query(
-            "INSERT INTO task_history \
-               (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, workers.id \
-             FROM workers WHERE workers.id = $10 AND workers.state = 'alive' FOR SHARE",
-        )
-        .bind::<SqlUuid, _>(*row.id.as_uuid())
-        .bind::<Text, _>(spec.repo())
-        .bind::<BigInt, _>(i64::from(spec.issue_number()))
-        .bind::<Text, _>(spec.user())
-        .bind::<Text, _>(spec.agent())
-        .bind::<Text, _>(spec.agent_type())
-        .bind::<Text, _>(spec.model())
-        .bind::<Text, _>(spec.provider())
-        .bind::<Timestamptz, _>(truncate_to_micros(row.started_at))
-        .bind::<SqlUuid, _>(*row.worker.as_uuid())
+        let inserted = InsertRunningIfWorkerAlive {
+            id: *row.id.as_uuid(),
+            repo: spec.repo(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user(),
+            agent: spec.agent(),
+            agent_type: spec.agent_type(),
+            model: spec.model(),
+            provider: spec.provider(),
+            started_at: truncate_to_micros(row.started_at),
+            worker: *row.worker.as_uuid(),
+        }
         .execute(&mut *connection)
         .map_err(|error| {
             if is_unique_violation(&error) {
@@ -581,17 +574,18 @@ impl Storage for PostgresStorage {
                 Outcome::Success(report)
                 | Outcome::Failure(report)
                 | Outcome::Cancelled(report)
-                | Outcome::AbortedNoSkill(report) => diesel::update(guarded)
-                    .set((
-                        task_history::status.eq(row.outcome.status().as_str()),
-                        task_history::finished_at.eq(at),
-                        task_history::input_tokens.eq(i64::from(report.input_tokens)),
-                        task_history::output_tokens.eq(i64::from(report.output_tokens)),
-                        task_history::cost_usd.eq(report.cost_usd.dollars()),
-                        task_history::turns.eq(i64::from(report.turns)),
-                        task_history::artifacts.eq(artifacts_to_json(&report.artifacts)),
-                    ))
-                    .execute(connection)?,
+                | Outcome::AbortedNoSkill(report) => FinishCompletedIfOwnedAndRunning {
+                    id,
+                    worker,
+                    status: row.outcome.status().as_str(),
+                    finished_at: at,
+                    input_tokens: i64::from(report.input_tokens),
+                    output_tokens: i64::from(report.output_tokens),
+                    cost_usd: report.cost_usd.dollars(),
+                    turns: i64::from(report.turns),
+                    artifacts: artifacts_to_json(&report.artifacts),
+                }
+                .execute(connection)?,
             };
             if updated == 1 {
                 return Ok(FinishWrite::Updated);

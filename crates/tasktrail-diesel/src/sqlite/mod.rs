@@ -2,6 +2,7 @@
 
 mod rows;
 mod schema;
+mod statements;
 mod store;
 
 use std::fs::OpenOptions;

@@ -10,7 +10,7 @@ use tasktrail_core::{
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use crate::codec::{
     corrupt, decode_artifacts, decode_cost, decode_status, decode_task_id, decode_timestamp,
-    decode_u32, decode_worker_id, decode_worker_state, encode_timestamp,
+    decode_u32, decode_worker_id, decode_worker_state, encode_timestamp, RowLabel,
 };
 
 #[derive(Debug, Queryable, Selectable)]
@@ -40,9 +40,17 @@ pub(super) struct TaskRow {
 }
 
 impl TaskRow {
+    /// The task id as stored.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
         let id = decode_task_id(&self.id)?;
-        let label = format!("task {}", self.id);
+        let label = RowLabel {
+            kind: "task",
+            id: &self.id,
+        };
         let optional_u32 = |column: &str, value: Option<i64>| {
             value.map(|v| decode_u32(column, &label, v)).transpose()
         };
@@ -113,7 +121,10 @@ impl WorkerRow {
     }
 
     pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
-        let label = format!("worker {}", self.id);
+        let label = RowLabel {
+            kind: "worker",
+            id: &self.id,
+        };
         Ok(WorkerRecord {
             id: decode_worker_id("workers.id", &self.id)?,
             host: self.host,
@@ -146,7 +157,10 @@ pub(super) struct SessionRow {
 
 impl SessionRow {
     pub(super) fn into_record(self) -> Result<SessionRecord, StorageError> {
-        let label = format!("session {}", self.session_id);
+        let label = RowLabel {
+            kind: "session",
+            id: &self.session_id,
+        };
         Ok(SessionRecord {
             session_id: SessionId::parse(&self.session_id)
                 .map_err(|_| corrupt(format!("{label}: invalid session id")))?,

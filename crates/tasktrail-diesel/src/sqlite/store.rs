@@ -1,6 +1,6 @@
 //! `impl Storage for SqliteStorage`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -14,8 +14,9 @@ use tasktrail_core::{
 
 use super::rows::{SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{map_error, SqliteStorage};
-use crate::codec::{encode_artifacts, encode_timestamp};
+use crate::codec::{decode_worker_id, encode_artifacts, encode_timestamp};
 
 /// An error inside a transaction: either a domain answer to return as is, or
 /// a Diesel error to map (Diesel needs `From<diesel::result::Error>`).
@@ -199,29 +200,21 @@ impl Storage for SqliteStorage {
     }
 
     fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        use diesel::sql_types::{BigInt, Text};
         let mut connection = self.connection();
         let spec = &row.spec;
         let worker = row.worker.to_string();
-        // One autocommit statement: the row is inserted only if its worker
-        // is `alive` (SQLite holds the write lock for the whole statement, so
-        // no sweep can declare the worker dead in between).
-        let inserted = diesel::sql_query(
-            "INSERT INTO task_history \
-               (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, workers.id \
-             FROM workers WHERE workers.id = ? AND workers.state = 'alive'",
-        )
-        .bind::<Text, _>(row.id.to_string())
-        .bind::<Text, _>(spec.repo())
-        .bind::<BigInt, _>(i64::from(spec.issue_number()))
-        .bind::<Text, _>(spec.user())
-        .bind::<Text, _>(spec.agent())
-        .bind::<Text, _>(spec.agent_type())
-        .bind::<Text, _>(spec.model())
-        .bind::<Text, _>(spec.provider())
-        .bind::<Text, _>(encode_timestamp(row.started_at))
-        .bind::<Text, _>(&worker)
+        let inserted = InsertRunningIfWorkerAlive {
+            id: &row.id.to_string(),
+            repo: spec.repo(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user(),
+            agent: spec.agent(),
+            agent_type: spec.agent_type(),
+            model: spec.model(),
+            provider: spec.provider(),
+            started_at: &encode_timestamp(row.started_at),
+            worker: &worker,
+        }
         .execute(&mut *connection)
         .map_err(|error| {
             if is_unique_violation(&error) {
@@ -273,17 +266,18 @@ impl Storage for SqliteStorage {
                 Outcome::Success(report)
                 | Outcome::Failure(report)
                 | Outcome::Cancelled(report)
-                | Outcome::AbortedNoSkill(report) => diesel::update(guarded)
-                    .set((
-                        task_history::status.eq(row.outcome.status().as_str()),
-                        task_history::finished_at.eq(&at),
-                        task_history::input_tokens.eq(i64::from(report.input_tokens)),
-                        task_history::output_tokens.eq(i64::from(report.output_tokens)),
-                        task_history::cost_usd.eq(report.cost_usd.dollars()),
-                        task_history::turns.eq(i64::from(report.turns)),
-                        task_history::artifacts.eq(encode_artifacts(&report.artifacts)),
-                    ))
-                    .execute(connection)?,
+                | Outcome::AbortedNoSkill(report) => FinishCompletedIfOwnedAndRunning {
+                    id: &id,
+                    worker: &worker,
+                    status: row.outcome.status().as_str(),
+                    finished_at: &at,
+                    input_tokens: i64::from(report.input_tokens),
+                    output_tokens: i64::from(report.output_tokens),
+                    cost_usd: report.cost_usd.dollars(),
+                    turns: i64::from(report.turns),
+                    artifacts: &encode_artifacts(&report.artifacts),
+                }
+                .execute(connection)?,
             };
             if updated == 1 {
                 return Ok(FinishWrite::Updated);
@@ -310,32 +304,37 @@ impl Storage for SqliteStorage {
         let now = encode_timestamp(request.now);
         let recovering = request.recovering_worker.to_string();
         let sweep = |connection: &mut SqliteConnection| -> Result<Vec<RecoveredTask>, TxError> {
-            // `status = 'running'` lets SQLite use the partial index: the
-            // sweep reads running rows only, never the history.
-            let running: Vec<TaskRow> = task_history::table
+            // The owners of running rows, from the partial index on
+            // `worker_id WHERE status = 'running'` alone: the sweep never
+            // reads the history, and reads each orphan once, below.
+            let owner_columns: Vec<Option<String>> = task_history::table
                 .filter(task_history::status.eq(TaskStatus::Running.as_str()))
                 .filter(
                     task_history::worker_id
                         .ne(&recovering)
                         .or(task_history::worker_id.is_null()),
                 )
-                .select(TaskRow::as_select())
+                .select(task_history::worker_id)
+                .distinct()
                 .load(connection)?;
-            if running.is_empty() {
+            if owner_columns.is_empty() {
                 return Ok(Vec::new());
             }
-            let running: Vec<TaskRecord> = running
-                .into_iter()
-                .map(TaskRow::into_record)
-                .collect::<Result<_, _>>()?;
-            let owner_ids: Vec<String> = running
+            // Each owner as the domain knows it and as the rows spell it.
+            let mut owner_ids: Vec<(Option<WorkerId>, Option<String>)> = owner_columns
                 .iter()
-                .filter_map(|task| task.worker_id.map(|id| id.to_string()))
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
+                .map(|column| {
+                    let id = column
+                        .as_deref()
+                        .map(|text| decode_worker_id("worker_id", text))
+                        .transpose()?;
+                    Ok((id, column.clone()))
+                })
+                .collect::<Result<_, StorageError>>()?;
+            owner_ids.sort();
+            let known_owners: Vec<&String> = owner_columns.iter().flatten().collect();
             let mut owners: HashMap<WorkerId, WorkerRecord> = HashMap::new();
-            for chunk in owner_ids.chunks(500) {
+            for chunk in known_owners.chunks(500) {
                 let rows: Vec<WorkerRow> = workers::table
                     .filter(workers::id.eq_any(chunk))
                     .select(WorkerRow::as_select())
@@ -345,80 +344,85 @@ impl Storage for SqliteStorage {
                     owners.insert(record.id, record);
                 }
             }
-            let mut by_owner: BTreeMap<Option<WorkerId>, Vec<TaskRecord>> = BTreeMap::new();
-            for task in running {
-                by_owner.entry(task.worker_id).or_default().push(task);
-            }
             let mut recovered = Vec::new();
-            for (owner, orphans) in by_owner {
+            for (owner, owner_text) in owner_ids {
                 let verdict = judge.judge(owner.and_then(|id| owners.get(&id)));
                 let Liveness::Dead(cause) = verdict else {
                     continue;
                 };
                 let reason = recovery_reason(owner, &cause);
-                let owner_text = owner.map(|id| id.to_string());
                 // The owner's running rows, as a subquery: statements stay the
                 // same size however many orphans there are. `IS` matches NULL
                 // too: rows written before the fix name no worker.
-                let owned_running_ids = task_history::table
-                    .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                    .filter(task_history::worker_id.is(owner_text.clone()))
-                    .select(task_history::id);
+                let owned_running = || {
+                    task_history::table
+                        .filter(task_history::status.eq(TaskStatus::Running.as_str()))
+                        .filter(task_history::worker_id.is(owner_text.clone()))
+                };
                 let valid_sessions = claude_sdk_sessions::table
                     .filter(claude_sdk_sessions::invalidated_at.is_null())
-                    .filter(claude_sdk_sessions::task_id.eq_any(owned_running_ids));
+                    .filter(
+                        claude_sdk_sessions::task_id
+                            .eq_any(owned_running().select(task_history::id)),
+                    );
                 let mut sessions: HashMap<String, u32> = HashMap::new();
-                if request.mode == SweepMode::Apply {
-                    // One statement invalidates the sessions and says which
-                    // tasks they belonged to.
-                    let invalidated: Vec<String> = diesel::update(valid_sessions)
-                        .set((
-                            claude_sdk_sessions::invalidated_at.eq(&now),
-                            claude_sdk_sessions::invalidation_reason.eq(&reason),
-                        ))
-                        .returning(claude_sdk_sessions::task_id)
-                        .get_results(connection)?;
-                    for task in invalidated {
-                        *sessions.entry(task).or_default() += 1;
+                // Read once, before the writes (cheaper on SQLite than
+                // `UPDATE … RETURNING` all columns; see docs/performance.md).
+                let orphans: Vec<TaskRow> = owned_running()
+                    .select(TaskRow::as_select())
+                    .load(connection)?;
+                match request.mode {
+                    SweepMode::Apply => {
+                        // One statement invalidates the sessions and says
+                        // which tasks they belonged to; one more interrupts
+                        // the rows.
+                        let invalidated: Vec<String> = diesel::update(valid_sessions)
+                            .set((
+                                claude_sdk_sessions::invalidated_at.eq(&now),
+                                claude_sdk_sessions::invalidation_reason.eq(&reason),
+                            ))
+                            .returning(claude_sdk_sessions::task_id)
+                            .get_results(connection)?;
+                        for task in invalidated {
+                            *sessions.entry(task).or_default() += 1;
+                        }
+                        diesel::update(owned_running())
+                            .set((
+                                task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                                task_history::interrupted_at.eq(&now),
+                                task_history::interrupt_reason.eq(&reason),
+                                task_history::interrupted_by.eq(&recovering),
+                            ))
+                            .execute(connection)?;
+                        if let Some(owner) = &owner_text {
+                            diesel::update(
+                                workers::table
+                                    .find(owner)
+                                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
+                            )
+                            .set((
+                                workers::state.eq(WorkerState::Dead.as_str()),
+                                workers::stopped_at.eq(&now),
+                            ))
+                            .execute(connection)?;
+                        }
                     }
-                } else {
-                    let counts: Vec<(String, i64)> = valid_sessions
-                        .group_by(claude_sdk_sessions::task_id)
-                        .select((claude_sdk_sessions::task_id, diesel::dsl::count_star()))
-                        .load(connection)?;
-                    for (task, count) in counts {
-                        sessions.insert(task, u32::try_from(count).unwrap_or(u32::MAX));
+                    SweepMode::DryRun => {
+                        let counts: Vec<(String, i64)> = valid_sessions
+                            .group_by(claude_sdk_sessions::task_id)
+                            .select((claude_sdk_sessions::task_id, diesel::dsl::count_star()))
+                            .load(connection)?;
+                        for (task, count) in counts {
+                            sessions.insert(task, u32::try_from(count).unwrap_or(u32::MAX));
+                        }
                     }
                 }
-                if request.mode == SweepMode::Apply {
-                    diesel::update(
-                        task_history::table
-                            .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                            .filter(task_history::worker_id.is(owner_text.clone())),
-                    )
-                    .set((
-                        task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                        task_history::interrupted_at.eq(&now),
-                        task_history::interrupt_reason.eq(&reason),
-                        task_history::interrupted_by.eq(&recovering),
-                    ))
-                    .execute(connection)?;
-                    if let Some(owner) = &owner_text {
-                        diesel::update(
-                            workers::table
-                                .find(owner)
-                                .filter(workers::state.eq(WorkerState::Alive.as_str())),
-                        )
-                        .set((
-                            workers::state.eq(WorkerState::Dead.as_str()),
-                            workers::stopped_at.eq(&now),
-                        ))
-                        .execute(connection)?;
-                    }
-                }
-                for mut task in orphans {
-                    let sessions_invalidated =
-                        sessions.get(&task.id.to_string()).copied().unwrap_or(0);
+                recovered.reserve(orphans.len());
+                for row in orphans {
+                    let sessions_invalidated = sessions.get(row.id()).copied().unwrap_or(0);
+                    let mut task = row.into_record()?;
+                    // The rows as the sweep leaves them (a dry run: would
+                    // leave them).
                     task.status = TaskStatus::Interrupted;
                     task.interrupted_at = Some(request.now);
                     task.interrupt_reason = Some(reason.clone());

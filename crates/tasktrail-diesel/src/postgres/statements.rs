@@ -1,0 +1,117 @@
+//! The two statements on every task's hot path (start and completed finish),
+//! as query types that Diesel keeps **prepared** (named statements) on each
+//! pooled connection.
+//!
+//! Diesel sends every `sql_query` and every `UPDATE` unprepared, for the
+//! server to parse and plan again on each call (it marks both unsafe to
+//! cache, because their SQL text can vary). These two statements never vary:
+//! their SQL is fixed text and every value is a bind parameter, so each type
+//! declares a static query id and the server plans it once per connection.
+//! See docs/performance.md for what it saves.
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Double, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::{QueryResult, RunQueryDsl};
+use uuid::Uuid;
+
+/// `INSERT … SELECT … FROM workers WHERE id = $n AND state = 'alive' FOR
+/// SHARE`: the running row, written only if its worker is alive. `FOR SHARE`
+/// makes it wait for (and then see) a sweep that is declaring the worker
+/// dead right now. One statement, one round trip.
+pub(super) struct InsertRunningIfWorkerAlive<'a> {
+    pub(super) id: Uuid,
+    pub(super) repo: &'a str,
+    pub(super) issue_number: i64,
+    pub(super) user: &'a str,
+    pub(super) agent: &'a str,
+    pub(super) agent_type: &'a str,
+    pub(super) model: &'a str,
+    pub(super) provider: &'a str,
+    pub(super) started_at: DateTime<Utc>,
+    pub(super) worker: Uuid,
+}
+
+impl QueryId for InsertRunningIfWorkerAlive<'_> {
+    type QueryId = InsertRunningIfWorkerAlive<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertRunningIfWorkerAlive<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO task_history \
+               (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
+             SELECT ",
+        );
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.repo)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.issue_number)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.user)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.agent)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.agent_type)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.model)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.provider)?;
+        out.push_sql(", 'running', ");
+        out.push_bind_param::<Timestamptz, _>(&self.started_at)?;
+        out.push_sql(", workers.id FROM workers WHERE workers.id = ");
+        out.push_bind_param::<SqlUuid, _>(&self.worker)?;
+        out.push_sql(" AND workers.state = 'alive' FOR SHARE");
+        Ok(())
+    }
+}
+
+impl<Conn> RunQueryDsl<Conn> for InsertRunningIfWorkerAlive<'_> {}
+
+/// The one UPDATE of a completed finish (success, failure, cancelled,
+/// aborted_no_skill), fenced: only the owner's row, only while `running`.
+pub(super) struct FinishCompletedIfOwnedAndRunning<'a> {
+    pub(super) id: Uuid,
+    pub(super) worker: Uuid,
+    pub(super) status: &'a str,
+    pub(super) finished_at: DateTime<Utc>,
+    pub(super) input_tokens: i64,
+    pub(super) output_tokens: i64,
+    pub(super) cost_usd: f64,
+    pub(super) turns: i64,
+    pub(super) artifacts: serde_json::Value,
+}
+
+impl QueryId for FinishCompletedIfOwnedAndRunning<'_> {
+    type QueryId = FinishCompletedIfOwnedAndRunning<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for FinishCompletedIfOwnedAndRunning<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("UPDATE task_history SET status = ");
+        out.push_bind_param::<Text, _>(self.status)?;
+        out.push_sql(", finished_at = ");
+        out.push_bind_param::<Timestamptz, _>(&self.finished_at)?;
+        out.push_sql(", input_tokens = ");
+        out.push_bind_param::<BigInt, _>(&self.input_tokens)?;
+        out.push_sql(", output_tokens = ");
+        out.push_bind_param::<BigInt, _>(&self.output_tokens)?;
+        out.push_sql(", cost_usd = ");
+        out.push_bind_param::<Double, _>(&self.cost_usd)?;
+        out.push_sql(", turns = ");
+        out.push_bind_param::<BigInt, _>(&self.turns)?;
+        out.push_sql(", artifacts = ");
+        out.push_bind_param::<Jsonb, _>(&self.artifacts)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(" AND status = 'running' AND worker_id = ");
+        out.push_bind_param::<SqlUuid, _>(&self.worker)?;
+        Ok(())
+    }
+}
+
+impl<Conn> RunQueryDsl<Conn> for FinishCompletedIfOwnedAndRunning<'_> {}
