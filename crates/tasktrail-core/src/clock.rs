@@ -56,3 +56,25 @@ impl Clock for ManualClock {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// A time to the second, `2026-05-11T15:13:02Z`, as the `[recovery]` lines
+/// print it. Written field by field: no format string to interpret per call
+/// (a sweep prints one per orphan).
+pub(crate) struct UtcSeconds(pub(crate) Timestamp);
+
+impl std::fmt::Display for UtcSeconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::{Datelike, Timelike};
+        let at = self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            at.year(),
+            at.month(),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        )
+    }
+}

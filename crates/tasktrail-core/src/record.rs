@@ -6,7 +6,7 @@
 
 use chrono::Duration;
 
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, UtcSeconds};
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::spec::TaskSpec;
@@ -257,34 +257,47 @@ impl RecoveredTask {
     /// agent, model, the dead worker, `started_at`, how long it ran, and why.
     /// Never artifacts or session content.
     pub fn hint(&self) -> String {
-        let worker = self
-            .dead_worker
-            .map_or_else(|| "none".to_owned(), |id| id.to_string());
-        format!(
-            "[recovery] task {} ({}) agent={} model={} worker={} started_at={} ran_for={} marked interrupted: {}; {} session(s) invalidated",
-            self.task.id,
-            self.task.repo_issue(),
-            self.task.agent,
-            self.task.model,
-            worker,
-            self.task.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
-            human_duration(self.ran_for()),
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "[recovery] task {} ({}#{}) agent={} model={} worker=",
+            self.task.id, self.task.repo, self.task.issue_number, self.task.agent, self.task.model,
+        );
+        let _ = match self.dead_worker {
+            Some(id) => write!(line, "{id}"),
+            None => write!(line, "none"),
+        };
+        let _ = write!(
+            line,
+            " started_at={} ran_for={} marked interrupted: {}; {} session(s) invalidated",
+            UtcSeconds(self.task.started_at),
+            HumanDuration(self.ran_for()),
             self.cause,
             self.sessions_invalidated,
-        )
+        );
+        line
     }
 }
 
 /// `1h02m03s`, `4m05s`, `6s`; negative durations (clock skew) print as `0s`.
 pub fn human_duration(duration: Duration) -> String {
-    let total = duration.num_seconds().max(0);
-    let (hours, minutes, seconds) = (total / 3600, (total % 3600) / 60, total % 60);
-    if hours > 0 {
-        format!("{hours}h{minutes:02}m{seconds:02}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds:02}s")
-    } else {
-        format!("{seconds}s")
+    HumanDuration(duration).to_string()
+}
+
+struct HumanDuration(Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.0.num_seconds().max(0);
+        let (hours, minutes, seconds) = (total / 3600, (total % 3600) / 60, total % 60);
+        if hours > 0 {
+            write!(f, "{hours}h{minutes:02}m{seconds:02}s")
+        } else if minutes > 0 {
+            write!(f, "{minutes}m{seconds:02}s")
+        } else {
+            write!(f, "{seconds}s")
+        }
     }
 }
 
@@ -299,6 +312,68 @@ pub fn recovery_reason(dead_worker: Option<WorkerId>, cause: &DeathCause) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recovered(dead_worker: Option<WorkerId>, cause: DeathCause) -> RecoveredTask {
+        use chrono::TimeZone;
+        let started_at = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 11, 15, 13, 2)
+            .single()
+            .expect("time")
+            + Duration::microseconds(123_456);
+        RecoveredTask {
+            task: TaskRecord {
+                id: "0196c0de-0000-7000-a000-000000000001".parse().expect("id"),
+                repo: "acme/widgets".into(),
+                issue_number: 1104,
+                user: "alice".into(),
+                agent: "fixer".into(),
+                agent_type: "claude_sdk".into(),
+                model: "claude-opus".into(),
+                provider: "anthropic".into(),
+                status: TaskStatus::Interrupted,
+                worker_id: dead_worker,
+                started_at,
+                finished_at: None,
+                input_tokens: None,
+                output_tokens: None,
+                cost_usd: None,
+                turns: None,
+                artifacts: None,
+                interrupted_at: None,
+                interrupt_reason: None,
+                interrupted_by: None,
+            },
+            dead_worker,
+            cause,
+            recovered_by: WorkerId::new_random(),
+            recovered_at: started_at + Duration::seconds(3723),
+            sessions_invalidated: 1,
+        }
+    }
+
+    #[test]
+    fn the_recovery_line_says_everything_an_operator_needs_in_one_line() {
+        let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");
+        let lease_expired = DeathCause::LeaseExpired {
+            host: "gpu-7".into(),
+            last_heartbeat: recovered(None, DeathCause::UnknownWorker).task.started_at,
+            lease: Duration::seconds(15),
+        };
+        assert_eq!(
+            recovered(Some(worker), lease_expired).hint(),
+            "[recovery] task 0196c0de-0000-7000-a000-000000000001 (acme/widgets#1104) \
+             agent=fixer model=claude-opus worker=0196c0de-0000-7000-a000-0000000000ff \
+             started_at=2026-05-11T15:13:02Z ran_for=1h02m03s marked interrupted: \
+             no heartbeat from gpu-7 since 2026-05-11T15:13:02Z (lease 15s); 1 session(s) invalidated"
+        );
+        assert_eq!(
+            recovered(None, DeathCause::UnknownWorker).hint(),
+            "[recovery] task 0196c0de-0000-7000-a000-000000000001 (acme/widgets#1104) \
+             agent=fixer model=claude-opus worker=none \
+             started_at=2026-05-11T15:13:02Z ran_for=1h02m03s marked interrupted: \
+             row names no registered worker; 1 session(s) invalidated"
+        );
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

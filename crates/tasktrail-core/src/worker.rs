@@ -4,7 +4,7 @@ use std::fmt;
 
 use chrono::Duration;
 
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, UtcSeconds};
 use crate::ids::WorkerId;
 
 /// What a worker writes about itself when it boots.
@@ -228,7 +228,7 @@ impl fmt::Display for DeathCause {
             } => write!(
                 f,
                 "no heartbeat from {host} since {} (lease {}s)",
-                last_heartbeat.format("%Y-%m-%dT%H:%M:%SZ"),
+                UtcSeconds(*last_heartbeat),
                 lease.num_seconds()
             ),
             DeathCause::SessionEnded { host, pid } => {
