@@ -1,6 +1,9 @@
 //! Lifecycle throughput: start + finish of one task, each its own commit,
-//! next to a raw baseline that issues the same two statements through the
-//! same driver on the same kind of file with nothing around them.
+//! next to raw baselines that issue the same two statements through the
+//! same driver on the same kind of file with nothing around them: once as
+//! the issue asks (Diesel `sql_query`, prepared anew on every call) and once
+//! prepared a single time and reused. Every variant writes the same kind of
+//! task id the crate does (time-ordered, v7), so only the code differs.
 //!
 //! Run: `cargo bench --bench lifecycle`. Results: docs/performance.md.
 
@@ -63,7 +66,7 @@ fn one_lifecycle<S: Storage>(worker: &RegisteredWorker, storage: &S) {
 /// The same two statements, autocommit each, through Diesel's `sql_query`.
 fn raw_lifecycle(connection: &mut SqliteConnection, worker: &str) {
     use diesel::sql_types::{BigInt, Double, Text};
-    let id = TaskId::new_random().to_string();
+    let id = TaskId::new_time_ordered().to_string();
     let now = || {
         SystemClock
             .now()
@@ -104,7 +107,7 @@ const RAW_FINISH: &str = "UPDATE task_history SET status = 'success', finished_a
 /// (rusqlite's statement cache on the same bundled SQLite): the fastest
 /// anything can issue them.
 fn raw_prepared_lifecycle(connection: &rusqlite::Connection, worker: &str) {
-    let id = TaskId::new_random().to_string();
+    let id = TaskId::new_time_ordered().to_string();
     let now = || {
         SystemClock
             .now()
@@ -203,7 +206,7 @@ fn lifecycle(c: &mut Criterion) {
 #[cfg(feature = "postgres")]
 fn raw_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uuid::Uuid) {
     use diesel::sql_types::{BigInt, Double, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
-    let id = uuid::Uuid::new_v4();
+    let id = uuid::Uuid::now_v7();
     diesel::sql_query(
         "INSERT INTO task_history (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10)",
@@ -236,32 +239,6 @@ fn raw_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uui
     .expect("raw update");
 }
 
-/// The same two statements, prepared once on the server (`PREPARE`) and
-/// run with `EXECUTE`, autocommit each, through the same driver. (`EXECUTE`
-/// takes no bind parameters, so its arguments are literals: a fresh UUID,
-/// timestamps and constants.)
-#[cfg(feature = "postgres")]
-fn raw_prepared_postgres_lifecycle(connection: &mut diesel::pg::PgConnection, worker: uuid::Uuid) {
-    let id = uuid::Uuid::new_v4();
-    let now = || {
-        SystemClock
-            .now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    };
-    diesel::sql_query(format!(
-        "EXECUTE tasktrail_bench_start('{id}', 'acme/widgets', 1104, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', '{}', '{worker}')",
-        now()
-    ))
-    .execute(connection)
-    .expect("raw prepared insert");
-    diesel::sql_query(format!(
-        "EXECUTE tasktrail_bench_finish('{}', 1200, 300, 0.42, 7, '[\"pr/17\"]', '{id}', '{worker}')",
-        now()
-    ))
-    .execute(connection)
-    .expect("raw prepared update");
-}
-
 #[cfg(feature = "postgres")]
 fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let Some(database) = ScratchDatabase::create() else {
@@ -277,19 +254,6 @@ fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measu
         .with_connection(|connection| {
             group.bench_function("postgres/raw_sql_baseline", |b| {
                 b.iter(|| raw_postgres_lifecycle(connection, raw_worker))
-            });
-            connection
-                .batch_execute(
-                    "PREPARE tasktrail_bench_start (uuid, text, bigint, text, text, text, text, text, timestamptz, uuid) AS \
-                       INSERT INTO task_history (id, repo, issue_number, \"user\", agent, agent_type, model, provider, status, started_at, worker_id) \
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10); \
-                     PREPARE tasktrail_bench_finish (timestamptz, bigint, bigint, float8, bigint, jsonb, uuid, uuid) AS \
-                       UPDATE task_history SET status = 'success', finished_at = $1, input_tokens = $2, output_tokens = $3, cost_usd = $4, turns = $5, artifacts = $6 \
-                       WHERE id = $7 AND status = 'running' AND worker_id = $8;",
-                )
-                .expect("prepare");
-            group.bench_function("postgres/raw_prepared_baseline", |b| {
-                b.iter(|| raw_prepared_postgres_lifecycle(connection, raw_worker))
             });
         })
         .expect("connection");

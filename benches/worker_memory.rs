@@ -80,7 +80,7 @@ fn raw_in_flight(store: &SqliteStorage, worker: WorkerId) -> Vec<String> {
     store.with_connection(|c| {
         (0..IN_FLIGHT)
             .map(|i| {
-                let id = TaskId::new_random().to_string();
+                let id = TaskId::new_time_ordered().to_string();
                 diesel::sql_query(
                     "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
                      VALUES (?, 'acme/widgets', ?, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'running', '2026-05-11T14:00:00.000000Z', ?)",

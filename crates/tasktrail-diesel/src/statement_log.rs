@@ -1,6 +1,7 @@
 //! Counts the SQL statements a backend really issues, through Diesel's
 //! connection instrumentation. Tests use it to prove that a task's lifecycle
-//! issues exactly one INSERT into `task_history`.
+//! issues exactly one INSERT into `task_history`, and that the hot-path
+//! statements are prepared once per connection, not on every call.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -12,6 +13,7 @@ use tasktrail_core::TaskId;
 #[derive(Debug, Clone, Default)]
 pub struct StatementLog {
     task_history_inserts: Arc<Mutex<Vec<String>>>,
+    prepared_for_reuse: Arc<Mutex<Vec<String>>>,
 }
 
 impl StatementLog {
@@ -40,10 +42,22 @@ impl StatementLog {
             .clone()
     }
 
+    /// The SQL of every statement a connection prepared and kept in its
+    /// statement cache for reuse, once per preparation (Diesel's
+    /// `CacheQuery` event). A statement prepared anew on every call never
+    /// appears here.
+    pub fn statements_prepared_for_reuse(&self) -> Vec<String> {
+        self.prepared_for_reuse
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn instrumentation(&self) -> impl Instrumentation {
         let inserts = Arc::clone(&self.task_history_inserts);
-        move |event: InstrumentationEvent<'_>| {
-            if let InstrumentationEvent::StartQuery { query, .. } = event {
+        let prepared = Arc::clone(&self.prepared_for_reuse);
+        move |event: InstrumentationEvent<'_>| match event {
+            InstrumentationEvent::StartQuery { query, .. } => {
                 let text = query.to_string();
                 if is_task_history_insert(&text) {
                     inserts
@@ -52,6 +66,11 @@ impl StatementLog {
                         .push(text);
                 }
             }
+            InstrumentationEvent::CacheQuery { sql, .. } => prepared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(sql.to_owned()),
+            _ => {}
         }
     }
 }

@@ -567,6 +567,50 @@ fn a_task_lifecycle_is_one_insert_then_one_update() {
     assert_eq!(workers[0].state, WorkerState::Stopped);
 }
 
+/// The start's INSERT and a completed finish's UPDATE are named prepared
+/// statements on each pooled connection: parsed and planned once, then only
+/// executed (Diesel sends `sql_query` and its own UPDATEs unprepared).
+#[test]
+fn start_and_completed_finish_are_prepared_once_per_connection_and_reused() {
+    let database = database_or_skip!();
+    let log = StatementLog::new();
+    let store = database.open_with(PostgresOptions {
+        statement_log: Some(log.clone()),
+        pool_size: 1,
+        ..PostgresOptions::default()
+    });
+    let worker = register(&store, "dev", 10);
+    for issue in 1..=5 {
+        let running = Task::queue(spec(issue))
+            .start(&worker, &store)
+            .expect("start");
+        running
+            .finish(Outcome::Success(report()), &store)
+            .expect("finish");
+    }
+    let prepared = log.statements_prepared_for_reuse();
+    let starts = prepared
+        .iter()
+        .filter(|sql| sql.starts_with("INSERT INTO task_history"))
+        .count();
+    let finishes = prepared
+        .iter()
+        .filter(|sql| {
+            sql.starts_with("UPDATE task_history SET status") && sql.contains("finished_at")
+        })
+        .count();
+    assert_eq!(
+        (starts, finishes),
+        (1, 1),
+        "five lifecycles on one connection prepared the start and the finish once each: {prepared:#?}"
+    );
+    assert_eq!(
+        log.task_history_inserts().len(),
+        5,
+        "and ran the start five times"
+    );
+}
+
 #[test]
 fn a_duplicate_start_is_refused_and_writes_nothing() {
     let database = database_or_skip!();
