@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
@@ -365,17 +366,11 @@ impl Storage for SqliteStorage {
                         claude_sdk_sessions::task_id
                             .eq_any(owned_running().select(task_history::id)),
                     );
+                // Sessions first: one statement invalidates them and says
+                // which tasks they belonged to (a dry run only counts).
                 let mut sessions: HashMap<String, u32> = HashMap::new();
-                // Read once, before the writes (cheaper on SQLite than
-                // `UPDATE … RETURNING` all columns; see docs/performance.md).
-                let orphans: Vec<TaskRow> = owned_running()
-                    .select(TaskRow::as_select())
-                    .load(connection)?;
                 match request.mode {
                     SweepMode::Apply => {
-                        // One statement invalidates the sessions and says
-                        // which tasks they belonged to; one more interrupts
-                        // the rows.
                         let invalidated: Vec<String> = diesel::update(valid_sessions)
                             .set((
                                 claude_sdk_sessions::invalidated_at.eq(&now),
@@ -385,26 +380,6 @@ impl Storage for SqliteStorage {
                             .get_results(connection)?;
                         for task in invalidated {
                             *sessions.entry(task).or_default() += 1;
-                        }
-                        diesel::update(owned_running())
-                            .set((
-                                task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                                task_history::interrupted_at.eq(&now),
-                                task_history::interrupt_reason.eq(&reason),
-                                task_history::interrupted_by.eq(&recovering),
-                            ))
-                            .execute(connection)?;
-                        if let Some(owner) = &owner_text {
-                            diesel::update(
-                                workers::table
-                                    .find(owner)
-                                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
-                            )
-                            .set((
-                                workers::state.eq(WorkerState::Dead.as_str()),
-                                workers::stopped_at.eq(&now),
-                            ))
-                            .execute(connection)?;
                         }
                     }
                     SweepMode::DryRun => {
@@ -417,12 +392,17 @@ impl Storage for SqliteStorage {
                         }
                     }
                 }
-                recovered.reserve(orphans.len());
+                // Then the orphans, read once and turned into records as they
+                // stream in (cheaper on SQLite than `UPDATE … RETURNING`
+                // every column; see docs/performance.md), as the sweep
+                // leaves them (a dry run: would leave them).
+                let orphans = owned_running()
+                    .select(TaskRow::as_select())
+                    .load_iter::<TaskRow, DefaultLoadingMode>(connection)?;
                 for row in orphans {
+                    let row = row?;
                     let sessions_invalidated = sessions.get(row.id()).copied().unwrap_or(0);
                     let mut task = row.into_record()?;
-                    // The rows as the sweep leaves them (a dry run: would
-                    // leave them).
                     task.status = TaskStatus::Interrupted;
                     task.interrupted_at = Some(request.now);
                     task.interrupt_reason = Some(reason.clone());
@@ -435,6 +415,29 @@ impl Storage for SqliteStorage {
                         recovered_at: request.now,
                         sessions_invalidated,
                     });
+                }
+                // Last, the transition and the owner's verdict.
+                if request.mode == SweepMode::Apply {
+                    diesel::update(owned_running())
+                        .set((
+                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                            task_history::interrupted_at.eq(&now),
+                            task_history::interrupt_reason.eq(&reason),
+                            task_history::interrupted_by.eq(&recovering),
+                        ))
+                        .execute(connection)?;
+                    if let Some(owner) = &owner_text {
+                        diesel::update(
+                            workers::table
+                                .find(owner)
+                                .filter(workers::state.eq(WorkerState::Alive.as_str())),
+                        )
+                        .set((
+                            workers::state.eq(WorkerState::Dead.as_str()),
+                            workers::stopped_at.eq(&now),
+                        ))
+                        .execute(connection)?;
+                    }
                 }
             }
             recovered.sort_by(|a, b| {
