@@ -12,30 +12,28 @@
 //! ([`tasktrail_core`]: the typestate, the [`Storage`] trait, the in-memory
 //! backend) and the Diesel backends ([`tasktrail_diesel`], behind the
 //! `sqlite` (default) and `postgres` features), and adds the worker-side IO:
-//! [`host`] (who am I, is that process alive) and [`runtime`] (boot,
-//! recovery, heartbeat).
+//! [`host`] (who am I, is that process alive) and [`runtime`]: the
+//! [`Worker`] a server holds (boot, heartbeat, periodic sweep, abandoned
+//! tasks, stop). A server needs [`prelude`] and little else.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tasktrail::*;
+//! use tasktrail::prelude::*;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("trail.db");
-//! let storage = SqliteStorage::open(&path)?;
-//! let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+//! let storage = Arc::new(SqliteStorage::open(&path)?);
 //!
-//! // Worker boot: register, then sweep the rows of dead workers.
-//! let boot = runtime::boot(
-//!     &storage,
-//!     host::current_registration(clock.as_ref())?,
-//!     clock,
-//!     &host::ProcfsProbe,
-//!     &runtime::WorkerOptions::default(),
-//! )?;
-//! for recovered in &boot.recovered {
-//!     eprintln!("{}", recovered.hint());
-//! }
+//! // Boot: register, sweep dead workers' rows (each a `[recovery]` line),
+//! // then heartbeat and sweep in the background until `stop`.
+//! let worker = Worker::builder(storage.clone())
+//!     .on_event(|event| {
+//!         if let WorkerEvent::Recovered(task) = event {
+//!             eprintln!("{}", task.hint());
+//!         }
+//!     })
+//!     .boot()?;
 //!
 //! // Dispatch: the row is `running` before any work begins...
 //! let spec = TaskSpec::validate(TaskSpecInput {
@@ -47,13 +45,16 @@
 //!     model: "claude-opus".into(),
 //!     provider: "anthropic".into(),
 //! })?;
-//! let running = Task::queue(spec).start(&boot.worker, &storage)?;
+//! let running = worker.start(Task::queue(spec))?;
 //! assert_eq!(storage.get_task(running.id())?.map(|row| row.status), Some(TaskStatus::Running));
 //!
 //! // ...and the finish is one UPDATE of that same row.
 //! let report = RunReport { input_tokens: 1200, output_tokens: 300, cost_usd: CostUsd::new(0.42)?, turns: 7, artifacts: vec!["pr/17".into()] };
-//! let finished = running.finish(Outcome::Success(report), &storage)?;
+//! let finished = worker.finish(running, Outcome::Success(report))?;
 //! assert_eq!(storage.get_task(finished.id())?.map(|row| row.status), Some(TaskStatus::Success));
+//!
+//! // Stop: whatever is still in flight becomes `interrupted`; deregister.
+//! worker.stop()?;
 //! # Ok(())
 //! # }
 //! ```
@@ -74,6 +75,25 @@ pub use tasktrail_diesel::{
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
+pub use runtime::{
+    BootError, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
+};
+
+/// What a server imports: the worker, the task typestate, its inputs and
+/// outcomes, the records it reads back, and the storages to open.
+pub mod prelude {
+    pub use crate::database::{AnyStorage, DatabaseUrl};
+    pub use crate::runtime::{Worker, WorkerEvent, WorkerHealth};
+    pub use tasktrail_core::{
+        CostUsd, FinishError, InterruptReason, MemoryStorage, Outcome, RecoveredTask, RunReport,
+        SessionId, SessionKey, Storage, StorageError, StorageExt, Task, TaskFilter, TaskId,
+        TaskRecord, TaskSpec, TaskSpecInput, TaskStatus,
+    };
+    #[cfg(feature = "postgres")]
+    pub use tasktrail_diesel::PostgresStorage;
+    #[cfg(feature = "sqlite")]
+    pub use tasktrail_diesel::SqliteStorage;
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

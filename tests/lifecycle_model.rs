@@ -24,7 +24,6 @@ use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
-use tasktrail::runtime::{boot, WorkerOptions};
 use tasktrail::*;
 
 mod common;
@@ -321,14 +320,31 @@ impl<B: Backend> System<B> {
             process_start_marker: format!("boot:{pid}"),
             started_at: self.clock.now(),
         };
-        let options = WorkerOptions {
+        let policy = LivenessPolicy {
+            local_host: registration.host.clone(),
             lease: Duration::seconds(LEASE_SECONDS),
-            ..WorkerOptions::default()
         };
         let clock: Arc<dyn Clock> = self.clock.clone();
-        let report =
-            boot(&self.store, registration, clock, &self.processes, &options).expect("boot");
-        for task in &report.recovered {
+        // A boot: register, then sweep as the new worker.
+        let worker =
+            RegisteredWorker::register(&self.store, registration, clock).expect("register");
+        let now = self.clock.now();
+        let recovered = self
+            .store
+            .recover_orphans(
+                &RecoveryRequest {
+                    recovering_worker: worker.id(),
+                    now,
+                    mode: SweepMode::Apply,
+                },
+                &PolicyJudge {
+                    policy: &policy,
+                    probe: &self.processes,
+                    now,
+                },
+            )
+            .expect("boot sweep");
+        for task in &recovered {
             assert!(
                 self.reported.insert(task.task.id),
                 "task {} reported twice",
@@ -336,9 +352,9 @@ impl<B: Backend> System<B> {
             );
             assert!(task.hint().starts_with("[recovery] "));
         }
-        self.workers.push(report.worker);
+        self.workers.push(worker);
         // Every task the model says this boot recovers was reported by it.
-        let reported_now: HashSet<TaskId> = report.recovered.iter().map(|t| t.task.id).collect();
+        let reported_now: HashSet<TaskId> = recovered.iter().map(|t| t.task.id).collect();
         let newly_recovered: HashSet<TaskId> = model_after
             .tasks
             .iter()

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use tasktrail::runtime::{boot, WorkerOptions};
 use tasktrail::*;
 
 mod common;
@@ -36,6 +35,23 @@ fn clock() -> Arc<ManualClock> {
     ))
 }
 
+/// A worker process booting at `pid`, with `alive` the pids the host has.
+/// The test drives time itself: no background thread.
+fn boot_worker<B: Backend + 'static>(
+    storage: &Arc<B>,
+    clock: &Arc<ManualClock>,
+    pid: u32,
+    alive: Vec<u32>,
+) -> Worker {
+    Worker::builder(storage.clone())
+        .clock(clock.clone())
+        .probe(Arc::new(Processes(alive)))
+        .registration(registration(clock.as_ref(), pid))
+        .without_background_thread()
+        .boot()
+        .expect("boot")
+}
+
 fn incident_spec() -> TaskSpec {
     TaskSpec::validate(TaskSpecInput {
         repo: "acme/widgets".into(),
@@ -49,21 +65,13 @@ fn incident_spec() -> TaskSpec {
     .expect("spec")
 }
 
-fn dispatch_enqueues_and_starts_then_the_row_is_running<B: Backend>() {
+fn dispatch_enqueues_and_starts_then_the_row_is_running<B: Backend + 'static>() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(storage) = B::fresh(dir.path()) else {
+    let Some(storage) = B::fresh(dir.path()).map(Arc::new) else {
         return;
     };
     let clock = clock();
-    let worker = boot(
-        &storage,
-        registration(clock.as_ref(), 10),
-        clock,
-        &Processes(vec![10]),
-        &WorkerOptions::default(),
-    )
-    .expect("boot")
-    .worker;
+    let worker = boot_worker(&storage, &clock, 10, vec![10]);
 
     let queued = Task::queue(incident_spec());
     let id = queued.id();
@@ -72,7 +80,7 @@ fn dispatch_enqueues_and_starts_then_the_row_is_running<B: Backend>() {
         None,
         "queued: no row yet"
     );
-    let running = queued.start(&worker, &storage).expect("start");
+    let running = worker.start(queued).expect("start");
 
     let row = storage
         .get_task(id)
@@ -98,51 +106,36 @@ fn dispatch_enqueues_and_starts_then_the_row_is_running<B: Backend>() {
 }
 
 fn restart_with_a_running_row_then_the_next_boot_marks_it_interrupted_and_prints_the_hint<
-    B: Backend,
+    B: Backend + 'static,
 >() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(storage) = B::fresh(dir.path()) else {
+    let Some(storage) = B::fresh(dir.path()).map(Arc::new) else {
         return;
     };
     let clock = clock();
-    let killed = boot(
-        &storage,
-        registration(clock.as_ref(), 10),
-        clock.clone(),
-        &Processes(vec![10]),
-        &WorkerOptions::default(),
-    )
-    .expect("boot")
-    .worker;
-    let running = Task::queue(incident_spec())
-        .start(&killed, &storage)
-        .expect("start");
-    running
-        .record_session(SessionId::parse("sess_1104").expect("session"), &storage)
+    let killed = boot_worker(&storage, &clock, 10, vec![10]);
+    let running = killed.start(Task::queue(incident_spec())).expect("start");
+    killed
+        .record_session(&running, SessionId::parse("sess_1104").expect("session"))
         .expect("session");
     let id = running.id();
+    let killed_id = killed.id();
     // `just restart`: SIGKILL 36 minutes in. The process is gone; nothing ran
-    // after the INSERT.
+    // after the INSERT (no drop, no stop).
     std::mem::forget(running);
+    std::mem::forget(killed);
     clock.advance(Duration::minutes(36));
 
-    let next = boot(
-        &storage,
-        registration(clock.as_ref(), 11),
-        clock.clone(),
-        &Processes(vec![11]),
-        &WorkerOptions::default(),
-    )
-    .expect("next boot");
-    assert_eq!(next.recovered.len(), 1);
-    let hint = next.recovered[0].hint();
+    let next = boot_worker(&storage, &clock, 11, vec![11]);
+    assert_eq!(next.recovered_at_boot().len(), 1);
+    let hint = next.recovered_at_boot()[0].hint();
     assert!(hint.starts_with("[recovery] "), "{hint}");
     for needle in [
         id.to_string(),
         "acme/widgets#1104".into(),
         "agent=fixer".into(),
         "model=claude-opus".into(),
-        format!("worker={}", killed.id()),
+        format!("worker={killed_id}"),
         "ran_for=36m00s".into(),
     ] {
         assert!(hint.contains(&needle), "{hint:?} lacks {needle:?}");
@@ -153,7 +146,7 @@ fn restart_with_a_running_row_then_the_next_boot_marks_it_interrupted_and_prints
         (row.finished_at, row.cost_usd, row.input_tokens),
         (None, None, None)
     );
-    assert_eq!(row.interrupted_by, Some(next.worker.id()));
+    assert_eq!(row.interrupted_by, Some(next.id()));
     let sessions = storage.list_sessions().expect("sessions");
     assert!(
         sessions[0].invalidated_at.is_some(),
@@ -167,24 +160,14 @@ fn restart_with_a_running_row_then_the_next_boot_marks_it_interrupted_and_prints
     assert_eq!(storage.resumable_session(&key).expect("resume"), None);
 }
 
-fn normal_completion_updates_the_row_to_success_with_exactly_one_insert<B: Backend>() {
+fn normal_completion_updates_the_row_to_success_with_exactly_one_insert<B: Backend + 'static>() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(storage) = B::fresh(dir.path()) else {
+    let Some(storage) = B::fresh(dir.path()).map(Arc::new) else {
         return;
     };
     let clock = clock();
-    let worker = boot(
-        &storage,
-        registration(clock.as_ref(), 10),
-        clock.clone(),
-        &Processes(vec![10]),
-        &WorkerOptions::default(),
-    )
-    .expect("boot")
-    .worker;
-    let running = Task::queue(incident_spec())
-        .start(&worker, &storage)
-        .expect("start");
+    let worker = boot_worker(&storage, &clock, 10, vec![10]);
+    let running = worker.start(Task::queue(incident_spec())).expect("start");
     let id = running.id();
     clock.advance(Duration::minutes(3));
     let report = RunReport {
@@ -194,8 +177,8 @@ fn normal_completion_updates_the_row_to_success_with_exactly_one_insert<B: Backe
         turns: 7,
         artifacts: vec!["pr/17".into()],
     };
-    running
-        .finish(Outcome::Success(report), &storage)
+    worker
+        .finish(running, Outcome::Success(report))
         .expect("finish");
 
     assert_eq!(

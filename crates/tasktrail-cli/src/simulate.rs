@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tasktrail::host::{current_registration, ProcfsProbe};
-use tasktrail::runtime::{boot, Heartbeat, WorkerOptions};
 use tasktrail::{
-    Clock, CostUsd, FinishError, InterruptReason, Outcome, RegisteredWorker, RunReport, SessionId,
-    Storage, SystemClock, Task, TaskSpec, TaskSpecInput,
+    CostUsd, FinishError, InterruptReason, Outcome, RunReport, SessionId, Storage, Task, TaskSpec,
+    TaskSpecInput, Worker, WorkerEvent,
 };
 
 use crate::CliResult;
@@ -31,6 +29,17 @@ pub(crate) struct WorkerArgs {
     /// Probability in [0, 1] that a task ends in failure.
     #[arg(long, default_value_t = 0.1)]
     fail_rate: f64,
+    /// Probability in [0, 1] that a task's simulated work panics. The worker
+    /// keeps running the rest; a panicked task's row becomes `interrupted`
+    /// (abandoned) with one `[recovery]` line.
+    #[arg(long, default_value_t = 0.0)]
+    panic_rate: f64,
+    /// How often the worker heartbeats and handles abandoned tasks.
+    #[arg(long, default_value = "5s")]
+    heartbeat_interval: String,
+    /// How often the worker sweeps other workers' dead rows while it runs.
+    #[arg(long, default_value = "30s")]
+    sweep_interval: String,
 }
 
 /// Validated worker arguments.
@@ -40,29 +49,44 @@ pub(crate) struct Plan {
     concurrency: u32,
     task_duration: Duration,
     fail_rate: f64,
+    panic_rate: f64,
+    heartbeat_interval: Duration,
+    sweep_interval: Duration,
+}
+
+fn probability(flag: &str, value: f64) -> CliResult<f64> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("--{flag} must be between 0 and 1, got {value}").into())
+    }
+}
+
+fn interval(flag: &str, text: &str) -> CliResult<Duration> {
+    let duration = parse_duration(flag, text)?;
+    if duration.is_zero() {
+        return Err(format!("--{flag} must be more than zero").into());
+    }
+    Ok(duration)
 }
 
 impl WorkerArgs {
     pub(crate) fn validate(self) -> CliResult<Plan> {
-        if !(self.fail_rate.is_finite() && (0.0..=1.0).contains(&self.fail_rate)) {
-            return Err(format!(
-                "--fail-rate must be between 0 and 1, got {}",
-                self.fail_rate
-            )
-            .into());
-        }
         Ok(Plan {
             tasks: self.tasks,
             concurrency: self.concurrency.min(self.tasks.max(1)),
-            task_duration: parse_duration(&self.task_duration)?,
-            fail_rate: self.fail_rate,
+            task_duration: parse_duration("task-duration", &self.task_duration)?,
+            fail_rate: probability("fail-rate", self.fail_rate)?,
+            panic_rate: probability("panic-rate", self.panic_rate)?,
+            heartbeat_interval: interval("heartbeat-interval", &self.heartbeat_interval)?,
+            sweep_interval: interval("sweep-interval", &self.sweep_interval)?,
         })
     }
 }
 
 /// `250ms`, `2s`, `1m`, `1h`, or a plain number of seconds (fractions
 /// allowed); at most a day.
-pub(crate) fn parse_duration(text: &str) -> CliResult<Duration> {
+pub(crate) fn parse_duration(flag: &str, text: &str) -> CliResult<Duration> {
     let text = text.trim();
     let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
         (n, 0.001)
@@ -75,7 +99,7 @@ pub(crate) fn parse_duration(text: &str) -> CliResult<Duration> {
     } else {
         (text, 1.0)
     };
-    let bad = || format!("--task-duration {text:?} is not a duration like 250ms, 2s, 1m or 1h");
+    let bad = || format!("--{flag} {text:?} is not a duration like 250ms, 2s, 1m or 1h");
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
     let seconds = value * unit_seconds;
     if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
@@ -164,47 +188,53 @@ impl Signals {
 
 pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<ExitCode> {
     let signals = Signals::install()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let options = WorkerOptions::default();
-    let registration = current_registration(clock.as_ref())?;
-    let report = boot(
-        storage.as_ref(),
-        registration,
-        Arc::clone(&clock),
-        &ProcfsProbe,
-        &options,
-    )?;
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().is::<SimulatedPanic>() {
+            eprintln!("tasktrail: a task panicked (--panic-rate)");
+        } else {
+            previous_hook(info);
+        }
+    }));
     let lines = Lines(Arc::new(Mutex::new(())));
-    for task in &report.recovered {
-        lines.say(&task.hint());
-    }
-    let worker = report.worker;
+    let hook_lines = lines.clone();
+    // The lease stays three heartbeats, as the default.
+    let lease = plan.heartbeat_interval.saturating_mul(3);
+    let worker = Worker::builder(storage)
+        .heartbeat_interval(plan.heartbeat_interval)
+        .sweep_interval(plan.sweep_interval)
+        .lease(lease)
+        .on_event(move |event| match event {
+            WorkerEvent::Recovered(task) => hook_lines.say(&task.hint()),
+            WorkerEvent::UpkeepFailed { upkeep, error } => {
+                eprintln!("tasktrail: warning: {upkeep} failed (retrying): {error}");
+            }
+            WorkerEvent::DeclaredDead => {
+                eprintln!("tasktrail: warning: this worker was declared dead; stopping");
+            }
+            _ => {}
+        })
+        .boot()?;
     lines.say(&format!(
         "worker {} booted (pid {}); recovered {} task(s)",
         worker.id(),
         worker.registration().pid,
-        report.recovered.len()
+        worker.recovered_at_boot().len()
     ));
-    let heartbeat = Heartbeat::start(
-        Arc::clone(&storage),
-        worker.clone(),
-        options.heartbeat_interval,
-    );
-    let heartbeat = Arc::new(heartbeat);
+    let worker = Arc::new(worker);
 
     let remaining = Arc::new(AtomicU32::new(plan.tasks));
     let signals = Arc::new(signals);
     let threads: Vec<_> = (0..plan.concurrency)
         .map(|_| {
             let ctx = TaskLoop {
-                storage: Arc::clone(&storage),
-                worker: worker.clone(),
+                worker: Arc::clone(&worker),
                 remaining: Arc::clone(&remaining),
                 signals: Arc::clone(&signals),
-                heartbeat: Arc::clone(&heartbeat),
                 lines: lines.clone(),
                 task_duration: plan.task_duration,
                 fail_rate: plan.fail_rate,
+                panic_rate: plan.panic_rate,
             };
             std::thread::spawn(move || ctx.run())
         })
@@ -221,16 +251,16 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
             }
         }
     }
-    let declared_dead = heartbeat.declared_dead();
-    drop(heartbeat);
-    if declared_dead {
+    let worker = Arc::into_inner(worker).ok_or("a task thread still holds the worker")?;
+    let id = worker.id();
+    if worker.is_declared_dead() {
+        drop(worker);
         return Err(format!(
-            "worker {} was declared dead by another worker's recovery sweep; it stopped writing",
-            worker.id()
+            "worker {id} was declared dead by another worker's recovery sweep; it stopped writing"
         )
         .into());
     }
-    worker.deregister(storage.as_ref())?;
+    worker.stop()?;
     if let Some(error) = first_error {
         return Err(error.into());
     }
@@ -238,19 +268,21 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
 }
 
 struct TaskLoop {
-    storage: Arc<dyn Storage>,
-    worker: RegisteredWorker,
+    worker: Arc<Worker>,
     remaining: Arc<AtomicU32>,
     signals: Arc<Signals>,
-    heartbeat: Arc<Heartbeat>,
     lines: Lines,
     task_duration: Duration,
     fail_rate: f64,
+    panic_rate: f64,
 }
+
+/// The panic a simulated task raises with `--panic-rate`.
+struct SimulatedPanic;
 
 impl TaskLoop {
     fn should_stop(&self) -> bool {
-        self.signals.received().is_some() || self.heartbeat.declared_dead()
+        self.signals.received().is_some() || self.worker.is_declared_dead()
     }
 
     fn take_task(&self) -> bool {
@@ -262,28 +294,40 @@ impl TaskLoop {
     fn run(self) -> Result<(), String> {
         let mut dice = Dice::new();
         while !self.should_stop() && self.take_task() {
-            self.one_task(&mut dice)
-                .map_err(|error| error.to_string())?;
+            let task =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.one_task(&mut dice)));
+            match task {
+                Ok(result) => result.map_err(|error| error.to_string())?,
+                // The task's handle was dropped while unwinding: the worker
+                // interrupts its row and prints its `[recovery]` line.
+                Err(payload) if payload.is::<SimulatedPanic>() => {}
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
         }
         Ok(())
     }
 
     fn one_task(&self, dice: &mut Dice) -> CliResult<()> {
         let spec = made_up_spec(dice)?;
-        let running = Task::queue(spec).start(&self.worker, self.storage.as_ref())?;
+        let running = self.worker.start(Task::queue(spec))?;
         let id = running.id();
         self.lines.say(&format!("starting {id}"));
         let session = SessionId::parse(&format!("sess_{}", uuid::Uuid::new_v4().simple()))?;
-        running.record_session(session, self.storage.as_ref())?;
+        self.worker.record_session(&running, session)?;
 
         let deadline = Instant::now() + self.task_duration;
         while Instant::now() < deadline && !self.should_stop() {
             let left = deadline.saturating_duration_since(Instant::now());
             std::thread::sleep(left.min(Duration::from_millis(20)));
         }
-        if self.heartbeat.declared_dead() {
-            // Declared dead: our rows are no longer ours. Write nothing.
+        if self.worker.is_declared_dead() {
+            // Declared dead: our rows are no longer ours. Write nothing (a
+            // worker declared dead does not act on abandoned handles).
+            drop(running);
             return Ok(());
+        }
+        if dice.chance(self.panic_rate) {
+            std::panic::panic_any(SimulatedPanic);
         }
         let outcome = match self.signals.received() {
             Some(signal) => {
@@ -305,7 +349,7 @@ impl TaskLoop {
             }
         };
         let status = outcome.status();
-        match running.finish(outcome, self.storage.as_ref()) {
+        match self.worker.finish(running, outcome) {
             Ok(_) => self.lines.say(&format!("finished {id} {status}")),
             Err(FinishError::Refused { id, refusal }) => {
                 let error = FinishError::Refused { id, refusal };
@@ -323,16 +367,18 @@ mod tests {
 
     #[test]
     fn durations_parse_and_garbage_is_refused() {
-        assert_eq!(
-            parse_duration("250ms").ok(),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(parse_duration("2s").ok(), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m").ok(), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("3").ok(), Some(Duration::from_secs(3)));
+        let parse = |text| parse_duration("task-duration", text).ok();
+        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse("3"), Some(Duration::from_secs(3)));
         for bad in ["", "-1s", "soon", "2d", "NaNs", "100000h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+            assert!(parse(bad).is_none(), "{bad:?}");
         }
+        assert!(interval("sweep-interval", "0s").is_err());
+        assert!(probability("panic-rate", 1.5).is_err());
+        assert!(probability("panic-rate", f64::NAN).is_err());
+        assert_eq!(probability("panic-rate", 0.25).ok(), Some(0.25));
     }
 
     #[test]

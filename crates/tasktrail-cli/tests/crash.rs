@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use tasktrail::{
     Clock, CostUsd, FinishError, FinishRefusal, LivenessPolicy, Outcome, PolicyJudge, ProcessProbe,
-    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage, SweepMode,
-    SystemClock, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus,
-    WorkerId, WorkerRegistration, WorkerState,
+    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage, StorageExt,
+    SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput,
+    TaskStatus, WorkerId, WorkerRegistration, WorkerState,
 };
 
 // ---------------------------------------------------------------------------
@@ -823,4 +823,138 @@ fn a_late_finish_races_a_recovery_sweep_and_exactly_one_wins() {
         finish_won > 0 && sweep_won > 0,
         "each side should win some races (finish {finish_won}, sweep {sweep_won})"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The worker runtime in a real process: abandoned tasks and periodic sweeps.
+
+impl Worker {
+    /// Reads lines until one satisfies `wanted`, or panics after `limit`.
+    fn wait_for_line(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !self.seen.iter().any(|line| wanted(line)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no such line within {limit:?}: {:?}", self.seen),
+            }
+        }
+    }
+
+    fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+    }
+}
+
+#[test]
+fn a_worker_whose_tasks_panic_goes_on_and_leaves_no_running_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("trail.db");
+    let worker = Worker::spawn(
+        &db,
+        &[
+            "--tasks",
+            "16",
+            "--concurrency",
+            "4",
+            "--task-duration",
+            "20ms",
+            "--fail-rate",
+            "0",
+            "--panic-rate",
+            "0.5",
+        ],
+    );
+    let (status, printed, stderr) = worker.wait(Duration::from_secs(60));
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert_eq!(printed.starting.len(), 16, "{:?}", printed.lines);
+    let finished: BTreeSet<TaskId> = printed.finished.iter().map(|(id, _)| *id).collect();
+    let recovered: BTreeSet<TaskId> = printed.recovered.iter().copied().collect();
+    assert_eq!(
+        recovered.len(),
+        printed.recovered.len(),
+        "one line per task"
+    );
+    assert!(!recovered.is_empty(), "with p=0.5 some of 16 tasks panic");
+    assert!(
+        finished.is_disjoint(&recovered),
+        "no finished line for a panicked task"
+    );
+    let started: BTreeSet<TaskId> = printed.starting.iter().copied().collect();
+    assert_eq!(
+        &finished | &recovered,
+        started,
+        "every task either finished or was reported abandoned"
+    );
+    let rows = all_rows(&open(&db));
+    for (id, row) in &rows {
+        assert_ne!(row.status, TaskStatus::Running, "task {id} left running");
+        if recovered.contains(id) {
+            assert_eq!(row.status, TaskStatus::Interrupted);
+            assert_eq!(
+                row.interrupt_reason.as_deref(),
+                Some(tasktrail::ABANDONED_REASON)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_live_workers_periodic_sweep_recovers_a_sigkilled_neighbour_without_any_boot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("trail.db");
+    let mut survivor = Worker::spawn(
+        &db,
+        &[
+            "--tasks",
+            "1",
+            "--task-duration",
+            "60s",
+            "--heartbeat-interval",
+            "100ms",
+            "--sweep-interval",
+            "200ms",
+        ],
+    );
+    survivor.wait_for_starts(1);
+    let mut victim = Worker::spawn(
+        &db,
+        &[
+            "--tasks",
+            "2",
+            "--concurrency",
+            "2",
+            "--task-duration",
+            "60s",
+        ],
+    );
+    victim.wait_for_starts(2);
+    let (_, victim_printed, _) = victim.sigkill();
+    let orphans: BTreeSet<TaskId> = victim_printed.starting.iter().copied().collect();
+    assert_eq!(orphans.len(), 2);
+
+    // No worker boots from here on: only the survivor's periodic sweep runs.
+    for orphan in &orphans {
+        let needle = format!("[recovery] task {orphan} ");
+        survivor.wait_for_line(Duration::from_secs(30), |line| line.starts_with(&needle));
+    }
+    let storage = open(&db);
+    for orphan in &orphans {
+        let row = storage.get_task(*orphan).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted);
+    }
+    survivor.sigterm();
+    let (status, printed, stderr) = survivor.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    let recovered: BTreeSet<TaskId> = printed.recovered.iter().copied().collect();
+    assert_eq!(
+        recovered, orphans,
+        "each orphan reported once, by the survivor"
+    );
+    assert_eq!(printed.recovered.len(), 2);
+    assert!(storage.running_tasks().expect("running").is_empty());
 }

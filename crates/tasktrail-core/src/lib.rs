@@ -50,6 +50,7 @@
 
 mod clock;
 mod ids;
+mod in_flight;
 mod memory;
 mod outcome;
 mod record;
@@ -77,7 +78,8 @@ pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
 pub use status::{TaskStatus, UnknownStatusError};
 pub use storage::{BoxError, Storage, StorageError, StorageExt};
 pub use task::{
-    FinishError, Finished, Queued, RegisteredWorker, Running, StartError, Task, TaskState,
+    AbandonedSweep, FinishError, Finished, Queued, RegisteredWorker, Running, StartError, Task,
+    TaskState, ABANDONED_REASON,
 };
 pub use worker::{
     DeathCause, Liveness, LivenessJudge, LivenessPolicy, PolicyJudge, ProcessProbe, WorkerRecord,

@@ -167,13 +167,14 @@ impl Storage for MemoryStorage {
             return Ok(FinishWrite::Refused(record.refusal_for(row.worker)));
         }
         record.status = row.outcome.status();
+        let mut sessions_invalidated = 0;
         match &row.outcome {
             Outcome::Interrupted(reason) => {
                 record.interrupted_at = Some(row.at);
                 record.interrupt_reason = Some(reason.as_str().to_owned());
                 record.interrupted_by = Some(row.worker);
                 let reason = format!("task interrupted: {reason}");
-                inner.invalidate_sessions_of(row.id, row.at, &reason);
+                sessions_invalidated = inner.invalidate_sessions_of(row.id, row.at, &reason);
             }
             Outcome::Success(report)
             | Outcome::Failure(report)
@@ -187,7 +188,9 @@ impl Storage for MemoryStorage {
                 record.artifacts = Some(report.artifacts.clone());
             }
         }
-        Ok(FinishWrite::Updated)
+        Ok(FinishWrite::Updated {
+            sessions_invalidated,
+        })
     }
 
     fn recover_orphans(

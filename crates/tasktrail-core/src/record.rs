@@ -130,7 +130,12 @@ pub struct FinishRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FinishWrite {
     /// Exactly one row was updated.
-    Updated,
+    Updated {
+        /// How many `claude_sdk_sessions` rows the same transaction
+        /// invalidated (an interrupted finish invalidates the task's
+        /// sessions; any other finish leaves them alone, so this is 0).
+        sessions_invalidated: u32,
+    },
     /// No row matched; nothing was written. Says what the row is now.
     Refused(FinishRefusal),
 }

@@ -9,8 +9,13 @@
 //!   [`Task<Running>`]: holding one proves the row is committed.
 //! - [`Task::finish`] issues the one guarded UPDATE and returns the
 //!   [`Task<Finished>`]. If storage fails, the error hands the
-//!   `Task<Running>` back so nothing is lost; if the row is no longer this
-//!   worker's to finish, the error says what it is now. It never INSERTs.
+//!   `Task<Running>` and its [`Outcome`] back so nothing is lost; if the row
+//!   is no longer this worker's to finish, the error says what it is now. It
+//!   never INSERTs.
+//! - A `Task<Running>` dropped without a finish (a panic, a cancelled
+//!   future, an early return) is *abandoned*: its worker interrupts the row
+//!   at its next tick ([`RegisteredWorker::interrupt_abandoned`]). Nothing
+//!   is written inside `Drop`.
 //!
 //! A task that was never started cannot be finished:
 //!
@@ -60,11 +65,14 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{SessionId, TaskId, WorkerId};
-use crate::outcome::Outcome;
-use crate::record::{FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession};
+use crate::in_flight::{AbandonedTask, InFlightTasks, InFlightTicket};
+use crate::outcome::{InterruptReason, Outcome};
+use crate::record::{
+    FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession, RecoveredTask,
+};
 use crate::spec::TaskSpec;
 use crate::storage::{Storage, StorageError};
-use crate::worker::WorkerRegistration;
+use crate::worker::{DeathCause, WorkerRegistration};
 
 mod sealed {
     pub trait Sealed {}
@@ -84,6 +92,7 @@ pub struct Queued {
 pub struct Running {
     worker: RunningWorker,
     started_at: Timestamp,
+    ticket: InFlightTicket,
 }
 
 /// Finished: the guarded UPDATE matched and committed.
@@ -138,11 +147,39 @@ impl<S: TaskState> Task<S> {
 
 /// A worker that has registered its `workers` row. Only
 /// [`RegisteredWorker::register`] makes one, so a task can only be started by
-/// a worker the recovery sweep knows about.
-#[derive(Clone)]
+/// a worker the recovery sweep knows about. Not `Clone`: the one value is
+/// the proof, and [`deregister`](RegisteredWorker::deregister) consumes it.
+///
+/// ```compile_fail,E0599
+/// # use tasktrail_core::RegisteredWorker;
+/// # fn f(worker: RegisteredWorker) {
+/// let copy = worker.clone();
+/// # }
+/// ```
+///
+/// It also keeps the worker's in-flight bookkeeping: which of its tasks are
+/// running, and which were abandoned (their `Task<Running>` dropped without
+/// a finish).
 pub struct RegisteredWorker {
     registration: WorkerRegistration,
     clock: Arc<dyn Clock>,
+    in_flight: Arc<InFlightTasks>,
+}
+
+/// The interrupt reason written on a row whose handle was abandoned.
+pub const ABANDONED_REASON: &str =
+    "abandoned: the task handle was dropped without a finish (panic, cancellation or early return)";
+
+/// What [`RegisteredWorker::interrupt_abandoned`] did.
+#[derive(Debug, Default)]
+pub struct AbandonedSweep {
+    /// The abandoned tasks interrupted (and their sessions invalidated) by
+    /// this call, each reported here exactly once: log each
+    /// [`RecoveredTask::hint`].
+    pub recovered: Vec<RecoveredTask>,
+    /// The first storage failure, if any. The tasks it concerned stay
+    /// queued and are retried by the next call.
+    pub error: Option<StorageError>,
 }
 
 impl fmt::Debug for RegisteredWorker {
@@ -164,6 +201,7 @@ impl RegisteredWorker {
         Ok(Self {
             registration,
             clock,
+            in_flight: Arc::default(),
         })
     }
 
@@ -191,6 +229,124 @@ impl RegisteredWorker {
     /// anything afterwards.
     pub fn deregister<S: Storage + ?Sized>(self, storage: &S) -> Result<(), StorageError> {
         storage.deregister_worker(self.id(), self.clock.now())
+    }
+
+    /// The tasks this worker started that are neither finished nor
+    /// abandoned.
+    pub fn in_flight(&self) -> Vec<TaskId> {
+        self.in_flight.running()
+    }
+
+    /// The abandoned tasks not yet interrupted and reported.
+    pub fn abandoned(&self) -> Vec<TaskId> {
+        self.in_flight.abandoned()
+    }
+
+    /// Calls `waker` (without holding any lock, and without IO) each time a
+    /// task handle of this worker is abandoned, so a runtime can run
+    /// [`interrupt_abandoned`](Self::interrupt_abandoned) at once instead of
+    /// at its next tick. Replaces any earlier waker.
+    pub fn on_abandoned(&self, waker: impl Fn() + Send + Sync + 'static) {
+        self.in_flight.set_waker(Box::new(waker));
+    }
+
+    /// Interrupts every abandoned task of this worker: one guarded UPDATE
+    /// per task, fenced like any finish (a row a sweep already recovered is
+    /// left alone and not reported again), its sessions invalidated in the
+    /// same transaction. Each task it interrupts is reported exactly once in
+    /// [`AbandonedSweep::recovered`]; a task that hit a storage failure stays
+    /// queued for the next call.
+    pub fn interrupt_abandoned<S: Storage + ?Sized>(&self, storage: &S) -> AbandonedSweep {
+        let mut sweep = AbandonedSweep::default();
+        let mut retry = Vec::new();
+        for mut task in self.in_flight.take_abandoned() {
+            if sweep.error.is_some() {
+                retry.push(task);
+                continue;
+            }
+            match self.interrupt_one_abandoned(storage, &mut task) {
+                Ok(Some(recovered)) => sweep.recovered.push(recovered),
+                Ok(None) => {}
+                Err(error) => {
+                    sweep.error = Some(error);
+                    retry.push(task);
+                }
+            }
+        }
+        self.in_flight.requeue_abandoned(retry);
+        sweep
+    }
+
+    fn interrupt_one_abandoned<S: Storage + ?Sized>(
+        &self,
+        storage: &S,
+        task: &mut AbandonedTask,
+    ) -> Result<Option<RecoveredTask>, StorageError> {
+        let (at, sessions_invalidated) = match task.interrupted {
+            Some(done) => done,
+            None => {
+                let at = self.clock.now();
+                let reason = InterruptReason::new(ABANDONED_REASON)
+                    .expect("the abandoned reason is a valid interrupt reason");
+                let write = storage.finish_running(&FinishRow {
+                    id: task.id,
+                    worker: self.id(),
+                    outcome: Outcome::Interrupted(reason),
+                    at,
+                })?;
+                match write {
+                    FinishWrite::Updated {
+                        sessions_invalidated,
+                    } => {
+                        task.interrupted = Some((at, sessions_invalidated));
+                        (at, sessions_invalidated)
+                    }
+                    // Recovered by a sweep (which reported it) or otherwise
+                    // no longer ours: nothing to do, nothing to report.
+                    FinishWrite::Refused(_) => return Ok(None),
+                }
+            }
+        };
+        let Some(row) = storage.get_task(task.id)? else {
+            return Ok(None);
+        };
+        Ok(Some(RecoveredTask {
+            task: row,
+            dead_worker: Some(self.id()),
+            cause: DeathCause::HandleAbandoned,
+            recovered_by: self.id(),
+            recovered_at: at,
+            sessions_invalidated,
+        }))
+    }
+
+    /// Interrupts every task still in flight (a worker that stops with
+    /// tasks running): one guarded UPDATE each, with `reason`, sessions
+    /// invalidated. Returns the ids it interrupted; a task whose UPDATE
+    /// failed stays in flight and the first error is returned beside them.
+    pub fn interrupt_in_flight<S: Storage + ?Sized>(
+        &self,
+        storage: &S,
+        reason: &InterruptReason,
+    ) -> (Vec<TaskId>, Option<StorageError>) {
+        let mut interrupted = Vec::new();
+        for id in self.in_flight.running() {
+            let write = storage.finish_running(&FinishRow {
+                id,
+                worker: self.id(),
+                outcome: Outcome::Interrupted(reason.clone()),
+                at: self.clock.now(),
+            });
+            match write {
+                Ok(FinishWrite::Updated { .. }) => {
+                    self.in_flight.forget(id);
+                    interrupted.push(id);
+                }
+                Ok(FinishWrite::Refused(_)) => self.in_flight.forget(id),
+                Err(error) => return (interrupted, Some(error)),
+            }
+        }
+        (interrupted, None)
     }
 }
 
@@ -237,6 +393,7 @@ impl Task<Queued> {
                         clock: Arc::clone(&worker.clock),
                     },
                     started_at,
+                    ticket: InFlightTicket::issue(&worker.in_flight, self.id),
                 },
             }),
             Err(error) => Err(StartError {
@@ -308,23 +465,30 @@ impl Task<Running> {
             at,
         };
         match storage.finish_running(&row) {
-            Ok(FinishWrite::Updated) => Ok(Task {
-                id: self.id,
-                spec: self.spec,
-                state: Finished {
-                    worker: self.state.worker.id,
-                    started_at: self.state.started_at,
-                    finished_at: at,
-                    outcome: row.outcome,
-                },
-            }),
-            Ok(FinishWrite::Refused(refusal)) => Err(FinishError::Refused {
-                id: self.id,
-                refusal,
-            }),
+            Ok(FinishWrite::Updated { .. }) => {
+                self.state.ticket.settle();
+                Ok(Task {
+                    id: self.id,
+                    spec: self.spec,
+                    state: Finished {
+                        worker: self.state.worker.id,
+                        started_at: self.state.started_at,
+                        finished_at: at,
+                        outcome: row.outcome,
+                    },
+                })
+            }
+            Ok(FinishWrite::Refused(refusal)) => {
+                self.state.ticket.settle();
+                Err(FinishError::Refused {
+                    id: self.id,
+                    refusal,
+                })
+            }
             Err(error) => Err(FinishError::Storage {
                 error,
                 task: Box::new(self),
+                outcome: Box::new(row.outcome),
             }),
         }
     }
@@ -342,8 +506,9 @@ pub enum FinishError {
         /// What the row is now.
         refusal: FinishRefusal,
     },
-    /// Storage failed; the row may still be `running`. The running task is
-    /// handed back so the caller can retry.
+    /// Storage failed; the row may still be `running`. The running task
+    /// and the outcome are handed back so the caller can retry the same
+    /// finish, tokens and cost included. Dropping them abandons the task.
     #[error("task could not be finished: {error}")]
     Storage {
         /// Why.
@@ -351,16 +516,25 @@ pub enum FinishError {
         error: StorageError,
         /// The task, to retry.
         task: Box<Task<Running>>,
+        /// The outcome that was not written.
+        outcome: Box<Outcome>,
     },
 }
 
 impl FinishError {
-    /// The running task, when storage failed and a retry may succeed.
-    pub fn into_task(self) -> Option<Task<Running>> {
+    /// The running task and its unwritten outcome, when storage failed and
+    /// a retry may succeed.
+    pub fn into_parts(self) -> Option<(Task<Running>, Outcome)> {
         match self {
-            FinishError::Storage { task, .. } => Some(*task),
+            FinishError::Storage { task, outcome, .. } => Some((*task, *outcome)),
             FinishError::Refused { .. } => None,
         }
+    }
+
+    /// The running task, when storage failed (the outcome is dropped; see
+    /// [`into_parts`](Self::into_parts) to keep it).
+    pub fn into_task(self) -> Option<Task<Running>> {
+        self.into_parts().map(|(task, _)| task)
     }
 }
 

@@ -210,6 +210,10 @@ pub enum DeathCause {
     /// The row names a worker that never registered (or no worker at all,
     /// as rows written before the fix do).
     UnknownWorker,
+    /// The worker is alive, but the task's `Task<Running>` handle was
+    /// dropped without a finish (a panic, a cancelled future, an early
+    /// return), so the worker interrupted the row itself.
+    HandleAbandoned,
 }
 
 impl fmt::Display for DeathCause {
@@ -237,6 +241,10 @@ impl fmt::Display for DeathCause {
             DeathCause::Deregistered => f.write_str("worker stopped without finishing the task"),
             DeathCause::DeclaredDead => f.write_str("worker was already declared dead"),
             DeathCause::UnknownWorker => f.write_str("row names no registered worker"),
+            DeathCause::HandleAbandoned => f.write_str(
+                "abandoned: the task handle was dropped without a finish \
+                 (panic, cancellation or early return) while its worker ran",
+            ),
         }
     }
 }

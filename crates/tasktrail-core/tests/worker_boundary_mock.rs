@@ -82,7 +82,11 @@ fn finish_calls_update_once_and_insert_never() {
                 && row.outcome.status() == TaskStatus::Success
         })
         .times(1)
-        .returning(|_| Ok(FinishWrite::Updated));
+        .returning(|_| {
+            Ok(FinishWrite::Updated {
+                sessions_invalidated: 0,
+            })
+        });
 
     let running = Task::queue_with_id(task_id, spec())
         .start(&worker, &store)
@@ -143,7 +147,9 @@ fn a_failed_finish_hands_the_running_task_back_and_a_retry_succeeds() {
                 source: "database is locked".into(),
             })
         } else {
-            Ok(FinishWrite::Updated)
+            Ok(FinishWrite::Updated {
+                sessions_invalidated: 0,
+            })
         }
     });
     let running = Task::queue(spec()).start(&worker, &store).expect("start");

@@ -551,6 +551,7 @@ impl Storage for PostgresStorage {
         let worker = *row.worker.as_uuid();
         let at = truncate_to_micros(row.at);
         let finish = |connection: &mut PgConnection| -> Result<FinishWrite, TxError> {
+            let mut sessions_invalidated = 0;
             let guarded = task_history::table
                 .filter(task_history::id.eq(id))
                 .filter(task_history::status.eq(RUNNING))
@@ -567,7 +568,10 @@ impl Storage for PostgresStorage {
                         .execute(connection)?;
                     if updated == 1 {
                         let reason = format!("task interrupted: {reason}");
-                        invalidate_sessions_of_tasks(connection, &[id], at, &reason)?;
+                        sessions_invalidated =
+                            invalidate_sessions_of_tasks(connection, &[id], at, &reason)?
+                                .values()
+                                .sum();
                     }
                     updated
                 }
@@ -588,7 +592,9 @@ impl Storage for PostgresStorage {
                 .execute(connection)?,
             };
             if updated == 1 {
-                return Ok(FinishWrite::Updated);
+                return Ok(FinishWrite::Updated {
+                    sessions_invalidated,
+                });
             }
             Ok(FinishWrite::Refused(match load_task(connection, id)? {
                 None => FinishRefusal::Missing,

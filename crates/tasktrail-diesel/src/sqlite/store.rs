@@ -239,6 +239,7 @@ impl Storage for SqliteStorage {
         let worker = row.worker.to_string();
         let at = encode_timestamp(row.at);
         let finish = |connection: &mut SqliteConnection| -> Result<FinishWrite, TxError> {
+            let mut sessions_invalidated = 0;
             let guarded = task_history::table
                 .filter(task_history::id.eq(&id))
                 .filter(task_history::status.eq(TaskStatus::Running.as_str()))
@@ -255,12 +256,14 @@ impl Storage for SqliteStorage {
                         .execute(connection)?;
                     if updated == 1 {
                         let reason = format!("task interrupted: {reason}");
-                        invalidate_sessions_of_tasks(
+                        sessions_invalidated = invalidate_sessions_of_tasks(
                             connection,
                             std::slice::from_ref(&id),
                             &at,
                             &reason,
-                        )?;
+                        )?
+                        .values()
+                        .sum();
                     }
                     updated
                 }
@@ -281,7 +284,9 @@ impl Storage for SqliteStorage {
                 .execute(connection)?,
             };
             if updated == 1 {
-                return Ok(FinishWrite::Updated);
+                return Ok(FinishWrite::Updated {
+                    sessions_invalidated,
+                });
             }
             Ok(FinishWrite::Refused(match load_task(connection, &id)? {
                 None => tasktrail_core::FinishRefusal::Missing,

@@ -1,0 +1,655 @@
+//! The `Worker` object: abandoned handles, the periodic sweep, upkeep
+//! failures made visible, stop. Detection bounds are tested with the manual
+//! clock and explicit ticks, never with sleeps (one test checks that the
+//! background thread does the ticking by itself).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration as StdDuration;
+
+use chrono::{Duration, TimeZone, Utc};
+use tasktrail::*;
+
+/// The host's process table, changeable while workers run.
+#[derive(Clone, Default)]
+struct ProcessTable(Arc<Mutex<HashSet<u32>>>);
+
+impl ProcessTable {
+    fn spawn(&self, pid: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid);
+    }
+    fn kill(&self, pid: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid);
+    }
+}
+
+impl ProcessProbe for ProcessTable {
+    fn process_start_marker(&self, pid: u32) -> Option<String> {
+        let alive = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        alive.contains(&pid).then(|| format!("boot:{pid}"))
+    }
+}
+
+/// Every event a worker emitted, as text.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<String>>>);
+
+impl Events {
+    fn hook(&self) -> impl Fn(&WorkerEvent) + Send + Sync + 'static {
+        let events = self.clone();
+        move |event| {
+            let text = match event {
+                WorkerEvent::Recovered(task) => task.hint(),
+                WorkerEvent::UpkeepFailed { upkeep, error } => format!("failed {upkeep}: {error}"),
+                WorkerEvent::DeclaredDead => "declared dead".to_owned(),
+                other => format!("{other:?}"),
+            };
+            events
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(text);
+        }
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+    fn recovery_lines(&self) -> Vec<String> {
+        self.take()
+            .into_iter()
+            .filter(|line| line.starts_with("[recovery] "))
+            .collect()
+    }
+}
+
+/// A store whose upkeep writes can be made to fail.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStorage,
+    heartbeats_fail: AtomicBool,
+    sweeps_fail: AtomicBool,
+    finishes_fail: AtomicBool,
+}
+
+fn outage() -> StorageError {
+    StorageError::Unavailable {
+        source: "connection refused (test)".into(),
+    }
+}
+
+impl Storage for FlakyStore {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        self.inner.register_worker(registration)
+    }
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        if self.heartbeats_fail.load(Ordering::SeqCst) {
+            return Err(outage());
+        }
+        self.inner.heartbeat_worker(worker, at)
+    }
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.inner.deregister_worker(worker, at)
+    }
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        self.inner.list_workers()
+    }
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        self.inner.insert_running(row)
+    }
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        if self.finishes_fail.load(Ordering::SeqCst) {
+            return Err(outage());
+        }
+        self.inner.finish_running(row)
+    }
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        if self.sweeps_fail.load(Ordering::SeqCst) {
+            return Err(outage());
+        }
+        self.inner.recover_orphans(request, judge)
+    }
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        self.inner.record_session(session)
+    }
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        self.inner.resumable_session(key)
+    }
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        self.inner.list_sessions()
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        self.inner.get_task(id)
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.inner.list_tasks(filter)
+    }
+}
+
+const HEARTBEAT: StdDuration = StdDuration::from_secs(5);
+const SWEEP: StdDuration = StdDuration::from_secs(30);
+const LEASE: StdDuration = StdDuration::from_secs(15);
+
+struct Fleet<S: Storage + 'static> {
+    storage: Arc<S>,
+    clock: Arc<ManualClock>,
+    processes: ProcessTable,
+}
+
+impl<S: Storage + 'static> Fleet<S> {
+    fn new(storage: S) -> Self {
+        Self {
+            storage: Arc::new(storage),
+            clock: Arc::new(ManualClock::starting_at(
+                Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 0)
+                    .single()
+                    .expect("time"),
+            )),
+            processes: ProcessTable::default(),
+        }
+    }
+
+    /// A worker at `pid` on `host` (the local host is "dev"), ticked by the
+    /// test.
+    fn boot_on(&self, host: &str, pid: u32, events: &Events) -> Worker {
+        if host == "dev" {
+            self.processes.spawn(pid);
+        }
+        let storage: Arc<dyn Storage> = self.storage.clone();
+        Worker::builder(storage)
+            .heartbeat_interval(HEARTBEAT)
+            .sweep_interval(SWEEP)
+            .lease(LEASE)
+            .clock(self.clock.clone())
+            .probe(Arc::new(self.processes.clone()))
+            .registration(WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: host.to_owned(),
+                pid,
+                process_start_marker: format!("boot:{pid}"),
+                started_at: self.clock.now(),
+            })
+            .on_event(events.hook())
+            .without_background_thread()
+            .boot()
+            .expect("boot")
+    }
+
+    fn boot(&self, pid: u32, events: &Events) -> Worker {
+        self.boot_on("dev", pid, events)
+    }
+
+    fn status(&self, id: TaskId) -> TaskStatus {
+        self.storage
+            .get_task(id)
+            .expect("read")
+            .expect("row exists")
+            .status
+    }
+
+    fn advance(&self, by: StdDuration) {
+        self.clock
+            .advance(Duration::from_std(by).expect("duration"));
+    }
+}
+
+fn spec() -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number: 1104,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("spec")
+}
+
+fn report() -> RunReport {
+    RunReport {
+        input_tokens: 1200,
+        output_tokens: 300,
+        cost_usd: CostUsd::new(0.42).expect("cost"),
+        turns: 7,
+        artifacts: vec!["pr/17".into()],
+    }
+}
+
+#[test]
+fn a_dropped_handle_is_interrupted_at_the_next_tick_with_its_sessions_and_reported_once() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    worker
+        .record_session(&running, SessionId::parse("sess_1").expect("session"))
+        .expect("session");
+    assert_eq!(worker.in_flight(), vec![id]);
+
+    drop(running); // an early `?` return, a cancelled future...
+    assert_eq!(fleet.status(id), TaskStatus::Running, "no IO inside drop");
+    worker.tick(); // no time has to pass: the next tick, whenever it is.
+
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_eq!(row.status, TaskStatus::Interrupted);
+    assert_eq!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
+    assert_eq!(row.interrupted_by, Some(worker.id()));
+    assert_eq!((row.finished_at, row.cost_usd), (None, None));
+    let session = &fleet.storage.list_sessions().expect("sessions")[0];
+    assert!(
+        session.invalidated_at.is_some(),
+        "its session is invalidated"
+    );
+    let lines = events.recovery_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(&id.to_string()), "{}", lines[0]);
+    assert!(lines[0].contains("abandoned"), "{}", lines[0]);
+    assert!(
+        lines[0].ends_with("1 session(s) invalidated"),
+        "{}",
+        lines[0]
+    );
+    assert!(worker.in_flight().is_empty());
+
+    fleet.advance(SWEEP);
+    worker.tick();
+    assert!(events.recovery_lines().is_empty(), "reported once");
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+}
+
+#[test]
+fn a_task_whose_work_panics_is_abandoned_and_interrupted() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = Arc::new(fleet.boot(10, &events));
+    let handler = Arc::clone(&worker);
+    let id = Arc::new(Mutex::new(None));
+    let seen = Arc::clone(&id);
+    let panicked = std::thread::spawn(move || {
+        let running = handler.start(Task::queue(spec())).expect("start");
+        *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(running.id());
+        panic!("the agent's handler panicked");
+    })
+    .join();
+    assert!(panicked.is_err());
+    let id = id
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .expect("started");
+    worker.tick();
+    assert_eq!(fleet.status(id), TaskStatus::Interrupted);
+    assert_eq!(events.recovery_lines().len(), 1);
+}
+
+#[test]
+fn a_finished_handle_is_never_interrupted() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let finished = worker
+        .finish(running, Outcome::Success(report()))
+        .expect("finish");
+    worker.tick();
+    fleet.advance(SWEEP);
+    worker.tick();
+    assert_eq!(fleet.status(finished.id()), TaskStatus::Success);
+    assert!(events.recovery_lines().is_empty());
+    let stopped = worker.stop().expect("stop");
+    assert!(stopped.interrupted.is_empty() && stopped.recovered.is_empty());
+}
+
+#[test]
+fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    // An operator's sweep in another frame of mind: declare the row's worker
+    // dead by deregistering it behind its back, then recover.
+    fleet
+        .storage
+        .deregister_worker(worker.id(), fleet.clock.now())
+        .expect("deregister");
+    let recovered = runtime::recover_now(
+        fleet.storage.as_ref(),
+        fleet.clock.as_ref(),
+        &fleet.processes,
+        &LivenessPolicy::for_host("dev"),
+        SweepMode::Apply,
+    )
+    .expect("sweep");
+    assert_eq!(recovered.len(), 1);
+    let refused = worker.finish(running, Outcome::Success(report()));
+    assert!(matches!(refused, Err(FinishError::Refused { .. })));
+    assert!(worker.in_flight().is_empty());
+    worker.tick();
+    assert!(events.recovery_lines().is_empty(), "no second report");
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_ne!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
+}
+
+#[test]
+fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_keeps_its_own() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let survivor = fleet.boot(10, &events);
+    let neighbour_events = Events::default();
+    let neighbour = fleet.boot(11, &neighbour_events);
+    let mine = survivor.start(Task::queue(spec())).expect("start");
+    let theirs = neighbour.start(Task::queue(spec())).expect("start");
+    let theirs_id = theirs.id();
+    // SIGKILL: no drop, no stop.
+    std::mem::forget(theirs);
+    std::mem::forget(neighbour);
+    fleet.processes.kill(11);
+
+    fleet.advance(SWEEP - StdDuration::from_secs(1));
+    survivor.tick();
+    assert_eq!(fleet.status(theirs_id), TaskStatus::Running, "not due yet");
+    fleet.advance(StdDuration::from_secs(1));
+    survivor.tick();
+    assert_eq!(fleet.status(theirs_id), TaskStatus::Interrupted);
+    assert_eq!(fleet.status(mine.id()), TaskStatus::Running, "its own row");
+    let lines = events.recovery_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("process 11 on dev is gone"),
+        "{}",
+        lines[0]
+    );
+    survivor
+        .finish(mine, Outcome::Success(report()))
+        .expect("finish its own");
+}
+
+#[test]
+fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let survivor = fleet.boot(10, &events);
+    let remote = fleet.boot_on("gpu-7", 99, &Events::default());
+    let theirs = remote.start(Task::queue(spec())).expect("start");
+    let id = theirs.id();
+    std::mem::forget(theirs);
+    std::mem::forget(remote); // its host vanished: no more heartbeats
+
+    // At every sweep up to lease + sweep interval after its last heartbeat,
+    // it is alive or just recovered; never later.
+    let mut recovered_after = None;
+    for step in 1..=((LEASE + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+        fleet.advance(HEARTBEAT);
+        survivor.tick();
+        if fleet.status(id) == TaskStatus::Interrupted {
+            recovered_after = Some(step * HEARTBEAT.as_secs());
+            break;
+        }
+    }
+    let after = recovered_after.expect("recovered within lease + sweep interval");
+    assert!(after > LEASE.as_secs(), "not before the lease: {after}s");
+    assert_eq!(events.recovery_lines().len(), 1);
+}
+
+#[test]
+fn upkeep_failures_are_reported_and_degrade_health_until_they_succeed_again() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+
+    fleet.storage.heartbeats_fail.store(true, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT);
+    worker.tick();
+    let WorkerHealth::Degraded { reason, since } = worker.health() else {
+        panic!("expected degraded, got {:?}", worker.health());
+    };
+    assert!(reason.contains("heartbeat"), "{reason}");
+    assert_eq!(since, fleet.clock.now());
+    assert_eq!(events.take().len(), 1, "one event per failure");
+
+    // Still failing a tick later: still degraded, since the first failure.
+    fleet.advance(HEARTBEAT);
+    worker.tick();
+    assert!(matches!(worker.health(), WorkerHealth::Degraded { since: s, .. } if s == since));
+
+    fleet.storage.heartbeats_fail.store(false, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT);
+    worker.tick();
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+}
+
+#[test]
+fn a_failed_boot_sweep_does_not_fail_the_boot_and_is_retried_at_the_next_tick() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let dead = fleet.boot(11, &Events::default());
+    let orphan = dead.start(Task::queue(spec())).expect("start");
+    let orphan_id = orphan.id();
+    std::mem::forget(orphan);
+    std::mem::forget(dead);
+    fleet.processes.kill(11);
+
+    fleet.storage.sweeps_fail.store(true, Ordering::SeqCst);
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    assert!(worker.recovered_at_boot().is_empty());
+    assert!(matches!(worker.health(), WorkerHealth::Degraded { .. }));
+    assert_eq!(fleet.status(orphan_id), TaskStatus::Running);
+
+    fleet.storage.sweeps_fail.store(false, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT); // well before a sweep interval
+    worker.tick();
+    assert_eq!(fleet.status(orphan_id), TaskStatus::Interrupted);
+    assert_eq!(events.recovery_lines().len(), 1);
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+}
+
+#[test]
+fn an_abandoned_task_that_cannot_be_written_yet_is_retried_and_reported_once() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    drop(running);
+    worker.tick();
+    assert_eq!(fleet.status(id), TaskStatus::Running);
+    assert!(matches!(worker.health(), WorkerHealth::Degraded { .. }));
+    assert!(events.recovery_lines().is_empty());
+
+    fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
+    worker.tick();
+    assert_eq!(fleet.status(id), TaskStatus::Interrupted);
+    assert_eq!(events.recovery_lines().len(), 1);
+    worker.tick();
+    assert!(events.recovery_lines().is_empty());
+}
+
+#[test]
+fn a_failed_finish_hands_back_the_task_and_its_outcome_for_a_retry() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let worker = fleet.boot(10, &Events::default());
+    let running = worker.start(Task::queue(spec())).expect("start");
+    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    let error = worker
+        .finish(running, Outcome::Success(report()))
+        .expect_err("the store is down");
+    let (running, outcome) = error.into_parts().expect("handed back");
+    assert_eq!(outcome, Outcome::Success(report()), "tokens and cost kept");
+    fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
+    let finished = worker.finish(running, outcome).expect("retry");
+    let row = fleet
+        .storage
+        .get_task(finished.id())
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (row.status, row.input_tokens, row.cost_usd),
+        (TaskStatus::Success, Some(1200), Some(0.42))
+    );
+}
+
+#[test]
+fn a_worker_declared_dead_learns_it_from_its_heartbeat_and_writes_nothing_more() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let victim = fleet.boot(10, &events);
+    let running = victim.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    // Another host's sweep thinks pid 10 is gone (a namespace it cannot see).
+    fleet.processes.kill(10);
+    let other = fleet.boot(11, &Events::default());
+    assert_eq!(other.recovered_at_boot().len(), 1);
+
+    fleet.advance(HEARTBEAT);
+    victim.tick();
+    assert_eq!(victim.health(), WorkerHealth::DeclaredDead);
+    assert!(victim.is_declared_dead());
+    assert!(events.take().contains(&"declared dead".to_owned()));
+    drop(running);
+    victim.tick();
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_ne!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
+    assert!(victim.stop().expect("stop").interrupted.is_empty());
+}
+
+#[test]
+fn stop_interrupts_what_is_in_flight_and_deregisters() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let id = worker.id();
+    let still_running = worker.start(Task::queue(spec())).expect("start");
+    let abandoned = worker.start(Task::queue(spec())).expect("start");
+    let abandoned_id = abandoned.id();
+    drop(abandoned);
+
+    let report = worker.stop().expect("stop");
+    assert_eq!(report.interrupted, vec![still_running.id()]);
+    assert_eq!(report.recovered.len(), 1);
+    assert_eq!(report.recovered[0].task.id, abandoned_id);
+    let row = fleet
+        .storage
+        .get_task(still_running.id())
+        .expect("read")
+        .expect("row");
+    assert_eq!(row.status, TaskStatus::Interrupted);
+    assert_eq!(
+        row.interrupt_reason.as_deref(),
+        Some(runtime::STOPPED_REASON)
+    );
+    assert!(fleet.storage.running_tasks().expect("running").is_empty());
+    let workers = fleet.storage.list_workers().expect("workers");
+    assert_eq!(
+        workers.iter().find(|w| w.id == id).map(|w| w.state),
+        Some(WorkerState::Stopped)
+    );
+    // The handle the caller still holds can no longer finish the row, and
+    // dropping it later reports nothing.
+    drop(still_running);
+    assert_eq!(events.recovery_lines().len(), 1, "only the abandoned one");
+}
+
+#[test]
+fn the_background_thread_interrupts_an_abandoned_handle_without_any_tick_call() {
+    let storage = Arc::new(MemoryStorage::new());
+    let events = Events::default();
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    // A heartbeat interval far longer than the test: the drop itself must
+    // wake the worker.
+    let worker = Worker::builder(dyn_storage)
+        .heartbeat_interval(StdDuration::from_secs(600))
+        .lease(StdDuration::from_secs(1800))
+        .on_event(events.hook())
+        .boot()
+        .expect("boot");
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    drop(running);
+    let mut interrupted = false;
+    for _ in 0..500 {
+        if storage.get_task(id).expect("read").map(|row| row.status)
+            == Some(TaskStatus::Interrupted)
+        {
+            interrupted = true;
+            break;
+        }
+        std::thread::sleep(StdDuration::from_millis(10));
+    }
+    assert!(
+        interrupted,
+        "the background thread handled the abandoned task"
+    );
+    worker.stop().expect("stop");
+    assert_eq!(events.recovery_lines().len(), 1);
+}
+
+#[test]
+fn options_out_of_range_are_refused_and_register_nothing() {
+    let storage = Arc::new(MemoryStorage::new());
+    for builder in [
+        Worker::builder(storage.clone()).heartbeat_interval(StdDuration::ZERO),
+        Worker::builder(storage.clone()).sweep_interval(StdDuration::ZERO),
+        Worker::builder(storage.clone()).lease(StdDuration::from_secs(5)),
+    ] {
+        let error = builder.boot().expect_err("refused");
+        assert!(
+            matches!(error, BootError::InvalidOption { .. }),
+            "{error:?}"
+        );
+    }
+    assert!(storage.list_workers().expect("workers").is_empty());
+}
+
+#[test]
+fn a_handle_dropped_after_a_sweep_recovered_its_row_is_not_reported_again() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    // Behind the worker's back its registration ends and an operator sweep
+    // recovers the row (and reports it).
+    fleet
+        .storage
+        .deregister_worker(worker.id(), fleet.clock.now())
+        .expect("deregister");
+    let recovered = runtime::recover_now(
+        fleet.storage.as_ref(),
+        fleet.clock.as_ref(),
+        &fleet.processes,
+        &LivenessPolicy::for_host("dev"),
+        SweepMode::Apply,
+    )
+    .expect("sweep");
+    assert_eq!(recovered.len(), 1);
+    let reason_after_sweep = fleet
+        .storage
+        .get_task(id)
+        .expect("read")
+        .expect("row")
+        .interrupt_reason;
+
+    drop(running);
+    worker.tick();
+    assert!(
+        events.recovery_lines().is_empty(),
+        "reported by the sweep only"
+    );
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
+    assert!(worker.in_flight().is_empty());
+}
