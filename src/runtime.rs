@@ -67,7 +67,6 @@ pub fn boot<S: Storage + ?Sized>(
         &PolicyJudge {
             policy: &policy,
             probe,
-            now,
         },
     )?;
     Ok(BootReport { worker, recovered })
@@ -90,7 +89,7 @@ pub fn recover_now<S: Storage + ?Sized>(
             now,
             mode,
         },
-        &PolicyJudge { policy, probe, now },
+        &PolicyJudge { policy, probe },
     )
 }
 

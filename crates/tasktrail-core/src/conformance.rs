@@ -12,6 +12,7 @@
 //!     name: "memory",
 //!     fresh_store: Box::new(MemoryStorage::new),
 //!     task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
+//!     age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| store.age_heartbeat(worker, by)),
 //! });
 //! ```
 
@@ -31,6 +32,9 @@ use crate::{
 /// Counts the INSERT statements into `task_history` a store issued for an id.
 pub type InsertCounter<S> = Box<dyn Fn(&S, TaskId) -> usize>;
 
+/// Moves a worker's `heartbeat_at` back by a duration, in the store.
+pub type HeartbeatAger<S> = Box<dyn Fn(&S, WorkerId, Duration)>;
+
 /// What a backend hands the suite.
 pub struct Subject<S: Storage> {
     /// The backend's name, for failure messages.
@@ -40,6 +44,12 @@ pub struct Subject<S: Storage> {
     /// The INSERT statements into `task_history` the backend really issued
     /// for an id (from its statement log, not inferred from rows).
     pub task_insert_statements: InsertCounter<S>,
+    /// A test hook: moves the worker's last heartbeat back by the duration,
+    /// as if it had been silent that long. The suite ages heartbeats this
+    /// way rather than with its clock, so each backend runs in its
+    /// production configuration, whatever clock it measures silence on (the
+    /// database's, on Postgres). It must not touch anything else.
+    pub age_heartbeats: HeartbeatAger<S>,
 }
 
 impl<S: Storage> fmt::Debug for Subject<S> {
@@ -54,6 +64,7 @@ impl<S: Storage> fmt::Debug for Subject<S> {
 struct World<'a, S: Storage> {
     store: &'a S,
     inserts: &'a dyn Fn(&S, TaskId) -> usize,
+    age: &'a dyn Fn(&S, WorkerId, Duration),
     clock: ManualClock,
     processes: FakeProcesses,
     next_pid: u32,
@@ -148,6 +159,11 @@ impl<S: Storage> World<'_, S> {
         (self.inserts)(self.store, id)
     }
 
+    /// `worker` has been silent `by` longer, on the store's clock.
+    fn age_heartbeat(&self, worker: &RegisteredWorker, by: Duration) {
+        (self.age)(self.store, worker.id(), by);
+    }
+
     fn sweep(&self, by: &RegisteredWorker, mode: SweepMode) -> Vec<RecoveredTask> {
         let policy = LivenessPolicy::for_host(LOCAL_HOST);
         let now = self.clock.now();
@@ -161,7 +177,6 @@ impl<S: Storage> World<'_, S> {
                 &PolicyJudge {
                     policy: &policy,
                     probe: &self.processes,
-                    now,
                 },
             )
             .expect("sweep")
@@ -275,6 +290,7 @@ pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
         let mut world = World {
             store: &store,
             inserts: subject.task_insert_statements.as_ref(),
+            age: subject.age_heartbeats.as_ref(),
             clock: ManualClock::starting_at(
                 Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
                     .single()
@@ -640,15 +656,19 @@ fn recovery_of_other_hosts_follows_the_heartbeat_lease<S: Storage>(w: &mut World
     let (silent, _) = w.worker_on("elsewhere");
     let kept = w.start(&beating);
     let lost = w.start(&silent);
-    w.clock
-        .advance(LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1));
+    // Time passes for the store's clock (the database's, on Postgres): both
+    // have been silent for nearly a lease, then one heartbeats.
+    let almost = LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1);
+    w.age_heartbeat(&beating, almost);
+    w.age_heartbeat(&silent, almost);
     beating.heartbeat(w.store).expect("beat");
     let (rescuer, _) = w.local_worker();
     assert!(
         w.sweep(&rescuer, SweepMode::Apply).is_empty(),
         "within the lease both are alive"
     );
-    w.clock.advance(Duration::seconds(2));
+    w.age_heartbeat(&beating, Duration::seconds(2));
+    w.age_heartbeat(&silent, Duration::seconds(2));
     let recovered = w.sweep(&rescuer, SweepMode::Apply);
     assert_eq!(
         recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),

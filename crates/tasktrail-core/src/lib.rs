@@ -80,6 +80,6 @@ pub use task::{
     FinishError, Finished, Queued, RegisteredWorker, Running, StartError, Task, TaskState,
 };
 pub use worker::{
-    DeathCause, Liveness, LivenessJudge, LivenessPolicy, PolicyJudge, ProcessProbe, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    DeathCause, Liveness, LivenessJudge, LivenessPolicy, OwnerFacts, OwnerSession, PolicyJudge,
+    ProcessProbe, WorkerRecord, WorkerRegistration, WorkerState,
 };
