@@ -801,6 +801,35 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
     assert!(lock_is_free(&mut database.connect(), crashed));
 }
 
+/// The session is judged before the lease: a crashed worker whose heartbeat
+/// is also old is reported as a session that ended.
+#[test]
+fn a_crashed_worker_past_its_lease_is_reported_as_its_session_ending() {
+    let database = database_or_skip!();
+    let crashed = {
+        let doomed = database.open();
+        let worker = register(&doomed, "host-a", 10);
+        let running = Task::queue(spec(31))
+            .start(&worker, &doomed)
+            .expect("start");
+        std::mem::forget(running);
+        worker.id()
+    };
+    set_heartbeat_back(&mut database.connect(), crashed, "1 hour");
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(
+        recovered[0].cause,
+        DeathCause::SessionEnded {
+            host: "host-a".into(),
+            pid: 10
+        }
+    );
+    assert!(lock_is_free(&mut database.connect(), crashed));
+}
+
 #[test]
 fn a_dry_run_reports_and_writes_nothing() {
     let database = database_or_skip!();
