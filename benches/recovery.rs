@@ -106,7 +106,6 @@ fn sweep(store: &SqliteStorage) -> usize {
             &PolicyJudge {
                 policy: &policy,
                 probe: &NoProcesses,
-                now,
             },
         )
         .expect("sweep");

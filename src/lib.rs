@@ -68,8 +68,7 @@ pub use tasktrail_core::*;
 pub use tasktrail_diesel::StatementLog;
 #[cfg(feature = "postgres")]
 pub use tasktrail_diesel::{
-    PostgresLeaseClock, PostgresOptions, PostgresStorage, ScratchDatabase,
-    TEST_POSTGRES_URL_VARIABLE,
+    PostgresOptions, PostgresStorage, ScratchDatabase, TEST_POSTGRES_URL_VARIABLE,
 };
 #[cfg(feature = "sqlite")]
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};

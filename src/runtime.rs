@@ -520,7 +520,6 @@ impl Shared {
             &PolicyJudge {
                 policy: &self.policy,
                 probe: self.probe.as_ref(),
-                now,
             },
         );
         match swept {
@@ -717,6 +716,6 @@ pub fn recover_now<S: Storage + ?Sized>(
             now,
             mode,
         },
-        &PolicyJudge { policy, probe, now },
+        &PolicyJudge { policy, probe },
     )
 }

@@ -10,6 +10,9 @@ pub trait Backend: Storage + Sized {
     /// configured (Postgres without `TASKTRAIL_TEST_POSTGRES_URL`).
     fn fresh(dir: &std::path::Path) -> Option<Self>;
     fn task_insert_statements(&self, id: TaskId) -> usize;
+    /// Test hook: moves `worker`'s last heartbeat `by` into the past, on the
+    /// clock the store measures silence on (the database's, on Postgres).
+    fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration);
 }
 
 impl Backend for MemoryStorage {
@@ -18,6 +21,9 @@ impl Backend for MemoryStorage {
     }
     fn task_insert_statements(&self, id: TaskId) -> usize {
         MemoryStorage::task_insert_statements(self, id)
+    }
+    fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
+        MemoryStorage::age_heartbeat(self, worker, by);
     }
 }
 
@@ -37,6 +43,26 @@ impl Backend for SqliteStorage {
         self.statement_log()
             .map_or(0, |log| log.task_insert_statements(id))
     }
+    fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
+        use diesel::prelude::*;
+        use diesel::sql_types::Text;
+        let record = self
+            .list_workers()
+            .expect("workers")
+            .into_iter()
+            .find(|record| record.id == worker)
+            .expect("the worker has a row");
+        // SQLite stores RFC 3339 text, written with the callers' clock.
+        let aged = (record.heartbeat_at - by).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let updated = self.with_connection(|connection| {
+            diesel::sql_query("UPDATE workers SET heartbeat_at = ? WHERE id = ?")
+                .bind::<Text, _>(aged)
+                .bind::<Text, _>(worker.to_string())
+                .execute(connection)
+                .expect("age the heartbeat")
+        });
+        assert_eq!(updated, 1);
+    }
 }
 
 /// The local process table as a test wants it.
@@ -48,10 +74,10 @@ impl ProcessProbe for Processes {
     }
 }
 
-/// Postgres on a fresh database of its own, dropped with the backend. Runs
-/// with [`PostgresLeaseClock::Caller`] so the tests' manual clock drives the
-/// lease (the database-clock path is covered by the Postgres backend's own
-/// tests in crates/tasktrail-diesel/tests/postgres_backend.rs).
+/// Postgres on a fresh database of its own, dropped with the backend, in its
+/// production configuration: heartbeats and the lease on the database's
+/// clock, which the tests' manual clock cannot move; tests age heartbeats
+/// with [`Backend::age_heartbeat`] instead.
 #[cfg(feature = "postgres")]
 pub struct PostgresBackend {
     store: PostgresStorage,
@@ -66,7 +92,6 @@ impl Backend for PostgresBackend {
             database.url(),
             PostgresOptions {
                 statement_log: Some(StatementLog::new()),
-                lease_clock: PostgresLeaseClock::Caller,
                 pool_size: 2,
                 ..PostgresOptions::default()
             },
@@ -81,6 +106,23 @@ impl Backend for PostgresBackend {
         self.store
             .statement_log()
             .map_or(0, |log| log.task_insert_statements(id))
+    }
+    fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
+        use diesel::prelude::*;
+        let seconds = by.num_microseconds().expect("a short duration") as f64 / 1e6;
+        let updated = self
+            .store
+            .with_connection(|connection| {
+                diesel::sql_query(
+                    "UPDATE workers SET heartbeat_at = heartbeat_at - make_interval(secs => $2) WHERE id = $1",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(*worker.as_uuid())
+                .bind::<diesel::sql_types::Double, _>(seconds)
+                .execute(connection)
+                .expect("age the heartbeat")
+            })
+            .expect("a connection");
+        assert_eq!(updated, 1);
     }
 }
 

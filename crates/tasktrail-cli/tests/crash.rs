@@ -760,7 +760,6 @@ fn a_late_finish_races_a_recovery_sweep_and_exactly_one_wins() {
                     &PolicyJudge {
                         policy,
                         probe: &NoProcesses,
-                        now,
                     },
                 )
             });

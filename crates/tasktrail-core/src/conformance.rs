@@ -12,6 +12,7 @@
 //!     name: "memory",
 //!     fresh_store: Box::new(MemoryStorage::new),
 //!     task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
+//!     age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| store.age_heartbeat(worker, by)),
 //! });
 //! ```
 
@@ -31,6 +32,9 @@ use crate::{
 /// Counts the INSERT statements into `task_history` a store issued for an id.
 pub type InsertCounter<S> = Box<dyn Fn(&S, TaskId) -> usize>;
 
+/// Moves a worker's `heartbeat_at` back by a duration, in the store.
+pub type HeartbeatAger<S> = Box<dyn Fn(&S, WorkerId, Duration)>;
+
 /// What a backend hands the suite.
 pub struct Subject<S: Storage> {
     /// The backend's name, for failure messages.
@@ -40,6 +44,12 @@ pub struct Subject<S: Storage> {
     /// The INSERT statements into `task_history` the backend really issued
     /// for an id (from its statement log, not inferred from rows).
     pub task_insert_statements: InsertCounter<S>,
+    /// A test hook: moves the worker's last heartbeat back by the duration,
+    /// as if it had been silent that long. The suite ages heartbeats this
+    /// way rather than with its clock, so each backend runs in its
+    /// production configuration, whatever clock it measures silence on (the
+    /// database's, on Postgres). It must not touch anything else.
+    pub age_heartbeats: HeartbeatAger<S>,
 }
 
 impl<S: Storage> fmt::Debug for Subject<S> {
@@ -54,6 +64,7 @@ impl<S: Storage> fmt::Debug for Subject<S> {
 struct World<'a, S: Storage> {
     store: &'a S,
     inserts: &'a dyn Fn(&S, TaskId) -> usize,
+    age: &'a dyn Fn(&S, WorkerId, Duration),
     clock: ManualClock,
     processes: FakeProcesses,
     next_pid: u32,
@@ -148,6 +159,11 @@ impl<S: Storage> World<'_, S> {
         (self.inserts)(self.store, id)
     }
 
+    /// `worker` has been silent `by` longer, on the store's clock.
+    fn age_heartbeat(&self, worker: &RegisteredWorker, by: Duration) {
+        (self.age)(self.store, worker.id(), by);
+    }
+
     fn sweep(&self, by: &RegisteredWorker, mode: SweepMode) -> Vec<RecoveredTask> {
         let policy = LivenessPolicy::for_host(LOCAL_HOST);
         let now = self.clock.now();
@@ -161,7 +177,6 @@ impl<S: Storage> World<'_, S> {
                 &PolicyJudge {
                     policy: &policy,
                     probe: &self.processes,
-                    now,
                 },
             )
             .expect("sweep")
@@ -263,6 +278,22 @@ fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
             "listing_filters_orders_and_limits",
             listing_filters_orders_and_limits,
         ),
+        (
+            "an_abandoned_handle_is_interrupted_once_with_its_sessions",
+            an_abandoned_handle_is_interrupted_once_with_its_sessions,
+        ),
+        (
+            "a_finished_handle_is_never_treated_as_abandoned",
+            a_finished_handle_is_never_treated_as_abandoned,
+        ),
+        (
+            "an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again",
+            an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again,
+        ),
+        (
+            "a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own",
+            a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own,
+        ),
     ]
 }
 
@@ -275,6 +306,7 @@ pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
         let mut world = World {
             store: &store,
             inserts: subject.task_insert_statements.as_ref(),
+            age: subject.age_heartbeats.as_ref(),
             clock: ManualClock::starting_at(
                 Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
                     .single()
@@ -640,15 +672,19 @@ fn recovery_of_other_hosts_follows_the_heartbeat_lease<S: Storage>(w: &mut World
     let (silent, _) = w.worker_on("elsewhere");
     let kept = w.start(&beating);
     let lost = w.start(&silent);
-    w.clock
-        .advance(LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1));
+    // Time passes for the store's clock (the database's, on Postgres): both
+    // have been silent for nearly a lease, then one heartbeats.
+    let almost = LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1);
+    w.age_heartbeat(&beating, almost);
+    w.age_heartbeat(&silent, almost);
     beating.heartbeat(w.store).expect("beat");
     let (rescuer, _) = w.local_worker();
     assert!(
         w.sweep(&rescuer, SweepMode::Apply).is_empty(),
         "within the lease both are alive"
     );
-    w.clock.advance(Duration::seconds(2));
+    w.age_heartbeat(&beating, Duration::seconds(2));
+    w.age_heartbeat(&silent, Duration::seconds(2));
     let recovered = w.sweep(&rescuer, SweepMode::Apply);
     assert_eq!(
         recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
@@ -952,4 +988,117 @@ fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
         .expect("workers")
         .iter()
         .any(|x| x.id == worker.id()));
+}
+
+fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let running = w.start(&worker);
+    let id = running.id();
+    running
+        .record_session(SessionId::parse("sess_abandoned").expect("id"), w.store)
+        .expect("session");
+    let kept = w.start(&worker);
+    drop(running); // a panic, a cancelled future, an early return
+    assert_eq!(w.row(id).status, TaskStatus::Running, "no IO in drop");
+    assert_eq!(worker.abandoned(), vec![id]);
+    assert_eq!(worker.in_flight(), vec![kept.id()]);
+
+    let sweep = worker.interrupt_abandoned(w.store);
+    assert!(sweep.error.is_none(), "{:?}", sweep.error);
+    assert_eq!(sweep.recovered.len(), 1);
+    let report = &sweep.recovered[0];
+    assert_eq!(report.task.id, id);
+    assert_eq!(report.cause, crate::DeathCause::HandleAbandoned);
+    assert_eq!(report.sessions_invalidated, 1);
+    assert!(report.hint().starts_with("[recovery] "));
+    let row = w.row(id);
+    assert_eq!(row.status, TaskStatus::Interrupted);
+    assert_eq!(row.interrupt_reason.as_deref(), Some(crate::ABANDONED_REASON));
+    assert_eq!(row.interrupted_by, Some(worker.id()));
+    assert_eq!((row.finished_at, row.cost_usd, row.turns), (None, None, None));
+    assert_eq!(w.inserts(id), 1, "interrupting never INSERTs");
+    let sessions = w.store.list_sessions().expect("sessions");
+    assert!(sessions
+        .iter()
+        .filter(|s| s.task_id == id)
+        .all(|s| s.invalidated_at.is_some()));
+    assert_eq!(w.store.resumable_session(&key_of(&row)).expect("resume"), None);
+
+    let again = worker.interrupt_abandoned(w.store);
+    assert!(again.recovered.is_empty(), "reported once");
+    assert_eq!(w.row(kept.id()).status, TaskStatus::Running, "the other task is untouched");
+    kept.finish(Outcome::Success(report()), w.store)
+        .expect("the kept task finishes");
+}
+
+fn a_finished_handle_is_never_treated_as_abandoned<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let finished = w
+        .start(&worker)
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let refused_id = {
+        let running = w.start(&worker);
+        let id = running.id();
+        // Finished by a stop: the handle's own finish is refused, and the
+        // refusal settles it too.
+        let reason = InterruptReason::new("worker stopped").expect("reason");
+        let (interrupted, error) = worker.interrupt_in_flight(w.store, &reason);
+        assert!(error.is_none());
+        assert_eq!(interrupted, vec![id]);
+        assert!(matches!(
+            running.finish(Outcome::Success(report()), w.store),
+            Err(FinishError::Refused { .. })
+        ));
+        id
+    };
+    assert!(worker.abandoned().is_empty() && worker.in_flight().is_empty());
+    assert!(worker.interrupt_abandoned(w.store).recovered.is_empty());
+    assert_eq!(w.row(finished.id()).status, TaskStatus::Success);
+    assert_eq!(
+        w.row(refused_id).interrupt_reason.as_deref(),
+        Some("worker stopped")
+    );
+}
+
+fn an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (victim, pid) = w.local_worker();
+    let running = w.start(&victim);
+    let id = running.id();
+    w.processes.kill(pid);
+    let (rescuer, _) = w.local_worker();
+    let swept = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(swept.len(), 1);
+    let reason = w.row(id).interrupt_reason;
+    drop(running);
+    let sweep = victim.interrupt_abandoned(w.store);
+    assert!(sweep.recovered.is_empty(), "the sweep reported it already");
+    assert!(sweep.error.is_none());
+    assert_eq!(w.row(id).interrupt_reason, reason, "fenced: nothing written");
+    assert!(victim.abandoned().is_empty());
+}
+
+fn a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (sweeper, _) = w.local_worker();
+    let (dead, pid) = w.local_worker();
+    let mine = w.start(&sweeper);
+    let theirs = w.start(&dead);
+    let theirs_id = theirs.id();
+    std::mem::forget(theirs); // SIGKILL: no drop
+    w.processes.kill(pid);
+    w.clock.advance(Duration::seconds(30));
+    let recovered = w.sweep(&sweeper, SweepMode::Apply);
+    assert_eq!(
+        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+        vec![theirs_id]
+    );
+    assert_eq!(w.row(theirs_id).status, TaskStatus::Interrupted);
+    assert_eq!(w.row(mine.id()).status, TaskStatus::Running, "its own row");
+    assert!(w.sweep(&sweeper, SweepMode::Apply).is_empty(), "once");
+    mine.finish(Outcome::Success(report()), w.store)
+        .expect("the sweeper finishes its own");
 }

@@ -82,6 +82,6 @@ pub use task::{
     TaskState, ABANDONED_REASON,
 };
 pub use worker::{
-    DeathCause, Liveness, LivenessJudge, LivenessPolicy, PolicyJudge, ProcessProbe, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    DeathCause, Liveness, LivenessJudge, LivenessPolicy, OwnerFacts, OwnerSession, PolicyJudge,
+    ProcessProbe, WorkerRecord, WorkerRegistration, WorkerState,
 };

@@ -14,7 +14,10 @@ use crate::record::{
 };
 use crate::status::TaskStatus;
 use crate::storage::{Storage, StorageError};
-use crate::worker::{Liveness, LivenessJudge, WorkerRecord, WorkerRegistration, WorkerState};
+use crate::worker::{
+    Liveness, LivenessJudge, OwnerFacts, OwnerSession, WorkerRecord, WorkerRegistration,
+    WorkerState,
+};
 
 /// A [`Storage`] held in memory.
 #[derive(Debug, Default)]
@@ -41,6 +44,15 @@ impl MemoryStorage {
     /// How many INSERTs into `task_history` were issued for `id`.
     pub fn task_insert_statements(&self, id: TaskId) -> usize {
         self.lock().task_inserts.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Test hook: moves `worker`'s last heartbeat `by` into the past, as if
+    /// it had stayed silent that long (the conformance suite ages another
+    /// host's heartbeat this way). Does nothing for an unknown worker.
+    pub fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
+        if let Some(record) = self.lock().workers.get_mut(&worker) {
+            record.heartbeat_at -= by;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -211,7 +223,18 @@ impl Storage for MemoryStorage {
         for (task_id, owner) in orphans {
             let verdict = verdicts
                 .entry(owner)
-                .or_insert_with(|| judge.judge(owner.and_then(|id| inner.workers.get(&id))))
+                .or_insert_with(|| {
+                    // Heartbeats are written with the callers' clock: the
+                    // sweep's `now` is this store's time.
+                    let facts = owner.and_then(|id| inner.workers.get(&id)).map(|record| {
+                        OwnerFacts::observed_at(
+                            record.clone(),
+                            request.now,
+                            OwnerSession::NotObservable,
+                        )
+                    });
+                    judge.judge(facts.as_ref())
+                })
                 .clone();
             let Liveness::Dead(cause) = verdict else {
                 continue;

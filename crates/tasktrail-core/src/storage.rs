@@ -106,11 +106,15 @@ pub enum StorageError {
 ///   every transitioned row, invalidated session and dead worker is written
 ///   together or not at all, and a row is reported by exactly one sweep.
 pub trait Storage: Send + Sync {
-    /// Inserts a `workers` row (state `alive`, heartbeat = `started_at`).
+    /// Inserts a `workers` row (state `alive`, heartbeat = `started_at`, or
+    /// the store's own time when it measures silence on its own clock, as
+    /// Postgres does with the database's).
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError>;
 
-    /// Moves the worker's heartbeat to `at`. Fails with
-    /// [`StorageError::WorkerNotAlive`] once a sweep declared it dead.
+    /// Moves the worker's heartbeat to `at` (never backwards; a store that
+    /// measures silence on its own clock writes that clock's time instead).
+    /// Fails with [`StorageError::WorkerNotAlive`] once a sweep declared it
+    /// dead.
     fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError>;
 
     /// Marks the worker `stopped` on a clean shutdown.
@@ -129,7 +133,11 @@ pub trait Storage: Send + Sync {
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError>;
 
     /// The boot-time sweep, in one transaction: asks `judge` about the owner
-    /// of every `running` row (except `request.recovering_worker`), marks the
+    /// of every `running` row (except `request.recovering_worker`), handing
+    /// it the [`OwnerFacts`](crate::OwnerFacts) the store gathered (the
+    /// owner's row, its silence on the store's clock, what the store sees of
+    /// its session; `None` for a row that names no registered worker). The
+    /// judge decides; the store never overrides it. The sweep then marks the
     /// rows of dead owners `interrupted` (`finished_at`, tokens and cost stay
     /// NULL), invalidates their sessions, marks the owners `dead`, and
     /// returns what it did. With [`SweepMode::DryRun`] it writes nothing.

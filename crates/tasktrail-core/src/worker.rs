@@ -91,9 +91,10 @@ pub struct LivenessPolicy {
     /// The host the judging worker runs on. Workers on this host are judged
     /// exactly, by asking the operating system; others by their heartbeat.
     pub local_host: String,
-    /// How old a heartbeat may be before its worker counts as dead. The
-    /// default is [`LivenessPolicy::DEFAULT_LEASE`]: three heartbeat
-    /// intervals.
+    /// How long a worker on another host may stay silent (its
+    /// [`OwnerFacts::silence`], on the store's clock) before it counts as
+    /// dead. The default is [`LivenessPolicy::DEFAULT_LEASE`]: three
+    /// heartbeat intervals.
     pub lease: Duration,
 }
 
@@ -111,24 +112,32 @@ impl LivenessPolicy {
         }
     }
 
-    /// Decides whether `worker` is alive at `now`.
+    /// Decides whether the owner that `facts` describes is alive. Every
+    /// verdict of a recovery sweep is made here, whatever the backend; the
+    /// backend only gathers the facts. In this order:
     ///
-    /// - A worker that stopped cleanly or was declared dead is dead.
+    /// - A worker that stopped cleanly ([`DeathCause::Deregistered`]) or was
+    ///   declared dead ([`DeathCause::DeclaredDead`]) is dead.
+    /// - A worker whose database session ended ([`OwnerSession::Released`]:
+    ///   the lock it holds on its own session is free) is dead at once
+    ///   ([`DeathCause::SessionEnded`]), without waiting out the lease.
     /// - A worker on this host is alive exactly when a process with its pid
     ///   exists *and* has the start marker it registered (a reused pid does
     ///   not count). No timeout is involved.
-    /// - A worker on another host is alive while its heartbeat is younger
-    ///   than the lease.
-    pub fn judge(
-        &self,
-        worker: &WorkerRecord,
-        now: Timestamp,
-        probe: &dyn ProcessProbe,
-    ) -> Liveness {
+    /// - A worker on another host is alive while its
+    ///   [`silence`](OwnerFacts::silence) is no longer than the lease.
+    pub fn judge(&self, facts: &OwnerFacts, probe: &dyn ProcessProbe) -> Liveness {
+        let worker = &facts.record;
         match worker.state {
             WorkerState::Stopped => return Liveness::Dead(DeathCause::Deregistered),
             WorkerState::Dead => return Liveness::Dead(DeathCause::DeclaredDead),
             WorkerState::Alive => {}
+        }
+        if facts.session == OwnerSession::Released {
+            return Liveness::Dead(DeathCause::SessionEnded {
+                host: worker.host.clone(),
+                pid: worker.pid,
+            });
         }
         if worker.host == self.local_host {
             return match probe.process_start_marker(worker.pid) {
@@ -145,8 +154,7 @@ impl LivenessPolicy {
                 Some(_) => Liveness::Alive,
             };
         }
-        let silence = now - worker.heartbeat_at;
-        if silence > self.lease {
+        if facts.silence > self.lease {
             Liveness::Dead(DeathCause::LeaseExpired {
                 host: worker.host.clone(),
                 last_heartbeat: worker.heartbeat_at,
@@ -156,6 +164,50 @@ impl LivenessPolicy {
             Liveness::Alive
         }
     }
+}
+
+/// What a store knows about the owner of `running` rows when a sweep judges
+/// it: the facts [`LivenessPolicy::judge`] decides on. Backends gather them,
+/// they never decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerFacts {
+    /// The owner's `workers` row.
+    pub record: WorkerRecord,
+    /// Time since its last heartbeat on the *store's* clock, never negative:
+    /// the sweep's `now` minus `heartbeat_at` where heartbeats are written
+    /// with the callers' clock (in-memory, SQLite); the database's
+    /// `clock_timestamp()` minus `heartbeat_at` on Postgres, whose heartbeats
+    /// are the database's `now()`.
+    pub silence: Duration,
+    /// Whether the owner's database session still exists.
+    pub session: OwnerSession,
+}
+
+impl OwnerFacts {
+    /// The facts about `record` at `store_now`, a time on the clock its
+    /// heartbeats were written with: `silence` is `store_now -
+    /// record.heartbeat_at`, or zero if the heartbeat is newer.
+    pub fn observed_at(record: WorkerRecord, store_now: Timestamp, session: OwnerSession) -> Self {
+        let silence = (store_now - record.heartbeat_at).max(Duration::zero());
+        Self {
+            record,
+            silence,
+            session,
+        }
+    }
+}
+
+/// What a store can see of an owner's database session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerSession {
+    /// The backend cannot see database sessions (in-memory, SQLite), or did
+    /// not look because the owner is no longer `alive` (Postgres).
+    NotObservable,
+    /// The owner's database session still holds its lock.
+    Held,
+    /// The lock a live owner holds on its own session is free: the session
+    /// ended (its process crashed, its host vanished, its store was dropped).
+    Released,
 }
 
 /// Whether a worker is alive.
@@ -251,37 +303,36 @@ impl fmt::Display for DeathCause {
 
 /// What a storage backend asks during a recovery sweep.
 pub trait LivenessJudge {
-    /// Whether the owner of a `running` row is alive; `None` when the row
-    /// names no registered worker.
-    fn judge(&self, worker: Option<&WorkerRecord>) -> Liveness;
+    /// Whether the owner of a `running` row is alive, from the facts the
+    /// store gathered about it; `None` when the row names no registered
+    /// worker.
+    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness;
 }
 
-/// The judge a booting worker uses: a [`LivenessPolicy`], a process probe
-/// and the sweep's time.
+/// The judge a booting worker uses: a [`LivenessPolicy`] and a process
+/// probe. (The time it judges at is in the facts: each store measures an
+/// owner's silence on its own clock.)
 #[derive(Clone, Copy)]
 pub struct PolicyJudge<'a> {
     /// The rules.
     pub policy: &'a LivenessPolicy,
     /// The local process table.
     pub probe: &'a dyn ProcessProbe,
-    /// The time of the sweep.
-    pub now: Timestamp,
 }
 
 impl fmt::Debug for PolicyJudge<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyJudge")
             .field("policy", self.policy)
-            .field("now", &self.now)
             .finish_non_exhaustive()
     }
 }
 
 impl LivenessJudge for PolicyJudge<'_> {
-    fn judge(&self, worker: Option<&WorkerRecord>) -> Liveness {
-        match worker {
+    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
+        match owner {
             None => Liveness::Dead(DeathCause::UnknownWorker),
-            Some(worker) => self.policy.judge(worker, self.now, self.probe),
+            Some(facts) => self.policy.judge(facts, self.probe),
         }
     }
 }
@@ -302,19 +353,6 @@ mod tests {
         }
     }
 
-    fn worker(host: &str, pid: u32, marker: &str, heartbeat_at: Timestamp) -> WorkerRecord {
-        WorkerRecord {
-            id: WorkerId::new_random(),
-            host: host.into(),
-            pid,
-            process_start_marker: marker.into(),
-            started_at: heartbeat_at,
-            heartbeat_at,
-            state: WorkerState::Alive,
-            stopped_at: None,
-        }
-    }
-
     fn t(seconds: i64) -> Timestamp {
         chrono::Utc
             .timestamp_opt(1_700_000_000 + seconds, 0)
@@ -322,53 +360,187 @@ mod tests {
             .expect("valid")
     }
 
+    fn worker(host: &str, pid: u32, marker: &str) -> WorkerRecord {
+        WorkerRecord {
+            id: WorkerId::new_random(),
+            host: host.into(),
+            pid,
+            process_start_marker: marker.into(),
+            started_at: t(0),
+            heartbeat_at: t(0),
+            state: WorkerState::Alive,
+            stopped_at: None,
+        }
+    }
+
+    /// `record` silent for `silence` seconds, its session as given.
+    fn facts(record: &WorkerRecord, silence: i64, session: OwnerSession) -> OwnerFacts {
+        OwnerFacts {
+            record: record.clone(),
+            silence: Duration::seconds(silence),
+            session,
+        }
+    }
+
+    const SESSIONS: [OwnerSession; 3] = [
+        OwnerSession::NotObservable,
+        OwnerSession::Held,
+        OwnerSession::Released,
+    ];
+
+    #[test]
+    fn stopped_and_declared_dead_workers_are_dead_whatever_else_is_known() {
+        let policy = LivenessPolicy::for_host("dev");
+        let probe = FakeProcesses(vec![(10, "m")]);
+        for host in ["dev", "other"] {
+            for session in SESSIONS {
+                let mut w = worker(host, 10, "m");
+                w.state = WorkerState::Stopped;
+                assert_eq!(
+                    policy.judge(&facts(&w, 0, session), &probe),
+                    Liveness::Dead(DeathCause::Deregistered),
+                    "{host} {session:?}"
+                );
+                w.state = WorkerState::Dead;
+                assert_eq!(
+                    policy.judge(&facts(&w, 0, session), &probe),
+                    Liveness::Dead(DeathCause::DeclaredDead),
+                    "{host} {session:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_released_session_is_death_at_once_on_any_host() {
+        let policy = LivenessPolicy::for_host("dev");
+        // The process runs with its marker and the heartbeat is fresh: only
+        // the session says the worker is gone.
+        let probe = FakeProcesses(vec![(10, "boot:100")]);
+        for host in ["dev", "other"] {
+            let w = worker(host, 10, "boot:100");
+            assert_eq!(
+                policy.judge(&facts(&w, 0, OwnerSession::Released), &probe),
+                Liveness::Dead(DeathCause::SessionEnded {
+                    host: host.into(),
+                    pid: 10
+                }),
+                "{host}"
+            );
+            for session in [OwnerSession::NotObservable, OwnerSession::Held] {
+                assert_eq!(
+                    policy.judge(&facts(&w, 0, session), &probe),
+                    Liveness::Alive,
+                    "{host} {session:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn same_host_worker_is_judged_by_its_process_not_its_heartbeat() {
         let policy = LivenessPolicy::for_host("dev");
         let probe = FakeProcesses(vec![(10, "boot:100")]);
-        // A fresh heartbeat does not save a killed process...
-        let killed = worker("dev", 11, "boot:100", t(0));
-        assert!(matches!(
-            policy.judge(&killed, t(1), &probe),
-            Liveness::Dead(DeathCause::ProcessGone { .. })
-        ));
-        // ...a reused pid does not look alive...
-        let reused = worker("dev", 10, "boot:50", t(0));
-        assert!(matches!(
-            policy.judge(&reused, t(1), &probe),
-            Liveness::Dead(DeathCause::PidReused { .. })
-        ));
-        // ...and an old heartbeat does not kill a live process.
-        let alive = worker("dev", 10, "boot:100", t(0));
-        assert_eq!(policy.judge(&alive, t(3600), &probe), Liveness::Alive);
+        for session in [OwnerSession::NotObservable, OwnerSession::Held] {
+            // A fresh heartbeat does not save a killed process...
+            let killed = worker("dev", 11, "boot:100");
+            assert_eq!(
+                policy.judge(&facts(&killed, 0, session), &probe),
+                Liveness::Dead(DeathCause::ProcessGone {
+                    host: "dev".into(),
+                    pid: 11
+                })
+            );
+            // ...a reused pid does not look alive...
+            let reused = worker("dev", 10, "boot:50");
+            assert_eq!(
+                policy.judge(&facts(&reused, 0, session), &probe),
+                Liveness::Dead(DeathCause::PidReused {
+                    host: "dev".into(),
+                    pid: 10
+                })
+            );
+            // ...and a long silence does not kill a live process.
+            let alive = worker("dev", 10, "boot:100");
+            assert_eq!(
+                policy.judge(&facts(&alive, 3600, session), &probe),
+                Liveness::Alive
+            );
+        }
     }
 
     #[test]
-    fn other_host_worker_is_dead_only_after_the_lease() {
+    fn other_host_worker_is_dead_only_when_its_silence_exceeds_the_lease() {
         let policy = LivenessPolicy::for_host("dev");
-        let probe = FakeProcesses(vec![]);
-        let remote = worker("other", 10, "x", t(0));
-        assert_eq!(policy.judge(&remote, t(15), &probe), Liveness::Alive);
+        // The remote pid happens to exist here: it must not matter.
+        let probe = FakeProcesses(vec![(10, "x")]);
+        let mut remote = worker("other", 10, "x");
+        remote.heartbeat_at = t(42);
+        for session in [OwnerSession::NotObservable, OwnerSession::Held] {
+            assert_eq!(
+                policy.judge(&facts(&remote, 0, session), &probe),
+                Liveness::Alive
+            );
+            assert_eq!(
+                policy.judge(&facts(&remote, 15, session), &probe),
+                Liveness::Alive,
+                "a silence of exactly the lease is alive"
+            );
+            assert_eq!(
+                policy.judge(&facts(&remote, 16, session), &probe),
+                Liveness::Dead(DeathCause::LeaseExpired {
+                    host: "other".into(),
+                    last_heartbeat: t(42),
+                    lease: LivenessPolicy::DEFAULT_LEASE,
+                })
+            );
+        }
+        let no_process = FakeProcesses(vec![]);
+        assert_eq!(
+            policy.judge(&facts(&remote, 1, OwnerSession::Held), &no_process),
+            Liveness::Alive,
+            "another host's worker is not judged by the local process table"
+        );
+        let short = LivenessPolicy {
+            lease: Duration::seconds(2),
+            ..policy
+        };
         assert!(matches!(
-            policy.judge(&remote, t(16), &probe),
-            Liveness::Dead(DeathCause::LeaseExpired { .. })
+            short.judge(&facts(&remote, 3, OwnerSession::Held), &probe),
+            Liveness::Dead(DeathCause::LeaseExpired { lease, .. }) if lease == Duration::seconds(2)
         ));
     }
 
     #[test]
-    fn stopped_and_declared_dead_workers_are_dead() {
+    fn silence_is_measured_on_the_stores_clock_and_never_negative() {
+        let mut w = worker("other", 10, "x");
+        w.heartbeat_at = t(100);
+        let facts = OwnerFacts::observed_at(w.clone(), t(130), OwnerSession::NotObservable);
+        assert_eq!(facts.silence, Duration::seconds(30));
+        assert_eq!(facts.record, w);
+        let ahead = OwnerFacts::observed_at(w, t(90), OwnerSession::Held);
+        assert_eq!(ahead.silence, Duration::zero());
+        assert_eq!(ahead.session, OwnerSession::Held);
+    }
+
+    #[test]
+    fn the_policy_judge_calls_a_row_without_a_worker_unknown_and_asks_the_policy_otherwise() {
         let policy = LivenessPolicy::for_host("dev");
         let probe = FakeProcesses(vec![(10, "m")]);
-        let mut w = worker("dev", 10, "m", t(0));
-        w.state = WorkerState::Stopped;
+        let judge = PolicyJudge {
+            policy: &policy,
+            probe: &probe,
+        };
         assert_eq!(
-            policy.judge(&w, t(0), &probe),
-            Liveness::Dead(DeathCause::Deregistered)
+            LivenessJudge::judge(&judge, None),
+            Liveness::Dead(DeathCause::UnknownWorker)
         );
-        w.state = WorkerState::Dead;
-        assert_eq!(
-            policy.judge(&w, t(0), &probe),
-            Liveness::Dead(DeathCause::DeclaredDead)
-        );
+        let alive = facts(&worker("dev", 10, "m"), 0, OwnerSession::Held);
+        assert_eq!(LivenessJudge::judge(&judge, Some(&alive)), Liveness::Alive);
+        let gone = facts(&worker("dev", 11, "m"), 0, OwnerSession::Held);
+        assert!(matches!(
+            LivenessJudge::judge(&judge, Some(&gone)),
+            Liveness::Dead(DeathCause::ProcessGone { .. })
+        ));
     }
 }

@@ -216,7 +216,6 @@ fn a_failed_sweep_leaves_every_row_as_it_was_and_the_next_one_recovers() {
     let judge = PolicyJudge {
         policy: &policy,
         probe: &NoProcesses,
-        now: clock.now(),
     };
     let request = RecoveryRequest {
         recovering_worker: rescuer.id(),

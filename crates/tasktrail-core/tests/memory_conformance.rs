@@ -12,6 +12,9 @@ fn memory_storage_passes_the_conformance_suite() {
         task_insert_statements: Box::new(|store: &MemoryStorage, id| {
             store.task_insert_statements(id)
         }),
+        age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| {
+            store.age_heartbeat(worker, by)
+        }),
     });
 }
 
@@ -96,6 +99,9 @@ fn the_suite_fails_a_backend_that_inserts_on_finish() {
             fresh_store: Box::new(InsertsOnFinish::default),
             task_insert_statements: Box::new(|store: &InsertsOnFinish, id| {
                 store.inner.task_insert_statements(id)
+            }),
+            age_heartbeats: Box::new(|store: &InsertsOnFinish, worker, by| {
+                store.inner.age_heartbeat(worker, by)
             }),
         });
     });

@@ -29,6 +29,6 @@ pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIO
 
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    PostgresLeaseClock, PostgresOptions, PostgresStorage, ScratchDatabase, POSTGRES_MIGRATIONS,
+    PostgresOptions, PostgresStorage, ScratchDatabase, POSTGRES_MIGRATIONS,
     TEST_POSTGRES_URL_VARIABLE,
 };

@@ -132,7 +132,6 @@ fn sweep_as(
             &PolicyJudge {
                 policy: &policy,
                 probe: &NoProcesses,
-                now,
             },
         )
         .expect("sweep")
@@ -160,6 +159,21 @@ fn lock_is_free(connection: &mut PgConnection, worker: WorkerId) -> bool {
             .expect("unlock");
     }
     free
+}
+
+/// Moves `worker`'s heartbeat `by` into the past (the conformance suite's
+/// `age_heartbeats` hook).
+fn age_heartbeat(connection: &mut PgConnection, worker: WorkerId, by: Duration) {
+    let updated = diesel::sql_query(
+        "UPDATE workers SET heartbeat_at = heartbeat_at - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(*worker.as_uuid())
+    .bind::<diesel::sql_types::Double, _>(
+        by.num_microseconds().expect("a short duration") as f64 / 1e6,
+    )
+    .execute(connection)
+    .expect("age the heartbeat");
+    assert_eq!(updated, 1, "worker {worker} has a row");
 }
 
 fn set_heartbeat_back(connection: &mut PgConnection, worker: WorkerId, by: &str) {
@@ -787,6 +801,35 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
     assert!(lock_is_free(&mut database.connect(), crashed));
 }
 
+/// The session is judged before the lease: a crashed worker whose heartbeat
+/// is also old is reported as a session that ended.
+#[test]
+fn a_crashed_worker_past_its_lease_is_reported_as_its_session_ending() {
+    let database = database_or_skip!();
+    let crashed = {
+        let doomed = database.open();
+        let worker = register(&doomed, "host-a", 10);
+        let running = Task::queue(spec(31))
+            .start(&worker, &doomed)
+            .expect("start");
+        std::mem::forget(running);
+        worker.id()
+    };
+    set_heartbeat_back(&mut database.connect(), crashed, "1 hour");
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(
+        recovered[0].cause,
+        DeathCause::SessionEnded {
+            host: "host-a".into(),
+            pid: 10
+        }
+    );
+    assert!(lock_is_free(&mut database.connect(), crashed));
+}
+
 #[test]
 fn a_dry_run_reports_and_writes_nothing() {
     let database = database_or_skip!();
@@ -808,7 +851,6 @@ fn a_dry_run_reports_and_writes_nothing() {
             &PolicyJudge {
                 policy: &policy,
                 probe: &NoProcesses,
-                now,
             },
         )
         .expect("preview");
@@ -1080,9 +1122,9 @@ type Span = (std::time::Instant, std::time::Instant);
 struct SlowJudge<'a>(PolicyJudge<'a>);
 
 impl tasktrail_core::LivenessJudge for SlowJudge<'_> {
-    fn judge(&self, worker: Option<&tasktrail_core::WorkerRecord>) -> tasktrail_core::Liveness {
+    fn judge(&self, owner: Option<&tasktrail_core::OwnerFacts>) -> tasktrail_core::Liveness {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        self.0.judge(worker)
+        self.0.judge(owner)
     }
 }
 
@@ -1099,7 +1141,6 @@ fn slow_sweep_as(store: &PostgresStorage, worker: WorkerId, host: &str) -> Vec<R
             &SlowJudge(PolicyJudge {
                 policy: &policy,
                 probe: &NoProcesses,
-                now,
             }),
         )
         .expect("sweep")
@@ -1299,17 +1340,15 @@ fn concurrent_boots_round(
 // ---------------------------------------------------------------------------
 
 /// Every conformance case on a fresh database of its own (the guards live
-/// until the suite ends). The suite drives time with a `ManualClock`, which
-/// the database's clock cannot follow, so the stores judge the lease on the
-/// callers' clock ([`PostgresLeaseClock::Caller`]); the tests above cover the
-/// database's clock. Everything else — advisory locks, row locks, fencing —
-/// is the production code path.
+/// until the suite ends), in the production configuration: heartbeats and
+/// the lease on the database's clock. The suite's manual clock cannot move
+/// the database's, so where a case needs a heartbeat to grow old it moves
+/// `heartbeat_at` back with an UPDATE (the `age_heartbeats` hook).
 #[test]
 fn postgres_passes_the_conformance_suite() {
     use std::cell::RefCell;
     use std::rc::Rc;
     use tasktrail_core::conformance::{run_conformance_suite, Subject};
-    use tasktrail_diesel::PostgresLeaseClock;
 
     if std::env::var(tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE)
         .map_or(true, |url| url.trim().is_empty())
@@ -1330,7 +1369,6 @@ fn postgres_passes_the_conformance_suite() {
             let store = database.open_with(PostgresOptions {
                 statement_log: Some(StatementLog::new()),
                 pool_size: 2,
-                lease_clock: PostgresLeaseClock::Caller,
                 ..PostgresOptions::default()
             });
             made.borrow_mut().push(database);
@@ -1340,6 +1378,11 @@ fn postgres_passes_the_conformance_suite() {
             store
                 .statement_log()
                 .map_or(0, |log| log.task_insert_statements(id))
+        }),
+        age_heartbeats: Box::new(|store: &PostgresStorage, worker, by| {
+            store
+                .with_connection(|connection| age_heartbeat(connection, worker, by))
+                .expect("a connection");
         }),
     });
     assert!(!databases.borrow().is_empty());

@@ -3,8 +3,33 @@
 //! instrumentation.
 #![cfg(feature = "sqlite")]
 
+use chrono::{Duration, SecondsFormat};
+use diesel::prelude::*;
+use diesel::sql_types::Text;
 use tasktrail_core::conformance::{run_conformance_suite, Subject};
+use tasktrail_core::{Storage, WorkerId};
 use tasktrail_diesel::{SqliteOptions, SqliteStorage, StatementLog};
+
+/// Moves `worker`'s heartbeat `by` into the past (the suite's
+/// `age_heartbeats` hook). SQLite stores RFC 3339 text, written with the
+/// callers' clock.
+fn age_heartbeat(store: &SqliteStorage, worker: WorkerId, by: Duration) {
+    let record = store
+        .list_workers()
+        .expect("workers")
+        .into_iter()
+        .find(|record| record.id == worker)
+        .expect("the worker has a row");
+    let aged = (record.heartbeat_at - by).to_rfc3339_opts(SecondsFormat::Micros, true);
+    let updated = store.with_connection(|connection| {
+        diesel::sql_query("UPDATE workers SET heartbeat_at = ? WHERE id = ?")
+            .bind::<Text, _>(aged)
+            .bind::<Text, _>(worker.to_string())
+            .execute(connection)
+            .expect("age the heartbeat")
+    });
+    assert_eq!(updated, 1);
+}
 
 #[test]
 fn sqlite_storage_passes_the_conformance_suite() {
@@ -29,5 +54,6 @@ fn sqlite_storage_passes_the_conformance_suite() {
                 .statement_log()
                 .map_or(0, |log| log.task_insert_statements(id))
         }),
+        age_heartbeats: Box::new(age_heartbeat),
     });
 }

@@ -63,7 +63,6 @@ fn sweep(store: &SqliteStorage) -> Result<Vec<RecoveredTask>, StorageError> {
         &PolicyJudge {
             policy: &policy,
             probe: &NoProcesses,
-            now,
         },
     )
 }

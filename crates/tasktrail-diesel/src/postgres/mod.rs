@@ -44,24 +44,6 @@ const WORKER_LOCK_NAMESPACE: u64 = 0x7461_736b_7472_6c77; // "tasktrlw"
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 pub(crate) type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
 
-/// Whose clock writes heartbeats and measures the lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum PostgresLeaseClock {
-    /// The database's: heartbeats are `now()` on the server and the sweep
-    /// measures silence against the server's `clock_timestamp()`, so the
-    /// clocks of the workers' hosts never matter. The default, and the one to
-    /// use whenever workers run on more than one host.
-    #[default]
-    Database,
-    /// The callers': a heartbeat stores the `at` it is given (a registration
-    /// its `started_at`) and the judge compares it with the sweep's `now`, as
-    /// the SQLite and in-memory backends do. Only for deployments with a
-    /// single clock and for tests that drive time with a
-    /// [`ManualClock`](tasktrail_core::ManualClock) (the shared conformance
-    /// suite). The advisory-lock check applies either way.
-    Caller,
-}
-
 /// How to open a Postgres store.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -75,8 +57,6 @@ pub struct PostgresOptions {
     pub connection_timeout: Duration,
     /// Record the INSERTs into `task_history` this store issues (tests).
     pub statement_log: Option<StatementLog>,
-    /// See [`PostgresLeaseClock`]. Default: the database's.
-    pub lease_clock: PostgresLeaseClock,
 }
 
 impl Default for PostgresOptions {
@@ -85,7 +65,6 @@ impl Default for PostgresOptions {
             pool_size: 8,
             connection_timeout: Duration::from_secs(10),
             statement_log: None,
-            lease_clock: PostgresLeaseClock::default(),
         }
     }
 }
@@ -104,35 +83,29 @@ impl Default for PostgresOptions {
 ///
 /// # Liveness across hosts
 ///
-/// A booting worker's sweep decides whether the owner of a `running` row is
-/// alive from three facts, all read inside the sweep's transaction:
+/// The store does not decide whether the owner of a `running` row is alive:
+/// it gathers the facts about each owner inside the sweep's transaction and
+/// hands them to the caller's [`LivenessJudge`](tasktrail_core::LivenessJudge)
+/// ([`LivenessPolicy::judge`](tasktrail_core::LivenessPolicy::judge) makes
+/// every verdict, as for the other backends):
 ///
-/// 1. **The `workers.state` column.** `stopped` or `dead` owners are dead.
-/// 2. **The lease, measured on the database's clock.** Heartbeats are written
-///    as `GREATEST(heartbeat_at, now())` by the database itself (the `at`
-///    passed to [`Storage::heartbeat_worker`](tasktrail_core::Storage) is
-///    ignored, and a registration's first heartbeat is the database's `now()`
-///    too), so no host's clock is ever compared with another's. The
-///    [`LivenessJudge`](tasktrail_core::LivenessJudge) a caller passes works
-///    in the caller's time (`PolicyJudge::now`), so before judging, each
-///    owner's `heartbeat_at` is moved into the caller's frame: `heartbeat_at'
-///    = request.now - (db_now - heartbeat_at)`, where `db_now` is the
-///    database's `clock_timestamp()` read in the sweep. Judging
-///    `request.now - heartbeat_at'` against the lease is then exactly judging
-///    the silence on the database's clock. (A lease-expired cause reports the
-///    database's `heartbeat_at`.) The lease is the policy's
-///    ([`LivenessPolicy::DEFAULT_LEASE`](tasktrail_core::LivenessPolicy), 15 s:
-///    three 5 s heartbeats).
-/// 3. **The advisory lock: the exact signal.** Each owner the judge still
-///    calls alive is tested with `pg_try_advisory_lock(key)` on the sweeping
-///    (pooled) connection. The owner's liveness session holds that lock, so
-///    the attempt fails while the owner's session exists: alive. If it
-///    succeeds, the server has ended the owner's session (the process
-///    crashed, its host vanished, its store was dropped), so the owner is
-///    dead *now*, without waiting out the lease. The sweep releases the lock
-///    again after its transaction ends. This verdict is reported as
-///    [`DeathCause::SessionEnded`](tasktrail_core::DeathCause) (host and pid
-///    of the owner).
+/// - **The `workers` row**, with its `state`.
+/// - **Its silence, on the database's clock.** Heartbeats are written as
+///   `GREATEST(heartbeat_at, now())` by the database itself (the `at` passed
+///   to [`Storage::heartbeat_worker`](tasktrail_core::Storage) is ignored, and
+///   a registration's first heartbeat is the database's `now()` too), and the
+///   silence is the database's `clock_timestamp()`, read once the owners' rows
+///   are locked, minus `heartbeat_at`. No host's clock is ever compared with
+///   another's, and the sweep's `now` plays no part in it.
+/// - **Its session** ([`OwnerSession`](tasktrail_core::OwnerSession)). Each
+///   `alive` owner is tested with `pg_try_advisory_lock(key)` on the sweeping
+///   (pooled) connection. The owner's liveness session holds that lock, so the
+///   attempt fails while the owner's session exists (`Held`). If it succeeds,
+///   the server has ended the owner's session (`Released`), and the policy
+///   declares it dead at once
+///   ([`DeathCause::SessionEnded`](tasktrail_core::DeathCause)), without
+///   waiting out the lease. The sweep releases the locks it took after its
+///   transaction ends.
 ///
 /// A crashed worker process loses its session when the kernel closes its
 /// socket: its lock is free at once. A host that vanishes without closing
@@ -169,10 +142,6 @@ impl Default for PostgresOptions {
 /// one a sweep reached first is fenced — its in-flight task is reported
 /// `interrupted`, never silently lost or finished twice.
 ///
-/// [`PostgresLeaseClock::Caller`] switches the lease (only) back to the
-/// callers' clocks, for single-clock deployments and for tests that drive a
-/// manual clock.
-///
 /// # Exactly-once recovery
 ///
 /// The sweep is one transaction that locks, in this order: the `workers` rows
@@ -190,7 +159,6 @@ pub struct PostgresStorage {
     shown_url: String,
     secrets: Secrets,
     statement_log: Option<StatementLog>,
-    lease_clock: PostgresLeaseClock,
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -198,7 +166,6 @@ impl fmt::Debug for PostgresStorage {
         f.debug_struct("PostgresStorage")
             .field("url", &self.shown_url)
             .field("pool_size", &self.pool.max_size())
-            .field("lease_clock", &self.lease_clock)
             .finish_non_exhaustive()
     }
 }
@@ -253,7 +220,6 @@ impl PostgresStorage {
             shown_url: secrets.scrub(&secrets.source),
             secrets,
             statement_log: options.statement_log.clone(),
-            lease_clock: options.lease_clock,
         })
     }
 
@@ -309,11 +275,6 @@ impl PostgresStorage {
     /// The statement log this store was opened with.
     pub fn statement_log(&self) -> Option<&StatementLog> {
         self.statement_log.as_ref()
-    }
-
-    /// Whose clock this store's heartbeats and lease use.
-    pub fn lease_clock(&self) -> PostgresLeaseClock {
-        self.lease_clock
     }
 
     /// The URL this store connects to, with its password replaced by `***`.

@@ -81,9 +81,8 @@ impl TaskRow {
     }
 }
 
-/// A registration. With the database's clock `heartbeat_at` is `None`, so
-/// the column's default, the database's `now()`, fills it; with the callers'
-/// clock it is the registration's `started_at`.
+/// A registration. `heartbeat_at` is left to the column's default, the
+/// database's `now()`.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = workers)]
 pub(super) struct NewWorkerRow {
@@ -92,17 +91,12 @@ pub(super) struct NewWorkerRow {
     pid: i64,
     process_start_marker: String,
     started_at: DateTime<Utc>,
-    heartbeat_at: Option<DateTime<Utc>>,
     state: &'static str,
 }
 
 impl NewWorkerRow {
-    pub(super) fn from_registration(
-        registration: &WorkerRegistration,
-        database_clock: bool,
-    ) -> Self {
+    pub(super) fn from_registration(registration: &WorkerRegistration) -> Self {
         Self {
-            heartbeat_at: (!database_clock).then(|| truncate_to_micros(registration.started_at)),
             id: *registration.id.as_uuid(),
             host: registration.host.clone(),
             pid: i64::from(registration.pid),

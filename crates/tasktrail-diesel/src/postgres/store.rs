@@ -9,19 +9,18 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use tasktrail_core::{
-    recovery_reason, truncate_to_micros, DeathCause, FinishRefusal, FinishRow, FinishWrite,
-    Liveness, LivenessJudge, NewRunningRow, NewSession, Outcome, RecoveredTask, RecoveryRequest,
-    SessionKey, SessionRecord, Storage, StorageError, SweepMode, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    recovery_reason, truncate_to_micros, FinishRefusal, FinishRow, FinishWrite, Liveness,
+    LivenessJudge, NewRunningRow, NewSession, Outcome, OwnerFacts, OwnerSession, RecoveredTask,
+    RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError, SweepMode, TaskFilter,
+    TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
+    WorkerState,
 };
 use uuid::Uuid;
 
 use super::rows::{NewWorkerRow, SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
-use super::{
-    advisory_unlock, map_error, try_advisory_lock, PostgresLeaseClock, PostgresStorage, Redacted,
-};
+use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::codec::artifacts_to_json;
 
 /// An error inside a transaction: either a domain answer to return as is, or
@@ -133,26 +132,13 @@ fn count_by_task(task_ids: Vec<Uuid>) -> HashMap<Uuid, u32> {
     counts
 }
 
-/// The heartbeat, never going backwards: the database's own clock, or the
-/// caller's `at` with [`PostgresLeaseClock::Caller`].
-fn beat(
-    connection: &mut PgConnection,
-    worker: WorkerId,
-    callers_at: Option<Timestamp>,
-) -> Result<(), StorageError> {
-    let updated = match callers_at {
-        None => diesel::sql_query(
-            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, now()) WHERE id = $1 AND state = 'alive'",
-        )
-        .bind::<SqlUuid, _>(*worker.as_uuid())
-        .execute(connection),
-        Some(at) => diesel::sql_query(
-            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, $2) WHERE id = $1 AND state = 'alive'",
-        )
-        .bind::<SqlUuid, _>(*worker.as_uuid())
-        .bind::<Timestamptz, _>(truncate_to_micros(at))
-        .execute(connection),
-    }
+/// The heartbeat, never going backwards, on the database's own clock.
+fn beat(connection: &mut PgConnection, worker: WorkerId) -> Result<(), StorageError> {
+    let updated = diesel::sql_query(
+        "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, now()) WHERE id = $1 AND state = 'alive'",
+    )
+    .bind::<SqlUuid, _>(*worker.as_uuid())
+    .execute(connection)
     .map_err(map_error)?;
     if updated == 1 {
         return Ok(());
@@ -163,73 +149,35 @@ fn beat(
     }
 }
 
-/// `worker` as the caller's judge must see it: its heartbeat moved from the
-/// database's clock into the caller's (`request.now - (db_now -
-/// heartbeat_at)`), so the caller's `now - heartbeat_at` is the silence
-/// measured on the database's clock.
-fn in_callers_frame(
-    worker: &WorkerRecord,
-    db_now: Timestamp,
-    callers_now: Timestamp,
-) -> WorkerRecord {
-    let silence = (db_now - worker.heartbeat_at).max(chrono::Duration::zero());
-    WorkerRecord {
-        heartbeat_at: callers_now - silence,
-        ..worker.clone()
-    }
-}
-
 impl PostgresStorage {
-    /// Judges one owner: the caller's judge on the database's clock, then,
-    /// for an owner it calls alive, the advisory lock. A lock this sweep took
-    /// is added to `taken`, to be released once the transaction has ended.
-    fn judge_owner(
+    /// Gathers the facts about one owner for the judge: its silence on the
+    /// database's clock (`db_now` minus its heartbeat) and, for an `alive`
+    /// owner, whether its liveness session still holds its advisory lock. A
+    /// lock this sweep took (the session is gone) is added to `taken`, to be
+    /// released once the transaction has ended.
+    fn owner_facts(
         connection: &mut PgConnection,
-        owner: Option<&WorkerRecord>,
-        judge: &dyn LivenessJudge,
-        clocks: Option<(Timestamp, Timestamp)>,
+        owner: &WorkerRecord,
+        db_now: Timestamp,
         taken: &mut Vec<i64>,
-    ) -> Result<Liveness, DieselError> {
-        let Some(owner) = owner else {
-            return Ok(judge.judge(None));
+    ) -> Result<OwnerFacts, DieselError> {
+        let session = if owner.state == WorkerState::Alive {
+            let key = Self::worker_lock_key(owner.id);
+            if try_advisory_lock(connection, key)? {
+                taken.push(key);
+                OwnerSession::Released
+            } else {
+                OwnerSession::Held
+            }
+        } else {
+            // A stopped or dead owner holds no lock worth asking about.
+            OwnerSession::NotObservable
         };
-        let verdict = match clocks {
-            Some((db_now, callers_now)) => {
-                judge.judge(Some(&in_callers_frame(owner, db_now, callers_now)))
-            }
-            None => judge.judge(Some(owner)),
-        };
-        match verdict {
-            Liveness::Dead(DeathCause::LeaseExpired { host, lease, .. }) => {
-                Ok(Liveness::Dead(DeathCause::LeaseExpired {
-                    host,
-                    // The database's time of the last heartbeat, not the
-                    // caller-frame value the judge saw.
-                    last_heartbeat: owner.heartbeat_at,
-                    lease,
-                }))
-            }
-            Liveness::Alive if owner.state == WorkerState::Alive => {
-                let key = Self::worker_lock_key(owner.id);
-                if try_advisory_lock(connection, key)? {
-                    taken.push(key);
-                    // The owner's liveness session is gone: the server
-                    // released its lock.
-                    Ok(Liveness::Dead(DeathCause::SessionEnded {
-                        host: owner.host.clone(),
-                        pid: owner.pid,
-                    }))
-                } else {
-                    Ok(Liveness::Alive)
-                }
-            }
-            other => Ok(other),
-        }
+        Ok(OwnerFacts::observed_at(owner.clone(), db_now, session))
     }
 
     fn sweep(
         connection: &mut PgConnection,
-        lease_clock: PostgresLeaseClock,
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
         taken: &mut Vec<i64>,
@@ -271,16 +219,11 @@ impl PostgresStorage {
             owners.insert(*record.id.as_uuid(), record);
         }
 
-        // 3. The database's time (read after the locks were granted) and the
-        //    caller's, to judge in the caller's frame on the database's clock.
-        let clocks = match lease_clock {
-            PostgresLeaseClock::Database => {
-                let db_now: DateTime<Utc> = diesel::select(sql::<Timestamptz>("clock_timestamp()"))
-                    .get_result(connection)?;
-                Some((db_now, request.now))
-            }
-            PostgresLeaseClock::Caller => None,
-        };
+        // 3. The database's time, read after the locks were granted: the
+        //    clock heartbeats are written with, so owners' silence is
+        //    measured on it (the caller's clock never matters).
+        let db_now: DateTime<Utc> =
+            diesel::select(sql::<Timestamptz>("clock_timestamp()")).get_result(connection)?;
 
         // 4. The running rows, each locked by exactly one sweep. Rows of an
         //    owner that appeared after step 1 are left to the next sweep.
@@ -308,9 +251,11 @@ impl PostgresStorage {
             if verdicts.contains_key(&task.worker_id) {
                 continue;
             }
-            let owner = task.worker_id.and_then(|id| owners.get(id.as_uuid()));
-            let verdict = Self::judge_owner(connection, owner, judge, clocks, taken)?;
-            verdicts.insert(task.worker_id, verdict);
+            let facts = match task.worker_id.and_then(|id| owners.get(id.as_uuid())) {
+                Some(owner) => Some(Self::owner_facts(connection, owner, db_now, taken)?),
+                None => None,
+            };
+            verdicts.insert(task.worker_id, judge.judge(facts.as_ref()));
         }
 
         // 6. Transition, invalidate, mark dead.
@@ -389,12 +334,10 @@ impl PostgresStorage {
 
 impl Storage for PostgresStorage {
     /// Takes the worker's advisory lock on this store's liveness session,
-    /// then inserts its row; the first heartbeat is the database's `now()`
-    /// (with [`PostgresLeaseClock::Caller`], `started_at`).
+    /// then inserts its row; the first heartbeat is the database's `now()`.
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
         let id = registration.id;
         let key = Self::worker_lock_key(id);
-        let database_clock = self.lease_clock == PostgresLeaseClock::Database;
         self.liveness.run(|connection, tracked| {
             if tracked.contains_key(&id) {
                 return Err(StorageError::DuplicateWorker { id });
@@ -404,10 +347,7 @@ impl Storage for PostgresStorage {
                 return Err(StorageError::DuplicateWorker { id });
             }
             match diesel::insert_into(workers::table)
-                .values(NewWorkerRow::from_registration(
-                    registration,
-                    database_clock,
-                ))
+                .values(NewWorkerRow::from_registration(registration))
                 .execute(connection)
             {
                 Ok(_) => {
@@ -427,15 +367,13 @@ impl Storage for PostgresStorage {
     }
 
     /// Moves `heartbeat_at` to the database's `now()` (`at` is ignored: see
-    /// [`PostgresStorage`]; with [`PostgresLeaseClock::Caller`], to
-    /// `at`). For a worker registered through this store
+    /// [`PostgresStorage`]). For a worker registered through this store
     /// the heartbeat goes through its liveness session, after taking its lock
     /// again if the session was re-established; a heartbeat that succeeds
     /// proves the lock is held.
-    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        let callers_at = (self.lease_clock == PostgresLeaseClock::Caller).then_some(at);
+    fn heartbeat_worker(&self, worker: WorkerId, _at: Timestamp) -> Result<(), StorageError> {
         if !self.liveness.tracks(worker) {
-            return beat(&mut *self.pooled()?, worker, callers_at);
+            return beat(&mut *self.pooled()?, worker);
         }
         let key = Self::worker_lock_key(worker);
         self.liveness.run(|connection, tracked| {
@@ -458,7 +396,7 @@ impl Storage for PostgresStorage {
                 }
                 tracked.insert(worker, true);
             }
-            let result = beat(connection, worker, callers_at);
+            let result = beat(connection, worker);
             if matches!(
                 result,
                 Err(StorageError::WorkerNotAlive { .. } | StorageError::UnknownWorker { .. })
@@ -620,7 +558,7 @@ impl Storage for PostgresStorage {
         let mut connection = self.pooled()?;
         let mut taken: Vec<i64> = Vec::new();
         let result = transaction(&mut connection, |connection| {
-            Self::sweep(connection, self.lease_clock, request, judge, &mut taken)
+            Self::sweep(connection, request, judge, &mut taken)
         });
         // Session-level locks outlive the transaction: release the ones the
         // sweep took, now that its verdicts are committed (or rolled back).

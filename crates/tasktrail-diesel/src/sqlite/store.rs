@@ -8,9 +8,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use tasktrail_core::{
     recovery_reason, FinishRow, FinishWrite, Liveness, LivenessJudge, NewRunningRow, NewSession,
-    Outcome, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError,
-    SweepMode, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    Outcome, OwnerFacts, OwnerSession, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord,
+    Storage, StorageError, SweepMode, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp,
+    WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 
 use super::rows::{SessionRow, TaskRow, WorkerRow};
@@ -339,7 +339,9 @@ impl Storage for SqliteStorage {
                 .collect::<Result<_, StorageError>>()?;
             owner_ids.sort();
             let known_owners: Vec<&String> = owner_columns.iter().flatten().collect();
-            let mut owners: HashMap<WorkerId, WorkerRecord> = HashMap::new();
+            // What the judge needs about each: heartbeats are written with
+            // the callers' clock, so the sweep's `now` is this store's time.
+            let mut owners: HashMap<WorkerId, OwnerFacts> = HashMap::new();
             for chunk in known_owners.chunks(500) {
                 let rows: Vec<WorkerRow> = workers::table
                     .filter(workers::id.eq_any(chunk))
@@ -347,7 +349,10 @@ impl Storage for SqliteStorage {
                     .load(connection)?;
                 for row in rows {
                     let record = row.into_record()?;
-                    owners.insert(record.id, record);
+                    owners.insert(
+                        record.id,
+                        OwnerFacts::observed_at(record, request.now, OwnerSession::NotObservable),
+                    );
                 }
             }
             let mut recovered = Vec::new();
