@@ -1006,27 +1006,40 @@ fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(w: &mut
     let sweep = worker.interrupt_abandoned(w.store);
     assert!(sweep.error.is_none(), "{:?}", sweep.error);
     assert_eq!(sweep.recovered.len(), 1);
-    let report = &sweep.recovered[0];
-    assert_eq!(report.task.id, id);
-    assert_eq!(report.cause, crate::DeathCause::HandleAbandoned);
-    assert_eq!(report.sessions_invalidated, 1);
-    assert!(report.hint().starts_with("[recovery] "));
+    let recovered = &sweep.recovered[0];
+    assert_eq!(recovered.task.id, id);
+    assert_eq!(recovered.cause, crate::DeathCause::HandleAbandoned);
+    assert_eq!(recovered.sessions_invalidated, 1);
+    assert!(recovered.hint().starts_with("[recovery] "));
     let row = w.row(id);
     assert_eq!(row.status, TaskStatus::Interrupted);
-    assert_eq!(row.interrupt_reason.as_deref(), Some(crate::ABANDONED_REASON));
+    assert_eq!(
+        row.interrupt_reason.as_deref(),
+        Some(crate::ABANDONED_REASON)
+    );
     assert_eq!(row.interrupted_by, Some(worker.id()));
-    assert_eq!((row.finished_at, row.cost_usd, row.turns), (None, None, None));
+    assert_eq!(
+        (row.finished_at, row.cost_usd, row.turns),
+        (None, None, None)
+    );
     assert_eq!(w.inserts(id), 1, "interrupting never INSERTs");
     let sessions = w.store.list_sessions().expect("sessions");
     assert!(sessions
         .iter()
         .filter(|s| s.task_id == id)
         .all(|s| s.invalidated_at.is_some()));
-    assert_eq!(w.store.resumable_session(&key_of(&row)).expect("resume"), None);
+    assert_eq!(
+        w.store.resumable_session(&key_of(&row)).expect("resume"),
+        None
+    );
 
     let again = worker.interrupt_abandoned(w.store);
     assert!(again.recovered.is_empty(), "reported once");
-    assert_eq!(w.row(kept.id()).status, TaskStatus::Running, "the other task is untouched");
+    assert_eq!(
+        w.row(kept.id()).status,
+        TaskStatus::Running,
+        "the other task is untouched"
+    );
     kept.finish(Outcome::Success(report()), w.store)
         .expect("the kept task finishes");
 }
@@ -1076,7 +1089,11 @@ fn an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again<S: Stor
     let sweep = victim.interrupt_abandoned(w.store);
     assert!(sweep.recovered.is_empty(), "the sweep reported it already");
     assert!(sweep.error.is_none());
-    assert_eq!(w.row(id).interrupt_reason, reason, "fenced: nothing written");
+    assert_eq!(
+        w.row(id).interrupt_reason,
+        reason,
+        "fenced: nothing written"
+    );
     assert!(victim.abandoned().is_empty());
 }
 
