@@ -13,7 +13,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use tasktrail_core::{Storage, StorageError};
+use tasktrail_core::{
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveredTask,
+    RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
+    TaskRecord, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
+};
 
 /// A parsed database URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -264,8 +268,91 @@ impl AnyStorage {
     }
 }
 
+/// An `AnyStorage` is a `Storage` itself: every method goes to the backend
+/// the URL named.
+impl Storage for AnyStorage {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        self.as_storage().register_worker(registration)
+    }
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.as_storage().heartbeat_worker(worker, at)
+    }
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.as_storage().deregister_worker(worker, at)
+    }
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        self.as_storage().list_workers()
+    }
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        self.as_storage().insert_running(row)
+    }
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        self.as_storage().finish_running(row)
+    }
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.as_storage().recover_orphans(request, judge)
+    }
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        self.as_storage().record_session(session)
+    }
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        self.as_storage().resumable_session(key)
+    }
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        self.as_storage().list_sessions()
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        self.as_storage().get_task(id)
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.as_storage().list_tasks(filter)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_storage_is_a_storage_a_worker_can_run_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = DatabaseUrl::parse(&dir.path().join("t.db").display().to_string()).expect("url");
+        let storage = std::sync::Arc::new(AnyStorage::open(&url).expect("open"));
+        let worker = crate::Worker::builder(storage.clone())
+            .without_background_thread()
+            .boot()
+            .expect("boot");
+        let spec = tasktrail_core::TaskSpec::validate(tasktrail_core::TaskSpecInput {
+            repo: "acme/widgets".into(),
+            issue_number: 1,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("spec");
+        let running = worker
+            .start(tasktrail_core::Task::queue(spec))
+            .expect("start");
+        assert_eq!(
+            storage
+                .get_task(running.id())
+                .expect("read")
+                .map(|row| row.status),
+            Some(tasktrail_core::TaskStatus::Running)
+        );
+        drop(running);
+        worker.stop().expect("stop");
+        assert!(storage
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .iter()
+            .all(|row| row.status == tasktrail_core::TaskStatus::Interrupted));
+    }
+
     use super::*;
 
     #[test]
