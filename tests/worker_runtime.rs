@@ -76,6 +76,7 @@ struct FlakyStore {
     heartbeats_fail: AtomicBool,
     sweeps_fail: AtomicBool,
     finishes_fail: AtomicBool,
+    reads_fail: AtomicBool,
 }
 
 fn outage() -> StorageError {
@@ -129,6 +130,9 @@ impl Storage for FlakyStore {
         self.inner.list_sessions()
     }
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        if self.reads_fail.load(Ordering::SeqCst) {
+            return Err(outage());
+        }
         self.inner.get_task(id)
     }
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
@@ -195,6 +199,23 @@ impl<S: Storage + 'static> Fleet<S> {
             .expect("read")
             .expect("row exists")
             .status
+    }
+
+    /// Behind `worker`'s back its registration ends and an operator's
+    /// sweep recovers its rows (and reports them). Returns how many.
+    fn recover_behind_the_back_of(&self, worker: &Worker) -> usize {
+        self.storage
+            .deregister_worker(worker.id(), self.clock.now())
+            .expect("deregister");
+        runtime::recover_now(
+            self.storage.as_ref(),
+            self.clock.as_ref(),
+            &self.processes,
+            &LivenessPolicy::for_host("dev"),
+            SweepMode::Apply,
+        )
+        .expect("sweep")
+        .len()
     }
 
     fn advance(&self, by: StdDuration) {
@@ -318,28 +339,22 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     let worker = fleet.boot(10, &events);
     let running = worker.start(Task::queue(spec())).expect("start");
     let id = running.id();
-    // An operator's sweep in another frame of mind: declare the row's worker
-    // dead by deregistering it behind its back, then recover.
-    fleet
+    assert_eq!(fleet.recover_behind_the_back_of(&worker), 1);
+    let reason_after_sweep = fleet
         .storage
-        .deregister_worker(worker.id(), fleet.clock.now())
-        .expect("deregister");
-    let recovered = runtime::recover_now(
-        fleet.storage.as_ref(),
-        fleet.clock.as_ref(),
-        &fleet.processes,
-        &LivenessPolicy::for_host("dev"),
-        SweepMode::Apply,
-    )
-    .expect("sweep");
-    assert_eq!(recovered.len(), 1);
+        .get_task(id)
+        .expect("read")
+        .expect("row")
+        .interrupt_reason;
     let refused = worker.finish(running, Outcome::Success(report()));
     assert!(matches!(refused, Err(FinishError::Refused { .. })));
     assert!(worker.in_flight().is_empty());
     worker.tick();
+    let stopped = worker.stop().expect("stop");
+    assert!(stopped.interrupted.is_empty() && stopped.recovered.is_empty());
     assert!(events.recovery_lines().is_empty(), "no second report");
     let row = fleet.storage.get_task(id).expect("read").expect("row");
-    assert_ne!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
+    assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
 }
 
 #[test]
@@ -621,21 +636,7 @@ fn a_handle_dropped_after_a_sweep_recovered_its_row_is_not_reported_again() {
     let worker = fleet.boot(10, &events);
     let running = worker.start(Task::queue(spec())).expect("start");
     let id = running.id();
-    // Behind the worker's back its registration ends and an operator sweep
-    // recovers the row (and reports it).
-    fleet
-        .storage
-        .deregister_worker(worker.id(), fleet.clock.now())
-        .expect("deregister");
-    let recovered = runtime::recover_now(
-        fleet.storage.as_ref(),
-        fleet.clock.as_ref(),
-        &fleet.processes,
-        &LivenessPolicy::for_host("dev"),
-        SweepMode::Apply,
-    )
-    .expect("sweep");
-    assert_eq!(recovered.len(), 1);
+    assert_eq!(fleet.recover_behind_the_back_of(&worker), 1);
     let reason_after_sweep = fleet
         .storage
         .get_task(id)
@@ -652,4 +653,39 @@ fn a_handle_dropped_after_a_sweep_recovered_its_row_is_not_reported_again() {
     let row = fleet.storage.get_task(id).expect("read").expect("row");
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
     assert!(worker.in_flight().is_empty());
+}
+
+#[test]
+fn an_abandoned_task_interrupted_while_its_row_cannot_be_read_back_is_reported_once_later() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let worker = fleet.boot(10, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    worker
+        .record_session(&running, SessionId::parse("sess_1").expect("session"))
+        .expect("session");
+    fleet.storage.reads_fail.store(true, Ordering::SeqCst);
+    drop(running);
+    worker.tick(); // the UPDATE commits; reading the row back fails
+    assert!(events.recovery_lines().is_empty());
+    assert!(matches!(worker.health(), WorkerHealth::Degraded { .. }));
+    let interrupted_at = fleet.clock.now();
+
+    fleet.storage.reads_fail.store(false, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT);
+    worker.tick();
+    let lines = events.recovery_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // The report keeps what the committed UPDATE did: its session count and
+    // its time, not the retry's.
+    assert!(
+        lines[0].ends_with("1 session(s) invalidated"),
+        "{}",
+        lines[0]
+    );
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_eq!(row.interrupted_at, Some(interrupted_at));
+    worker.tick();
+    assert!(events.recovery_lines().is_empty(), "reported once");
 }

@@ -202,6 +202,18 @@ fn bad_input_gets_one_line_and_writes_nothing() {
         &tasktrail(&db, &["worker", "--task-duration", "soon"]),
         "--task-duration",
     );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--panic-rate", "2"]),
+        "--panic-rate",
+    );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--sweep-interval", "0s"]),
+        "--sweep-interval",
+    );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--heartbeat-interval", "soon"]),
+        "--heartbeat-interval",
+    );
     assert!(list_json(&db).is_empty(), "nothing was written");
 
     let usage = tasktrail(&db, &["list", "--limit", "0"]);
