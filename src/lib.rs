@@ -50,10 +50,16 @@
 //!
 //! // ...and the finish is one UPDATE of that same row.
 //! let report = RunReport { input_tokens: 1200, output_tokens: 300, cost_usd: CostUsd::new(0.42)?, turns: 7, artifacts: vec!["pr/17".into()] };
-//! let finished = worker.finish(running, Outcome::Success(report))?;
-//! assert_eq!(storage.get_task(finished.id())?.map(|row| row.status), Some(TaskStatus::Success));
+//! // A transient store failure would queue the outcome and retry it until it lands.
+//! let id = running.id();
+//! match worker.finish(running, Outcome::Success(report))? {
+//!     FinishReceipt::Written(_) => {}
+//!     FinishReceipt::Queued(pending) => println!("{} waits for the store", pending.id),
+//! }
+//! assert_eq!(storage.get_task(id)?.map(|row| row.status), Some(TaskStatus::Success));
 //!
-//! // Stop: whatever is still in flight becomes `interrupted`; deregister.
+//! // Stop: queued outcomes are written, whatever is still in flight becomes
+//! // `interrupted`; deregister.
 //! worker.stop()?;
 //! # Ok(())
 //! # }
@@ -75,14 +81,18 @@ pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
 pub use runtime::{
-    BootError, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
+    BootError, FinishReceipt, PendingOutcome, StopError, StopReport, UnwrittenOutcome, Upkeep,
+    Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
 };
 
 /// What a server imports: the worker, the task typestate, its inputs and
 /// outcomes, the records it reads back, and the storages to open.
 pub mod prelude {
     pub use crate::database::{AnyStorage, DatabaseUrl};
-    pub use crate::runtime::{Worker, WorkerEvent, WorkerHealth};
+    pub use crate::runtime::{
+        FinishReceipt, PendingOutcome, StopError, UnwrittenOutcome, Worker, WorkerEvent,
+        WorkerHealth,
+    };
     pub use tasktrail_core::{
         CostUsd, FinishError, InterruptReason, MemoryStorage, Outcome, RecoveredTask, RunReport,
         SessionId, SessionKey, Storage, StorageError, StorageExt, Task, TaskFilter, TaskId,

@@ -10,6 +10,29 @@
 //! [`WorkerBuilder::on_event`], and [`Worker::health`] reads
 //! [`WorkerHealth::Degraded`] until the same upkeep succeeds again.
 //!
+//! # Store outages
+//!
+//! A transient storage failure ([`StorageError::is_transient`]: connection
+//! lost, server restarting or failing over, disk full, busy) never stops a
+//! worker and never loses an outcome:
+//! - [`Worker::finish`] that hits one keeps the task and its outcome
+//!   ([`FinishReceipt::Queued`]) and the background thread retries the
+//!   UPDATE with capped exponential backoff ([`WorkerBuilder::retry_backoff`])
+//!   until it lands ([`WorkerEvent::OutcomeWritten`]); the row keeps the
+//!   time the work ended. [`Worker::pending_outcomes`] lists what waits.
+//!   A permanent failure hands the task and outcome back, as
+//!   [`Task::finish`] does.
+//! - Heartbeats, sweeps and abandoned tasks that fail are retried with the
+//!   same backoff (capped at the heartbeat interval); the store reconnects
+//!   by itself.
+//! - [`Worker::health`] reads [`WorkerHealth::Degraded`] with the reason
+//!   meanwhile, and `Healthy` again once everything landed.
+//! - [`Worker::stop`] writes queued outcomes and interrupts what is still in
+//!   flight while the store answers, retrying until the stop deadline
+//!   ([`WorkerBuilder::stop_deadline`], 10 s by default); what it could not
+//!   write by then is named in [`StopError::unwritten`] and stays `running`
+//!   for the next sweep.
+//!
 //! Detection bounds (how long a `running` row can outlive its task):
 //! - a handle dropped without a finish: at once (the drop wakes the
 //!   worker), and at the latest at the next tick, within one
@@ -23,13 +46,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use chrono::Duration;
 use tasktrail_core::{
-    Clock, FinishError, Finished, InterruptReason, LivenessPolicy, Outcome, PolicyJudge,
-    ProcessProbe, Queued, RecoveredTask, RecoveryRequest, RegisteredWorker, Running, SessionId,
-    StartError, Storage, StorageError, SweepMode, SystemClock, Task, TaskId, Timestamp, WorkerId,
-    WorkerRegistration,
+    Clock, FinishError, FinishRefusal, Finished, InterruptReason, LivenessPolicy, Outcome,
+    PolicyJudge, ProcessProbe, Queued, RecoveredTask, RecoveryRequest, RegisteredWorker, Running,
+    SessionId, StartError, Storage, StorageError, SweepMode, SystemClock, Task, TaskId, TaskStatus,
+    Timestamp, WorkerId, WorkerRegistration,
 };
 
 use crate::host::{current_registration, HostError, ProcfsProbe};
@@ -45,6 +69,15 @@ pub mod defaults {
     /// How old another host's heartbeat may be before its worker counts as
     /// dead: three heartbeat intervals.
     pub const LEASE: Duration = Duration::from_secs(15);
+    /// The first pause before a failed write is retried; it doubles at each
+    /// failure up to [`RETRY_BACKOFF_CAP`].
+    pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+    /// The longest pause between two attempts of a queued outcome (upkeep
+    /// retries are also capped at the heartbeat interval).
+    pub const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(2);
+    /// How long [`Worker::stop`](super::Worker::stop) keeps retrying writes
+    /// the store refuses for now before it gives up and names them.
+    pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 }
 
 /// The reason written on rows a stopping worker still had in flight.
@@ -62,6 +95,8 @@ pub enum Upkeep {
     AbandonedTasks,
     /// Interrupting in-flight tasks and deregistering on stop.
     Stop,
+    /// Writing the outcomes queued by a finish that hit a transient failure.
+    QueuedOutcomes,
 }
 
 impl fmt::Display for Upkeep {
@@ -71,6 +106,7 @@ impl fmt::Display for Upkeep {
             Upkeep::Sweep => "recovery sweep",
             Upkeep::AbandonedTasks => "interrupting abandoned tasks",
             Upkeep::Stop => "stop",
+            Upkeep::QueuedOutcomes => "writing queued outcomes",
         })
     }
 }
@@ -94,6 +130,125 @@ pub enum WorkerEvent {
     /// Another worker's sweep declared this worker dead: its rows are no
     /// longer its own, and it must stop.
     DeclaredDead,
+    /// A finish hit a transient storage failure: the worker keeps the
+    /// outcome and retries its UPDATE until it lands
+    /// ([`WorkerEvent::OutcomeWritten`]).
+    OutcomeQueued {
+        /// The task and its outcome.
+        pending: PendingOutcome,
+        /// Why the first attempt failed.
+        error: StorageError,
+    },
+    /// A queued outcome landed: the row now holds it.
+    OutcomeWritten {
+        /// The task and its outcome (`attempts` counts every try, the first
+        /// included).
+        pending: PendingOutcome,
+        /// How long it waited, by the worker's clock.
+        waited: std::time::Duration,
+    },
+    /// A queued outcome was refused when it was retried: the row is no
+    /// longer this worker's running task (a sweep declared the worker dead
+    /// meanwhile). Nothing was written.
+    OutcomeRefused {
+        /// The task and the outcome that was not written.
+        pending: PendingOutcome,
+        /// What the row is now.
+        refusal: FinishRefusal,
+    },
+}
+
+/// An outcome the worker holds because its UPDATE hit a transient storage
+/// failure; it is retried until it lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingOutcome {
+    /// The task.
+    pub id: TaskId,
+    /// The status the outcome writes.
+    pub status: TaskStatus,
+    /// When the work ended (written as `finished_at` / `interrupted_at`).
+    pub finished_at: Timestamp,
+    /// How many UPDATEs were tried so far.
+    pub attempts: u32,
+}
+
+/// What [`Worker::finish`] did with an outcome.
+#[derive(Debug)]
+#[must_use]
+pub enum FinishReceipt {
+    /// The UPDATE committed.
+    Written(Box<Task<Finished>>),
+    /// The store failed transiently: the worker keeps the task and the
+    /// outcome and retries until the UPDATE lands
+    /// ([`WorkerEvent::OutcomeWritten`]), or names it at stop
+    /// ([`StopError::unwritten`]).
+    Queued(PendingOutcome),
+}
+
+impl FinishReceipt {
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        match self {
+            FinishReceipt::Written(task) => task.id(),
+            FinishReceipt::Queued(pending) => pending.id,
+        }
+    }
+
+    /// The finished task, when the UPDATE committed at once.
+    pub fn written(self) -> Option<Task<Finished>> {
+        match self {
+            FinishReceipt::Written(task) => Some(*task),
+            FinishReceipt::Queued(_) => None,
+        }
+    }
+}
+
+/// An outcome a stopping worker could not write before its stop deadline.
+/// Its row stays `running`; the next sweep recovers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnwrittenOutcome {
+    /// The task.
+    pub id: TaskId,
+    /// The status that was not written (`interrupted` for a task still in
+    /// flight at stop).
+    pub status: TaskStatus,
+}
+
+/// A stop that could not write everything before its deadline.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StopError {
+    /// The last storage failure.
+    pub error: StorageError,
+    /// Each task whose outcome was not written: its row stays `running`
+    /// and the next sweep recovers it. Empty when only the deregistration
+    /// failed.
+    pub unwritten: Vec<UnwrittenOutcome>,
+    /// What the stop did write.
+    pub report: Box<StopReport>,
+}
+
+impl fmt::Display for StopError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unwritten.is_empty() {
+            write!(f, "the worker could not deregister: {}", self.error)
+        } else {
+            write!(
+                f,
+                "{} outcome(s) could not be written before the stop deadline (their rows stay running for the next sweep): {}",
+                self.unwritten.len(),
+                self.error
+            )
+        }
+    }
+}
+
+impl std::error::Error for StopError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// How a worker is doing, as [`Worker::health`] reads it.
@@ -151,6 +306,9 @@ pub struct WorkerBuilder {
     registration: Option<WorkerRegistration>,
     hook: Option<EventHook>,
     background: bool,
+    retry_first: std::time::Duration,
+    retry_cap: std::time::Duration,
+    stop_deadline: std::time::Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -216,6 +374,29 @@ impl WorkerBuilder {
         self
     }
 
+    /// The backoff of failed writes: the first retry after `first`, each
+    /// next pause doubled, at most `cap` (defaults
+    /// [`defaults::RETRY_BACKOFF_FIRST`], [`defaults::RETRY_BACKOFF_CAP`]).
+    /// Queued outcomes use it as is; heartbeats, sweeps and abandoned tasks
+    /// that failed use it capped at the heartbeat interval.
+    pub fn retry_backoff(mut self, first: std::time::Duration, cap: std::time::Duration) -> Self {
+        self.retry_first = first;
+        self.retry_cap = cap;
+        self
+    }
+
+    /// How long [`Worker::stop`] keeps retrying the writes a store refuses
+    /// for now (queued outcomes, interrupting what is in flight,
+    /// deregistering) before it names what it could not write. Default
+    /// [`defaults::STOP_DEADLINE`]; zero makes one attempt. Measured on the
+    /// monotonic clock (it bounds how long a process takes to exit). A write
+    /// already under way at the deadline ends by the store's own timeout
+    /// (the Postgres connection timeout, the SQLite busy timeout).
+    pub fn stop_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.stop_deadline = deadline;
+        self
+    }
+
     /// Runs no background thread: the caller calls [`Worker::tick`] itself
     /// (tests with a manual clock, or a runtime with its own scheduler).
     pub fn without_background_thread(mut self) -> Self {
@@ -232,6 +413,16 @@ impl WorkerBuilder {
         let heartbeat_interval = positive("heartbeat interval", self.heartbeat_interval)?;
         let sweep_interval = positive("sweep interval", self.sweep_interval)?;
         let lease = positive("lease", self.lease)?;
+        let retry_first = positive("first retry pause", self.retry_first)?;
+        let retry_cap = positive("longest retry pause", self.retry_cap)?;
+        if retry_cap < retry_first {
+            return Err(BootError::InvalidOption {
+                detail: format!(
+                    "the longest retry pause ({:?}) must not be shorter than the first ({:?})",
+                    self.retry_cap, self.retry_first
+                ),
+            });
+        }
         if lease <= heartbeat_interval {
             return Err(BootError::InvalidOption {
                 detail: format!(
@@ -268,12 +459,21 @@ impl WorkerBuilder {
             sweep_interval,
             hook: self.hook,
             declared_dead: AtomicBool::new(false),
+            backoff: Backoff {
+                first: retry_first,
+                cap: retry_cap,
+            },
             upkeep: Mutex::new(UpkeepState {
                 last_heartbeat: now,
+                next_heartbeat: now + heartbeat_interval,
+                heartbeat_failures: 0,
                 last_sweep: None,
+                next_sweep: now,
+                sweep_failures: 0,
                 failures: Vec::new(),
                 stopped: false,
             }),
+            queued: Mutex::new(QueuedOutcomes::default()),
         });
         let recovered_at_boot = shared.sweep_now();
         let mut worker = Worker {
@@ -282,6 +482,7 @@ impl WorkerBuilder {
             thread: None,
             recovered_at_boot,
             stopped: false,
+            stop_deadline: self.stop_deadline,
         };
         if self.background {
             let shared = Arc::clone(&worker.shared);
@@ -292,7 +493,7 @@ impl WorkerBuilder {
             match spawned {
                 Ok(thread) => worker.thread = Some(thread),
                 Err(error) => {
-                    let _ = worker.shutdown();
+                    let _ = worker.shutdown(std::time::Duration::ZERO);
                     return Err(BootError::Thread(error));
                 }
             }
@@ -318,6 +519,9 @@ pub struct StopReport {
     pub interrupted: Vec<TaskId>,
     /// Abandoned tasks handled at stop (also given to the hook).
     pub recovered: Vec<RecoveredTask>,
+    /// Queued outcomes written at stop (each also a
+    /// [`WorkerEvent::OutcomeWritten`]).
+    pub written: Vec<PendingOutcome>,
 }
 
 /// A running worker: the one object a server holds. Not `Clone`; share it
@@ -329,6 +533,7 @@ pub struct Worker {
     thread: Option<JoinHandle<()>>,
     recovered_at_boot: Vec<RecoveredTask>,
     stopped: bool,
+    stop_deadline: std::time::Duration,
 }
 
 impl fmt::Debug for Worker {
@@ -350,16 +555,64 @@ struct Shared {
     sweep_interval: Duration,
     hook: Option<EventHook>,
     declared_dead: AtomicBool,
+    backoff: Backoff,
     upkeep: Mutex<UpkeepState>,
+    queued: Mutex<QueuedOutcomes>,
+}
+
+/// Capped exponential backoff.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    /// The pause after the `failures`-th consecutive failure (1-based),
+    /// at most `cap`.
+    fn pause(self, failures: u32, cap: Duration) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        let pause = self
+            .first
+            .checked_mul(1 << doublings)
+            .unwrap_or(self.cap)
+            .min(self.cap);
+        pause.min(cap).max(Duration::milliseconds(1))
+    }
 }
 
 struct UpkeepState {
+    /// The last heartbeat that succeeded.
     last_heartbeat: Timestamp,
+    /// When the next heartbeat attempt is due.
+    next_heartbeat: Timestamp,
+    heartbeat_failures: u32,
     /// `None` until the boot sweep succeeded.
     last_sweep: Option<Timestamp>,
+    /// When the next sweep attempt is due.
+    next_sweep: Timestamp,
+    sweep_failures: u32,
     /// The upkeeps whose last attempt failed: what, why, since when.
     failures: Vec<(Upkeep, String, Timestamp)>,
     stopped: bool,
+}
+
+/// One outcome a finish could not write yet, with its task handle (whose
+/// in-flight ticket keeps the task counted as in flight).
+struct QueuedFinish {
+    task: Task<Running>,
+    outcome: Outcome,
+    pending: PendingOutcome,
+    next_attempt: Timestamp,
+}
+
+#[derive(Default)]
+struct QueuedOutcomes {
+    /// Waiting for their next attempt.
+    waiting: Vec<QueuedFinish>,
+    /// Taken out for an attempt right now (listed by
+    /// [`Worker::pending_outcomes`] all the same).
+    attempting: Vec<PendingOutcome>,
 }
 
 #[derive(Default)]
@@ -427,16 +680,19 @@ impl Shared {
         self.upkeep.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn queued(&self) -> MutexGuard<'_, QueuedOutcomes> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn until_next_due(&self) -> std::time::Duration {
         let now = self.clock.now();
-        let upkeep = self.upkeep();
-        let heartbeat_due = upkeep.last_heartbeat + self.heartbeat_interval;
-        let sweep_due = match upkeep.last_sweep {
-            Some(at) => at + self.sweep_interval,
-            // The boot sweep failed: retry it with the heartbeat.
-            None => heartbeat_due,
+        let mut due = {
+            let upkeep = self.upkeep();
+            upkeep.next_heartbeat.min(upkeep.next_sweep)
         };
-        let due = heartbeat_due.min(sweep_due);
+        if let Some(next) = self.queued().waiting.iter().map(|q| q.next_attempt).min() {
+            due = due.min(next);
+        }
         (due - now).to_std().unwrap_or_default().clamp(
             std::time::Duration::from_millis(1),
             self.heartbeat_interval
@@ -470,32 +726,185 @@ impl Shared {
         }
     }
 
+    /// The pause before the next attempt of an upkeep after its
+    /// `failures`-th consecutive failure: the backoff, capped at the
+    /// heartbeat interval.
+    fn upkeep_pause(&self, failures: u32) -> Duration {
+        self.backoff.pause(failures, self.heartbeat_interval)
+    }
+
     /// Runs what is due at the clock's `now`.
     fn tick(&self) {
         if self.declared_dead.load(Ordering::SeqCst) || self.upkeep().stopped {
             return;
         }
-        self.interrupt_abandoned();
+        // The heartbeat first: after a store outage it reconnects the
+        // store (on Postgres it takes the worker's lock back) before
+        // anything else is written.
         let now = self.clock.now();
-        let (heartbeat_due, sweep_due) = {
-            let upkeep = self.upkeep();
-            (
-                now - upkeep.last_heartbeat >= self.heartbeat_interval,
-                upkeep
-                    .last_sweep
-                    .is_none_or(|at| now - at >= self.sweep_interval),
-            )
-        };
+        let heartbeat_due = now >= self.upkeep().next_heartbeat;
         if heartbeat_due {
             let beat = self.registered.heartbeat(self.storage.as_ref());
-            if beat.is_ok() {
-                self.upkeep().last_heartbeat = now;
+            {
+                let mut upkeep = self.upkeep();
+                if beat.is_ok() {
+                    upkeep.last_heartbeat = now;
+                    upkeep.heartbeat_failures = 0;
+                    upkeep.next_heartbeat = now + self.heartbeat_interval;
+                } else {
+                    upkeep.heartbeat_failures = upkeep.heartbeat_failures.saturating_add(1);
+                    upkeep.next_heartbeat = now + self.upkeep_pause(upkeep.heartbeat_failures);
+                }
             }
             self.record(Upkeep::Heartbeat, beat);
         }
+        if self.declared_dead.load(Ordering::SeqCst) {
+            return;
+        }
+        if let (_, Some(error)) = self.write_queued_outcomes(false) {
+            self.emit(WorkerEvent::UpkeepFailed {
+                upkeep: Upkeep::QueuedOutcomes,
+                error,
+            });
+        }
+        self.interrupt_abandoned();
+        let sweep_due = self.clock.now() >= self.upkeep().next_sweep;
         if sweep_due && !self.declared_dead.load(Ordering::SeqCst) {
             self.sweep_now();
         }
+    }
+
+    /// Queues a finish that hit a transient failure.
+    fn queue_finish(
+        &self,
+        task: Task<Running>,
+        outcome: Outcome,
+        finished_at: Timestamp,
+        error: StorageError,
+    ) -> PendingOutcome {
+        let pending = PendingOutcome {
+            id: task.id(),
+            status: outcome.status(),
+            finished_at,
+            attempts: 1,
+        };
+        let next_attempt = self.clock.now() + self.backoff.pause(1, self.backoff.cap);
+        self.queued().waiting.push(QueuedFinish {
+            task,
+            outcome,
+            pending: pending.clone(),
+            next_attempt,
+        });
+        self.record_queue_failure(&error);
+        self.emit(WorkerEvent::OutcomeQueued {
+            pending: pending.clone(),
+            error,
+        });
+        pending
+    }
+
+    /// Health reads degraded while outcomes wait: keeps the oldest `since`.
+    fn record_queue_failure(&self, error: &StorageError) {
+        let now = self.clock.now();
+        let waiting = {
+            let queued = self.queued();
+            queued.waiting.len() + queued.attempting.len()
+        };
+        let reason = format!(
+            "{} failed ({waiting} outcome(s) waiting): {error}",
+            Upkeep::QueuedOutcomes
+        );
+        let mut state = self.upkeep();
+        match state
+            .failures
+            .iter_mut()
+            .find(|(u, _, _)| *u == Upkeep::QueuedOutcomes)
+        {
+            Some(failure) => failure.1 = reason,
+            None => state.failures.push((Upkeep::QueuedOutcomes, reason, now)),
+        }
+    }
+
+    /// Tries the UPDATE of every queued outcome that is due (`all`: every
+    /// one, due or not). Each that lands is a [`WorkerEvent::OutcomeWritten`]
+    /// and is returned; each refused is a [`WorkerEvent::OutcomeRefused`];
+    /// each that fails again waits a longer pause. Returns the last failure.
+    fn write_queued_outcomes(&self, all: bool) -> (Vec<PendingOutcome>, Option<StorageError>) {
+        let now = self.clock.now();
+        let due: Vec<QueuedFinish> = {
+            let mut queued = self.queued();
+            let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut queued.waiting)
+                .into_iter()
+                .partition(|q| all || q.next_attempt <= now);
+            queued.waiting = waiting;
+            queued.attempting = due.iter().map(|q| q.pending.clone()).collect();
+            due
+        };
+        if due.is_empty() {
+            return (Vec::new(), None);
+        }
+        let mut written = Vec::new();
+        let mut last_error = None;
+        let mut retry = Vec::new();
+        for mut queued in due {
+            if last_error.is_some() {
+                // The store just failed: try the rest at the next round.
+                retry.push(queued);
+                continue;
+            }
+            queued.pending.attempts = queued.pending.attempts.saturating_add(1);
+            let QueuedFinish {
+                task,
+                outcome,
+                mut pending,
+                ..
+            } = queued;
+            match task.finish_at(outcome, pending.finished_at, self.storage.as_ref()) {
+                Ok(_) => {
+                    let waited = (self.clock.now() - pending.finished_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    written.push(pending.clone());
+                    self.emit(WorkerEvent::OutcomeWritten { pending, waited });
+                }
+                Err(FinishError::Refused { refusal, .. }) => {
+                    self.emit(WorkerEvent::OutcomeRefused { pending, refusal });
+                }
+                Err(FinishError::Storage {
+                    error,
+                    task,
+                    outcome,
+                }) => {
+                    let failures = pending.attempts;
+                    let next_attempt =
+                        self.clock.now() + self.backoff.pause(failures, self.backoff.cap);
+                    pending.attempts = failures;
+                    retry.push(QueuedFinish {
+                        task: *task,
+                        outcome: *outcome,
+                        pending,
+                        next_attempt,
+                    });
+                    last_error = Some(error);
+                }
+            }
+        }
+        let left = {
+            let mut queued = self.queued();
+            queued.attempting.clear();
+            queued.waiting.extend(retry);
+            queued.waiting.len()
+        };
+        match &last_error {
+            Some(error) => self.record_queue_failure(error),
+            None if left == 0 => {
+                self.upkeep()
+                    .failures
+                    .retain(|(u, _, _)| *u != Upkeep::QueuedOutcomes);
+            }
+            None => {}
+        }
+        (written, last_error)
     }
 
     fn interrupt_abandoned(&self) -> Vec<RecoveredTask> {
@@ -524,7 +933,12 @@ impl Shared {
         );
         match swept {
             Ok(recovered) => {
-                self.upkeep().last_sweep = Some(now);
+                {
+                    let mut upkeep = self.upkeep();
+                    upkeep.last_sweep = Some(now);
+                    upkeep.sweep_failures = 0;
+                    upkeep.next_sweep = now + self.sweep_interval;
+                }
                 self.record(Upkeep::Sweep, Ok(()));
                 for task in &recovered {
                     self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
@@ -532,6 +946,11 @@ impl Shared {
                 recovered
             }
             Err(error) => {
+                {
+                    let mut upkeep = self.upkeep();
+                    upkeep.sweep_failures = upkeep.sweep_failures.saturating_add(1);
+                    upkeep.next_sweep = now + self.upkeep_pause(upkeep.sweep_failures);
+                }
                 self.record(Upkeep::Sweep, Err(error));
                 Vec::new()
             }
@@ -552,6 +971,9 @@ impl Worker {
             registration: None,
             hook: None,
             background: true,
+            retry_first: defaults::RETRY_BACKOFF_FIRST,
+            retry_cap: defaults::RETRY_BACKOFF_CAP,
+            stop_deadline: defaults::STOP_DEADLINE,
         }
     }
 
@@ -626,15 +1048,54 @@ impl Worker {
         task.record_session(session_id, self.shared.storage.as_ref())
     }
 
-    /// Finishes a task with its one guarded UPDATE. On a storage failure
-    /// the task and the outcome come back in the error (retry with
-    /// [`FinishError::into_parts`]). See [`Task::finish`].
+    /// Finishes a task with its one guarded UPDATE (see [`Task::finish`]).
+    ///
+    /// - The UPDATE committed: [`FinishReceipt::Written`].
+    /// - A transient storage failure ([`StorageError::is_transient`]): the
+    ///   worker keeps the task and the outcome and retries the UPDATE in the
+    ///   background with capped backoff until it lands
+    ///   ([`WorkerEvent::OutcomeWritten`]); [`FinishReceipt::Queued`]. The
+    ///   row keeps the time of this call as `finished_at`.
+    /// - A permanent storage failure: the task and the outcome come back in
+    ///   [`FinishError::Storage`] ([`FinishError::into_parts`]), as from
+    ///   [`Task::finish`].
+    /// - The row is no longer this worker's running task:
+    ///   [`FinishError::Refused`].
     pub fn finish(
         &self,
         task: Task<Running>,
         outcome: Outcome,
-    ) -> Result<Task<Finished>, FinishError> {
-        task.finish(outcome, self.shared.storage.as_ref())
+    ) -> Result<FinishReceipt, FinishError> {
+        let finished_at = self.shared.clock.now();
+        match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
+            Ok(finished) => Ok(FinishReceipt::Written(Box::new(finished))),
+            Err(FinishError::Storage {
+                error,
+                task,
+                outcome,
+            }) if error.is_transient() => {
+                let pending = self
+                    .shared
+                    .queue_finish(*task, *outcome, finished_at, error);
+                self.wakeup.wake();
+                Ok(FinishReceipt::Queued(pending))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The outcomes waiting for their UPDATE after a transient failure,
+    /// oldest first.
+    pub fn pending_outcomes(&self) -> Vec<PendingOutcome> {
+        let queued = self.shared.queued();
+        let mut pending: Vec<PendingOutcome> = queued
+            .waiting
+            .iter()
+            .map(|q| q.pending.clone())
+            .chain(queued.attempting.iter().cloned())
+            .collect();
+        pending.sort_by_key(|p| (p.finished_at, p.id));
+        pending
     }
 
     /// Runs what is due now by the worker's clock: interrupts abandoned
@@ -646,16 +1107,21 @@ impl Worker {
         self.shared.tick();
     }
 
-    /// Stops the worker: stops the background thread, interrupts abandoned
-    /// tasks and every task still in flight (reason [`STOPPED_REASON`],
-    /// sessions invalidated), then deregisters. A worker declared dead
-    /// writes nothing. On a storage failure the rows it could not write
-    /// stay `running` for the next sweep, and the error is returned.
-    pub fn stop(mut self) -> Result<StopReport, StorageError> {
-        self.shutdown()
+    /// Stops the worker: stops the background thread, writes the queued
+    /// outcomes, interrupts abandoned tasks and every task still in flight
+    /// (reason [`STOPPED_REASON`], sessions invalidated), then deregisters.
+    /// Writes the store refuses for now are retried with backoff until the
+    /// stop deadline ([`WorkerBuilder::stop_deadline`]); what could not be
+    /// written by then is named in [`StopError::unwritten`] (with the status
+    /// each outcome would have written) and stays `running` for the next
+    /// sweep. A worker declared dead writes nothing (its rows were already
+    /// interrupted by the sweep that declared it dead).
+    pub fn stop(mut self) -> Result<StopReport, StopError> {
+        let deadline = self.stop_deadline;
+        self.shutdown(deadline)
     }
 
-    fn shutdown(&mut self) -> Result<StopReport, StorageError> {
+    fn shutdown(&mut self, deadline: std::time::Duration) -> Result<StopReport, StopError> {
         if self.stopped {
             return Ok(StopReport::default());
         }
@@ -666,36 +1132,97 @@ impl Worker {
         }
         let shared = &self.shared;
         let mut report = StopReport::default();
-        if !shared.declared_dead.load(Ordering::SeqCst) {
-            report.recovered = shared.interrupt_abandoned();
-            let reason = InterruptReason::new(STOPPED_REASON)
-                .expect("the stop reason is a valid interrupt reason");
-            let (interrupted, error) = shared
-                .registered
-                .interrupt_in_flight(shared.storage.as_ref(), &reason);
-            report.interrupted = interrupted;
-            let result = match error {
-                Some(error) => Err(error),
-                None => shared
-                    .storage
-                    .deregister_worker(shared.registered.id(), shared.clock.now()),
-            };
-            if let Err(error) = result {
-                shared.upkeep().stopped = true;
-                return Err(error);
-            }
+        if shared.declared_dead.load(Ordering::SeqCst) {
+            shared.upkeep().stopped = true;
+            return Ok(report);
         }
-        shared.upkeep().stopped = true;
-        Ok(report)
+        let give_up_at = Instant::now() + deadline;
+        let reason = InterruptReason::new(STOPPED_REASON)
+            .expect("the stop reason is a valid interrupt reason");
+        let mut failures = 0;
+        loop {
+            let (written, queued_error) = shared.write_queued_outcomes(true);
+            report.written.extend(written);
+            let abandoned = shared
+                .registered
+                .interrupt_abandoned(shared.storage.as_ref());
+            for task in &abandoned.recovered {
+                shared.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+            }
+            report.recovered.extend(abandoned.recovered);
+            let keep: Vec<TaskId> = self
+                .pending_outcomes()
+                .into_iter()
+                .map(|pending| pending.id)
+                .collect();
+            let (interrupted, in_flight_error) = shared.registered.interrupt_in_flight_except(
+                shared.storage.as_ref(),
+                &reason,
+                &keep,
+            );
+            report.interrupted.extend(interrupted);
+            let error = match (queued_error.or(abandoned.error), in_flight_error) {
+                (_, Some(error)) | (Some(error), None) => Some(error),
+                (None, None) => shared
+                    .storage
+                    .deregister_worker(shared.registered.id(), shared.clock.now())
+                    .err(),
+            };
+            let Some(error) = error else {
+                shared.upkeep().stopped = true;
+                return Ok(report);
+            };
+            let now = Instant::now();
+            if now >= give_up_at || shared.declared_dead.load(Ordering::SeqCst) {
+                shared.upkeep().stopped = true;
+                let mut unwritten: Vec<UnwrittenOutcome> = self
+                    .pending_outcomes()
+                    .into_iter()
+                    .map(|pending| UnwrittenOutcome {
+                        id: pending.id,
+                        status: pending.status,
+                    })
+                    .collect();
+                let still_running: Vec<TaskId> = shared
+                    .registered
+                    .in_flight()
+                    .into_iter()
+                    .chain(shared.registered.abandoned())
+                    .filter(|id| unwritten.iter().all(|u| u.id != *id))
+                    .collect();
+                unwritten.extend(still_running.into_iter().map(|id| UnwrittenOutcome {
+                    id,
+                    status: TaskStatus::Interrupted,
+                }));
+                return Err(StopError {
+                    error,
+                    unwritten,
+                    report: Box::new(report),
+                });
+            }
+            failures += 1;
+            shared.emit(WorkerEvent::UpkeepFailed {
+                upkeep: Upkeep::Stop,
+                error,
+            });
+            let pause = shared
+                .backoff
+                .pause(failures, shared.backoff.cap)
+                .to_std()
+                .unwrap_or_default()
+                .min(give_up_at.saturating_duration_since(now));
+            std::thread::sleep(pause);
+        }
     }
 }
 
 impl Drop for Worker {
     /// A worker dropped without [`Worker::stop`] stops the same way, best
-    /// effort: errors cannot be returned from `drop`, so the rows it could
-    /// not write are left to the next sweep.
+    /// effort and without waiting out a store outage (one attempt, no stop
+    /// deadline): errors cannot be returned from `drop`, so the rows it
+    /// could not write are left to the next sweep.
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        let _ = self.shutdown(std::time::Duration::ZERO);
     }
 }
 

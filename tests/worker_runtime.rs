@@ -4,7 +4,7 @@
 //! background thread does the ticking by itself).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
@@ -69,14 +69,22 @@ impl Events {
     }
 }
 
-/// A store whose upkeep writes can be made to fail.
+/// A store whose writes can be made to fail, transiently (an outage) or
+/// permanently, and that counts the calls it gets.
 #[derive(Default)]
 struct FlakyStore {
     inner: MemoryStorage,
     heartbeats_fail: AtomicBool,
     sweeps_fail: AtomicBool,
+    /// Finishes fail with a transient error.
     finishes_fail: AtomicBool,
+    /// Finishes fail with a permanent error.
+    finishes_fail_permanently: AtomicBool,
+    /// The next this many finishes fail with a transient error.
+    finish_failures_left: AtomicU32,
     reads_fail: AtomicBool,
+    heartbeat_calls: AtomicU32,
+    finish_calls: AtomicU32,
 }
 
 fn outage() -> StorageError {
@@ -85,11 +93,18 @@ fn outage() -> StorageError {
     }
 }
 
+fn refused_access() -> StorageError {
+    StorageError::AccessDenied {
+        source: "password authentication failed (test)".into(),
+    }
+}
+
 impl Storage for FlakyStore {
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
         self.inner.register_worker(registration)
     }
     fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.heartbeat_calls.fetch_add(1, Ordering::SeqCst);
         if self.heartbeats_fail.load(Ordering::SeqCst) {
             return Err(outage());
         }
@@ -105,7 +120,15 @@ impl Storage for FlakyStore {
         self.inner.insert_running(row)
     }
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        if self.finishes_fail.load(Ordering::SeqCst) {
+        self.finish_calls.fetch_add(1, Ordering::SeqCst);
+        if self.finishes_fail_permanently.load(Ordering::SeqCst) {
+            return Err(refused_access());
+        }
+        let counted_failure = self
+            .finish_failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if counted_failure || self.finishes_fail.load(Ordering::SeqCst) {
             return Err(outage());
         }
         self.inner.finish_running(row)
@@ -322,7 +345,9 @@ fn a_finished_handle_is_never_interrupted() {
     let running = worker.start(Task::queue(spec())).expect("start");
     let finished = worker
         .finish(running, Outcome::Success(report()))
-        .expect("finish");
+        .expect("finish")
+        .written()
+        .expect("written at once");
     worker.tick();
     fleet.advance(SWEEP);
     worker.tick();
@@ -386,9 +411,10 @@ fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_ke
         "{}",
         lines[0]
     );
-    survivor
-        .finish(mine, Outcome::Success(report()))
-        .expect("finish its own");
+    assert!(matches!(
+        survivor.finish(mine, Outcome::Success(report())),
+        Ok(FinishReceipt::Written(_))
+    ));
 }
 
 #[test]
@@ -494,17 +520,24 @@ fn an_abandoned_task_that_cannot_be_written_yet_is_retried_and_reported_once() {
 }
 
 #[test]
-fn a_failed_finish_hands_back_the_task_and_its_outcome_for_a_retry() {
+fn a_permanently_failed_finish_hands_back_the_task_and_its_outcome_for_a_retry() {
     let fleet = Fleet::new(FlakyStore::default());
     let worker = fleet.boot(10, &Events::default());
     let running = worker.start(Task::queue(spec())).expect("start");
-    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    fleet
+        .storage
+        .finishes_fail_permanently
+        .store(true, Ordering::SeqCst);
     let error = worker
         .finish(running, Outcome::Success(report()))
-        .expect_err("the store is down");
+        .expect_err("the store refuses access");
+    assert!(worker.pending_outcomes().is_empty(), "not queued");
     let (running, outcome) = error.into_parts().expect("handed back");
     assert_eq!(outcome, Outcome::Success(report()), "tokens and cost kept");
-    fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
+    fleet
+        .storage
+        .finishes_fail_permanently
+        .store(false, Ordering::SeqCst);
     let finished = worker.finish(running, outcome).expect("retry");
     let row = fleet
         .storage
@@ -688,4 +721,292 @@ fn an_abandoned_task_interrupted_while_its_row_cannot_be_read_back_is_reported_o
     assert_eq!(row.interrupted_at, Some(interrupted_at));
     worker.tick();
     assert!(events.recovery_lines().is_empty(), "reported once");
+}
+
+// ---------------------------------------------------------------------------
+// Store outages: queued outcomes, backoff, health, stop deadline.
+
+fn outage_worker(fleet: &Fleet<FlakyStore>, events: &Events) -> Worker {
+    let storage: Arc<dyn Storage> = fleet.storage.clone();
+    fleet.processes.spawn(10);
+    Worker::builder(storage)
+        .heartbeat_interval(HEARTBEAT)
+        .sweep_interval(SWEEP)
+        .lease(LEASE)
+        .retry_backoff(StdDuration::from_millis(100), StdDuration::from_millis(800))
+        .clock(fleet.clock.clone())
+        .probe(Arc::new(fleet.processes.clone()))
+        .registration(WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".to_owned(),
+            pid: 10,
+            process_start_marker: "boot:10".to_owned(),
+            started_at: fleet.clock.now(),
+        })
+        .on_event(events.hook())
+        .without_background_thread()
+        .boot()
+        .expect("boot")
+}
+
+#[test]
+fn a_transient_finish_failure_queues_the_outcome_until_the_store_answers_and_loses_nothing() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let worker = outage_worker(&fleet, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    let ended_at = fleet.clock.now();
+
+    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    let receipt = worker
+        .finish(running, Outcome::Success(report()))
+        .expect("a transient failure is not an error");
+    let FinishReceipt::Queued(pending) = receipt else {
+        panic!("expected queued, got {receipt:?}");
+    };
+    assert_eq!(
+        (pending.id, pending.status, pending.finished_at),
+        (id, TaskStatus::Success, ended_at)
+    );
+    assert_eq!(worker.pending_outcomes(), vec![pending.clone()]);
+    assert_eq!(worker.in_flight(), vec![id], "still this worker's task");
+    let WorkerHealth::Degraded { reason, since } = worker.health() else {
+        panic!("expected degraded, got {:?}", worker.health());
+    };
+    assert!(reason.contains("queued outcomes"), "{reason}");
+    assert_eq!(since, ended_at);
+
+    // The outage lasts a minute of ticks: the row stays running, the outcome
+    // stays queued, the health stays degraded since the first failure.
+    for _ in 0..60 {
+        fleet.advance(StdDuration::from_secs(1));
+        worker.tick();
+    }
+    assert_eq!(fleet.status(id), TaskStatus::Running);
+    assert_eq!(worker.pending_outcomes().len(), 1);
+    assert!(matches!(worker.health(), WorkerHealth::Degraded { since: s, .. } if s == since));
+
+    // The store answers again: the next due retry lands the outcome, with
+    // the time the work ended, its tokens and its cost.
+    fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
+    events.take();
+    fleet.advance(StdDuration::from_secs(1));
+    worker.tick();
+    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    assert_eq!(
+        (row.status, row.input_tokens, row.cost_usd, row.finished_at),
+        (TaskStatus::Success, Some(1200), Some(0.42), Some(ended_at))
+    );
+    assert!(worker.pending_outcomes().is_empty());
+    assert!(worker.in_flight().is_empty());
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+    let written: Vec<String> = events
+        .take()
+        .into_iter()
+        .filter(|event| event.starts_with("OutcomeWritten"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    worker.stop().expect("stop");
+    assert_eq!(
+        fleet.status(id),
+        TaskStatus::Success,
+        "stop changed nothing"
+    );
+}
+
+#[test]
+fn queued_outcomes_are_retried_with_exponential_backoff_up_to_the_cap() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let worker = outage_worker(&fleet, &Events::default());
+    let running = worker.start(Task::queue(spec())).expect("start");
+    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    let started = fleet.clock.now();
+    assert!(matches!(
+        worker.finish(running, Outcome::Success(report())),
+        Ok(FinishReceipt::Queued(_))
+    ));
+    // Tick every 10 ms for 5 s and note when each retry happened.
+    let mut attempts_at = Vec::new();
+    for _ in 0..500 {
+        fleet.advance(StdDuration::from_millis(10));
+        let before = fleet.storage.finish_calls.load(Ordering::SeqCst);
+        worker.tick();
+        if fleet.storage.finish_calls.load(Ordering::SeqCst) > before {
+            attempts_at.push((fleet.clock.now() - started).num_milliseconds());
+        }
+    }
+    let pauses: Vec<i64> = std::iter::once(0)
+        .chain(attempts_at.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .collect();
+    assert_eq!(&pauses[..5], &[100, 200, 400, 800, 800], "{pauses:?}");
+    assert!(pauses.iter().all(|pause| *pause <= 800), "{pauses:?}");
+    assert_eq!(
+        worker.pending_outcomes()[0].attempts as usize,
+        1 + attempts_at.len()
+    );
+}
+
+#[test]
+fn failing_heartbeats_are_retried_with_backoff_not_at_every_tick() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let worker = outage_worker(&fleet, &Events::default());
+    fleet.storage.heartbeats_fail.store(true, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT);
+    let calls_before = fleet.storage.heartbeat_calls.load(Ordering::SeqCst);
+    // One second of ticks every millisecond: 100 + 200 + 400 ms pauses.
+    for _ in 0..1000 {
+        worker.tick();
+        fleet.advance(StdDuration::from_millis(1));
+    }
+    let calls = fleet.storage.heartbeat_calls.load(Ordering::SeqCst) - calls_before;
+    assert_eq!(calls, 4, "at 0, 100, 300 and 700 ms");
+    // The pause never exceeds the heartbeat interval, however long it fails.
+    for _ in 0..20 {
+        fleet.advance(HEARTBEAT);
+        worker.tick();
+    }
+    assert_eq!(
+        fleet.storage.heartbeat_calls.load(Ordering::SeqCst) - calls_before,
+        24
+    );
+    fleet.storage.heartbeats_fail.store(false, Ordering::SeqCst);
+    fleet.advance(HEARTBEAT);
+    worker.tick();
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+}
+
+#[test]
+fn stop_writes_queued_outcomes_once_the_store_answers_before_the_deadline() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let storage: Arc<dyn Storage> = fleet.storage.clone();
+    let worker = Worker::builder(storage)
+        .retry_backoff(StdDuration::from_millis(1), StdDuration::from_millis(2))
+        .stop_deadline(StdDuration::from_secs(120))
+        .on_event(events.hook())
+        .without_background_thread()
+        .boot()
+        .expect("boot");
+    let queued = worker.start(Task::queue(spec())).expect("start");
+    let queued_id = queued.id();
+    let in_flight = worker.start(Task::queue(spec())).expect("start");
+    // The store refuses the next five writes: the finish and four of the
+    // stop's retries.
+    fleet
+        .storage
+        .finish_failures_left
+        .store(5, Ordering::SeqCst);
+    assert!(matches!(
+        worker.finish(queued, Outcome::Failure(report())),
+        Ok(FinishReceipt::Queued(_))
+    ));
+    let report = worker
+        .stop()
+        .expect("the store came back before the deadline");
+    assert_eq!(report.written.len(), 1);
+    assert_eq!(report.written[0].id, queued_id);
+    assert_eq!(report.interrupted, vec![in_flight.id()]);
+    assert_eq!(fleet.status(queued_id), TaskStatus::Failure);
+    assert_eq!(fleet.status(in_flight.id()), TaskStatus::Interrupted);
+    assert!(fleet.storage.running_tasks().expect("running").is_empty());
+}
+
+#[test]
+fn stop_names_what_it_could_not_write_by_the_deadline_and_leaves_those_rows_for_the_sweep() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let storage: Arc<dyn Storage> = fleet.storage.clone();
+    fleet.processes.spawn(10);
+    let worker = Worker::builder(storage)
+        .stop_deadline(StdDuration::ZERO)
+        .clock(fleet.clock.clone())
+        .probe(Arc::new(fleet.processes.clone()))
+        .registration(WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".to_owned(),
+            pid: 10,
+            process_start_marker: "boot:10".to_owned(),
+            started_at: fleet.clock.now(),
+        })
+        .on_event(events.hook())
+        .without_background_thread()
+        .boot()
+        .expect("boot");
+    let queued = worker.start(Task::queue(spec())).expect("start");
+    let queued_id = queued.id();
+    let in_flight = worker.start(Task::queue(spec())).expect("start");
+    let in_flight_id = in_flight.id();
+    fleet.storage.finishes_fail.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        worker.finish(queued, Outcome::Success(report())),
+        Ok(FinishReceipt::Queued(_))
+    ));
+
+    let error = worker.stop().expect_err("the store never answered");
+    assert!(error.error.is_transient(), "{:?}", error.error);
+    let mut unwritten: Vec<(TaskId, TaskStatus)> =
+        error.unwritten.iter().map(|u| (u.id, u.status)).collect();
+    unwritten.sort();
+    let mut expected = vec![
+        (queued_id, TaskStatus::Success),
+        (in_flight_id, TaskStatus::Interrupted),
+    ];
+    expected.sort();
+    assert_eq!(unwritten, expected);
+    assert_eq!(fleet.status(queued_id), TaskStatus::Running);
+    assert_eq!(fleet.status(in_flight_id), TaskStatus::Running);
+
+    // The process exits; the next sweep recovers both rows.
+    drop(in_flight);
+    fleet.processes.kill(10);
+    fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
+    let recovered = runtime::recover_now(
+        fleet.storage.as_ref(),
+        fleet.clock.as_ref(),
+        &fleet.processes,
+        &LivenessPolicy::for_host("dev"),
+        SweepMode::Apply,
+    )
+    .expect("sweep");
+    assert_eq!(recovered.len(), 2);
+    assert_eq!(fleet.status(queued_id), TaskStatus::Interrupted);
+}
+
+#[test]
+fn the_background_thread_writes_a_queued_outcome_by_itself() {
+    let storage = Arc::new(FlakyStore::default());
+    let events = Events::default();
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    let worker = Worker::builder(dyn_storage)
+        .heartbeat_interval(StdDuration::from_secs(600))
+        .lease(StdDuration::from_secs(1800))
+        .retry_backoff(StdDuration::from_millis(5), StdDuration::from_millis(20))
+        .on_event(events.hook())
+        .boot()
+        .expect("boot");
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    storage.finish_failures_left.store(3, Ordering::SeqCst);
+    assert!(matches!(
+        worker.finish(running, Outcome::Success(report())),
+        Ok(FinishReceipt::Queued(_))
+    ));
+    let mut landed = false;
+    for _ in 0..1000 {
+        if worker.pending_outcomes().is_empty() {
+            landed = true;
+            break;
+        }
+        std::thread::sleep(StdDuration::from_millis(10));
+    }
+    assert!(landed, "the background thread retried until it landed");
+    assert_eq!(
+        storage.get_task(id).expect("read").map(|row| row.status),
+        Some(TaskStatus::Success)
+    );
+    worker.stop().expect("stop");
 }

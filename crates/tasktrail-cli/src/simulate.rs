@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tasktrail::{
-    CostUsd, FinishError, InterruptReason, Outcome, RunReport, SessionId, Storage, Task, TaskSpec,
-    TaskSpecInput, Worker, WorkerEvent,
+    CostUsd, FinishError, FinishReceipt, InterruptReason, Outcome, RunReport, SessionId, StopError,
+    Storage, Task, TaskSpec, TaskSpecInput, Worker, WorkerEvent,
 };
 
 use crate::CliResult;
@@ -40,6 +40,12 @@ pub(crate) struct WorkerArgs {
     /// How often the worker sweeps other workers' dead rows while it runs.
     #[arg(long, default_value = "30s")]
     sweep_interval: String,
+    /// On SIGTERM or SIGINT (or when its tasks are done), how long the
+    /// worker keeps retrying the outcomes an unreachable store refuses
+    /// before it names them (`unwritten <id> <status>` on stderr) and
+    /// exits 1.
+    #[arg(long, default_value = "10s")]
+    stop_deadline: String,
 }
 
 /// Validated worker arguments.
@@ -52,6 +58,7 @@ pub(crate) struct Plan {
     panic_rate: f64,
     heartbeat_interval: Duration,
     sweep_interval: Duration,
+    stop_deadline: Duration,
 }
 
 fn probability(flag: &str, value: f64) -> CliResult<f64> {
@@ -80,6 +87,7 @@ impl WorkerArgs {
             panic_rate: probability("panic-rate", self.panic_rate)?,
             heartbeat_interval: interval("heartbeat-interval", &self.heartbeat_interval)?,
             sweep_interval: interval("sweep-interval", &self.sweep_interval)?,
+            stop_deadline: parse_duration("stop-deadline", &self.stop_deadline)?,
         })
     }
 }
@@ -204,6 +212,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         .heartbeat_interval(plan.heartbeat_interval)
         .sweep_interval(plan.sweep_interval)
         .lease(lease)
+        .stop_deadline(plan.stop_deadline)
         .on_event(move |event| match event {
             WorkerEvent::Recovered(task) => hook_lines.say(&task.hint()),
             WorkerEvent::UpkeepFailed { upkeep, error } => {
@@ -211,6 +220,28 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
             }
             WorkerEvent::DeclaredDead => {
                 eprintln!("tasktrail: warning: this worker was declared dead; stopping");
+            }
+            WorkerEvent::OutcomeQueued { pending, error } => {
+                eprintln!(
+                    "tasktrail: warning: the outcome of task {} ({}) is queued until the store answers: {error}",
+                    pending.id, pending.status
+                );
+            }
+            // A queued outcome landed: the same line as a direct finish.
+            WorkerEvent::OutcomeWritten { pending, waited } => {
+                hook_lines.say(&format!("finished {} {}", pending.id, pending.status));
+                eprintln!(
+                    "tasktrail: the queued outcome of task {} landed after {} attempt(s), {} ms after the task ended",
+                    pending.id,
+                    pending.attempts,
+                    waited.as_millis()
+                );
+            }
+            WorkerEvent::OutcomeRefused { pending, refusal } => {
+                eprintln!(
+                    "tasktrail: warning: the queued outcome of task {} ({}) was refused: {refusal:?}",
+                    pending.id, pending.status
+                );
             }
             _ => {}
         })
@@ -260,11 +291,25 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         )
         .into());
     }
-    worker.stop()?;
+    if let Err(error) = worker.stop() {
+        report_unwritten(&error);
+        return Err(error.into());
+    }
     if let Some(error) = first_error {
         return Err(error.into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One `unwritten <id> <status>` line on stderr per task whose outcome the
+/// stop could not write before its deadline (its row stays `running` for
+/// the next sweep).
+fn report_unwritten(error: &StopError) {
+    let mut err = std::io::stderr().lock();
+    for unwritten in &error.unwritten {
+        let _ = writeln!(err, "unwritten {} {}", unwritten.id, unwritten.status);
+    }
+    let _ = err.flush();
 }
 
 struct TaskLoop {
@@ -307,13 +352,54 @@ impl TaskLoop {
         Ok(())
     }
 
+    /// Waits `pause` (cut short by a stop signal) and returns the next,
+    /// doubled pause, at most 2 s: how a dispatcher waits out a store
+    /// outage before it tries again.
+    fn back_off(&self, pause: Duration) -> Duration {
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !self.should_stop() {
+            std::thread::sleep(Duration::from_millis(10).min(pause));
+        }
+        (pause * 2).min(Duration::from_secs(2))
+    }
+
     fn one_task(&self, dice: &mut Dice) -> CliResult<()> {
         let spec = made_up_spec(dice)?;
-        let running = self.worker.start(Task::queue(spec))?;
+        // A start that fails transiently wrote nothing: wait and start the
+        // same queued task again (a store outage never stops the worker).
+        let mut queued = Task::queue(spec);
+        let mut pause = Duration::from_millis(100);
+        let running = loop {
+            match self.worker.start(queued) {
+                Ok(running) => break running,
+                Err(error) if error.error.is_transient() && !self.should_stop() => {
+                    eprintln!("tasktrail: warning: could not start a task yet (retrying): {error}");
+                    pause = self.back_off(pause);
+                    queued = error.into_task();
+                }
+                // Stopping while the store is down: nothing was started.
+                Err(error) if error.error.is_transient() => return Ok(()),
+                Err(error) => return Err(error.into()),
+            }
+        };
         let id = running.id();
         self.lines.say(&format!("starting {id}"));
         let session = SessionId::parse(&format!("sess_{}", uuid::Uuid::new_v4().simple()))?;
-        self.worker.record_session(&running, session)?;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.worker.record_session(&running, session.clone()) {
+                Ok(()) => break,
+                Err(error) if error.is_transient() && !self.should_stop() => {
+                    eprintln!(
+                        "tasktrail: warning: could not record the session of task {id} yet (retrying): {error}"
+                    );
+                    pause = self.back_off(pause);
+                }
+                // Stopping while the store is down: go on without it.
+                Err(error) if error.is_transient() => break,
+                Err(error) => return Err(error.into()),
+            }
+        }
 
         let deadline = Instant::now() + self.task_duration;
         while Instant::now() < deadline && !self.should_stop() {
@@ -350,7 +436,9 @@ impl TaskLoop {
         };
         let status = outcome.status();
         match self.worker.finish(running, outcome) {
-            Ok(_) => self.lines.say(&format!("finished {id} {status}")),
+            Ok(FinishReceipt::Written(_)) => self.lines.say(&format!("finished {id} {status}")),
+            // The worker retries it; `finished` is printed when it lands.
+            Ok(FinishReceipt::Queued(_)) => {}
             Err(FinishError::Refused { id, refusal }) => {
                 let error = FinishError::Refused { id, refusal };
                 eprintln!("tasktrail: warning: {error}");

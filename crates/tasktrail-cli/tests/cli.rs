@@ -214,6 +214,10 @@ fn bad_input_gets_one_line_and_writes_nothing() {
         &tasktrail(&db, &["worker", "--heartbeat-interval", "soon"]),
         "--heartbeat-interval",
     );
+    assert_one_line_error(
+        &tasktrail(&db, &["worker", "--stop-deadline", "whenever"]),
+        "--stop-deadline",
+    );
     assert!(list_json(&db).is_empty(), "nothing was written");
 
     let usage = tasktrail(&db, &["list", "--limit", "0"]);

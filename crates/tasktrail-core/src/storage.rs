@@ -56,11 +56,26 @@ pub enum StorageError {
         /// The id.
         id: TaskId,
     },
-    /// The database could not be reached or written: connection refused,
-    /// locked for longer than the busy timeout, disk full, read-only file.
-    /// Retrying later may succeed.
+    /// A transient failure: the database could not be reached or written
+    /// for now, and retrying the same call later may succeed. The connection
+    /// was lost or refused, the server is restarting, failing over or out of
+    /// connections, the disk is full, the file is locked longer than the
+    /// busy timeout, a serialization failure or deadlock. Each backend
+    /// decides this from the most precise signal its driver gives (see
+    /// [`StorageError::is_transient`]). A `Worker` keeps a finished
+    /// outcome that hit this and retries it until it lands.
     #[error("storage is unavailable: {source}")]
     Unavailable {
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The database answered but refuses this configuration: the password
+    /// or role was refused, the database does not exist, the file is
+    /// read-only. Retrying does not help until an operator changes the
+    /// configuration (a permanent failure).
+    #[error("storage refused access: {source}")]
+    AccessDenied {
         /// The backend's error.
         #[source]
         source: BoxError,
@@ -86,6 +101,20 @@ pub enum StorageError {
         #[source]
         source: BoxError,
     },
+}
+
+impl StorageError {
+    /// Whether the failure is transient: the same call may succeed later
+    /// without anyone changing anything ([`StorageError::Unavailable`]).
+    /// Every other kind is permanent: a domain answer (`DuplicateTask`,
+    /// `WorkerNotAlive`...) or a failure retrying cannot fix
+    /// (`AccessDenied`, `Incompatible`, `CorruptRow`, `Other`).
+    ///
+    /// Backends classify their driver's errors in one place each:
+    /// `tasktrail-diesel`'s `sqlite` and `postgres` modules.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
 }
 
 /// The methods a storage backend must implement: one per statement (or

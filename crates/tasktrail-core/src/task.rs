@@ -329,8 +329,24 @@ impl RegisteredWorker {
         storage: &S,
         reason: &InterruptReason,
     ) -> (Vec<TaskId>, Option<StorageError>) {
+        self.interrupt_in_flight_except(storage, reason, &[])
+    }
+
+    /// [`interrupt_in_flight`](Self::interrupt_in_flight), leaving the
+    /// tasks in `keep` alone: a runtime that still holds their handles with
+    /// an outcome to write (a finish waiting out a store outage) writes that
+    /// outcome instead.
+    pub fn interrupt_in_flight_except<S: Storage + ?Sized>(
+        &self,
+        storage: &S,
+        reason: &InterruptReason,
+        keep: &[TaskId],
+    ) -> (Vec<TaskId>, Option<StorageError>) {
         let mut interrupted = Vec::new();
         for id in self.in_flight.running() {
+            if keep.contains(&id) {
+                continue;
+            }
             let write = storage.finish_running(&FinishRow {
                 id,
                 worker: self.id(),
@@ -458,6 +474,19 @@ impl Task<Running> {
         storage: &S,
     ) -> Result<Task<Finished>, FinishError> {
         let at = self.state.worker.clock.now();
+        self.finish_at(outcome, at, storage)
+    }
+
+    /// [`finish`](Self::finish) with `finished_at` = `at`: the retry of a
+    /// finish that hit a storage failure writes the time the work ended,
+    /// not the time the store came back. `at` is clamped to the start.
+    pub fn finish_at<S: Storage + ?Sized>(
+        self,
+        outcome: Outcome,
+        at: Timestamp,
+        storage: &S,
+    ) -> Result<Task<Finished>, FinishError> {
+        let at = at.max(self.state.started_at);
         let row = FinishRow {
             id: self.id,
             worker: self.state.worker.id,

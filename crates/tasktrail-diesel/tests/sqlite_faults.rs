@@ -242,8 +242,9 @@ fn a_read_only_database_refuses_writes_with_a_clear_kind() {
     let error = Task::queue(spec(1))
         .start(&worker, &store)
         .expect_err("read-only");
+    // Permanent: retrying does not help until the file is made writable.
     assert!(
-        matches!(error.error, StorageError::Unavailable { .. }),
+        matches!(error.error, StorageError::AccessDenied { .. }) && !error.error.is_transient(),
         "{:?}",
         error.error
     );

@@ -274,8 +274,15 @@ fn create_owner_only(path: &Path) -> Result<(), StorageError> {
         .mode(0o600)
         .open(path)
         .map(drop)
-        .map_err(|error| StorageError::Unavailable {
-            source: Box::new(error),
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                StorageError::AccessDenied {
+                    source: Box::new(error),
+                }
+            }
+            _ => StorageError::Unavailable {
+                source: Box::new(error),
+            },
         })
 }
 
@@ -366,46 +373,288 @@ fn map_connection_error(error: ConnectionError) -> StorageError {
     }
 }
 
+/// What a SQLite error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SqliteErrorClass {
+    /// Retrying later may succeed: [`StorageError::Unavailable`].
+    Transient,
+    /// The file refuses writes until an operator changes it:
+    /// [`StorageError::AccessDenied`].
+    Refused,
+    /// Not a (tasktrail) database: [`StorageError::Incompatible`].
+    NotOurs,
+}
+
+/// Every SQLite error message this backend classifies, and how: the one
+/// place where SQLite errors are told apart by text. Diesel keeps only
+/// `sqlite3_errmsg` (the extended result code does not reach us), and SQLite
+/// gives each primary result code one fixed message (`sqlite3ErrStr`), which
+/// is what these match, lower-cased. Each entry has its own test.
+pub(crate) const SQLITE_ERROR_MESSAGES: &[(&str, SqliteErrorClass)] = &[
+    // SQLITE_FULL: the disk (or max_page_count) is full; space may come back.
+    ("database or disk is full", SqliteErrorClass::Transient),
+    // SQLITE_BUSY: another connection held the lock past the busy timeout.
+    ("database is locked", SqliteErrorClass::Transient),
+    // SQLITE_LOCKED: a conflict inside one connection's shared cache.
+    ("database table is locked", SqliteErrorClass::Transient),
+    // SQLITE_IOERR (and its extended codes): the volume failed a read or write.
+    ("disk i/o error", SqliteErrorClass::Transient),
+    // SQLITE_CANTOPEN: the file (or its WAL/-shm) cannot be opened now.
+    ("unable to open database file", SqliteErrorClass::Transient),
+    // SQLITE_PROTOCOL: a WAL lock race SQLite gave up retrying.
+    ("locking protocol", SqliteErrorClass::Transient),
+    // SQLITE_READONLY: a read-only file or `PRAGMA query_only`.
+    (
+        "attempt to write a readonly database",
+        SqliteErrorClass::Refused,
+    ),
+    // SQLITE_NOTADB and SQLITE_CORRUPT.
+    ("file is not a database", SqliteErrorClass::NotOurs),
+    (
+        "database disk image is malformed",
+        SqliteErrorClass::NotOurs,
+    ),
+    // A schema that is not tasktrail's.
+    ("no such table", SqliteErrorClass::NotOurs),
+    ("no such column", SqliteErrorClass::NotOurs),
+];
+
+/// The class of a SQLite error message, from [`SQLITE_ERROR_MESSAGES`].
+pub(crate) fn classify_sqlite_message(message: &str) -> Option<SqliteErrorClass> {
+    let message = message.to_ascii_lowercase();
+    SQLITE_ERROR_MESSAGES
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map(|(_, class)| *class)
+}
+
 /// Maps a Diesel error onto a public kind. Unique violations are mapped by
-/// the callers, which know which row they were writing.
+/// the callers, which know which row they were writing. Transient failures
+/// (full disk, busy, I/O error...) become [`StorageError::Unavailable`]:
+/// see [`SQLITE_ERROR_MESSAGES`].
 pub(crate) fn map_error(error: DieselError) -> StorageError {
     match &error {
+        // A COMMIT that failed and whose rollback failed too: the commit's
+        // error says what happened.
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => {
+            match classify_diesel(commit_error) {
+                Some(class) => classified(class, error),
+                None => StorageError::Other {
+                    source: Box::new(error),
+                },
+            }
+        }
         DieselError::DatabaseError(kind, info) => {
-            let message = info.message().to_ascii_lowercase();
-            if message.contains("not a database") || message.contains("malformed") {
-                StorageError::Incompatible {
-                    detail: format!("the file is not a usable SQLite database ({message})"),
-                }
-            } else if message.contains("no such table") || message.contains("no such column") {
-                StorageError::Incompatible {
-                    detail: format!("the database schema is not tasktrail's ({message})"),
-                }
-            } else if matches!(
+            if matches!(
                 kind,
                 DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
             ) {
-                StorageError::CorruptRow {
-                    detail: format!("a constraint rejected the write ({message})"),
-                }
-            } else if message.contains("locked")
-                || message.contains("busy")
-                || message.contains("full")
-                || message.contains("readonly")
-                || message.contains("read-only")
-                || message.contains("disk i/o")
-                || message.contains("unable to open")
-            {
-                StorageError::Unavailable {
+                return StorageError::CorruptRow {
+                    detail: format!(
+                        "a constraint rejected the write ({})",
+                        info.message().to_ascii_lowercase()
+                    ),
+                };
+            }
+            match classify_diesel(&error) {
+                Some(class) => classified(class, error),
+                None => StorageError::Other {
                     source: Box::new(error),
-                }
-            } else {
-                StorageError::Other {
-                    source: Box::new(error),
-                }
+                },
             }
         }
         _ => StorageError::Other {
             source: Box::new(error),
         },
+    }
+}
+
+fn classify_diesel(error: &DieselError) -> Option<SqliteErrorClass> {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _) => {
+            Some(SqliteErrorClass::Transient)
+        }
+        DieselError::DatabaseError(_, info) => classify_sqlite_message(info.message()),
+        _ => None,
+    }
+}
+
+fn classified(class: SqliteErrorClass, error: DieselError) -> StorageError {
+    match class {
+        SqliteErrorClass::Transient => StorageError::Unavailable {
+            source: Box::new(error),
+        },
+        SqliteErrorClass::Refused => StorageError::AccessDenied {
+            source: Box::new(error),
+        },
+        SqliteErrorClass::NotOurs => {
+            let message = error.to_string().to_ascii_lowercase();
+            StorageError::Incompatible {
+                detail: if message.contains("no such") {
+                    format!("the database schema is not tasktrail's ({message})")
+                } else {
+                    format!("the file is not a usable SQLite database ({message})")
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::DatabaseErrorInformation;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Message(&'static str);
+
+    impl DatabaseErrorInformation for Message {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn sqlite_error(message: &'static str) -> StorageError {
+        map_error(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(Message(message)),
+        ))
+    }
+
+    fn is_unavailable(error: &StorageError) -> bool {
+        matches!(error, StorageError::Unavailable { .. }) && error.is_transient()
+    }
+
+    // One test per entry of SQLITE_ERROR_MESSAGES, with SQLite's own text.
+
+    #[test]
+    fn sqlite_full_is_transient() {
+        assert!(is_unavailable(&sqlite_error("database or disk is full")));
+    }
+
+    #[test]
+    fn sqlite_busy_is_transient() {
+        assert!(is_unavailable(&sqlite_error("database is locked")));
+    }
+
+    #[test]
+    fn sqlite_locked_is_transient() {
+        assert!(is_unavailable(&sqlite_error("database table is locked")));
+    }
+
+    #[test]
+    fn sqlite_ioerr_is_transient() {
+        assert!(is_unavailable(&sqlite_error("disk I/O error")));
+    }
+
+    #[test]
+    fn sqlite_cantopen_is_transient() {
+        assert!(is_unavailable(&sqlite_error(
+            "unable to open database file"
+        )));
+    }
+
+    #[test]
+    fn sqlite_protocol_is_transient() {
+        assert!(is_unavailable(&sqlite_error("locking protocol")));
+    }
+
+    #[test]
+    fn sqlite_readonly_is_refused_access() {
+        let error = sqlite_error("attempt to write a readonly database");
+        assert!(
+            matches!(error, StorageError::AccessDenied { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_transient());
+    }
+
+    #[test]
+    fn sqlite_notadb_is_incompatible() {
+        let error = sqlite_error("file is not a database");
+        assert!(
+            matches!(error, StorageError::Incompatible { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_transient());
+    }
+
+    #[test]
+    fn sqlite_corrupt_is_incompatible() {
+        let error = sqlite_error("database disk image is malformed");
+        assert!(
+            matches!(error, StorageError::Incompatible { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_table_is_incompatible() {
+        let error = sqlite_error("no such table: task_history");
+        assert!(
+            matches!(error, StorageError::Incompatible { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_column_is_incompatible() {
+        let error = sqlite_error("no such column: interrupted_by");
+        assert!(
+            matches!(error, StorageError::Incompatible { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn every_table_entry_has_its_test_above() {
+        // The tests above name each entry; a new entry needs a new test.
+        assert_eq!(SQLITE_ERROR_MESSAGES.len(), 11);
+    }
+
+    #[test]
+    fn unknown_errors_and_constraints_are_not_transient() {
+        let error = sqlite_error("something new went wrong");
+        assert!(matches!(error, StorageError::Other { .. }), "{error:?}");
+        assert!(!error.is_transient());
+        let error = map_error(DieselError::DatabaseError(
+            DatabaseErrorKind::CheckViolation,
+            Box::new(Message("CHECK constraint failed: status")),
+        ));
+        assert!(
+            matches!(error, StorageError::CorruptRow { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_is_classified_by_the_commit_error() {
+        let error = map_error(DieselError::RollbackErrorOnCommit {
+            rollback_error: Box::new(DieselError::NotFound),
+            commit_error: Box::new(DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(Message("database or disk is full")),
+            )),
+        });
+        assert!(is_unavailable(&error), "{error:?}");
     }
 }
