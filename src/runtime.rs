@@ -25,11 +25,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use chrono::Duration;
+use tasktrail_core::backend::{PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail_core::{
-    Clock, FinishError, Finished, InterruptReason, LivenessPolicy, Outcome, PolicyJudge,
-    ProcessProbe, Queued, RecoveredTask, RecoveryRequest, RegisteredWorker, Running, SessionId,
-    StartError, Storage, StorageError, SweepMode, SystemClock, Task, TaskId, Timestamp, WorkerId,
-    WorkerRegistration,
+    Clock, FinishError, Finished, InterruptReason, LivenessPolicy, Outcome, ProcessProbe, Queued,
+    RecoveredTask, RegisteredWorker, Running, SessionId, StartError, Storage, StorageError,
+    SystemClock, Task, TaskId, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use crate::host::{current_registration, HostError, ProcfsProbe};

@@ -24,10 +24,13 @@ use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
+use tasktrail::backend::*;
 use tasktrail::*;
 
 mod common;
 use common::Backend;
+#[cfg(feature = "postgres")]
+use tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE;
 
 const LOCAL_HOST: &str = "local";
 const LEASE_SECONDS: i64 = 15;

@@ -8,10 +8,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tasktrail::backend::SweepMode;
 use tasktrail::host::{local_host_name, ProcfsProbe};
 use tasktrail::runtime::recover_now;
 use tasktrail::{
-    AnyStorage, DatabaseUrl, LivenessPolicy, SweepMode, SystemClock, TaskFilter, TaskId, TaskStatus,
+    AnyStorage, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
 };
 
 /// The task audit trail of an agent-dispatch server: inspect it, recover it
