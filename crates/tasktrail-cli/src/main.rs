@@ -1,4 +1,7 @@
 //! `tasktrail`: the operator CLI. See `tasktrail --help` and README.md.
+// clap turns these doc comments into help text, where `[recovery]` is the
+// literal line prefix, not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod demo;
 mod output;

@@ -38,7 +38,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// The methods a storage backend must implement: one per statement (or
 /// transaction) the lifecycle needs, nothing more. Conveniences live in
-/// [`StorageExt`].
+/// [`StorageExt`](crate::StorageExt).
 ///
 /// Every backend passes the shared behaviour suite
 /// (`tasktrail_core::conformance`, behind the `testing` feature).
