@@ -49,11 +49,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use chrono::Duration;
+use tasktrail_core::backend::{PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail_core::{
     Clock, FinishError, FinishRefusal, Finished, InterruptReason, LivenessPolicy, Outcome,
-    PolicyJudge, ProcessProbe, Queued, RecoveredTask, RecoveryRequest, RegisteredWorker, Running,
-    SessionId, StartError, Storage, StorageError, SweepMode, SystemClock, Task, TaskId, TaskStatus,
-    Timestamp, WorkerId, WorkerRegistration,
+    ProcessProbe, Queued, RecoveredTask, RegisteredWorker, Running, SessionId, StartError, Storage,
+    StorageError, SystemClock, Task, TaskId, TaskStatus, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use crate::host::{current_registration, HostError, ProcfsProbe};

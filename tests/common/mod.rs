@@ -2,7 +2,11 @@
 //! process table.
 #![allow(dead_code, unreachable_pub)]
 
+use tasktrail::backend::*;
 use tasktrail::*;
+#[cfg(feature = "postgres")]
+use tasktrail_diesel::ScratchDatabase;
+use tasktrail_diesel::StatementLog;
 
 /// A backend under test, with its INSERT counter.
 pub trait Backend: Storage + Sized {

@@ -504,7 +504,8 @@ fn sigterm_while_the_disk_is_full_names_the_unwritten_outcomes_after_the_deadlin
 mod postgres {
     use super::throwaway_cluster::ThrowawayCluster;
     use super::*;
-    use tasktrail::{PostgresStorage, ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+    use tasktrail::testing::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+    use tasktrail::PostgresStorage;
 
     fn postgres_rows(url: &str) -> Vec<TaskRecord> {
         PostgresStorage::open(url)

@@ -2,7 +2,7 @@
 //! against the trait (in the manner of object_store's shared integration
 //! tests). Each backend has one test entry that calls
 //! [`run_conformance_suite`]; a server that writes its own backend can run it
-//! too (enable the `conformance` feature).
+//! too (enable the `testing` feature).
 //!
 //! ```
 //! use tasktrail_core::conformance::{run_conformance_suite, Subject};
@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
+use crate::backend::{FinishRow, FinishWrite, PolicyJudge, RecoveryRequest, SweepMode};
 use crate::{
-    Clock, CostUsd, FinishError, FinishRefusal, FinishRow, FinishWrite, InterruptReason,
-    LivenessPolicy, ManualClock, Outcome, PolicyJudge, ProcessProbe, RecoveredTask,
-    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError,
-    SweepMode, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus, WorkerId,
-    WorkerRegistration, WorkerState,
+    Clock, CostUsd, FinishError, FinishRefusal, InterruptReason, LivenessPolicy, ManualClock,
+    Outcome, ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey,
+    Storage, StorageError, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput,
+    TaskStatus, WorkerId, WorkerRegistration, WorkerState,
 };
 
 /// Counts the INSERT statements into `task_history` a store issued for an id.
@@ -877,7 +877,7 @@ fn session_writes_are_checked<S: Storage>(w: &mut World<'_, S>) {
     running
         .finish(Outcome::Success(report()), w.store)
         .expect("finish");
-    let late = w.store.record_session(&crate::NewSession {
+    let late = w.store.record_session(&crate::backend::NewSession {
         session_id: SessionId::parse("sess_b").expect("id"),
         task_id: id,
         worker: worker.id(),

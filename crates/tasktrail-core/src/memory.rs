@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::backend::Storage;
 use crate::clock::Timestamp;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
@@ -13,7 +14,7 @@ use crate::record::{
     RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter, TaskRecord,
 };
 use crate::status::TaskStatus;
-use crate::storage::{Storage, StorageError};
+use crate::storage::StorageError;
 use crate::worker::{
     Liveness, LivenessJudge, OwnerFacts, OwnerSession, WorkerRecord, WorkerRegistration,
     WorkerState,
@@ -41,7 +42,8 @@ impl MemoryStorage {
         Self::default()
     }
 
-    /// How many INSERTs into `task_history` were issued for `id`.
+    /// Test hook: how many INSERTs into `task_history` were issued for `id`.
+    #[cfg(feature = "testing")]
     pub fn task_insert_statements(&self, id: TaskId) -> usize {
         self.lock().task_inserts.get(&id).copied().unwrap_or(0)
     }
@@ -49,6 +51,7 @@ impl MemoryStorage {
     /// Test hook: moves `worker`'s last heartbeat `by` into the past, as if
     /// it had stayed silent that long (the conformance suite ages another
     /// host's heartbeat this way). Does nothing for an unknown worker.
+    #[cfg(feature = "testing")]
     pub fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
         if let Some(record) = self.lock().workers.get_mut(&worker) {
             record.heartbeat_at -= by;

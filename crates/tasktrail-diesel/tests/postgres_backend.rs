@@ -18,11 +18,13 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_migrations::MigrationHarness;
+use tasktrail_core::backend::{
+    FinishRow, FinishWrite, NewRunningRow, PolicyJudge, RecoveryRequest, SweepMode,
+};
 use tasktrail_core::{
-    Clock, CostUsd, DeathCause, FinishRefusal, FinishRow, FinishWrite, InterruptReason,
-    LivenessPolicy, NewRunningRow, Outcome, PolicyJudge, ProcessProbe, RecoveredTask,
-    RecoveryRequest, RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError,
-    StorageExt, SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
+    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, LivenessPolicy, Outcome,
+    ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey, Storage,
+    StorageError, StorageExt, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
     TaskStatus, Timestamp, WorkerId, WorkerRegistration, WorkerState,
 };
 use tasktrail_diesel::{
@@ -1131,8 +1133,11 @@ type Span = (std::time::Instant, std::time::Instant);
 /// network might), so concurrent sweeps overlap inside their transactions.
 struct SlowJudge<'a>(PolicyJudge<'a>);
 
-impl tasktrail_core::LivenessJudge for SlowJudge<'_> {
-    fn judge(&self, owner: Option<&tasktrail_core::OwnerFacts>) -> tasktrail_core::Liveness {
+impl tasktrail_core::backend::LivenessJudge for SlowJudge<'_> {
+    fn judge(
+        &self,
+        owner: Option<&tasktrail_core::backend::OwnerFacts>,
+    ) -> tasktrail_core::Liveness {
         std::thread::sleep(std::time::Duration::from_millis(50));
         self.0.judge(owner)
     }

@@ -8,12 +8,14 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+use tasktrail_core::backend::{
+    recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
+    OwnerSession, RecoveryRequest, SweepMode,
+};
 use tasktrail_core::{
-    recovery_reason, truncate_to_micros, FinishRefusal, FinishRow, FinishWrite, Liveness,
-    LivenessJudge, NewRunningRow, NewSession, Outcome, OwnerFacts, OwnerSession, RecoveredTask,
-    RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError, SweepMode, TaskFilter,
-    TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
-    WorkerState,
+    truncate_to_micros, FinishRefusal, Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord,
+    Storage, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 

@@ -57,7 +57,18 @@ pub struct SqliteOptions {
     /// fails with [`StorageError::Unavailable`]. Default 30 s.
     pub busy_timeout: Duration,
     /// Record the INSERTs into `task_history` this store issues (tests).
+    #[cfg(feature = "testing")]
     pub statement_log: Option<StatementLog>,
+}
+
+impl SqliteOptions {
+    /// The statement log to attach (none without the `testing` feature).
+    fn statement_log(&self) -> Option<StatementLog> {
+        #[cfg(feature = "testing")]
+        return self.statement_log.clone();
+        #[cfg(not(feature = "testing"))]
+        return None;
+    }
 }
 
 impl Default for SqliteOptions {
@@ -65,6 +76,7 @@ impl Default for SqliteOptions {
         Self {
             durability: SqliteDurability::default(),
             busy_timeout: Duration::from_secs(30),
+            #[cfg(feature = "testing")]
             statement_log: None,
         }
     }
@@ -78,6 +90,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStorage {
     connection: Mutex<SqliteConnection>,
     path: PathBuf,
+    #[cfg(feature = "testing")]
     statement_log: Option<StatementLog>,
 }
 
@@ -122,7 +135,7 @@ impl SqliteStorage {
             })?
             .to_owned();
         let mut connection = SqliteConnection::establish(&url).map_err(map_connection_error)?;
-        if let Some(log) = &options.statement_log {
+        if let Some(log) = &options.statement_log() {
             connection.set_instrumentation(log.instrumentation());
         }
         connection
@@ -143,7 +156,8 @@ impl SqliteStorage {
         Ok(Self {
             connection: Mutex::new(connection),
             path,
-            statement_log: options.statement_log.clone(),
+            #[cfg(feature = "testing")]
+            statement_log: options.statement_log(),
         })
     }
 
@@ -192,6 +206,7 @@ impl SqliteStorage {
     }
 
     /// The statement log this store was opened with, if any.
+    #[cfg(feature = "testing")]
     pub fn statement_log(&self) -> Option<&StatementLog> {
         self.statement_log.as_ref()
     }

@@ -6,11 +6,14 @@ use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
+use tasktrail_core::backend::{
+    recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
+    OwnerSession, RecoveryRequest, SweepMode,
+};
 use tasktrail_core::{
-    recovery_reason, FinishRow, FinishWrite, Liveness, LivenessJudge, NewRunningRow, NewSession,
-    Outcome, OwnerFacts, OwnerSession, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord,
-    Storage, StorageError, SweepMode, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp,
-    WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
+    TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
+    WorkerState,
 };
 
 use super::rows::{SessionRow, TaskRow, WorkerRow};
