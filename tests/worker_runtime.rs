@@ -727,14 +727,25 @@ fn an_abandoned_task_interrupted_while_its_row_cannot_be_read_back_is_reported_o
 // ---------------------------------------------------------------------------
 // Store outages: queued outcomes, backoff, health, stop deadline.
 
+/// A worker at pid 10 on "dev" over the flaky store, ticked by the test,
+/// retrying after 100 ms doubling up to 800 ms.
 fn outage_worker(fleet: &Fleet<FlakyStore>, events: &Events) -> Worker {
+    outage_worker_with(fleet, events, |builder| builder)
+}
+
+fn outage_worker_with(
+    fleet: &Fleet<FlakyStore>,
+    events: &Events,
+    configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Worker {
     let storage: Arc<dyn Storage> = fleet.storage.clone();
     fleet.processes.spawn(10);
-    Worker::builder(storage)
+    let builder = Worker::builder(storage)
         .heartbeat_interval(HEARTBEAT)
         .sweep_interval(SWEEP)
         .lease(LEASE)
-        .retry_backoff(StdDuration::from_millis(100), StdDuration::from_millis(800))
+        .retry_backoff(StdDuration::from_millis(100), StdDuration::from_millis(800));
+    configure(builder)
         .clock(fleet.clock.clone())
         .probe(Arc::new(fleet.processes.clone()))
         .registration(WorkerRegistration {
@@ -920,23 +931,9 @@ fn stop_writes_queued_outcomes_once_the_store_answers_before_the_deadline() {
 fn stop_names_what_it_could_not_write_by_the_deadline_and_leaves_those_rows_for_the_sweep() {
     let fleet = Fleet::new(FlakyStore::default());
     let events = Events::default();
-    let storage: Arc<dyn Storage> = fleet.storage.clone();
-    fleet.processes.spawn(10);
-    let worker = Worker::builder(storage)
-        .stop_deadline(StdDuration::ZERO)
-        .clock(fleet.clock.clone())
-        .probe(Arc::new(fleet.processes.clone()))
-        .registration(WorkerRegistration {
-            id: WorkerId::new_random(),
-            host: "dev".to_owned(),
-            pid: 10,
-            process_start_marker: "boot:10".to_owned(),
-            started_at: fleet.clock.now(),
-        })
-        .on_event(events.hook())
-        .without_background_thread()
-        .boot()
-        .expect("boot");
+    let worker = outage_worker_with(&fleet, &events, |builder| {
+        builder.stop_deadline(StdDuration::ZERO)
+    });
     let queued = worker.start(Task::queue(spec())).expect("start");
     let queued_id = queued.id();
     let in_flight = worker.start(Task::queue(spec())).expect("start");

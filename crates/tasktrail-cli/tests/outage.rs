@@ -276,6 +276,33 @@ impl RunningWorker {
     }
 }
 
+/// `tasktrail worker` arguments: `tasks` tasks, two at a time, each lasting
+/// `task_duration`, none failing, heartbeats every `heartbeat_interval`,
+/// no periodic sweep during the test, then `extra`.
+fn worker_args<'a>(
+    tasks: &'a str,
+    task_duration: &'a str,
+    heartbeat_interval: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--tasks",
+        tasks,
+        "--concurrency",
+        "2",
+        "--task-duration",
+        task_duration,
+        "--fail-rate",
+        "0",
+        "--heartbeat-interval",
+        heartbeat_interval,
+        "--sweep-interval",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Checks what every outage test expects of a worker that rode one out:
 /// exit 0, a `finished` line for every `starting` one, no `[recovery]`
 /// line, and every row finished with its outcome (none `running` or
@@ -383,20 +410,7 @@ fn a_full_disk_while_tasks_finish_loses_no_outcome() {
     let db_text = db.to_str().expect("utf-8").to_owned();
     let mut worker = RunningWorker::spawn(
         &db_text,
-        &[
-            "--tasks",
-            "3",
-            "--concurrency",
-            "3",
-            "--task-duration",
-            "1500ms",
-            "--fail-rate",
-            "0",
-            "--heartbeat-interval",
-            "200ms",
-            "--sweep-interval",
-            "1h",
-        ],
+        &worker_args("3", "1500ms", "200ms", &["--concurrency", "3"]),
     );
     worker.wait_for_starts(3);
     disk.fill();
@@ -433,20 +447,7 @@ fn sigterm_while_the_disk_is_full_names_the_unwritten_outcomes_after_the_deadlin
     let db_text = db.to_str().expect("utf-8").to_owned();
     let mut worker = RunningWorker::spawn(
         &db_text,
-        &[
-            "--tasks",
-            "2",
-            "--concurrency",
-            "2",
-            "--task-duration",
-            "10m",
-            "--heartbeat-interval",
-            "200ms",
-            "--sweep-interval",
-            "1h",
-            "--stop-deadline",
-            "2s",
-        ],
+        &worker_args("2", "10m", "200ms", &["--stop-deadline", "2s"]),
     );
     worker.wait_for_starts(2);
     disk.fill();
@@ -576,22 +577,7 @@ mod postgres {
         // judge waits a grace after a restart (the liveness part of issue
         // 16), a sweep that reconnects before a neighbour has taken its
         // lock back reads that lock as free.
-        let args = [
-            "--tasks",
-            "6",
-            "--concurrency",
-            "2",
-            "--task-duration",
-            "2s",
-            "--fail-rate",
-            "0",
-            "--heartbeat-interval",
-            "250ms",
-            "--sweep-interval",
-            "1h",
-            "--stop-deadline",
-            "30s",
-        ];
+        let args = worker_args("6", "2s", "250ms", &["--stop-deadline", "30s"]);
         let mut first = RunningWorker::spawn(&url, &args);
         let mut second = RunningWorker::spawn(&url, &args);
         first.wait_for_starts(2);
@@ -651,23 +637,7 @@ mod postgres {
         migrate(&url);
         // Tasks of 3 s leave pooled connections idle past the timeout, and a
         // heartbeat every 2.5 s leaves the liveness session idle past it.
-        let mut worker = RunningWorker::spawn(
-            &url,
-            &[
-                "--tasks",
-                "4",
-                "--concurrency",
-                "2",
-                "--task-duration",
-                "3s",
-                "--fail-rate",
-                "0",
-                "--heartbeat-interval",
-                "2500ms",
-                "--sweep-interval",
-                "1h",
-            ],
-        );
+        let mut worker = RunningWorker::spawn(&url, &worker_args("4", "3s", "2500ms", &[]));
         worker.wait_for_starts(2);
         let liveness_at_start = liveness_sessions(&url);
         assert!(!liveness_at_start.is_empty());
@@ -707,23 +677,7 @@ mod postgres {
         };
         let url = scratch.url().to_owned();
         migrate(&url);
-        let mut worker = RunningWorker::spawn(
-            &url,
-            &[
-                "--tasks",
-                "4",
-                "--concurrency",
-                "2",
-                "--task-duration",
-                "3s",
-                "--fail-rate",
-                "0",
-                "--heartbeat-interval",
-                "200ms",
-                "--sweep-interval",
-                "1h",
-            ],
-        );
+        let mut worker = RunningWorker::spawn(&url, &worker_args("4", "3s", "200ms", &[]));
         worker.wait_for_starts(2);
         assert_eq!(liveness_locks_held(&url), 1);
         let terminated: usize = psql(

@@ -19,6 +19,8 @@
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
 mod codec;
+#[cfg(test)]
+mod error_text;
 mod statement_log;
 
 #[cfg(feature = "postgres")]

@@ -898,38 +898,8 @@ mod tests {
         );
     }
 
-    #[derive(Debug)]
-    struct Message(String);
-
-    impl diesel::result::DatabaseErrorInformation for Message {
-        fn message(&self) -> &str {
-            &self.0
-        }
-        fn details(&self) -> Option<&str> {
-            None
-        }
-        fn hint(&self) -> Option<&str> {
-            None
-        }
-        fn table_name(&self) -> Option<&str> {
-            None
-        }
-        fn column_name(&self) -> Option<&str> {
-            None
-        }
-        fn constraint_name(&self) -> Option<&str> {
-            None
-        }
-        fn statement_position(&self) -> Option<i32> {
-            None
-        }
-    }
-
     fn statement_error(kind: DatabaseErrorKind, message: &str) -> StorageError {
-        map_error(DieselError::DatabaseError(
-            kind,
-            Box::new(Message(message.to_owned())),
-        ))
+        map_error(crate::error_text::database_error(kind, message))
     }
 
     /// What a text maps to, as a statement error (Diesel's kind `Unknown`,

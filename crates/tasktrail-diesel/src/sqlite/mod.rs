@@ -517,42 +517,11 @@ fn classified(class: SqliteErrorClass, error: DieselError) -> StorageError {
 
 #[cfg(test)]
 mod tests {
-    use diesel::result::DatabaseErrorInformation;
-
     use super::*;
-
-    #[derive(Debug)]
-    struct Message(&'static str);
-
-    impl DatabaseErrorInformation for Message {
-        fn message(&self) -> &str {
-            self.0
-        }
-        fn details(&self) -> Option<&str> {
-            None
-        }
-        fn hint(&self) -> Option<&str> {
-            None
-        }
-        fn table_name(&self) -> Option<&str> {
-            None
-        }
-        fn column_name(&self) -> Option<&str> {
-            None
-        }
-        fn constraint_name(&self) -> Option<&str> {
-            None
-        }
-        fn statement_position(&self) -> Option<i32> {
-            None
-        }
-    }
+    use crate::error_text::database_error;
 
     fn sqlite_error(message: &'static str) -> StorageError {
-        map_error(DieselError::DatabaseError(
-            DatabaseErrorKind::Unknown,
-            Box::new(Message(message)),
-        ))
+        map_error(database_error(DatabaseErrorKind::Unknown, message))
     }
 
     fn is_unavailable(error: &StorageError) -> bool {
@@ -651,9 +620,9 @@ mod tests {
         let error = sqlite_error("something new went wrong");
         assert!(matches!(error, StorageError::Other { .. }), "{error:?}");
         assert!(!error.is_transient());
-        let error = map_error(DieselError::DatabaseError(
+        let error = map_error(database_error(
             DatabaseErrorKind::CheckViolation,
-            Box::new(Message("CHECK constraint failed: status")),
+            "CHECK constraint failed: status",
         ));
         assert!(
             matches!(error, StorageError::CorruptRow { .. }),
@@ -665,9 +634,9 @@ mod tests {
     fn a_failed_commit_is_classified_by_the_commit_error() {
         let error = map_error(DieselError::RollbackErrorOnCommit {
             rollback_error: Box::new(DieselError::NotFound),
-            commit_error: Box::new(DieselError::DatabaseError(
+            commit_error: Box::new(database_error(
                 DatabaseErrorKind::Unknown,
-                Box::new(Message("database or disk is full")),
+                "database or disk is full",
             )),
         });
         assert!(is_unavailable(&error), "{error:?}");
