@@ -392,6 +392,17 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Waits until `count` sessions are recorded: the tasks are past their
+/// start and at work.
+fn wait_for_sqlite_sessions(db: &Path, count: usize) {
+    let store = SqliteStorage::open(db).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.list_sessions().expect("sessions").len() < count {
+        assert!(Instant::now() < deadline, "no {count} sessions recorded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sqlite_rows(db: &Path) -> Vec<TaskRecord> {
     SqliteStorage::open(db)
         .expect("open")
@@ -408,15 +419,13 @@ fn a_full_disk_while_tasks_finish_loses_no_outcome() {
     let disk = SmallDisk::mount("8m");
     let db = disk.path().join("trail.db");
     let db_text = db.to_str().expect("utf-8").to_owned();
-    let mut worker = RunningWorker::spawn(
-        &db_text,
-        &worker_args("3", "1500ms", "200ms", &["--concurrency", "3"]),
-    );
-    worker.wait_for_starts(3);
+    let mut worker = RunningWorker::spawn(&db_text, &worker_args("2", "1500ms", "200ms", &[]));
+    worker.wait_for_starts(2);
+    wait_for_sqlite_sessions(&db, 2);
     disk.fill();
-    // The three tasks end while the disk is full: their finishes fail and
-    // are queued, and the worker goes on.
-    worker.wait_for_queued_outcomes(3, Duration::from_secs(30));
+    // Both tasks end while the disk is full: their finishes fail and are
+    // queued, and the worker goes on.
+    worker.wait_for_queued_outcomes(2, Duration::from_secs(30));
     assert!(worker.still_running(), "the worker stopped on a full disk");
     std::thread::sleep(Duration::from_secs(2));
     assert!(worker.still_running(), "the worker stopped on a full disk");
@@ -425,7 +434,7 @@ fn a_full_disk_while_tasks_finish_loses_no_outcome() {
     let ended = worker.wait(Duration::from_secs(60));
     let exit_after_free = freed_at.elapsed();
     assert_every_outcome_landed(&ended, &sqlite_rows(&db));
-    assert_eq!(ended.queued_outcome_warnings(), 3);
+    assert_eq!(ended.queued_outcome_warnings(), 2);
     report(
         TEST,
         &format!(
@@ -450,6 +459,7 @@ fn sigterm_while_the_disk_is_full_names_the_unwritten_outcomes_after_the_deadlin
         &worker_args("2", "10m", "200ms", &["--stop-deadline", "2s"]),
     );
     worker.wait_for_starts(2);
+    wait_for_sqlite_sessions(&db, 2);
     disk.fill();
     let signalled_at = Instant::now();
     worker.sigterm();
