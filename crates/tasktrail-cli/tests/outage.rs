@@ -192,6 +192,15 @@ impl RunningWorker {
         }
     }
 
+    /// The task ids of the stdout lines seen so far that start with `prefix`.
+    fn stdout_ids(&self, prefix: &str) -> Vec<TaskId> {
+        self.stdout
+            .iter()
+            .filter_map(|line| line.strip_prefix(prefix))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
     /// Takes whatever lines arrive during `period`.
     fn take_lines_for(&mut self, period: Duration) {
         let deadline = Instant::now() + period;
@@ -419,7 +428,10 @@ fn a_full_disk_while_tasks_finish_loses_no_outcome() {
     let disk = SmallDisk::mount("8m");
     let db = disk.path().join("trail.db");
     let db_text = db.to_str().expect("utf-8").to_owned();
-    let mut worker = RunningWorker::spawn(&db_text, &worker_args("2", "1500ms", "200ms", &[]));
+    // Three tasks of 3 s, two at a time: the first two end while the disk
+    // is full; the third starts once it is emptied, and the queued outcomes
+    // must land while it runs (the background retry, not the final stop).
+    let mut worker = RunningWorker::spawn(&db_text, &worker_args("3", "3s", "200ms", &[]));
     worker.wait_for_starts(2);
     wait_for_sqlite_sessions(&db, 2);
     disk.fill();
@@ -431,14 +443,32 @@ fn a_full_disk_while_tasks_finish_loses_no_outcome() {
     assert!(worker.still_running(), "the worker stopped on a full disk");
     let freed_at = Instant::now();
     disk.empty();
+    let queued: Vec<TaskId> = worker.stdout_ids("starting ");
+    worker.wait_until(
+        "the queued outcomes landing while the third task runs",
+        Duration::from_secs(30),
+        |worker| worker.stdout_ids("finished ").len() >= 2,
+    );
+    let landed_after_free = freed_at.elapsed();
+    let mut landed = worker.stdout_ids("finished ");
+    landed.sort();
+    let mut expected = queued;
+    expected.sort();
+    assert_eq!(
+        landed, expected,
+        "the first two landed before the third ended"
+    );
+    assert!(
+        worker.still_running(),
+        "they landed while the worker ran, not at its stop"
+    );
     let ended = worker.wait(Duration::from_secs(60));
-    let exit_after_free = freed_at.elapsed();
     assert_every_outcome_landed(&ended, &sqlite_rows(&db));
     assert_eq!(ended.queued_outcome_warnings(), 2);
     report(
         TEST,
         &format!(
-            "outcomes landed {:?} ms after their tasks ended; worker exited {exit_after_free:?} after the disk was emptied",
+            "queued outcomes landed {:?} ms after their tasks ended, {landed_after_free:?} after the disk was emptied",
             ended.landing_delays_ms()
         ),
     );
