@@ -703,6 +703,14 @@ mod postgres {
         );
         let ended = worker.wait(Duration::from_secs(60));
         assert_every_outcome_landed(&ended, &postgres_rows(&url));
+        // Not one statement failed: the connections the server closed while
+        // idle were replaced before use.
+        let warnings: Vec<&String> = ended
+            .stderr
+            .iter()
+            .filter(|line| line.contains("warning"))
+            .collect();
+        assert!(warnings.is_empty(), "{warnings:?}");
         report(
             TEST,
             &format!("{recovers} recover runs during the tasks saw nobody dead"),
