@@ -216,13 +216,13 @@ impl PostgresStorage {
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(options.connection_timeout)
-            // A pooled connection the server closed while it sat idle (a
-            // restart or failover, `idle_session_timeout`, a pooler, a NAT
-            // that forgot it) fails this check and r2d2 replaces it, so it
-            // never fails a statement. Diesel's `is_broken` does not notice a
-            // closed socket, so without the check a dead connection would go
-            // back to the pool after each failure and fail forever.
-            .test_on_check_out(true)
+            // No `SELECT 1` before every statement (it doubled the round
+            // trips of a start or finish): only a connection that sat idle
+            // for `POOLED_IDLE_TEST_AFTER` is tested before use
+            // (`PostgresStorage::pooled`), since that is the one a restart,
+            // `idle_session_timeout`, a pooler or a NAT may have closed.
+            .test_on_check_out(false)
+            .event_handler(Box::new(IdleTracker::default()))
             // r2d2 would log connection errors (which may name the host)
             // through `log`; they are returned, redacted, instead.
             .error_handler(Box::new(NopErrorHandler))
@@ -309,10 +309,86 @@ impl PostgresStorage {
         i64::from_ne_bytes(folded.to_ne_bytes())
     }
 
+    /// A pooled connection that answers. One that sat idle longer than
+    /// [`POOLED_IDLE_TEST_AFTER`] is tested with a `SELECT 1` first: if the
+    /// server closed it meanwhile, the failed test marks it broken, r2d2
+    /// drops it when it is handed back, and the next one is tried (a fresh
+    /// one once the idle ones are used up), so a closed connection never
+    /// fails a statement. A connection used more recently is not tested (no
+    /// extra round trip on a busy worker); one the server closes in that
+    /// window (a restart, `pg_terminate_backend`) fails one statement with
+    /// [`StorageError::Unavailable`] and is dropped likewise.
     pub(crate) fn pooled(&self) -> Result<PgPooled, StorageError> {
+        // Every pooled connection may be dead (a restart): try them all,
+        // then a fresh one.
+        for _ in 0..=self.pool.max_size() {
+            let mut connection = self
+                .pool
+                .get()
+                .map_err(|error| pool_error(&error, &self.secrets))?;
+            let idle_for = LAST_CHECKOUT_IDLE.with(std::cell::Cell::take);
+
+            if idle_for.is_none_or(|idle| idle < POOLED_IDLE_TEST_AFTER)
+                || connection.ping().is_ok()
+            {
+                return Ok(connection);
+            }
+        }
         self.pool
             .get()
             .map_err(|error| pool_error(&error, &self.secrets))
+    }
+}
+
+/// How long a pooled connection may sit idle before it is tested
+/// (`SELECT 1`) when it is next checked out.
+pub(crate) const POOLED_IDLE_TEST_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// How long the connection this thread just checked out had been idle
+    /// (set by [`IdleTracker`] inside `Pool::get`, on the calling thread).
+    static LAST_CHECKOUT_IDLE: std::cell::Cell<Option<Duration>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Notes when each pooled connection was made or handed back, and tells
+/// the thread that checks one out how long it sat idle.
+#[derive(Debug, Default)]
+struct IdleTracker {
+    returned_at: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+}
+
+impl IdleTracker {
+    fn returned_at(&self) -> MutexGuard<'_, std::collections::HashMap<u64, std::time::Instant>> {
+        self.returned_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl diesel::r2d2::HandleEvent for IdleTracker {
+    /// A new connection is idle from the moment r2d2 made it (it may sit
+    /// in the pool a long while before its first checkout).
+    fn handle_acquire(&self, event: diesel::r2d2::event::AcquireEvent) {
+        self.returned_at()
+            .insert(event.connection_id(), std::time::Instant::now());
+    }
+
+    fn handle_checkout(&self, event: diesel::r2d2::event::CheckoutEvent) {
+        let idle = self
+            .returned_at()
+            .get(&event.connection_id())
+            .map(std::time::Instant::elapsed);
+        LAST_CHECKOUT_IDLE.with(|cell| cell.set(idle));
+    }
+
+    fn handle_checkin(&self, event: diesel::r2d2::event::CheckinEvent) {
+        self.returned_at()
+            .insert(event.connection_id(), std::time::Instant::now());
+    }
+
+    fn handle_release(&self, event: diesel::r2d2::event::ReleaseEvent) {
+        self.returned_at().remove(&event.connection_id());
     }
 }
 
