@@ -216,32 +216,29 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         .on_event(move |event| match event {
             WorkerEvent::Recovered(task) => hook_lines.say(&task.hint()),
             WorkerEvent::UpkeepFailed { upkeep, error } => {
-                eprintln!("tasktrail: warning: {upkeep} failed (retrying): {error}");
+                warn(format!("{upkeep} failed (retrying): {error}"));
             }
             WorkerEvent::DeclaredDead => {
-                eprintln!("tasktrail: warning: this worker was declared dead; stopping");
+                warn("this worker was declared dead; stopping");
             }
             WorkerEvent::OutcomeQueued { pending, error } => {
-                eprintln!(
-                    "tasktrail: warning: the outcome of task {} ({}) is queued until the store answers: {error}",
+                warn(format!("the outcome of task {} ({}) is queued until the store answers: {error}",
                     pending.id, pending.status
-                );
+                ));
             }
             // A queued outcome landed: the same line as a direct finish.
             WorkerEvent::OutcomeWritten { pending, waited } => {
                 hook_lines.say(&format!("finished {} {}", pending.id, pending.status));
-                eprintln!(
-                    "tasktrail: the queued outcome of task {} landed after {} attempt(s), {} ms after the task ended",
+                note(format!("the queued outcome of task {} landed after {} attempt(s), {} ms after the task ended",
                     pending.id,
                     pending.attempts,
                     waited.as_millis()
-                );
+                ));
             }
             WorkerEvent::OutcomeRefused { pending, refusal } => {
-                eprintln!(
-                    "tasktrail: warning: the queued outcome of task {} ({}) was refused: {refusal:?}",
+                warn(format!("the queued outcome of task {} ({}) was refused: {refusal:?}",
                     pending.id, pending.status
-                );
+                ));
             }
             _ => {}
         })
@@ -299,6 +296,20 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         return Err(error.into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One warning line on stderr, whatever line breaks the error's text holds
+/// (libpq's messages span several).
+fn warn(message: impl std::fmt::Display) {
+    eprintln!(
+        "tasktrail: warning: {}",
+        crate::one_line(&message.to_string())
+    );
+}
+
+/// The queued outcome that landed, on one line of stderr.
+fn note(message: impl std::fmt::Display) {
+    eprintln!("tasktrail: {}", crate::one_line(&message.to_string()));
 }
 
 /// One `unwritten <id> <status>` line on stderr per task whose outcome the
@@ -373,7 +384,7 @@ impl TaskLoop {
             match self.worker.start(queued) {
                 Ok(running) => break running,
                 Err(error) if error.error.is_transient() && !self.should_stop() => {
-                    eprintln!("tasktrail: warning: could not start a task yet (retrying): {error}");
+                    warn(format!("could not start a task yet (retrying): {error}"));
                     pause = self.back_off(pause);
                     queued = error.into_task();
                 }
@@ -390,9 +401,9 @@ impl TaskLoop {
             match self.worker.record_session(&running, session.clone()) {
                 Ok(()) => break,
                 Err(error) if error.is_transient() && !self.should_stop() => {
-                    eprintln!(
-                        "tasktrail: warning: could not record the session of task {id} yet (retrying): {error}"
-                    );
+                    warn(format!(
+                        "could not record the session of task {id} yet (retrying): {error}"
+                    ));
                     pause = self.back_off(pause);
                 }
                 // Stopping while the store is down: go on without it.
@@ -441,7 +452,7 @@ impl TaskLoop {
             Ok(FinishReceipt::Queued(_)) => {}
             Err(FinishError::Refused { id, refusal }) => {
                 let error = FinishError::Refused { id, refusal };
-                eprintln!("tasktrail: warning: {error}");
+                warn(error);
             }
             Err(error @ FinishError::Storage { .. }) => return Err(error.into()),
         }

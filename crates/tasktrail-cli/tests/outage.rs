@@ -660,6 +660,69 @@ mod postgres {
     }
 
     #[test]
+    fn sigterm_while_postgres_is_down_names_the_unwritten_outcomes_after_the_deadline() {
+        const TEST: &str =
+            "sigterm_while_postgres_is_down_names_the_unwritten_outcomes_after_the_deadline";
+        if !enabled(TEST) {
+            return;
+        }
+        let cluster = ThrowawayCluster::start();
+        cluster.create_database("trail");
+        let url = cluster.url("trail");
+        migrate(&url);
+        let mut worker = RunningWorker::spawn(
+            &url,
+            &worker_args("2", "10m", "200ms", &["--stop-deadline", "2s"]),
+        );
+        worker.wait_for_starts(2);
+        // Both sessions recorded: the tasks are at work.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while psql(&url, "SELECT count(*) FROM claude_sdk_sessions") != "2" {
+            assert!(Instant::now() < deadline, "no sessions recorded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.stop();
+        // The worker notices at its next heartbeat.
+        worker.wait_until("a failed heartbeat", Duration::from_secs(30), |worker| {
+            worker
+                .stderr
+                .iter()
+                .any(|line| line.contains("heartbeat failed"))
+        });
+        let signalled_at = Instant::now();
+        worker.sigterm();
+        let ended = worker.wait(Duration::from_secs(60));
+        let stop_took = signalled_at.elapsed();
+        assert_eq!(ended.status.code(), Some(1), "{ended:?}");
+        let mut unwritten: Vec<String> = ended
+            .stderr
+            .iter()
+            .filter(|line| line.starts_with("unwritten "))
+            .cloned()
+            .collect();
+        unwritten.sort();
+        let mut expected: Vec<String> = ended
+            .ids_after("starting ")
+            .into_iter()
+            .map(|id| format!("unwritten {id} interrupted"))
+            .collect();
+        expected.sort();
+        assert_eq!(unwritten, expected, "{:?}", ended.stderr);
+
+        cluster.start_again();
+        let rows = postgres_rows(&url);
+        assert!(
+            rows.iter().all(|row| row.status == TaskStatus::Running),
+            "the unwritten rows stay running: {rows:?}"
+        );
+        assert_eq!(recover(&url), 2, "the next sweep recovers them");
+        report(
+            TEST,
+            &format!("SIGTERM to exit with the server down: {stop_took:?} (stop deadline 2 s)"),
+        );
+    }
+
+    #[test]
     fn an_idle_session_timeout_shorter_than_the_tasks_stops_nothing() {
         const TEST: &str = "an_idle_session_timeout_shorter_than_the_tasks_stops_nothing";
         let Some((scratch, admin)) = shared_server_scratch(TEST) else {

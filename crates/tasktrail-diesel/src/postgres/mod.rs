@@ -209,8 +209,16 @@ impl PostgresStorage {
     pub fn open_unmigrated(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
         let secrets = Secrets::of(url);
         let url = with_connect_timeout(url, options.connection_timeout);
-        let liveness =
-            LivenessSession::connect(url.clone(), secrets.clone(), options.statement_log())?;
+        let reach = std::sync::Arc::new(ServerReach {
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            connection_timeout: options.connection_timeout,
+        });
+        let liveness = LivenessSession::connect(
+            url.clone(),
+            secrets.clone(),
+            options.statement_log(),
+            std::sync::Arc::clone(&reach),
+        )?;
         liveness.run(|connection, _| ensure_ours(connection))?;
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -222,7 +230,10 @@ impl PostgresStorage {
             // (`PostgresStorage::pooled`), since that is the one a restart,
             // `idle_session_timeout`, a pooler or a NAT may have closed.
             .test_on_check_out(false)
-            .event_handler(Box::new(IdleTracker::default()))
+            .event_handler(Box::new(IdleTracker {
+                returned_at: Mutex::default(),
+                reach: std::sync::Arc::clone(&reach),
+            }))
             // r2d2 would log connection errors (which may name the host)
             // through `log`; they are returned, redacted, instead.
             .error_handler(Box::new(NopErrorHandler))
@@ -322,21 +333,72 @@ impl PostgresStorage {
         // Every pooled connection may be dead (a restart): try them all,
         // then a fresh one.
         for _ in 0..=self.pool.max_size() {
-            let mut connection = self
-                .pool
-                .get()
-                .map_err(|error| pool_error(&error, &self.secrets))?;
+            let mut connection = self.checkout()?;
             let idle_for = LAST_CHECKOUT_IDLE.with(std::cell::Cell::take);
-
             if idle_for.is_none_or(|idle| idle < POOLED_IDLE_TEST_AFTER)
                 || connection.ping().is_ok()
             {
                 return Ok(connection);
             }
+            // The server closed it: it may be down, so the next checkout
+            // does not wait the whole connection timeout.
+            self.liveness.reach.unreachable();
         }
-        self.pool
-            .get()
-            .map_err(|error| pool_error(&error, &self.secrets))
+        self.checkout()
+    }
+
+    /// `Pool::get`, waiting the connection timeout for a connection, or at
+    /// most [`OUTAGE_CHECKOUT_WAIT`] while the server is known to be
+    /// unreachable (the last connection attempt failed): during an outage
+    /// each retry fails fast instead of holding a worker's stop past its
+    /// deadline.
+    fn checkout(&self) -> Result<PgPooled, StorageError> {
+        let wait = if self.liveness.reach.is_unreachable() {
+            OUTAGE_CHECKOUT_WAIT.min(self.liveness.reach.connection_timeout)
+        } else {
+            self.liveness.reach.connection_timeout
+        };
+        match self.pool.get_timeout(wait) {
+            Ok(connection) => {
+                self.liveness.reach.reached();
+                Ok(connection)
+            }
+            Err(error) => {
+                let error = pool_error(&error, &self.secrets);
+                if error.is_transient() {
+                    self.liveness.reach.unreachable();
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// How long a checkout waits for a connection while the server is known to
+/// be unreachable.
+pub(crate) const OUTAGE_CHECKOUT_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the last attempt to reach the server (a pool checkout, the
+/// liveness session's reconnect) failed, or a pooled connection was
+/// dropped, shared by the pool and the liveness session of one store; and
+/// how long a checkout waits otherwise.
+#[derive(Debug)]
+pub(crate) struct ServerReach {
+    unreachable: std::sync::atomic::AtomicBool,
+    connection_timeout: Duration,
+}
+
+impl ServerReach {
+    fn is_unreachable(&self) -> bool {
+        self.unreachable.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn unreachable(&self) {
+        self.unreachable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn reached(&self) {
+        self.unreachable
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -353,9 +415,15 @@ thread_local! {
 
 /// Notes when each pooled connection was made or handed back, and tells
 /// the thread that checks one out how long it sat idle.
-#[derive(Debug, Default)]
+///
+/// A connection dropped from the pool (it failed a statement or its test:
+/// the server closed it) also marks the server as possibly unreachable, so
+/// the next checkout does not wait the whole connection timeout for a
+/// server that is down.
+#[derive(Debug)]
 struct IdleTracker {
     returned_at: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    reach: std::sync::Arc<ServerReach>,
 }
 
 impl IdleTracker {
@@ -389,6 +457,7 @@ impl diesel::r2d2::HandleEvent for IdleTracker {
 
     fn handle_release(&self, event: diesel::r2d2::event::ReleaseEvent) {
         self.returned_at().remove(&event.connection_id());
+        self.reach.unreachable();
     }
 }
 
@@ -430,6 +499,7 @@ pub(crate) struct LivenessSession {
     url: String,
     secrets: Secrets,
     statement_log: Option<StatementLog>,
+    reach: std::sync::Arc<ServerReach>,
     state: Mutex<LivenessState>,
 }
 
@@ -446,12 +516,14 @@ impl LivenessSession {
         url: String,
         secrets: Secrets,
         statement_log: Option<StatementLog>,
+        reach: std::sync::Arc<ServerReach>,
     ) -> Result<Self, StorageError> {
         let connection = Self::establish(&url, &secrets, statement_log.as_ref())?;
         Ok(Self {
             url,
             secrets,
             statement_log,
+            reach,
             state: Mutex::new(LivenessState {
                 connection: Some(connection),
                 workers: BTreeMap::new(),
@@ -508,11 +580,18 @@ impl LivenessSession {
                 for held in workers.values_mut() {
                     *held = false;
                 }
-                connection.insert(Self::establish(
-                    &self.url,
-                    &self.secrets,
-                    self.statement_log.as_ref(),
-                )?)
+                match Self::establish(&self.url, &self.secrets, self.statement_log.as_ref()) {
+                    Ok(established) => {
+                        self.reach.reached();
+                        connection.insert(established)
+                    }
+                    Err(error) => {
+                        if error.is_transient() {
+                            self.reach.unreachable();
+                        }
+                        return Err(error);
+                    }
+                }
             }
         };
         let result = f(live, workers);
