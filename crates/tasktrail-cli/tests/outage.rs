@@ -694,6 +694,14 @@ mod postgres {
         let ended = worker.wait(Duration::from_secs(60));
         let stop_took = signalled_at.elapsed();
         assert_eq!(ended.status.code(), Some(1), "{ended:?}");
+        // It keeps to its deadline (plus a last attempt, which fails within
+        // a second once the server is known to be down), not to the 10 s
+        // connection timeout. A generous bound: only a stop that waits out
+        // whole connection timeouts fails it.
+        assert!(
+            stop_took >= Duration::from_secs(2) && stop_took < Duration::from_secs(8),
+            "{stop_took:?}"
+        );
         let mut unwritten: Vec<String> = ended
             .stderr
             .iter()
