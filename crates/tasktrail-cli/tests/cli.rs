@@ -361,3 +361,63 @@ fn demo_shows_the_incident_and_its_recovery() {
     );
     assert!(text.contains("interrupted"), "{text}");
 }
+
+/// Runs raw SQL on a SQLite file, as another program writing the table.
+fn sqlite_exec(db: &Path, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut connection =
+        diesel::SqliteConnection::establish(db.to_str().expect("utf-8 path")).expect("open");
+    connection.batch_execute(sql).expect("sql");
+}
+
+#[test]
+fn rows_written_with_sqlite_s_own_time_format_are_listed_shown_and_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    // A finished row and a running one, then their times rewritten the way
+    // SQLite's datetime() / CURRENT_TIMESTAMP (and Diesel's SQLite text)
+    // write them: no `T`, no zone, with and without a fraction.
+    let (mut child, ids) = worker_with_started_tasks(&db, 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    sqlite_exec(
+        &db,
+        &format!(
+            "UPDATE task_history SET started_at = '2026-05-11 15:13:00' WHERE id = '{}';
+             UPDATE task_history SET started_at = '2026-05-11 15:14:00.250' WHERE id = '{}';",
+            ids[0], ids[1]
+        ),
+    );
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 2);
+    let started: Vec<&str> = rows
+        .iter()
+        .map(|row| row["started_at"].as_str().expect("a time"))
+        .collect();
+    assert!(
+        started.contains(&"2026-05-11T15:13:00.000000Z"),
+        "{started:?}"
+    );
+    assert!(
+        started.contains(&"2026-05-11T15:14:00.250000Z"),
+        "{started:?}"
+    );
+    let show = tasktrail(&db, &["show", &ids[0]]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    // The next boot recovers them like any other row.
+    let boot = tasktrail(&db, &["worker", "--tasks", "0"]);
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let hints = stdout(&boot);
+    assert_eq!(
+        hints
+            .lines()
+            .filter(|l| l.starts_with("[recovery] "))
+            .count(),
+        2,
+        "{hints}"
+    );
+    assert!(list_json(&db)
+        .iter()
+        .all(|row| row["status"] == "interrupted"));
+}
