@@ -123,6 +123,19 @@ impl std::fmt::Display for RowLabel<'_> {
     }
 }
 
+/// Makes a row's decoding error name the row (`task <id>: ...`), so a
+/// listing can report it on its own line; errors that already name it are
+/// kept as they are.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn name_the_row(row: &RowLabel<'_>, error: StorageError) -> StorageError {
+    match error {
+        StorageError::CorruptRow { detail } if !detail.contains(&row.id.to_string()) => {
+            corrupt(format!("{row}: {detail}"))
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn decode_u32(
     column: &str,
     row: &RowLabel<'_>,
