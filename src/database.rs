@@ -245,6 +245,9 @@ impl AnyStorage {
             AnyStorage::Sqlite(store) => store.migrate(),
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => store.migrate(),
+            // Built with no backend: there is no store to have.
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
         }
     }
 
@@ -266,6 +269,8 @@ impl AnyStorage {
             AnyStorage::Sqlite(store) => store,
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => store,
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
         }
     }
 }
