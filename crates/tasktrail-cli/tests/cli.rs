@@ -240,13 +240,35 @@ fn a_file_that_is_not_a_database_is_refused_and_unchanged() {
 
 #[test]
 fn a_password_in_the_url_never_shows() {
-    let output = tasktrail(
-        Path::new("postgres://app:secretpw@127.0.0.1:1/trail"),
+    // Every form a password takes, against a server that is not there
+    // (port 1) and one that refuses (no such role or database).
+    let forms = [
+        "postgres://app:secretpw@127.0.0.1:1/trail",
+        "postgres://app:secretpw@127.0.0.1:5432/no_such_db",
+        "postgresql://app:secr%65tpw@127.0.0.1:1/trail",
+        "postgres://127.0.0.1:5432/no_such_db?user=app&password=secretpw",
+        "postgres://127.0.0.1:1/trail?user=app&pass%77ord=secretpw",
+        "host=127.0.0.1 port=1 user=app password=secretpw dbname=trail",
+        "host=127.0.0.1 port=5432 user=app password = 'secretpw' dbname=no_such_db",
+    ];
+    let commands: [&[&str]; 5] = [
+        &["migrate"],
         &["list"],
-    );
-    assert_eq!(output.status.code(), Some(1));
-    assert!(!stderr(&output).contains("secretpw"), "{}", stderr(&output));
-    assert!(!stdout(&output).contains("secretpw"));
+        &["recover"],
+        &["worker", "--tasks", "1"],
+        &["show", "01890a5d-ac96-774b-bcce-b302099a8057"],
+    ];
+    for form in forms {
+        for command in commands {
+            let output = tasktrail(Path::new(form), command);
+            assert_ne!(output.status.code(), Some(0), "{form} {command:?}");
+            for text in [stderr(&output), stdout(&output)] {
+                assert!(!text.contains("secretpw"), "{form} {command:?}: {text}");
+                assert!(!text.contains("secr%65tpw"), "{form} {command:?}: {text}");
+            }
+            assert_eq!(stderr(&output).lines().count(), 1, "{form} {command:?}");
+        }
+    }
     let help = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
         .arg("--help")
         .env("TASKTRAIL_DB", "postgres://app:secretpw@127.0.0.1:1/trail")

@@ -3,10 +3,7 @@
 //! back in. A value that does not decode is a `CorruptRow`, never a panic.
 //! Each backend uses its part; with one backend (or none) built, the rest is
 //! unused.
-#![cfg_attr(
-    not(all(feature = "sqlite", feature = "postgres")),
-    allow(dead_code)
-)]
+#![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState};
