@@ -251,6 +251,38 @@ impl AnyStorage {
         }
     }
 
+    /// Adopts an existing database whose `task_history` another program
+    /// wrote before tasktrail (see `SqliteStorage::adopt`): checks its
+    /// shape, records the baseline, applies the fix; refused with
+    /// [`StorageError::NotAdoptable`] (every difference listed, nothing
+    /// changed) when it differs. Returns the versions recorded. SQLite
+    /// only so far: a Postgres URL is refused, nothing touched.
+    pub fn adopt(url: &DatabaseUrl) -> Result<Vec<String>, OpenError> {
+        let storage_error = |error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        };
+        match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::adopt(
+                path,
+                &tasktrail_diesel::SqliteOptions::default(),
+            )
+            .map_err(storage_error),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            DatabaseUrl::Postgres(_) => Err(storage_error(StorageError::NotAdoptable {
+                differences: vec![
+                    "adopting an existing Postgres database is not supported yet (SQLite only)"
+                        .to_owned(),
+                ],
+            })),
+        }
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         match self {

@@ -490,3 +490,39 @@ fn list_prints_every_readable_row_and_names_each_unreadable_one() {
         }
     }
 }
+
+#[test]
+fn migrate_names_adopt_for_a_pre_fix_database_and_adopt_upgrades_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("theirs.db");
+    sqlite_exec(
+        &db,
+        "CREATE TABLE task_history (id TEXT PRIMARY KEY NOT NULL, repo TEXT NOT NULL,
+            issue_number INTEGER NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
+            agent_type TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+            status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, turns INTEGER,
+            artifacts TEXT);
+         INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model,
+            provider, status, started_at, finished_at) VALUES
+            ('01890a5d-ac96-774b-bcce-b302099a8057', 'acme/widgets', 1104, 'alice', 'fixer',
+             'claude_sdk', 'claude-opus', 'anthropic', 'success', '2026-05-11 15:13:00',
+             '2026-05-11 15:49:00');",
+    );
+    let refused = tasktrail(&db, &["migrate"]);
+    assert_one_line_error(&refused, "--adopt");
+    let listed = tasktrail(&db, &["list"]);
+    assert_one_line_error(&listed, "--adopt");
+
+    let adopted = tasktrail(&db, &["migrate", "--adopt"]);
+    assert!(adopted.status.success(), "{}", stderr(&adopted));
+    assert!(stdout(&adopted).contains("adopted"), "{}", stdout(&adopted));
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["started_at"], "2026-05-11T15:13:00.000000Z");
+    assert_eq!(rows[0]["status"], "success");
+    // A second adoption is refused; a plain migrate has nothing to do.
+    let again = tasktrail(&db, &["migrate", "--adopt"]);
+    assert_one_line_error(&again, "already");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+}
