@@ -40,7 +40,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Apply pending migrations (idempotent).
-    Migrate,
+    Migrate {
+        /// Adopt a database whose task_history was written before tasktrail
+        /// (no migration record): check its shape, record the baseline,
+        /// apply the fix with every row kept (SQLite).
+        #[arg(long)]
+        adopt: bool,
+    },
     /// Run a simulated agent worker: boot (recovery sweep), then run tasks.
     Worker(simulate::WorkerArgs),
     /// Run the recovery sweep now and print the [recovery] hints.
@@ -147,7 +153,20 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
     // Validate arguments before touching the database: bad input writes
     // nothing.
     match cli.command {
-        Command::Migrate => {
+        Command::Migrate { adopt: true } => {
+            let url = DatabaseUrl::parse(&cli.db)?;
+            let recorded = AnyStorage::adopt(&url)?;
+            println!(
+                "{url}: adopted at baseline {}; applied {}",
+                recorded.first().map_or("-", String::as_str),
+                if recorded.len() > 1 {
+                    recorded[1..].join(", ")
+                } else {
+                    "nothing more".to_owned()
+                }
+            );
+        }
+        Command::Migrate { adopt: false } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let storage = AnyStorage::open_unmigrated(&url)?;
             let applied = storage.migrate()?;
@@ -198,12 +217,26 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         } => {
             let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
             let storage = open(&cli.db)?;
-            let rows = storage.as_storage().list_tasks(&TaskFilter {
-                status,
-                repo,
-                limit: Some(limit),
-            })?;
+            // A row that cannot be read never hides the others: print
+            // every good row, then one line per bad row, and fail.
+            let (rows, unreadable): (Vec<_>, Vec<_>) = storage
+                .as_storage()
+                .list_task_rows(&TaskFilter {
+                    status,
+                    repo,
+                    limit: Some(limit),
+                })?
+                .into_iter()
+                .partition(Result::is_ok);
+            let rows: Vec<tasktrail::TaskRecord> =
+                rows.into_iter().filter_map(Result::ok).collect();
             output::print_tasks(&rows, json)?;
+            if !unreadable.is_empty() {
+                for error in unreadable.into_iter().filter_map(Result::err) {
+                    eprintln!("tasktrail: error: {}", one_line(&error.to_string()));
+                }
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;

@@ -1,8 +1,11 @@
 //! Encodings shared by the SQL backends: timestamps as fixed-width RFC 3339
 //! text (SQLite), artifacts as a JSON array, and integers checked on the way
 //! back in. A value that does not decode is a `CorruptRow`, never a panic.
+//! Each backend uses its part; with one backend (or none) built, the rest is
+//! unused.
+#![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState};
 
 pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
@@ -12,21 +15,37 @@ pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
 }
 
 /// `2026-05-11T15:13:02.123456Z`: fixed width, so text order is time order.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn encode_timestamp(at: Timestamp) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+/// The zone-less forms a timestamp column written by something else
+/// commonly holds (SQLite's own `datetime()` / `CURRENT_TIMESTAMP`, Diesel's
+/// SQLite timestamp text, ISO 8601 without an offset): read as UTC.
+const ZONELESS_TIMESTAMP_FORMATS: [&str; 2] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"];
+
+/// Reads a timestamp in any form such a column commonly holds: RFC 3339
+/// with or without a fraction, with `Z` or an offset (also with a space for
+/// the `T`), and `YYYY-MM-DD HH:MM:SS[.fff]` or its `T` form without an
+/// offset, taken as UTC. Writes always use [`encode_timestamp`].
 pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, StorageError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|_| corrupt(format!("{column} {text:?} is not an RFC 3339 time")))
+    let trimmed = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(trimmed) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    ZONELESS_TIMESTAMP_FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
+        .map(|naive| naive.and_utc())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "{column} {text:?} is not a time (RFC 3339, or YYYY-MM-DD HH:MM:SS[.fff] in UTC)"
+            ))
+        })
 }
 
 /// Artifacts as a JSON array of strings (SQLite stores its text, Postgres
 /// stores it as `jsonb`).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn artifacts_to_json(artifacts: &[String]) -> serde_json::Value {
     serde_json::Value::Array(
         artifacts
@@ -36,12 +55,10 @@ pub(crate) fn artifacts_to_json(artifacts: &[String]) -> serde_json::Value {
     )
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn encode_artifacts(artifacts: &[String]) -> String {
     artifacts_to_json(artifacts).to_string()
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, StorageError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| corrupt(format!("task {id}: artifacts are not valid JSON")))?;
@@ -50,7 +67,6 @@ pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, Stor
 
 /// Reads artifacts back from a JSON value: an array is required; an item
 /// that is not a string is kept as its JSON text.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn artifacts_from_json(
     id: &str,
     value: serde_json::Value,
@@ -79,13 +95,11 @@ pub(crate) fn decode_worker_state(id: &str, text: &str) -> Result<WorkerState, S
         .ok_or_else(|| corrupt(format!("worker {id}: unknown state {text:?}")))
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_task_id(text: &str) -> Result<TaskId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("task id {text:?} is not a UUID")))
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("{column} {text:?} is not a UUID")))
@@ -101,6 +115,18 @@ pub(crate) struct RowLabel<'a> {
 impl std::fmt::Display for RowLabel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.kind, self.id)
+    }
+}
+
+/// Makes a row's decoding error name the row (`task <id>: ...`), so a
+/// listing can report it on its own line; errors that already name it are
+/// kept as they are.
+pub(crate) fn name_the_row(row: &RowLabel<'_>, error: StorageError) -> StorageError {
+    match error {
+        StorageError::CorruptRow { detail } if !detail.contains(&row.id.to_string()) => {
+            corrupt(format!("{row}: {detail}"))
+        }
+        other => other,
     }
 }
 
@@ -150,5 +176,47 @@ mod tests {
         assert_eq!(text.len(), "2026-05-11T15:13:02.123456Z".len());
         assert_eq!(decode_timestamp("started_at", &text).ok(), Some(at));
         assert!(decode_timestamp("started_at", "yesterday").is_err());
+    }
+
+    #[test]
+    fn every_common_timestamp_form_is_read_and_zoneless_ones_are_utc() {
+        let utc = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("reference")
+                .with_timezone(&Utc)
+        };
+        let cases = [
+            ("2026-05-11T15:13:00Z", "2026-05-11T15:13:00Z"),
+            ("2026-05-11T15:13:00.5Z", "2026-05-11T15:13:00.5Z"),
+            (
+                "2026-05-11T15:13:00.123456789Z",
+                "2026-05-11T15:13:00.123456789Z",
+            ),
+            ("2026-05-11T17:13:00+02:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11 15:13:00+00:00", "2026-05-11T15:13:00Z"),
+            // SQLite's datetime() / CURRENT_TIMESTAMP, and Diesel's text.
+            ("2026-05-11 15:13:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11 15:13:00.250", "2026-05-11T15:13:00.25Z"),
+            ("2026-05-11T15:13:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11T15:13:00.000001", "2026-05-11T15:13:00.000001Z"),
+            (" 2026-05-11 15:13:00 ", "2026-05-11T15:13:00Z"),
+        ];
+        for (stored, meant) in cases {
+            assert_eq!(
+                decode_timestamp("started_at", stored).ok(),
+                Some(utc(meant)),
+                "{stored:?}"
+            );
+        }
+        for bad in [
+            "",
+            "2026-05-11",
+            "15:13:00",
+            "2026-13-11 15:13:00",
+            "11/05/2026 15:13",
+        ] {
+            let error = decode_timestamp("started_at", bad).expect_err(bad);
+            assert!(matches!(error, StorageError::CorruptRow { .. }), "{bad:?}");
+        }
     }
 }

@@ -21,6 +21,7 @@
 mod codec;
 #[cfg(test)]
 mod error_text;
+mod secrets;
 mod statement_log;
 
 #[cfg(feature = "postgres")]
@@ -28,6 +29,7 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use secrets::{redact, Secrets, REDACTED};
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;
 
