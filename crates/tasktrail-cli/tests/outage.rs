@@ -279,8 +279,19 @@ impl RunningWorker {
         }
         Ended {
             status,
-            stdout: self.stdout,
-            stderr: self.stderr,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: std::mem::take(&mut self.stderr),
+        }
+    }
+}
+
+impl Drop for RunningWorker {
+    /// A test that fails half way kills its worker (SIGKILL) rather than
+    /// leave it running (and holding a tmpfs busy).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -423,8 +434,19 @@ impl SmallDisk {
 }
 
 impl Drop for SmallDisk {
+    /// Unmounts, lazily if something still holds a file open on it (the
+    /// mount then goes away as soon as that closes).
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }
 
