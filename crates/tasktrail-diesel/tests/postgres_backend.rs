@@ -1392,3 +1392,205 @@ fn postgres_passes_the_conformance_suite() {
     });
     assert!(!databases.borrow().is_empty());
 }
+
+/// A pre-fix `task_history` as a server wrote it before tasktrail, by plain
+/// SQL: text ids, narrower integers, `timestamp` without zone, `numeric`
+/// cost, `json` artifacts, no named CHECK; an unrelated table beside it.
+const FOREIGN_PRE_FIX_SCHEMA: &str = r#"
+    CREATE TABLE task_history (
+        id text PRIMARY KEY,
+        repo varchar(200) NOT NULL,
+        issue_number integer NOT NULL,
+        "user" text NOT NULL,
+        agent text NOT NULL,
+        agent_type text NOT NULL,
+        model text NOT NULL,
+        provider text NOT NULL,
+        status text NOT NULL,
+        started_at timestamp NOT NULL,
+        finished_at timestamp,
+        input_tokens integer,
+        output_tokens integer,
+        cost_usd numeric(10, 4),
+        turns smallint,
+        artifacts json
+    );
+    CREATE TABLE notes (id serial PRIMARY KEY, body text);
+    INSERT INTO notes (body) VALUES ('kept as it is');
+"#;
+
+fn foreign_rows() -> String {
+    let rows = [
+        ("success", "2026-05-11 15:13:00", "'2026-05-11 15:49:00'"),
+        ("failure", "2026-05-11 15:13:00.5", "'2026-05-11 15:20:00'"),
+        ("cancelled", "2026-05-11 15:13:00", "'2026-05-11 15:14:00'"),
+        (
+            "interrupted",
+            "2026-05-11 15:13:00",
+            "'2026-05-11 15:30:00'",
+        ),
+        ("aborted_no_skill", "2026-05-11 15:13:00", "NULL"),
+    ];
+    rows.iter()
+        .enumerate()
+        .map(|(n, (status, started, finished))| {
+            let n = n + 1;
+            format!(
+                r#"INSERT INTO task_history VALUES ('01890a5d-ac96-774b-bcce-{n:012}', 'acme/widgets',
+                   {n}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', '{status}',
+                   '{started}', {finished}, {}, 20, 0.5, 3, '["pr/{n}"]');"#,
+                100 + n
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
+    let database = database_or_skip!();
+    database
+        .connect()
+        .batch_execute(&format!("{FOREIGN_PRE_FIX_SCHEMA}{}", foreign_rows()))
+        .expect("their schema");
+    // Sessions of this database default to a zone that is not UTC: the
+    // adopted times must still be read as UTC (the conversion names UTC
+    // itself rather than trusting any session's zone).
+    database
+        .connect()
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', \
+             current_database(), 'America/New_York'); END $$;",
+        )
+        .expect("zone");
+    match PostgresStorage::open(&database.url) {
+        Err(StorageError::Incompatible { detail }) => {
+            assert!(detail.contains("--adopt"), "{detail}")
+        }
+        other => panic!("expected Incompatible, got {:?}", other.err()),
+    }
+    let recorded = PostgresStorage::adopt(&database.url).expect("adopt");
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+
+    let store = database.open();
+    let time = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    };
+    let statuses = [
+        "success",
+        "failure",
+        "cancelled",
+        "interrupted",
+        "aborted_no_skill",
+    ];
+    for (index, status) in statuses.iter().enumerate() {
+        let n = index as u32 + 1;
+        let id: TaskId = format!("01890a5d-ac96-774b-bcce-{n:012}")
+            .parse()
+            .expect("id");
+        let row = store.get_task(id).expect("read").expect("kept");
+        assert_eq!(row.status.as_str(), *status);
+        assert_eq!((row.repo.as_str(), row.issue_number), ("acme/widgets", n));
+        assert_eq!(
+            (row.input_tokens, row.output_tokens, row.turns, row.cost_usd),
+            (Some(100 + n), Some(20), Some(3), Some(0.5))
+        );
+        assert_eq!(row.artifacts, Some(vec![format!("pr/{n}")]));
+        let expected_start = if n == 2 {
+            "2026-05-11T15:13:00.5Z"
+        } else {
+            "2026-05-11T15:13:00Z"
+        };
+        assert_eq!(
+            row.started_at,
+            time(expected_start),
+            "zone-less times are UTC"
+        );
+    }
+    let interrupted = store
+        .get_task("01890a5d-ac96-774b-bcce-000000000004".parse().expect("id"))
+        .expect("read")
+        .expect("row");
+    assert_eq!(interrupted.finished_at, None);
+    assert_eq!(
+        interrupted.interrupted_at,
+        Some(time("2026-05-11T15:30:00Z"))
+    );
+    let success = store
+        .get_task("01890a5d-ac96-774b-bcce-000000000001".parse().expect("id"))
+        .expect("read")
+        .expect("row");
+    assert_eq!(success.finished_at, Some(time("2026-05-11T15:49:00Z")));
+    #[derive(QueryableByName)]
+    struct Body {
+        #[diesel(sql_type = Text)]
+        body: String,
+    }
+    let notes: Vec<Body> = diesel::sql_query("SELECT body FROM notes")
+        .load(&mut database.connect())
+        .expect("notes");
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].body, "kept as it is");
+    // The adopted database works: a worker starts and finishes a task.
+    let worker = register(&store, "adopter", 1);
+    let running = Task::queue(spec(7)).start(&worker, &store).expect("start");
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    assert!(matches!(
+        PostgresStorage::adopt(&database.url),
+        Err(StorageError::NotAdoptable { .. })
+    ));
+}
+
+#[test]
+fn a_postgres_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes() {
+    let database = database_or_skip!();
+    let mut connection = database.connect();
+    let schema = FOREIGN_PRE_FIX_SCHEMA
+        .replace("provider text NOT NULL,", "")
+        .replace("artifacts json", "artifacts json, priority integer")
+        .replace(
+            "issue_number integer NOT NULL",
+            "issue_number text NOT NULL",
+        );
+    connection
+        .batch_execute(&format!("{schema} CREATE TABLE workers (name text);"))
+        .expect("their schema");
+    #[derive(QueryableByName, PartialEq, Debug)]
+    struct ColumnType {
+        #[diesel(sql_type = Text)]
+        column: String,
+    }
+    let shape = |connection: &mut PgConnection| -> Vec<ColumnType> {
+        diesel::sql_query(
+            "SELECT table_name::text || '.' || column_name::text || ' ' || data_type::text AS column \
+             FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1",
+        )
+        .load(connection)
+        .expect("shape")
+    };
+    let before = shape(&mut connection);
+    let Err(StorageError::NotAdoptable { differences }) = PostgresStorage::adopt(&database.url)
+    else {
+        panic!("expected NotAdoptable");
+    };
+    let all = differences.join("\n");
+    for expected in ["workers", "provider is missing", "issue_number", "priority"] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+    assert_eq!(shape(&mut connection), before, "nothing changed");
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let migration_tables: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = '__diesel_schema_migrations'",
+    )
+    .get_result(&mut connection)
+    .expect("count");
+    assert_eq!(migration_tables.count, 0, "no baseline recorded");
+}

@@ -2,6 +2,7 @@
 //! The design (connections, liveness, partitions, exactly-once recovery) is
 //! documented on [`PostgresStorage`].
 
+mod adopt;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]
@@ -518,8 +519,13 @@ fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageError> {
         .iter()
         .any(|t| t.name == "__diesel_schema_migrations")
     {
+        let detail = if tables.iter().any(|t| t.name == "task_history") {
+            "the database holds a task_history table that tasktrail did not create (no migration record); `tasktrail migrate --adopt` checks it and adopts it"
+        } else {
+            "the database holds tables but is not a tasktrail database"
+        };
         return Err(StorageError::Incompatible {
-            detail: "the database holds tables but is not a tasktrail database".to_owned(),
+            detail: detail.to_owned(),
         });
     }
     let applied: Vec<Version> =
