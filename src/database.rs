@@ -289,6 +289,23 @@ impl AnyStorage {
         }
     }
 
+    /// Row `id` of `task_history` as the database holds it, every column as
+    /// text, whether or not it reads as a record (for showing a row that
+    /// does not). `None` when there is no such row.
+    pub fn raw_task_columns(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<Vec<(&'static str, Option<String>)>>, StorageError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store.raw_task_columns(id),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.raw_task_columns(id),
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
+        }
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         match self {

@@ -241,7 +241,19 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;
             let storage = open(&cli.db)?;
-            let Some(row) = storage.as_storage().get_task(id)? else {
+            let row = match storage.as_storage().get_task(id) {
+                Ok(row) => row,
+                // A row that cannot be read: show what the database holds,
+                // then the problem, and fail.
+                Err(error @ tasktrail::StorageError::CorruptRow { .. }) => {
+                    if let Some(columns) = storage.raw_task_columns(id)? {
+                        output::print_raw_task(&columns, json)?;
+                    }
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let Some(row) = row else {
                 return Err(format!("no task_history row with id {id}").into());
             };
             output::print_task(&row, json)?;

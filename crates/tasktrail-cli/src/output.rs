@@ -125,6 +125,29 @@ pub(crate) fn print_task(row: &TaskRecord, json: bool) -> CliResult<()> {
     Ok(())
 }
 
+/// A row that cannot be read as a record, column by column as the database
+/// holds it (`json`: an object of strings and nulls).
+pub(crate) fn print_raw_task(
+    columns: &[(&'static str, Option<String>)],
+    json: bool,
+) -> CliResult<()> {
+    if json {
+        let object: serde_json::Map<String, Value> = columns
+            .iter()
+            .map(|(name, text)| {
+                let value = text.clone().map_or(Value::Null, Value::String);
+                ((*name).to_owned(), value)
+            })
+            .collect();
+        return print_json(&Value::Object(object));
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, text) in columns {
+        writeln!(out, "{name:>16}: {}", text.as_deref().unwrap_or("NULL"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn session_table(rows: &[SessionRecord]) -> Vec<Vec<String>> {
     rows.iter()
         .map(|row| {

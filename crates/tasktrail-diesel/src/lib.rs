@@ -19,6 +19,8 @@
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
 mod codec;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod raw;
 mod secrets;
 mod statement_log;
 
@@ -27,6 +29,8 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use raw::RawColumns;
 pub use secrets::{redact, Secrets, REDACTED};
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;

@@ -1594,3 +1594,45 @@ fn a_postgres_table_of_another_shape_is_refused_with_every_difference_and_nothin
     .expect("count");
     assert_eq!(migration_tables.count, 0, "no baseline recorded");
 }
+
+#[test]
+fn an_unreadable_row_is_shown_as_the_database_holds_it() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let worker = register(&store, "h", 1);
+    let running = Task::queue(spec(9)).start(&worker, &store).expect("start");
+    let id = running.id();
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    database
+        .connect()
+        .batch_execute("UPDATE task_history SET input_tokens = -5")
+        .expect("corrupt");
+    assert!(matches!(
+        store.get_task(id),
+        Err(StorageError::CorruptRow { .. })
+    ));
+    let columns = store.raw_task_columns(id).expect("raw").expect("a row");
+    let value = |name: &str| {
+        columns
+            .iter()
+            .find(|(column, _)| *column == name)
+            .and_then(|(_, text)| text.clone())
+    };
+    assert_eq!(value("input_tokens").as_deref(), Some("-5"));
+    assert_eq!(value("status").as_deref(), Some("success"));
+    assert_eq!(value("interrupted_at"), None);
+    assert_eq!(columns.len(), 20);
+    assert!(store
+        .raw_task_columns(TaskId::new_time_ordered())
+        .expect("raw")
+        .is_none());
+    // The listing names it and keeps the others readable.
+    let rows = store
+        .list_task_rows(&TaskFilter::default())
+        .expect("the query works");
+    assert!(
+        matches!(&rows[..], [Err(StorageError::CorruptRow { detail })] if detail.contains(&id.to_string()))
+    );
+}

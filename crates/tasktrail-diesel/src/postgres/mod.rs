@@ -3,6 +3,7 @@
 //! documented on [`PostgresStorage`].
 
 mod adopt;
+mod raw;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]
