@@ -295,14 +295,17 @@ impl AnyStorage {
     pub fn raw_task_columns(
         &self,
         id: TaskId,
-    ) -> Result<Option<Vec<(&'static str, Option<String>)>>, StorageError> {
+    ) -> Result<Option<tasktrail_diesel::RawColumns>, StorageError> {
         match self {
             #[cfg(feature = "sqlite")]
             AnyStorage::Sqlite(store) => store.raw_task_columns(id),
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => store.raw_task_columns(id),
             #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => match *self {},
+            _ => {
+                let _ = id;
+                match *self {}
+            }
         }
     }
 

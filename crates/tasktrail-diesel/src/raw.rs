@@ -2,10 +2,6 @@
 //! showing a row that cannot be read as a record (`tasktrail show` prints it
 //! beside the problem).
 
-/// The columns of a `task_history` row, in schema order, each as the
-/// database's own text for it (`None` for NULL).
-pub type RawColumns = Vec<(&'static str, Option<String>)>;
-
 /// Declares the raw row struct for one backend: every column cast to text.
 macro_rules! raw_task_row {
     ($backend:ty) => {
@@ -55,7 +51,7 @@ macro_rules! raw_task_row {
         }
 
         impl RawTaskRow {
-            pub(crate) fn into_columns(self) -> $crate::raw::RawColumns {
+            pub(crate) fn into_columns(self) -> $crate::RawColumns {
                 vec![
                     ("id", self.id),
                     ("repo", self.repo),

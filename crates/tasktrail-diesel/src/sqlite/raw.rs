@@ -5,7 +5,8 @@ use diesel::sql_types::Text;
 use tasktrail_core::{StorageError, TaskId};
 
 use super::{map_error, SqliteStorage};
-use crate::raw::{raw_task_row, RawColumns};
+use crate::raw::raw_task_row;
+use crate::RawColumns;
 
 raw_task_row!(diesel::sqlite::Sqlite);
 
