@@ -75,7 +75,7 @@ pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
 pub use runtime::{
-    BootError, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
+    BootError, OperatorSweep, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
 };
 
 /// What a server imports: the worker, the task typestate, its inputs and

@@ -27,7 +27,15 @@ use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMac
 use tasktrail::*;
 
 mod common;
-use common::Backend;
+use common::{Backend, LockChange};
+
+/// The boot and PID namespace of the model's local workers and judges.
+fn local_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "local-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
 
 const LOCAL_HOST: &str = "local";
 const LEASE_SECONDS: i64 = 15;
@@ -79,6 +87,10 @@ struct Model {
     now: i64,
     workers: Vec<ModelWorker>,
     tasks: Vec<ModelTask>,
+    /// Whether a judge can have watched a free lock for a whole grace:
+    /// always with kernel locks (memory, SQLite); never within a Postgres
+    /// case, whose connections are younger than the grace.
+    free_lock_provable: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,9 +150,16 @@ impl Model {
         if w.state == ModelWorkerState::Dead {
             return true;
         }
-        if w.local && self.workers[sweeper].local {
+        if w.local {
+            // It holds a liveness lock: alive while its process lives
+            // (however silent); once dead, a judge in its boot and PID
+            // namespace sees it at once, any other one once its lock has
+            // been free and its heartbeat silent past the grace.
             !w.process_alive
+                && (self.workers[sweeper].local
+                    || (self.free_lock_provable && self.now - w.last_heartbeat > LEASE_SECONDS))
         } else {
+            // Registered before liveness locks: the lease.
             self.now - w.last_heartbeat > LEASE_SECONDS
         }
     }
@@ -186,7 +205,11 @@ impl ReferenceStateMachine for LifecycleModel {
     type Transition = Step;
 
     fn init_state() -> BoxedStrategy<Model> {
-        Just(Model::default()).boxed()
+        Just(Model {
+            free_lock_provable: true,
+            ..Model::default()
+        })
+        .boxed()
     }
 
     fn transitions(state: &Model) -> BoxedStrategy<Step> {
@@ -334,16 +357,31 @@ impl<B: Backend> System<B> {
             host,
             pid,
             process_start_marker: format!("boot:{pid}"),
+            host_identity: Some(if local {
+                local_identity()
+            } else {
+                HostIdentity {
+                    boot_id: format!("remote-boot-{pid}"),
+                    pid_namespace: 1,
+                }
+            }),
             started_at: self.clock.now(),
         };
+        // A local judge probes local pids; remote workers are registrations
+        // older than liveness locks (judged by the lease).
         let policy = LivenessPolicy {
-            local_host: registration.host.clone(),
+            local_identity: local.then(local_identity),
             lease: store_lease(),
+            grace: store_lease(),
         };
         let clock: Arc<dyn Clock> = self.clock.clone();
         // A boot: register, then sweep as the new worker.
         let worker =
             RegisteredWorker::register(&self.store, registration, clock).expect("register");
+        if !local {
+            self.store
+                .change_worker_lock(worker.id(), LockChange::RegisteredBeforeLocks);
+        }
         let now = self.clock.now();
         let recovered = self
             .store
@@ -551,6 +589,13 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&pid);
+                if model.workers[worker].local
+                    && model.workers[worker].state == ModelWorkerState::Alive
+                {
+                    // The kernel frees a dead process's lock.
+                    sut.store
+                        .change_worker_lock(sut.workers[worker].id(), LockChange::ReleasedByDeath);
+                }
             }
             // Every heartbeat grows older; the clock the rows' timestamps
             // come from stays put (no invariant depends on them).
@@ -697,6 +742,12 @@ fn postgres_backend_agrees_with_the_model() {
     let result = runner.run(
         &LifecycleModel::sequential_strategy(1..30),
         |(initial, transitions, seen)| {
+            // A case's connections are younger than the grace: no free
+            // lock is proof there (the pid probe still is).
+            let initial = Model {
+                free_lock_provable: false,
+                ..initial
+            };
             LifecycleTest::<common::PostgresBackend>::test_sequential(
                 config.clone(),
                 initial,

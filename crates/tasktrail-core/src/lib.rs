@@ -28,6 +28,7 @@
 //!         host: "dev".into(),
 //!         pid: 4242,
 //!         process_start_marker: "boot:1".into(),
+//!         host_identity: None,
 //!         started_at: clock.now(),
 //!     },
 //!     clock,
@@ -82,6 +83,7 @@ pub use task::{
     TaskState, ABANDONED_REASON,
 };
 pub use worker::{
-    DeathCause, Liveness, LivenessJudge, LivenessPolicy, OwnerFacts, OwnerSession, PolicyJudge,
-    ProcessProbe, WorkerRecord, WorkerRegistration, WorkerState,
+    DeathCause, HostIdentity, Liveness, LivenessJudge, LivenessPolicy, LockWatch, NoticedOwner,
+    NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge, ProcessProbe, Unproven, WorkerRecord,
+    WorkerRegistration, WorkerState,
 };
