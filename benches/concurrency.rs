@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tasktrail::*;
+#[cfg(feature = "postgres")]
+use tasktrail_diesel::ScratchDatabase;
 
 fn spec() -> TaskSpec {
     TaskSpec::validate(TaskSpecInput {

@@ -14,6 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use tasktrail::*;
+#[cfg(feature = "postgres")]
+use tasktrail_diesel::ScratchDatabase;
 
 fn spec() -> TaskSpec {
     TaskSpec::validate(TaskSpecInput {

@@ -15,6 +15,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use diesel::connection::SimpleConnection;
 use diesel::RunQueryDsl;
+use tasktrail::backend::*;
 use tasktrail::*;
 
 struct NoProcesses;

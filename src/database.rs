@@ -13,9 +13,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use tasktrail_core::backend::{
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest,
+};
 use tasktrail_core::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveredTask,
-    RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
+    RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
     TaskRecord, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
 };
 

@@ -65,11 +65,8 @@ pub mod runtime;
 
 pub use tasktrail_core::*;
 
-pub use tasktrail_diesel::StatementLog;
 #[cfg(feature = "postgres")]
-pub use tasktrail_diesel::{
-    PostgresOptions, PostgresStorage, ScratchDatabase, TEST_POSTGRES_URL_VARIABLE,
-};
+pub use tasktrail_diesel::{PostgresOptions, PostgresStorage};
 #[cfg(feature = "sqlite")]
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
@@ -77,6 +74,18 @@ pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
 pub use runtime::{
     BootError, OperatorSweep, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
 };
+
+/// Test tooling for a server's own tests (feature `testing`): the shared
+/// behaviour suite a custom [`Storage`] must pass, the statement log that
+/// proves one INSERT per task, and, with `postgres`, a scratch database per
+/// test.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use tasktrail_core::conformance;
+    pub use tasktrail_diesel::StatementLog;
+    #[cfg(feature = "postgres")]
+    pub use tasktrail_diesel::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+}
 
 /// What a server imports: the worker, the task typestate, its inputs and
 /// outcomes, the records it reads back, and the storages to open.

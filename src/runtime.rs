@@ -33,11 +33,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use chrono::Duration;
+use tasktrail_core::backend::{NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail_core::{
     Clock, FinishError, Finished, HostIdentity, InterruptReason, Liveness, LivenessPolicy,
-    NoticedOwner, NoticingJudge, Outcome, PolicyJudge, ProcessProbe, Queued, RecoveredTask,
-    RecoveryRequest, RegisteredWorker, Running, SessionId, StartError, Storage, StorageError,
-    SweepMode, SystemClock, Task, TaskId, Timestamp, WorkerId, WorkerRegistration,
+    NoticedOwner, Outcome, ProcessProbe, Queued, RecoveredTask, RegisteredWorker, Running,
+    SessionId, StartError, Storage, StorageError, SystemClock, Task, TaskId, Timestamp, WorkerId,
+    WorkerRegistration,
 };
 
 use crate::host::{current_registration, probe_identity, HostError, ProcfsProbe};

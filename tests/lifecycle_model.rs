@@ -10,7 +10,18 @@
 //! - after a boot, no `running` row belongs to a dead worker, and every
 //!   interrupted task was reported exactly once;
 //! - interrupted rows keep `finished_at`, tokens and cost NULL, and their
-//!   sessions are invalidated and never offered for resume.
+//!   sessions are invalidated and never offered for resume;
+//! - no `running` row outlives its handle by more than one tick of its
+//!   worker (a dropped handle or a panic inside a task is interrupted and
+//!   reported by its own worker at its next tick);
+//! - a refused finish (an interrupted one included) changes no row and no
+//!   session, whoever issues it: on a recovered, a finished or another
+//!   worker's row.
+//!
+//! Steps cover boots (two at once, one reusing a dead worker's pid), starts,
+//! finishes of every kind, dropped handles, panics inside tasks, kills,
+//! ticks, heartbeats, periodic sweeps (two sweepers at once), deregistration,
+//! sessions and resume questions.
 //!
 //! CI runs a small number of cases; `PROPTEST_CASES=2000 cargo test --test
 //! lifecycle_model` runs the long version (docs/testing.md). Failures shrink
@@ -24,10 +35,13 @@ use chrono::{Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
+use tasktrail::backend::*;
 use tasktrail::*;
 
 mod common;
 use common::{Backend, LockChange};
+#[cfg(feature = "postgres")]
+use tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE;
 
 /// The boot and PID namespace of the model's local workers and judges.
 fn local_identity() -> HostIdentity {
@@ -62,14 +76,19 @@ fn store_lease() -> Duration {
 enum ModelWorkerState {
     Alive,
     Dead,
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
 struct ModelWorker {
     local: bool,
+    /// The pid it registered (a local pid may be reused after a kill).
+    pid: u32,
     process_alive: bool,
     last_heartbeat: i64,
     state: ModelWorkerState,
+    /// How many ticks its upkeep has run.
+    ticks: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +97,14 @@ struct ModelTask {
     status: TaskStatus,
     /// The owner still holds the `Task<Running>` (it has not finished it).
     handle_held: bool,
+    /// The handle was dropped without a finish, at the owner's tick count.
+    abandoned_at_tick: Option<u32>,
+    /// Reported with a `[recovery]` line (by a sweep, or by its own worker
+    /// as abandoned).
     recovered: bool,
+    /// Interrupted by a sweep (a finish of it is then refused as
+    /// `InterruptedByRecovery`).
+    swept: bool,
     has_session: bool,
 }
 
@@ -124,10 +150,32 @@ enum Step {
     Start { worker: usize },
     /// The owner finishes a task it holds.
     Finish { task: usize, kind: FinishKind },
-    /// A second finish of a finished task, issued directly.
-    DuplicateFinish { task: usize },
-    /// A finish by a worker that does not own the row, issued directly.
-    WrongWorkerFinish { task: usize, worker: usize },
+    /// A second finish (of any kind, interrupted included) of a finished
+    /// or recovered task, issued directly.
+    DuplicateFinish { task: usize, kind: FinishKind },
+    /// A finish (of any kind) by a worker that does not own the row, issued
+    /// directly.
+    WrongWorkerFinish {
+        task: usize,
+        worker: usize,
+        kind: FinishKind,
+    },
+    /// The owner drops a running handle without finishing it (early return,
+    /// cancelled future).
+    DropHandle { task: usize },
+    /// The task's work panics while it owns the handle.
+    PanicInTask { task: usize },
+    /// The worker's upkeep runs once: abandoned tasks, then the heartbeat.
+    Tick { worker: usize },
+    /// A live worker's periodic sweep.
+    Sweep { worker: usize },
+    /// Two live workers sweep at the same moment (on two threads).
+    TwoSweepers { first: usize, second: usize },
+    /// A local worker boots with the pid of a killed one.
+    BootReusingPid { dead: usize },
+    /// A worker stops cleanly: interrupts what it still runs, deregisters,
+    /// exits.
+    Deregister { worker: usize },
     /// The worker's process dies without finishing anything.
     Kill { worker: usize },
     /// Time passes (heartbeats may go stale).
@@ -147,7 +195,7 @@ impl Model {
 
     fn is_dead_for(&self, sweeper: usize, worker: usize) -> bool {
         let w = &self.workers[worker];
-        if w.state == ModelWorkerState::Dead {
+        if w.state != ModelWorkerState::Alive {
             return true;
         }
         if w.local {
@@ -175,6 +223,7 @@ impl Model {
             if task.status == TaskStatus::Running && task.owner != sweeper && dead[task.owner] {
                 task.status = TaskStatus::Interrupted;
                 task.recovered = true;
+                task.swept = true;
                 recovered.push(index);
                 owners.insert(task.owner);
             }
@@ -186,15 +235,48 @@ impl Model {
     }
 
     fn boot(&mut self, local: bool) -> usize {
+        let pid = 1000 + self.workers.len() as u32;
+        self.boot_with_pid(local, pid)
+    }
+
+    fn boot_with_pid(&mut self, local: bool, pid: u32) -> usize {
         self.workers.push(ModelWorker {
             local,
+            pid,
             process_alive: true,
             last_heartbeat: self.now,
             state: ModelWorkerState::Alive,
+            ticks: 0,
         });
         let index = self.workers.len() - 1;
         self.sweep(index);
         index
+    }
+
+    /// The worker's abandoned running tasks become interrupted (reported by
+    /// the worker itself).
+    fn interrupt_abandoned(&mut self, worker: usize) {
+        for task in &mut self.tasks {
+            if task.owner == worker
+                && task.abandoned_at_tick.is_some()
+                && task.status == TaskStatus::Running
+            {
+                task.status = TaskStatus::Interrupted;
+                task.recovered = true;
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, worker: usize) {
+        if self.workers[worker].state == ModelWorkerState::Alive {
+            self.workers[worker].last_heartbeat = self.now;
+        }
+    }
+
+    fn holds_handle(&self, task: usize) -> bool {
+        self.tasks
+            .get(task)
+            .is_some_and(|t| t.handle_held && self.acting(t.owner))
     }
 }
 
@@ -226,13 +308,20 @@ impl ReferenceStateMachine for LifecycleModel {
             2 => any::<bool>().prop_map(|remote| Step::Boot { local: !remote }),
             1 => Just(Step::TwoBoots),
             6 => (0..workers).prop_map(|worker| Step::Start { worker }),
-            5 => (0..tasks, kind).prop_map(|(task, kind)| Step::Finish { task, kind }),
-            1 => (0..tasks).prop_map(|task| Step::DuplicateFinish { task }),
-            1 => (0..tasks, 0..workers).prop_map(|(task, worker)| Step::WrongWorkerFinish { task, worker }),
+            5 => (0..tasks, kind.clone()).prop_map(|(task, kind)| Step::Finish { task, kind }),
+            3 => (0..tasks, kind.clone()).prop_map(|(task, kind)| Step::DuplicateFinish { task, kind }),
+            2 => (0..tasks, 0..workers, kind).prop_map(|(task, worker, kind)| Step::WrongWorkerFinish { task, worker, kind }),
+            1 => (0..tasks).prop_map(|task| Step::DropHandle { task }),
+            1 => (0..tasks).prop_map(|task| Step::PanicInTask { task }),
+            3 => (0..workers).prop_map(|worker| Step::Tick { worker }),
+            1 => (0..workers).prop_map(|worker| Step::Sweep { worker }),
+            1 => (0..workers, 0..workers).prop_map(|(first, second)| Step::TwoSweepers { first, second }),
+            1 => (0..workers).prop_map(|dead| Step::BootReusingPid { dead }),
+            1 => (0..workers).prop_map(|worker| Step::Deregister { worker }),
             2 => (0..workers).prop_map(|worker| Step::Kill { worker }),
             2 => (1..30i64).prop_map(|seconds| Step::Advance { seconds }),
             3 => (0..workers).prop_map(|worker| Step::Heartbeat { worker }),
-            2 => (0..tasks).prop_map(|task| Step::RecordSession { task }),
+            3 => (0..tasks).prop_map(|task| Step::RecordSession { task }),
             1 => (0..tasks).prop_map(|task| Step::AskResume { task }),
         ]
         .boxed()
@@ -241,17 +330,32 @@ impl ReferenceStateMachine for LifecycleModel {
     fn preconditions(state: &Model, step: &Step) -> bool {
         match step {
             Step::Boot { .. } | Step::TwoBoots | Step::Advance { .. } => true,
-            Step::Start { worker } | Step::Kill { worker } | Step::Heartbeat { worker } => {
-                state.acting(*worker)
+            Step::Start { worker }
+            | Step::Kill { worker }
+            | Step::Heartbeat { worker }
+            | Step::Tick { worker }
+            | Step::Sweep { worker } => state.acting(*worker),
+            Step::TwoSweepers { first, second } => {
+                first != second && state.acting(*first) && state.acting(*second)
             }
-            Step::Finish { task, .. } => state
-                .tasks
-                .get(*task)
-                .is_some_and(|t| t.handle_held && state.acting(t.owner)),
-            Step::DuplicateFinish { task } => {
+            Step::Deregister { worker } => {
+                state.acting(*worker) && state.workers[*worker].state == ModelWorkerState::Alive
+            }
+            Step::BootReusingPid { dead } => state.workers.get(*dead).is_some_and(|w| {
+                w.local
+                    && !w.process_alive
+                    && !state
+                        .workers
+                        .iter()
+                        .any(|other| other.process_alive && other.pid == w.pid)
+            }),
+            Step::Finish { task, .. } | Step::DropHandle { task } | Step::PanicInTask { task } => {
+                state.holds_handle(*task)
+            }
+            Step::DuplicateFinish { task, .. } => {
                 state.tasks.get(*task).is_some_and(|t| t.status.is_final())
             }
-            Step::WrongWorkerFinish { task, worker } => state
+            Step::WrongWorkerFinish { task, worker, .. } => state
                 .tasks
                 .get(*task)
                 .is_some_and(|t| t.owner != *worker && *worker < state.workers.len()),
@@ -278,7 +382,9 @@ impl ReferenceStateMachine for LifecycleModel {
                         owner: worker,
                         status: TaskStatus::Running,
                         handle_held: true,
+                        abandoned_at_tick: None,
                         recovered: false,
+                        swept: false,
                         has_session: false,
                     });
                 }
@@ -293,13 +399,47 @@ impl ReferenceStateMachine for LifecycleModel {
             Step::DuplicateFinish { .. }
             | Step::WrongWorkerFinish { .. }
             | Step::AskResume { .. } => {}
+            Step::DropHandle { task } | Step::PanicInTask { task } => {
+                let owner = state.tasks[task].owner;
+                let ticks = state.workers[owner].ticks;
+                let task = &mut state.tasks[task];
+                task.handle_held = false;
+                task.abandoned_at_tick = Some(ticks);
+            }
+            Step::Tick { worker } => {
+                state.interrupt_abandoned(worker);
+                state.heartbeat(worker);
+                state.workers[worker].ticks += 1;
+            }
+            Step::Sweep { worker } => {
+                state.sweep(worker);
+            }
+            Step::TwoSweepers { first, second } => {
+                // Run at once; the store serialises them, and what they
+                // recover together does not depend on the order.
+                state.sweep(first);
+                state.sweep(second);
+            }
+            Step::BootReusingPid { dead } => {
+                let pid = state.workers[dead].pid;
+                state.boot_with_pid(true, pid);
+            }
+            Step::Deregister { worker } => {
+                state.interrupt_abandoned(worker);
+                for task in &mut state.tasks {
+                    if task.owner == worker && task.handle_held {
+                        task.handle_held = false;
+                        if task.status == TaskStatus::Running {
+                            task.status = TaskStatus::Interrupted;
+                        }
+                    }
+                }
+                state.workers[worker].state = ModelWorkerState::Stopped;
+                state.workers[worker].process_alive = false;
+            }
             Step::Kill { worker } => state.workers[worker].process_alive = false,
             Step::Advance { seconds } => state.now += seconds,
-            Step::Heartbeat { worker } => {
-                if state.workers[worker].state == ModelWorkerState::Alive {
-                    state.workers[worker].last_heartbeat = state.now;
-                }
-            }
+            Step::Heartbeat { worker } => state.heartbeat(worker),
             Step::RecordSession { task } => {
                 let owner = state.tasks[task].owner;
                 if state.tasks[task].status == TaskStatus::Running
@@ -315,14 +455,31 @@ impl ReferenceStateMachine for LifecycleModel {
 
 // ------------------------------------------------------- the system under test
 
+/// The local process table: pid → the start marker of the process that
+/// has it now.
 #[derive(Clone, Default)]
-struct FakeProcesses(Arc<Mutex<HashSet<u32>>>);
+struct FakeProcesses(Arc<Mutex<HashMap<u32, String>>>);
+
+impl FakeProcesses {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl ProcessProbe for FakeProcesses {
     fn process_start_marker(&self, pid: u32) -> Option<String> {
-        let alive = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        alive.contains(&pid).then(|| format!("boot:{pid}"))
+        self.table().get(&pid).cloned()
     }
+}
+
+/// A task's work that panics while it owns the handle. `resume_unwind`
+/// unwinds without running the panic hook, so the test output stays quiet.
+fn panic_inside_task(running: Task<Running>) {
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _owned_by_the_work = running;
+        std::panic::resume_unwind(Box::new("simulated panic inside a task"));
+    }));
+    assert!(unwound.is_err());
 }
 
 struct System<B: Backend> {
@@ -337,26 +494,60 @@ struct System<B: Backend> {
     _dir: tempfile::TempDir,
 }
 
+/// One sweep by `sweeper`, judged as that worker would judge (its host, the
+/// local process table, the store's lease).
+fn sweep_as<B: Backend>(
+    store: &B,
+    processes: &FakeProcesses,
+    sweeper: &RegisteredWorker,
+    now: Timestamp,
+) -> Vec<RecoveredTask> {
+    // A local sweeper probes the local process table for workers of its
+    // boot and PID namespace; a remote one never probes here.
+    let local = sweeper.registration().host == LOCAL_HOST;
+    let policy = LivenessPolicy {
+        local_identity: local.then(local_identity),
+        lease: store_lease(),
+        grace: store_lease(),
+    };
+    store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: sweeper.id(),
+                now,
+                mode: SweepMode::Apply,
+            },
+            &PolicyJudge {
+                policy: &policy,
+                probe: processes,
+            },
+        )
+        .expect("sweep")
+}
+
 impl<B: Backend> System<B> {
     fn boot(&mut self, local: bool, model_after: &Model) {
         let pid = 1000 + self.workers.len() as u32;
+        self.boot_with_pid(local, pid, model_after);
+    }
+
+    fn boot_with_pid(&mut self, local: bool, pid: u32, model_after: &Model) {
         let host = if local {
             LOCAL_HOST.to_owned()
         } else {
             format!("remote-{pid}")
         };
+        // Each process that takes a pid has its own start marker, so a
+        // reused pid never looks like the process that registered it first.
+        let marker = format!("boot:{pid}:process-{}", self.workers.len());
         if local {
-            self.processes
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(pid);
+            self.processes.table().insert(pid, marker.clone());
         }
         let registration = WorkerRegistration {
             id: WorkerId::new_random(),
             host,
             pid,
-            process_start_marker: format!("boot:{pid}"),
+            process_start_marker: marker,
             host_identity: Some(if local {
                 local_identity()
             } else {
@@ -367,44 +558,18 @@ impl<B: Backend> System<B> {
             }),
             started_at: self.clock.now(),
         };
-        // A local judge probes local pids; remote workers are registrations
-        // older than liveness locks (judged by the lease).
-        let policy = LivenessPolicy {
-            local_identity: local.then(local_identity),
-            lease: store_lease(),
-            grace: store_lease(),
-        };
         let clock: Arc<dyn Clock> = self.clock.clone();
         // A boot: register, then sweep as the new worker.
         let worker =
             RegisteredWorker::register(&self.store, registration, clock).expect("register");
         if !local {
+            // Remote workers play registrations older than liveness locks
+            // (judged by the lease).
             self.store
                 .change_worker_lock(worker.id(), LockChange::RegisteredBeforeLocks);
         }
-        let now = self.clock.now();
-        let recovered = self
-            .store
-            .recover_orphans(
-                &RecoveryRequest {
-                    recovering_worker: worker.id(),
-                    now,
-                    mode: SweepMode::Apply,
-                },
-                &PolicyJudge {
-                    policy: &policy,
-                    probe: &self.processes,
-                },
-            )
-            .expect("boot sweep");
-        for task in &recovered {
-            assert!(
-                self.reported.insert(task.task.id),
-                "task {} reported twice",
-                task.task.id
-            );
-            assert!(task.hint().starts_with("[recovery] "));
-        }
+        let recovered = sweep_as(&self.store, &self.processes, &worker, self.clock.now());
+        self.report(&recovered);
         self.workers.push(worker);
         // Every task the model says this boot recovers was reported by it.
         let reported_now: HashSet<TaskId> = recovered.iter().map(|t| t.task.id).collect();
@@ -420,6 +585,60 @@ impl<B: Backend> System<B> {
             reported_now.is_subset(&newly_recovered),
             "a boot reported a task the model did not recover"
         );
+    }
+
+    /// Records what a sweep or a worker reported; a task reported twice
+    /// fails the test.
+    fn report(&mut self, recovered: &[RecoveredTask]) {
+        for task in recovered {
+            assert!(
+                self.reported.insert(task.task.id),
+                "task {} reported twice",
+                task.task.id
+            );
+            assert!(task.hint().starts_with("[recovery] "));
+        }
+    }
+
+    fn sessions_of(&self, id: TaskId) -> Vec<SessionRecord> {
+        let mut sessions: Vec<SessionRecord> = self
+            .store
+            .list_sessions()
+            .expect("sessions")
+            .into_iter()
+            .filter(|session| session.task_id == id)
+            .collect();
+        sessions.sort_by(|a, b| a.session_id.as_str().cmp(b.session_id.as_str()));
+        sessions
+    }
+
+    /// A finish issued directly on the store must be refused and change
+    /// neither the row nor its sessions.
+    fn refused_finish_changes_nothing(
+        &self,
+        task: usize,
+        worker: WorkerId,
+        kind: FinishKind,
+    ) -> FinishWrite {
+        let before = self.row(task);
+        let sessions_before = self.sessions_of(before.id);
+        let write = self
+            .store
+            .finish_running(&FinishRow {
+                id: before.id,
+                worker,
+                outcome: outcome(kind),
+                at: self.clock.now(),
+            })
+            .expect("finish");
+        assert!(matches!(write, FinishWrite::Refused(_)), "{write:?}");
+        assert_eq!(self.row(task), before, "a refused finish changes no row");
+        assert_eq!(
+            self.sessions_of(before.id),
+            sessions_before,
+            "a refused finish changes no session"
+        );
+        write
     }
 
     fn row(&self, index: usize) -> TaskRecord {
@@ -534,7 +753,7 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                     Ok(finished) => assert_eq!(finished.outcome().status(), expected),
                     Err(FinishError::Refused { refusal, .. }) => {
                         assert!(
-                            model.tasks[task].recovered,
+                            model.tasks[task].swept,
                             "refused but not recovered: {refusal:?}"
                         );
                         assert!(
@@ -545,19 +764,11 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                     Err(error) => panic!("storage failed: {error}"),
                 }
             }
-            Step::DuplicateFinish { task } => {
+            Step::DuplicateFinish { task, kind } => {
                 let before = sut.row(task);
                 let owner = before.worker_id.expect("owner");
-                let write = sut
-                    .store
-                    .finish_running(&FinishRow {
-                        id: before.id,
-                        worker: owner,
-                        outcome: Outcome::Success(report()),
-                        at: sut.clock.now(),
-                    })
-                    .expect("finish");
-                let expected = if model.tasks[task].recovered {
+                let write = sut.refused_finish_changes_nothing(task, owner, kind);
+                let expected = if model.tasks[task].swept {
                     FinishRefusal::InterruptedByRecovery {
                         recovered_by: before.interrupted_by,
                     }
@@ -568,34 +779,91 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                 };
                 assert_eq!(write, FinishWrite::Refused(expected));
             }
-            Step::WrongWorkerFinish { task, worker } => {
-                let before = sut.row(task);
-                let write = sut
-                    .store
-                    .finish_running(&FinishRow {
-                        id: before.id,
-                        worker: sut.workers[worker].id(),
-                        outcome: Outcome::Success(report()),
-                        at: sut.clock.now(),
-                    })
-                    .expect("finish");
-                assert!(matches!(write, FinishWrite::Refused(_)), "{write:?}");
-                assert_eq!(sut.row(task), before, "a refused finish changes nothing");
+            Step::WrongWorkerFinish { task, worker, kind } => {
+                let foreign = sut.workers[worker].id();
+                sut.refused_finish_changes_nothing(task, foreign, kind);
+            }
+            Step::DropHandle { task } => {
+                drop(sut.handles.remove(&task).expect("handle held"));
+            }
+            Step::PanicInTask { task } => {
+                panic_inside_task(sut.handles.remove(&task).expect("handle held"));
+            }
+            Step::Tick { worker } => {
+                let sweep = sut.workers[worker].interrupt_abandoned(&sut.store);
+                assert!(sweep.error.is_none(), "{:?}", sweep.error);
+                for task in &sweep.recovered {
+                    assert_eq!(task.cause, DeathCause::HandleAbandoned);
+                    assert_eq!(task.dead_worker, Some(sut.workers[worker].id()));
+                    assert!(task.task.interrupt_reason.as_deref() == Some(ABANDONED_REASON));
+                }
+                sut.report(&sweep.recovered);
+                let result = sut.workers[worker].heartbeat(&sut.store);
+                expect_heartbeat(result, model.workers[worker].state);
+            }
+            Step::Sweep { worker } => {
+                let recovered = sweep_as(
+                    &sut.store,
+                    &sut.processes,
+                    &sut.workers[worker],
+                    sut.clock.now(),
+                );
+                sut.report(&recovered);
+            }
+            Step::TwoSweepers { first, second } => {
+                let now = sut.clock.now();
+                let (a, b) = std::thread::scope(|scope| {
+                    let a = scope
+                        .spawn(|| sweep_as(&sut.store, &sut.processes, &sut.workers[first], now));
+                    let b = scope
+                        .spawn(|| sweep_as(&sut.store, &sut.processes, &sut.workers[second], now));
+                    (
+                        a.join().expect("first sweeper"),
+                        b.join().expect("second sweeper"),
+                    )
+                });
+                sut.report(&a);
+                sut.report(&b);
+            }
+            Step::BootReusingPid { dead } => {
+                let pid = sut.workers[dead].registration().pid;
+                sut.boot_with_pid(true, pid, model);
+            }
+            Step::Deregister { worker } => {
+                // As `Worker::stop` does: abandoned first (reported), then
+                // what is still in flight, then the workers row.
+                let sweep = sut.workers[worker].interrupt_abandoned(&sut.store);
+                assert!(sweep.error.is_none(), "{:?}", sweep.error);
+                sut.report(&sweep.recovered);
+                let reason = InterruptReason::new("worker stopped").expect("reason");
+                let (_, error) = sut.workers[worker].interrupt_in_flight(&sut.store, &reason);
+                assert!(error.is_none(), "{error:?}");
+                let id = sut.workers[worker].id();
+                sut.store
+                    .deregister_worker(id, sut.clock.now())
+                    .expect("deregister");
+                let owned: Vec<usize> = model
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.owner == worker)
+                    .map(|(index, _)| index)
+                    .collect();
+                // The process exits: its handles go with it, and none of
+                // them is reported abandoned (they were interrupted).
+                for index in owned {
+                    sut.handles.remove(&index);
+                }
+                assert!(sut.workers[worker].abandoned().is_empty());
+                let pid = sut.workers[worker].registration().pid;
+                sut.processes.table().remove(&pid);
             }
             Step::Kill { worker } => {
                 let pid = sut.workers[worker].registration().pid;
-                sut.processes
-                    .0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&pid);
-                if model.workers[worker].local
-                    && model.workers[worker].state == ModelWorkerState::Alive
-                {
-                    // The kernel frees a dead process's lock.
-                    sut.store
-                        .change_worker_lock(sut.workers[worker].id(), LockChange::ReleasedByDeath);
-                }
+                sut.processes.table().remove(&pid);
+                // The kernel frees a dead process's lock.
+                sut.store
+                    .change_worker_lock(sut.workers[worker].id(), LockChange::ReleasedByDeath);
             }
             // Every heartbeat grows older; the clock the rows' timestamps
             // come from stays put (no invariant depends on them).
@@ -607,15 +875,7 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
             }
             Step::Heartbeat { worker } => {
                 let result = sut.workers[worker].heartbeat(&sut.store);
-                match model.workers[worker].state {
-                    ModelWorkerState::Alive => result.expect("heartbeat"),
-                    ModelWorkerState::Dead => {
-                        assert!(
-                            matches!(result, Err(StorageError::WorkerNotAlive { .. })),
-                            "{result:?}"
-                        )
-                    }
-                }
+                expect_heartbeat(result, model.workers[worker].state);
             }
             Step::RecordSession { task } => {
                 let session = SessionId::parse(&format!("sess_{task}")).expect("session");
@@ -690,7 +950,29 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
             // No running row belongs to a worker that a boot declared dead.
             if row.status == TaskStatus::Running {
                 assert_eq!(model.workers[expected.owner].state, ModelWorkerState::Alive);
+                // No running row outlives its handle by more than one tick
+                // of its (living) worker.
+                if let Some(at_tick) = expected.abandoned_at_tick {
+                    let owner = &model.workers[expected.owner];
+                    assert!(
+                        !owner.process_alive || owner.ticks <= at_tick,
+                        "task #{index}: running {} ticks after its handle was dropped",
+                        owner.ticks - at_tick
+                    );
+                }
             }
+        }
+    }
+}
+
+fn expect_heartbeat(result: Result<(), StorageError>, state: ModelWorkerState) {
+    match state {
+        ModelWorkerState::Alive => result.expect("heartbeat"),
+        ModelWorkerState::Dead | ModelWorkerState::Stopped => {
+            assert!(
+                matches!(result, Err(StorageError::WorkerNotAlive { .. })),
+                "{result:?}"
+            )
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{Duration, TimeZone, Utc};
+use tasktrail::backend::*;
 use tasktrail::*;
 
 mod common;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
 use chrono::{Duration, TimeZone, Utc};
+use tasktrail::backend::*;
 use tasktrail::*;
 
 /// The host's process table, changeable while workers run.

@@ -1,4 +1,7 @@
 //! `tasktrail`: the operator CLI. See `tasktrail --help` and README.md.
+// clap turns these doc comments into help text, where `[recovery]` is the
+// literal line prefix, not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod demo;
 mod output;
@@ -8,10 +11,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tasktrail::backend::SweepMode;
 use tasktrail::host::{probe_identity, ProcfsProbe};
 use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
-    AnyStorage, DatabaseUrl, LivenessPolicy, SweepMode, SystemClock, TaskFilter, TaskId, TaskStatus,
+    AnyStorage, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
 };
 
 /// The task audit trail of an agent-dispatch server: inspect it, recover it

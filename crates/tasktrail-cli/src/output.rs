@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use serde_json::{json, Value};
-use tasktrail::{human_duration, Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
+use tasktrail::backend::human_duration;
+use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
 use crate::CliResult;
 

@@ -223,7 +223,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
                 eprintln!(
                     "tasktrail: warning: this worker did not run for {} (stopped or hung); \
                      its liveness lock kept its tasks",
-                    tasktrail::human_duration(*silent_for)
+                    tasktrail::backend::human_duration(*silent_for)
                 );
             }
             _ => {}

@@ -18,11 +18,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
+use tasktrail::backend::{PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail::{
-    Clock, CostUsd, FinishError, FinishRefusal, HostIdentity, LivenessPolicy, Outcome, PolicyJudge,
-    ProcessProbe, RecoveryRequest, RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage,
-    StorageExt, SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskRecord, TaskSpec,
-    TaskSpecInput, TaskStatus, WorkerId, WorkerRegistration, WorkerState,
+    Clock, CostUsd, FinishError, FinishRefusal, HostIdentity, LivenessPolicy, Outcome,
+    ProcessProbe, RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage, StorageExt,
+    SystemClock, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus,
+    WorkerId, WorkerRegistration, WorkerState,
 };
 
 // ---------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 //! against the trait (in the manner of object_store's shared integration
 //! tests). Each backend has one test entry that calls
 //! [`run_conformance_suite`]; a server that writes its own backend can run it
-//! too (enable the `conformance` feature).
+//! too (enable the `testing` feature).
 //!
 //! ```
 //! use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
-//! use tasktrail_core::{LockWatch, MemoryStorage, OwnerLock};
+//! use tasktrail_core::backend::{LockWatch, OwnerLock};
+//! use tasktrail_core::MemoryStorage;
 //!
 //! run_conformance_suite(Subject {
 //!     name: "memory",
@@ -28,12 +29,15 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
+use crate::backend::{
+    FinishRow, FinishWrite, NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode,
+};
 use crate::{
-    Clock, CostUsd, DeathCause, FinishError, FinishRefusal, FinishRow, FinishWrite, HostIdentity,
-    InterruptReason, Liveness, LivenessPolicy, ManualClock, NoticedOwner, NoticingJudge, Outcome,
-    PolicyJudge, ProcessProbe, RecoveredTask, RecoveryRequest, RegisteredWorker, RunReport,
-    SessionId, SessionKey, Storage, StorageError, SweepMode, Task, TaskFilter, TaskId, TaskRecord,
-    TaskSpec, TaskSpecInput, TaskStatus, Unproven, WorkerId, WorkerRegistration, WorkerState,
+    Clock, CostUsd, DeathCause, FinishError, FinishRefusal, HostIdentity, InterruptReason,
+    Liveness, LivenessPolicy, ManualClock, NoticedOwner, Outcome, ProcessProbe, RecoveredTask,
+    RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError, Task, TaskFilter,
+    TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus, Unproven, WorkerId,
+    WorkerRegistration, WorkerState,
 };
 
 /// Counts the INSERT statements into `task_history` a store issued for an id.
@@ -1155,7 +1159,7 @@ fn session_writes_are_checked<S: Storage>(w: &mut World<'_, S>) {
     running
         .finish(Outcome::Success(report()), w.store)
         .expect("finish");
-    let late = w.store.record_session(&crate::NewSession {
+    let late = w.store.record_session(&crate::backend::NewSession {
         session_id: SessionId::parse("sess_b").expect("id"),
         task_id: id,
         worker: worker.id(),

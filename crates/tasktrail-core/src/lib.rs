@@ -8,7 +8,11 @@
 //!
 //! - [`TaskSpec`]: validated input; [`Task<Queued>`] → [`Task<Running>`] →
 //!   [`Task<Finished>`]: the typestate.
-//! - [`Storage`]: what a backend implements; [`MemoryStorage`] beside it.
+//! - [`Storage`]: the store a worker writes through; [`MemoryStorage`]
+//!   beside it. What implementing a backend takes (the trait's rows and
+//!   commands, the facts a sweep hands the liveness judge) is in [`backend`];
+//!   the shared behaviour suite is `conformance`, behind the `testing`
+//!   feature.
 //! - [`LivenessPolicy`]: how a booting worker decides another is dead.
 //! - [`RecoveredTask::hint`]: the `[recovery]` line.
 //!
@@ -49,6 +53,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod backend;
 mod clock;
 mod ids;
 mod in_flight;
@@ -61,29 +66,25 @@ mod storage;
 mod task;
 mod worker;
 
-#[cfg(feature = "conformance")]
+#[cfg(feature = "testing")]
 pub mod conformance;
 
+pub use backend::Storage;
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{InvalidIdError, InvalidSessionIdError, SessionId, TaskId, WorkerId};
 pub use memory::MemoryStorage;
 pub use outcome::{
     CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport,
 };
-pub use record::{
-    human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
-    NewSession, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter,
-    TaskRecord,
-};
+pub use record::{FinishRefusal, RecoveredTask, SessionKey, SessionRecord, TaskFilter, TaskRecord};
 pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
 pub use status::{TaskStatus, UnknownStatusError};
-pub use storage::{BoxError, Storage, StorageError, StorageExt};
+pub use storage::{StorageError, StorageExt};
 pub use task::{
     AbandonedSweep, FinishError, Finished, Queued, RegisteredWorker, Running, StartError, Task,
     TaskState, ABANDONED_REASON,
 };
 pub use worker::{
-    DeathCause, HostIdentity, Liveness, LivenessJudge, LivenessPolicy, LockWatch, NoticedOwner,
-    NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge, ProcessProbe, Unproven, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    DeathCause, HostIdentity, Liveness, LivenessPolicy, NoticedOwner, ProcessProbe, Unproven,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::backend::Storage;
 use crate::clock::Timestamp;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
@@ -13,7 +14,7 @@ use crate::record::{
     RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter, TaskRecord,
 };
 use crate::status::TaskStatus;
-use crate::storage::{Storage, StorageError};
+use crate::storage::StorageError;
 use crate::worker::{
     Liveness, LivenessJudge, LockWatch, OwnerFacts, OwnerLock, WorkerRecord, WorkerRegistration,
     WorkerState,
@@ -51,7 +52,8 @@ impl MemoryStorage {
         Self::default()
     }
 
-    /// How many INSERTs into `task_history` were issued for `id`.
+    /// Test hook: how many INSERTs into `task_history` were issued for `id`.
+    #[cfg(feature = "testing")]
     pub fn task_insert_statements(&self, id: TaskId) -> usize {
         self.lock().task_inserts.get(&id).copied().unwrap_or(0)
     }
@@ -59,6 +61,7 @@ impl MemoryStorage {
     /// Test hook: moves `worker`'s last heartbeat `by` into the past, as if
     /// it had stayed silent that long (the conformance suite ages another
     /// host's heartbeat this way). Does nothing for an unknown worker.
+    #[cfg(feature = "testing")]
     pub fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
         if let Some(record) = self.lock().workers.get_mut(&worker) {
             record.heartbeat_at -= by;
@@ -70,6 +73,7 @@ impl MemoryStorage {
     /// its lock until it deregisters or is declared dead; a test frees it
     /// (`OwnerLock::Free`) to play a crashed process, or makes it
     /// `OwnerLock::NotCheckable` to play a registration older than locks.
+    #[cfg(feature = "testing")]
     pub fn set_worker_lock(&self, worker: WorkerId, lock: OwnerLock) {
         self.lock().locks.insert(worker, lock);
     }

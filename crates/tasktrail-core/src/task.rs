@@ -63,6 +63,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::backend::Storage;
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::in_flight::{AbandonedTask, InFlightTasks, InFlightTicket};
@@ -71,7 +72,7 @@ use crate::record::{
     FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession, RecoveredTask,
 };
 use crate::spec::TaskSpec;
-use crate::storage::{Storage, StorageError};
+use crate::storage::StorageError;
 use crate::worker::{DeathCause, WorkerRegistration};
 
 mod sealed {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
+use tasktrail_core::backend::*;
 use tasktrail_core::*;
 
 /// Forwards to a `MemoryStorage`, except the calls whose switch is on: those

@@ -1,6 +1,7 @@
 //! The in-memory backend's single entry into the shared behaviour suite, and
 //! the proof that the suite catches a backend that breaks the contract.
 
+use tasktrail_core::backend::*;
 use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
 use tasktrail_core::*;
 

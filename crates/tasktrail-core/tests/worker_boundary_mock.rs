@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use mockall::predicate::always;
+use tasktrail_core::backend::*;
 use tasktrail_core::*;
 
 mockall::mock! {

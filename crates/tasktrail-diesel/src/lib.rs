@@ -13,6 +13,10 @@
 //! `migrations/postgres` at the workspace root) and runs them when a store is
 //! opened. Diesel errors never leave this crate: they are mapped onto
 //! [`tasktrail_core::StorageError`] kinds.
+//!
+//! The `testing` feature adds test tooling: `StatementLog` (the INSERTs a
+//! store really issued) and, with `postgres`, `ScratchDatabase` (a fresh
+//! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
 mod codec;
 mod statement_log;
@@ -22,13 +26,13 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "testing")]
 pub use statement_log::StatementLog;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
 #[cfg(feature = "postgres")]
-pub use postgres::{
-    PostgresOptions, PostgresStorage, ScratchDatabase, POSTGRES_MIGRATIONS,
-    TEST_POSTGRES_URL_VARIABLE,
-};
+pub use postgres::{PostgresOptions, PostgresStorage, POSTGRES_MIGRATIONS};
+#[cfg(all(feature = "postgres", feature = "testing"))]
+pub use postgres::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};

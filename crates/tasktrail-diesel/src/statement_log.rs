@@ -2,6 +2,10 @@
 //! connection instrumentation. Tests use it to prove that a task's lifecycle
 //! issues exactly one INSERT into `task_history`, and that the hot-path
 //! statements are prepared once per connection, not on every call.
+//!
+//! Public only with the `testing` feature; without it the stores carry no
+//! log and none of this is reachable.
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unreachable_pub))]
 
 use std::sync::{Arc, Mutex, PoisonError};
 

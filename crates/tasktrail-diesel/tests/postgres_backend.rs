@@ -18,12 +18,15 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_migrations::MigrationHarness;
+use tasktrail_core::backend::{
+    FinishRow, FinishWrite, NewRunningRow, NoticingJudge, OwnerLock, PolicyJudge, RecoveryRequest,
+    SweepMode,
+};
 use tasktrail_core::{
-    Clock, CostUsd, DeathCause, FinishRefusal, FinishRow, FinishWrite, InterruptReason, Liveness,
-    LivenessPolicy, NewRunningRow, NoticingJudge, Outcome, OwnerLock, PolicyJudge, ProcessProbe,
-    RecoveredTask, RecoveryRequest, RegisteredWorker, RunReport, SessionId, SessionKey, Storage,
-    StorageError, StorageExt, SweepMode, SystemClock, Task, TaskFilter, TaskId, TaskSpec,
-    TaskSpecInput, TaskStatus, Timestamp, Unproven, WorkerId, WorkerRegistration, WorkerState,
+    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, Liveness, LivenessPolicy, Outcome,
+    ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey, Storage,
+    StorageError, StorageExt, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
+    TaskStatus, Timestamp, Unproven, WorkerId, WorkerRegistration, WorkerState,
 };
 use tasktrail_diesel::{
     PostgresOptions, PostgresStorage, ScratchDatabase, StatementLog, POSTGRES_MIGRATIONS,
@@ -903,8 +906,11 @@ fn noticing_sweep(
 /// What a sweep hands the judge about one owner's lock.
 fn lock_fact(store: &PostgresStorage, sweeper: WorkerId) -> OwnerLock {
     struct Recording(std::sync::Mutex<Vec<OwnerLock>>);
-    impl tasktrail_core::LivenessJudge for Recording {
-        fn judge(&self, owner: Option<&tasktrail_core::OwnerFacts>) -> tasktrail_core::Liveness {
+    impl tasktrail_core::backend::LivenessJudge for Recording {
+        fn judge(
+            &self,
+            owner: Option<&tasktrail_core::backend::OwnerFacts>,
+        ) -> tasktrail_core::Liveness {
             if let Some(facts) = owner {
                 self.0.lock().expect("facts").push(facts.lock);
             }
@@ -1033,8 +1039,11 @@ fn the_judge_never_holds_a_workers_lock_while_it_judges() {
         key: i64,
         taken: std::sync::Mutex<Option<bool>>,
     }
-    impl tasktrail_core::LivenessJudge for TakesTheLockMidSweep {
-        fn judge(&self, _owner: Option<&tasktrail_core::OwnerFacts>) -> tasktrail_core::Liveness {
+    impl tasktrail_core::backend::LivenessJudge for TakesTheLockMidSweep {
+        fn judge(
+            &self,
+            _owner: Option<&tasktrail_core::backend::OwnerFacts>,
+        ) -> tasktrail_core::Liveness {
             let mut other = PgConnection::establish(&self.url).expect("connect");
             let taken = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
                 .bind::<BigInt, _>(self.key)
@@ -1346,8 +1355,11 @@ type Span = (std::time::Instant, std::time::Instant);
 /// network might), so concurrent sweeps overlap inside their transactions.
 struct SlowJudge<'a>(PolicyJudge<'a>);
 
-impl tasktrail_core::LivenessJudge for SlowJudge<'_> {
-    fn judge(&self, owner: Option<&tasktrail_core::OwnerFacts>) -> tasktrail_core::Liveness {
+impl tasktrail_core::backend::LivenessJudge for SlowJudge<'_> {
+    fn judge(
+        &self,
+        owner: Option<&tasktrail_core::backend::OwnerFacts>,
+    ) -> tasktrail_core::Liveness {
         std::thread::sleep(std::time::Duration::from_millis(50));
         self.0.judge(owner)
     }

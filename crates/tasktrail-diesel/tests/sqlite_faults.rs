@@ -11,6 +11,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_migrations::MigrationHarness;
+use tasktrail_core::backend::*;
 use tasktrail_core::*;
 use tasktrail_diesel::{SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 

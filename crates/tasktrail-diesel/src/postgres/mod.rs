@@ -4,10 +4,12 @@
 
 mod rows;
 mod schema;
+#[cfg(feature = "testing")]
 mod scratch;
 mod statements;
 mod store;
 
+#[cfg(feature = "testing")]
 pub use scratch::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
 
 use std::collections::BTreeMap;
@@ -56,7 +58,18 @@ pub struct PostgresOptions {
     /// URL sets one.)
     pub connection_timeout: Duration,
     /// Record the INSERTs into `task_history` this store issues (tests).
+    #[cfg(feature = "testing")]
     pub statement_log: Option<StatementLog>,
+}
+
+impl PostgresOptions {
+    /// The statement log to attach (none without the `testing` feature).
+    fn statement_log(&self) -> Option<StatementLog> {
+        #[cfg(feature = "testing")]
+        return self.statement_log.clone();
+        #[cfg(not(feature = "testing"))]
+        return None;
+    }
 }
 
 impl Default for PostgresOptions {
@@ -64,6 +77,7 @@ impl Default for PostgresOptions {
         Self {
             pool_size: 8,
             connection_timeout: Duration::from_secs(10),
+            #[cfg(feature = "testing")]
             statement_log: None,
         }
     }
@@ -85,7 +99,7 @@ impl Default for PostgresOptions {
 ///
 /// The store does not decide whether the owner of a `running` row is alive:
 /// it gathers the facts about each owner inside the sweep's transaction and
-/// hands them to the caller's [`LivenessJudge`](tasktrail_core::LivenessJudge)
+/// hands them to the caller's [`LivenessJudge`](tasktrail_core::backend::LivenessJudge)
 /// ([`LivenessPolicy::judge`](tasktrail_core::LivenessPolicy::judge) makes
 /// every verdict, as for the other backends):
 ///
@@ -97,7 +111,7 @@ impl Default for PostgresOptions {
 ///   silence is the database's `clock_timestamp()`, read once the owners' rows
 ///   are locked, minus `heartbeat_at`. No host's clock is ever compared with
 ///   another's, and the sweep's `now` plays no part in it.
-/// - **Its lock** ([`OwnerLock`](tasktrail_core::OwnerLock)). For each
+/// - **Its lock** ([`OwnerLock`](tasktrail_core::backend::OwnerLock)). For each
 ///   `alive` owner registered with its lock (`workers.liveness_lock =
 ///   'advisory'`), the sweep reads `pg_locks` for a granted `ExclusiveLock`
 ///   on the owner's key in this database, without ever taking the lock, so
@@ -200,7 +214,7 @@ impl PostgresStorage {
         let secrets = Secrets::of(url);
         let url = with_connect_timeout(url, options.connection_timeout);
         let liveness =
-            LivenessSession::connect(url.clone(), secrets.clone(), options.statement_log.clone())?;
+            LivenessSession::connect(url.clone(), secrets.clone(), options.statement_log())?;
         liveness.run(|connection, _| ensure_ours(connection))?;
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -215,7 +229,7 @@ impl PostgresStorage {
             // through `log`; they are returned, redacted, instead.
             .error_handler(Box::new(NopErrorHandler))
             .connection_customizer(Box::new(OnAcquire {
-                statement_log: options.statement_log.clone(),
+                statement_log: options.statement_log(),
             }))
             .build_unchecked(ConnectionManager::new(url));
         Ok(Self {
@@ -223,7 +237,7 @@ impl PostgresStorage {
             liveness,
             shown_url: secrets.scrub(&secrets.source),
             secrets,
-            statement_log: options.statement_log.clone(),
+            statement_log: options.statement_log(),
         })
     }
 

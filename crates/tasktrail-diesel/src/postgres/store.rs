@@ -7,12 +7,14 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+use tasktrail_core::backend::{
+    recovery_reason, FinishRow, FinishWrite, LivenessJudge, LockWatch, NewRunningRow, NewSession,
+    OwnerFacts, OwnerLock, RecoveryRequest, SweepMode,
+};
 use tasktrail_core::{
-    recovery_reason, truncate_to_micros, FinishRefusal, FinishRow, FinishWrite, Liveness,
-    LivenessJudge, LockWatch, NewRunningRow, NewSession, Outcome, OwnerFacts, OwnerLock,
-    RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, Storage, StorageError, SweepMode,
-    TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    truncate_to_micros, FinishRefusal, Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord,
+    Storage, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 
@@ -187,6 +189,7 @@ impl PostgresStorage {
     /// Test hook: lets go of `worker`'s advisory lock as the server does when
     /// the worker's session ends (its process died), and stops taking it
     /// back at heartbeats. Returns whether this store held it.
+    #[cfg(feature = "testing")]
     pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
         if !self.liveness.tracks(worker) {
             return false;

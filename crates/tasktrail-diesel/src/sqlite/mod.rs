@@ -19,7 +19,8 @@ use diesel::prelude::*;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use tasktrail_core::{LockWatch, OwnerLock, StorageError, WorkerId};
+use tasktrail_core::backend::{LockWatch, OwnerLock};
+use tasktrail_core::{StorageError, WorkerId};
 
 use crate::statement_log::StatementLog;
 
@@ -59,7 +60,18 @@ pub struct SqliteOptions {
     /// fails with [`StorageError::Unavailable`]. Default 30 s.
     pub busy_timeout: Duration,
     /// Record the INSERTs into `task_history` this store issues (tests).
+    #[cfg(feature = "testing")]
     pub statement_log: Option<StatementLog>,
+}
+
+impl SqliteOptions {
+    /// The statement log to attach (none without the `testing` feature).
+    fn statement_log(&self) -> Option<StatementLog> {
+        #[cfg(feature = "testing")]
+        return self.statement_log.clone();
+        #[cfg(not(feature = "testing"))]
+        return None;
+    }
 }
 
 impl Default for SqliteOptions {
@@ -67,6 +79,7 @@ impl Default for SqliteOptions {
         Self {
             durability: SqliteDurability::default(),
             busy_timeout: Duration::from_secs(30),
+            #[cfg(feature = "testing")]
             statement_log: None,
         }
     }
@@ -90,7 +103,7 @@ impl Default for SqliteOptions {
 /// the file (the only setups where SQLite can be shared at all).
 ///
 /// A sweep reports each `alive` owner's lock to the judge
-/// ([`tasktrail_core::OwnerLock`]): it opens the lock file read-only, never
+/// ([`tasktrail_core::backend::OwnerLock`]): it opens the lock file read-only, never
 /// creating it (missing: `NotCheckable`), tries a shared lock and releases
 /// it at once (`Held` if that would block, `Free` otherwise). It never writes
 /// into the file. The lock file of an owner a sweep declared dead, with its
@@ -98,6 +111,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStorage {
     connection: Mutex<SqliteConnection>,
     path: PathBuf,
+    #[cfg(feature = "testing")]
     statement_log: Option<StatementLog>,
     /// The lock files of the workers registered through this store, each
     /// holding its exclusive `flock`.
@@ -145,7 +159,7 @@ impl SqliteStorage {
             })?
             .to_owned();
         let mut connection = SqliteConnection::establish(&url).map_err(map_connection_error)?;
-        if let Some(log) = &options.statement_log {
+        if let Some(log) = &options.statement_log() {
             connection.set_instrumentation(log.instrumentation());
         }
         connection
@@ -166,7 +180,8 @@ impl SqliteStorage {
         Ok(Self {
             connection: Mutex::new(connection),
             path,
-            statement_log: options.statement_log.clone(),
+            #[cfg(feature = "testing")]
+            statement_log: options.statement_log(),
             worker_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -216,6 +231,7 @@ impl SqliteStorage {
     }
 
     /// The statement log this store was opened with, if any.
+    #[cfg(feature = "testing")]
     pub fn statement_log(&self) -> Option<&StatementLog> {
         self.statement_log.as_ref()
     }
@@ -248,7 +264,13 @@ impl SqliteStorage {
     /// Test hook: lets go of `worker`'s lock as the kernel does when its
     /// process dies (the file stays, unlocked). Returns whether this store
     /// held it.
+    #[cfg(feature = "testing")]
     pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
+        self.let_go_of_worker_lock(worker)
+    }
+
+    /// Releases `worker`'s lock, keeping its lock file.
+    pub(crate) fn let_go_of_worker_lock(&self, worker: WorkerId) -> bool {
         self.worker_locks().remove(&worker).is_some()
     }
 

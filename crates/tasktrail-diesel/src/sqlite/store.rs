@@ -6,11 +6,14 @@ use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
+use tasktrail_core::backend::{
+    recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
+    OwnerLock, RecoveryRequest, SweepMode,
+};
 use tasktrail_core::{
-    recovery_reason, FinishRow, FinishWrite, Liveness, LivenessJudge, NewRunningRow, NewSession,
-    Outcome, OwnerFacts, OwnerLock, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord,
-    Storage, StorageError, SweepMode, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp,
-    WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
+    TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
+    WorkerState,
 };
 
 use super::rows::{SessionRow, TaskRow, WorkerRow};
@@ -159,7 +162,7 @@ impl Storage for SqliteStorage {
             Ok(()) => {}
             // The file belongs to the worker registered first: keep it.
             Err(StorageError::DuplicateWorker { .. }) => {
-                self.release_worker_lock(id);
+                self.let_go_of_worker_lock(id);
             }
             Err(_) => self.drop_worker_lock(id),
         }

@@ -1,0 +1,165 @@
+//! What a backend author implements: the [`Storage`] trait, the rows and
+//! commands its methods take and return, and the facts a recovery sweep hands
+//! the liveness judge.
+//!
+//! A server that only *uses* a store needs none of this beyond the trait
+//! name (re-exported at the crate root so its methods are in scope); the
+//! types here are the implementer's side of the API. Every implementation
+//! must pass the shared behaviour suite (`tasktrail_core::conformance`,
+//! behind the `testing` feature).
+//!
+//! The rows and commands are not at the crate root, so user code cannot
+//! reach for them by accident:
+//!
+//! ```compile_fail,E0432
+//! use tasktrail_core::NewRunningRow;
+//! ```
+//!
+//! ```
+//! use tasktrail_core::backend::{NewRunningRow, Storage};
+//! ```
+
+use std::error::Error as StdError;
+
+use crate::clock::Timestamp;
+use crate::ids::{TaskId, WorkerId};
+use crate::record::{RecoveredTask, SessionKey, SessionRecord, TaskFilter, TaskRecord};
+use crate::storage::StorageError;
+use crate::worker::{WorkerRecord, WorkerRegistration};
+
+pub use crate::record::{
+    human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
+    NewSession, RecoveryRequest, SweepMode,
+};
+pub use crate::worker::{
+    LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,
+};
+
+/// A boxed backend error kept as the source of a [`StorageError`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The methods a storage backend must implement: one per statement (or
+/// transaction) the lifecycle needs, nothing more. Conveniences live in
+/// [`StorageExt`](crate::StorageExt).
+///
+/// Every backend passes the shared behaviour suite
+/// (`tasktrail_core::conformance`, behind the `testing` feature).
+///
+/// Contracts every implementation keeps:
+/// - [`insert_running`](Storage::insert_running) is the only method that
+///   INSERTs into `task_history`, and it never overwrites: a second INSERT of
+///   the same id fails with [`StorageError::DuplicateTask`].
+/// - [`finish_running`](Storage::finish_running) is a single UPDATE guarded
+///   by `id`, `status = 'running'` and `worker_id`; when it matches nothing
+///   it writes nothing and says why. It never INSERTs.
+/// - [`recover_orphans`](Storage::recover_orphans) runs in one transaction:
+///   every transitioned row, invalidated session and dead worker is written
+///   together or not at all, and a row is reported by exactly one sweep.
+pub trait Storage: Send + Sync {
+    /// Inserts a `workers` row (state `alive`, heartbeat = `started_at`, or
+    /// the store's own time when it measures silence on its own clock, as
+    /// Postgres does with the database's).
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError>;
+
+    /// Moves the worker's heartbeat to `at` (never backwards; a store that
+    /// measures silence on its own clock writes that clock's time instead).
+    /// Fails with [`StorageError::WorkerNotAlive`] once a sweep declared it
+    /// dead.
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError>;
+
+    /// Marks the worker `stopped` on a clean shutdown.
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError>;
+
+    /// Every `workers` row.
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError>;
+
+    /// INSERTs the `running` row of a starting task; fails with
+    /// [`StorageError::WorkerNotAlive`] if the worker is not `alive`.
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError>;
+
+    /// The single guarded UPDATE of a finish. A finish with
+    /// [`Outcome::Interrupted`](crate::Outcome::Interrupted) also
+    /// invalidates the task's sessions, in the same transaction.
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError>;
+
+    /// The boot-time sweep, in one transaction: asks `judge` about the owner
+    /// of every `running` row (except `request.recovering_worker`), handing
+    /// it the [`OwnerFacts`] the store gathered (the
+    /// owner's row, its silence on the store's clock, what the store sees of
+    /// its session; `None` for a row that names no registered worker). The
+    /// judge decides; the store never overrides it. The sweep then marks the
+    /// rows of dead owners `interrupted` (`finished_at`, tokens and cost stay
+    /// NULL), invalidates their sessions, marks the owners `dead`, and
+    /// returns what it did. With [`SweepMode::DryRun`] it writes nothing.
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError>;
+
+    /// Records the SDK session a running task runs under.
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError>;
+
+    /// The newest session for `key` that may be resumed: not invalidated,
+    /// and its task no longer `running`.
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError>;
+
+    /// Every session, newest first.
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError>;
+
+    /// One row.
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError>;
+
+    /// Rows matching `filter`, newest `started_at` first.
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError>;
+}
+
+/// Implements [`Storage`] for a pointer type by forwarding every method.
+macro_rules! forward_storage_through {
+    ($($pointer:ty),+) => {$(
+        impl<S: Storage + ?Sized> Storage for $pointer {
+            fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+                (**self).register_worker(registration)
+            }
+            fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+                (**self).heartbeat_worker(worker, at)
+            }
+            fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+                (**self).deregister_worker(worker, at)
+            }
+            fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+                (**self).list_workers()
+            }
+            fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+                (**self).insert_running(row)
+            }
+            fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+                (**self).finish_running(row)
+            }
+            fn recover_orphans(
+                &self,
+                request: &RecoveryRequest,
+                judge: &dyn LivenessJudge,
+            ) -> Result<Vec<RecoveredTask>, StorageError> {
+                (**self).recover_orphans(request, judge)
+            }
+            fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+                (**self).record_session(session)
+            }
+            fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+                (**self).resumable_session(key)
+            }
+            fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+                (**self).list_sessions()
+            }
+            fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+                (**self).get_task(id)
+            }
+            fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+                (**self).list_tasks(filter)
+            }
+        }
+    )+};
+}
+
+forward_storage_through!(&S, std::sync::Arc<S>, Box<S>);
