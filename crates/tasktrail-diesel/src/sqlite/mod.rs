@@ -307,12 +307,12 @@ impl SqliteStorage {
         Ok(())
     }
 
-    /// Releases `worker`'s lock and removes its lock file (deregistration,
-    /// or a registration that failed).
+    /// Releases `worker`'s lock (if this store holds it) and removes its
+    /// lock file (deregistration, a registration that failed, a worker told
+    /// it was declared dead).
     pub(crate) fn drop_worker_lock(&self, worker: WorkerId) {
-        if self.worker_locks().remove(&worker).is_some() {
-            let _ = std::fs::remove_file(self.worker_lock_path(worker));
-        }
+        self.worker_locks().remove(&worker);
+        let _ = std::fs::remove_file(self.worker_lock_path(worker));
     }
 
     /// What a judge sees of `worker`'s lock: opened read-only and never
