@@ -213,8 +213,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// How old another host's heartbeat may be before its worker counts as
-    /// dead. Default [`defaults::LEASE`]; must exceed the heartbeat
+    /// How long a worker whose lock cannot be checked may stay silent before
+    /// it counts as dead, and one holding its lock before it is reported
+    /// stalled. Default [`defaults::LEASE`]; must exceed the heartbeat
     /// interval.
     pub fn lease(mut self, lease: std::time::Duration) -> Self {
         self.lease = lease;
