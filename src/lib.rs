@@ -59,8 +59,12 @@
 //! # }
 //! ```
 
+#[cfg(feature = "async")]
+pub mod async_worker;
 pub mod database;
 pub mod host;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod runtime;
 
 pub use tasktrail_core::*;
@@ -82,6 +86,7 @@ pub use runtime::{
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use tasktrail_core::conformance;
+    pub use tasktrail_core::intercept::{InterceptedStorage, StorageCall};
     pub use tasktrail_diesel::StatementLog;
     #[cfg(feature = "postgres")]
     pub use tasktrail_diesel::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
@@ -93,9 +98,10 @@ pub mod prelude {
     pub use crate::database::{AnyStorage, DatabaseUrl};
     pub use crate::runtime::{Worker, WorkerEvent, WorkerHealth};
     pub use tasktrail_core::{
-        CostUsd, FinishError, InterruptReason, MemoryStorage, Outcome, RecoveredTask, RunReport,
-        SessionId, SessionKey, Storage, StorageError, StorageExt, Task, TaskFilter, TaskId,
-        TaskRecord, TaskSpec, TaskSpecInput, TaskStatus,
+        CostUsd, FinishError, Finished, InterruptReason, MemoryStorage, Outcome, Queued,
+        RecoveredTask, RunReport, Running, SessionId, SessionKey, StartError, Storage,
+        StorageError, StorageExt, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput,
+        TaskStatus,
     };
     #[cfg(feature = "postgres")]
     pub use tasktrail_diesel::PostgresStorage;

@@ -2,62 +2,18 @@
 
 use std::io::Write;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tasktrail::backend::human_duration;
+use tasktrail::json::{session_json, task_json};
 use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
 use crate::CliResult;
-
-fn time(at: Option<Timestamp>) -> Value {
-    at.map_or(Value::Null, |at| {
-        Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    })
-}
 
 fn short_time(at: Option<Timestamp>) -> String {
     at.map_or_else(
         || "-".to_owned(),
         |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
     )
-}
-
-/// A `task_history` row as a JSON object keyed by column name.
-pub(crate) fn task_json(row: &TaskRecord) -> Value {
-    json!({
-        "id": row.id.to_string(),
-        "repo": row.repo,
-        "issue_number": row.issue_number,
-        "user": row.user,
-        "agent": row.agent,
-        "agent_type": row.agent_type,
-        "model": row.model,
-        "provider": row.provider,
-        "status": row.status.as_str(),
-        "worker_id": row.worker_id.map(|id| id.to_string()),
-        "started_at": time(Some(row.started_at)),
-        "finished_at": time(row.finished_at),
-        "input_tokens": row.input_tokens,
-        "output_tokens": row.output_tokens,
-        "cost_usd": row.cost_usd,
-        "turns": row.turns,
-        "artifacts": row.artifacts,
-        "interrupted_at": time(row.interrupted_at),
-        "interrupt_reason": row.interrupt_reason,
-        "interrupted_by": row.interrupted_by.map(|id| id.to_string()),
-    })
-}
-
-fn session_json(row: &SessionRecord) -> Value {
-    json!({
-        "session_id": row.session_id.as_str(),
-        "task_id": row.task_id.to_string(),
-        "repo": row.repo,
-        "issue_number": row.issue_number,
-        "agent": row.agent,
-        "created_at": time(Some(row.created_at)),
-        "invalidated_at": time(row.invalidated_at),
-        "invalidation_reason": row.invalidation_reason,
-    })
 }
 
 fn print_json(value: &Value) -> CliResult<()> {

@@ -68,6 +68,8 @@ mod worker;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod intercept;
 
 pub use backend::Storage;
 pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};

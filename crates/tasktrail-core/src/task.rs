@@ -416,6 +416,16 @@ pub struct StartError {
 }
 
 impl StartError {
+    /// A start that did not happen because of `error`, handing `task` back
+    /// (for a layer above [`Task::start`], such as an async face, that
+    /// refuses a start itself).
+    pub fn new(error: StorageError, task: Task<Queued>) -> Self {
+        Self {
+            error,
+            task: Box::new(task),
+        }
+    }
+
     /// The queued task, to retry or drop.
     pub fn into_task(self) -> Task<Queued> {
         *self.task

@@ -1,0 +1,19 @@
+#![warn(missing_docs)]
+//! `tasktrail-server`: a dispatch server built on tasktrail as its domain
+//! layer.
+//!
+//! It holds one [`AsyncWorker`](tasktrail::async_worker::AsyncWorker) and
+//! serves a JSON API ([`router`]): `POST /tasks` answers `201` only after the
+//! task's `running` row committed; the agent ([`agent::Agent`], simulated
+//! here) runs on a tokio task and its end is the row's one UPDATE;
+//! `POST /tasks/{id}/cancel` writes `cancelled`; `GET /tasks`, `GET
+//! /tasks/{id}` read rows; `GET /healthz` is the worker's health. On SIGTERM
+//! the binary stops accepting, interrupts what is still running (reason
+//! [`SERVER_STOPPED_REASON`]), deregisters and exits 0.
+
+pub mod agent;
+mod api;
+mod dispatch;
+
+pub use api::{router, DEFAULT_DURATION_MS, MAX_DURATION_MS};
+pub use dispatch::{CancelAnswer, Dispatcher, SERVER_STOPPED_REASON};

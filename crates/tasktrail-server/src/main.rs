@@ -1,0 +1,147 @@
+//! `tasktrail-server [--db URL] [--listen ADDR]`: see the library docs and
+//! README.md ("Use it from an async server").
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tasktrail::async_worker::AsyncWorker;
+use tasktrail::prelude::*;
+use tasktrail::{AnyStorage, BootError, DatabaseUrlError, OpenError};
+use tasktrail_server::agent::SimulatedAgent;
+use tasktrail_server::{router, Dispatcher, SERVER_STOPPED_REASON};
+
+/// How long the server waits, after SIGTERM, for open requests and for its
+/// running tasks' interrupted UPDATEs, each.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
+
+/// A dispatch server on tasktrail.
+#[derive(Debug, Parser)]
+#[command(name = "tasktrail-server", version)]
+struct Args {
+    /// The database: a SQLite path, sqlite://PATH, postgres://..., or
+    /// memory: (in-memory, gone when the server exits).
+    #[arg(long, default_value = "tasktrail.db")]
+    db: String,
+    /// Where to listen (port 0 picks a free port; the `listening on` line
+    /// names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServerError {
+    #[error("{0}")]
+    Url(#[from] DatabaseUrlError),
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    #[error("{0}")]
+    Boot(#[from] BootError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Stop(#[from] StorageError),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tasktrail-server: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tasktrail-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(db: &str) -> Result<Arc<dyn Storage>, ServerError> {
+    if db == "memory:" {
+        return Ok(Arc::new(MemoryStorage::new()));
+    }
+    let url = DatabaseUrl::parse(db)?;
+    Ok(AnyStorage::open(&url)?.into_shared())
+}
+
+fn print_event(event: &WorkerEvent) {
+    match event {
+        WorkerEvent::Recovered(task) => println!("{}", task.hint()),
+        WorkerEvent::UpkeepFailed { upkeep, error } => {
+            eprintln!("tasktrail-server: {upkeep:?} failed: {error}")
+        }
+        WorkerEvent::DeclaredDead => eprintln!(
+            "tasktrail-server: this worker was declared dead by another worker's sweep; \
+             dispatch is refused (healthz answers 503): restart the server"
+        ),
+        other => eprintln!("tasktrail-server: {other:?}"),
+    }
+}
+
+async fn serve(args: Args) -> Result<(), ServerError> {
+    let storage = open(&args.db)?;
+    let worker = AsyncWorker::boot(Worker::builder(storage).on_event(print_event)).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            address: args.listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(ServerError::Serve)?;
+    println!("listening on {address}");
+    let dispatcher = Dispatcher::new(worker.clone(), Arc::new(SimulatedAgent));
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, router(Arc::clone(&dispatcher)))
+            .with_graceful_shutdown(async move {
+                let mut stop_requested = stop_requested;
+                let _ = stop_requested.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    stop_signal().await;
+    let _ = stopping.send(true);
+    // Stop accepting; give open requests a moment to answer.
+    match tokio::time::timeout(DRAIN_DEADLINE, server).await {
+        Ok(Ok(Err(error))) => eprintln!("tasktrail-server: {error}"),
+        Ok(_) => {}
+        Err(_) => eprintln!("tasktrail-server: open requests did not end in time"),
+    }
+    let reason = InterruptReason::new(SERVER_STOPPED_REASON)
+        .expect("the server's stop reason is a valid interrupt reason");
+    dispatcher.interrupt_all(&reason, DRAIN_DEADLINE).await;
+    worker.stop().await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server can only be killed; run on.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

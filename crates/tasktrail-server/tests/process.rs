@@ -1,0 +1,108 @@
+//! The real `tasktrail-server` binary: SIGKILL with tasks in flight and a
+//! restart on the same SQLite file (every in-flight task `interrupted`,
+//! reported by exactly one `[recovery]` line), and SIGTERM (none left
+//! `running`, exit 0 within 10 s).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{dispatch_body, dispatched_id, eventually, ServerProcess};
+use tasktrail::prelude::*;
+
+fn open(path: &std::path::Path) -> SqliteStorage {
+    SqliteStorage::open(path).expect("open sqlite")
+}
+
+#[test]
+fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trail.db");
+    let db = path.to_str().expect("utf-8 path");
+    let mut first = ServerProcess::start(db);
+    let in_flight: Vec<TaskId> = (1..=3)
+        .map(|issue| {
+            dispatched_id(&first.request(
+                "POST",
+                "/tasks",
+                Some(&dispatch_body(issue, 60_000, "success")),
+            ))
+        })
+        .collect();
+    let done =
+        dispatched_id(&first.request("POST", "/tasks", Some(&dispatch_body(9, 0, "success"))));
+    assert!(eventually(Duration::from_secs(20), || {
+        open(&path)
+            .get_task(done)
+            .expect("read")
+            .map(|row| row.status)
+            == Some(TaskStatus::Success)
+    }));
+    first.signal(9);
+    first.child.wait().expect("wait");
+    for id in &in_flight {
+        let row = open(&path).get_task(*id).expect("read").expect("row");
+        assert_eq!(
+            row.status,
+            TaskStatus::Running,
+            "a SIGKILL leaves the row running"
+        );
+    }
+
+    let mut second = ServerProcess::start(db);
+    for id in &in_flight {
+        let row = open(&path).get_task(*id).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted, "{id}");
+        let lines: Vec<String> = second
+            .lines()
+            .into_iter()
+            .filter(|line| line.starts_with("[recovery] ") && line.contains(&id.to_string()))
+            .collect();
+        assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+    }
+    assert!(!second
+        .lines()
+        .iter()
+        .any(|line| line.contains(&done.to_string())));
+    second.signal(15);
+    assert!(second.child.wait().expect("wait").success());
+}
+
+#[test]
+fn sigterm_interrupts_what_runs_and_exits_zero_within_ten_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trail.db");
+    let mut server = ServerProcess::start(path.to_str().expect("utf-8 path"));
+    let ids: Vec<TaskId> = (1..=3)
+        .map(|issue| {
+            dispatched_id(&server.request(
+                "POST",
+                "/tasks",
+                Some(&dispatch_body(issue, 60_000, "success")),
+            ))
+        })
+        .collect();
+    let asked = Instant::now();
+    server.signal(15);
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let store = open(&path);
+    for id in ids {
+        let row = store.get_task(id).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted);
+        assert_eq!(
+            row.interrupt_reason.as_deref(),
+            Some(tasktrail_server::SERVER_STOPPED_REASON)
+        );
+    }
+    assert!(store.running_tasks().expect("running").is_empty());
+    let workers = store.list_workers().expect("workers");
+    assert!(workers
+        .iter()
+        .all(|worker| worker.state == tasktrail::WorkerState::Stopped));
+}
