@@ -313,6 +313,12 @@ impl Storage for AnyStorage {
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
         self.as_storage().list_tasks(filter)
     }
+    fn list_task_rows(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+        self.as_storage().list_task_rows(filter)
+    }
 }
 
 #[cfg(test)]

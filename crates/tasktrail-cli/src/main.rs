@@ -230,12 +230,26 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         } => {
             let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
             let storage = open(&cli.db)?;
-            let rows = storage.as_storage().list_tasks(&TaskFilter {
-                status,
-                repo,
-                limit: Some(limit),
-            })?;
+            // A row that cannot be read never hides the others: print
+            // every good row, then one line per bad row, and fail.
+            let (rows, unreadable): (Vec<_>, Vec<_>) = storage
+                .as_storage()
+                .list_task_rows(&TaskFilter {
+                    status,
+                    repo,
+                    limit: Some(limit),
+                })?
+                .into_iter()
+                .partition(Result::is_ok);
+            let rows: Vec<tasktrail::TaskRecord> =
+                rows.into_iter().filter_map(Result::ok).collect();
             output::print_tasks(&rows, json)?;
+            if !unreadable.is_empty() {
+                for error in unreadable.into_iter().filter_map(Result::err) {
+                    eprintln!("tasktrail: error: {}", one_line(&error.to_string()));
+                }
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;

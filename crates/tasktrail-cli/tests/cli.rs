@@ -361,3 +361,110 @@ fn demo_shows_the_incident_and_its_recovery() {
     );
     assert!(text.contains("interrupted"), "{text}");
 }
+
+/// Runs raw SQL on a SQLite file, as another program writing the table.
+fn sqlite_exec(db: &Path, sql: &str) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut connection =
+        diesel::SqliteConnection::establish(db.to_str().expect("utf-8 path")).expect("open");
+    connection.batch_execute(sql).expect("sql");
+}
+
+#[test]
+fn rows_written_with_sqlite_s_own_time_format_are_listed_shown_and_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    // A finished row and a running one, then their times rewritten the way
+    // SQLite's datetime() / CURRENT_TIMESTAMP (and Diesel's SQLite text)
+    // write them: no `T`, no zone, with and without a fraction.
+    let (mut child, ids) = worker_with_started_tasks(&db, 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    sqlite_exec(
+        &db,
+        &format!(
+            "UPDATE task_history SET started_at = '2026-05-11 15:13:00' WHERE id = '{}';
+             UPDATE task_history SET started_at = '2026-05-11 15:14:00.250' WHERE id = '{}';",
+            ids[0], ids[1]
+        ),
+    );
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 2);
+    let started: Vec<&str> = rows
+        .iter()
+        .map(|row| row["started_at"].as_str().expect("a time"))
+        .collect();
+    assert!(
+        started.contains(&"2026-05-11T15:13:00.000000Z"),
+        "{started:?}"
+    );
+    assert!(
+        started.contains(&"2026-05-11T15:14:00.250000Z"),
+        "{started:?}"
+    );
+    let show = tasktrail(&db, &["show", &ids[0]]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    // The next boot recovers them like any other row.
+    let boot = tasktrail(&db, &["worker", "--tasks", "0"]);
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let hints = stdout(&boot);
+    assert_eq!(
+        hints
+            .lines()
+            .filter(|l| l.starts_with("[recovery] "))
+            .count(),
+        2,
+        "{hints}"
+    );
+    assert!(list_json(&db)
+        .iter()
+        .all(|row| row["status"] == "interrupted"));
+}
+
+#[test]
+fn list_prints_every_readable_row_and_names_each_unreadable_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+    // 100 finished rows written by another program, one of them with a
+    // time nobody can read.
+    let mut sql = String::new();
+    for n in 0..100 {
+        let started = if n == 42 {
+            "the day before yesterday".to_owned()
+        } else {
+            format!("2026-05-11T15:{:02}:{:02}.000000Z", n / 60, n % 60)
+        };
+        sql.push_str(&format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
+             'acme/widgets', {}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', \
+             'success', '{started}', '2026-05-11T16:00:00.000000Z');\n",
+            n + 1
+        ));
+    }
+    sqlite_exec(&db, &sql);
+    for json in [false, true] {
+        let mut args = vec!["list", "--limit", "200"];
+        if json {
+            args.push("--json");
+        }
+        let output = tasktrail(&db, &args);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let err = stderr(&output);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("00000000-0000-7000-8000-000000000042"),
+            "{err}"
+        );
+        assert!(err.contains("started_at"), "{err}");
+        let out = stdout(&output);
+        if json {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+            assert_eq!(rows.len(), 99);
+        } else {
+            assert_eq!(out.lines().count(), 100, "a header and 99 rows: {out}");
+        }
+    }
+}

@@ -112,6 +112,23 @@ pub trait Storage: Send + Sync {
 
     /// Rows matching `filter`, newest `started_at` first.
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError>;
+
+    /// Rows matching `filter` like [`list_tasks`](Storage::list_tasks),
+    /// each decoded on its own: a row that cannot be read as a record comes
+    /// back as its own [`StorageError::CorruptRow`] (naming the row, the
+    /// column and the problem) in its place, and never hides the others.
+    /// The outer error is for the query itself.
+    ///
+    /// Provided: the default reads through `list_tasks`, so one bad row
+    /// fails the whole page. A backend whose rows can hold what it cannot
+    /// decode (the SQL ones: other programs write those tables) overrides
+    /// it.
+    fn list_task_rows(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+        Ok(self.list_tasks(filter)?.into_iter().map(Ok).collect())
+    }
 }
 
 /// Implements [`Storage`] for a pointer type by forwarding every method.
@@ -157,6 +174,12 @@ macro_rules! forward_storage_through {
             }
             fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
                 (**self).list_tasks(filter)
+            }
+            fn list_task_rows(
+                &self,
+                filter: &TaskFilter,
+            ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+                (**self).list_task_rows(filter)
             }
         }
     )+};

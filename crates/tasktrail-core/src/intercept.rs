@@ -128,4 +128,11 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
         (self.before)(StorageCall::ListTasks)?;
         self.inner.list_tasks(filter)
     }
+    fn list_task_rows(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+        (self.before)(StorageCall::ListTasks)?;
+        self.inner.list_task_rows(filter)
+    }
 }

@@ -2,7 +2,7 @@
 //! text (SQLite), artifacts as a JSON array, and integers checked on the way
 //! back in. A value that does not decode is a `CorruptRow`, never a panic.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use tasktrail_core::{
     HostIdentity, StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState,
 };
@@ -19,11 +19,30 @@ pub(crate) fn encode_timestamp(at: Timestamp) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The zone-less forms a timestamp column written by something else
+/// commonly holds (SQLite's own `datetime()` / `CURRENT_TIMESTAMP`, Diesel's
+/// SQLite timestamp text, ISO 8601 without an offset): read as UTC.
+const ZONELESS_TIMESTAMP_FORMATS: [&str; 2] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"];
+
+/// Reads a timestamp in any form such a column commonly holds: RFC 3339
+/// with or without a fraction, with `Z` or an offset (also with a space for
+/// the `T`), and `YYYY-MM-DD HH:MM:SS[.fff]` or its `T` form without an
+/// offset, taken as UTC. Writes always use [`encode_timestamp`].
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, StorageError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|_| corrupt(format!("{column} {text:?} is not an RFC 3339 time")))
+    let trimmed = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(trimmed) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    ZONELESS_TIMESTAMP_FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(trimmed, format).ok())
+        .map(|naive| naive.and_utc())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "{column} {text:?} is not a time (RFC 3339, or YYYY-MM-DD HH:MM:SS[.fff] in UTC)"
+            ))
+        })
 }
 
 /// Artifacts as a JSON array of strings (SQLite stores its text, Postgres
@@ -137,6 +156,19 @@ pub(crate) fn decode_host_identity(
     })
 }
 
+/// Makes a row's decoding error name the row (`task <id>: ...`), so a
+/// listing can report it on its own line; errors that already name it are
+/// kept as they are.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn name_the_row(row: &RowLabel<'_>, error: StorageError) -> StorageError {
+    match error {
+        StorageError::CorruptRow { detail } if !detail.contains(&row.id.to_string()) => {
+            corrupt(format!("{row}: {detail}"))
+        }
+        other => other,
+    }
+}
+
 pub(crate) fn decode_u32(
     column: &str,
     row: &RowLabel<'_>,
@@ -198,5 +230,47 @@ mod tests {
         assert_eq!(text.len(), "2026-05-11T15:13:02.123456Z".len());
         assert_eq!(decode_timestamp("started_at", &text).ok(), Some(at));
         assert!(decode_timestamp("started_at", "yesterday").is_err());
+    }
+
+    #[test]
+    fn every_common_timestamp_form_is_read_and_zoneless_ones_are_utc() {
+        let utc = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("reference")
+                .with_timezone(&Utc)
+        };
+        let cases = [
+            ("2026-05-11T15:13:00Z", "2026-05-11T15:13:00Z"),
+            ("2026-05-11T15:13:00.5Z", "2026-05-11T15:13:00.5Z"),
+            (
+                "2026-05-11T15:13:00.123456789Z",
+                "2026-05-11T15:13:00.123456789Z",
+            ),
+            ("2026-05-11T17:13:00+02:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11 15:13:00+00:00", "2026-05-11T15:13:00Z"),
+            // SQLite's datetime() / CURRENT_TIMESTAMP, and Diesel's text.
+            ("2026-05-11 15:13:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11 15:13:00.250", "2026-05-11T15:13:00.25Z"),
+            ("2026-05-11T15:13:00", "2026-05-11T15:13:00Z"),
+            ("2026-05-11T15:13:00.000001", "2026-05-11T15:13:00.000001Z"),
+            (" 2026-05-11 15:13:00 ", "2026-05-11T15:13:00Z"),
+        ];
+        for (stored, meant) in cases {
+            assert_eq!(
+                decode_timestamp("started_at", stored).ok(),
+                Some(utc(meant)),
+                "{stored:?}"
+            );
+        }
+        for bad in [
+            "",
+            "2026-05-11",
+            "15:13:00",
+            "2026-13-11 15:13:00",
+            "11/05/2026 15:13",
+        ] {
+            let error = decode_timestamp("started_at", bad).expect_err(bad);
+            assert!(matches!(error, StorageError::CorruptRow { .. }), "{bad:?}");
+        }
     }
 }

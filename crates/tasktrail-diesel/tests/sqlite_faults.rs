@@ -530,3 +530,44 @@ fn lock_files_go_with_their_workers() {
     assert_eq!(sweep(&store).expect("sweep").len(), 1);
     assert!(!path.exists(), "removed once its owner was declared dead");
 }
+
+#[test]
+fn an_unreadable_row_is_reported_on_its_own_and_hides_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let worker = worker(&store, 1);
+    let ids: Vec<TaskId> = (1..=5)
+        .map(|issue| {
+            let running = Task::queue(spec(issue))
+                .start(&worker, &store)
+                .expect("start");
+            running
+                .finish(Outcome::Success(RunReport::empty()), &store)
+                .expect("finish")
+                .id()
+        })
+        .collect();
+    let bad = ids[2];
+    store.with_connection(|connection| {
+        diesel::sql_query("UPDATE task_history SET finished_at = 'soon' WHERE id = ?")
+            .bind::<Text, _>(bad.to_string())
+            .execute(connection)
+            .expect("corrupt one row")
+    });
+    let rows = store
+        .list_task_rows(&TaskFilter::default())
+        .expect("the query itself works");
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.iter().filter(|row| row.is_ok()).count(), 4);
+    let Some(Err(StorageError::CorruptRow { detail })) = rows.iter().find(|row| row.is_err())
+    else {
+        panic!("one CorruptRow expected: {rows:?}");
+    };
+    assert!(detail.contains(&bad.to_string()), "{detail}");
+    assert!(detail.contains("finished_at"), "{detail}");
+    // The strict listing still refuses the page as a whole.
+    assert!(matches!(
+        store.list_tasks(&TaskFilter::default()),
+        Err(StorageError::CorruptRow { .. })
+    ));
+}

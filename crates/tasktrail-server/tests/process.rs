@@ -106,3 +106,27 @@ fn sigterm_interrupts_what_runs_and_exits_zero_within_ten_seconds() {
         .iter()
         .all(|worker| worker.state == tasktrail::WorkerState::Stopped));
 }
+
+#[test]
+fn the_in_memory_store_serves_and_bad_arguments_get_one_line_and_a_non_zero_exit() {
+    let mut server = ServerProcess::start("memory:");
+    let id =
+        dispatched_id(&server.request("POST", "/tasks", Some(&dispatch_body(5, 0, "success"))));
+    assert!(eventually(Duration::from_secs(20), || {
+        server.request("GET", &format!("/tasks/{id}"), None).1["status"] == "success"
+    }));
+    server.signal(15);
+    assert!(server.child.wait().expect("wait").success());
+
+    // A database URL it cannot use: one line on stderr, exit 1, nothing
+    // listens.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tasktrail-server"))
+        .args(["--db", "mysql://nowhere/db", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("tasktrail-server: "), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+}

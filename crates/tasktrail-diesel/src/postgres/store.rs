@@ -722,6 +722,27 @@ impl Storage for PostgresStorage {
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.task_rows(filter)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect()
+    }
+
+    fn list_task_rows(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+        Ok(self
+            .task_rows(filter)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect())
+    }
+}
+
+impl PostgresStorage {
+    /// The `task_history` rows matching `filter`, newest first, undecoded.
+    fn task_rows(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, StorageError> {
         let mut query = task_history::table
             .select(TaskRow::as_select())
             .order((task_history::started_at.desc(), task_history::id.desc()))
@@ -735,11 +756,6 @@ impl Storage for PostgresStorage {
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
         }
-        query
-            .load(&mut self.pooled()?)
-            .map_err(map_error)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect()
+        query.load(&mut self.pooled()?).map_err(map_error)
     }
 }

@@ -11,7 +11,7 @@ use super::schema::{claude_sdk_sessions, task_history, workers};
 use crate::codec::{
     corrupt, decode_artifacts, decode_cost, decode_host_identity, decode_status, decode_task_id,
     decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
-    encode_timestamp, RowLabel,
+    encode_timestamp, name_the_row, RowLabel,
 };
 
 /// `workers.liveness_lock` of a worker holding an flock on its lock file.
@@ -49,7 +49,17 @@ impl TaskRow {
         &self.id
     }
 
+    /// The record, or a `CorruptRow` that names this row.
     pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
+        let id = self.id.clone();
+        let label = RowLabel {
+            kind: "task",
+            id: &id,
+        };
+        self.decode().map_err(|error| name_the_row(&label, error))
+    }
+
+    fn decode(self) -> Result<TaskRecord, StorageError> {
         let id = decode_task_id(&self.id)?;
         let label = RowLabel {
             kind: "task",

@@ -588,6 +588,27 @@ impl Storage for SqliteStorage {
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.task_rows(filter)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect()
+    }
+
+    fn list_task_rows(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
+        Ok(self
+            .task_rows(filter)?
+            .into_iter()
+            .map(TaskRow::into_record)
+            .collect())
+    }
+}
+
+impl SqliteStorage {
+    /// The `task_history` rows matching `filter`, newest first, undecoded.
+    fn task_rows(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, StorageError> {
         let mut query = task_history::table
             .select(TaskRow::as_select())
             .order((task_history::started_at.desc(), task_history::id.desc()))
@@ -601,11 +622,6 @@ impl Storage for SqliteStorage {
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
         }
-        query
-            .load(&mut *self.connection())
-            .map_err(map_error)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect()
+        query.load(&mut *self.connection()).map_err(map_error)
     }
 }
