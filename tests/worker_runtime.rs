@@ -423,6 +423,67 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
 }
 
+/// A neighbour in another PID namespace that holds its lock but stops
+/// running (SIGSTOP) past the lease: every sweep reports it stalled and
+/// keeps its rows; when it runs again it says it was stalled, heartbeats,
+/// and finishes its task.
+#[test]
+fn a_stalled_neighbour_is_reported_never_recovered_and_says_so_when_it_resumes() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let survivor = fleet.boot(10, &events);
+    let neighbour_events = Events::default();
+    let neighbour = fleet.boot_on("container", 1, &neighbour_events);
+    let theirs = neighbour.start(Task::queue(spec())).expect("start");
+
+    // The survivor runs on; the neighbour does not run at all.
+    for _ in 0..((LEASE + SWEEP + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+        fleet.advance(HEARTBEAT);
+        survivor.tick();
+    }
+    assert_eq!(fleet.status(theirs.id()), TaskStatus::Running);
+    let stalled = survivor.stalled_neighbours();
+    assert_eq!(
+        stalled
+            .iter()
+            .map(|owner| owner.record.id)
+            .collect::<Vec<_>>(),
+        vec![neighbour.id()]
+    );
+    assert!(
+        matches!(stalled[0].verdict, Liveness::Stalled { silence } if silence > Duration::from_std(LEASE).expect("lease"))
+    );
+    let reported = events.take();
+    assert!(
+        reported
+            .iter()
+            .any(|event| event.starts_with("StalledWorker(")),
+        "{reported:?}"
+    );
+    assert!(
+        !reported
+            .iter()
+            .any(|event| event.starts_with("[recovery] ")),
+        "{reported:?}"
+    );
+
+    // It runs again.
+    neighbour.tick();
+    assert!(
+        neighbour_events
+            .take()
+            .iter()
+            .any(|event| event.starts_with("ResumedAfterStall")),
+        "it says it did not run"
+    );
+    neighbour
+        .finish(theirs, Outcome::Success(report()))
+        .expect("it finishes its task");
+    fleet.advance(SWEEP);
+    survivor.tick();
+    assert!(survivor.stalled_neighbours().is_empty());
+}
+
 #[test]
 fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_keeps_its_own() {
     let fleet = Fleet::new(MemoryStorage::new());

@@ -473,6 +473,19 @@ fn a_killed_worker_is_found_dead_within_the_bound(db: &Database, victim_at: &Pla
     std::thread::sleep(GRACE);
     let killed_at = Instant::now();
     victim.signal(victim.child.id(), "KILL");
+    #[cfg(feature = "postgres")]
+    if let Database::Postgres(_) = db {
+        // A one-shot `recover` has just connected: it cannot prove the free
+        // lock yet, says so, and leaves the row to the running workers.
+        let recovery = recover(&Place::Host, db.url());
+        assert_eq!(recovery.interrupted, 0, "{}", recovery.stdout);
+        assert!(
+            recovery.stdout.contains("[not yet provable]")
+                && recovery.stdout.contains("connected less than a grace ago"),
+            "{}",
+            recovery.stdout
+        );
+    }
     let line = rescuer.wait_for("the victim's [recovery] line", |line| {
         line.starts_with("[recovery] ") && line.contains(&task)
     });
