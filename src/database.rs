@@ -5,10 +5,14 @@
 //!   `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://relative.db`): the
 //!   embedded SQLite backend;
 //! - `postgres://user:password@host:port/database` (or `postgresql://`): the
-//!   Postgres backend, when built with the `postgres` feature.
+//!   Postgres backend, when built with the `postgres` feature;
+//! - a libpq key/value string starting with a libpq keyword
+//!   (`host=db user=app password=... dbname=trail`): Postgres too.
 //!
 //! A URL's password never appears in an error or a `Display`: it prints as
-//! `***`.
+//! `***`, in every form libpq accepts (`user:pw@`, `?password=`,
+//! percent-encoded, `password=` in a key/value string), through the one
+//! redactor, [`tasktrail_diesel::redact`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -75,6 +79,9 @@ impl DatabaseUrl {
             return Err(DatabaseUrlError::ControlCharacters);
         }
         let Some((scheme, rest)) = input.split_once("://") else {
+            if looks_like_conninfo(input) {
+                return Ok(DatabaseUrl::Postgres(input.to_owned()));
+            }
             if let Some((scheme, _)) = input.split_once(':') {
                 if looks_like_scheme(scheme) && scheme.len() > 1 {
                     return Err(DatabaseUrlError::UnsupportedScheme {
@@ -124,25 +131,31 @@ impl DatabaseUrl {
     }
 }
 
+/// The libpq keywords a key/value conninfo string starts with in practice.
+const CONNINFO_KEYWORDS: [&str; 8] = [
+    "host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "service",
+];
+
+/// `host=db user=app dbname=trail`: a libpq key/value string (never a file
+/// name: those are given as paths or `sqlite://`).
+fn looks_like_conninfo(text: &str) -> bool {
+    text.split_whitespace().next().is_some_and(|first| {
+        first
+            .split_once('=')
+            .is_some_and(|(key, _)| CONNINFO_KEYWORDS.contains(&key))
+    })
+}
+
 fn looks_like_scheme(text: &str) -> bool {
     text.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+/// A URL or conninfo string with every password replaced by `***`, in
+/// every form libpq accepts. The one redactor ([`tasktrail_diesel::redact`]);
+/// kept here for callers of this crate.
 pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    tasktrail_diesel::redact(url)
 }
 
 impl fmt::Display for DatabaseUrl {
@@ -238,6 +251,38 @@ impl AnyStorage {
         }
     }
 
+    /// Adopts an existing database whose `task_history` another program
+    /// wrote before tasktrail (see `SqliteStorage::adopt`): checks its
+    /// shape, records the baseline, applies the fix; refused with
+    /// [`StorageError::NotAdoptable`] (every difference listed, nothing
+    /// changed) when it differs. Returns the versions recorded. SQLite
+    /// only so far: a Postgres URL is refused, nothing touched.
+    pub fn adopt(url: &DatabaseUrl) -> Result<Vec<String>, OpenError> {
+        let storage_error = |error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        };
+        match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::adopt(
+                path,
+                &tasktrail_diesel::SqliteOptions::default(),
+            )
+            .map_err(storage_error),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            DatabaseUrl::Postgres(_) => Err(storage_error(StorageError::NotAdoptable {
+                differences: vec![
+                    "adopting an existing Postgres database is not supported yet (SQLite only)"
+                        .to_owned(),
+                ],
+            })),
+        }
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         match self {
@@ -245,6 +290,9 @@ impl AnyStorage {
             AnyStorage::Sqlite(store) => store.migrate(),
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => store.migrate(),
+            // Built with no backend: there is no store to have.
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
         }
     }
 
@@ -266,6 +314,8 @@ impl AnyStorage {
             AnyStorage::Sqlite(store) => store,
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => store,
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
         }
     }
 }
@@ -397,6 +447,22 @@ mod tests {
         assert!(matches!(
             DatabaseUrl::parse("postgres:///db"),
             Err(DatabaseUrlError::MalformedPostgres { .. })
+        ));
+    }
+
+    #[test]
+    fn a_conninfo_string_is_postgres_and_its_password_never_shows() {
+        let url = DatabaseUrl::parse("host=db.internal user=app password=s3cret-pw dbname=trail")
+            .expect("valid");
+        assert!(matches!(url, DatabaseUrl::Postgres(_)));
+        for shown in [url.to_string(), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+            assert!(shown.contains("host=db.internal"), "{shown}");
+        }
+        // A file whose name merely holds '=' stays a file.
+        assert!(matches!(
+            DatabaseUrl::parse("runs/a=b.db"),
+            Ok(DatabaseUrl::Sqlite(_))
         ));
     }
 

@@ -40,7 +40,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Apply pending migrations (idempotent).
-    Migrate,
+    Migrate {
+        /// Adopt a database whose task_history was written before tasktrail
+        /// (no migration record): check its shape, record the baseline,
+        /// apply the fix with every row kept (SQLite).
+        #[arg(long)]
+        adopt: bool,
+    },
     /// Run a simulated agent worker: boot (recovery sweep), then run tasks.
     Worker(simulate::WorkerArgs),
     /// Run the recovery sweep now and print the [recovery] hints.
@@ -166,7 +172,20 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
     // Validate arguments before touching the database: bad input writes
     // nothing.
     match cli.command {
-        Command::Migrate => {
+        Command::Migrate { adopt: true } => {
+            let url = DatabaseUrl::parse(&cli.db)?;
+            let recorded = AnyStorage::adopt(&url)?;
+            println!(
+                "{url}: adopted at baseline {}; applied {}",
+                recorded.first().map_or("-", String::as_str),
+                if recorded.len() > 1 {
+                    recorded[1..].join(", ")
+                } else {
+                    "nothing more".to_owned()
+                }
+            );
+        }
+        Command::Migrate { adopt: false } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let storage = AnyStorage::open_unmigrated(&url)?;
             let applied = storage.migrate()?;

@@ -240,13 +240,35 @@ fn a_file_that_is_not_a_database_is_refused_and_unchanged() {
 
 #[test]
 fn a_password_in_the_url_never_shows() {
-    let output = tasktrail(
-        Path::new("postgres://app:secretpw@127.0.0.1:1/trail"),
+    // Every form a password takes, against a server that is not there
+    // (port 1) and one that refuses (no such role or database).
+    let forms = [
+        "postgres://app:secretpw@127.0.0.1:1/trail",
+        "postgres://app:secretpw@127.0.0.1:5432/no_such_db",
+        "postgresql://app:secr%65tpw@127.0.0.1:1/trail",
+        "postgres://127.0.0.1:5432/no_such_db?user=app&password=secretpw",
+        "postgres://127.0.0.1:1/trail?user=app&pass%77ord=secretpw",
+        "host=127.0.0.1 port=1 user=app password=secretpw dbname=trail",
+        "host=127.0.0.1 port=5432 user=app password = 'secretpw' dbname=no_such_db",
+    ];
+    let commands: [&[&str]; 5] = [
+        &["migrate"],
         &["list"],
-    );
-    assert_eq!(output.status.code(), Some(1));
-    assert!(!stderr(&output).contains("secretpw"), "{}", stderr(&output));
-    assert!(!stdout(&output).contains("secretpw"));
+        &["recover"],
+        &["worker", "--tasks", "1"],
+        &["show", "01890a5d-ac96-774b-bcce-b302099a8057"],
+    ];
+    for form in forms {
+        for command in commands {
+            let output = tasktrail(Path::new(form), command);
+            assert_ne!(output.status.code(), Some(0), "{form} {command:?}");
+            for text in [stderr(&output), stdout(&output)] {
+                assert!(!text.contains("secretpw"), "{form} {command:?}: {text}");
+                assert!(!text.contains("secr%65tpw"), "{form} {command:?}: {text}");
+            }
+            assert_eq!(stderr(&output).lines().count(), 1, "{form} {command:?}");
+        }
+    }
     let help = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
         .arg("--help")
         .env("TASKTRAIL_DB", "postgres://app:secretpw@127.0.0.1:1/trail")
@@ -467,4 +489,40 @@ fn list_prints_every_readable_row_and_names_each_unreadable_one() {
             assert_eq!(out.lines().count(), 100, "a header and 99 rows: {out}");
         }
     }
+}
+
+#[test]
+fn migrate_names_adopt_for_a_pre_fix_database_and_adopt_upgrades_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("theirs.db");
+    sqlite_exec(
+        &db,
+        "CREATE TABLE task_history (id TEXT PRIMARY KEY NOT NULL, repo TEXT NOT NULL,
+            issue_number INTEGER NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
+            agent_type TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+            status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, turns INTEGER,
+            artifacts TEXT);
+         INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model,
+            provider, status, started_at, finished_at) VALUES
+            ('01890a5d-ac96-774b-bcce-b302099a8057', 'acme/widgets', 1104, 'alice', 'fixer',
+             'claude_sdk', 'claude-opus', 'anthropic', 'success', '2026-05-11 15:13:00',
+             '2026-05-11 15:49:00');",
+    );
+    let refused = tasktrail(&db, &["migrate"]);
+    assert_one_line_error(&refused, "--adopt");
+    let listed = tasktrail(&db, &["list"]);
+    assert_one_line_error(&listed, "--adopt");
+
+    let adopted = tasktrail(&db, &["migrate", "--adopt"]);
+    assert!(adopted.status.success(), "{}", stderr(&adopted));
+    assert!(stdout(&adopted).contains("adopted"), "{}", stdout(&adopted));
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["started_at"], "2026-05-11T15:13:00.000000Z");
+    assert_eq!(rows[0]["status"], "success");
+    // A second adoption is refused; a plain migrate has nothing to do.
+    let again = tasktrail(&db, &["migrate", "--adopt"]);
+    assert_one_line_error(&again, "already");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
 }

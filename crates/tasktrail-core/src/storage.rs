@@ -72,6 +72,15 @@ pub enum StorageError {
         /// What was found.
         detail: String,
     },
+    /// An existing database cannot be adopted as it is: each difference
+    /// between what it holds and the pre-fix schema adoption starts from.
+    /// Nothing was changed.
+    #[error("cannot adopt this database: {}", differences.join("; "))]
+    NotAdoptable {
+        /// One line each: a missing or mistyped column, an extra column, a
+        /// value the schema cannot hold, a table that is in the way.
+        differences: Vec<String>,
+    },
     /// Anything else the backend reported.
     #[error("storage error: {source}")]
     Other {

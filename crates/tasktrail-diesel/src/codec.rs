@@ -1,6 +1,9 @@
 //! Encodings shared by the SQL backends: timestamps as fixed-width RFC 3339
 //! text (SQLite), artifacts as a JSON array, and integers checked on the way
 //! back in. A value that does not decode is a `CorruptRow`, never a panic.
+//! Each backend uses its part; with one backend (or none) built, the rest is
+//! unused.
+#![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use tasktrail_core::{
@@ -14,7 +17,6 @@ pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
 }
 
 /// `2026-05-11T15:13:02.123456Z`: fixed width, so text order is time order.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn encode_timestamp(at: Timestamp) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -28,7 +30,6 @@ const ZONELESS_TIMESTAMP_FORMATS: [&str; 2] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d
 /// with or without a fraction, with `Z` or an offset (also with a space for
 /// the `T`), and `YYYY-MM-DD HH:MM:SS[.fff]` or its `T` form without an
 /// offset, taken as UTC. Writes always use [`encode_timestamp`].
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, StorageError> {
     let trimmed = text.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(trimmed) {
@@ -47,7 +48,6 @@ pub(crate) fn decode_timestamp(column: &str, text: &str) -> Result<Timestamp, St
 
 /// Artifacts as a JSON array of strings (SQLite stores its text, Postgres
 /// stores it as `jsonb`).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn artifacts_to_json(artifacts: &[String]) -> serde_json::Value {
     serde_json::Value::Array(
         artifacts
@@ -57,12 +57,10 @@ pub(crate) fn artifacts_to_json(artifacts: &[String]) -> serde_json::Value {
     )
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn encode_artifacts(artifacts: &[String]) -> String {
     artifacts_to_json(artifacts).to_string()
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, StorageError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| corrupt(format!("task {id}: artifacts are not valid JSON")))?;
@@ -71,7 +69,6 @@ pub(crate) fn decode_artifacts(id: &str, text: &str) -> Result<Vec<String>, Stor
 
 /// Reads artifacts back from a JSON value: an array is required; an item
 /// that is not a string is kept as its JSON text.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn artifacts_from_json(
     id: &str,
     value: serde_json::Value,
@@ -100,13 +97,11 @@ pub(crate) fn decode_worker_state(id: &str, text: &str) -> Result<WorkerState, S
         .ok_or_else(|| corrupt(format!("worker {id}: unknown state {text:?}")))
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_task_id(text: &str) -> Result<TaskId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("task id {text:?} is not a UUID")))
 }
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn decode_worker_id(column: &str, text: &str) -> Result<WorkerId, StorageError> {
     text.parse()
         .map_err(|_| corrupt(format!("{column} {text:?} is not a UUID")))
@@ -159,7 +154,6 @@ pub(crate) fn decode_host_identity(
 /// Makes a row's decoding error name the row (`task <id>: ...`), so a
 /// listing can report it on its own line; errors that already name it are
 /// kept as they are.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn name_the_row(row: &RowLabel<'_>, error: StorageError) -> StorageError {
     match error {
         StorageError::CorruptRow { detail } if !detail.contains(&row.id.to_string()) => {

@@ -19,6 +19,7 @@
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
 mod codec;
+mod secrets;
 mod statement_log;
 
 #[cfg(feature = "postgres")]
@@ -26,6 +27,7 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use secrets::{redact, Secrets, REDACTED};
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;
 

@@ -345,3 +345,223 @@ fn workers_registered_before_the_host_identity_migration_are_judged_by_the_lease
         recovered[0].hint()
     );
 }
+
+/// A pre-fix `task_history` as a server wrote it before tasktrail, by plain
+/// SQL (not migration 1): other declared types, no CHECK, and an unrelated
+/// table beside it.
+const FOREIGN_PRE_FIX_SCHEMA: &str = "
+    CREATE TABLE task_history (
+        id VARCHAR(36) PRIMARY KEY,
+        repo VARCHAR(200) NOT NULL,
+        issue_number INT NOT NULL,
+        user TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        agent_type TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        finished_at DATETIME,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        cost_usd NUMERIC,
+        turns INTEGER,
+        artifacts TEXT
+    );
+    CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+    INSERT INTO notes (body) VALUES ('kept as it is');
+";
+
+fn foreign_row(n: u32, status: &str, started_at: &str, finished_at: Option<&str>) -> String {
+    format!(
+        "INSERT INTO task_history VALUES ('01890a5d-ac96-774b-bcce-{n:012}', 'acme/widgets', {n}, \
+         'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', '{status}', '{started_at}', {}, \
+         {}, 20, 0.5, 3, '[\"pr/{n}\"]');",
+        finished_at.map_or("NULL".to_owned(), |at| format!("'{at}'")),
+        100 + n,
+    )
+}
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct NoteRow {
+    #[diesel(sql_type = Text)]
+    body: String,
+}
+
+#[test]
+fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("theirs.db");
+    let mut sql = FOREIGN_PRE_FIX_SCHEMA.to_owned();
+    // Each status, each time form a server writes.
+    let rows = [
+        (
+            "success",
+            "2026-05-11 15:13:00",
+            Some("2026-05-11 15:49:00"),
+        ),
+        (
+            "failure",
+            "2026-05-11T15:13:00Z",
+            Some("2026-05-11T15:20:00.5Z"),
+        ),
+        (
+            "cancelled",
+            "2026-05-11 15:13:00.250",
+            Some("2026-05-11 15:14:00"),
+        ),
+        (
+            "interrupted",
+            "2026-05-11T17:13:00+02:00",
+            Some("2026-05-11 15:30:00"),
+        ),
+        ("aborted_no_skill", "2026-05-11T15:13:00", None),
+    ];
+    for (n, (status, started, finished)) in rows.iter().enumerate() {
+        sql.push_str(&foreign_row(n as u32 + 1, status, started, *finished));
+    }
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(&sql)
+        .expect("their schema");
+
+    // Not adopted yet: refused, and the refusal names the way out.
+    match SqliteStorage::open(&path) {
+        Err(StorageError::Incompatible { detail }) => {
+            assert!(detail.contains("--adopt"), "{detail}")
+        }
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+    let recorded = SqliteStorage::adopt(&path, &SqliteOptions::default()).expect("adopt");
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(recorded[0] < recorded[1]);
+
+    let store = SqliteStorage::open(&path).expect("open after adoption");
+    let time = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&chrono::Utc)
+    };
+    for (n, (status, _, _)) in rows.iter().enumerate() {
+        let n = n as u32 + 1;
+        let id: TaskId = format!("01890a5d-ac96-774b-bcce-{n:012}")
+            .parse()
+            .expect("id");
+        let row = store.get_task(id).expect("read").expect("kept");
+        assert_eq!(row.status.as_str(), *status);
+        assert_eq!(
+            (
+                row.repo.as_str(),
+                row.issue_number,
+                row.user.as_str(),
+                row.model.as_str()
+            ),
+            ("acme/widgets", n, "alice", "claude-opus")
+        );
+        assert_eq!(
+            (row.input_tokens, row.output_tokens, row.turns),
+            (Some(100 + n), Some(20), Some(3))
+        );
+        assert_eq!(row.cost_usd, Some(0.5));
+        assert_eq!(row.artifacts, Some(vec![format!("pr/{n}")]));
+    }
+    let by_issue = |n: u32| {
+        store
+            .list_tasks(&tasktrail_core::TaskFilter::default())
+            .expect("list")
+            .into_iter()
+            .find(|row| row.issue_number == n)
+            .expect("row")
+    };
+    assert_eq!(by_issue(1).started_at, time("2026-05-11T15:13:00Z"));
+    assert_eq!(by_issue(1).finished_at, Some(time("2026-05-11T15:49:00Z")));
+    assert_eq!(by_issue(3).started_at, time("2026-05-11T15:13:00.25Z"));
+    assert_eq!(by_issue(4).started_at, time("2026-05-11T15:13:00Z"));
+    // An interrupted row never finished: its time moves to interrupted_at.
+    assert_eq!(by_issue(4).finished_at, None);
+    assert_eq!(
+        by_issue(4).interrupted_at,
+        Some(time("2026-05-11T15:30:00Z"))
+    );
+    assert_eq!(by_issue(5).finished_at, None);
+    // Their other table is untouched.
+    let notes: Vec<NoteRow> = store.with_connection(|connection| {
+        diesel::sql_query("SELECT body FROM notes")
+            .load(connection)
+            .expect("notes")
+    });
+    assert_eq!(
+        notes,
+        vec![NoteRow {
+            body: "kept as it is".into()
+        }]
+    );
+    // Adopting again is refused: it is a tasktrail database now.
+    assert!(matches!(
+        SqliteStorage::adopt(&path, &SqliteOptions::default()),
+        Err(StorageError::NotAdoptable { .. })
+    ));
+}
+
+#[test]
+fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("other.db");
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(
+            "CREATE TABLE task_history (
+                id TEXT PRIMARY KEY, repo TEXT, issue_number TEXT, user TEXT, agent TEXT,
+                agent_type TEXT, model TEXT, status TEXT, started_at TEXT, finished_at TEXT,
+                input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, turns INTEGER,
+                artifacts TEXT, priority INTEGER
+             );
+             CREATE TABLE workers (name TEXT);
+             INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model,
+                status, started_at) VALUES ('x', 'a/b', '1', 'u', 'a', 't', 'm', 'queued', 'now');",
+        )
+        .expect("their schema");
+    let before = std::fs::read(&path).expect("read");
+    let Err(StorageError::NotAdoptable { differences }) =
+        SqliteStorage::adopt(&path, &SqliteOptions::default())
+    else {
+        panic!("expected NotAdoptable");
+    };
+    let all = differences.join("\n");
+    for expected in ["workers", "provider is missing", "issue_number", "priority"] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "nothing changed"
+    );
+    // Values are checked once the shape is right: a bad status, a NULL,
+    // an id that is not a UUID, each named.
+    let path = dir.path().join("values.db");
+    let mut sql = FOREIGN_PRE_FIX_SCHEMA.replace("repo VARCHAR(200) NOT NULL", "repo VARCHAR(200)");
+    sql.push_str(&foreign_row(1, "queued", "2026-05-11 15:13:00", None));
+    sql.push_str(
+        "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, \
+         status, started_at) VALUES ('not-a-uuid', NULL, 2, 'u', 'a', 't', 'm', 'p', 'success', 'x');",
+    );
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(&sql)
+        .expect("their rows");
+    let before = std::fs::read(&path).expect("read");
+    let Err(StorageError::NotAdoptable { differences }) =
+        SqliteStorage::adopt(&path, &SqliteOptions::default())
+    else {
+        panic!("expected NotAdoptable");
+    };
+    let all = differences.join("\n");
+    for expected in ["\"queued\"", "no repo", "not a UUID"] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "nothing changed"
+    );
+}

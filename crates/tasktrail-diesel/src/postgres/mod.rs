@@ -30,6 +30,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::{StorageError, WorkerId};
 
+use crate::secrets::Secrets;
 use crate::statement_log::StatementLog;
 
 /// The Postgres migrations, embedded at build time from `migrations/postgres`.
@@ -235,7 +236,7 @@ impl PostgresStorage {
         Ok(Self {
             pool,
             liveness,
-            shown_url: secrets.scrub(&secrets.source),
+            shown_url: secrets.redacted(),
             secrets,
             statement_log: options.statement_log(),
         })
@@ -562,84 +563,6 @@ fn with_connect_timeout(url: &str, timeout: Duration) -> String {
     }
 }
 
-/// The parts of a URL that must never be shown: its password (as written
-/// and percent-decoded), the longer pieces of it that a misparse could show
-/// separately, and any `password=` parameter.
-#[derive(Clone)]
-pub(crate) struct Secrets {
-    source: String,
-    secrets: Vec<String>,
-}
-
-impl fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secrets(***)")
-    }
-}
-
-impl Secrets {
-    pub(crate) fn of(url: &str) -> Self {
-        let mut found: Vec<String> = Vec::new();
-        if let Some((_, rest)) = url.split_once("://") {
-            // The last '@' ends the user info even when the password holds
-            // an unescaped '@' (which libpq would misparse and might echo).
-            if let Some(at) = rest.rfind('@') {
-                if let Some((_, password)) = rest[..at].split_once(':') {
-                    found.push(password.to_owned());
-                    found.extend(
-                        password
-                            .split(['@', '/', '?', '#', ':'])
-                            .filter(|piece| piece.len() >= 4)
-                            .map(str::to_owned),
-                    );
-                }
-            }
-        }
-        for (index, _) in url.match_indices("password=") {
-            let value = &url[index + "password=".len()..];
-            let value = value.split(['&', ' ']).next().unwrap_or_default();
-            found.push(value.trim_matches('\'').to_owned());
-        }
-        let decoded: Vec<String> = found.iter().map(|secret| percent_decode(secret)).collect();
-        found.extend(decoded);
-        found.retain(|secret| !secret.is_empty());
-        found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        found.dedup();
-        Self {
-            source: url.to_owned(),
-            secrets: found,
-        }
-    }
-
-    /// `text` with every secret replaced by `***`.
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for secret in &self.secrets {
-            text = text.replace(secret.as_str(), "***");
-        }
-        text
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    let hex = |byte: u8| char::from(byte).to_digit(16);
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// An error whose text was scrubbed of the URL's secrets. The original error
 /// is not kept as a source: its text may hold them.
 #[derive(Debug)]
@@ -736,35 +659,6 @@ pub(crate) fn map_error(error: DieselError) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_are_scrubbed_in_every_form() {
-        let secrets =
-            Secrets::of("postgres://app:s3cr%40t-pw@db.internal:5432/trail?sslmode=require");
-        let shown =
-            secrets.scrub("postgres://app:s3cr%40t-pw@db.internal:5432/trail and s3cr@t-pw");
-        assert!(!shown.contains("s3cr"), "{shown}");
-        assert!(shown.contains("app:***@db.internal:5432/trail"), "{shown}");
-
-        // An unescaped '@' in the password: libpq may show the tail as a host.
-        let secrets = Secrets::of("postgres://app:pass@word-secret@db/trail");
-        let shown = secrets.scrub("could not translate host name \"word-secret@db\" to address");
-        assert!(!shown.contains("word-secret"), "{shown}");
-
-        let secrets = Secrets::of("postgres://db/trail?user=app&password=hunter22&sslmode=disable");
-        assert!(!secrets.scrub(&secrets.source).contains("hunter22"));
-        let secrets = Secrets::of("host=db user=app password=hunter22 dbname=trail");
-        assert!(!secrets.scrub(&secrets.source).contains("hunter22"));
-    }
-
-    #[test]
-    fn urls_without_a_password_are_shown_whole() {
-        let secrets = Secrets::of("postgres://postgres@127.0.0.1:5432/test");
-        assert_eq!(
-            secrets.scrub(&secrets.source),
-            "postgres://postgres@127.0.0.1:5432/test"
-        );
-    }
 
     #[test]
     fn connect_timeout_is_added_once() {

@@ -1,5 +1,6 @@
 //! The SQLite backend: the embedded default.
 
+mod adopt;
 mod rows;
 mod schema;
 mod statements;
@@ -184,6 +185,24 @@ impl SqliteStorage {
             statement_log: options.statement_log(),
             worker_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Adopts a database that holds a pre-fix `task_history` written by
+    /// another program (the server this was built for, before the fix):
+    /// checks in one transaction that the table has the pre-fix columns
+    /// (names, types that hold their values, no NULL where one is needed,
+    /// known statuses, UUID ids, no extra columns the upgrade would drop,
+    /// no `workers` / `claude_sdk_sessions` table in the way), records
+    /// migration 1 as the baseline and applies every later migration, every
+    /// row kept. Returns the versions recorded (the baseline first). Refused
+    /// with [`StorageError::NotAdoptable`] listing every difference, and
+    /// nothing changed, when the shape differs. Other tables are never
+    /// touched.
+    pub fn adopt(
+        path: impl AsRef<Path>,
+        options: &SqliteOptions,
+    ) -> Result<Vec<String>, StorageError> {
+        adopt::adopt(path.as_ref(), options)
     }
 
     /// Applies pending migrations; returns the versions it applied (empty
@@ -469,8 +488,13 @@ fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
         .iter()
         .any(|t| t.name == "__diesel_schema_migrations")
     {
+        let detail = if tables.iter().any(|t| t.name == "task_history") {
+            "the database holds a task_history table that tasktrail did not create (no migration record); `tasktrail migrate --adopt` checks it and adopts it"
+        } else {
+            "the database holds tables but is not a tasktrail database"
+        };
         return Err(StorageError::Incompatible {
-            detail: "the database holds tables but is not a tasktrail database".to_owned(),
+            detail: detail.to_owned(),
         });
     }
     let known = known_versions()?;
