@@ -76,7 +76,7 @@ pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
 pub use runtime::{
-    BootError, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
+    BootError, OperatorSweep, StopReport, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
 };
 
 /// Test tooling for a server's own tests (feature `testing`): the shared

@@ -141,17 +141,65 @@ impl Storage for FlakyStore {
     }
 }
 
+/// The test stores keep their workers' liveness locks in a
+/// [`MemoryStorage`]; a killed process's lock is freed there.
+trait LocksInMemory {
+    fn memory(&self) -> &MemoryStorage;
+}
+
+impl LocksInMemory for MemoryStorage {
+    fn memory(&self) -> &MemoryStorage {
+        self
+    }
+}
+
+impl LocksInMemory for FlakyStore {
+    fn memory(&self) -> &MemoryStorage {
+        &self.inner
+    }
+}
+
 const HEARTBEAT: StdDuration = StdDuration::from_secs(5);
 const SWEEP: StdDuration = StdDuration::from_secs(30);
 const LEASE: StdDuration = StdDuration::from_secs(15);
+const GRACE: StdDuration = StdDuration::from_secs(15);
+
+/// The boot and PID namespace of the "dev" host's workers and judges.
+fn dev_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
 
 struct Fleet<S: Storage + 'static> {
     storage: Arc<S>,
     clock: Arc<ManualClock>,
     processes: ProcessTable,
+    /// The worker each pid booted.
+    workers_by_pid: Mutex<std::collections::HashMap<u32, WorkerId>>,
 }
 
-impl<S: Storage + 'static> Fleet<S> {
+impl<S: Storage + LocksInMemory + 'static> Fleet<S> {
+    /// Process `pid` dies (SIGKILL, or its host vanishes): gone from the
+    /// process table, its liveness lock freed.
+    fn kill(&self, pid: u32) {
+        self.processes.kill(pid);
+        let worker = self
+            .workers_by_pid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .copied()
+            .expect("a booted pid");
+        self.storage.memory().set_worker_lock(
+            worker,
+            OwnerLock::Free {
+                watched_for: LockWatch::Continuous,
+            },
+        );
+    }
+
     fn new(storage: S) -> Self {
         Self {
             storage: Arc::new(storage),
@@ -161,6 +209,7 @@ impl<S: Storage + 'static> Fleet<S> {
                     .expect("time"),
             )),
             processes: ProcessTable::default(),
+            workers_by_pid: Mutex::default(),
         }
     }
 
@@ -171,23 +220,39 @@ impl<S: Storage + 'static> Fleet<S> {
             self.processes.spawn(pid);
         }
         let storage: Arc<dyn Storage> = self.storage.clone();
-        Worker::builder(storage)
+        let identity = if host == "dev" {
+            dev_identity()
+        } else {
+            HostIdentity {
+                boot_id: format!("{host}-boot"),
+                ..dev_identity()
+            }
+        };
+        let worker = Worker::builder(storage)
             .heartbeat_interval(HEARTBEAT)
             .sweep_interval(SWEEP)
             .lease(LEASE)
+            .grace(GRACE)
             .clock(self.clock.clone())
             .probe(Arc::new(self.processes.clone()))
+            .probe_identity(Some(dev_identity()))
             .registration(WorkerRegistration {
                 id: WorkerId::new_random(),
                 host: host.to_owned(),
                 pid,
                 process_start_marker: format!("boot:{pid}"),
+                host_identity: Some(identity),
                 started_at: self.clock.now(),
             })
             .on_event(events.hook())
             .without_background_thread()
             .boot()
-            .expect("boot")
+            .expect("boot");
+        self.workers_by_pid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, worker.id());
+        worker
     }
 
     fn boot(&self, pid: u32, events: &Events) -> Worker {
@@ -212,7 +277,7 @@ impl<S: Storage + 'static> Fleet<S> {
             self.storage.as_ref(),
             self.clock.as_ref(),
             &self.processes,
-            &LivenessPolicy::for_host("dev"),
+            &LivenessPolicy::new(Some(dev_identity())),
             SweepMode::Apply,
         )
         .expect("sweep")
@@ -358,6 +423,67 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
 }
 
+/// A neighbour in another PID namespace that holds its lock but stops
+/// running (SIGSTOP) past the lease: every sweep reports it stalled and
+/// keeps its rows; when it runs again it says it was stalled, heartbeats,
+/// and finishes its task.
+#[test]
+fn a_stalled_neighbour_is_reported_never_recovered_and_says_so_when_it_resumes() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let survivor = fleet.boot(10, &events);
+    let neighbour_events = Events::default();
+    let neighbour = fleet.boot_on("container", 1, &neighbour_events);
+    let theirs = neighbour.start(Task::queue(spec())).expect("start");
+
+    // The survivor runs on; the neighbour does not run at all.
+    for _ in 0..((LEASE + SWEEP + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+        fleet.advance(HEARTBEAT);
+        survivor.tick();
+    }
+    assert_eq!(fleet.status(theirs.id()), TaskStatus::Running);
+    let stalled = survivor.stalled_neighbours();
+    assert_eq!(
+        stalled
+            .iter()
+            .map(|owner| owner.record.id)
+            .collect::<Vec<_>>(),
+        vec![neighbour.id()]
+    );
+    assert!(
+        matches!(stalled[0].verdict, Liveness::Stalled { silence } if silence > Duration::from_std(LEASE).expect("lease"))
+    );
+    let reported = events.take();
+    assert!(
+        reported
+            .iter()
+            .any(|event| event.starts_with("StalledWorker(")),
+        "{reported:?}"
+    );
+    assert!(
+        !reported
+            .iter()
+            .any(|event| event.starts_with("[recovery] ")),
+        "{reported:?}"
+    );
+
+    // It runs again.
+    neighbour.tick();
+    assert!(
+        neighbour_events
+            .take()
+            .iter()
+            .any(|event| event.starts_with("ResumedAfterStall")),
+        "it says it did not run"
+    );
+    neighbour
+        .finish(theirs, Outcome::Success(report()))
+        .expect("it finishes its task");
+    fleet.advance(SWEEP);
+    survivor.tick();
+    assert!(survivor.stalled_neighbours().is_empty());
+}
+
 #[test]
 fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_keeps_its_own() {
     let fleet = Fleet::new(MemoryStorage::new());
@@ -371,7 +497,7 @@ fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_ke
     // SIGKILL: no drop, no stop.
     std::mem::forget(theirs);
     std::mem::forget(neighbour);
-    fleet.processes.kill(11);
+    fleet.kill(11);
 
     fleet.advance(SWEEP - StdDuration::from_secs(1));
     survivor.tick();
@@ -393,7 +519,7 @@ fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_ke
 }
 
 #[test]
-fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval() {
+fn a_dead_worker_on_another_host_is_recovered_within_grace_plus_sweep_interval() {
     let fleet = Fleet::new(MemoryStorage::new());
     let events = Events::default();
     let survivor = fleet.boot(10, &events);
@@ -402,11 +528,12 @@ fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval()
     let id = theirs.id();
     std::mem::forget(theirs);
     std::mem::forget(remote); // its host vanished: no more heartbeats
+    fleet.kill(99); // and its lock is free
 
-    // At every sweep up to lease + sweep interval after its last heartbeat,
+    // At every sweep up to grace + sweep interval after its last heartbeat,
     // it is alive or just recovered; never later.
     let mut recovered_after = None;
-    for step in 1..=((LEASE + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+    for step in 1..=((GRACE + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
         fleet.advance(HEARTBEAT);
         survivor.tick();
         if fleet.status(id) == TaskStatus::Interrupted {
@@ -414,8 +541,8 @@ fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval()
             break;
         }
     }
-    let after = recovered_after.expect("recovered within lease + sweep interval");
-    assert!(after > LEASE.as_secs(), "not before the lease: {after}s");
+    let after = recovered_after.expect("recovered within grace + sweep interval");
+    assert!(after > GRACE.as_secs(), "not before the grace: {after}s");
     assert_eq!(events.recovery_lines().len(), 1);
 }
 
@@ -455,7 +582,7 @@ fn a_failed_boot_sweep_does_not_fail_the_boot_and_is_retried_at_the_next_tick() 
     let orphan_id = orphan.id();
     std::mem::forget(orphan);
     std::mem::forget(dead);
-    fleet.processes.kill(11);
+    fleet.kill(11);
 
     fleet.storage.sweeps_fail.store(true, Ordering::SeqCst);
     let events = Events::default();
@@ -525,8 +652,9 @@ fn a_worker_declared_dead_learns_it_from_its_heartbeat_and_writes_nothing_more()
     let victim = fleet.boot(10, &events);
     let running = victim.start(Task::queue(spec())).expect("start");
     let id = running.id();
-    // Another host's sweep thinks pid 10 is gone (a namespace it cannot see).
-    fleet.processes.kill(10);
+    // Its lock is freed behind its back (its database session ended in a
+    // partition) and a sweep in its own namespace finds pid 10 gone.
+    fleet.kill(10);
     let other = fleet.boot(11, &Events::default());
     assert_eq!(other.recovered_at_boot().len(), 1);
 
@@ -589,6 +717,7 @@ fn the_background_thread_interrupts_an_abandoned_handle_without_any_tick_call() 
     let worker = Worker::builder(dyn_storage)
         .heartbeat_interval(StdDuration::from_secs(600))
         .lease(StdDuration::from_secs(1800))
+        .grace(StdDuration::from_secs(1800))
         .on_event(events.hook())
         .boot()
         .expect("boot");

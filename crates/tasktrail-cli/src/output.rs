@@ -5,7 +5,7 @@ use std::io::Write;
 use serde_json::Value;
 use tasktrail::backend::human_duration;
 use tasktrail::json::{session_json, task_json};
-use tasktrail::{SessionRecord, TaskRecord, Timestamp};
+use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
 use crate::CliResult;
 
@@ -92,6 +92,27 @@ pub(crate) const TASK_HEADER: [&str; 9] = [
     "finished_at",
     "ran",
 ];
+
+/// One line about an owner a sweep left alone for a reason worth telling:
+/// `[stalled] ...` or `[not yet provable] ...`.
+pub(crate) fn noticed_owner_line(owner: &NoticedOwner) -> String {
+    let who = format!(
+        "worker {} (pid {} on {})",
+        owner.record.id, owner.record.pid, owner.record.host
+    );
+    let silent = human_duration(owner.silence);
+    match &owner.verdict {
+        Liveness::Stalled { .. } => format!(
+            "[stalled] {who} holds its liveness lock but has not heartbeaten for {silent} \
+             (stopped or hung); its tasks are left running"
+        ),
+        Liveness::NotYetProvable(why) => format!(
+            "[not yet provable] {who}, silent for {silent}: {why}; its tasks are left running \
+             (run recover again later; running workers' sweeps decide it)"
+        ),
+        other => format!("{who}: {other:?}"),
+    }
+}
 
 pub(crate) fn print_tasks(rows: &[TaskRecord], json: bool) -> CliResult<()> {
     if json {
