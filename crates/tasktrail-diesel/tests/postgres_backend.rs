@@ -1720,7 +1720,10 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
         other => panic!("expected Incompatible, got {:?}", other.err()),
     }
     let recorded = PostgresStorage::adopt(&database.url).expect("adopt");
-    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    // The baseline (migration 1), then every later migration, in order.
+    assert_eq!(recorded[0], "20260501000000", "{recorded:?}");
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(recorded.windows(2).all(|pair| pair[0] < pair[1]));
 
     let store = database.open();
     let time = |text: &str| {
