@@ -52,6 +52,7 @@ fn worker<S: Storage>(store: S) -> Worker<S> {
             host: "bench".into(),
             pid: std::process::id(),
             process_start_marker: "bench".into(),
+            host_identity: None,
             started_at: clock.now(),
         },
         clock,

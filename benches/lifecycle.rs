@@ -39,6 +39,7 @@ fn worker<S: Storage>(storage: &S) -> RegisteredWorker {
             host: "bench".into(),
             pid: std::process::id(),
             process_start_marker: "bench".into(),
+            host_identity: None,
             started_at: clock.now(),
         },
         clock,

@@ -135,6 +135,7 @@ fn store(dir: &std::path::Path, name: &str) -> (SqliteStorage, RegisteredWorker)
             host: "bench".into(),
             pid: std::process::id(),
             process_start_marker: "bench".into(),
+            host_identity: None,
             started_at: clock.now(),
         },
         clock,

@@ -255,8 +255,8 @@ impl AnyStorage {
     /// wrote before tasktrail (see `SqliteStorage::adopt`): checks its
     /// shape, records the baseline, applies the fix; refused with
     /// [`StorageError::NotAdoptable`] (every difference listed, nothing
-    /// changed) when it differs. Returns the versions recorded. SQLite
-    /// only so far: a Postgres URL is refused, nothing touched.
+    /// changed) when it differs. Returns the versions recorded. SQLite and
+    /// Postgres.
     pub fn adopt(url: &DatabaseUrl) -> Result<Vec<String>, OpenError> {
         let storage_error = |error| OpenError::Storage {
             url: url.redacted(),
@@ -274,12 +274,38 @@ impl AnyStorage {
                 let _ = storage_error;
                 Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
             }
-            DatabaseUrl::Postgres(_) => Err(storage_error(StorageError::NotAdoptable {
-                differences: vec![
-                    "adopting an existing Postgres database is not supported yet (SQLite only)"
-                        .to_owned(),
-                ],
-            })),
+            #[cfg(feature = "postgres")]
+            DatabaseUrl::Postgres(postgres_url) => {
+                tasktrail_diesel::PostgresStorage::adopt(postgres_url).map_err(storage_error)
+            }
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt {
+                    backend: "postgres",
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Row `id` of `task_history` as the database holds it, every column as
+    /// text, whether or not it reads as a record (for showing a row that
+    /// does not). `None` when there is no such row.
+    pub fn raw_task_columns(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<tasktrail_diesel::RawColumns>, StorageError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store.raw_task_columns(id),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.raw_task_columns(id),
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => {
+                let _ = id;
+                match *self {}
+            }
         }
     }
 

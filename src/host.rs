@@ -3,7 +3,9 @@
 
 use std::fs;
 
-use tasktrail_core::{Clock, ProcessProbe, WorkerId, WorkerRegistration};
+use std::os::unix::fs::MetadataExt;
+
+use tasktrail_core::{Clock, HostIdentity, ProcessProbe, WorkerId, WorkerRegistration};
 
 /// The local host could not describe this process.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +51,55 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 }
 
 fn boot_id() -> String {
+    read_boot_id().unwrap_or_else(|| "unknown-boot".to_owned())
+}
+
+fn read_boot_id() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
         .map(|id| id.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-boot".to_owned())
+        .filter(|id| !id.is_empty())
+}
+
+/// The inode of a `/proc/<who>/ns/pid` link's target: the PID namespace.
+fn pid_namespace_of(who: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{who}/ns/pid"))
+        .ok()
+        .map(|metadata| metadata.ino())
+}
+
+/// This process's boot and PID namespace (`/proc/sys/kernel/random/boot_id`
+/// and the inode of `/proc/self/ns/pid`), or `None` when `/proc` cannot
+/// say: a worker registered without it is never judged by a pid probe.
+pub fn current_host_identity() -> Option<HostIdentity> {
+    Some(HostIdentity {
+        boot_id: read_boot_id()?,
+        pid_namespace: pid_namespace_of("self")?,
+    })
+}
+
+/// The boot and PID namespace whose processes this process's `/proc` shows,
+/// when that is provably its own: the identity a judge may probe pids in
+/// ([`tasktrail_core::LivenessPolicy::local_identity`]). `None` when `/proc`
+/// belongs to another PID namespace (a container that shares the host's
+/// `/proc`, `unshare --pid` without `--mount-proc`): `/proc/self` must name
+/// this process's own pid, and `/proc/1`, where readable, must live in this
+/// process's namespace.
+pub fn probe_identity() -> Option<HostIdentity> {
+    let identity = current_host_identity()?;
+    let self_link = fs::read_link("/proc/self").ok()?;
+    let pid_seen_by_proc: u32 = self_link.to_str()?.parse().ok()?;
+    if pid_seen_by_proc != std::process::id() {
+        return None;
+    }
+    // pid 1 of the namespace `/proc` was mounted for lives in that
+    // namespace; unreadable without privileges, then the pid check decides.
+    if let Some(init_namespace) = pid_namespace_of("1") {
+        if init_namespace != identity.pid_namespace {
+            return None;
+        }
+    }
+    Some(identity)
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`,
@@ -83,6 +131,7 @@ pub fn current_registration(clock: &dyn Clock) -> Result<WorkerRegistration, Hos
         host: local_host_name(),
         pid,
         process_start_marker,
+        host_identity: current_host_identity(),
         started_at: clock.now(),
     })
 }
@@ -150,5 +199,23 @@ mod tests {
             ProcfsProbe.process_start_marker(registration.pid),
             Some(registration.process_start_marker)
         );
+        let identity = registration.host_identity.expect("identity on Linux");
+        assert_eq!(
+            identity.boot_id,
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .expect("boot id")
+                .trim()
+        );
+        let link = fs::read_link("/proc/self/ns/pid").expect("ns link");
+        assert_eq!(
+            link.to_str(),
+            Some(format!("pid:[{}]", identity.pid_namespace).as_str())
+        );
+    }
+
+    #[test]
+    fn the_probe_identity_is_this_processs_own_when_proc_is_its_own() {
+        // The test runs with its own /proc (CI and the dev machines do).
+        assert_eq!(probe_identity(), current_host_identity());
     }
 }

@@ -82,8 +82,8 @@ pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
 pub use runtime::{
-    BootError, FinishReceipt, PendingOutcome, StopError, StopReport, UnwrittenOutcome, Upkeep,
-    Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
+    BootError, FinishReceipt, OperatorSweep, PendingOutcome, StopError, StopReport,
+    UnwrittenOutcome, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,
 };
 
 /// Test tooling for a server's own tests (feature `testing`): the shared

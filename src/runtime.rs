@@ -33,14 +33,22 @@
 //!   write by then is named in [`StopError::unwritten`] and stays `running`
 //!   for the next sweep.
 //!
-//! Detection bounds (how long a `running` row can outlive its task):
+//! Detection bounds (how long a `running` row can outlive its task; the
+//! full table is in docs/operations.md):
 //! - a handle dropped without a finish: at once (the drop wakes the
 //!   worker), and at the latest at the next tick, within one
 //!   `heartbeat_interval`;
-//! - a dead worker on the same host: within one `sweep_interval` of any
-//!   live worker (plus the time to its next tick);
-//! - a dead worker on another host: `lease + sweep_interval`;
-//! - a Postgres worker whose database session ended: one `sweep_interval`.
+//! - a dead worker in the sweeper's own boot and PID namespace: within one
+//!   `sweep_interval` of any live worker (the pid probe);
+//! - any other dead worker (another PID namespace, container or machine):
+//!   its lock is free at once, so `grace + sweep_interval` after its last
+//!   heartbeat (on Postgres, a sweeper whose connection or database is
+//!   younger than the grace waits until it is a grace old);
+//! - a worker registered before liveness locks: `lease + sweep_interval`.
+//!
+//! A worker that holds its lock is never declared dead: one silent past the
+//! lease (stopped, hung) is reported as stalled
+//! ([`WorkerEvent::StalledWorker`], [`Worker::stalled_neighbours`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,14 +57,15 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use chrono::Duration;
-use tasktrail_core::backend::{PolicyJudge, RecoveryRequest, SweepMode};
+use tasktrail_core::backend::{NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail_core::{
-    Clock, FinishError, FinishRefusal, Finished, InterruptReason, LivenessPolicy, Outcome,
-    ProcessProbe, Queued, RecoveredTask, RegisteredWorker, Running, SessionId, StartError, Storage,
-    StorageError, SystemClock, Task, TaskId, TaskStatus, Timestamp, WorkerId, WorkerRegistration,
+    Clock, FinishError, FinishRefusal, Finished, HostIdentity, InterruptReason, Liveness,
+    LivenessPolicy, NoticedOwner, Outcome, ProcessProbe, Queued, RecoveredTask, RegisteredWorker,
+    Running, SessionId, StartError, Storage, StorageError, SystemClock, Task, TaskId, TaskStatus,
+    Timestamp, WorkerId, WorkerRegistration,
 };
 
-use crate::host::{current_registration, HostError, ProcfsProbe};
+use crate::host::{current_registration, probe_identity, HostError, ProcfsProbe};
 
 /// The defaults of a [`Worker`].
 pub mod defaults {
@@ -66,9 +75,14 @@ pub mod defaults {
     pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
     /// How often a live worker sweeps other workers' dead rows.
     pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-    /// How old another host's heartbeat may be before its worker counts as
-    /// dead: three heartbeat intervals.
+    /// How old the heartbeat of a worker whose lock cannot be checked may be
+    /// before it counts as dead, and of one holding its lock before it is
+    /// reported stalled: three heartbeat intervals.
     pub const LEASE: Duration = Duration::from_secs(15);
+    /// How long a free lock must stay free, with the owner silent, before it
+    /// proves death: three heartbeat intervals (a live worker takes its lock
+    /// back at its next heartbeat after a dropped connection).
+    pub const GRACE: Duration = Duration::from_secs(15);
     /// The first pause before a failed write is retried; it doubles at each
     /// failure up to [`RETRY_BACKOFF_CAP`].
     pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -130,6 +144,21 @@ pub enum WorkerEvent {
     /// Another worker's sweep declared this worker dead: its rows are no
     /// longer its own, and it must stop.
     DeclaredDead,
+    /// A sweep found another worker holding its lock but silent longer than
+    /// the lease: stopped or hung. Its rows are left alone; log a warning.
+    /// (Given at every sweep that finds it so.)
+    StalledWorker(Box<NoticedOwner>),
+    /// A sweep found another worker's lock free, but could not prove it dead
+    /// yet (see [`tasktrail_core::Unproven`]); its rows are left alone until
+    /// a later sweep can.
+    DeathNotYetProvable(Box<NoticedOwner>),
+    /// This worker itself went longer than the lease without a heartbeat
+    /// (its process was stopped or hung, or the machine was suspended):
+    /// other workers saw it stalled meanwhile. Its lock kept its tasks.
+    ResumedAfterStall {
+        /// How long it went without a heartbeat, on its own clock.
+        silent_for: Duration,
+    },
     /// A finish hit a transient storage failure: the worker keeps the
     /// outcome and retries its UPDATE until it lands
     /// ([`WorkerEvent::OutcomeWritten`]).
@@ -301,8 +330,10 @@ pub struct WorkerBuilder {
     heartbeat_interval: std::time::Duration,
     sweep_interval: std::time::Duration,
     lease: std::time::Duration,
+    grace: std::time::Duration,
     clock: Arc<dyn Clock>,
     probe: Arc<dyn ProcessProbe>,
+    probe_identity: Option<HostIdentity>,
     registration: Option<WorkerRegistration>,
     hook: Option<EventHook>,
     background: bool,
@@ -317,6 +348,8 @@ impl fmt::Debug for WorkerBuilder {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("sweep_interval", &self.sweep_interval)
             .field("lease", &self.lease)
+            .field("grace", &self.grace)
+            .field("probe_identity", &self.probe_identity)
             .field("registration", &self.registration)
             .field("background", &self.background)
             .finish_non_exhaustive()
@@ -338,11 +371,28 @@ impl WorkerBuilder {
         self
     }
 
-    /// How old another host's heartbeat may be before its worker counts as
-    /// dead. Default [`defaults::LEASE`]; must exceed the heartbeat
+    /// How long a worker whose lock cannot be checked may stay silent before
+    /// it counts as dead, and one holding its lock before it is reported
+    /// stalled. Default [`defaults::LEASE`]; must exceed the heartbeat
     /// interval.
     pub fn lease(mut self, lease: std::time::Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// How long a worker's lock must stay free, with the worker silent,
+    /// before it proves death. Default [`defaults::GRACE`]; must exceed the
+    /// heartbeat interval.
+    pub fn grace(mut self, grace: std::time::Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The boot and PID namespace whose pids the probe sees (default: this
+    /// process's, [`probe_identity`], when `/proc` is provably its own).
+    /// Only workers registered with exactly this identity are probed.
+    pub fn probe_identity(mut self, identity: Option<HostIdentity>) -> Self {
+        self.probe_identity = identity;
         self
     }
 
@@ -423,21 +473,25 @@ impl WorkerBuilder {
                 ),
             });
         }
-        if lease <= heartbeat_interval {
-            return Err(BootError::InvalidOption {
-                detail: format!(
-                    "the lease ({:?}) must be longer than the heartbeat interval ({:?})",
-                    self.lease, self.heartbeat_interval
-                ),
-            });
+        let grace = positive("grace", self.grace)?;
+        for (name, value, given) in [("lease", lease, self.lease), ("grace", grace, self.grace)] {
+            if value <= heartbeat_interval {
+                return Err(BootError::InvalidOption {
+                    detail: format!(
+                        "the {name} ({given:?}) must be longer than the heartbeat interval ({:?})",
+                        self.heartbeat_interval
+                    ),
+                });
+            }
         }
         let registration = match self.registration {
             Some(registration) => registration,
             None => current_registration(self.clock.as_ref())?,
         };
         let policy = LivenessPolicy {
-            local_host: registration.host.clone(),
+            local_identity: self.probe_identity,
             lease,
+            grace,
         };
         let registered = RegisteredWorker::register(
             self.storage.as_ref(),
@@ -467,11 +521,13 @@ impl WorkerBuilder {
                 last_heartbeat: now,
                 next_heartbeat: now + heartbeat_interval,
                 heartbeat_failures: 0,
+                last_tick: now,
                 last_sweep: None,
                 next_sweep: now,
                 sweep_failures: 0,
                 failures: Vec::new(),
                 stopped: false,
+                stalled_neighbours: Vec::new(),
             }),
             queued: Mutex::new(QueuedOutcomes::default()),
         });
@@ -587,6 +643,9 @@ struct UpkeepState {
     /// When the next heartbeat attempt is due.
     next_heartbeat: Timestamp,
     heartbeat_failures: u32,
+    /// When the last tick ran (a gap longer than the lease: the process was
+    /// stopped or hung).
+    last_tick: Timestamp,
     /// `None` until the boot sweep succeeded.
     last_sweep: Option<Timestamp>,
     /// When the next sweep attempt is due.
@@ -595,6 +654,8 @@ struct UpkeepState {
     /// The upkeeps whose last attempt failed: what, why, since when.
     failures: Vec<(Upkeep, String, Timestamp)>,
     stopped: bool,
+    /// The stalled workers the last successful sweep found.
+    stalled_neighbours: Vec<NoticedOwner>,
 }
 
 /// One outcome a finish could not write yet, with its task handle (whose
@@ -742,6 +803,19 @@ impl Shared {
         // store (on Postgres it takes the worker's lock back) before
         // anything else is written.
         let now = self.clock.now();
+        let since_last_tick = {
+            let mut upkeep = self.upkeep();
+            let gap = now - upkeep.last_tick;
+            upkeep.last_tick = now;
+            gap
+        };
+        if since_last_tick > self.policy.lease {
+            // Ticks come at least every heartbeat interval: the process did
+            // not run meanwhile (SIGSTOP, a hang, a suspended machine).
+            self.emit(WorkerEvent::ResumedAfterStall {
+                silent_for: since_last_tick,
+            });
+        }
         let heartbeat_due = now >= self.upkeep().next_heartbeat;
         if heartbeat_due {
             let beat = self.registered.heartbeat(self.storage.as_ref());
@@ -920,26 +994,40 @@ impl Shared {
     /// worker. Returns what it recovered (each also given to the hook).
     fn sweep_now(&self) -> Vec<RecoveredTask> {
         let now = self.clock.now();
+        let judge = NoticingJudge::new(PolicyJudge {
+            policy: &self.policy,
+            probe: self.probe.as_ref(),
+        });
         let swept = self.storage.recover_orphans(
             &RecoveryRequest {
                 recovering_worker: self.registered.id(),
                 now,
                 mode: SweepMode::Apply,
             },
-            &PolicyJudge {
-                policy: &self.policy,
-                probe: self.probe.as_ref(),
-            },
+            &judge,
         );
+        let noticed = judge.into_noticed();
         match swept {
             Ok(recovered) => {
+                let stalled: Vec<NoticedOwner> = noticed
+                    .iter()
+                    .filter(|owner| matches!(owner.verdict, Liveness::Stalled { .. }))
+                    .cloned()
+                    .collect();
                 {
                     let mut upkeep = self.upkeep();
                     upkeep.last_sweep = Some(now);
                     upkeep.sweep_failures = 0;
                     upkeep.next_sweep = now + self.sweep_interval;
+                    upkeep.stalled_neighbours = stalled;
                 }
                 self.record(Upkeep::Sweep, Ok(()));
+                for owner in noticed {
+                    self.emit(match owner.verdict {
+                        Liveness::Stalled { .. } => WorkerEvent::StalledWorker(Box::new(owner)),
+                        _ => WorkerEvent::DeathNotYetProvable(Box::new(owner)),
+                    });
+                }
                 for task in &recovered {
                     self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
                 }
@@ -966,8 +1054,10 @@ impl Worker {
             heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
             sweep_interval: defaults::SWEEP_INTERVAL,
             lease: defaults::LEASE,
+            grace: defaults::GRACE,
             clock: Arc::new(SystemClock),
             probe: Arc::new(ProcfsProbe),
+            probe_identity: probe_identity(),
             registration: None,
             hook: None,
             background: true,
@@ -1024,6 +1114,13 @@ impl Worker {
                 since,
             },
         }
+    }
+
+    /// The workers the last successful sweep found stalled: holding their
+    /// lock but silent longer than the lease (stopped or hung). Their rows
+    /// are left alone.
+    pub fn stalled_neighbours(&self) -> Vec<NoticedOwner> {
+        self.shared.upkeep().stalled_neighbours.clone()
     }
 
     /// Whether another worker's sweep declared this one dead. Once true,
@@ -1236,13 +1333,43 @@ pub fn recover_now<S: Storage + ?Sized>(
     policy: &LivenessPolicy,
     mode: SweepMode,
 ) -> Result<Vec<RecoveredTask>, StorageError> {
+    recover_now_noticing(storage, clock, probe, policy, mode).map(|sweep| sweep.recovered)
+}
+
+/// What an operator sweep did and what it left alone worth reporting.
+#[derive(Debug, Default)]
+pub struct OperatorSweep {
+    /// The tasks it marked `interrupted` (a dry run: would mark).
+    pub recovered: Vec<RecoveredTask>,
+    /// The owners it left alone but an operator should hear about: stalled,
+    /// or with a free lock that does not prove death yet.
+    pub noticed: Vec<NoticedOwner>,
+}
+
+/// [`recover_now`], also telling which owners were left alone as stalled or
+/// not yet provably dead. A one-shot sweep on Postgres has just connected,
+/// so it never reads a free lock as death (it reports those owners as
+/// [`tasktrail_core::Unproven::JudgeWatchedTooBriefly`]) unless the pid probe
+/// applies; running workers' sweeps find them.
+pub fn recover_now_noticing<S: Storage + ?Sized>(
+    storage: &S,
+    clock: &dyn Clock,
+    probe: &dyn ProcessProbe,
+    policy: &LivenessPolicy,
+    mode: SweepMode,
+) -> Result<OperatorSweep, StorageError> {
     let now = clock.now();
-    storage.recover_orphans(
+    let judge = NoticingJudge::new(PolicyJudge { policy, probe });
+    let recovered = storage.recover_orphans(
         &RecoveryRequest {
             recovering_worker: WorkerId::new_random(),
             now,
             mode,
         },
-        &PolicyJudge { policy, probe },
-    )
+        &judge,
+    )?;
+    Ok(OperatorSweep {
+        recovered,
+        noticed: judge.into_noticed(),
+    })
 }

@@ -39,11 +39,48 @@ use tasktrail::backend::*;
 use tasktrail::*;
 
 mod common;
-use common::Backend;
+use common::{Backend, LockChange};
 #[cfg(feature = "postgres")]
 use tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE;
 
-const LOCAL_HOST: &str = "local";
+/// Where a worker runs: a boot (machine), a PID namespace in it, and a host
+/// name. Each ranges over two values, so collisions are common: two
+/// machines with one name (look-alike hosts), one machine with two PID
+/// namespaces (containers) whose workers are both pid 1, one name across
+/// everything. Only the boot and the namespace together say which pids a
+/// judge's process table shows; the name says nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Place {
+    boot: u8,
+    pid_namespace: u8,
+    name: u8,
+}
+
+impl Place {
+    fn strategy() -> impl Strategy<Value = Place> {
+        (0..2u8, 0..2u8, 0..2u8).prop_map(|(boot, pid_namespace, name)| Place {
+            boot,
+            pid_namespace,
+            name,
+        })
+    }
+
+    /// Whether a judge here sees the pids of a worker there.
+    fn shares_pids_with(self, other: Place) -> bool {
+        self.boot == other.boot && self.pid_namespace == other.pid_namespace
+    }
+
+    fn identity(self) -> HostIdentity {
+        HostIdentity {
+            boot_id: format!("boot-{}", self.boot),
+            pid_namespace: 4_026_531_836 + u64::from(self.pid_namespace),
+        }
+    }
+
+    fn host_name(self) -> String {
+        format!("host-{}", self.name)
+    }
+}
 const LEASE_SECONDS: i64 = 15;
 
 /// How much silence one model second is in the store. Time passes for the
@@ -73,8 +110,8 @@ enum ModelWorkerState {
 
 #[derive(Debug, Clone)]
 struct ModelWorker {
-    local: bool,
-    /// The pid it registered (a local pid may be reused after a kill).
+    place: Place,
+    /// The pid it registered in its PID namespace (reused after a kill).
     pid: u32,
     process_alive: bool,
     last_heartbeat: i64,
@@ -131,9 +168,9 @@ impl FinishKind {
 #[derive(Debug, Clone)]
 enum Step {
     /// A worker process boots (registers, then sweeps).
-    Boot { local: bool },
+    Boot { place: Place },
     /// Two workers boot back to back (as at once, serialised by the store).
-    TwoBoots,
+    TwoBoots { first: Place, second: Place },
     /// An alive worker dispatches and starts a task.
     Start { worker: usize },
     /// The owner finishes a task it holds.
@@ -159,7 +196,7 @@ enum Step {
     Sweep { worker: usize },
     /// Two live workers sweep at the same moment (on two threads).
     TwoSweepers { first: usize, second: usize },
-    /// A local worker boots with the pid of a killed one.
+    /// A worker boots in the PID namespace of a killed one, with its pid.
     BootReusingPid { dead: usize },
     /// A worker stops cleanly: interrupts what it still runs, deregisters,
     /// exits.
@@ -186,11 +223,13 @@ impl Model {
         if w.state != ModelWorkerState::Alive {
             return true;
         }
-        if w.local && self.workers[sweeper].local {
-            !w.process_alive
-        } else {
-            self.now - w.last_heartbeat > LEASE_SECONDS
-        }
+        // It holds its liveness lock while its process lives: alive,
+        // however silent. Once dead, a judge in its boot and PID namespace
+        // sees it at once (the pid probe); any other judge once its lock has
+        // been free and its heartbeat silent past the grace.
+        !w.process_alive
+            && (self.workers[sweeper].place.shares_pids_with(w.place)
+                || self.now - w.last_heartbeat > LEASE_SECONDS)
     }
 
     /// The tasks a sweep by `sweeper` recovers, oldest first.
@@ -215,14 +254,24 @@ impl Model {
         recovered
     }
 
-    fn boot(&mut self, local: bool) -> usize {
-        let pid = 1000 + self.workers.len() as u32;
-        self.boot_with_pid(local, pid)
+    /// A fresh pid in `place`'s PID namespace: 1, 2, … per namespace, so
+    /// workers of different namespaces share pids (two pid-1 workers).
+    fn next_pid(&self, place: Place) -> u32 {
+        1 + self
+            .workers
+            .iter()
+            .filter(|w| w.place.shares_pids_with(place))
+            .count() as u32
     }
 
-    fn boot_with_pid(&mut self, local: bool, pid: u32) -> usize {
+    fn boot(&mut self, place: Place) -> usize {
+        let pid = self.next_pid(place);
+        self.boot_with_pid(place, pid)
+    }
+
+    fn boot_with_pid(&mut self, place: Place, pid: u32) -> usize {
         self.workers.push(ModelWorker {
-            local,
+            place,
             pid,
             process_alive: true,
             last_heartbeat: self.now,
@@ -282,8 +331,8 @@ impl ReferenceStateMachine for LifecycleModel {
             Just(FinishKind::Interrupted),
         ];
         prop_oneof![
-            2 => any::<bool>().prop_map(|remote| Step::Boot { local: !remote }),
-            1 => Just(Step::TwoBoots),
+            2 => Place::strategy().prop_map(|place| Step::Boot { place }),
+            1 => (Place::strategy(), Place::strategy()).prop_map(|(first, second)| Step::TwoBoots { first, second }),
             6 => (0..workers).prop_map(|worker| Step::Start { worker }),
             5 => (0..tasks, kind.clone()).prop_map(|(task, kind)| Step::Finish { task, kind }),
             3 => (0..tasks, kind.clone()).prop_map(|(task, kind)| Step::DuplicateFinish { task, kind }),
@@ -306,7 +355,7 @@ impl ReferenceStateMachine for LifecycleModel {
 
     fn preconditions(state: &Model, step: &Step) -> bool {
         match step {
-            Step::Boot { .. } | Step::TwoBoots | Step::Advance { .. } => true,
+            Step::Boot { .. } | Step::TwoBoots { .. } | Step::Advance { .. } => true,
             Step::Start { worker }
             | Step::Kill { worker }
             | Step::Heartbeat { worker }
@@ -319,12 +368,12 @@ impl ReferenceStateMachine for LifecycleModel {
                 state.acting(*worker) && state.workers[*worker].state == ModelWorkerState::Alive
             }
             Step::BootReusingPid { dead } => state.workers.get(*dead).is_some_and(|w| {
-                w.local
-                    && !w.process_alive
-                    && !state
-                        .workers
-                        .iter()
-                        .any(|other| other.process_alive && other.pid == w.pid)
+                !w.process_alive
+                    && !state.workers.iter().any(|other| {
+                        other.process_alive
+                            && other.pid == w.pid
+                            && other.place.shares_pids_with(w.place)
+                    })
             }),
             Step::Finish { task, .. } | Step::DropHandle { task } | Step::PanicInTask { task } => {
                 state.holds_handle(*task)
@@ -346,12 +395,12 @@ impl ReferenceStateMachine for LifecycleModel {
 
     fn apply(mut state: Model, step: &Step) -> Model {
         match *step {
-            Step::Boot { local } => {
-                state.boot(local);
+            Step::Boot { place } => {
+                state.boot(place);
             }
-            Step::TwoBoots => {
-                state.boot(true);
-                state.boot(false);
+            Step::TwoBoots { first, second } => {
+                state.boot(first);
+                state.boot(second);
             }
             Step::Start { worker } => {
                 if state.workers[worker].state == ModelWorkerState::Alive {
@@ -398,8 +447,8 @@ impl ReferenceStateMachine for LifecycleModel {
                 state.sweep(second);
             }
             Step::BootReusingPid { dead } => {
-                let pid = state.workers[dead].pid;
-                state.boot_with_pid(true, pid);
+                let (place, pid) = (state.workers[dead].place, state.workers[dead].pid);
+                state.boot_with_pid(place, pid);
             }
             Step::Deregister { worker } => {
                 state.interrupt_abandoned(worker);
@@ -432,20 +481,36 @@ impl ReferenceStateMachine for LifecycleModel {
 
 // ------------------------------------------------------- the system under test
 
-/// The local process table: pid → the start marker of the process that
-/// has it now.
+/// Every process table: (boot, PID namespace, pid) → the start marker of
+/// the process that has the pid there now.
 #[derive(Clone, Default)]
-struct FakeProcesses(Arc<Mutex<HashMap<u32, String>>>);
+struct FakeProcesses(Arc<Mutex<ProcessTables>>);
+
+/// (boot, PID namespace, pid) → start marker.
+type ProcessTables = HashMap<(u8, u8, u32), String>;
 
 impl FakeProcesses {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, ProcessTables> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn key(place: Place, pid: u32) -> (u8, u8, u32) {
+        (place.boot, place.pid_namespace, pid)
     }
 }
 
-impl ProcessProbe for FakeProcesses {
+/// The process table a judge at `place` sees through its own `/proc`.
+struct ProcessesSeenFrom<'a> {
+    processes: &'a FakeProcesses,
+    place: Place,
+}
+
+impl ProcessProbe for ProcessesSeenFrom<'_> {
     fn process_start_marker(&self, pid: u32) -> Option<String> {
-        self.table().get(&pid).cloned()
+        self.processes
+            .table()
+            .get(&FakeProcesses::key(self.place, pid))
+            .cloned()
     }
 }
 
@@ -464,6 +529,8 @@ struct System<B: Backend> {
     clock: Arc<ManualClock>,
     processes: FakeProcesses,
     workers: Vec<RegisteredWorker>,
+    /// Where each worker runs.
+    places: Vec<Place>,
     task_ids: Vec<TaskId>,
     handles: HashMap<usize, Task<Running>>,
     final_rows: HashMap<TaskId, TaskRecord>,
@@ -471,18 +538,45 @@ struct System<B: Backend> {
     _dir: tempfile::TempDir,
 }
 
-/// One sweep by `sweeper`, judged as that worker would judge (its host, the
-/// local process table, the store's lease).
+/// A judge that has watched every lock forever. Time passes for the store
+/// only through aged heartbeats (a model second is a store minute), while a
+/// Postgres judge's watch is its connection's real age: the model leaves
+/// that to `postgres_backend::a_judge_that_just_connected_waits_a_grace_…`
+/// and judges every free lock as watched long enough.
+struct WatchedForever<'a>(PolicyJudge<'a>);
+
+impl LivenessJudge for WatchedForever<'_> {
+    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
+        let owner = owner.cloned().map(|mut facts| {
+            if let OwnerLock::Free { watched_for } = &mut facts.lock {
+                *watched_for = LockWatch::Continuous;
+            }
+            facts
+        });
+        self.0.judge(owner.as_ref())
+    }
+}
+
+/// One sweep by `sweeper` at `place`, judged as that worker would judge
+/// (its boot and PID namespace, the process table its `/proc` shows, the
+/// store's lease and grace).
 fn sweep_as<B: Backend>(
     store: &B,
     processes: &FakeProcesses,
     sweeper: &RegisteredWorker,
+    place: Place,
     now: Timestamp,
 ) -> Vec<RecoveredTask> {
     let policy = LivenessPolicy {
-        local_host: sweeper.registration().host.clone(),
+        local_identity: Some(place.identity()),
         lease: store_lease(),
+        grace: store_lease(),
     };
+    let processes = ProcessesSeenFrom { processes, place };
+    let judge = WatchedForever(PolicyJudge {
+        policy: &policy,
+        probe: &processes,
+    });
     store
         .recover_orphans(
             &RecoveryRequest {
@@ -490,44 +584,43 @@ fn sweep_as<B: Backend>(
                 now,
                 mode: SweepMode::Apply,
             },
-            &PolicyJudge {
-                policy: &policy,
-                probe: processes,
-            },
+            &judge,
         )
         .expect("sweep")
 }
 
 impl<B: Backend> System<B> {
-    fn boot(&mut self, local: bool, model_after: &Model) {
-        let pid = 1000 + self.workers.len() as u32;
-        self.boot_with_pid(local, pid, model_after);
-    }
-
-    fn boot_with_pid(&mut self, local: bool, pid: u32, model_after: &Model) {
-        let host = if local {
-            LOCAL_HOST.to_owned()
-        } else {
-            format!("remote-{pid}")
-        };
+    /// The next worker the model booted (its place and pid): registers,
+    /// then sweeps as it.
+    fn boot(&mut self, model_after: &Model) {
+        let booted = &model_after.workers[self.workers.len()];
+        let (place, pid) = (booted.place, booted.pid);
         // Each process that takes a pid has its own start marker, so a
         // reused pid never looks like the process that registered it first.
         let marker = format!("boot:{pid}:process-{}", self.workers.len());
-        if local {
-            self.processes.table().insert(pid, marker.clone());
-        }
+        self.processes
+            .table()
+            .insert(FakeProcesses::key(place, pid), marker.clone());
         let registration = WorkerRegistration {
             id: WorkerId::new_random(),
-            host,
+            host: place.host_name(),
             pid,
             process_start_marker: marker,
+            host_identity: Some(place.identity()),
             started_at: self.clock.now(),
         };
         let clock: Arc<dyn Clock> = self.clock.clone();
         // A boot: register, then sweep as the new worker.
         let worker =
             RegisteredWorker::register(&self.store, registration, clock).expect("register");
-        let recovered = sweep_as(&self.store, &self.processes, &worker, self.clock.now());
+        self.places.push(place);
+        let recovered = sweep_as(
+            &self.store,
+            &self.processes,
+            &worker,
+            place,
+            self.clock.now(),
+        );
         self.report(&recovered);
         self.workers.push(worker);
         // Every task the model says this boot recovers was reported by it.
@@ -660,6 +753,7 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
             )),
             processes: FakeProcesses::default(),
             workers: Vec::new(),
+            places: Vec::new(),
             task_ids: Vec::new(),
             handles: HashMap::new(),
             final_rows: HashMap::new(),
@@ -671,10 +765,10 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
     fn apply(mut sut: System<B>, model: &Model, step: Step) -> System<B> {
         snapshot_final_rows(&mut sut);
         match step {
-            Step::Boot { local } => sut.boot(local, model),
-            Step::TwoBoots => {
-                sut.boot(true, model);
-                sut.boot(false, model);
+            Step::Boot { .. } => sut.boot(model),
+            Step::TwoBoots { .. } => {
+                sut.boot(model);
+                sut.boot(model);
             }
             Step::Start { worker } => {
                 let index = sut.task_ids.len();
@@ -765,17 +859,25 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                     &sut.store,
                     &sut.processes,
                     &sut.workers[worker],
+                    sut.places[worker],
                     sut.clock.now(),
                 );
                 sut.report(&recovered);
             }
             Step::TwoSweepers { first, second } => {
                 let now = sut.clock.now();
+                let sweep = |who: usize| {
+                    sweep_as(
+                        &sut.store,
+                        &sut.processes,
+                        &sut.workers[who],
+                        sut.places[who],
+                        now,
+                    )
+                };
                 let (a, b) = std::thread::scope(|scope| {
-                    let a = scope
-                        .spawn(|| sweep_as(&sut.store, &sut.processes, &sut.workers[first], now));
-                    let b = scope
-                        .spawn(|| sweep_as(&sut.store, &sut.processes, &sut.workers[second], now));
+                    let a = scope.spawn(|| sweep(first));
+                    let b = scope.spawn(|| sweep(second));
                     (
                         a.join().expect("first sweeper"),
                         b.join().expect("second sweeper"),
@@ -784,10 +886,7 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                 sut.report(&a);
                 sut.report(&b);
             }
-            Step::BootReusingPid { dead } => {
-                let pid = sut.workers[dead].registration().pid;
-                sut.boot_with_pid(true, pid, model);
-            }
+            Step::BootReusingPid { .. } => sut.boot(model),
             Step::Deregister { worker } => {
                 // As `Worker::stop` does: abandoned first (reported), then
                 // what is still in flight, then the workers row.
@@ -815,11 +914,18 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
                 }
                 assert!(sut.workers[worker].abandoned().is_empty());
                 let pid = sut.workers[worker].registration().pid;
-                sut.processes.table().remove(&pid);
+                sut.processes
+                    .table()
+                    .remove(&FakeProcesses::key(sut.places[worker], pid));
             }
             Step::Kill { worker } => {
                 let pid = sut.workers[worker].registration().pid;
-                sut.processes.table().remove(&pid);
+                sut.processes
+                    .table()
+                    .remove(&FakeProcesses::key(sut.places[worker], pid));
+                // The kernel frees a dead process's lock.
+                sut.store
+                    .change_worker_lock(sut.workers[worker].id(), LockChange::ReleasedByDeath);
             }
             // Every heartbeat grows older; the clock the rows' timestamps
             // come from stays put (no invariant depends on them).
@@ -872,6 +978,19 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
         for (index, expected) in model.tasks.iter().enumerate() {
             let id = sut.task_ids[index];
             let row = sut.row(index);
+            // No live worker's row is ever interrupted by anyone but itself,
+            // whatever namespaces, boots and names the workers share and
+            // however long they stay silent.
+            let owner = &model.workers[expected.owner];
+            if row.status == TaskStatus::Interrupted
+                && row.interrupted_by != Some(sut.workers[expected.owner].id())
+            {
+                assert!(
+                    !owner.process_alive,
+                    "task #{index} of a live worker at {:?} was interrupted by a sweep: {:?}",
+                    owner.place, row.interrupt_reason
+                );
+            }
             assert_eq!(row.status, expected.status, "task #{index} status");
             assert_eq!(
                 sut.store.task_insert_statements(id),

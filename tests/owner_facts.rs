@@ -2,7 +2,8 @@
 //! never a verdict. The silence is measured on the store's own clock (the
 //! sweep's `now` for in-memory and SQLite, whose heartbeats are written with
 //! the callers' clock; the database's clock for Postgres) and never negative;
-//! only Postgres observes the owner's session.
+//! every backend reports the owner's liveness lock: held while it lives,
+//! free once released (on Postgres, with how long the judge has watched).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -11,7 +12,7 @@ use tasktrail::backend::*;
 use tasktrail::*;
 
 mod common;
-use common::Backend;
+use common::{Backend, LockChange};
 
 /// A judge that writes down the facts it is given and calls every owner
 /// alive (so nothing changes between sweeps).
@@ -74,6 +75,10 @@ fn register<B: Backend>(store: &B, clock: &Arc<ManualClock>, host: &str) -> Regi
             host: host.into(),
             pid,
             process_start_marker: format!("boot:{pid}"),
+            host_identity: Some(HostIdentity {
+                boot_id: format!("{host}-boot"),
+                pid_namespace: 4_026_531_836,
+            }),
             started_at: clock.now(),
         },
         clock.clone(),
@@ -81,13 +86,11 @@ fn register<B: Backend>(store: &B, clock: &Arc<ManualClock>, host: &str) -> Regi
     .expect("register")
 }
 
-/// `session`: what the backend reports about a live owner's session.
 /// `callers_clock`: whether its heartbeats are written with the callers'
-/// clock (so a sweep's `now` is the store's time).
-fn the_judge_gets_the_owners_facts_on_the_stores_clock<B: Backend>(
-    session: OwnerSession,
-    callers_clock: bool,
-) {
+/// clock (so a sweep's `now` is the store's time, and kernel locks are
+/// watched continuously); otherwise the database's clock, and a free lock is
+/// watched since the judge's connection began.
+fn the_judge_gets_the_owners_facts_on_the_stores_clock<B: Backend>(callers_clock: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(store) = B::fresh(dir.path()) else {
         return;
@@ -117,7 +120,15 @@ fn the_judge_gets_the_owners_facts_on_the_stores_clock<B: Backend>(
         stored(owner.id()),
         "the owner's row as stored"
     );
-    assert_eq!(facts.session, session);
+    assert_eq!(facts.lock, OwnerLock::Held, "a live owner holds its lock");
+    assert_eq!(
+        facts.record.host_identity,
+        Some(HostIdentity {
+            boot_id: "elsewhere-boot".into(),
+            pid_namespace: 4_026_531_836,
+        }),
+        "the identity it registered with"
+    );
     assert!(
         facts.silence >= Duration::minutes(10)
             && facts.silence < Duration::minutes(10) + Duration::seconds(30),
@@ -148,6 +159,35 @@ fn the_judge_gets_the_owners_facts_on_the_stores_clock<B: Backend>(
         behind.silence
     );
 
+    // Its process dies: the lock is free, and only the judge's watch
+    // differs between kernel locks and database locks.
+    store.change_worker_lock(owner.id(), LockChange::ReleasedByDeath);
+    let freed = facts_at(&store, sweeper.id(), clock.now());
+    match (callers_clock, freed.lock) {
+        (true, OwnerLock::Free { watched_for }) => {
+            assert_eq!(watched_for, LockWatch::Continuous);
+        }
+        (
+            false,
+            OwnerLock::Free {
+                watched_for: LockWatch::For(watched),
+            },
+        ) => {
+            assert!(
+                watched >= Duration::zero() && watched < Duration::minutes(5),
+                "since the sweep's connection began: {watched:?}"
+            );
+        }
+        (_, other) => panic!("expected a free lock, got {other:?}"),
+    }
+
+    // A registration older than the locks: nothing to check.
+    store.change_worker_lock(owner.id(), LockChange::RegisteredBeforeLocks);
+    assert_eq!(
+        facts_at(&store, sweeper.id(), clock.now()).lock,
+        OwnerLock::NotCheckable
+    );
+
     running
         .finish(
             Outcome::Interrupted(InterruptReason::new("done").expect("reason")),
@@ -158,25 +198,16 @@ fn the_judge_gets_the_owners_facts_on_the_stores_clock<B: Backend>(
 
 #[test]
 fn memory_hands_the_judge_facts_on_the_callers_clock() {
-    the_judge_gets_the_owners_facts_on_the_stores_clock::<MemoryStorage>(
-        OwnerSession::NotObservable,
-        true,
-    );
+    the_judge_gets_the_owners_facts_on_the_stores_clock::<MemoryStorage>(true);
 }
 
 #[test]
 fn sqlite_hands_the_judge_facts_on_the_callers_clock() {
-    the_judge_gets_the_owners_facts_on_the_stores_clock::<SqliteStorage>(
-        OwnerSession::NotObservable,
-        true,
-    );
+    the_judge_gets_the_owners_facts_on_the_stores_clock::<SqliteStorage>(true);
 }
 
 #[cfg(feature = "postgres")]
 #[test]
-fn postgres_hands_the_judge_facts_on_the_database_clock_with_the_session() {
-    the_judge_gets_the_owners_facts_on_the_stores_clock::<common::PostgresBackend>(
-        OwnerSession::Held,
-        false,
-    );
+fn postgres_hands_the_judge_facts_on_the_database_clock() {
+    the_judge_gets_the_owners_facts_on_the_stores_clock::<common::PostgresBackend>(false);
 }

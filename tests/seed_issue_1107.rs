@@ -15,7 +15,7 @@ use chrono::{Duration, TimeZone, Utc};
 use tasktrail::*;
 
 mod common;
-use common::{Backend, Processes};
+use common::{dev_identity, Backend, LockChange, Processes};
 
 fn registration(clock: &dyn Clock, pid: u32) -> WorkerRegistration {
     WorkerRegistration {
@@ -23,6 +23,7 @@ fn registration(clock: &dyn Clock, pid: u32) -> WorkerRegistration {
         host: "dev".into(),
         pid,
         process_start_marker: format!("boot:{pid}"),
+        host_identity: Some(dev_identity()),
         started_at: clock.now(),
     }
 }
@@ -46,6 +47,7 @@ fn boot_worker<B: Backend + 'static>(
     Worker::builder(storage.clone())
         .clock(clock.clone())
         .probe(Arc::new(Processes(alive)))
+        .probe_identity(Some(dev_identity()))
         .registration(registration(clock.as_ref(), pid))
         .without_background_thread()
         .boot()
@@ -124,6 +126,7 @@ fn restart_with_a_running_row_then_the_next_boot_marks_it_interrupted_and_prints
     // after the INSERT (no drop, no stop).
     std::mem::forget(running);
     std::mem::forget(killed);
+    storage.change_worker_lock(killed_id, LockChange::ReleasedByDeath);
     clock.advance(Duration::minutes(36));
 
     let next = boot_worker(&storage, &clock, 11, vec![11]);

@@ -164,17 +164,65 @@ impl Storage for FlakyStore {
     }
 }
 
+/// The test stores keep their workers' liveness locks in a
+/// [`MemoryStorage`]; a killed process's lock is freed there.
+trait LocksInMemory {
+    fn memory(&self) -> &MemoryStorage;
+}
+
+impl LocksInMemory for MemoryStorage {
+    fn memory(&self) -> &MemoryStorage {
+        self
+    }
+}
+
+impl LocksInMemory for FlakyStore {
+    fn memory(&self) -> &MemoryStorage {
+        &self.inner
+    }
+}
+
 const HEARTBEAT: StdDuration = StdDuration::from_secs(5);
 const SWEEP: StdDuration = StdDuration::from_secs(30);
 const LEASE: StdDuration = StdDuration::from_secs(15);
+const GRACE: StdDuration = StdDuration::from_secs(15);
+
+/// The boot and PID namespace of the "dev" host's workers and judges.
+fn dev_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
 
 struct Fleet<S: Storage + 'static> {
     storage: Arc<S>,
     clock: Arc<ManualClock>,
     processes: ProcessTable,
+    /// The worker each pid booted.
+    workers_by_pid: Mutex<std::collections::HashMap<u32, WorkerId>>,
 }
 
-impl<S: Storage + 'static> Fleet<S> {
+impl<S: Storage + LocksInMemory + 'static> Fleet<S> {
+    /// Process `pid` dies (SIGKILL, or its host vanishes): gone from the
+    /// process table, its liveness lock freed.
+    fn kill(&self, pid: u32) {
+        self.processes.kill(pid);
+        let worker = self
+            .workers_by_pid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .copied()
+            .expect("a booted pid");
+        self.storage.memory().set_worker_lock(
+            worker,
+            OwnerLock::Free {
+                watched_for: LockWatch::Continuous,
+            },
+        );
+    }
+
     fn new(storage: S) -> Self {
         Self {
             storage: Arc::new(storage),
@@ -184,33 +232,62 @@ impl<S: Storage + 'static> Fleet<S> {
                     .expect("time"),
             )),
             processes: ProcessTable::default(),
+            workers_by_pid: Mutex::default(),
         }
     }
 
     /// A worker at `pid` on `host` (the local host is "dev"), ticked by the
     /// test.
     fn boot_on(&self, host: &str, pid: u32, events: &Events) -> Worker {
+        self.boot_configured(host, pid, events, |builder| builder)
+    }
+
+    /// [`boot_on`](Self::boot_on), with more options set by `configure`.
+    fn boot_configured(
+        &self,
+        host: &str,
+        pid: u32,
+        events: &Events,
+        configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+    ) -> Worker {
         if host == "dev" {
             self.processes.spawn(pid);
         }
         let storage: Arc<dyn Storage> = self.storage.clone();
-        Worker::builder(storage)
+        let identity = if host == "dev" {
+            dev_identity()
+        } else {
+            HostIdentity {
+                boot_id: format!("{host}-boot"),
+                ..dev_identity()
+            }
+        };
+        let builder = Worker::builder(storage)
             .heartbeat_interval(HEARTBEAT)
             .sweep_interval(SWEEP)
             .lease(LEASE)
+            .grace(GRACE);
+        let worker = configure(builder)
             .clock(self.clock.clone())
             .probe(Arc::new(self.processes.clone()))
+            .probe_identity(Some(dev_identity()))
             .registration(WorkerRegistration {
                 id: WorkerId::new_random(),
                 host: host.to_owned(),
                 pid,
                 process_start_marker: format!("boot:{pid}"),
+                host_identity: Some(identity),
                 started_at: self.clock.now(),
             })
             .on_event(events.hook())
             .without_background_thread()
             .boot()
-            .expect("boot")
+            .expect("boot");
+        self.workers_by_pid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, worker.id());
+        worker
     }
 
     fn boot(&self, pid: u32, events: &Events) -> Worker {
@@ -235,7 +312,7 @@ impl<S: Storage + 'static> Fleet<S> {
             self.storage.as_ref(),
             self.clock.as_ref(),
             &self.processes,
-            &LivenessPolicy::for_host("dev"),
+            &LivenessPolicy::new(Some(dev_identity())),
             SweepMode::Apply,
         )
         .expect("sweep")
@@ -383,6 +460,68 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
 }
 
+/// A neighbour in another PID namespace that holds its lock but stops
+/// running (SIGSTOP) past the lease: every sweep reports it stalled and
+/// keeps its rows; when it runs again it says it was stalled, heartbeats,
+/// and finishes its task.
+#[test]
+fn a_stalled_neighbour_is_reported_never_recovered_and_says_so_when_it_resumes() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let events = Events::default();
+    let survivor = fleet.boot(10, &events);
+    let neighbour_events = Events::default();
+    let neighbour = fleet.boot_on("container", 1, &neighbour_events);
+    let theirs = neighbour.start(Task::queue(spec())).expect("start");
+
+    // The survivor runs on; the neighbour does not run at all.
+    for _ in 0..((LEASE + SWEEP + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+        fleet.advance(HEARTBEAT);
+        survivor.tick();
+    }
+    assert_eq!(fleet.status(theirs.id()), TaskStatus::Running);
+    let stalled = survivor.stalled_neighbours();
+    assert_eq!(
+        stalled
+            .iter()
+            .map(|owner| owner.record.id)
+            .collect::<Vec<_>>(),
+        vec![neighbour.id()]
+    );
+    assert!(
+        matches!(stalled[0].verdict, Liveness::Stalled { silence } if silence > Duration::from_std(LEASE).expect("lease"))
+    );
+    let reported = events.take();
+    assert!(
+        reported
+            .iter()
+            .any(|event| event.starts_with("StalledWorker(")),
+        "{reported:?}"
+    );
+    assert!(
+        !reported
+            .iter()
+            .any(|event| event.starts_with("[recovery] ")),
+        "{reported:?}"
+    );
+
+    // It runs again.
+    neighbour.tick();
+    assert!(
+        neighbour_events
+            .take()
+            .iter()
+            .any(|event| event.starts_with("ResumedAfterStall")),
+        "it says it did not run"
+    );
+    assert!(matches!(
+        neighbour.finish(theirs, Outcome::Success(report())),
+        Ok(FinishReceipt::Written(_))
+    ));
+    fleet.advance(SWEEP);
+    survivor.tick();
+    assert!(survivor.stalled_neighbours().is_empty());
+}
+
 #[test]
 fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_keeps_its_own() {
     let fleet = Fleet::new(MemoryStorage::new());
@@ -396,7 +535,7 @@ fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_ke
     // SIGKILL: no drop, no stop.
     std::mem::forget(theirs);
     std::mem::forget(neighbour);
-    fleet.processes.kill(11);
+    fleet.kill(11);
 
     fleet.advance(SWEEP - StdDuration::from_secs(1));
     survivor.tick();
@@ -419,7 +558,7 @@ fn the_periodic_sweep_recovers_a_dead_neighbour_within_one_sweep_interval_and_ke
 }
 
 #[test]
-fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval() {
+fn a_dead_worker_on_another_host_is_recovered_within_grace_plus_sweep_interval() {
     let fleet = Fleet::new(MemoryStorage::new());
     let events = Events::default();
     let survivor = fleet.boot(10, &events);
@@ -428,11 +567,12 @@ fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval()
     let id = theirs.id();
     std::mem::forget(theirs);
     std::mem::forget(remote); // its host vanished: no more heartbeats
+    fleet.kill(99); // and its lock is free
 
-    // At every sweep up to lease + sweep interval after its last heartbeat,
+    // At every sweep up to grace + sweep interval after its last heartbeat,
     // it is alive or just recovered; never later.
     let mut recovered_after = None;
-    for step in 1..=((LEASE + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
+    for step in 1..=((GRACE + SWEEP).as_secs() / HEARTBEAT.as_secs()) {
         fleet.advance(HEARTBEAT);
         survivor.tick();
         if fleet.status(id) == TaskStatus::Interrupted {
@@ -440,8 +580,8 @@ fn a_dead_worker_on_another_host_is_recovered_within_lease_plus_sweep_interval()
             break;
         }
     }
-    let after = recovered_after.expect("recovered within lease + sweep interval");
-    assert!(after > LEASE.as_secs(), "not before the lease: {after}s");
+    let after = recovered_after.expect("recovered within grace + sweep interval");
+    assert!(after > GRACE.as_secs(), "not before the grace: {after}s");
     assert_eq!(events.recovery_lines().len(), 1);
 }
 
@@ -481,7 +621,7 @@ fn a_failed_boot_sweep_does_not_fail_the_boot_and_is_retried_at_the_next_tick() 
     let orphan_id = orphan.id();
     std::mem::forget(orphan);
     std::mem::forget(dead);
-    fleet.processes.kill(11);
+    fleet.kill(11);
 
     fleet.storage.sweeps_fail.store(true, Ordering::SeqCst);
     let events = Events::default();
@@ -558,8 +698,9 @@ fn a_worker_declared_dead_learns_it_from_its_heartbeat_and_writes_nothing_more()
     let victim = fleet.boot(10, &events);
     let running = victim.start(Task::queue(spec())).expect("start");
     let id = running.id();
-    // Another host's sweep thinks pid 10 is gone (a namespace it cannot see).
-    fleet.processes.kill(10);
+    // Its lock is freed behind its back (its database session ended in a
+    // partition) and a sweep in its own namespace finds pid 10 gone.
+    fleet.kill(10);
     let other = fleet.boot(11, &Events::default());
     assert_eq!(other.recovered_at_boot().len(), 1);
 
@@ -622,6 +763,7 @@ fn the_background_thread_interrupts_an_abandoned_handle_without_any_tick_call() 
     let worker = Worker::builder(dyn_storage)
         .heartbeat_interval(StdDuration::from_secs(600))
         .lease(StdDuration::from_secs(1800))
+        .grace(StdDuration::from_secs(1800))
         .on_event(events.hook())
         .boot()
         .expect("boot");
@@ -738,27 +880,11 @@ fn outage_worker_with(
     events: &Events,
     configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
 ) -> Worker {
-    let storage: Arc<dyn Storage> = fleet.storage.clone();
-    fleet.processes.spawn(10);
-    let builder = Worker::builder(storage)
-        .heartbeat_interval(HEARTBEAT)
-        .sweep_interval(SWEEP)
-        .lease(LEASE)
-        .retry_backoff(StdDuration::from_millis(100), StdDuration::from_millis(800));
-    configure(builder)
-        .clock(fleet.clock.clone())
-        .probe(Arc::new(fleet.processes.clone()))
-        .registration(WorkerRegistration {
-            id: WorkerId::new_random(),
-            host: "dev".to_owned(),
-            pid: 10,
-            process_start_marker: "boot:10".to_owned(),
-            started_at: fleet.clock.now(),
-        })
-        .on_event(events.hook())
-        .without_background_thread()
-        .boot()
-        .expect("boot")
+    fleet.boot_configured("dev", 10, events, |builder| {
+        configure(
+            builder.retry_backoff(StdDuration::from_millis(100), StdDuration::from_millis(800)),
+        )
+    })
 }
 
 #[test]
@@ -960,13 +1086,13 @@ fn stop_names_what_it_could_not_write_by_the_deadline_and_leaves_those_rows_for_
 
     // The process exits; the next sweep recovers both rows.
     drop(in_flight);
-    fleet.processes.kill(10);
+    fleet.kill(10);
     fleet.storage.finishes_fail.store(false, Ordering::SeqCst);
     let recovered = runtime::recover_now(
         fleet.storage.as_ref(),
         fleet.clock.as_ref(),
         &fleet.processes,
-        &LivenessPolicy::for_host("dev"),
+        &LivenessPolicy::new(Some(dev_identity())),
         SweepMode::Apply,
     )
     .expect("sweep");
@@ -982,6 +1108,7 @@ fn the_background_thread_writes_a_queued_outcome_by_itself() {
     let worker = Worker::builder(dyn_storage)
         .heartbeat_interval(StdDuration::from_secs(600))
         .lease(StdDuration::from_secs(1800))
+        .grace(StdDuration::from_secs(1800))
         .retry_backoff(StdDuration::from_millis(5), StdDuration::from_millis(20))
         .on_event(events.hook())
         .boot()

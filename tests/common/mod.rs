@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use tasktrail::backend::*;
+pub use tasktrail::testing::conformance::LockChange;
 use tasktrail::*;
 #[cfg(feature = "postgres")]
 use tasktrail_diesel::ScratchDatabase;
@@ -17,6 +18,10 @@ pub trait Backend: Storage + Sized {
     /// Test hook: moves `worker`'s last heartbeat `by` into the past, on the
     /// clock the store measures silence on (the database's, on Postgres).
     fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration);
+    /// Test hook: plays a change of `worker`'s liveness lock (its process
+    /// died and the kernel or the database freed it; or it looks registered
+    /// before liveness locks existed).
+    fn change_worker_lock(&self, worker: WorkerId, change: LockChange);
 }
 
 impl Backend for MemoryStorage {
@@ -28,6 +33,17 @@ impl Backend for MemoryStorage {
     }
     fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
         MemoryStorage::age_heartbeat(self, worker, by);
+    }
+    fn change_worker_lock(&self, worker: WorkerId, change: LockChange) {
+        self.set_worker_lock(
+            worker,
+            match change {
+                LockChange::ReleasedByDeath => OwnerLock::Free {
+                    watched_for: LockWatch::Continuous,
+                },
+                _ => OwnerLock::NotCheckable,
+            },
+        );
     }
 }
 
@@ -66,6 +82,33 @@ impl Backend for SqliteStorage {
                 .expect("age the heartbeat")
         });
         assert_eq!(updated, 1);
+    }
+    fn change_worker_lock(&self, worker: WorkerId, change: LockChange) {
+        match change {
+            // Idempotent, as the kernel: a lock already let go stays free.
+            LockChange::ReleasedByDeath => {
+                self.release_worker_lock(worker);
+            }
+            _ => {
+                use diesel::prelude::*;
+                let updated = self.with_connection(|connection| {
+                    diesel::sql_query("UPDATE workers SET liveness_lock = NULL WHERE id = ?")
+                        .bind::<diesel::sql_types::Text, _>(worker.to_string())
+                        .execute(connection)
+                        .expect("forget the lock")
+                });
+                assert_eq!(updated, 1);
+            }
+        }
+    }
+}
+
+/// The boot and PID namespace of the tests' "dev" host: its workers
+/// register with it and its judges probe pids in it.
+pub fn dev_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
     }
 }
 
@@ -127,6 +170,27 @@ impl Backend for PostgresBackend {
             })
             .expect("a connection");
         assert_eq!(updated, 1);
+    }
+    fn change_worker_lock(&self, worker: WorkerId, change: LockChange) {
+        use diesel::prelude::*;
+        match change {
+            // Idempotent, as the server: a lock already let go stays free.
+            LockChange::ReleasedByDeath => {
+                self.store.release_worker_lock(worker);
+            }
+            _ => {
+                let updated = self
+                    .store
+                    .with_connection(|connection| {
+                        diesel::sql_query("UPDATE workers SET liveness_lock = NULL WHERE id = $1")
+                            .bind::<diesel::sql_types::Uuid, _>(*worker.as_uuid())
+                            .execute(connection)
+                            .expect("forget the lock")
+                    })
+                    .expect("a connection");
+                assert_eq!(updated, 1);
+            }
+        }
     }
 }
 

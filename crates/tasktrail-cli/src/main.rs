@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tasktrail::backend::SweepMode;
-use tasktrail::host::{local_host_name, ProcfsProbe};
-use tasktrail::runtime::recover_now;
+use tasktrail::host::{probe_identity, ProcfsProbe};
+use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
     AnyStorage, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
 };
@@ -54,6 +54,16 @@ enum Command {
         /// Print what would be recovered; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// How long a worker's liveness lock must stay free, with the worker
+        /// silent, before it proves death (the workers' is three heartbeat
+        /// intervals).
+        #[arg(long, default_value = "15s")]
+        grace: String,
+        /// How long a worker whose lock cannot be checked (registered before
+        /// liveness locks) may stay silent before it counts as dead, and one
+        /// holding its lock before it is reported stalled.
+        #[arg(long, default_value = "15s")]
+        lease: String,
     },
     /// List task_history rows, newest first.
     List {
@@ -140,6 +150,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A `--flag` duration (see [`simulate::parse_duration`]), more than zero.
+fn cli_duration(flag: &str, text: &str) -> CliResult<chrono::Duration> {
+    let duration = simulate::parse_duration(flag, text)?;
+    if duration.is_zero() {
+        return Err(format!("--{flag} must be more than zero").into());
+    }
+    Ok(chrono::Duration::from_std(duration)?)
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -181,23 +200,36 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             let storage = open(&cli.db)?;
             return simulate::run_worker(storage.into_shared(), plan);
         }
-        Command::Recover { dry_run } => {
+        Command::Recover {
+            dry_run,
+            grace,
+            lease,
+        } => {
+            let policy = LivenessPolicy {
+                local_identity: probe_identity(),
+                grace: cli_duration("grace", &grace)?,
+                lease: cli_duration("lease", &lease)?,
+            };
             let storage = open(&cli.db)?;
             let mode = if dry_run {
                 SweepMode::DryRun
             } else {
                 SweepMode::Apply
             };
-            let recovered = recover_now(
+            let sweep = recover_now_noticing(
                 storage.as_storage(),
                 &SystemClock,
                 &ProcfsProbe,
-                &LivenessPolicy::for_host(local_host_name()),
+                &policy,
                 mode,
             )?;
+            let recovered = sweep.recovered;
             let mut out = std::io::stdout().lock();
             for task in &recovered {
                 writeln!(out, "{}", task.hint())?;
+            }
+            for owner in &sweep.noticed {
+                writeln!(out, "{}", output::noticed_owner_line(owner))?;
             }
             if dry_run {
                 writeln!(
@@ -241,7 +273,19 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;
             let storage = open(&cli.db)?;
-            let Some(row) = storage.as_storage().get_task(id)? else {
+            let row = match storage.as_storage().get_task(id) {
+                Ok(row) => row,
+                // A row that cannot be read: show what the database holds,
+                // then the problem, and fail.
+                Err(error @ tasktrail::StorageError::CorruptRow { .. }) => {
+                    if let Some(columns) = storage.raw_task_columns(id)? {
+                        output::print_raw_task(&columns, json)?;
+                    }
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let Some(row) = row else {
                 return Err(format!("no task_history row with id {id}").into());
             };
             output::print_task(&row, json)?;

@@ -5,7 +5,7 @@ use std::io::Write;
 use serde_json::Value;
 use tasktrail::backend::human_duration;
 use tasktrail::json::{session_json, task_json};
-use tasktrail::{SessionRecord, TaskRecord, Timestamp};
+use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
 use crate::CliResult;
 
@@ -93,6 +93,27 @@ pub(crate) const TASK_HEADER: [&str; 9] = [
     "ran",
 ];
 
+/// One line about an owner a sweep left alone for a reason worth telling:
+/// `[stalled] ...` or `[not yet provable] ...`.
+pub(crate) fn noticed_owner_line(owner: &NoticedOwner) -> String {
+    let who = format!(
+        "worker {} (pid {} on {})",
+        owner.record.id, owner.record.pid, owner.record.host
+    );
+    let silent = human_duration(owner.silence);
+    match &owner.verdict {
+        Liveness::Stalled { .. } => format!(
+            "[stalled] {who} holds its liveness lock but has not heartbeaten for {silent} \
+             (stopped or hung); its tasks are left running"
+        ),
+        Liveness::NotYetProvable(why) => format!(
+            "[not yet provable] {who}, silent for {silent}: {why}; its tasks are left running \
+             (run recover again later; running workers' sweeps decide it)"
+        ),
+        other => format!("{who}: {other:?}"),
+    }
+}
+
 pub(crate) fn print_tasks(rows: &[TaskRecord], json: bool) -> CliResult<()> {
     if json {
         return print_json(&Value::Array(rows.iter().map(task_json).collect()));
@@ -121,6 +142,29 @@ pub(crate) fn print_task(row: &TaskRecord, json: bool) -> CliResult<()> {
             };
             writeln!(out, "{name:>16}: {text}")?;
         }
+    }
+    Ok(())
+}
+
+/// A row that cannot be read as a record, column by column as the database
+/// holds it (`json`: an object of strings and nulls).
+pub(crate) fn print_raw_task(
+    columns: &[(&'static str, Option<String>)],
+    json: bool,
+) -> CliResult<()> {
+    if json {
+        let object: serde_json::Map<String, Value> = columns
+            .iter()
+            .map(|(name, text)| {
+                let value = text.clone().map_or(Value::Null, Value::String);
+                ((*name).to_owned(), value)
+            })
+            .collect();
+        return print_json(&Value::Object(object));
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, text) in columns {
+        writeln!(out, "{name:>16}: {}", text.as_deref().unwrap_or("NULL"))?;
     }
     Ok(())
 }

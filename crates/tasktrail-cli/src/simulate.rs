@@ -206,12 +206,13 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
     }));
     let lines = Lines(Arc::new(Mutex::new(())));
     let hook_lines = lines.clone();
-    // The lease stays three heartbeats, as the default.
+    // The lease and the grace stay three heartbeats, as the defaults.
     let lease = plan.heartbeat_interval.saturating_mul(3);
     let worker = Worker::builder(storage)
         .heartbeat_interval(plan.heartbeat_interval)
         .sweep_interval(plan.sweep_interval)
         .lease(lease)
+        .grace(lease)
         .stop_deadline(plan.stop_deadline)
         .on_event(move |event| match event {
             WorkerEvent::Recovered(task) => hook_lines.say(&task.hint()),
@@ -239,6 +240,19 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
                 warn(format!("the queued outcome of task {} ({}) was refused: {refusal:?}",
                     pending.id, pending.status
                 ));
+            }
+            WorkerEvent::StalledWorker(owner) => {
+                eprintln!(
+                    "tasktrail: warning: {}",
+                    crate::output::noticed_owner_line(owner)
+                );
+            }
+            WorkerEvent::ResumedAfterStall { silent_for } => {
+                eprintln!(
+                    "tasktrail: warning: this worker did not run for {} (stopped or hung); \
+                     its liveness lock kept its tasks",
+                    tasktrail::backend::human_duration(*silent_for)
+                );
             }
             _ => {}
         })

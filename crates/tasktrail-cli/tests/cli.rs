@@ -530,3 +530,31 @@ fn migrate_names_adopt_for_a_pre_fix_database_and_adopt_upgrades_it() {
     assert_one_line_error(&again, "already");
     assert!(tasktrail(&db, &["migrate"]).status.success());
 }
+
+#[test]
+fn show_of_an_unreadable_row_prints_what_the_database_holds_and_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+    let id = "00000000-0000-7000-8000-000000000042";
+    sqlite_exec(
+        &db,
+        &format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('{id}', 'acme/widgets', 42, \
+             'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success', \
+             'the day before yesterday', NULL);"
+        ),
+    );
+    let output = tasktrail(&db, &["show", id]);
+    assert_one_line_error(&output, "started_at");
+    let out = stdout(&output);
+    assert!(out.contains("the day before yesterday"), "{out}");
+    assert!(out.contains("acme/widgets"), "{out}");
+    assert!(out.contains("finished_at: NULL"), "{out}");
+    let json = tasktrail(&db, &["show", id, "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(value["started_at"], "the day before yesterday");
+    assert_eq!(value["issue_number"], "42");
+}

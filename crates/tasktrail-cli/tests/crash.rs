@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use tasktrail::backend::{PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail::{
-    Clock, CostUsd, FinishError, FinishRefusal, LivenessPolicy, Outcome, ProcessProbe,
-    RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage, StorageExt, SystemClock, Task,
-    TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus, WorkerId,
-    WorkerRegistration, WorkerState,
+    Clock, CostUsd, FinishError, FinishRefusal, HostIdentity, LivenessPolicy, Outcome,
+    ProcessProbe, RegisteredWorker, RunReport, SessionId, SqliteStorage, Storage, StorageExt,
+    SystemClock, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus,
+    WorkerId, WorkerRegistration, WorkerState,
 };
 
 // ---------------------------------------------------------------------------
@@ -671,6 +671,15 @@ impl ProcessProbe for NoProcesses {
 
 const RACE_HOST: &str = "crash-test-host";
 
+/// The boot and PID namespace of the race's (made-up) workers and judge: the
+/// probe applies, and says every pid is gone.
+fn race_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "race-boot".into(),
+        pid_namespace: 1,
+    }
+}
+
 fn race_spec(issue: u32) -> TaskSpec {
     TaskSpec::validate(TaskSpecInput {
         repo: "acme/widgets".into(),
@@ -703,7 +712,7 @@ fn a_late_finish_races_a_recovery_sweep_and_exactly_one_wins() {
     let store_a = open(&db);
     let store_b = open(&db);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let policy = LivenessPolicy::for_host(RACE_HOST);
+    let policy = LivenessPolicy::new(Some(race_identity()));
     let (mut finish_won, mut sweep_won) = (0u32, 0u32);
 
     for i in 0..TASKS {
@@ -715,11 +724,14 @@ fn a_late_finish_races_a_recovery_sweep_and_exactly_one_wins() {
                 host: RACE_HOST.into(),
                 pid: 4_000_000 + i,
                 process_start_marker: "gone".into(),
+                host_identity: Some(race_identity()),
                 started_at: clock.now(),
             },
             Arc::clone(&clock),
         )
         .expect("register A");
+        // Its process is gone: the kernel released its lock.
+        assert!(store_a.release_worker_lock(worker.id()));
         let running = Task::queue(race_spec(i + 1))
             .start(&worker, &store_a)
             .expect("start");

@@ -31,7 +31,9 @@ pub use crate::record::{
     human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
     NewSession, RecoveryRequest, SweepMode,
 };
-pub use crate::worker::{LivenessJudge, OwnerFacts, OwnerSession, PolicyJudge};
+pub use crate::worker::{
+    LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,
+};
 
 /// A boxed backend error kept as the source of a [`StorageError`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;

@@ -5,7 +5,8 @@
 //! too (enable the `testing` feature).
 //!
 //! ```
-//! use tasktrail_core::conformance::{run_conformance_suite, Subject};
+//! use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
+//! use tasktrail_core::backend::{LockWatch, OwnerLock};
 //! use tasktrail_core::MemoryStorage;
 //!
 //! run_conformance_suite(Subject {
@@ -13,20 +14,30 @@
 //!     fresh_store: Box::new(MemoryStorage::new),
 //!     task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
 //!     age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| store.age_heartbeat(worker, by)),
+//!     change_worker_lock: Box::new(|store: &MemoryStorage, worker, change| {
+//!         store.set_worker_lock(worker, match change {
+//!             LockChange::ReleasedByDeath => OwnerLock::Free { watched_for: LockWatch::Continuous },
+//!             _ => OwnerLock::NotCheckable, // LockChange::RegisteredBeforeLocks
+//!         })
+//!     }),
 //! });
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
-use crate::backend::{FinishRow, FinishWrite, PolicyJudge, RecoveryRequest, SweepMode};
+use crate::backend::{
+    FinishRow, FinishWrite, NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode,
+};
 use crate::{
-    Clock, CostUsd, FinishError, FinishRefusal, InterruptReason, LivenessPolicy, ManualClock,
-    Outcome, ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey,
-    Storage, StorageError, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput,
-    TaskStatus, WorkerId, WorkerRegistration, WorkerState,
+    Clock, CostUsd, DeathCause, FinishError, FinishRefusal, HostIdentity, InterruptReason,
+    Liveness, LivenessPolicy, ManualClock, NoticedOwner, Outcome, ProcessProbe, RecoveredTask,
+    RegisteredWorker, RunReport, SessionId, SessionKey, Storage, StorageError, Task, TaskFilter,
+    TaskId, TaskRecord, TaskSpec, TaskSpecInput, TaskStatus, Unproven, WorkerId,
+    WorkerRegistration, WorkerState,
 };
 
 /// Counts the INSERT statements into `task_history` a store issued for an id.
@@ -34,6 +45,22 @@ pub type InsertCounter<S> = Box<dyn Fn(&S, TaskId) -> usize>;
 
 /// Moves a worker's `heartbeat_at` back by a duration, in the store.
 pub type HeartbeatAger<S> = Box<dyn Fn(&S, WorkerId, Duration)>;
+
+/// What happens to a worker's liveness lock, played by
+/// [`Subject::change_worker_lock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockChange {
+    /// The worker's process died: the kernel (or the database, ending its
+    /// session) released its lock. Its row stays `alive` until a sweep.
+    ReleasedByDeath,
+    /// The worker registered the way workers did before liveness locks
+    /// existed: no lock can be checked for it (the lease decides).
+    RegisteredBeforeLocks,
+}
+
+/// Plays a [`LockChange`] on a worker's lock, in the store.
+pub type LockChanger<S> = Box<dyn Fn(&S, WorkerId, LockChange)>;
 
 /// What a backend hands the suite.
 pub struct Subject<S: Storage> {
@@ -50,6 +77,11 @@ pub struct Subject<S: Storage> {
     /// production configuration, whatever clock it measures silence on (the
     /// database's, on Postgres). It must not touch anything else.
     pub age_heartbeats: HeartbeatAger<S>,
+    /// A test hook: plays a [`LockChange`] on the worker's liveness lock
+    /// (release it as a dying process's kernel or database session would, or
+    /// make the worker look registered before locks existed). It must not
+    /// touch anything else; the worker's row stays as it is.
+    pub change_worker_lock: LockChanger<S>,
 }
 
 impl<S: Storage> fmt::Debug for Subject<S> {
@@ -65,8 +97,11 @@ struct World<'a, S: Storage> {
     store: &'a S,
     inserts: &'a dyn Fn(&S, TaskId) -> usize,
     age: &'a dyn Fn(&S, WorkerId, Duration),
+    change_lock: &'a dyn Fn(&S, WorkerId, LockChange),
     clock: ManualClock,
     processes: FakeProcesses,
+    /// The worker each local pid belongs to.
+    workers_by_pid: HashMap<u32, WorkerId>,
     next_pid: u32,
     next_issue: u32,
 }
@@ -103,11 +138,63 @@ impl ProcessProbe for FakeProcesses {
 
 const LOCAL_HOST: &str = "local";
 
+/// The judge's boot and PID namespace: only workers registered with it are
+/// judged by the (fake) process table.
+fn local_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "boot-local".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
+
+/// Where a conformance worker runs, seen from the judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The judge's boot and PID namespace: its pid is in the process table.
+    Local,
+    /// Another machine that shares the judge's host name (another boot id).
+    LookAlikeHost,
+    /// The judge's boot, another PID namespace (a container).
+    OtherPidNamespace,
+    /// Another machine with its own name.
+    Elsewhere,
+}
+
+/// The grace of the suite's policy: short, so that a case can wait it out
+/// on a backend whose judge must have watched a lock for a grace
+/// (Postgres).
+const SUITE_GRACE: Duration = Duration::seconds(1);
+
 impl<S: Storage> World<'_, S> {
-    fn worker_on(&mut self, host: &str) -> (RegisteredWorker, u32) {
+    fn worker_at(&mut self, place: Place) -> (RegisteredWorker, u32) {
         self.next_pid += 1;
         let pid = self.next_pid;
-        if host == LOCAL_HOST {
+        let local = local_identity();
+        let (host, identity) = match place {
+            Place::Local => (LOCAL_HOST, local),
+            Place::LookAlikeHost => (
+                LOCAL_HOST,
+                HostIdentity {
+                    boot_id: "boot-look-alike".into(),
+                    ..local
+                },
+            ),
+            Place::OtherPidNamespace => (
+                LOCAL_HOST,
+                HostIdentity {
+                    pid_namespace: 4_026_532_178,
+                    ..local
+                },
+            ),
+            Place::Elsewhere => (
+                "elsewhere",
+                HostIdentity {
+                    boot_id: "boot-elsewhere".into(),
+                    ..local
+                },
+            ),
+        };
+        if place == Place::Local {
             self.processes.spawn(pid);
         }
         let worker = RegisteredWorker::register(
@@ -117,16 +204,47 @@ impl<S: Storage> World<'_, S> {
                 host: host.to_owned(),
                 pid,
                 process_start_marker: format!("boot:{pid}"),
+                host_identity: Some(identity),
                 started_at: self.clock.now(),
             },
             Arc::new(self.clock.clone()),
         )
         .expect("register worker");
+        if place == Place::Local {
+            self.workers_by_pid.insert(pid, worker.id());
+        }
         (worker, pid)
     }
 
+    fn worker_on(&mut self, host: &str) -> (RegisteredWorker, u32) {
+        self.worker_at(if host == LOCAL_HOST {
+            Place::Local
+        } else {
+            Place::Elsewhere
+        })
+    }
+
     fn local_worker(&mut self) -> (RegisteredWorker, u32) {
-        self.worker_on(LOCAL_HOST)
+        self.worker_at(Place::Local)
+    }
+
+    /// The local process `pid` dies (SIGKILL): gone from the process table,
+    /// its lock released.
+    fn kill(&self, pid: u32) {
+        self.processes.kill(pid);
+        if let Some(worker) = self.workers_by_pid.get(&pid) {
+            self.change_lock(*worker, LockChange::ReleasedByDeath);
+        }
+    }
+
+    /// The local process `pid` dies and another process takes its pid.
+    fn reuse_pid(&self, pid: u32) {
+        self.kill(pid);
+        self.processes.reuse(pid);
+    }
+
+    fn change_lock(&self, worker: WorkerId, change: LockChange) {
+        (self.change_lock)(self.store, worker, change);
     }
 
     fn spec(&mut self, repo: &str) -> TaskSpec {
@@ -164,22 +282,41 @@ impl<S: Storage> World<'_, S> {
         (self.age)(self.store, worker.id(), by);
     }
 
+    fn policy() -> LivenessPolicy {
+        LivenessPolicy {
+            grace: SUITE_GRACE,
+            ..LivenessPolicy::new(Some(local_identity()))
+        }
+    }
+
     fn sweep(&self, by: &RegisteredWorker, mode: SweepMode) -> Vec<RecoveredTask> {
-        let policy = LivenessPolicy::for_host(LOCAL_HOST);
-        let now = self.clock.now();
-        self.store
+        self.sweep_noticing(by, mode).0
+    }
+
+    /// A sweep that also says which owners it left alone as stalled or not
+    /// yet provably dead.
+    fn sweep_noticing(
+        &self,
+        by: &RegisteredWorker,
+        mode: SweepMode,
+    ) -> (Vec<RecoveredTask>, Vec<NoticedOwner>) {
+        let policy = Self::policy();
+        let judge = NoticingJudge::new(PolicyJudge {
+            policy: &policy,
+            probe: &self.processes,
+        });
+        let recovered = self
+            .store
             .recover_orphans(
                 &RecoveryRequest {
                     recovering_worker: by.id(),
-                    now,
+                    now: self.clock.now(),
                     mode,
                 },
-                &PolicyJudge {
-                    policy: &policy,
-                    probe: &self.processes,
-                },
+                &judge,
             )
-            .expect("sweep")
+            .expect("sweep");
+        (recovered, judge.into_noticed())
     }
 }
 
@@ -246,8 +383,24 @@ fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
             recovery_leaves_live_workers_rows_alone,
         ),
         (
-            "recovery_of_other_hosts_follows_the_heartbeat_lease",
-            recovery_of_other_hosts_follows_the_heartbeat_lease,
+            "recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease",
+            recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease,
+        ),
+        (
+            "a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled",
+            a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled,
+        ),
+        (
+            "a_held_lock_wins_over_a_process_probe_that_says_gone",
+            a_held_lock_wins_over_a_process_probe_that_says_gone,
+        ),
+        (
+            "a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace",
+            a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace,
+        ),
+        (
+            "look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid",
+            look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid,
         ),
         (
             "recovery_with_no_orphans_is_a_no_op",
@@ -307,6 +460,7 @@ pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
             store: &store,
             inserts: subject.task_insert_statements.as_ref(),
             age: subject.age_heartbeats.as_ref(),
+            change_lock: subject.change_worker_lock.as_ref(),
             clock: ManualClock::starting_at(
                 Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
                     .single()
@@ -314,6 +468,7 @@ pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
                     + Duration::microseconds(123_456),
             ),
             processes: FakeProcesses::default(),
+            workers_by_pid: HashMap::new(),
             next_pid: 100,
             next_issue: 1000,
         };
@@ -547,7 +702,7 @@ fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w: &mut Worl
     let (victim, victim_pid) = w.local_worker();
     let running = w.start(&victim);
     let id = running.id();
-    w.processes.kill(victim_pid);
+    w.kill(victim_pid);
     let (rescuer, _) = w.local_worker();
     assert_eq!(w.sweep(&rescuer, SweepMode::Apply).len(), 1);
     let before = w.row(id);
@@ -570,7 +725,7 @@ fn recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it<S: Storage>(
     w.clock.advance(Duration::seconds(30));
     let b = w.start(&victim);
     w.clock.advance(Duration::minutes(36));
-    w.processes.kill(victim_pid);
+    w.kill(victim_pid);
     let (rescuer, _) = w.local_worker();
     let recovered = w.sweep(&rescuer, SweepMode::Apply);
     let ids: Vec<TaskId> = recovered.iter().map(|r| r.task.id).collect();
@@ -643,7 +798,7 @@ fn recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it<S: Storage>(
 fn recovery_treats_a_reused_pid_as_dead<S: Storage>(w: &mut World<'_, S>) {
     let (victim, victim_pid) = w.local_worker();
     let running = w.start(&victim);
-    w.processes.reuse(victim_pid);
+    w.reuse_pid(victim_pid);
     let (rescuer, _) = w.local_worker();
     let recovered = w.sweep(&rescuer, SweepMode::Apply);
     assert_eq!(
@@ -667,9 +822,13 @@ fn recovery_leaves_live_workers_rows_alone<S: Storage>(w: &mut World<'_, S>) {
     }
 }
 
-fn recovery_of_other_hosts_follows_the_heartbeat_lease<S: Storage>(w: &mut World<'_, S>) {
+fn recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (beating, _) = w.worker_on("elsewhere");
     let (silent, _) = w.worker_on("elsewhere");
+    w.change_lock(beating.id(), LockChange::RegisteredBeforeLocks);
+    w.change_lock(silent.id(), LockChange::RegisteredBeforeLocks);
     let kept = w.start(&beating);
     let lost = w.start(&silent);
     // Time passes for the store's clock (the database's, on Postgres): both
@@ -691,6 +850,129 @@ fn recovery_of_other_hosts_follows_the_heartbeat_lease<S: Storage>(w: &mut World
         vec![lost.id()]
     );
     assert_eq!(w.row(kept.id()).status, TaskStatus::Running);
+}
+
+fn a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    // Stopped (SIGSTOP) or hung for an hour, in another PID namespace or on
+    // another machine: it still holds its lock.
+    for place in [
+        Place::Elsewhere,
+        Place::OtherPidNamespace,
+        Place::LookAlikeHost,
+    ] {
+        let (stalled, _) = w.worker_at(place);
+        let running = w.start(&stalled);
+        w.age_heartbeat(&stalled, Duration::hours(1));
+        let (rescuer, _) = w.local_worker();
+        let (recovered, noticed) = w.sweep_noticing(&rescuer, SweepMode::Apply);
+        assert!(recovered.is_empty(), "{place:?}: a held lock is alive");
+        assert_eq!(
+            noticed
+                .iter()
+                .map(|owner| (
+                    owner.record.id,
+                    matches!(owner.verdict, Liveness::Stalled { .. })
+                ))
+                .collect::<Vec<_>>(),
+            vec![(stalled.id(), true)],
+            "{place:?}: reported stalled"
+        );
+        assert!(noticed[0].silence >= Duration::hours(1), "{place:?}");
+        // When it wakes up it finishes its task normally.
+        stalled.heartbeat(w.store).expect("it is still alive");
+        running
+            .finish(Outcome::Success(report()), w.store)
+            .expect("the stalled worker finishes its task");
+        rescuer.deregister(w.store).expect("deregister");
+    }
+}
+
+fn a_held_lock_wins_over_a_process_probe_that_says_gone<S: Storage>(w: &mut World<'_, S>) {
+    // Same boot and PID namespace, the pid is not in the process table (a
+    // probe that cannot see it), yet the worker holds its lock: alive.
+    let (holder, pid) = w.local_worker();
+    let running = w.start(&holder);
+    w.processes.kill(pid);
+    let (rescuer, _) = w.local_worker();
+    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
+    assert_eq!(w.row(running.id()).status, TaskStatus::Running);
+    running
+        .finish(Outcome::Success(report()), w.store)
+        .expect("its owner finishes it");
+}
+
+fn a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (victim, victim_pid) = w.worker_at(Place::OtherPidNamespace);
+    let running = w.start(&victim);
+    let id = running.id();
+    std::mem::forget(running); // SIGKILL: no drop
+    w.change_lock(victim.id(), LockChange::ReleasedByDeath);
+    let (rescuer, _) = w.local_worker();
+    // A judge that has not watched the lock for a grace yet (Postgres: a
+    // fresh connection) waits too: give every backend's judge the grace.
+    std::thread::sleep(
+        (SUITE_GRACE + Duration::milliseconds(200))
+            .to_std()
+            .expect("positive"),
+    );
+    // Its last heartbeat, just before its process died.
+    victim.heartbeat(w.store).expect("a last heartbeat");
+    let (recovered, noticed) = w.sweep_noticing(&rescuer, SweepMode::Apply);
+    assert!(recovered.is_empty(), "within the grace: not yet provable");
+    assert_eq!(
+        noticed
+            .iter()
+            .map(|owner| (owner.record.id, owner.verdict.clone()))
+            .collect::<Vec<_>>(),
+        vec![(victim.id(), Liveness::NotYetProvable(Unproven::WithinGrace))]
+    );
+    assert_eq!(w.row(id).status, TaskStatus::Running);
+    w.age_heartbeat(&victim, SUITE_GRACE + Duration::seconds(1));
+    let recovered = w.sweep(&rescuer, SweepMode::Apply);
+    assert_eq!(
+        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    assert!(
+        matches!(&recovered[0].cause, DeathCause::LockReleased { pid, .. } if *pid == victim_pid),
+        "{:?}",
+        recovered[0].cause
+    );
+    assert!(matches!(
+        victim.heartbeat(w.store),
+        Err(StorageError::WorkerNotAlive { .. })
+    ));
+}
+
+fn look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    // Their pids are not in the judge's process table, and the judge's host
+    // name is theirs: a probe would call them gone. Whatever their lock
+    // says, a fresh heartbeat keeps them.
+    let mut rows = Vec::new();
+    for place in [Place::LookAlikeHost, Place::OtherPidNamespace] {
+        for change in [None, Some(LockChange::RegisteredBeforeLocks)] {
+            let (worker, _) = w.worker_at(place);
+            if let Some(change) = change {
+                w.change_lock(worker.id(), change);
+            }
+            rows.push((w.start(&worker), worker));
+        }
+    }
+    let (rescuer, _) = w.local_worker();
+    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
+    for (running, worker) in rows {
+        assert_eq!(w.row(running.id()).status, TaskStatus::Running);
+        worker.heartbeat(w.store).expect("still alive");
+        running
+            .finish(Outcome::Success(report()), w.store)
+            .expect("its owner finishes it");
+    }
 }
 
 fn recovery_with_no_orphans_is_a_no_op<S: Storage>(w: &mut World<'_, S>) {
@@ -717,7 +999,7 @@ fn every_recovered_task_is_reported_once<S: Storage>(w: &mut World<'_, S>) {
     for _ in 0..3 {
         let _ = w.start(&victim);
     }
-    w.processes.kill(pid);
+    w.kill(pid);
     let (first, _) = w.local_worker();
     let (second, _) = w.local_worker();
     assert_eq!(w.sweep(&first, SweepMode::Apply).len(), 3);
@@ -731,7 +1013,7 @@ fn dry_run_reports_the_same_tasks_and_changes_nothing<S: Storage>(w: &mut World<
     running
         .record_session(SessionId::parse("sess_dry").expect("id"), w.store)
         .expect("session");
-    w.processes.kill(pid);
+    w.kill(pid);
     let (rescuer, _) = w.local_worker();
     let before = w.store.list_tasks(&TaskFilter::default()).expect("list");
     let sessions_before = w.store.list_sessions().expect("sessions");
@@ -833,7 +1115,7 @@ fn sessions_of_interrupted_tasks_are_invalidated_and_never_resumed<S: Storage>(
         .record_session(SessionId::parse("sess_orphan").expect("id"), w.store)
         .expect("record");
     let key = key_of(&w.row(orphan.id()));
-    w.processes.kill(pid);
+    w.kill(pid);
     let (rescuer, _) = w.local_worker();
     let recovered = w.sweep(&rescuer, SweepMode::Apply);
     assert_eq!(recovered.len(), 1);
@@ -1080,7 +1362,7 @@ fn an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again<S: Stor
     let (victim, pid) = w.local_worker();
     let running = w.start(&victim);
     let id = running.id();
-    w.processes.kill(pid);
+    w.kill(pid);
     let (rescuer, _) = w.local_worker();
     let swept = w.sweep(&rescuer, SweepMode::Apply);
     assert_eq!(swept.len(), 1);
@@ -1106,7 +1388,7 @@ fn a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own<S: Storag
     let theirs = w.start(&dead);
     let theirs_id = theirs.id();
     std::mem::forget(theirs); // SIGKILL: no drop
-    w.processes.kill(pid);
+    w.kill(pid);
     w.clock.advance(Duration::seconds(30));
     let recovered = w.sweep(&sweeper, SweepMode::Apply);
     assert_eq!(

@@ -32,6 +32,7 @@
 //!         host: "dev".into(),
 //!         pid: 4242,
 //!         process_start_marker: "boot:1".into(),
+//!         host_identity: None,
 //!         started_at: clock.now(),
 //!     },
 //!     clock,
@@ -86,6 +87,6 @@ pub use task::{
     TaskState, ABANDONED_REASON,
 };
 pub use worker::{
-    DeathCause, Liveness, LivenessPolicy, ProcessProbe, WorkerRecord, WorkerRegistration,
-    WorkerState,
+    DeathCause, HostIdentity, Liveness, LivenessPolicy, NoticedOwner, ProcessProbe, Unproven,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };

@@ -16,7 +16,7 @@ use crate::record::{
 use crate::status::TaskStatus;
 use crate::storage::StorageError;
 use crate::worker::{
-    Liveness, LivenessJudge, OwnerFacts, OwnerSession, WorkerRecord, WorkerRegistration,
+    Liveness, LivenessJudge, LockWatch, OwnerFacts, OwnerLock, WorkerRecord, WorkerRegistration,
     WorkerState,
 };
 
@@ -34,7 +34,17 @@ struct Inner {
     /// INSERT statements attempted into `task_history`, per id (counted
     /// before the duplicate check, as a SQL statement log would).
     task_inserts: HashMap<TaskId, usize>,
+    /// The liveness lock of each registered worker, as the store sees it:
+    /// `Held` from registration, freed on deregistration or when a sweep
+    /// declares it dead; tests change it with
+    /// [`MemoryStorage::set_worker_lock`].
+    locks: HashMap<WorkerId, OwnerLock>,
 }
+
+/// A lock that nobody holds, watched for as long as the store exists.
+const FREE_LOCK: OwnerLock = OwnerLock::Free {
+    watched_for: LockWatch::Continuous,
+};
 
 impl MemoryStorage {
     /// An empty store.
@@ -56,6 +66,16 @@ impl MemoryStorage {
         if let Some(record) = self.lock().workers.get_mut(&worker) {
             record.heartbeat_at -= by;
         }
+    }
+
+    /// Test hook: what the store reports about `worker`'s liveness lock from
+    /// now on. Everything lives in one process, so a registered worker holds
+    /// its lock until it deregisters or is declared dead; a test frees it
+    /// (`OwnerLock::Free`) to play a crashed process, or makes it
+    /// `OwnerLock::NotCheckable` to play a registration older than locks.
+    #[cfg(feature = "testing")]
+    pub fn set_worker_lock(&self, worker: WorkerId, lock: OwnerLock) {
+        self.lock().locks.insert(worker, lock);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -102,12 +122,14 @@ impl Storage for MemoryStorage {
                 host: registration.host.clone(),
                 pid: registration.pid,
                 process_start_marker: registration.process_start_marker.clone(),
+                host_identity: registration.host_identity.clone(),
                 started_at: registration.started_at,
                 heartbeat_at: registration.started_at,
                 state: WorkerState::Alive,
                 stopped_at: None,
             },
         );
+        inner.locks.insert(registration.id, OwnerLock::Held);
         Ok(())
     }
 
@@ -130,6 +152,7 @@ impl Storage for MemoryStorage {
             record.state = WorkerState::Stopped;
             record.stopped_at = Some(at);
         }
+        inner.locks.insert(worker, FREE_LOCK);
         Ok(())
     }
 
@@ -230,11 +253,16 @@ impl Storage for MemoryStorage {
                     // Heartbeats are written with the callers' clock: the
                     // sweep's `now` is this store's time.
                     let facts = owner.and_then(|id| inner.workers.get(&id)).map(|record| {
-                        OwnerFacts::observed_at(
-                            record.clone(),
-                            request.now,
-                            OwnerSession::NotObservable,
-                        )
+                        // A stopped or dead owner holds no lock worth asking about.
+                        let lock = match record.state {
+                            WorkerState::Alive => inner
+                                .locks
+                                .get(&record.id)
+                                .copied()
+                                .unwrap_or(OwnerLock::NotCheckable),
+                            WorkerState::Stopped | WorkerState::Dead => OwnerLock::NotCheckable,
+                        };
+                        OwnerFacts::observed_at(record.clone(), request.now, lock)
                     });
                     judge.judge(facts.as_ref())
                 })
@@ -277,6 +305,7 @@ impl Storage for MemoryStorage {
                             worker.stopped_at = Some(request.now);
                         }
                     }
+                    inner.locks.insert(*owner, FREE_LOCK);
                 }
             }
         }

@@ -117,19 +117,37 @@ fn spec() -> TaskSpec {
     .expect("spec")
 }
 
+/// The boot and PID namespace of the made-up workers and of the judge.
+fn made_up_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
+
 fn worker(storage: &Faulty, clock: &ManualClock, pid: u32) -> RegisteredWorker {
-    RegisteredWorker::register(
+    let worker = RegisteredWorker::register(
         storage,
         WorkerRegistration {
             id: WorkerId::new_random(),
             host: "dev".into(),
             pid,
             process_start_marker: format!("boot:{pid}"),
+            host_identity: Some(made_up_identity()),
             started_at: clock.now(),
         },
         Arc::new(clock.clone()),
     )
-    .expect("register")
+    .expect("register");
+    // A made-up process: nothing holds its liveness lock, and the probe
+    // (no processes at all) decides.
+    storage.inner.set_worker_lock(
+        worker.id(),
+        OwnerLock::Free {
+            watched_for: LockWatch::Continuous,
+        },
+    );
+    worker
 }
 
 fn clock() -> ManualClock {
@@ -213,7 +231,7 @@ fn a_failed_sweep_leaves_every_row_as_it_was_and_the_next_one_recovers() {
     let rows_before = storage.list_tasks(&TaskFilter::default()).expect("rows");
     let sessions_before = storage.list_sessions().expect("sessions");
     let workers_before = storage.list_workers().expect("workers");
-    let policy = LivenessPolicy::for_host("dev");
+    let policy = LivenessPolicy::new(Some(made_up_identity()));
     let judge = PolicyJudge {
         policy: &policy,
         probe: &NoProcesses,

@@ -2,7 +2,7 @@
 //! the proof that the suite catches a backend that breaks the contract.
 
 use tasktrail_core::backend::*;
-use tasktrail_core::conformance::{run_conformance_suite, Subject};
+use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
 use tasktrail_core::*;
 
 #[test]
@@ -16,7 +16,21 @@ fn memory_storage_passes_the_conformance_suite() {
         age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| {
             store.age_heartbeat(worker, by)
         }),
+        change_worker_lock: Box::new(change_memory_lock),
     });
+}
+
+/// The suite's lock hook on a [`MemoryStorage`].
+fn change_memory_lock(store: &MemoryStorage, worker: WorkerId, change: LockChange) {
+    store.set_worker_lock(
+        worker,
+        match change {
+            LockChange::ReleasedByDeath => OwnerLock::Free {
+                watched_for: LockWatch::Continuous,
+            },
+            _ => OwnerLock::NotCheckable,
+        },
+    );
 }
 
 /// A backend with the seed issue's bug: finish writes a new row instead of
@@ -104,9 +118,101 @@ fn the_suite_fails_a_backend_that_inserts_on_finish() {
             age_heartbeats: Box::new(|store: &InsertsOnFinish, worker, by| {
                 store.inner.age_heartbeat(worker, by)
             }),
+            change_worker_lock: Box::new(|store: &InsertsOnFinish, worker, change| {
+                change_memory_lock(&store.inner, worker, change)
+            }),
         });
     });
     let panic = result.expect_err("the broken backend must fail the suite");
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("inserts-on-finish"), "{message}");
+}
+
+/// A backend that hands the judge every lock as free, as one that checked
+/// the wrong lock (or took the lock itself to test it) would.
+#[derive(Debug, Default)]
+struct SeesEveryLockFree {
+    inner: MemoryStorage,
+}
+
+struct LocksLookFree<'a>(&'a dyn LivenessJudge);
+
+impl LivenessJudge for LocksLookFree<'_> {
+    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
+        let owner = owner.cloned().map(|mut facts| {
+            if facts.lock == OwnerLock::Held {
+                facts.lock = OwnerLock::Free {
+                    watched_for: LockWatch::Continuous,
+                };
+            }
+            facts
+        });
+        self.0.judge(owner.as_ref())
+    }
+}
+
+impl Storage for SeesEveryLockFree {
+    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
+        self.inner.register_worker(registration)
+    }
+    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.inner.heartbeat_worker(worker, at)
+    }
+    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
+        self.inner.deregister_worker(worker, at)
+    }
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+        self.inner.list_workers()
+    }
+    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+        self.inner.insert_running(row)
+    }
+    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+        self.inner.finish_running(row)
+    }
+    fn recover_orphans(
+        &self,
+        request: &RecoveryRequest,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.inner.recover_orphans(request, &LocksLookFree(judge))
+    }
+    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+        self.inner.record_session(session)
+    }
+    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
+        self.inner.resumable_session(key)
+    }
+    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+        self.inner.list_sessions()
+    }
+    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        self.inner.get_task(id)
+    }
+    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+        self.inner.list_tasks(filter)
+    }
+}
+
+#[test]
+fn the_suite_fails_a_backend_that_reports_held_locks_as_free() {
+    let result = std::panic::catch_unwind(|| {
+        run_conformance_suite(Subject {
+            name: "sees-every-lock-free",
+            fresh_store: Box::new(SeesEveryLockFree::default),
+            task_insert_statements: Box::new(|store: &SeesEveryLockFree, id| {
+                store.inner.task_insert_statements(id)
+            }),
+            age_heartbeats: Box::new(|store: &SeesEveryLockFree, worker, by| {
+                store.inner.age_heartbeat(worker, by)
+            }),
+            change_worker_lock: Box::new(|store: &SeesEveryLockFree, worker, change| {
+                change_memory_lock(&store.inner, worker, change)
+            }),
+        });
+    });
+    let panic = result.expect_err("a backend blind to held locks must fail the suite");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("sees-every-lock-free"), "{message}");
+    assert!(message.contains("lock"), "a lock case caught it: {message}");
 }

@@ -53,6 +53,7 @@ fn registered_worker(store: &MockStore) -> RegisteredWorker {
             host: "dev".into(),
             pid: 4242,
             process_start_marker: "boot:1".into(),
+            host_identity: None,
             started_at: clock.now(),
         },
         Arc::new(clock),

@@ -6,7 +6,9 @@
 #![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState};
+use tasktrail_core::{
+    HostIdentity, StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState,
+};
 
 pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
     StorageError::CorruptRow {
@@ -118,6 +120,37 @@ impl std::fmt::Display for RowLabel<'_> {
     }
 }
 
+/// A PID namespace inode in a BIGINT column: the same 64 bits, so every
+/// inode round-trips.
+fn encode_namespace(inode: u64) -> i64 {
+    i64::from_ne_bytes(inode.to_ne_bytes())
+}
+
+/// The `boot_id` and `pid_namespace` columns of a registration's identity
+/// (both NULL without one).
+pub(crate) fn encode_host_identity(
+    identity: Option<&HostIdentity>,
+) -> (Option<String>, Option<i64>) {
+    identity.map_or((None, None), |identity| {
+        (
+            Some(identity.boot_id.clone()),
+            Some(encode_namespace(identity.pid_namespace)),
+        )
+    })
+}
+
+/// The host identity of a `workers` row: both columns, or none (rows
+/// registered before they were recorded).
+pub(crate) fn decode_host_identity(
+    boot_id: Option<String>,
+    pid_namespace: Option<i64>,
+) -> Option<HostIdentity> {
+    Some(HostIdentity {
+        boot_id: boot_id?,
+        pid_namespace: u64::from_ne_bytes(pid_namespace?.to_ne_bytes()),
+    })
+}
+
 /// Makes a row's decoding error name the row (`task <id>: ...`), so a
 /// listing can report it on its own line; errors that already name it are
 /// kept as they are.
@@ -151,6 +184,21 @@ pub(crate) fn decode_cost(id: &str, value: f64) -> Result<f64, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pid_namespace_inode_round_trips_and_half_an_identity_is_none() {
+        for inode in [0, 1, 4_026_531_836, u64::from(u32::MAX) + 1, u64::MAX] {
+            let (boot_id, namespace) = encode_host_identity(Some(&HostIdentity {
+                boot_id: "b".into(),
+                pid_namespace: inode,
+            }));
+            let identity = decode_host_identity(boot_id, namespace);
+            assert_eq!(identity.map(|i| i.pid_namespace), Some(inode));
+        }
+        assert_eq!(encode_host_identity(None), (None, None));
+        assert_eq!(decode_host_identity(None, Some(1)), None);
+        assert_eq!(decode_host_identity(Some("b".into()), None), None);
+    }
 
     #[test]
     fn artifacts_round_trip_and_garbage_is_corrupt() {

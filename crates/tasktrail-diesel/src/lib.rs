@@ -21,6 +21,8 @@
 mod codec;
 #[cfg(test)]
 mod error_text;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod raw;
 mod secrets;
 mod statement_log;
 
@@ -29,6 +31,10 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+/// The columns of a `task_history` row, in schema order, each as the
+/// database's own text for it (`None` for NULL): what `raw_task_columns`
+/// returns for showing a row that cannot be read as a record.
+pub type RawColumns = Vec<(&'static str, Option<String>)>;
 pub use secrets::{redact, Secrets, REDACTED};
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;

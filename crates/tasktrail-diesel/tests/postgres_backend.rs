@@ -19,13 +19,14 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::backend::{
-    FinishRow, FinishWrite, NewRunningRow, PolicyJudge, RecoveryRequest, SweepMode,
+    FinishRow, FinishWrite, NewRunningRow, NoticingJudge, OwnerLock, PolicyJudge, RecoveryRequest,
+    SweepMode,
 };
 use tasktrail_core::{
-    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, LivenessPolicy, Outcome,
+    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, Liveness, LivenessPolicy, Outcome,
     ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey, Storage,
     StorageError, StorageExt, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
-    TaskStatus, Timestamp, WorkerId, WorkerRegistration, WorkerState,
+    TaskStatus, Timestamp, Unproven, WorkerId, WorkerRegistration, WorkerState,
 };
 use tasktrail_diesel::{
     PostgresOptions, PostgresStorage, ScratchDatabase, StatementLog, POSTGRES_MIGRATIONS,
@@ -97,6 +98,7 @@ fn registration(host: &str, pid: u32) -> WorkerRegistration {
         host: host.into(),
         pid,
         process_start_marker: format!("boot:{pid}"),
+        host_identity: None,
         started_at: SystemClock.now(),
     }
 }
@@ -116,14 +118,38 @@ fn report() -> RunReport {
     }
 }
 
-/// The boot-time sweep of a worker on `host`, with the default lease.
+/// The grace the tests judge with: short, so a test can wait it out.
+const TEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The tests' policy: no pid probe (their processes are made up), the
+/// default lease, a one-second grace.
+fn test_policy() -> LivenessPolicy {
+    LivenessPolicy {
+        grace: Duration::from_std(TEST_GRACE).expect("grace"),
+        ..LivenessPolicy::new(None)
+    }
+}
+
+/// Opens `store`'s pooled connection and waits a grace, so its sweeps have
+/// watched locks for longer than the grace (a judge that just connected
+/// reads no free lock as death).
+fn let_the_judge_watch_a_grace(store: &PostgresStorage) {
+    store
+        .with_connection(|connection| connection.batch_execute("SELECT 1"))
+        .expect("a connection")
+        .expect("select");
+    std::thread::sleep(TEST_GRACE + std::time::Duration::from_millis(300));
+}
+
+/// The boot-time sweep of a worker (`_host` is its name, for people only),
+/// with the tests' policy.
 fn sweep_as(
     store: &PostgresStorage,
     worker: WorkerId,
-    host: &str,
+    _host: &str,
     now: Timestamp,
 ) -> Vec<RecoveredTask> {
-    let policy = LivenessPolicy::for_host(host);
+    let policy = test_policy();
     store
         .recover_orphans(
             &RecoveryRequest {
@@ -264,7 +290,7 @@ fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
     assert_eq!(before.len(), 4);
 
     let store = database.open();
-    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
     let after = rows(&store);
     assert_eq!(after.len(), before.len(), "every row is kept");
     for (old, new) in before.iter().zip(&after) {
@@ -325,10 +351,13 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = database.open();
     let upgraded = rows(&store);
 
-    store
-        .with_connection(|c| c.revert_last_migration(POSTGRES_MIGRATIONS).map(drop))
-        .expect("connection")
-        .expect("down");
+    // Down through the host identity migration, then the fix.
+    for _ in 0..2 {
+        store
+            .with_connection(|c| c.revert_last_migration(POSTGRES_MIGRATIONS).map(drop))
+            .expect("connection")
+            .expect("down");
+    }
     assert_eq!(
         rows(&store),
         original,
@@ -336,7 +365,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     );
     assert_eq!(store.applied_migrations().expect("versions").len(), 1);
 
-    assert_eq!(store.migrate().expect("up again").len(), 1);
+    assert_eq!(store.migrate().expect("up again").len(), 2);
     assert_eq!(
         rows(&store),
         upgraded,
@@ -349,7 +378,7 @@ fn the_fix_migration_round_trips_down_and_up() {
         .expect("connection")
         .expect("all down");
     assert!(store.applied_migrations().expect("versions").is_empty());
-    assert_eq!(store.migrate().expect("up").len(), 2);
+    assert_eq!(store.migrate().expect("up").len(), 3);
 }
 
 #[test]
@@ -376,11 +405,11 @@ fn concurrent_opens_migrate_once_and_migrate_is_idempotent() {
     });
     assert_eq!(
         applied.iter().map(Vec::len).sum::<usize>(),
-        2,
+        3,
         "{applied:?}"
     );
     let store = database.open();
-    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
     assert!(store.migrate().expect("again").is_empty());
 }
 
@@ -744,7 +773,7 @@ fn a_finish_is_fenced_to_the_owner_of_a_running_row() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
+fn a_crashed_workers_row_is_recovered_once_its_lock_stayed_free_past_the_grace() {
     let database = database_or_skip!();
     let (crashed, id) = {
         let doomed = database.open();
@@ -761,7 +790,13 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
     };
     let store = database.open();
     let sweeper = register(&store, "host-b", 20);
-    // The heartbeat is fresh: only the lock tells the worker is gone.
+    let_the_judge_watch_a_grace(&store);
+    // The heartbeat is younger than the grace: the worker may be taking its
+    // lock back after a dropped connection. Not yet provable.
+    set_heartbeat_back(&mut database.connect(), crashed, "0 seconds");
+    assert!(sweep_as(&store, sweeper.id(), "host-b", SystemClock.now()).is_empty());
+    // Silent past the grace, its lock free all along: dead.
+    set_heartbeat_back(&mut database.connect(), crashed, "2 seconds");
     let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     let hint = recovered[0].hint();
@@ -772,7 +807,9 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
     assert_eq!(recovered[0].dead_worker, Some(crashed));
     assert_eq!(recovered[0].sessions_invalidated, 1);
     assert!(
-        matches!(&recovered[0].cause, DeathCause::SessionEnded { host, pid: 10 } if host == "host-a")
+        matches!(&recovered[0].cause, DeathCause::LockReleased { host, pid: 10, .. } if host == "host-a"),
+        "{:?}",
+        recovered[0].cause
     );
 
     let row = store.get_task(id).expect("read").expect("row");
@@ -809,14 +846,16 @@ fn a_crashed_workers_row_is_recovered_once_without_waiting_for_the_lease() {
             recovered_by: Some(sweeper.id())
         })
     );
-    // The sweep released the lock it took to test the dead worker.
+    // The judge never took the lock it tested.
     assert!(lock_is_free(&mut database.connect(), crashed));
 }
 
-/// The session is judged before the lease: a crashed worker whose heartbeat
-/// is also old is reported as a session that ended.
+/// A judge whose connection is younger than the grace (it just booted or
+/// reconnected, as after a restart or a failover, when every lock is free
+/// until its owner reconnects) reads no free lock as death, however old
+/// the heartbeat.
 #[test]
-fn a_crashed_worker_past_its_lease_is_reported_as_its_session_ending() {
+fn a_judge_that_just_connected_waits_a_grace_before_reading_a_free_lock_as_death() {
     let database = database_or_skip!();
     let crashed = {
         let doomed = database.open();
@@ -830,16 +869,224 @@ fn a_crashed_worker_past_its_lease_is_reported_as_its_session_ending() {
     set_heartbeat_back(&mut database.connect(), crashed, "1 hour");
     let store = database.open();
     let sweeper = register(&store, "host-b", 20);
+    let policy = LivenessPolicy::new(None);
+    let (recovered, noticed) = noticing_sweep(&store, sweeper.id(), &policy);
+    assert!(recovered.is_empty(), "{recovered:?}");
+    assert_eq!(noticed.len(), 1);
+    assert_eq!(noticed[0].record.id, crashed);
+    assert_eq!(
+        noticed[0].verdict,
+        Liveness::NotYetProvable(Unproven::JudgeWatchedTooBriefly)
+    );
+    // Once it has watched a grace, the same free lock is proof.
+    let_the_judge_watch_a_grace(&store);
     let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
     assert_eq!(recovered.len(), 1);
-    assert_eq!(
+    assert!(matches!(
         recovered[0].cause,
-        DeathCause::SessionEnded {
-            host: "host-a".into(),
-            pid: 10
-        }
-    );
+        DeathCause::LockReleased { pid: 10, .. }
+    ));
     assert!(lock_is_free(&mut database.connect(), crashed));
+}
+
+/// A sweep that also says which owners it left alone as stalled or not yet
+/// provably dead.
+fn noticing_sweep(
+    store: &PostgresStorage,
+    sweeper: WorkerId,
+    policy: &LivenessPolicy,
+) -> (Vec<RecoveredTask>, Vec<tasktrail_core::NoticedOwner>) {
+    let judge = NoticingJudge::new(PolicyJudge {
+        policy,
+        probe: &NoProcesses,
+    });
+    let recovered = store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: sweeper,
+                now: SystemClock.now(),
+                mode: SweepMode::Apply,
+            },
+            &judge,
+        )
+        .expect("sweep");
+    (recovered, judge.into_noticed())
+}
+
+/// What a sweep hands the judge about one owner's lock.
+fn lock_fact(store: &PostgresStorage, sweeper: WorkerId) -> OwnerLock {
+    struct Recording(std::sync::Mutex<Vec<OwnerLock>>);
+    impl tasktrail_core::backend::LivenessJudge for Recording {
+        fn judge(
+            &self,
+            owner: Option<&tasktrail_core::backend::OwnerFacts>,
+        ) -> tasktrail_core::Liveness {
+            if let Some(facts) = owner {
+                self.0.lock().expect("facts").push(facts.lock);
+            }
+            tasktrail_core::Liveness::Alive
+        }
+    }
+    let judge = Recording(std::sync::Mutex::new(Vec::new()));
+    store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: sweeper,
+                now: SystemClock.now(),
+                mode: SweepMode::DryRun,
+            },
+            &judge,
+        )
+        .expect("sweep");
+    let facts = judge.0.into_inner().expect("facts");
+    assert_eq!(facts.len(), 1, "one owner");
+    facts[0]
+}
+
+/// `pg_locks` is read, not the lock taken, and only a granted exclusive
+/// session lock on the worker's own `bigint` key in this database counts:
+/// a shared holder, a session waiting for it, the same two halves taken as
+/// two `int4` keys, or the key held in another database prove nothing.
+#[test]
+fn only_a_granted_exclusive_lock_on_the_workers_key_in_this_database_counts_as_held() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let owner = register(&store, "host-a", 10);
+    let running = Task::queue(spec(41)).start(&owner, &store).expect("start");
+    let sweeper_store = database.open();
+    let sweeper = register(&sweeper_store, "host-b", 20);
+    assert_eq!(lock_fact(&sweeper_store, sweeper.id()), OwnerLock::Held);
+    assert!(store.release_worker_lock(owner.id()), "the store held it");
+    let free = |lock: OwnerLock| matches!(lock, OwnerLock::Free { .. });
+    assert!(free(lock_fact(&sweeper_store, sweeper.id())));
+
+    let key = PostgresStorage::worker_lock_key(owner.id());
+    let bits = u64::from_ne_bytes(key.to_ne_bytes());
+    let (high, low) = ((bits >> 32) as u32 as i32, bits as u32 as i32);
+    // The same halves as a two-int4 key (objsubid 2).
+    let mut two_keys = database.connect();
+    two_keys
+        .batch_execute(&format!("SELECT pg_advisory_lock({high}, {low})"))
+        .expect("lock two int4 keys");
+    assert!(free(lock_fact(&sweeper_store, sweeper.id())), "objsubid 2");
+    drop(two_keys);
+    // The key held in another database of the same server.
+    if let Some(elsewhere) = TestDatabase::create() {
+        let mut other = elsewhere.connect();
+        other
+            .batch_execute(&format!("SELECT pg_advisory_lock({key})"))
+            .expect("lock elsewhere");
+        assert!(
+            free(lock_fact(&sweeper_store, sweeper.id())),
+            "another database"
+        );
+    }
+    // A shared holder is not the worker...
+    let mut shared = database.connect();
+    shared
+        .batch_execute(&format!("SELECT pg_advisory_lock_shared({key})"))
+        .expect("lock shared");
+    assert!(free(lock_fact(&sweeper_store, sweeper.id())), "shared mode");
+    // ...and a session waiting for the exclusive lock holds nothing.
+    let url = database.url.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut waiting = PgConnection::establish(&url).expect("connect");
+        waiting
+            .batch_execute(&format!(
+                "SET lock_timeout = '3s'; SELECT pg_advisory_lock({key})"
+            ))
+            .is_ok()
+    });
+    let mut admin = database.connect();
+    let mut waiting_seen = false;
+    for _ in 0..100 {
+        let waiting: i64 = diesel::sql_query(format!(
+            "SELECT count(*) AS count FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid = {}::bigint::oid AND objid = {}::bigint::oid",
+            bits >> 32,
+            bits & 0xffff_ffff
+        ))
+        .get_result::<Count>(&mut admin)
+        .expect("count")
+        .count;
+        if waiting == 1 {
+            waiting_seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(waiting_seen, "the waiter queued");
+    assert!(
+        free(lock_fact(&sweeper_store, sweeper.id())),
+        "a waiting session"
+    );
+    drop(shared);
+    assert!(waiter.join().expect("waiter"), "the waiter got the lock");
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// The judge reads `pg_locks` and never takes the lock, so a worker that
+/// takes its lock back while a sweep judges it is never blocked by it.
+#[test]
+fn the_judge_never_holds_a_workers_lock_while_it_judges() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let owner = register(&store, "host-a", 10);
+    let running = Task::queue(spec(42)).start(&owner, &store).expect("start");
+    assert!(store.release_worker_lock(owner.id()));
+    let sweeper_store = database.open();
+    let sweeper = register(&sweeper_store, "host-b", 20);
+    struct TakesTheLockMidSweep {
+        url: String,
+        key: i64,
+        taken: std::sync::Mutex<Option<bool>>,
+    }
+    impl tasktrail_core::backend::LivenessJudge for TakesTheLockMidSweep {
+        fn judge(
+            &self,
+            _owner: Option<&tasktrail_core::backend::OwnerFacts>,
+        ) -> tasktrail_core::Liveness {
+            let mut other = PgConnection::establish(&self.url).expect("connect");
+            let taken = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
+                .bind::<BigInt, _>(self.key)
+                .get_result::<Flag>(&mut other)
+                .expect("try lock")
+                .flag;
+            *self.taken.lock().expect("taken") = Some(taken);
+            tasktrail_core::Liveness::Alive
+        }
+    }
+    let judge = TakesTheLockMidSweep {
+        url: database.url.clone(),
+        key: PostgresStorage::worker_lock_key(owner.id()),
+        taken: std::sync::Mutex::new(None),
+    };
+    sweeper_store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: sweeper.id(),
+                now: SystemClock.now(),
+                mode: SweepMode::Apply,
+            },
+            &judge,
+        )
+        .expect("sweep");
+    assert_eq!(
+        *judge.taken.lock().expect("taken"),
+        Some(true),
+        "another session took the free lock in the middle of the sweep"
+    );
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
 }
 
 #[test]
@@ -853,8 +1100,11 @@ fn a_dry_run_reports_and_writes_nothing() {
             .expect("start")
             .id()
     };
+    let worker = database.open().list_workers().expect("workers")[0].id;
+    set_heartbeat_back(&mut database.connect(), worker, "1 hour");
     let store = database.open();
-    let policy = LivenessPolicy::for_host("host-b");
+    let_the_judge_watch_a_grace(&store);
+    let policy = test_policy();
     let now = SystemClock.now();
     let preview = store
         .preview_recovery(
@@ -935,8 +1185,11 @@ fn heartbeats_are_written_with_the_database_clock() {
     );
 }
 
+/// A worker that holds its lock but stopped heartbeating an hour ago (hung,
+/// or stopped with SIGSTOP) is alive: reported stalled, never interrupted,
+/// and it finishes its task when it wakes up.
 #[test]
-fn a_hung_worker_is_recovered_after_the_lease_and_then_stops_writing() {
+fn a_hung_worker_holding_its_lock_is_stalled_never_recovered() {
     let database = database_or_skip!();
     let hung_store = database.open();
     let hung = register(&hung_store, "host-a", 10);
@@ -945,59 +1198,35 @@ fn a_hung_worker_is_recovered_after_the_lease_and_then_stops_writing() {
         .expect("start");
     let id = running.id();
     let mut admin = database.connect();
-    // Its session (and lock) is alive, but it stopped heartbeating an hour
-    // ago by the database's clock.
     set_heartbeat_back(&mut admin, hung.id(), "1 hour");
     assert!(!lock_is_free(&mut admin, hung.id()));
 
     let store = database.open();
     let sweeper = register(&store, "host-b", 20);
-    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
-    assert_eq!(recovered.len(), 1);
-    match &recovered[0].cause {
-        DeathCause::LeaseExpired {
-            host,
-            last_heartbeat,
-            lease,
-        } => {
-            assert_eq!(host, "host-a");
-            assert_eq!(*lease, LivenessPolicy::DEFAULT_LEASE);
-            let stored = store
-                .list_workers()
-                .expect("workers")
-                .into_iter()
-                .find(|w| w.id == hung.id())
-                .expect("row");
-            assert_eq!(
-                *last_heartbeat, stored.heartbeat_at,
-                "the database's time is reported"
-            );
-        }
-        other => panic!("unexpected cause {other:?}"),
-    }
-
-    // The hung worker wakes up: every write is refused.
-    assert!(matches!(
-        hung.heartbeat(&hung_store),
-        Err(StorageError::WorkerNotAlive { .. })
-    ));
-    let error = Task::queue(spec(12))
-        .start(&hung, &hung_store)
-        .expect_err("start refused");
+    let_the_judge_watch_a_grace(&store);
+    let policy = test_policy();
+    let (recovered, noticed) = noticing_sweep(&store, sweeper.id(), &policy);
+    assert!(recovered.is_empty(), "{recovered:?}");
+    assert_eq!(noticed.len(), 1);
+    assert_eq!(noticed[0].record.id, hung.id());
     assert!(
-        matches!(error.error, StorageError::WorkerNotAlive { .. }),
-        "{error:?}"
+        matches!(noticed[0].verdict, Liveness::Stalled { silence } if silence >= Duration::minutes(59)),
+        "{:?}",
+        noticed[0].verdict
     );
-    let error = running
-        .finish(Outcome::Success(report()), &hung_store)
-        .expect_err("finish refused");
-    assert!(error.to_string().contains("recovery"), "{error}");
     assert_eq!(
         store.get_task(id).expect("read").map(|r| r.status),
-        Some(TaskStatus::Interrupted)
+        Some(TaskStatus::Running)
     );
-    // Found dead, its store let the lock go.
-    assert!(lock_is_free(&mut admin, hung.id()));
+    // It wakes up: its writes go through.
+    hung.heartbeat(&hung_store).expect("heartbeat");
+    running
+        .finish(Outcome::Success(report()), &hung_store)
+        .expect("finish");
+    assert_eq!(
+        store.get_task(id).expect("read").map(|r| r.status),
+        Some(TaskStatus::Success)
+    );
 }
 
 #[test]
@@ -1081,9 +1310,12 @@ fn a_worker_declared_dead_while_its_session_was_lost_stops_writing() {
     let worker = register(&store, "host-a", 10);
     let running = Task::queue(spec(14)).start(&worker, &store).expect("start");
     terminate_liveness_sessions(&mut admin);
-    // A partition: before the worker reconnects, another host boots.
+    // A partition longer than the grace: before the worker reconnects,
+    // another host's sweep finds its lock free and its heartbeat old.
+    set_heartbeat_back(&mut admin, worker.id(), "1 hour");
     let other = database.open();
     let sweeper = register(&other, "host-b", 20);
+    let_the_judge_watch_a_grace(&other);
     let mut recovered = Vec::new();
     for _ in 0..100 {
         recovered = sweep_as(&other, sweeper.id(), "host-b", SystemClock.now());
@@ -1143,8 +1375,8 @@ impl tasktrail_core::backend::LivenessJudge for SlowJudge<'_> {
     }
 }
 
-fn slow_sweep_as(store: &PostgresStorage, worker: WorkerId, host: &str) -> Vec<RecoveredTask> {
-    let policy = LivenessPolicy::for_host(host);
+fn slow_sweep_as(store: &PostgresStorage, worker: WorkerId, _host: &str) -> Vec<RecoveredTask> {
+    let policy = test_policy();
     let now = SystemClock.now();
     store
         .recover_orphans(
@@ -1187,8 +1419,8 @@ fn concurrent_boots_round(
         })
         .collect();
 
-    // Eight workers on a host that goes away: half crash (their sessions
-    // end), half hang first (their heartbeats are an hour old).
+    // Eight workers on a host that goes away: their sessions end (the
+    // store is dropped) and their heartbeats are past the grace.
     let mut orphans: BTreeSet<TaskId> = BTreeSet::new();
     let mut sessions = 0usize;
     let mut dead_workers = Vec::new();
@@ -1212,9 +1444,9 @@ fn concurrent_boots_round(
                 orphans.insert(running.id());
                 std::mem::forget(running);
             }
-            if w % 2 == 1 {
-                set_heartbeat_back(&mut database.connect(), worker.id(), "1 hour");
-            }
+            // Past the grace: half long ago, half just past it.
+            let silence = if w % 2 == 1 { "1 hour" } else { "2 seconds" };
+            set_heartbeat_back(&mut database.connect(), worker.id(), silence);
             dead_workers.push(worker.id());
         }
     }
@@ -1250,6 +1482,7 @@ fn concurrent_boots_round(
                     .expect("open");
                     let host = format!("sweeper-{i}");
                     let registration = registration(&host, 1000 + i as u32);
+                    let_the_judge_watch_a_grace(&store);
                     barrier.wait();
                     let worker =
                         RegisteredWorker::register(&store, registration, Arc::new(SystemClock))
@@ -1363,7 +1596,7 @@ fn concurrent_boots_round(
 fn postgres_passes_the_conformance_suite() {
     use std::cell::RefCell;
     use std::rc::Rc;
-    use tasktrail_core::conformance::{run_conformance_suite, Subject};
+    use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
 
     if std::env::var(tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE)
         .map_or(true, |url| url.trim().is_empty())
@@ -1399,6 +1632,271 @@ fn postgres_passes_the_conformance_suite() {
                 .with_connection(|connection| age_heartbeat(connection, worker, by))
                 .expect("a connection");
         }),
+        // A dying worker's session ends and the server frees its lock; a
+        // registration older than the locks has no `liveness_lock`.
+        change_worker_lock: Box::new(|store: &PostgresStorage, worker, change| match change {
+            LockChange::ReleasedByDeath => {
+                assert!(store.release_worker_lock(worker), "the store held it");
+            }
+            _ => {
+                let updated = store
+                    .with_connection(|connection| {
+                        diesel::sql_query("UPDATE workers SET liveness_lock = NULL WHERE id = $1")
+                            .bind::<diesel::sql_types::Uuid, _>(*worker.as_uuid())
+                            .execute(connection)
+                            .expect("forget the lock")
+                    })
+                    .expect("a connection");
+                assert_eq!(updated, 1);
+            }
+        }),
     });
     assert!(!databases.borrow().is_empty());
+}
+
+/// A pre-fix `task_history` as a server wrote it before tasktrail, by plain
+/// SQL: text ids, narrower integers, `timestamp` without zone, `numeric`
+/// cost, `json` artifacts, no named CHECK; an unrelated table beside it.
+const FOREIGN_PRE_FIX_SCHEMA: &str = r#"
+    CREATE TABLE task_history (
+        id text PRIMARY KEY,
+        repo varchar(200) NOT NULL,
+        issue_number integer NOT NULL,
+        "user" text NOT NULL,
+        agent text NOT NULL,
+        agent_type text NOT NULL,
+        model text NOT NULL,
+        provider text NOT NULL,
+        status text NOT NULL,
+        started_at timestamp NOT NULL,
+        finished_at timestamp,
+        input_tokens integer,
+        output_tokens integer,
+        cost_usd numeric(10, 4),
+        turns smallint,
+        artifacts json
+    );
+    CREATE TABLE notes (id serial PRIMARY KEY, body text);
+    INSERT INTO notes (body) VALUES ('kept as it is');
+"#;
+
+fn foreign_rows() -> String {
+    let rows = [
+        ("success", "2026-05-11 15:13:00", "'2026-05-11 15:49:00'"),
+        ("failure", "2026-05-11 15:13:00.5", "'2026-05-11 15:20:00'"),
+        ("cancelled", "2026-05-11 15:13:00", "'2026-05-11 15:14:00'"),
+        (
+            "interrupted",
+            "2026-05-11 15:13:00",
+            "'2026-05-11 15:30:00'",
+        ),
+        ("aborted_no_skill", "2026-05-11 15:13:00", "NULL"),
+    ];
+    rows.iter()
+        .enumerate()
+        .map(|(n, (status, started, finished))| {
+            let n = n + 1;
+            format!(
+                r#"INSERT INTO task_history VALUES ('01890a5d-ac96-774b-bcce-{n:012}', 'acme/widgets',
+                   {n}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', '{status}',
+                   '{started}', {finished}, {}, 20, 0.5, 3, '["pr/{n}"]');"#,
+                100 + n
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
+    let database = database_or_skip!();
+    database
+        .connect()
+        .batch_execute(&format!("{FOREIGN_PRE_FIX_SCHEMA}{}", foreign_rows()))
+        .expect("their schema");
+    // Sessions of this database default to a zone that is not UTC: the
+    // adopted times must still be read as UTC (the conversion names UTC
+    // itself rather than trusting any session's zone).
+    database
+        .connect()
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone = %L', \
+             current_database(), 'America/New_York'); END $$;",
+        )
+        .expect("zone");
+    match PostgresStorage::open(&database.url) {
+        Err(StorageError::Incompatible { detail }) => {
+            assert!(detail.contains("--adopt"), "{detail}")
+        }
+        other => panic!("expected Incompatible, got {:?}", other.err()),
+    }
+    let recorded = PostgresStorage::adopt(&database.url).expect("adopt");
+    // The baseline (migration 1), then every later migration, in order.
+    assert_eq!(recorded[0], "20260501000000", "{recorded:?}");
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(recorded.windows(2).all(|pair| pair[0] < pair[1]));
+
+    let store = database.open();
+    let time = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    };
+    let statuses = [
+        "success",
+        "failure",
+        "cancelled",
+        "interrupted",
+        "aborted_no_skill",
+    ];
+    for (index, status) in statuses.iter().enumerate() {
+        let n = index as u32 + 1;
+        let id: TaskId = format!("01890a5d-ac96-774b-bcce-{n:012}")
+            .parse()
+            .expect("id");
+        let row = store.get_task(id).expect("read").expect("kept");
+        assert_eq!(row.status.as_str(), *status);
+        assert_eq!((row.repo.as_str(), row.issue_number), ("acme/widgets", n));
+        assert_eq!(
+            (row.input_tokens, row.output_tokens, row.turns, row.cost_usd),
+            (Some(100 + n), Some(20), Some(3), Some(0.5))
+        );
+        assert_eq!(row.artifacts, Some(vec![format!("pr/{n}")]));
+        let expected_start = if n == 2 {
+            "2026-05-11T15:13:00.5Z"
+        } else {
+            "2026-05-11T15:13:00Z"
+        };
+        assert_eq!(
+            row.started_at,
+            time(expected_start),
+            "zone-less times are UTC"
+        );
+    }
+    let interrupted = store
+        .get_task("01890a5d-ac96-774b-bcce-000000000004".parse().expect("id"))
+        .expect("read")
+        .expect("row");
+    assert_eq!(interrupted.finished_at, None);
+    assert_eq!(
+        interrupted.interrupted_at,
+        Some(time("2026-05-11T15:30:00Z"))
+    );
+    let success = store
+        .get_task("01890a5d-ac96-774b-bcce-000000000001".parse().expect("id"))
+        .expect("read")
+        .expect("row");
+    assert_eq!(success.finished_at, Some(time("2026-05-11T15:49:00Z")));
+    #[derive(QueryableByName)]
+    struct Body {
+        #[diesel(sql_type = Text)]
+        body: String,
+    }
+    let notes: Vec<Body> = diesel::sql_query("SELECT body FROM notes")
+        .load(&mut database.connect())
+        .expect("notes");
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].body, "kept as it is");
+    // The adopted database works: a worker starts and finishes a task.
+    let worker = register(&store, "adopter", 1);
+    let running = Task::queue(spec(7)).start(&worker, &store).expect("start");
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    assert!(matches!(
+        PostgresStorage::adopt(&database.url),
+        Err(StorageError::NotAdoptable { .. })
+    ));
+}
+
+#[test]
+fn a_postgres_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes() {
+    let database = database_or_skip!();
+    let mut connection = database.connect();
+    let schema = FOREIGN_PRE_FIX_SCHEMA
+        .replace("provider text NOT NULL,", "")
+        .replace("artifacts json", "artifacts json, priority integer")
+        .replace(
+            "issue_number integer NOT NULL",
+            "issue_number text NOT NULL",
+        );
+    connection
+        .batch_execute(&format!("{schema} CREATE TABLE workers (name text);"))
+        .expect("their schema");
+    #[derive(QueryableByName, PartialEq, Debug)]
+    struct ColumnType {
+        #[diesel(sql_type = Text)]
+        column: String,
+    }
+    let shape = |connection: &mut PgConnection| -> Vec<ColumnType> {
+        diesel::sql_query(
+            "SELECT table_name::text || '.' || column_name::text || ' ' || data_type::text AS column \
+             FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1",
+        )
+        .load(connection)
+        .expect("shape")
+    };
+    let before = shape(&mut connection);
+    let Err(StorageError::NotAdoptable { differences }) = PostgresStorage::adopt(&database.url)
+    else {
+        panic!("expected NotAdoptable");
+    };
+    let all = differences.join("\n");
+    for expected in ["workers", "provider is missing", "issue_number", "priority"] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+    assert_eq!(shape(&mut connection), before, "nothing changed");
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let migration_tables: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = '__diesel_schema_migrations'",
+    )
+    .get_result(&mut connection)
+    .expect("count");
+    assert_eq!(migration_tables.count, 0, "no baseline recorded");
+}
+
+#[test]
+fn an_unreadable_row_is_shown_as_the_database_holds_it() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let worker = register(&store, "h", 1);
+    let running = Task::queue(spec(9)).start(&worker, &store).expect("start");
+    let id = running.id();
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    database
+        .connect()
+        .batch_execute("UPDATE task_history SET input_tokens = -5")
+        .expect("corrupt");
+    assert!(matches!(
+        store.get_task(id),
+        Err(StorageError::CorruptRow { .. })
+    ));
+    let columns = store.raw_task_columns(id).expect("raw").expect("a row");
+    let value = |name: &str| {
+        columns
+            .iter()
+            .find(|(column, _)| *column == name)
+            .and_then(|(_, text)| text.clone())
+    };
+    assert_eq!(value("input_tokens").as_deref(), Some("-5"));
+    assert_eq!(value("status").as_deref(), Some("success"));
+    assert_eq!(value("interrupted_at"), None);
+    assert_eq!(columns.len(), 20);
+    assert!(store
+        .raw_task_columns(TaskId::new_time_ordered())
+        .expect("raw")
+        .is_none());
+    // The listing names it and keeps the others readable.
+    let rows = store
+        .list_task_rows(&TaskFilter::default())
+        .expect("the query works");
+    assert!(
+        matches!(&rows[..], [Err(StorageError::CorruptRow { detail })] if detail.contains(&id.to_string()))
+    );
 }

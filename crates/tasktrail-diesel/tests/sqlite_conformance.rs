@@ -6,7 +6,7 @@
 use chrono::{Duration, SecondsFormat};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use tasktrail_core::conformance::{run_conformance_suite, Subject};
+use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
 use tasktrail_core::{Storage, WorkerId};
 use tasktrail_diesel::{SqliteOptions, SqliteStorage, StatementLog};
 
@@ -29,6 +29,26 @@ fn age_heartbeat(store: &SqliteStorage, worker: WorkerId, by: Duration) {
             .expect("age the heartbeat")
     });
     assert_eq!(updated, 1);
+}
+
+/// Plays a lock change (the suite's `change_worker_lock` hook): a dying
+/// process's kernel releases its `flock`; a registration older than the
+/// locks has no `liveness_lock`.
+fn change_worker_lock(store: &SqliteStorage, worker: WorkerId, change: LockChange) {
+    match change {
+        LockChange::ReleasedByDeath => {
+            assert!(store.release_worker_lock(worker), "the store held it");
+        }
+        _ => {
+            let updated = store.with_connection(|connection| {
+                diesel::sql_query("UPDATE workers SET liveness_lock = NULL WHERE id = ?")
+                    .bind::<Text, _>(worker.to_string())
+                    .execute(connection)
+                    .expect("forget the lock")
+            });
+            assert_eq!(updated, 1);
+        }
+    }
 }
 
 #[test]
@@ -55,5 +75,6 @@ fn sqlite_storage_passes_the_conformance_suite() {
                 .map_or(0, |log| log.task_insert_statements(id))
         }),
         age_heartbeats: Box::new(age_heartbeat),
+        change_worker_lock: Box::new(change_worker_lock),
     });
 }

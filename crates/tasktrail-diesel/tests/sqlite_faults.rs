@@ -36,24 +36,37 @@ fn spec(issue: i64) -> TaskSpec {
     .expect("spec")
 }
 
+/// The boot and PID namespace of the made-up workers and of the judge.
+fn made_up_identity() -> HostIdentity {
+    HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }
+}
+
 fn worker(store: &SqliteStorage, pid: u32) -> RegisteredWorker {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    RegisteredWorker::register(
+    let worker = RegisteredWorker::register(
         store,
         WorkerRegistration {
             id: WorkerId::new_random(),
             host: "dev".into(),
             pid,
             process_start_marker: format!("boot:{pid}"),
+            host_identity: Some(made_up_identity()),
             started_at: clock.now(),
         },
         clock,
     )
-    .expect("register")
+    .expect("register");
+    // A made-up process: nothing holds its liveness lock, and the probe
+    // (no processes at all) decides.
+    store.release_worker_lock(worker.id());
+    worker
 }
 
 fn sweep(store: &SqliteStorage) -> Result<Vec<RecoveredTask>, StorageError> {
-    let policy = LivenessPolicy::for_host("dev");
+    let policy = LivenessPolicy::new(Some(made_up_identity()));
     let now = SystemClock.now();
     store.recover_orphans(
         &RecoveryRequest {
@@ -357,7 +370,13 @@ fn a_migration_that_fails_halfway_leaves_the_previous_version() {
         "the backfill rolled back too"
     );
     raw(&store, "DROP TABLE claude_sdk_sessions;");
-    assert_eq!(store.migrate().expect("now it applies").len(), 1);
+    assert_eq!(
+        store
+            .migrate()
+            .expect("now it and the later ones apply")
+            .len(),
+        2
+    );
     assert!(integrity_ok(&store));
 }
 
@@ -409,6 +428,108 @@ fn hostile_text_round_trips_as_data_and_hints_carry_no_artifacts_or_sessions() {
             .len(),
         1
     );
+}
+
+/// What a sweep hands its judge about the one owner of running rows.
+fn lock_fact(store: &SqliteStorage) -> OwnerLock {
+    struct Recording(std::sync::Mutex<Vec<OwnerLock>>);
+    impl LivenessJudge for Recording {
+        fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
+            if let Some(facts) = owner {
+                self.0.lock().expect("facts").push(facts.lock);
+            }
+            Liveness::Alive
+        }
+    }
+    let judge = Recording(std::sync::Mutex::new(Vec::new()));
+    store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: WorkerId::new_random(),
+                now: SystemClock.now(),
+                mode: SweepMode::Apply,
+            },
+            &judge,
+        )
+        .expect("sweep");
+    let facts = judge.0.into_inner().expect("facts");
+    assert_eq!(facts.len(), 1, "one owner");
+    facts[0]
+}
+
+/// A live worker holds an exclusive flock on its lock file; the judge
+/// opens it without creating it, tries a shared lock and lets go, and never
+/// writes into it. A lock file removed under a live worker is not checkable
+/// (never "free"), and the judge does not create it again.
+#[test]
+fn the_judge_reads_lock_files_without_creating_or_writing_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let owner = RegisteredWorker::register(
+        &store,
+        WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".into(),
+            pid: 10,
+            process_start_marker: "boot:10".into(),
+            host_identity: None,
+            started_at: clock.now(),
+        },
+        clock,
+    )
+    .expect("register");
+    let running = Task::queue(spec(1)).start(&owner, &store).expect("start");
+    let lock_file = store.worker_lock_path(owner.id());
+    assert_eq!(
+        lock_file,
+        dir.path()
+            .join("t.db.workers")
+            .join(format!("{}.lock", owner.id()))
+    );
+    let before = std::fs::metadata(&lock_file).expect("the lock file exists");
+    assert_eq!(lock_fact(&store), OwnerLock::Held);
+    // Another open file description cannot take it either.
+    let other = std::fs::File::open(&lock_file).expect("open");
+    assert!(matches!(
+        other.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    ));
+    let after = std::fs::metadata(&lock_file).expect("still there");
+    assert_eq!(after.len(), before.len(), "nothing written into it");
+    assert_eq!(after.modified().ok(), before.modified().ok());
+
+    std::fs::remove_file(&lock_file).expect("remove the lock file");
+    assert_eq!(lock_fact(&store), OwnerLock::NotCheckable);
+    assert!(!lock_file.exists(), "the judge never creates a lock file");
+
+    assert!(store.release_worker_lock(owner.id()));
+    running
+        .finish(Outcome::Success(RunReport::empty()), &store)
+        .expect("finish");
+}
+
+/// Deregistering releases the lock and removes the lock file; the lock
+/// file of a worker a sweep found dead with its lock free is removed too.
+#[test]
+fn lock_files_go_with_their_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let stopping = worker(&store, 10);
+    let path = store.worker_lock_path(stopping.id());
+    assert!(path.exists());
+    let id = stopping.id();
+    stopping.deregister(&store).expect("deregister");
+    assert!(!store.worker_lock_path(id).exists());
+
+    let crashed = worker(&store, 11); // its lock already let go (made up)
+    let running = Task::queue(spec(2)).start(&crashed, &store).expect("start");
+    std::mem::forget(running);
+    let path = store.worker_lock_path(crashed.id());
+    assert!(path.exists());
+    assert!(matches!(lock_fact(&store), OwnerLock::Free { .. }));
+    assert_eq!(sweep(&store).expect("sweep").len(), 1);
+    assert!(!path.exists(), "removed once its owner was declared dead");
 }
 
 #[test]

@@ -53,6 +53,7 @@ fn start_and_completed_finish_are_prepared_once_and_reused() {
             host: "dev".into(),
             pid: 10,
             process_start_marker: "boot:10".into(),
+            host_identity: None,
             started_at: clock.now(),
         },
         clock,

@@ -121,9 +121,12 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = SqliteStorage::open(&path).expect("upgrade");
     let upgraded = rows(&store);
 
-    store
-        .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
-        .expect("down");
+    // Down through the host identity migration, then the fix.
+    for _ in 0..2 {
+        store
+            .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
+            .expect("down");
+    }
     assert_eq!(
         rows(&store),
         original,
@@ -131,7 +134,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     );
     assert_eq!(store.applied_migrations().expect("versions").len(), 1);
 
-    assert_eq!(store.migrate().expect("up again").len(), 1);
+    assert_eq!(store.migrate().expect("up again").len(), 2);
     assert_eq!(
         rows(&store),
         upgraded,
@@ -143,7 +146,7 @@ fn the_fix_migration_round_trips_down_and_up() {
 fn migrate_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
-    assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
     assert!(store.migrate().expect("again").is_empty());
     drop(store);
     let reopened = SqliteStorage::open(dir.path().join("t.db")).expect("reopen");
@@ -258,13 +261,89 @@ fn several_stores_opening_a_fresh_file_at_once_all_migrate_it_once() {
         });
         for result in results {
             let store = result.unwrap_or_else(|error| panic!("round {round}: {error}"));
-            assert_eq!(store.applied_migrations().expect("versions").len(), 2);
+            assert_eq!(store.applied_migrations().expect("versions").len(), 3);
             assert!(store
                 .list_tasks(&Default::default())
                 .expect("list")
                 .is_empty());
         }
     }
+}
+
+/// A worker registered before migration 3 (no boot id, PID namespace or
+/// liveness lock) reads back without a host identity after the upgrade: no
+/// lock can be checked for it and no pid probe applies, so the lease decides
+/// (a fresh heartbeat keeps its row, a stale one does not).
+#[test]
+fn workers_registered_before_the_host_identity_migration_are_judged_by_the_lease() {
+    use tasktrail_core::backend::{PolicyJudge, RecoveryRequest, SweepMode};
+    use tasktrail_core::{HostIdentity, LivenessPolicy, ProcessProbe, WorkerId};
+
+    struct EveryPidIsGone;
+    impl ProcessProbe for EveryPidIsGone {
+        fn process_start_marker(&self, _pid: u32) -> Option<String> {
+            None
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    store
+        .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
+        .expect("down to migration 2");
+    let now = chrono::Utc::now();
+    let fresh = WorkerId::new_random();
+    let stale = WorkerId::new_random();
+    let at = |seconds_ago: i64| {
+        (now - chrono::Duration::seconds(seconds_ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    for (worker, heartbeat) in [(fresh, at(1)), (stale, at(3600))] {
+        let task = TaskId::new_random();
+        store
+            .with_connection(|c| {
+                c.batch_execute(&format!(
+                    "INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at, state) \
+                     VALUES ('{worker}', 'dev', 10, 'boot:10', '{heartbeat}', '{heartbeat}', 'alive');
+                     INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, worker_id) \
+                     VALUES ('{task}', 'acme/widgets', 1, 'u', 'a', 't', 'm', 'p', 'running', '{heartbeat}', '{worker}');"
+                ))
+            })
+            .expect("a pre-3 worker and its running row");
+    }
+    assert_eq!(store.migrate().expect("up").len(), 1);
+    let workers = store.list_workers().expect("workers");
+    assert!(workers.iter().all(|w| w.host_identity.is_none()));
+
+    // The judge shares the (absent) identity of nobody: no probe, whatever
+    // its process table says.
+    let policy = LivenessPolicy::new(Some(HostIdentity {
+        boot_id: "dev-boot".into(),
+        pid_namespace: 4_026_531_836,
+    }));
+    let recovered = store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: WorkerId::new_random(),
+                now,
+                mode: SweepMode::Apply,
+            },
+            &PolicyJudge {
+                policy: &policy,
+                probe: &EveryPidIsGone,
+            },
+        )
+        .expect("sweep");
+    assert_eq!(
+        recovered.iter().map(|r| r.dead_worker).collect::<Vec<_>>(),
+        vec![Some(stale)],
+        "only the worker silent past the lease"
+    );
+    assert!(
+        recovered[0].hint().contains("lease"),
+        "{}",
+        recovered[0].hint()
+    );
 }
 
 /// A pre-fix `task_history` as a server wrote it before tasktrail, by plain
@@ -354,8 +433,10 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
         other => panic!("expected Incompatible, got {other:?}"),
     }
     let recorded = SqliteStorage::adopt(&path, &SqliteOptions::default()).expect("adopt");
-    assert_eq!(recorded.len(), 2, "{recorded:?}");
-    assert!(recorded[0] < recorded[1]);
+    // Recorded as migration 1, then every later migration applied (the fix,
+    // the host identity columns).
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(recorded.windows(2).all(|pair| pair[0] < pair[1]));
 
     let store = SqliteStorage::open(&path).expect("open after adoption");
     let time = |text: &str| {

@@ -2,6 +2,8 @@
 //! The design (connections, liveness, partitions, exactly-once recovery) is
 //! documented on [`PostgresStorage`].
 
+mod adopt;
+mod raw;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]
@@ -112,15 +114,19 @@ impl Default for PostgresOptions {
 ///   silence is the database's `clock_timestamp()`, read once the owners' rows
 ///   are locked, minus `heartbeat_at`. No host's clock is ever compared with
 ///   another's, and the sweep's `now` plays no part in it.
-/// - **Its session** ([`OwnerSession`](tasktrail_core::backend::OwnerSession)). Each
-///   `alive` owner is tested with `pg_try_advisory_lock(key)` on the sweeping
-///   (pooled) connection. The owner's liveness session holds that lock, so the
-///   attempt fails while the owner's session exists (`Held`). If it succeeds,
-///   the server has ended the owner's session (`Released`), and the policy
-///   declares it dead at once
-///   ([`DeathCause::SessionEnded`](tasktrail_core::DeathCause)), without
-///   waiting out the lease. The sweep releases the locks it took after its
-///   transaction ends.
+/// - **Its lock** ([`OwnerLock`](tasktrail_core::backend::OwnerLock)). For each
+///   `alive` owner registered with its lock (`workers.liveness_lock =
+///   'advisory'`), the sweep reads `pg_locks` for a granted `ExclusiveLock`
+///   on the owner's key in this database, without ever taking the lock, so
+///   an owner that reconnects can always take it back. A free lock comes
+///   with how long this sweep could have seen it taken back: the younger of
+///   the server's uptime (`pg_postmaster_start_time()`) and the sweeping
+///   connection's age (`backend_start`): after a restart, a failover or a
+///   reconnect every lock is free until its owner reconnects, so the policy
+///   reads no free lock as death before a grace has passed
+///   ([`Unproven::JudgeWatchedTooBriefly`](tasktrail_core::Unproven)). A
+///   one-shot sweep on a fresh connection (`tasktrail recover`) therefore
+///   leaves free-locked owners to the running workers' sweeps.
 ///
 /// A crashed worker process loses its session when the kernel closes its
 /// socket: its lock is free at once. A host that vanishes without closing
@@ -130,13 +136,13 @@ impl Default for PostgresOptions {
 ///
 /// # Network partitions, and why no live worker's row is interrupted
 ///
-/// On Postgres a worker is alive exactly while its database session holds
-/// its lock and its heartbeats, written through that session, are younger
-/// than the lease on the database's clock. A worker that keeps its session
-/// and heartbeats cannot lose its rows: no other session can take its lock,
-/// and its heartbeat age depends on no host's clock. A worker is declared
-/// dead only when its session ended (it can no longer write through it) or it
-/// stopped heartbeating for a whole lease by the database's clock (it hangs);
+/// On Postgres a worker is alive while its database session holds its lock.
+/// A worker that keeps its session cannot lose its rows, however long it
+/// stays silent (hung or stopped: it is reported stalled). A worker is
+/// declared dead only when its lock has been free and its heartbeat silent
+/// past the grace, by the database's clock, and the sweep has watched locks
+/// for a grace (or, registered before locks were recorded, when it stopped
+/// heartbeating for a whole lease);
 /// from that moment every write it attempts is refused, because starts check
 /// the worker row (`FOR SHARE`) and finishes are guarded by `status =
 /// 'running'` in the same database the sweep wrote to.
@@ -619,9 +625,9 @@ struct Version {
 }
 
 #[derive(QueryableByName)]
-struct Flag {
+pub(crate) struct Flag {
     #[diesel(sql_type = Bool)]
-    flag: bool,
+    pub(crate) flag: bool,
 }
 
 /// `pg_try_advisory_lock(key)` on this connection's session.
@@ -675,8 +681,13 @@ fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageError> {
         .iter()
         .any(|t| t.name == "__diesel_schema_migrations")
     {
+        let detail = if tables.iter().any(|t| t.name == "task_history") {
+            "the database holds a task_history table that tasktrail did not create (no migration record); `tasktrail migrate --adopt` checks it and adopts it"
+        } else {
+            "the database holds tables but is not a tasktrail database"
+        };
         return Err(StorageError::Incompatible {
-            detail: "the database holds tables but is not a tasktrail database".to_owned(),
+            detail: detail.to_owned(),
         });
     }
     let applied: Vec<Version> =

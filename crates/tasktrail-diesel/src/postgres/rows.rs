@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use crate::codec::{
-    artifacts_from_json, corrupt, decode_cost, decode_status, decode_u32, decode_worker_state,
-    RowLabel,
+    artifacts_from_json, corrupt, decode_cost, decode_host_identity, decode_status, decode_u32,
+    decode_worker_state, encode_host_identity, RowLabel,
 };
 
 #[derive(Debug, Queryable, Selectable)]
@@ -92,10 +92,18 @@ pub(super) struct NewWorkerRow {
     process_start_marker: String,
     started_at: DateTime<Utc>,
     state: &'static str,
+    boot_id: Option<String>,
+    pid_namespace: Option<i64>,
+    liveness_lock: &'static str,
 }
+
+/// `workers.liveness_lock` of a worker whose liveness session holds its
+/// session-level advisory lock.
+pub(super) const ADVISORY_LOCK: &str = "advisory";
 
 impl NewWorkerRow {
     pub(super) fn from_registration(registration: &WorkerRegistration) -> Self {
+        let (boot_id, pid_namespace) = encode_host_identity(registration.host_identity.as_ref());
         Self {
             id: *registration.id.as_uuid(),
             host: registration.host.clone(),
@@ -103,6 +111,9 @@ impl NewWorkerRow {
             process_start_marker: registration.process_start_marker.clone(),
             started_at: truncate_to_micros(registration.started_at),
             state: WorkerState::Alive.as_str(),
+            boot_id,
+            pid_namespace,
+            liveness_lock: ADVISORY_LOCK,
         }
     }
 }
@@ -119,9 +130,18 @@ pub(super) struct WorkerRow {
     heartbeat_at: DateTime<Utc>,
     state: String,
     stopped_at: Option<DateTime<Utc>>,
+    boot_id: Option<String>,
+    pid_namespace: Option<i64>,
+    liveness_lock: Option<String>,
 }
 
 impl WorkerRow {
+    /// Whether the worker registered holding its advisory lock (rows
+    /// written before the locks were recorded have none).
+    pub(super) fn holds_advisory_lock(&self) -> bool {
+        self.liveness_lock.as_deref() == Some(ADVISORY_LOCK)
+    }
+
     pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
         let id = self.id.hyphenated().to_string();
         let label = RowLabel {
@@ -133,6 +153,7 @@ impl WorkerRow {
             host: self.host,
             pid: decode_u32("pid", &label, self.pid)?,
             process_start_marker: self.process_start_marker,
+            host_identity: decode_host_identity(self.boot_id, self.pid_namespace),
             started_at: self.started_at,
             heartbeat_at: self.heartbeat_at,
             state: decode_worker_state(&id, &self.state)?,

@@ -38,6 +38,9 @@ diesel::table! {
         heartbeat_at -> Timestamptz,
         state -> Text,
         stopped_at -> Nullable<Timestamptz>,
+        boot_id -> Nullable<Text>,
+        pid_namespace -> Nullable<BigInt>,
+        liveness_lock -> Nullable<Text>,
     }
 }
 

@@ -3,14 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::sql;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use tasktrail_core::backend::{
-    recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
-    OwnerSession, RecoveryRequest, SweepMode,
+    recovery_reason, FinishRow, FinishWrite, LivenessJudge, LockWatch, NewRunningRow, NewSession,
+    OwnerFacts, OwnerLock, RecoveryRequest, SweepMode,
 };
 use tasktrail_core::{
     truncate_to_micros, FinishRefusal, Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord,
@@ -20,6 +19,41 @@ use tasktrail_core::{
 use uuid::Uuid;
 
 use super::rows::{NewWorkerRow, SessionRow, TaskRow, WorkerRow};
+
+/// The database's clock at the sweep, and how long the sweep's connection
+/// has been able to watch locks, in seconds.
+#[derive(QueryableByName)]
+struct DatabaseClock {
+    #[diesel(sql_type = Timestamptz)]
+    db_now: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    watched_seconds: f64,
+}
+
+/// Whether some session of this database holds the advisory lock `key` in
+/// exclusive mode, read from `pg_locks` without taking it. A session-level
+/// lock on a `bigint` key shows as `classid` = its high 32 bits, `objid` =
+/// its low 32 bits, `objsubid` = 1 (the two-`int4` form uses 2); only a
+/// granted lock counts (a session waiting for it holds nothing).
+pub(crate) fn worker_lock_is_held(
+    connection: &mut PgConnection,
+    key: i64,
+) -> Result<bool, DieselError> {
+    let bits = u64::from_ne_bytes(key.to_ne_bytes());
+    let classid = i64::try_from(bits >> 32).unwrap_or_default();
+    let objid = i64::try_from(bits & 0xffff_ffff).unwrap_or_default();
+    diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+           WHERE locktype = 'advisory' \
+             AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1 \
+             AND mode = 'ExclusiveLock' AND granted) AS flag",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(classid)
+    .bind::<diesel::sql_types::BigInt, _>(objid)
+    .get_result::<super::Flag>(connection)
+    .map(|row| row.flag)
+}
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
@@ -152,37 +186,54 @@ fn beat(connection: &mut PgConnection, worker: WorkerId) -> Result<(), StorageEr
 }
 
 impl PostgresStorage {
+    /// Test hook: lets go of `worker`'s advisory lock as the server does when
+    /// the worker's session ends (its process died), and stops taking it
+    /// back at heartbeats. Returns whether this store held it.
+    #[cfg(feature = "testing")]
+    pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
+        if !self.liveness.tracks(worker) {
+            return false;
+        }
+        self.liveness
+            .run(|connection, tracked| {
+                tracked.remove(&worker);
+                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
+            })
+            .unwrap_or(false)
+    }
+
     /// Gathers the facts about one owner for the judge: its silence on the
     /// database's clock (`db_now` minus its heartbeat) and, for an `alive`
-    /// owner, whether its liveness session still holds its advisory lock. A
-    /// lock this sweep took (the session is gone) is added to `taken`, to be
-    /// released once the transaction has ended.
+    /// owner that registered holding its advisory lock, whether some session
+    /// holds that lock now ([`worker_lock_is_held`]), tested in `pg_locks`
+    /// without taking it, so the owner can always take it back.
     fn owner_facts(
         connection: &mut PgConnection,
         owner: &WorkerRecord,
+        holds_advisory_lock: bool,
         db_now: Timestamp,
-        taken: &mut Vec<i64>,
+        watched_for: chrono::Duration,
     ) -> Result<OwnerFacts, DieselError> {
-        let session = if owner.state == WorkerState::Alive {
-            let key = Self::worker_lock_key(owner.id);
-            if try_advisory_lock(connection, key)? {
-                taken.push(key);
-                OwnerSession::Released
+        let lock = if owner.state == WorkerState::Alive && holds_advisory_lock {
+            if worker_lock_is_held(connection, Self::worker_lock_key(owner.id))? {
+                OwnerLock::Held
             } else {
-                OwnerSession::Held
+                OwnerLock::Free {
+                    watched_for: LockWatch::For(watched_for),
+                }
             }
         } else {
-            // A stopped or dead owner holds no lock worth asking about.
-            OwnerSession::NotObservable
+            // A stopped or dead owner holds no lock worth asking about; a
+            // registration older than the locks recorded none.
+            OwnerLock::NotCheckable
         };
-        Ok(OwnerFacts::observed_at(owner.clone(), db_now, session))
+        Ok(OwnerFacts::observed_at(owner.clone(), db_now, lock))
     }
 
     fn sweep(
         connection: &mut PgConnection,
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
-        taken: &mut Vec<i64>,
     ) -> Result<Vec<RecoveredTask>, TxError> {
         let apply = request.mode == SweepMode::Apply;
         let me = *request.recovering_worker.as_uuid();
@@ -215,17 +266,31 @@ impl PostgresStorage {
         } else {
             owner_rows.load(connection)?
         };
-        let mut owners: HashMap<Uuid, WorkerRecord> = HashMap::new();
+        let mut owners: HashMap<Uuid, (WorkerRecord, bool)> = HashMap::new();
         for row in owner_rows {
+            let holds_advisory_lock = row.holds_advisory_lock();
             let record = row.into_record()?;
-            owners.insert(*record.id.as_uuid(), record);
+            owners.insert(*record.id.as_uuid(), (record, holds_advisory_lock));
         }
 
         // 3. The database's time, read after the locks were granted: the
         //    clock heartbeats are written with, so owners' silence is
-        //    measured on it (the caller's clock never matters).
-        let db_now: DateTime<Utc> =
-            diesel::select(sql::<Timestamptz>("clock_timestamp()")).get_result(connection)?;
+        //    measured on it (the caller's clock never matters). And how long
+        //    this sweep has been able to watch locks: since the server
+        //    started and since this connection began, whichever is later
+        //    (after a restart, a failover or a reconnect every lock is free
+        //    until its owner takes it back).
+        let clock = diesel::sql_query(
+            "SELECT clock_timestamp() AS db_now, \
+             EXTRACT(EPOCH FROM clock_timestamp() - GREATEST(pg_postmaster_start_time(), \
+               (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())))::float8 \
+               AS watched_seconds",
+        )
+        .get_result::<DatabaseClock>(connection)?;
+        let db_now: DateTime<Utc> = clock.db_now;
+        let watched_for = chrono::Duration::milliseconds(
+            (clock.watched_seconds.max(0.0) * 1000.0).min(i64::MAX as f64 / 2.0) as i64,
+        );
 
         // 4. The running rows, each locked by exactly one sweep. Rows of an
         //    owner that appeared after step 1 are left to the next sweep.
@@ -254,7 +319,13 @@ impl PostgresStorage {
                 continue;
             }
             let facts = match task.worker_id.and_then(|id| owners.get(id.as_uuid())) {
-                Some(owner) => Some(Self::owner_facts(connection, owner, db_now, taken)?),
+                Some((owner, holds_advisory_lock)) => Some(Self::owner_facts(
+                    connection,
+                    owner,
+                    *holds_advisory_lock,
+                    db_now,
+                    watched_for,
+                )?),
                 None => None,
             };
             verdicts.insert(task.worker_id, judge.judge(facts.as_ref()));
@@ -557,17 +628,9 @@ impl Storage for PostgresStorage {
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let mut connection = self.pooled()?;
-        let mut taken: Vec<i64> = Vec::new();
-        let result = transaction(&mut connection, |connection| {
-            Self::sweep(connection, request, judge, &mut taken)
-        });
-        // Session-level locks outlive the transaction: release the ones the
-        // sweep took, now that its verdicts are committed (or rolled back).
-        for key in taken {
-            let _ = advisory_unlock(&mut connection, key);
-        }
-        result
+        transaction(&mut *self.pooled()?, |connection| {
+            Self::sweep(connection, request, judge)
+        })
     }
 
     /// One transaction: the worker must be `alive` (`FOR SHARE`) and the task

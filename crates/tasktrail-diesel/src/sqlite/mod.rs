@@ -1,13 +1,16 @@
 //! The SQLite backend: the embedded default.
 
 mod adopt;
+mod raw;
 mod rows;
 mod schema;
 mod statements;
 mod store;
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashMap;
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,7 +21,8 @@ use diesel::prelude::*;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use tasktrail_core::StorageError;
+use tasktrail_core::backend::{LockWatch, OwnerLock};
+use tasktrail_core::{StorageError, WorkerId};
 
 use crate::statement_log::StatementLog;
 
@@ -88,11 +92,32 @@ impl Default for SqliteOptions {
 /// One connection per store, behind a mutex: every method is one statement or
 /// one `BEGIN IMMEDIATE` transaction, so writers from several processes queue
 /// on the file lock (for up to the busy timeout) instead of failing.
+///
+/// # Liveness locks
+///
+/// Every worker registered through the store holds, for as long as it is
+/// registered here, an exclusive `flock` on its own lock file,
+/// `<database file>.workers/<worker id>.lock` ([`SqliteStorage::worker_lock_path`]),
+/// taken before its `workers` row is written and released when it
+/// deregisters, when the store is dropped, or by the kernel when the process
+/// dies, however it dies. An `flock` belongs to the open file in the kernel,
+/// so it is seen from every process, PID namespace and container that shares
+/// the file (the only setups where SQLite can be shared at all).
+///
+/// A sweep reports each `alive` owner's lock to the judge
+/// ([`tasktrail_core::backend::OwnerLock`]): it opens the lock file read-only, never
+/// creating it (missing: `NotCheckable`), tries a shared lock and releases
+/// it at once (`Held` if that would block, `Free` otherwise). It never writes
+/// into the file. The lock file of an owner a sweep declared dead, with its
+/// lock seen free, is removed after the sweep commits.
 pub struct SqliteStorage {
     connection: Mutex<SqliteConnection>,
     path: PathBuf,
     #[cfg(feature = "testing")]
     statement_log: Option<StatementLog>,
+    /// The lock files of the workers registered through this store, each
+    /// holding its exclusive `flock`.
+    worker_locks: Mutex<HashMap<WorkerId, File>>,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -159,6 +184,7 @@ impl SqliteStorage {
             path,
             #[cfg(feature = "testing")]
             statement_log: options.statement_log(),
+            worker_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -239,6 +265,103 @@ impl SqliteStorage {
     /// operators' one-off repairs).
     pub fn with_connection<T>(&self, f: impl FnOnce(&mut SqliteConnection) -> T) -> T {
         f(&mut self.connection())
+    }
+
+    /// The directory holding the workers' lock files: the database file's
+    /// path with `.workers` appended.
+    pub fn worker_lock_directory(&self) -> PathBuf {
+        let mut directory = self.path.clone().into_os_string();
+        directory.push(".workers");
+        PathBuf::from(directory)
+    }
+
+    /// The lock file `worker` holds an exclusive `flock` on while it lives.
+    pub fn worker_lock_path(&self, worker: WorkerId) -> PathBuf {
+        self.worker_lock_directory()
+            .join(format!("{}.lock", worker.as_uuid().hyphenated()))
+    }
+
+    /// Test hook: lets go of `worker`'s lock as the kernel does when its
+    /// process dies (the file stays, unlocked). Returns whether this store
+    /// held it.
+    #[cfg(feature = "testing")]
+    pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
+        self.let_go_of_worker_lock(worker)
+    }
+
+    /// Releases `worker`'s lock, keeping its lock file.
+    pub(crate) fn let_go_of_worker_lock(&self, worker: WorkerId) -> bool {
+        self.worker_locks().remove(&worker).is_some()
+    }
+
+    /// Creates `worker`'s lock file and takes its exclusive `flock` (before
+    /// the `workers` row is written).
+    pub(crate) fn take_worker_lock(&self, worker: WorkerId) -> Result<(), StorageError> {
+        let unavailable = |error: std::io::Error| StorageError::Unavailable {
+            source: Box::new(error),
+        };
+        match DirBuilder::new()
+            .mode(0o700)
+            .create(self.worker_lock_directory())
+        {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(unavailable(error)),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.worker_lock_path(worker))
+            .map_err(unavailable)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StorageError::DuplicateWorker { id: worker });
+            }
+            Err(TryLockError::Error(error)) => return Err(unavailable(error)),
+        }
+        self.worker_locks().insert(worker, file);
+        Ok(())
+    }
+
+    /// Releases `worker`'s lock (if this store holds it) and removes its
+    /// lock file (deregistration, a registration that failed, a worker told
+    /// it was declared dead).
+    pub(crate) fn drop_worker_lock(&self, worker: WorkerId) {
+        self.worker_locks().remove(&worker);
+        let _ = std::fs::remove_file(self.worker_lock_path(worker));
+    }
+
+    /// What a judge sees of `worker`'s lock: opened read-only and never
+    /// created, a shared `flock` tried and released at once.
+    pub(crate) fn check_worker_lock(&self, worker: WorkerId) -> OwnerLock {
+        let Ok(file) = File::open(self.worker_lock_path(worker)) else {
+            // Missing (or unreadable): nothing to check.
+            return OwnerLock::NotCheckable;
+        };
+        match file.try_lock_shared() {
+            // Dropping the file releases the shared lock at once.
+            Ok(()) => OwnerLock::Free {
+                watched_for: LockWatch::Continuous,
+            },
+            Err(TryLockError::WouldBlock) => OwnerLock::Held,
+            Err(TryLockError::Error(_)) => OwnerLock::NotCheckable,
+        }
+    }
+
+    /// Removes the lock file of a worker a sweep declared dead after seeing
+    /// its lock free (nobody can take it again: worker ids are never reused).
+    pub(crate) fn remove_dead_workers_lock_file(&self, worker: WorkerId) {
+        let _ = std::fs::remove_file(self.worker_lock_path(worker));
+    }
+
+    fn worker_locks(&self) -> MutexGuard<'_, HashMap<WorkerId, File>> {
+        self.worker_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn connection(&self) -> MutexGuard<'_, SqliteConnection> {

@@ -9,9 +9,13 @@ use tasktrail_core::{
 
 use super::schema::{claude_sdk_sessions, task_history, workers};
 use crate::codec::{
-    corrupt, decode_artifacts, decode_cost, decode_status, decode_task_id, decode_timestamp,
-    decode_u32, decode_worker_id, decode_worker_state, encode_timestamp, name_the_row, RowLabel,
+    corrupt, decode_artifacts, decode_cost, decode_host_identity, decode_status, decode_task_id,
+    decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
+    encode_timestamp, name_the_row, RowLabel,
 };
+
+/// `workers.liveness_lock` of a worker holding an flock on its lock file.
+pub(super) const FLOCK_LOCK: &str = "flock";
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = task_history)]
@@ -113,11 +117,15 @@ pub(super) struct WorkerRow {
     heartbeat_at: String,
     state: String,
     stopped_at: Option<String>,
+    boot_id: Option<String>,
+    pid_namespace: Option<i64>,
+    liveness_lock: Option<String>,
 }
 
 impl WorkerRow {
     pub(super) fn from_registration(registration: &WorkerRegistration) -> Self {
         let started_at = encode_timestamp(registration.started_at);
+        let (boot_id, pid_namespace) = encode_host_identity(registration.host_identity.as_ref());
         Self {
             id: registration.id.to_string(),
             host: registration.host.clone(),
@@ -127,7 +135,16 @@ impl WorkerRow {
             started_at,
             state: WorkerState::Alive.as_str().to_owned(),
             stopped_at: None,
+            boot_id,
+            pid_namespace,
+            liveness_lock: Some(FLOCK_LOCK.to_owned()),
         }
+    }
+
+    /// Whether the worker registered holding a lock file (rows written
+    /// before the locks have none).
+    pub(super) fn holds_flock(&self) -> bool {
+        self.liveness_lock.as_deref() == Some(FLOCK_LOCK)
     }
 
     pub(super) fn into_record(self) -> Result<WorkerRecord, StorageError> {
@@ -140,6 +157,7 @@ impl WorkerRow {
             host: self.host,
             pid: decode_u32("pid", &label, self.pid)?,
             process_start_marker: self.process_start_marker,
+            host_identity: decode_host_identity(self.boot_id, self.pid_namespace),
             started_at: decode_timestamp("started_at", &self.started_at)?,
             heartbeat_at: decode_timestamp("heartbeat_at", &self.heartbeat_at)?,
             state: decode_worker_state(&self.id, &self.state)?,

@@ -35,6 +35,9 @@ diesel::table! {
         heartbeat_at -> Text,
         state -> Text,
         stopped_at -> Nullable<Text>,
+        boot_id -> Nullable<Text>,
+        pid_namespace -> Nullable<BigInt>,
+        liveness_lock -> Nullable<Text>,
     }
 }
 

@@ -8,7 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use tasktrail_core::backend::{
     recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
-    OwnerSession, RecoveryRequest, SweepMode,
+    OwnerLock, RecoveryRequest, SweepMode,
 };
 use tasktrail_core::{
     Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
@@ -142,25 +142,36 @@ fn invalidate_sessions_of_tasks(
 }
 
 impl Storage for SqliteStorage {
+    /// Takes the worker's lock file (see [`SqliteStorage`]), then inserts
+    /// its row; a failed insert gives the lock back.
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
-        diesel::insert_into(workers::table)
+        let id = registration.id;
+        self.take_worker_lock(id)?;
+        let inserted = diesel::insert_into(workers::table)
             .values(WorkerRow::from_registration(registration))
             .execute(&mut *self.connection())
             .map(drop)
             .map_err(|error| {
                 if is_unique_violation(&error) {
-                    StorageError::DuplicateWorker {
-                        id: registration.id,
-                    }
+                    StorageError::DuplicateWorker { id }
                 } else {
                     map_error(error)
                 }
-            })
+            });
+        match &inserted {
+            Ok(()) => {}
+            // The file belongs to the worker registered first: keep it.
+            Err(StorageError::DuplicateWorker { .. }) => {
+                self.let_go_of_worker_lock(id);
+            }
+            Err(_) => self.drop_worker_lock(id),
+        }
+        inserted
     }
 
     fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         let at = encode_timestamp(at);
-        immediate(&mut self.connection(), |connection| {
+        let beat = immediate(&mut self.connection(), |connection| {
             require_alive(connection, worker)?;
             diesel::update(
                 workers::table
@@ -170,9 +181,16 @@ impl Storage for SqliteStorage {
             .set(workers::heartbeat_at.eq(&at))
             .execute(connection)?;
             Ok(())
-        })
+        });
+        if matches!(beat, Err(StorageError::WorkerNotAlive { .. })) {
+            // Declared dead: the lock proves nothing any more.
+            self.drop_worker_lock(worker);
+        }
+        beat
     }
 
+    /// Marks the worker `stopped`, then releases its lock and removes its
+    /// lock file.
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         immediate(&mut self.connection(), |connection| {
             if load_worker_state(connection, worker)?.is_none() {
@@ -189,7 +207,9 @@ impl Storage for SqliteStorage {
             ))
             .execute(connection)?;
             Ok(())
-        })
+        })?;
+        self.drop_worker_lock(worker);
+        Ok(())
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
@@ -312,6 +332,9 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         let now = encode_timestamp(request.now);
         let recovering = request.recovering_worker.to_string();
+        // Owners declared dead with their lock seen free: their lock files
+        // are removed once the sweep committed.
+        let mut freed_owners: Vec<WorkerId> = Vec::new();
         let sweep = |connection: &mut SqliteConnection| -> Result<Vec<RecoveredTask>, TxError> {
             // The owners of running rows, from the partial index on
             // `worker_id WHERE status = 'running'` alone: the sweep never
@@ -343,7 +366,8 @@ impl Storage for SqliteStorage {
             owner_ids.sort();
             let known_owners: Vec<&String> = owner_columns.iter().flatten().collect();
             // What the judge needs about each: heartbeats are written with
-            // the callers' clock, so the sweep's `now` is this store's time.
+            // the callers' clock, so the sweep's `now` is this store's time;
+            // the lock of each `alive` owner that registered with one.
             let mut owners: HashMap<WorkerId, OwnerFacts> = HashMap::new();
             for chunk in known_owners.chunks(500) {
                 let rows: Vec<WorkerRow> = workers::table
@@ -351,19 +375,31 @@ impl Storage for SqliteStorage {
                     .select(WorkerRow::as_select())
                     .load(connection)?;
                 for row in rows {
+                    let holds_flock = row.holds_flock();
                     let record = row.into_record()?;
+                    let lock = if holds_flock && record.state == WorkerState::Alive {
+                        self.check_worker_lock(record.id)
+                    } else {
+                        OwnerLock::NotCheckable
+                    };
                     owners.insert(
                         record.id,
-                        OwnerFacts::observed_at(record, request.now, OwnerSession::NotObservable),
+                        OwnerFacts::observed_at(record, request.now, lock),
                     );
                 }
             }
             let mut recovered = Vec::new();
             for (owner, owner_text) in owner_ids {
-                let verdict = judge.judge(owner.and_then(|id| owners.get(&id)));
+                let facts = owner.and_then(|id| owners.get(&id));
+                let verdict = judge.judge(facts);
                 let Liveness::Dead(cause) = verdict else {
                     continue;
                 };
+                if let Some(facts) = facts {
+                    if matches!(facts.lock, OwnerLock::Free { .. }) {
+                        freed_owners.push(facts.record.id);
+                    }
+                }
                 let reason = recovery_reason(owner, &cause);
                 // The owner's running rows, as a subquery: statements stay the
                 // same size however many orphans there are. `IS` matches NULL
@@ -458,7 +494,13 @@ impl Storage for SqliteStorage {
             });
             Ok(recovered)
         };
-        immediate(&mut self.connection(), sweep)
+        let recovered = immediate(&mut self.connection(), sweep)?;
+        if request.mode == SweepMode::Apply {
+            for owner in freed_owners {
+                self.remove_dead_workers_lock_file(owner);
+            }
+        }
+        Ok(recovered)
     }
 
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
