@@ -298,7 +298,7 @@ impl Drop for RunningWorker {
 
 /// `tasktrail worker` arguments: `tasks` tasks, two at a time, each lasting
 /// `task_duration`, none failing, heartbeats every `heartbeat_interval`,
-/// no periodic sweep during the test, then `extra`.
+/// no periodic sweep during the test unless `extra` sets one, then `extra`.
 fn worker_args<'a>(
     tasks: &'a str,
     task_duration: &'a str,
@@ -316,9 +316,10 @@ fn worker_args<'a>(
         "0",
         "--heartbeat-interval",
         heartbeat_interval,
-        "--sweep-interval",
-        "1h",
     ];
+    if !extra.contains(&"--sweep-interval") {
+        args.extend_from_slice(&["--sweep-interval", "1h"]);
+    }
     args.extend_from_slice(extra);
     args
 }
@@ -643,11 +644,15 @@ mod postgres {
         cluster.create_database("trail");
         let url = cluster.url("trail");
         migrate(&url);
-        // The periodic sweep is kept out of the restart window: until the
-        // judge waits a grace after a restart (the liveness part of issue
-        // 16), a sweep that reconnects before a neighbour has taken its
-        // lock back reads that lock as free.
-        let args = worker_args("6", "2s", "250ms", &["--stop-deadline", "30s"]);
+        // Each worker sweeps every second, during the restart too: a sweep
+        // that reconnects before its neighbour has taken its lock back must
+        // not read that free lock as death.
+        let args = worker_args(
+            "6",
+            "2s",
+            "250ms",
+            &["--stop-deadline", "30s", "--sweep-interval", "1s"],
+        );
         let mut first = RunningWorker::spawn(&url, &args);
         let mut second = RunningWorker::spawn(&url, &args);
         first.wait_for_starts(2);
@@ -828,6 +833,9 @@ mod postgres {
             terminated >= 2,
             "the liveness session and pooled connections: {terminated}"
         );
+        // Right afterwards, before the worker can have taken its lock back:
+        // the free lock of a live worker is no proof of death.
+        assert_eq!(recover(&url), 0, "recover interrupted a live worker's task");
         // The worker takes its lock back by itself, at its next heartbeat.
         while liveness_locks_held(&url) == 0 {
             assert!(
