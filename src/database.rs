@@ -60,6 +60,16 @@ pub enum DatabaseUrlError {
         /// What is wrong (never the password).
         reason: &'static str,
     },
+    /// A SQLite name that is not one file on disk: `:memory:` (the trail
+    /// would vanish with the process) or a `file:` URI (its parameters
+    /// could open another file, or none).
+    #[error("{name:?} is not a database file: give a path or sqlite://PATH ({reason})")]
+    NotAFile {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The binary was built without the backend the URL asks for.
     #[error("this tasktrail was built without the {backend} backend (enable the `{backend}` cargo feature)")]
     BackendNotBuilt {
@@ -82,6 +92,9 @@ impl DatabaseUrl {
             if looks_like_conninfo(input) {
                 return Ok(DatabaseUrl::Postgres(input.to_owned()));
             }
+            if input == ":memory:" || input.to_ascii_lowercase().starts_with("file:") {
+                return sqlite_file(input);
+            }
             if let Some((scheme, _)) = input.split_once(':') {
                 if looks_like_scheme(scheme) && scheme.len() > 1 {
                     return Err(DatabaseUrlError::UnsupportedScheme {
@@ -89,14 +102,14 @@ impl DatabaseUrl {
                     });
                 }
             }
-            return Ok(DatabaseUrl::Sqlite(PathBuf::from(input)));
+            return sqlite_file(input);
         };
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" | "file" => {
                 if rest.is_empty() {
                     Err(DatabaseUrlError::MissingPath)
                 } else {
-                    Ok(DatabaseUrl::Sqlite(PathBuf::from(rest)))
+                    sqlite_file(rest)
                 }
             }
             "postgres" | "postgresql" => {
@@ -129,6 +142,23 @@ impl DatabaseUrl {
             DatabaseUrl::Postgres(url) => redact_password(url),
         }
     }
+}
+
+/// A SQLite database named by a file path: one URL, one file on disk.
+fn sqlite_file(path: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let refuse = |reason| {
+        Err(DatabaseUrlError::NotAFile {
+            name: path.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if path == ":memory:" || path.is_empty() {
+        return refuse("an in-memory database is gone when the process exits");
+    }
+    if path.to_ascii_lowercase().starts_with("file:") {
+        return refuse("SQLite URI filenames and their parameters are not accepted");
+    }
+    Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
 }
 
 /// The libpq keywords a key/value conninfo string starts with in practice.
@@ -488,6 +518,29 @@ mod tests {
         // A file whose name merely holds '=' stays a file.
         assert!(matches!(
             DatabaseUrl::parse("runs/a=b.db"),
+            Ok(DatabaseUrl::Sqlite(_))
+        ));
+    }
+
+    #[test]
+    fn names_that_are_not_one_file_are_refused() {
+        for name in [
+            ":memory:",
+            "sqlite://:memory:",
+            "sqlite://file:trail.db?mode=memory",
+            "file:real.db",
+            "FILE:real.db",
+        ] {
+            assert!(
+                matches!(
+                    DatabaseUrl::parse(name),
+                    Err(DatabaseUrlError::NotAFile { .. })
+                ),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            DatabaseUrl::parse("./file:odd.db"),
             Ok(DatabaseUrl::Sqlite(_))
         ));
     }

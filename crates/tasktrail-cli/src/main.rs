@@ -119,20 +119,34 @@ fn main() -> ExitCode {
             }
             let text = error.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tasktrail: {}", one_line(first));
+            report(&format!("tasktrail: {}", one_line(first)));
             return ExitCode::from(2);
         }
     };
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!(
+            report(&format!(
                 "tasktrail: error: {}",
                 one_line(&error_chain(error.as_ref()))
-            );
+            ));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a line on stderr. A closed or failing stderr (`2>&1 | head -1`)
+/// loses the line instead of panicking: the exit code still says it.
+pub(crate) fn report(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes a line on stdout; a closed stdout is an error (exit 1), never a
+/// panic.
+pub(crate) fn say(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 /// The error and its sources, on one line.
@@ -175,7 +189,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Migrate { adopt: true } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let recorded = AnyStorage::adopt(&url)?;
-            println!(
+            say(&format!(
                 "{url}: adopted at baseline {}; applied {}",
                 recorded.first().map_or("-", String::as_str),
                 if recorded.len() > 1 {
@@ -183,16 +197,16 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                 } else {
                     "nothing more".to_owned()
                 }
-            );
+            ))?;
         }
         Command::Migrate { adopt: false } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let storage = AnyStorage::open_unmigrated(&url)?;
             let applied = storage.migrate()?;
             if applied.is_empty() {
-                println!("{url}: schema is up to date");
+                say(&format!("{url}: schema is up to date"))?;
             } else {
-                println!("{url}: applied {}", applied.join(", "));
+                say(&format!("{url}: applied {}", applied.join(", ")))?;
             }
         }
         Command::Worker(args) => {
@@ -265,7 +279,10 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             output::print_tasks(&rows, json)?;
             if !unreadable.is_empty() {
                 for error in unreadable.into_iter().filter_map(Result::err) {
-                    eprintln!("tasktrail: error: {}", one_line(&error.to_string()));
+                    report(&format!(
+                        "tasktrail: error: {}",
+                        one_line(&error.to_string())
+                    ));
                 }
                 return Ok(ExitCode::FAILURE);
             }

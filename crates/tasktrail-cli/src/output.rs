@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde_json::Value;
-use tasktrail::backend::human_duration;
+use tasktrail::backend::{escape_control_characters, human_duration};
 use tasktrail::json::{session_json, task_json};
 use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
@@ -36,8 +36,10 @@ pub(crate) fn write_table(
         .load_preset(comfy_table::presets::NOTHING)
         .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
         .set_header(header.iter().copied());
+    // One row is one line: a value holding a newline or an escape sequence
+    // (a row another program wrote) is shown escaped.
     for row in rows {
-        table.add_row(row.iter().map(String::as_str));
+        table.add_row(row.iter().map(|cell| escape_control_characters(cell)));
     }
     let last = header.len().saturating_sub(1);
     for (index, column) in table.column_iter_mut().enumerate() {
@@ -237,5 +239,15 @@ mod tests {
         );
         assert!(lines.iter().all(|line| *line == line.trim_end()));
         assert!(lines[0].starts_with("REPO"), "{text}");
+    }
+
+    #[test]
+    fn a_cell_with_a_newline_stays_on_its_row() {
+        let text = render(
+            &["REPO", "STATUS"],
+            &[vec!["acme/x\nfake  success".into(), "running".into()]],
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("acme/x\\nfake"), "{text}");
     }
 }

@@ -554,3 +554,34 @@ fn show_of_an_unreadable_row_prints_what_the_database_holds_and_the_problem() {
     assert_eq!(value["started_at"], "the day before yesterday");
     assert_eq!(value["issue_number"], "42");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_a_command_with_exit_1_and_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+    // Far more output than a pipe buffer holds.
+    let mut sql = String::new();
+    for n in 0..400 {
+        sql.push_str(&format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
+             'acme/widgets', {}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', \
+             'success', '2026-05-11T15:13:00.000000Z', '2026-05-11T16:00:00.000000Z');\n",
+            n + 1
+        ));
+    }
+    sqlite_exec(&db, &sql);
+    for args in ["list --limit 1000 --json", "list --limit 1000"] {
+        let script = format!(
+            "'{}' --db '{}' {args} 2>&1 | head -1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+            env!("CARGO_BIN_EXE_tasktrail"),
+            db.display()
+        );
+        let output = Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .expect("bash");
+        assert_eq!(stdout(&output).trim(), "1", "{args}: {}", stderr(&output));
+    }
+}

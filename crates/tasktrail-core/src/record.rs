@@ -281,8 +281,28 @@ impl RecoveredTask {
             self.cause,
             self.sessions_invalidated,
         );
-        line
+        escape_control_characters(&line).into_owned()
     }
+}
+
+/// `text` with every control character written as its escape (`\n`, `\t`,
+/// `\u{1b}`...), so a value from a row or a host name can never start a
+/// second line or steer a terminal: one task is one line.
+pub fn escape_control_characters(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// `1h02m03s`, `4m05s`, `6s`; negative durations (clock skew) print as `0s`.
@@ -308,10 +328,11 @@ impl std::fmt::Display for HumanDuration {
 
 /// The `interrupt_reason` a sweep stores for a recovered task.
 pub fn recovery_reason(dead_worker: Option<WorkerId>, cause: &DeathCause) -> String {
-    match dead_worker {
+    let reason = match dead_worker {
         Some(worker) => format!("recovered at boot: worker {worker} died ({cause})"),
         None => format!("recovered at boot: {cause}"),
-    }
+    };
+    escape_control_characters(&reason).into_owned()
 }
 
 #[cfg(test)]
@@ -386,5 +407,22 @@ mod tests {
         assert_eq!(human_duration(Duration::seconds(36 * 60 + 5)), "36m05s");
         assert_eq!(human_duration(Duration::seconds(3723)), "1h02m03s");
         assert_eq!(human_duration(Duration::seconds(-4)), "0s");
+    }
+
+    #[test]
+    fn a_host_name_or_row_value_with_a_newline_cannot_forge_a_second_line() {
+        let forged = DeathCause::ProcessGone {
+            host: "vm\n[recovery] task 00000000-0000-0000-0000-000000000000 (fake#1)".into(),
+            pid: 7,
+        };
+        let mut task = recovered(None, forged.clone());
+        task.task.repo = "acme/\u{1b}[2Jwidgets".into();
+        let hint = task.hint();
+        assert_eq!(hint.lines().count(), 1, "{hint}");
+        assert!(!hint.chars().any(char::is_control), "{hint:?}");
+        assert!(hint.contains("vm\\n[recovery]"), "{hint}");
+        let reason = recovery_reason(None, &forged);
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert_eq!(escape_control_characters("plain"), "plain");
     }
 }
