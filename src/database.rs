@@ -113,11 +113,21 @@ impl DatabaseUrl {
                 }
             }
             "postgres" | "postgresql" => {
+                if password_needs_encoding(rest) {
+                    return Err(DatabaseUrlError::MalformedPostgres {
+                        reason: "its user or password holds '/', '?' or '#': percent-encode them",
+                    });
+                }
                 let authority = rest.split(['/', '?']).next().unwrap_or_default();
                 let host = authority
                     .rsplit_once('@')
                     .map_or(authority, |(_, host)| host);
-                if host.is_empty() {
+                // The socket form names its host (a directory) in the query:
+                // postgres:///db?host=/var/run/postgresql
+                let host_in_query = rest.split_once('?').is_some_and(|(_, query)| {
+                    query.split('&').any(|pair| pair.starts_with("host="))
+                });
+                if host.is_empty() && !host_in_query {
                     return Err(DatabaseUrlError::MalformedPostgres {
                         reason: "it names no host",
                     });
@@ -141,6 +151,28 @@ impl DatabaseUrl {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
             DatabaseUrl::Postgres(url) => redact_password(url),
         }
+    }
+}
+
+/// `app:pa/ss@host/db`: a password (or user) holding a character that ends
+/// the authority, so libpq would misread the URL (and might echo pieces of
+/// the password as a host). `host:5432/db?user=a@b` is fine: what follows
+/// its ':' up to the '/' is a port.
+fn password_needs_encoding(rest: &str) -> bool {
+    let Some(at) = rest.rfind('@') else {
+        return false;
+    };
+    let before_at = &rest[..at];
+    let Some(colon) = before_at.find(':') else {
+        return false;
+    };
+    if before_at[..colon].contains(['/', '?', '#']) {
+        return false;
+    }
+    let after_colon = &before_at[colon + 1..];
+    match after_colon.find(['/', '?', '#']) {
+        Some(end) => !after_colon[..end].chars().all(|c| c.is_ascii_digit()) || end == 0,
+        None => false,
     }
 }
 
@@ -180,6 +212,8 @@ fn looks_like_scheme(text: &str) -> bool {
     text.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
+
+pub use tasktrail_diesel::Secrets;
 
 /// A URL or conninfo string with every password replaced by `***`, in
 /// every form libpq accepts. The one redactor ([`tasktrail_diesel::redact`]);
@@ -543,6 +577,36 @@ mod tests {
             DatabaseUrl::parse("./file:odd.db"),
             Ok(DatabaseUrl::Sqlite(_))
         ));
+    }
+
+    #[test]
+    fn urls_libpq_would_misread_are_refused_without_echoing_them() {
+        for url in [
+            "postgres://app:pa/ss@db.internal/trail",
+            "postgres://app:pa?ss@db.internal/trail",
+            "postgres://app:pa#ss@db.internal/trail",
+        ] {
+            let error = DatabaseUrl::parse(url).expect_err(url);
+            assert!(
+                matches!(error, DatabaseUrlError::MalformedPostgres { .. }),
+                "{url}"
+            );
+            let shown = error.to_string();
+            assert!(!shown.contains("ss@"), "{shown}");
+            assert!(!shown.contains("db.internal"), "{shown}");
+        }
+        for url in [
+            "postgres://db.internal:5432/trail?user=alice@corp",
+            "postgres://app:s3cret@db.internal:5432/trail",
+            "postgres://app:pa%2Fss@db.internal/trail",
+            "postgres:///trail?host=/var/run/postgresql",
+        ] {
+            assert!(
+                matches!(DatabaseUrl::parse(url), Ok(DatabaseUrl::Postgres(_))),
+                "{url}"
+            );
+        }
+        assert!(DatabaseUrl::parse("postgres:///trail").is_err());
     }
 
     #[test]

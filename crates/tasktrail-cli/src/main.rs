@@ -117,7 +117,12 @@ fn main() -> ExitCode {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
-            let text = error.to_string();
+            // clap echoes the offending argument; a URL given in the wrong
+            // place must not print its password.
+            let mut text = error.to_string();
+            for argument in std::env::args().skip(1) {
+                text = tasktrail::database::Secrets::of(&argument).scrub(&text);
+            }
             let first = text.lines().next().unwrap_or("invalid arguments");
             report(&format!("tasktrail: {}", one_line(first)));
             return ExitCode::from(2);

@@ -258,6 +258,21 @@ fn a_password_in_the_url_never_shows() {
         &["worker", "--tasks", "1"],
         &["show", "01890a5d-ac96-774b-bcce-b302099a8057"],
     ];
+    // A URL given where an argument is not expected: the usage error
+    // does not echo its password either.
+    for form in forms {
+        let misplaced = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+            .args(["list", form])
+            .env_remove("TASKTRAIL_DB")
+            .output()
+            .expect("run");
+        assert_eq!(misplaced.status.code(), Some(2), "{form}");
+        assert!(
+            !stderr(&misplaced).contains("secr"),
+            "{form}: {}",
+            stderr(&misplaced)
+        );
+    }
     for form in forms {
         for command in commands {
             let output = tasktrail(Path::new(form), command);
