@@ -373,6 +373,27 @@ impl AnyStorage {
         }
     }
 
+    /// Retention (`SqliteStorage::prune` / `PostgresStorage::prune`):
+    /// deletes final rows that ended before the cut-off with their
+    /// sessions, in bounded batches, and workers no row names; never a
+    /// `running` row.
+    pub fn prune(
+        &self,
+        request: &tasktrail_core::PruneRequest,
+    ) -> Result<tasktrail_core::PruneReport, StorageError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store.prune(request),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.prune(request),
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => {
+                let _ = request;
+                match *self {}
+            }
+        }
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         match self {

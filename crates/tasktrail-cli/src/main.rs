@@ -15,7 +15,7 @@ use tasktrail::backend::SweepMode;
 use tasktrail::host::{probe_identity, ProcfsProbe};
 use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
-    AnyStorage, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
+    AnyStorage, Clock, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
 };
 
 /// The task audit trail of an agent-dispatch server: inspect it, recover it
@@ -95,6 +95,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retention: delete final rows that ended longer ago than --older-than,
+    /// with their sessions, and stopped/dead workers no row names. Never a
+    /// running row.
+    Prune {
+        /// How old a row must be to go: `30d`, `12h`, `90m`, `1w`, or seconds.
+        #[arg(long)]
+        older_than: String,
+        /// Only rows with this status (repeatable); default every final one.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
+    },
     /// Reproduce the incident on a temporary database: start a worker, SIGKILL
     /// it mid-task, boot a new one, print the hints and the table.
     Demo,
@@ -138,6 +155,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A duration as people write it (`30d`, `12h`, `1h 30m`, `90s`, `1w`;
+/// humantime's forms) or bare seconds.
+fn parse_age(flag: &str, text: &str) -> CliResult<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("--{flag} {text:?} is not a duration ({error})").into())
 }
 
 /// Writes a line on stderr. A closed or failing stderr (`2>&1 | head -1`)
@@ -315,6 +343,54 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Sessions { json } => {
             let storage = open(&cli.db)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
+        }
+        Command::Prune {
+            older_than,
+            statuses,
+            dry_run,
+            batch_size,
+        } => {
+            let age = parse_age("older-than", &older_than)?;
+            let statuses = statuses
+                .iter()
+                .map(|status| {
+                    let status: TaskStatus = status.parse()?;
+                    if status.is_final() {
+                        Ok(status)
+                    } else {
+                        Err(format!("--status {status}: prune never deletes running rows").into())
+                    }
+                })
+                .collect::<CliResult<Vec<_>>>()?;
+            if batch_size == 0 {
+                return Err("--batch-size must be at least 1".into());
+            }
+            let age = chrono::Duration::from_std(age)
+                .map_err(|_| "--older-than is too long".to_owned())?;
+            let cut_off = SystemClock
+                .now()
+                .checked_sub_signed(age)
+                .ok_or_else(|| "--older-than reaches before any time".to_owned())?;
+            let storage = open(&cli.db)?;
+            let report = storage.prune(&tasktrail::PruneRequest {
+                cut_off,
+                statuses,
+                dry_run,
+                batch_size,
+            })?;
+            say(&format!(
+                "{}{} task(s), {} session(s), {} worker(s) that ended before {} ({} batch(es))",
+                if dry_run {
+                    "dry run: would delete "
+                } else {
+                    "deleted "
+                },
+                report.tasks,
+                report.sessions,
+                report.workers,
+                cut_off.format("%Y-%m-%d %H:%M:%S UTC"),
+                report.batches
+            ))?;
         }
         Command::Demo => return demo::run(),
     }

@@ -600,3 +600,62 @@ fn a_closed_output_pipe_ends_a_command_with_exit_1_and_no_panic() {
         assert_eq!(stdout(&output).trim(), "1", "{args}: {}", stderr(&output));
     }
 }
+
+#[test]
+fn prune_deletes_old_final_rows_keeps_running_ones_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, running) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // Three finished rows: two ended long ago, one yesterday; the running
+    // row started long ago.
+    let mut sql = String::new();
+    for (n, ended) in [
+        "2025-01-01T00:00:00.000000Z",
+        "2025-02-01T00:00:00.000000Z",
+        "2099-01-01T00:00:00.000000Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        sql.push_str(&format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
+             'acme/widgets', {}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', \
+             'success', '2025-01-01T00:00:00.000000Z', '{ended}');\n",
+            n + 1
+        ));
+    }
+    sql.push_str(&format!(
+        "UPDATE task_history SET started_at = '2020-01-01T00:00:00.000000Z' WHERE id = '{}';",
+        running[0]
+    ));
+    sqlite_exec(&db, &sql);
+    for bad in [
+        &["prune", "--older-than", "soon"][..],
+        &["prune", "--older-than", "30d", "--status", "running"],
+        &["prune", "--older-than", "30d", "--status", "sleeping"],
+        &["prune", "--older-than", "30d", "--batch-size", "0"],
+    ] {
+        let output = tasktrail(&db, bad);
+        assert_one_line_error(&output, "");
+        assert_eq!(list_json(&db).len(), 4, "{bad:?} wrote nothing");
+    }
+    let dry = tasktrail(&db, &["prune", "--older-than", "30d", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("would delete 2 task(s)"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(list_json(&db).len(), 4, "a dry run deletes nothing");
+    let pruned = tasktrail(&db, &["prune", "--older-than", "30d", "--batch-size", "1"]);
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    let left: Vec<String> = list_json(&db)
+        .iter()
+        .map(|row| row["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&running[0]), "the running row stays");
+}

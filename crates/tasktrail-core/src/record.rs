@@ -84,6 +84,15 @@ impl TaskRecord {
     pub fn repo_issue(&self) -> String {
         format!("{}#{}", self.repo, self.issue_number)
     }
+
+    /// When the task ended: `finished_at`, else `interrupted_at`, else (a
+    /// row still `running`, or one that never recorded an end)
+    /// `started_at`.
+    pub fn ended_at(&self) -> Timestamp {
+        self.finished_at
+            .or(self.interrupted_at)
+            .unwrap_or(self.started_at)
+    }
 }
 
 /// Filters for [`Storage::list_tasks`](crate::Storage::list_tasks). Rows
@@ -191,6 +200,46 @@ pub struct SessionKey {
     pub issue_number: u32,
     /// The agent.
     pub agent: String,
+}
+
+/// What a prune deletes: final rows (never `running`) that ended before
+/// `cut_off` (their `finished_at`, or `interrupted_at`, or else
+/// `started_at`), with their sessions, and `stopped` / `dead` workers last
+/// seen before `cut_off` that no row names any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRequest {
+    /// Rows that ended at or after this instant are kept.
+    pub cut_off: Timestamp,
+    /// Only rows with one of these statuses; empty means every final
+    /// status. `running` is never pruned, whatever this says.
+    pub statuses: Vec<TaskStatus>,
+    /// Count what would go, delete nothing.
+    pub dry_run: bool,
+    /// Rows deleted per transaction (at least 1), so a worker's start never
+    /// waits behind one long delete.
+    pub batch_size: u32,
+}
+
+impl PruneRequest {
+    /// Whether `row` goes.
+    pub fn selects(&self, row: &TaskRecord) -> bool {
+        row.status.is_final()
+            && row.ended_at() < self.cut_off
+            && (self.statuses.is_empty() || self.statuses.contains(&row.status))
+    }
+}
+
+/// What a prune deleted (with `dry_run`: would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// `task_history` rows.
+    pub tasks: u64,
+    /// `claude_sdk_sessions` rows of those tasks.
+    pub sessions: u64,
+    /// `workers` rows.
+    pub workers: u64,
+    /// Transactions it took.
+    pub batches: u32,
 }
 
 /// A `claude_sdk_sessions` row.

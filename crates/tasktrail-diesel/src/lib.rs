@@ -20,6 +20,8 @@
 
 mod codec;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod prune;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod raw;
 mod secrets;
 mod statement_log;
