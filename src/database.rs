@@ -60,6 +60,16 @@ pub enum DatabaseUrlError {
         /// What is wrong (never the password).
         reason: &'static str,
     },
+    /// A SQLite name that is not one file on disk: `:memory:` (the trail
+    /// would vanish with the process) or a `file:` URI (its parameters
+    /// could open another file, or none).
+    #[error("{name:?} is not a database file: give a path or sqlite://PATH ({reason})")]
+    NotAFile {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The binary was built without the backend the URL asks for.
     #[error("this tasktrail was built without the {backend} backend (enable the `{backend}` cargo feature)")]
     BackendNotBuilt {
@@ -82,6 +92,9 @@ impl DatabaseUrl {
             if looks_like_conninfo(input) {
                 return Ok(DatabaseUrl::Postgres(input.to_owned()));
             }
+            if input == ":memory:" || input.to_ascii_lowercase().starts_with("file:") {
+                return sqlite_file(input);
+            }
             if let Some((scheme, _)) = input.split_once(':') {
                 if looks_like_scheme(scheme) && scheme.len() > 1 {
                     return Err(DatabaseUrlError::UnsupportedScheme {
@@ -89,22 +102,32 @@ impl DatabaseUrl {
                     });
                 }
             }
-            return Ok(DatabaseUrl::Sqlite(PathBuf::from(input)));
+            return sqlite_file(input);
         };
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" | "file" => {
                 if rest.is_empty() {
                     Err(DatabaseUrlError::MissingPath)
                 } else {
-                    Ok(DatabaseUrl::Sqlite(PathBuf::from(rest)))
+                    sqlite_file(rest)
                 }
             }
             "postgres" | "postgresql" => {
+                if password_needs_encoding(rest) {
+                    return Err(DatabaseUrlError::MalformedPostgres {
+                        reason: "its user or password holds '/', '?' or '#': percent-encode them",
+                    });
+                }
                 let authority = rest.split(['/', '?']).next().unwrap_or_default();
                 let host = authority
                     .rsplit_once('@')
                     .map_or(authority, |(_, host)| host);
-                if host.is_empty() {
+                // The socket form names its host (a directory) in the query:
+                // postgres:///db?host=/var/run/postgresql
+                let host_in_query = rest.split_once('?').is_some_and(|(_, query)| {
+                    query.split('&').any(|pair| pair.starts_with("host="))
+                });
+                if host.is_empty() && !host_in_query {
                     return Err(DatabaseUrlError::MalformedPostgres {
                         reason: "it names no host",
                     });
@@ -131,6 +154,45 @@ impl DatabaseUrl {
     }
 }
 
+/// `app:pa/ss@host/db`: a password (or user) holding a character that ends
+/// the authority, so libpq would misread the URL (and might echo pieces of
+/// the password as a host). `host:5432/db?user=a@b` is fine: what follows
+/// its ':' up to the '/' is a port.
+fn password_needs_encoding(rest: &str) -> bool {
+    let Some(at) = rest.rfind('@') else {
+        return false;
+    };
+    let before_at = &rest[..at];
+    let Some(colon) = before_at.find(':') else {
+        return false;
+    };
+    if before_at[..colon].contains(['/', '?', '#']) {
+        return false;
+    }
+    let after_colon = &before_at[colon + 1..];
+    match after_colon.find(['/', '?', '#']) {
+        Some(end) => !after_colon[..end].chars().all(|c| c.is_ascii_digit()) || end == 0,
+        None => false,
+    }
+}
+
+/// A SQLite database named by a file path: one URL, one file on disk.
+fn sqlite_file(path: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let refuse = |reason| {
+        Err(DatabaseUrlError::NotAFile {
+            name: path.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if path == ":memory:" || path.is_empty() {
+        return refuse("an in-memory database is gone when the process exits");
+    }
+    if path.to_ascii_lowercase().starts_with("file:") {
+        return refuse("SQLite URI filenames and their parameters are not accepted");
+    }
+    Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+}
+
 /// The libpq keywords a key/value conninfo string starts with in practice.
 const CONNINFO_KEYWORDS: [&str; 8] = [
     "host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "service",
@@ -150,6 +212,8 @@ fn looks_like_scheme(text: &str) -> bool {
     text.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
+
+pub use tasktrail_diesel::Secrets;
 
 /// A URL or conninfo string with every password replaced by `***`, in
 /// every form libpq accepts. The one redactor ([`tasktrail_diesel::redact`]);
@@ -304,6 +368,27 @@ impl AnyStorage {
             #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
             _ => {
                 let _ = id;
+                match *self {}
+            }
+        }
+    }
+
+    /// Retention (`SqliteStorage::prune` / `PostgresStorage::prune`):
+    /// deletes final rows that ended before the cut-off with their
+    /// sessions, in bounded batches, and workers no row names; never a
+    /// `running` row.
+    pub fn prune(
+        &self,
+        request: &tasktrail_core::PruneRequest,
+    ) -> Result<tasktrail_core::PruneReport, StorageError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(store) => store.prune(request),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.prune(request),
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => {
+                let _ = request;
                 match *self {}
             }
         }
@@ -490,6 +575,59 @@ mod tests {
             DatabaseUrl::parse("runs/a=b.db"),
             Ok(DatabaseUrl::Sqlite(_))
         ));
+    }
+
+    #[test]
+    fn names_that_are_not_one_file_are_refused() {
+        for name in [
+            ":memory:",
+            "sqlite://:memory:",
+            "sqlite://file:trail.db?mode=memory",
+            "file:real.db",
+            "FILE:real.db",
+        ] {
+            assert!(
+                matches!(
+                    DatabaseUrl::parse(name),
+                    Err(DatabaseUrlError::NotAFile { .. })
+                ),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            DatabaseUrl::parse("./file:odd.db"),
+            Ok(DatabaseUrl::Sqlite(_))
+        ));
+    }
+
+    #[test]
+    fn urls_libpq_would_misread_are_refused_without_echoing_them() {
+        for url in [
+            "postgres://app:pa/ss@db.internal/trail",
+            "postgres://app:pa?ss@db.internal/trail",
+            "postgres://app:pa#ss@db.internal/trail",
+        ] {
+            let error = DatabaseUrl::parse(url).expect_err(url);
+            assert!(
+                matches!(error, DatabaseUrlError::MalformedPostgres { .. }),
+                "{url}"
+            );
+            let shown = error.to_string();
+            assert!(!shown.contains("ss@"), "{shown}");
+            assert!(!shown.contains("db.internal"), "{shown}");
+        }
+        for url in [
+            "postgres://db.internal:5432/trail?user=alice@corp",
+            "postgres://app:s3cret@db.internal:5432/trail",
+            "postgres://app:pa%2Fss@db.internal/trail",
+            "postgres:///trail?host=/var/run/postgresql",
+        ] {
+            assert!(
+                matches!(DatabaseUrl::parse(url), Ok(DatabaseUrl::Postgres(_))),
+                "{url}"
+            );
+        }
+        assert!(DatabaseUrl::parse("postgres:///trail").is_err());
     }
 
     #[test]

@@ -22,9 +22,14 @@ pub trait Backend: Storage + Sized {
     /// died and the kernel or the database freed it; or it looks registered
     /// before liveness locks existed).
     fn change_worker_lock(&self, worker: WorkerId, change: LockChange);
+    /// The backend's retention call.
+    fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError>;
 }
 
 impl Backend for MemoryStorage {
+    fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
+        MemoryStorage::prune(self, request)
+    }
     fn fresh(_dir: &std::path::Path) -> Option<Self> {
         Some(MemoryStorage::new())
     }
@@ -48,6 +53,9 @@ impl Backend for MemoryStorage {
 }
 
 impl Backend for SqliteStorage {
+    fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
+        SqliteStorage::prune(self, request)
+    }
     fn fresh(dir: &std::path::Path) -> Option<Self> {
         let store = SqliteStorage::open_with(
             dir.join("trail.db"),
@@ -133,6 +141,9 @@ pub struct PostgresBackend {
 
 #[cfg(feature = "postgres")]
 impl Backend for PostgresBackend {
+    fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
+        self.store.prune(request)
+    }
     fn fresh(_dir: &std::path::Path) -> Option<Self> {
         let database = ScratchDatabase::create()?;
         let store = PostgresStorage::open_with(

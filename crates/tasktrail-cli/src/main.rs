@@ -15,7 +15,7 @@ use tasktrail::backend::SweepMode;
 use tasktrail::host::{probe_identity, ProcfsProbe};
 use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
-    AnyStorage, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
+    AnyStorage, Clock, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
 };
 
 /// The task audit trail of an agent-dispatch server: inspect it, recover it
@@ -95,6 +95,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retention: delete final rows that ended longer ago than --older-than,
+    /// with their sessions, and stopped/dead workers no row names. Never a
+    /// running row.
+    Prune {
+        /// How old a row must be to go: `30d`, `12h`, `90m`, `1w`, or seconds.
+        #[arg(long)]
+        older_than: String,
+        /// Only rows with this status (repeatable); default every final one.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
+    },
     /// Reproduce the incident on a temporary database: start a worker, SIGKILL
     /// it mid-task, boot a new one, print the hints and the table.
     Demo,
@@ -117,22 +134,52 @@ fn main() -> ExitCode {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
-            let text = error.to_string();
+            // clap echoes the offending argument; a URL given in the wrong
+            // place must not print its password.
+            let mut text = error.to_string();
+            for argument in std::env::args().skip(1) {
+                text = tasktrail::database::Secrets::of(&argument).scrub(&text);
+            }
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("tasktrail: {}", one_line(first));
+            report(&format!("tasktrail: {}", one_line(first)));
             return ExitCode::from(2);
         }
     };
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!(
+            report(&format!(
                 "tasktrail: error: {}",
                 one_line(&error_chain(error.as_ref()))
-            );
+            ));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A duration as people write it (`30d`, `12h`, `1h 30m`, `90s`, `1w`;
+/// humantime's forms) or bare seconds.
+fn parse_age(flag: &str, text: &str) -> CliResult<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("--{flag} {text:?} is not a duration ({error})").into())
+}
+
+/// Writes a line on stderr. A closed or failing stderr (`2>&1 | head -1`)
+/// loses the line instead of panicking: the exit code still says it.
+pub(crate) fn report(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes a line on stdout; a closed stdout is an error (exit 1), never a
+/// panic.
+pub(crate) fn say(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 /// The error and its sources, on one line.
@@ -175,7 +222,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Migrate { adopt: true } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let recorded = AnyStorage::adopt(&url)?;
-            println!(
+            say(&format!(
                 "{url}: adopted at baseline {}; applied {}",
                 recorded.first().map_or("-", String::as_str),
                 if recorded.len() > 1 {
@@ -183,16 +230,16 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                 } else {
                     "nothing more".to_owned()
                 }
-            );
+            ))?;
         }
         Command::Migrate { adopt: false } => {
             let url = DatabaseUrl::parse(&cli.db)?;
             let storage = AnyStorage::open_unmigrated(&url)?;
             let applied = storage.migrate()?;
             if applied.is_empty() {
-                println!("{url}: schema is up to date");
+                say(&format!("{url}: schema is up to date"))?;
             } else {
-                println!("{url}: applied {}", applied.join(", "));
+                say(&format!("{url}: applied {}", applied.join(", ")))?;
             }
         }
         Command::Worker(args) => {
@@ -265,7 +312,10 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             output::print_tasks(&rows, json)?;
             if !unreadable.is_empty() {
                 for error in unreadable.into_iter().filter_map(Result::err) {
-                    eprintln!("tasktrail: error: {}", one_line(&error.to_string()));
+                    report(&format!(
+                        "tasktrail: error: {}",
+                        one_line(&error.to_string())
+                    ));
                 }
                 return Ok(ExitCode::FAILURE);
             }
@@ -293,6 +343,54 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Sessions { json } => {
             let storage = open(&cli.db)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
+        }
+        Command::Prune {
+            older_than,
+            statuses,
+            dry_run,
+            batch_size,
+        } => {
+            let age = parse_age("older-than", &older_than)?;
+            let statuses = statuses
+                .iter()
+                .map(|status| {
+                    let status: TaskStatus = status.parse()?;
+                    if status.is_final() {
+                        Ok(status)
+                    } else {
+                        Err(format!("--status {status}: prune never deletes running rows").into())
+                    }
+                })
+                .collect::<CliResult<Vec<_>>>()?;
+            if batch_size == 0 {
+                return Err("--batch-size must be at least 1".into());
+            }
+            let age = chrono::Duration::from_std(age)
+                .map_err(|_| "--older-than is too long".to_owned())?;
+            let cut_off = SystemClock
+                .now()
+                .checked_sub_signed(age)
+                .ok_or_else(|| "--older-than reaches before any time".to_owned())?;
+            let storage = open(&cli.db)?;
+            let report = storage.prune(&tasktrail::PruneRequest {
+                cut_off,
+                statuses,
+                dry_run,
+                batch_size,
+            })?;
+            say(&format!(
+                "{}{} task(s), {} session(s), {} worker(s) that ended before {} ({} batch(es))",
+                if dry_run {
+                    "dry run: would delete "
+                } else {
+                    "deleted "
+                },
+                report.tasks,
+                report.sessions,
+                report.workers,
+                cut_off.format("%Y-%m-%d %H:%M:%S UTC"),
+                report.batches
+            ))?;
         }
         Command::Demo => return demo::run(),
     }

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde_json::Value;
-use tasktrail::backend::human_duration;
+use tasktrail::backend::{escape_control_characters, human_duration};
 use tasktrail::json::{session_json, task_json};
 use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
 
@@ -29,29 +29,24 @@ pub(crate) fn write_table(
     header: &[&str],
     rows: &[Vec<String>],
 ) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    // comfy-table measures cells by their display width, so wide characters
+    // (CJK repo names, emoji) keep the columns aligned.
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    // One row is one line: a value holding a newline or an escape sequence
+    // (a row another program wrote) is shown escaped.
     for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+        table.add_row(row.iter().map(|cell| escape_control_characters(cell)));
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    writeln!(
-        out,
-        "{}",
-        line(header.iter().map(|h| (*h).to_owned()).collect())
-    )?;
-    for row in rows {
-        writeln!(out, "{}", line(row.clone()))?;
+    let last = header.len().saturating_sub(1);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if index == last { 0 } else { 2 }));
+    }
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -208,4 +203,51 @@ pub(crate) fn print_sessions(rows: &[SessionRecord], json: bool) -> CliResult<()
     }
     write_table(&mut out, &SESSION_HEADER, &session_table(rows))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicode_width::UnicodeWidthStr;
+
+    fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+        let mut out = Vec::new();
+        write_table(&mut out, header, rows).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn columns_line_up_by_display_width_even_with_wide_characters() {
+        let text = render(
+            &["REPO", "STATUS"],
+            &[
+                vec!["acme/widgets".into(), "success".into()],
+                vec!["日本/リポジトリ".into(), "running".into()],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // The second column starts at the same display column on every line.
+        let column_of = |line: &str, word: &str| line[..line.rfind(word).expect("word")].width();
+        assert_eq!(
+            column_of(lines[0], "STATUS"),
+            column_of(lines[1], "success")
+        );
+        assert_eq!(
+            column_of(lines[0], "STATUS"),
+            column_of(lines[2], "running")
+        );
+        assert!(lines.iter().all(|line| *line == line.trim_end()));
+        assert!(lines[0].starts_with("REPO"), "{text}");
+    }
+
+    #[test]
+    fn a_cell_with_a_newline_stays_on_its_row() {
+        let text = render(
+            &["REPO", "STATUS"],
+            &[vec!["acme/x\nfake  success".into(), "running".into()]],
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("acme/x\\nfake"), "{text}");
+    }
 }

@@ -262,6 +262,21 @@ fn a_password_in_the_url_never_shows() {
         &["worker", "--tasks", "1"],
         &["show", "01890a5d-ac96-774b-bcce-b302099a8057"],
     ];
+    // A URL given where an argument is not expected: the usage error
+    // does not echo its password either.
+    for form in forms {
+        let misplaced = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+            .args(["list", form])
+            .env_remove("TASKTRAIL_DB")
+            .output()
+            .expect("run");
+        assert_eq!(misplaced.status.code(), Some(2), "{form}");
+        assert!(
+            !stderr(&misplaced).contains("secr"),
+            "{form}: {}",
+            stderr(&misplaced)
+        );
+    }
     for form in forms {
         for command in commands {
             let output = tasktrail(Path::new(form), command);
@@ -557,4 +572,94 @@ fn show_of_an_unreadable_row_prints_what_the_database_holds_and_the_problem() {
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(value["started_at"], "the day before yesterday");
     assert_eq!(value["issue_number"], "42");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_a_command_with_exit_1_and_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    assert!(tasktrail(&db, &["migrate"]).status.success());
+    // Far more output than a pipe buffer holds.
+    let mut sql = String::new();
+    for n in 0..400 {
+        sql.push_str(&format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
+             'acme/widgets', {}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', \
+             'success', '2026-05-11T15:13:00.000000Z', '2026-05-11T16:00:00.000000Z');\n",
+            n + 1
+        ));
+    }
+    sqlite_exec(&db, &sql);
+    for args in ["list --limit 1000 --json", "list --limit 1000"] {
+        let script = format!(
+            "'{}' --db '{}' {args} 2>&1 | head -1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+            env!("CARGO_BIN_EXE_tasktrail"),
+            db.display()
+        );
+        let output = Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .expect("bash");
+        assert_eq!(stdout(&output).trim(), "1", "{args}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn prune_deletes_old_final_rows_keeps_running_ones_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, running) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // Three finished rows: two ended long ago, one yesterday; the running
+    // row started long ago.
+    let mut sql = String::new();
+    for (n, ended) in [
+        "2025-01-01T00:00:00.000000Z",
+        "2025-02-01T00:00:00.000000Z",
+        "2099-01-01T00:00:00.000000Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        sql.push_str(&format!(
+            "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
+             provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
+             'acme/widgets', {}, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', \
+             'success', '2025-01-01T00:00:00.000000Z', '{ended}');\n",
+            n + 1
+        ));
+    }
+    sql.push_str(&format!(
+        "UPDATE task_history SET started_at = '2020-01-01T00:00:00.000000Z' WHERE id = '{}';",
+        running[0]
+    ));
+    sqlite_exec(&db, &sql);
+    for bad in [
+        &["prune", "--older-than", "soon"][..],
+        &["prune", "--older-than", "30d", "--status", "running"],
+        &["prune", "--older-than", "30d", "--status", "sleeping"],
+        &["prune", "--older-than", "30d", "--batch-size", "0"],
+    ] {
+        let output = tasktrail(&db, bad);
+        assert_one_line_error(&output, "");
+        assert_eq!(list_json(&db).len(), 4, "{bad:?} wrote nothing");
+    }
+    let dry = tasktrail(&db, &["prune", "--older-than", "30d", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("would delete 2 task(s)"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(list_json(&db).len(), 4, "a dry run deletes nothing");
+    let pruned = tasktrail(&db, &["prune", "--older-than", "30d", "--batch-size", "1"]);
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    let left: Vec<String> = list_json(&db)
+        .iter()
+        .map(|row| row["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&running[0]), "the running row stays");
 }

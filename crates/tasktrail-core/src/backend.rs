@@ -28,8 +28,8 @@ use crate::storage::StorageError;
 use crate::worker::{WorkerRecord, WorkerRegistration};
 
 pub use crate::record::{
-    human_duration, recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
-    NewSession, RecoveryRequest, SweepMode,
+    escape_control_characters, human_duration, recovery_reason, FinishRefusal, FinishRow,
+    FinishWrite, NewRunningRow, NewSession, RecoveryRequest, SweepMode,
 };
 pub use crate::worker::{
     LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,

@@ -49,6 +49,11 @@ impl ManualClock {
         let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
         *now = truncate_to_micros(*now + by);
     }
+
+    /// Sets the clock to `at` (forward or backward).
+    pub fn set(&self, at: Timestamp) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = truncate_to_micros(at);
+    }
 }
 
 impl Clock for ManualClock {

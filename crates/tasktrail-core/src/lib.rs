@@ -78,7 +78,10 @@ pub use memory::MemoryStorage;
 pub use outcome::{
     CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport,
 };
-pub use record::{FinishRefusal, RecoveredTask, SessionKey, SessionRecord, TaskFilter, TaskRecord};
+pub use record::{
+    FinishRefusal, PruneReport, PruneRequest, RecoveredTask, SessionKey, SessionRecord, TaskFilter,
+    TaskRecord,
+};
 pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
 pub use status::{TaskStatus, UnknownStatusError};
 pub use storage::{StorageError, StorageExt};

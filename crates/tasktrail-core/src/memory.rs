@@ -10,8 +10,9 @@ use crate::clock::Timestamp;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::record::{
-    recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession,
-    RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter, TaskRecord,
+    recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession, PruneReport,
+    PruneRequest, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter,
+    TaskRecord,
 };
 use crate::status::TaskStatus;
 use crate::storage::StorageError;
@@ -76,6 +77,81 @@ impl MemoryStorage {
     #[cfg(feature = "testing")]
     pub fn set_worker_lock(&self, worker: WorkerId, lock: OwnerLock) {
         self.lock().locks.insert(worker, lock);
+    }
+
+    /// Deletes what `request` selects (see [`PruneRequest`]): final rows
+    /// that ended before the cut-off with their sessions, then `stopped` /
+    /// `dead` workers last seen before it that no row names. Never a
+    /// `running` row. One batch of at most `batch_size` rows per lock.
+    pub fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
+        let batch_size = request.batch_size.max(1) as usize;
+        let mut report = PruneReport::default();
+        let mut after: Option<TaskId> = None;
+        loop {
+            let mut inner = self.lock();
+            let candidates: Vec<TaskId> = inner
+                .tasks
+                .range((
+                    after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(id, _)| *id)
+                .take(batch_size)
+                .collect();
+            report.batches += 1;
+            for id in &candidates {
+                let selected = inner.tasks.get(id).is_some_and(|row| request.selects(row));
+                if !selected {
+                    continue;
+                }
+                report.tasks += 1;
+                let sessions: Vec<SessionId> = inner
+                    .sessions
+                    .values()
+                    .filter(|session| session.task_id == *id)
+                    .map(|session| session.session_id.clone())
+                    .collect();
+                report.sessions += sessions.len() as u64;
+                if !request.dry_run {
+                    for session in sessions {
+                        inner.sessions.remove(&session);
+                    }
+                    inner.tasks.remove(id);
+                }
+            }
+            if candidates.len() < batch_size {
+                break;
+            }
+            after = candidates.last().copied();
+        }
+        let mut inner = self.lock();
+        // The workers named by the rows that stay (a dry run counts as if
+        // the selected rows were gone).
+        let named: std::collections::HashSet<WorkerId> = inner
+            .tasks
+            .values()
+            .filter(|row| !request.selects(row))
+            .flat_map(|row| [row.worker_id, row.interrupted_by])
+            .flatten()
+            .collect();
+        let gone: Vec<WorkerId> = inner
+            .workers
+            .values()
+            .filter(|worker| {
+                worker.state != WorkerState::Alive
+                    && worker.stopped_at.unwrap_or(worker.heartbeat_at) < request.cut_off
+                    && !named.contains(&worker.id)
+            })
+            .map(|worker| worker.id)
+            .collect();
+        report.workers = gone.len() as u64;
+        if !request.dry_run {
+            for id in gone {
+                inner.workers.remove(&id);
+                inner.locks.remove(&id);
+            }
+        }
+        Ok(report)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -84,6 +84,15 @@ impl TaskRecord {
     pub fn repo_issue(&self) -> String {
         format!("{}#{}", self.repo, self.issue_number)
     }
+
+    /// When the task ended: `finished_at`, else `interrupted_at`, else (a
+    /// row still `running`, or one that never recorded an end)
+    /// `started_at`.
+    pub fn ended_at(&self) -> Timestamp {
+        self.finished_at
+            .or(self.interrupted_at)
+            .unwrap_or(self.started_at)
+    }
 }
 
 /// Filters for [`Storage::list_tasks`](crate::Storage::list_tasks). Rows
@@ -193,6 +202,46 @@ pub struct SessionKey {
     pub agent: String,
 }
 
+/// What a prune deletes: final rows (never `running`) that ended before
+/// `cut_off` (their `finished_at`, or `interrupted_at`, or else
+/// `started_at`), with their sessions, and `stopped` / `dead` workers last
+/// seen before `cut_off` that no row names any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRequest {
+    /// Rows that ended at or after this instant are kept.
+    pub cut_off: Timestamp,
+    /// Only rows with one of these statuses; empty means every final
+    /// status. `running` is never pruned, whatever this says.
+    pub statuses: Vec<TaskStatus>,
+    /// Count what would go, delete nothing.
+    pub dry_run: bool,
+    /// Rows deleted per transaction (at least 1), so a worker's start never
+    /// waits behind one long delete.
+    pub batch_size: u32,
+}
+
+impl PruneRequest {
+    /// Whether `row` goes.
+    pub fn selects(&self, row: &TaskRecord) -> bool {
+        row.status.is_final()
+            && row.ended_at() < self.cut_off
+            && (self.statuses.is_empty() || self.statuses.contains(&row.status))
+    }
+}
+
+/// What a prune deleted (with `dry_run`: would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// `task_history` rows.
+    pub tasks: u64,
+    /// `claude_sdk_sessions` rows of those tasks.
+    pub sessions: u64,
+    /// `workers` rows.
+    pub workers: u64,
+    /// Transactions it took.
+    pub batches: u32,
+}
+
 /// A `claude_sdk_sessions` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -281,8 +330,28 @@ impl RecoveredTask {
             self.cause,
             self.sessions_invalidated,
         );
-        line
+        escape_control_characters(&line).into_owned()
     }
+}
+
+/// `text` with every control character written as its escape (`\n`, `\t`,
+/// `\u{1b}`...), so a value from a row or a host name can never start a
+/// second line or steer a terminal: one task is one line.
+pub fn escape_control_characters(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// `1h02m03s`, `4m05s`, `6s`; negative durations (clock skew) print as `0s`.
@@ -308,10 +377,11 @@ impl std::fmt::Display for HumanDuration {
 
 /// The `interrupt_reason` a sweep stores for a recovered task.
 pub fn recovery_reason(dead_worker: Option<WorkerId>, cause: &DeathCause) -> String {
-    match dead_worker {
+    let reason = match dead_worker {
         Some(worker) => format!("recovered at boot: worker {worker} died ({cause})"),
         None => format!("recovered at boot: {cause}"),
-    }
+    };
+    escape_control_characters(&reason).into_owned()
 }
 
 #[cfg(test)]
@@ -386,5 +456,22 @@ mod tests {
         assert_eq!(human_duration(Duration::seconds(36 * 60 + 5)), "36m05s");
         assert_eq!(human_duration(Duration::seconds(3723)), "1h02m03s");
         assert_eq!(human_duration(Duration::seconds(-4)), "0s");
+    }
+
+    #[test]
+    fn a_host_name_or_row_value_with_a_newline_cannot_forge_a_second_line() {
+        let forged = DeathCause::ProcessGone {
+            host: "vm\n[recovery] task 00000000-0000-0000-0000-000000000000 (fake#1)".into(),
+            pid: 7,
+        };
+        let mut task = recovered(None, forged.clone());
+        task.task.repo = "acme/\u{1b}[2Jwidgets".into();
+        let hint = task.hint();
+        assert_eq!(hint.lines().count(), 1, "{hint}");
+        assert!(!hint.chars().any(char::is_control), "{hint:?}");
+        assert!(hint.contains("vm\\n[recovery]"), "{hint}");
+        let reason = recovery_reason(None, &forged);
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert_eq!(escape_control_characters("plain"), "plain");
     }
 }

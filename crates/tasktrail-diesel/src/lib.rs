@@ -22,6 +22,8 @@ mod codec;
 #[cfg(test)]
 mod error_text;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod prune;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod raw;
 mod secrets;
 mod statement_log;

@@ -3,6 +3,7 @@
 //! documented on [`PostgresStorage`].
 
 mod adopt;
+mod prune;
 mod raw;
 mod rows;
 mod schema;

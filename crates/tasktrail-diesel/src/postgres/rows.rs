@@ -44,6 +44,11 @@ pub(super) struct TaskRow {
 }
 
 impl TaskRow {
+    /// The task id as stored.
+    pub(super) fn uuid(&self) -> Uuid {
+        self.id
+    }
+
     pub(super) fn into_record(self) -> Result<TaskRecord, StorageError> {
         let id = self.id.hyphenated().to_string();
         let label = RowLabel {
