@@ -30,6 +30,11 @@ struct Args {
     /// names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// On SIGTERM, how long the worker keeps retrying the outcomes an
+    /// unreachable store refuses before it names each one on stderr
+    /// (`unwritten <id> <status>`) and exits 1: 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_deadline: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +101,12 @@ fn print_event(event: &WorkerEvent) {
 
 async fn serve(args: Args) -> Result<(), ServerError> {
     let storage = open(&args.db)?;
-    let worker = AsyncWorker::boot(Worker::builder(storage).on_event(print_event)).await?;
+    let worker = AsyncWorker::boot(
+        Worker::builder(storage)
+            .stop_deadline(args.stop_deadline)
+            .on_event(print_event),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServerError::Listen {
