@@ -579,9 +579,10 @@ fn a_closed_output_pipe_ends_a_command_with_exit_1_and_no_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("t.db");
     assert!(tasktrail(&db, &["migrate"]).status.success());
-    // Far more output than a pipe buffer holds.
+    // Far more output than a pipe buffer (64 KiB) holds, in either form,
+    // so the writer is still writing when `head` is gone.
     let mut sql = String::new();
-    for n in 0..400 {
+    for n in 0..3000 {
         sql.push_str(&format!(
             "INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, \
              provider, status, started_at, finished_at) VALUES ('00000000-0000-7000-8000-{n:012}', \
@@ -591,7 +592,7 @@ fn a_closed_output_pipe_ends_a_command_with_exit_1_and_no_panic() {
         ));
     }
     sqlite_exec(&db, &sql);
-    for args in ["list --limit 1000 --json", "list --limit 1000"] {
+    for args in ["list --limit 5000 --json", "list --limit 5000"] {
         let script = format!(
             "'{}' --db '{}' {args} 2>&1 | head -1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
             env!("CARGO_BIN_EXE_tasktrail"),
