@@ -66,7 +66,9 @@ fn starts(worker: &Worker, iterations: u64, worst: &AtomicU64) -> Duration {
         worst.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
         worker
             .finish(running, Outcome::Success(RunReport::empty()))
-            .expect("finish");
+            .expect("finish")
+            .written()
+            .expect("written at once");
     }
     spent
 }
