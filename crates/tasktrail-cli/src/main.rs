@@ -157,12 +157,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// A duration as people write it (`30d`, `12h`, `1h 30m`, `90s`, `1w`;
-/// humantime's forms) or bare seconds.
-fn parse_age(flag: &str, text: &str) -> CliResult<std::time::Duration> {
+/// A duration as people write it (`250ms`, `2s`, `1h 30m`, `30d`, `1w`:
+/// humantime's forms) or bare seconds (`3`, `0.5`).
+pub(crate) fn parse_duration_text(flag: &str, text: &str) -> CliResult<std::time::Duration> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(seconds));
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 && seconds <= u32::MAX as f64 {
+            return Ok(std::time::Duration::from_secs_f64(seconds));
+        }
+        return Err(format!("--{flag} {text:?} is not a duration").into());
     }
     humantime::parse_duration(text)
         .map_err(|error| format!("--{flag} {text:?} is not a duration ({error})").into())
@@ -350,7 +353,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             dry_run,
             batch_size,
         } => {
-            let age = parse_age("older-than", &older_than)?;
+            let age = parse_duration_text("older-than", &older_than)?;
             let statuses = statuses
                 .iter()
                 .map(|status| {

@@ -95,47 +95,27 @@ impl WorkerArgs {
 /// `250ms`, `2s`, `1m`, `1h`, or a plain number of seconds (fractions
 /// allowed); at most a day.
 pub(crate) fn parse_duration(flag: &str, text: &str) -> CliResult<Duration> {
-    let text = text.trim();
-    let (number, unit_seconds) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (text, 1.0)
-    };
-    let bad = || format!("--{flag} {text:?} is not a duration like 250ms, 2s, 1m or 1h");
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    let seconds = value * unit_seconds;
-    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
-        return Err(bad().into());
+    let duration = crate::parse_duration_text(flag, text)?;
+    if duration > Duration::from_secs(86_400) {
+        return Err(format!("--{flag} {:?} is longer than a day", text.trim()).into());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
-/// A small xorshift generator seeded from a fresh UUID: made-up work needs
-/// no cryptographic randomness.
-struct Dice(u64);
+/// The made-up work's randomness (fastrand: no cryptographic strength
+/// needed).
+struct Dice(fastrand::Rng);
 
 impl Dice {
     fn new() -> Self {
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
-        Self(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        Self(fastrand::Rng::new())
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(0..n.max(1))
     }
+    /// True with probability `p` (never for 0, always for 1).
     fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+        p > 0.0 && self.0.f64() < p
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
@@ -199,7 +179,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info.payload().is::<SimulatedPanic>() {
-            eprintln!("tasktrail: a task panicked (--panic-rate)");
+            crate::report("tasktrail: a task panicked (--panic-rate)");
         } else {
             previous_hook(info);
         }
@@ -242,17 +222,14 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
                 ));
             }
             WorkerEvent::StalledWorker(owner) => {
-                eprintln!(
-                    "tasktrail: warning: {}",
-                    crate::output::noticed_owner_line(owner)
-                );
+                warn(crate::output::noticed_owner_line(owner));
             }
             WorkerEvent::ResumedAfterStall { silent_for } => {
-                eprintln!(
-                    "tasktrail: warning: this worker did not run for {} (stopped or hung); \
+                warn(format!(
+                    "this worker did not run for {} (stopped or hung); \
                      its liveness lock kept its tasks",
                     tasktrail::backend::human_duration(*silent_for)
-                );
+                ));
             }
             _ => {}
         })
@@ -315,15 +292,18 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
 /// One warning line on stderr, whatever line breaks the error's text holds
 /// (libpq's messages span several).
 fn warn(message: impl std::fmt::Display) {
-    eprintln!(
+    crate::report(&format!(
         "tasktrail: warning: {}",
         crate::one_line(&message.to_string())
-    );
+    ));
 }
 
 /// The queued outcome that landed, on one line of stderr.
 fn note(message: impl std::fmt::Display) {
-    eprintln!("tasktrail: {}", crate::one_line(&message.to_string()));
+    crate::report(&format!(
+        "tasktrail: {}",
+        crate::one_line(&message.to_string())
+    ));
 }
 
 /// One `unwritten <id> <status>` line on stderr per task whose outcome the
@@ -485,7 +465,9 @@ mod tests {
         assert_eq!(parse("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse("3"), Some(Duration::from_secs(3)));
-        for bad in ["", "-1s", "soon", "2d", "NaNs", "100000h"] {
+        assert_eq!(parse("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse("0.5"), Some(Duration::from_millis(500)));
+        for bad in ["", "-1s", "soon", "2d", "NaNs", "100000h", "inf"] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
         assert!(interval("sweep-interval", "0s").is_err());
