@@ -211,6 +211,10 @@ enum Step {
     RecordSession { task: usize },
     /// A dispatcher asks which session (repo, issue, agent) may resume.
     AskResume { task: usize },
+    /// The store restarts (or fails over): every liveness lock it held is
+    /// free at once and every judge has only just reconnected. Live workers
+    /// take their locks back at their next heartbeat.
+    StoreRestart,
 }
 
 impl Model {
@@ -349,13 +353,17 @@ impl ReferenceStateMachine for LifecycleModel {
             3 => (0..workers).prop_map(|worker| Step::Heartbeat { worker }),
             3 => (0..tasks).prop_map(|task| Step::RecordSession { task }),
             1 => (0..tasks).prop_map(|task| Step::AskResume { task }),
+            1 => Just(Step::StoreRestart),
         ]
         .boxed()
     }
 
     fn preconditions(state: &Model, step: &Step) -> bool {
         match step {
-            Step::Boot { .. } | Step::TwoBoots { .. } | Step::Advance { .. } => true,
+            Step::Boot { .. }
+            | Step::TwoBoots { .. }
+            | Step::Advance { .. }
+            | Step::StoreRestart => true,
             Step::Start { worker }
             | Step::Kill { worker }
             | Step::Heartbeat { worker }
@@ -422,9 +430,11 @@ impl ReferenceStateMachine for LifecycleModel {
                     task.status = kind.status();
                 }
             }
+            // Nothing a worker is changes: a live one stays alive.
             Step::DuplicateFinish { .. }
             | Step::WrongWorkerFinish { .. }
-            | Step::AskResume { .. } => {}
+            | Step::AskResume { .. }
+            | Step::StoreRestart => {}
             Step::DropHandle { task } | Step::PanicInTask { task } => {
                 let owner = state.tasks[task].owner;
                 let ticks = state.workers[owner].ticks;
@@ -542,14 +552,18 @@ struct System<B: Backend> {
 /// only through aged heartbeats (a model second is a store minute), while a
 /// Postgres judge's watch is its connection's real age: the model leaves
 /// that to `postgres_backend::a_judge_that_just_connected_waits_a_grace_…`
-/// and judges every free lock as watched long enough.
+/// and judges every free lock as watched long enough, except one the store
+/// reports as watched for no time at all: the `StoreRestart` step's, where
+/// every judge has only just reconnected.
 struct WatchedForever<'a>(PolicyJudge<'a>);
 
 impl LivenessJudge for WatchedForever<'_> {
     fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
         let owner = owner.cloned().map(|mut facts| {
             if let OwnerLock::Free { watched_for } = &mut facts.lock {
-                *watched_for = LockWatch::Continuous;
+                if *watched_for != LockWatch::For(Duration::zero()) {
+                    *watched_for = LockWatch::Continuous;
+                }
             }
             facts
         });
@@ -938,6 +952,16 @@ impl<B: Backend> StateMachineTest for LifecycleTest<B> {
             Step::Heartbeat { worker } => {
                 let result = sut.workers[worker].heartbeat(&sut.store);
                 expect_heartbeat(result, model.workers[worker].state);
+            }
+            Step::StoreRestart => {
+                let live: Vec<WorkerId> = model
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.process_alive && w.state == ModelWorkerState::Alive)
+                    .map(|(index, _)| sut.workers[index].id())
+                    .collect();
+                sut.store.restart_under(&live);
             }
             Step::RecordSession { task } => {
                 let session = SessionId::parse(&format!("sess_{task}")).expect("session");

@@ -24,9 +24,24 @@ pub trait Backend: Storage + Sized {
     fn change_worker_lock(&self, worker: WorkerId, change: LockChange);
     /// The backend's retention call.
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError>;
+    /// Test hook: the store restarts under these live workers: every lock
+    /// it held is free, and whoever judges has only just reconnected. A
+    /// backend whose locks the store does not hold (SQLite: the kernel
+    /// holds them) loses nothing.
+    fn restart_under(&self, live_workers: &[WorkerId]);
 }
 
 impl Backend for MemoryStorage {
+    fn restart_under(&self, live_workers: &[WorkerId]) {
+        for worker in live_workers {
+            self.set_worker_lock(
+                *worker,
+                OwnerLock::Free {
+                    watched_for: LockWatch::For(chrono::Duration::zero()),
+                },
+            );
+        }
+    }
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         MemoryStorage::prune(self, request)
     }
@@ -53,6 +68,8 @@ impl Backend for MemoryStorage {
 }
 
 impl Backend for SqliteStorage {
+    // There is no server to restart: each worker's flock is the kernel's.
+    fn restart_under(&self, _live_workers: &[WorkerId]) {}
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         SqliteStorage::prune(self, request)
     }
@@ -141,6 +158,10 @@ pub struct PostgresBackend {
 
 #[cfg(feature = "postgres")]
 impl Backend for PostgresBackend {
+    // A real restart needs a server of its own: the outage tests restart a
+    // throwaway cluster under live worker processes
+    // (crates/tasktrail-cli/tests/outage.rs). Here the step changes nothing.
+    fn restart_under(&self, _live_workers: &[WorkerId]) {}
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         self.store.prune(request)
     }

@@ -215,6 +215,18 @@ impl Storage for MemoryStorage {
         if let Some(record) = inner.workers.get_mut(&worker) {
             record.heartbeat_at = record.heartbeat_at.max(at);
         }
+        // A lock the store lost while its worker lived (a store restart or
+        // a dropped session: free, seen by judges that only just began
+        // watching) is taken back at the worker's next heartbeat, as the
+        // Postgres backend's liveness session does. A lock freed by death
+        // or deregistration is never taken back: that worker does not
+        // heartbeat.
+        if let Some(OwnerLock::Free {
+            watched_for: LockWatch::For(_),
+        }) = inner.locks.get(&worker)
+        {
+            inner.locks.insert(worker, OwnerLock::Held);
+        }
         Ok(())
     }
 
