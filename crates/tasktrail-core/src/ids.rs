@@ -123,6 +123,20 @@ impl TaskId {
     ///
     /// [`Task::queue`]: crate::Task::queue
     pub fn new_time_ordered() -> Self {
+        Self::time_ordered_at(std::time::SystemTime::now())
+    }
+
+    /// A UUIDv7 for `now`. A clock set before 1970 has no Unix time to
+    /// order by (uuid's own `now_v7` would panic): the id then carries the
+    /// epoch and stays unique by its random bits.
+    fn time_ordered_at(now: std::time::SystemTime) -> Self {
+        if now < std::time::UNIX_EPOCH {
+            return Self(Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                0,
+                0,
+            )));
+        }
         Self(Uuid::now_v7())
     }
 }
@@ -179,5 +193,22 @@ mod tests {
         assert!(SessionId::parse("  ").is_err());
         assert!(SessionId::parse("a\nb").is_err());
         assert!(SessionId::parse(&"x".repeat(SessionId::MAX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_clock_before_1970_still_makes_unique_ids_and_never_panics() {
+        let before_the_epoch = std::time::UNIX_EPOCH - std::time::Duration::from_secs(86_400);
+        let first = TaskId::time_ordered_at(before_the_epoch);
+        let second = TaskId::time_ordered_at(before_the_epoch);
+        assert_ne!(first, second);
+        assert_eq!(first.as_uuid().get_version_num(), 7);
+        let (seconds, _) = first
+            .as_uuid()
+            .get_timestamp()
+            .expect("a v7 id carries its time")
+            .to_unix();
+        assert_eq!(seconds, 0, "a time before 1970 is carried as the epoch");
+        let now = TaskId::time_ordered_at(std::time::SystemTime::now());
+        assert!(first < now, "epoch ids sort before today's");
     }
 }

@@ -572,3 +572,40 @@ fn an_unreadable_row_is_reported_on_its_own_and_hides_no_other() {
         Err(StorageError::CorruptRow { .. })
     ));
 }
+
+#[test]
+fn a_second_name_of_the_database_file_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = dir.path().join("t.db");
+    let store = SqliteStorage::open(&first).expect("open");
+    let worker = worker(&store, 1);
+    let id = Task::queue(spec(1))
+        .start(&worker, &store)
+        .expect("start")
+        .finish(Outcome::Success(RunReport::empty()), &store)
+        .expect("finish")
+        .id();
+    drop(worker);
+    drop(store);
+    let second = dir.path().join("hard.db");
+    std::fs::hard_link(&first, &second).expect("hard link");
+    for (opened, other) in [(&second, "t.db"), (&first, "hard.db")] {
+        match SqliteStorage::open(opened) {
+            Err(StorageError::Incompatible { detail }) => {
+                assert!(detail.contains(other), "{detail}");
+                assert!(detail.contains("hard link"), "{detail}");
+            }
+            other => panic!("expected Incompatible, got {:?}", other.map(|_| ())),
+        }
+    }
+    // With one name again it opens, every row there.
+    std::fs::remove_file(&second).expect("unlink");
+    let store = SqliteStorage::open(&first).expect("one name");
+    assert!(store.get_task(id).expect("read").is_some());
+    // A symbolic link names the same path for SQLite (it resolves links):
+    // one write-ahead log, nothing refused.
+    let symbolic = dir.path().join("sym.db");
+    std::os::unix::fs::symlink(&first, &symbolic).expect("symlink");
+    drop(store);
+    assert!(SqliteStorage::open(&symbolic).is_ok());
+}

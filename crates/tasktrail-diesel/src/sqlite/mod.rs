@@ -154,6 +154,7 @@ impl SqliteStorage {
         options: &SqliteOptions,
     ) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
+        refuse_a_second_name(&path)?;
         create_owner_only(&path)?;
         let url = path
             .to_str()
@@ -421,6 +422,47 @@ impl From<DieselError> for Locked {
 /// Creates the file with mode 0600 if it does not exist yet, so the database
 /// and (by SQLite's rule of copying the main file's mode) its WAL are readable
 /// by their owner only.
+/// Refuses a database file that has another name (a hard link) in the same
+/// directory: SQLite names its write-ahead log after the path, so two names
+/// keep two logs and the writes through one are lost to the other. What
+/// cannot be seen from here (a name in another directory, the file alone
+/// bind-mounted into two containers) is documented: share the directory,
+/// never the file.
+fn refuse_a_second_name(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = std::fs::metadata(path) else {
+        return Ok(()); // a new file has one name
+    };
+    if file.nlink() < 2 {
+        return Ok(());
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if Some(entry.file_name().as_os_str()) == path.file_name() {
+            continue;
+        }
+        let Ok(other) = entry.metadata() else {
+            continue;
+        };
+        if other.ino() == file.ino() && other.dev() == file.dev() {
+            return Err(StorageError::Incompatible {
+                detail: format!(
+                    "{} and {} are two names of one database file (a hard link): SQLite keeps a write-ahead log per name, so writes through one name are lost to the other; remove one name and use the other everywhere",
+                    path.display(),
+                    entry.path().display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn create_owner_only(path: &Path) -> Result<(), StorageError> {
     if path.exists() {
         return Ok(());
