@@ -668,13 +668,42 @@ fn known_versions() -> Result<Vec<String>, StorageError> {
 /// same rules as the SQLite backend, applied to the tables of the schema the
 /// connection works in (`current_schema()`).
 fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageError> {
+    // Tables and migration versions from one snapshot: another process may
+    // be migrating right now, and tables read before its commit with
+    // versions read after it would look like a broken database.
+    let (tables, applied) = connection
+        .build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(read_tables_and_versions)
+        .map_err(map_error)?;
+    judge_ours(&tables, &applied)
+}
+
+fn read_tables_and_versions(
+    connection: &mut PgConnection,
+) -> QueryResult<(Vec<TableName>, Vec<Version>)> {
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT c.relname::text AS name FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
     )
-    .load(connection)
-    .map_err(map_error)?;
+    .load(connection)?;
+    let applied: Vec<Version> = if tables
+        .iter()
+        .any(|t| t.name == "__diesel_schema_migrations")
+    {
+        diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
+            .load(connection)?
+    } else {
+        Vec::new()
+    };
+    Ok((tables, applied))
+}
+
+/// Refuses a database that is not ours or is newer than this binary, from
+/// what one snapshot showed.
+fn judge_ours(tables: &[TableName], applied: &[Version]) -> Result<(), StorageError> {
     if tables.is_empty() {
         return Ok(());
     }
@@ -691,10 +720,6 @@ fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageError> {
             detail: detail.to_owned(),
         });
     }
-    let applied: Vec<Version> =
-        diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
-            .load(connection)
-            .map_err(map_error)?;
     let known = known_versions()?;
     if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
         return Err(StorageError::Incompatible {
