@@ -275,6 +275,48 @@ impl AnyStorage {
         Ok(storage)
     }
 
+    /// Opens for reading only (`list`, `show`, `sessions`, `recover
+    /// --dry-run`): never creates a file, never migrates, runs no DDL; a
+    /// database that needs a migration is refused, naming it. Works on a
+    /// read-only mount and with a Postgres role that may only SELECT.
+    pub fn open_read_only(url: &DatabaseUrl) -> Result<Self, OpenError> {
+        let storage_error = |error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        };
+        match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open_read_only(
+                path,
+                &tasktrail_diesel::SqliteOptions::default(),
+            )
+            .map(AnyStorage::Sqlite)
+            .map_err(storage_error),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            #[cfg(feature = "postgres")]
+            DatabaseUrl::Postgres(postgres_url) => {
+                tasktrail_diesel::PostgresStorage::open_read_only(
+                    postgres_url,
+                    &tasktrail_diesel::PostgresOptions::default(),
+                )
+                .map(AnyStorage::Postgres)
+                .map_err(storage_error)
+            }
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => {
+                let _ = storage_error;
+                Err(DatabaseUrlError::BackendNotBuilt {
+                    backend: "postgres",
+                }
+                .into())
+            }
+        }
+    }
+
     /// Connects without applying migrations (the `migrate` command, which
     /// then reports what it applied). Refuses databases that are not ours
     /// all the same.

@@ -218,6 +218,12 @@ fn open(db: &str) -> CliResult<AnyStorage> {
     Ok(AnyStorage::open(&url)?)
 }
 
+/// For commands that only read: no file created, no migration, no DDL.
+fn open_read_only(db: &str) -> CliResult<AnyStorage> {
+    let url = DatabaseUrl::parse(db)?;
+    Ok(AnyStorage::open_read_only(&url)?)
+}
+
 fn run(cli: Cli) -> CliResult<ExitCode> {
     // Validate arguments before touching the database: bad input writes
     // nothing.
@@ -260,7 +266,11 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                 grace: cli_duration("grace", &grace)?,
                 lease: cli_duration("lease", &lease)?,
             };
-            let storage = open(&cli.db)?;
+            let storage = if dry_run {
+                open_read_only(&cli.db)?
+            } else {
+                open(&cli.db)?
+            };
             let mode = if dry_run {
                 SweepMode::DryRun
             } else {
@@ -298,7 +308,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             json,
         } => {
             let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
-            let storage = open(&cli.db)?;
+            let storage = open_read_only(&cli.db)?;
             // A row that cannot be read never hides the others: print
             // every good row, then one line per bad row, and fail.
             let (rows, unreadable): (Vec<_>, Vec<_>) = storage
@@ -325,7 +335,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;
-            let storage = open(&cli.db)?;
+            let storage = open_read_only(&cli.db)?;
             let row = match storage.as_storage().get_task(id) {
                 Ok(row) => row,
                 // A row that cannot be read: show what the database holds,
@@ -344,7 +354,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             output::print_task(&row, json)?;
         }
         Command::Sessions { json } => {
-            let storage = open(&cli.db)?;
+            let storage = open_read_only(&cli.db)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
         }
         Command::Prune {

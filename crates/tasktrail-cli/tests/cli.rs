@@ -664,3 +664,83 @@ fn prune_deletes_old_final_rows_keeps_running_ones_and_refuses_bad_input() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&running[0]), "the running row stays");
 }
+
+#[test]
+fn read_only_commands_create_nothing_migrate_nothing_and_work_on_a_read_only_mount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A mistyped path: refused, and no file appears.
+    let typo = dir.path().join("typo.db");
+    for args in [
+        &["show", "01890a5d-ac96-774b-bcce-b302099a8057"][..],
+        &["list"],
+        &["sessions"],
+        &["recover", "--dry-run"],
+    ] {
+        let output = tasktrail(&typo, args);
+        assert_one_line_error(&output, "no database file");
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // A database one migration behind: refused, named, and left as it was.
+    let old = dir.path().join("old.db");
+    sqlite_exec(
+        &old,
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL,
+            run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('20260501000000');
+         CREATE TABLE task_history (id TEXT PRIMARY KEY NOT NULL, repo TEXT NOT NULL,
+            issue_number INTEGER NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
+            agent_type TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+            status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, turns INTEGER,
+            artifacts TEXT);",
+    );
+    let before = std::fs::read(&old).expect("read");
+    for args in [&["list"][..], &["recover", "--dry-run"]] {
+        let output = tasktrail(&old, args);
+        assert_one_line_error(&output, "needs migration");
+        assert_eq!(
+            std::fs::read(&old).expect("read"),
+            before,
+            "{args:?} changed it"
+        );
+    }
+    // A WAL database on a read-only bind mount (root only, as in CI).
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).expect("dir");
+    let db = live.join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let mount = dir.path().join("ro");
+    std::fs::create_dir(&mount).expect("dir");
+    let bound = Command::new("mount")
+        .args(["--bind"])
+        .arg(&live)
+        .arg(&mount)
+        .status()
+        .expect("mount");
+    if !bound.success() {
+        // CI runs as root and sets the namespaces variable: there, this part
+        // must run.
+        assert!(
+            std::env::var_os("TASKTRAIL_TEST_NAMESPACES").is_none(),
+            "mount --bind failed where root is promised"
+        );
+        eprintln!("skipped the read-only mount: mount --bind needs root");
+        return;
+    }
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&mount)
+        .status()
+        .expect("remount");
+    let read_only_db = mount.join("t.db");
+    let output = tasktrail(&read_only_db, &["list", "--json"]);
+    let show = tasktrail(&read_only_db, &["show", &ids[0]]);
+    let _ = Command::new("umount").arg(&mount).status();
+    assert!(remounted.success());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows.len(), 1);
+    assert!(show.status.success(), "{}", stderr(&show));
+}

@@ -1900,3 +1900,56 @@ fn an_unreadable_row_is_shown_as_the_database_holds_it() {
         matches!(&rows[..], [Err(StorageError::CorruptRow { detail })] if detail.contains(&id.to_string()))
     );
 }
+
+#[test]
+fn a_select_only_role_reads_and_a_dml_only_role_runs_workers_on_a_current_schema() {
+    let database = database_or_skip!();
+    drop(database.open()); // migrated, as an operator's `migrate` would
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let reader = format!("tt_reader_{}", &suffix[..12]);
+    let writer = format!("tt_writer_{}", &suffix[..12]);
+    let mut admin = database.connect();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {reader} LOGIN; CREATE ROLE {writer} LOGIN;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA public TO {reader}, {writer};
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {writer};"
+        ))
+        .expect("roles");
+    let as_role = |role: &str| database.url.replacen("postgres@", &format!("{role}@"), 1);
+    let outcome = std::panic::catch_unwind(|| {
+        // The reader lists (no DDL at open), and cannot write.
+        let read_only =
+            PostgresStorage::open_read_only(&as_role(&reader), &PostgresOptions::default())
+                .expect("a SELECT-only role opens for reading");
+        read_only
+            .list_tasks(&TaskFilter::default())
+            .expect("and lists");
+        // The writer opens as a worker does (migrate: nothing pending, no
+        // DDL) and runs a task.
+        let store = PostgresStorage::open(&as_role(&writer)).expect("a DML-only role opens");
+        let worker = register(&store, "dml", 1);
+        Task::queue(spec(3))
+            .start(&worker, &store)
+            .expect("start")
+            .finish(Outcome::Success(report()), &store)
+            .expect("finish");
+    });
+    drop(admin);
+    let url = database.url.clone();
+    drop(database);
+    if let Ok(mut server) = PgConnection::establish(
+        &url.rsplit_once('/')
+            .map(|(base, _)| format!("{base}/test"))
+            .unwrap_or(url),
+    ) {
+        let _ = server.batch_execute(&format!(
+            "DROP ROLE IF EXISTS {reader}; DROP ROLE IF EXISTS {writer};"
+        ));
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

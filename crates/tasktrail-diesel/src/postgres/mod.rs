@@ -212,6 +212,44 @@ impl PostgresStorage {
         Ok(store)
     }
 
+    /// The embedded migrations this database has not applied, read in one
+    /// snapshot without DDL.
+    fn pending_migrations(&self) -> Result<Vec<String>, StorageError> {
+        let (_, applied) = self
+            .pooled()?
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(read_tables_and_versions)
+            .map_err(map_error)?;
+        let applied: Vec<String> = applied.into_iter().map(|v| v.version).collect();
+        let mut pending: Vec<String> = known_versions()?
+            .into_iter()
+            .filter(|version| !applied.contains(version))
+            .collect();
+        pending.sort();
+        Ok(pending)
+    }
+
+    /// Connects for reading only (the operator's `list`, `show`,
+    /// `sessions`, `recover --dry-run`): never migrates and runs no DDL, so
+    /// a role that may only SELECT can use it. A database that needs a
+    /// migration is refused ([`StorageError::Incompatible`], naming the
+    /// migrations): `tasktrail migrate` first.
+    pub fn open_read_only(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
+        let store = Self::open_unmigrated(url, options)?;
+        let pending = store.pending_migrations()?;
+        if !pending.is_empty() {
+            return Err(StorageError::Incompatible {
+                detail: format!(
+                    "the database needs migration(s) {} before it can be read: run `tasktrail migrate`",
+                    pending.join(", ")
+                ),
+            });
+        }
+        Ok(store)
+    }
+
     /// Connects without running migrations (the upgrade tests use it to start
     /// from an old schema). Still refuses a database that is not ours.
     pub fn open_unmigrated(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
@@ -263,6 +301,12 @@ impl PostgresStorage {
     /// from many processes at once: a database-wide advisory lock lets one
     /// migrate while the others wait.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
+        // Nothing pending: no lock, no DDL (diesel's own check would create
+        // its migration table), so a role with only SELECT/INSERT/UPDATE/
+        // DELETE rights runs workers on a current schema.
+        if self.pending_migrations()?.is_empty() {
+            return Ok(Vec::new());
+        }
         self.liveness.run(|connection, _| {
             diesel::sql_query("SELECT pg_advisory_lock($1)")
                 .bind::<BigInt, _>(MIGRATION_LOCK_KEY)

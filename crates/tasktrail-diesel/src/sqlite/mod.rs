@@ -190,6 +190,67 @@ impl SqliteStorage {
         })
     }
 
+    /// Opens an existing database for reading only (the operator's `list`,
+    /// `show`, `sessions`, `recover --dry-run`): never creates the file,
+    /// never migrates, never writes (SQLite's read-only mode, then its
+    /// immutable mode on a read-only mount where the write-ahead log's
+    /// shared memory cannot be made). A database that needs a migration is
+    /// refused ([`StorageError::Incompatible`], naming the migrations):
+    /// `tasktrail migrate` first.
+    pub fn open_read_only(
+        path: impl AsRef<Path>,
+        options: &SqliteOptions,
+    ) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(StorageError::Incompatible {
+                detail: format!("there is no database file at {}", path.display()),
+            });
+        }
+        refuse_a_second_name(&path)?;
+        let text = path.to_str().ok_or_else(|| StorageError::Incompatible {
+            detail: format!("database path {} is not valid UTF-8", path.display()),
+        })?;
+        let escaped = text
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23");
+        let read_only = format!("file:{escaped}?mode=ro");
+        let mut connection = match SqliteConnection::establish(&read_only) {
+            Ok(connection) => connection,
+            Err(_) => SqliteConnection::establish(&format!("{read_only}&immutable=1"))
+                .map_err(map_connection_error)?,
+        };
+        connection
+            .batch_execute(&format!(
+                "PRAGMA busy_timeout = {}; PRAGMA query_only = ON;",
+                options.busy_timeout.as_millis().min(i32::MAX as u128)
+            ))
+            .map_err(map_error)?;
+        // Reads whether it is ours; a read-only mount of a WAL database
+        // whose log cannot be read this way gets a second chance as
+        // immutable.
+        let mut connection = match ensure_ours(&mut connection) {
+            Ok(()) => connection,
+            Err(StorageError::Unavailable { .. }) => {
+                let mut immutable =
+                    SqliteConnection::establish(&format!("{read_only}&immutable=1"))
+                        .map_err(map_connection_error)?;
+                ensure_ours(&mut immutable)?;
+                immutable
+            }
+            Err(error) => return Err(error),
+        };
+        refuse_pending_migrations(&mut connection)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            path,
+            #[cfg(feature = "testing")]
+            statement_log: options.statement_log(),
+            worker_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// Adopts a database that holds a pre-fix `task_history` written by
     /// another program (the server this was built for, before the fix):
     /// checks in one transaction that the table has the pre-fix columns
@@ -507,6 +568,41 @@ struct TableName {
 struct Version {
     #[diesel(sql_type = diesel::sql_types::Text)]
     version: String,
+}
+
+/// Refuses a database that still needs a migration, reading only (no
+/// DDL: diesel's own check would create its migration table).
+fn refuse_pending_migrations(connection: &mut SqliteConnection) -> Result<(), StorageError> {
+    let has_record: Vec<TableName> = diesel::sql_query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '__diesel_schema_migrations'",
+    )
+    .load(connection)
+    .map_err(map_error)?;
+    let applied: Vec<String> = if has_record.is_empty() {
+        Vec::new()
+    } else {
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Version>(connection)
+            .map_err(map_error)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect()
+    };
+    let mut pending: Vec<String> = known_versions()?
+        .into_iter()
+        .filter(|version| !applied.contains(version))
+        .collect();
+    pending.sort();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StorageError::Incompatible {
+            detail: format!(
+                "the database needs migration(s) {} before it can be read: run `tasktrail migrate`",
+                pending.join(", ")
+            ),
+        })
+    }
 }
 
 /// Refuses a database that is not ours or is newer than this binary.

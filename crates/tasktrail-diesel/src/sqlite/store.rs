@@ -494,7 +494,15 @@ impl Storage for SqliteStorage {
             });
             Ok(recovered)
         };
-        let recovered = immediate(&mut self.connection(), sweep)?;
+        // A dry run only reads: a plain (deferred) transaction, so it also
+        // works on a read-only database (`recover --dry-run`).
+        let recovered = match request.mode {
+            SweepMode::Apply => immediate(&mut self.connection(), sweep)?,
+            SweepMode::DryRun => self
+                .connection()
+                .transaction(sweep)
+                .map_err(StorageError::from)?,
+        };
         if request.mode == SweepMode::Apply {
             for owner in freed_owners {
                 self.remove_dead_workers_lock_file(owner);
