@@ -1953,3 +1953,51 @@ fn a_select_only_role_reads_and_a_dml_only_role_runs_workers_on_a_current_schema
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A judge's watch is its store's long-lived liveness session, not the
+/// pooled connection its sweep happens to run on: a server that closes idle
+/// connections (`idle_session_timeout`, a pooler, a NAT) keeps every pooled
+/// connection young, and a watch measured on those would never prove a
+/// death.
+#[test]
+fn a_sweep_on_a_fresh_pooled_connection_still_proves_a_death_its_store_watched() {
+    let database = database_or_skip!();
+    let crashed = {
+        let doomed = database.open();
+        let worker = register(&doomed, "host-a", 10);
+        let running = Task::queue(spec(41))
+            .start(&worker, &doomed)
+            .expect("start");
+        std::mem::forget(running);
+        worker.id()
+    };
+    set_heartbeat_back(&mut database.connect(), crashed, "1 hour");
+    let store = database.open_with(PostgresOptions {
+        pool_size: 1,
+        ..PostgresOptions::default()
+    });
+    let sweeper = register(&store, "host-b", 20);
+    let_the_judge_watch_a_grace(&store);
+    // The server closes the pooled connection, as an idle timeout would:
+    // the sweep gets a brand-new one.
+    let pooled_pid: i32 = store
+        .with_connection(|connection| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                "pg_backend_pid()",
+            ))
+            .get_result(connection)
+        })
+        .expect("a connection")
+        .expect("pid");
+    database
+        .connect()
+        .batch_execute(&format!("SELECT pg_terminate_backend({pooled_pid})"))
+        .expect("terminate");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(matches!(
+        recovered[0].cause,
+        DeathCause::LockReleased { pid: 10, .. }
+    ));
+}

@@ -121,8 +121,10 @@ impl Default for PostgresOptions {
 ///   on the owner's key in this database, without ever taking the lock, so
 ///   an owner that reconnects can always take it back. A free lock comes
 ///   with how long this sweep could have seen it taken back: the younger of
-///   the server's uptime (`pg_postmaster_start_time()`) and the sweeping
-///   connection's age (`backend_start`): after a restart, a failover or a
+///   the server's uptime (`pg_postmaster_start_time()`) and this store's
+///   liveness session's age (its long-lived connection, kept alive by the
+///   heartbeats; not the pooled connection the sweep runs on, which a
+///   server's `idle_session_timeout` keeps young): after a restart, a failover or a
 ///   reconnect every lock is free until its owner reconnects, so the policy
 ///   reads no free lock as death before a grace has passed
 ///   ([`Unproven::JudgeWatchedTooBriefly`](tasktrail_core::Unproven)). A
@@ -561,6 +563,9 @@ pub(crate) struct LivenessState {
     /// found dead, with whether the current connection holds their lock
     /// (false after a reconnect, until the next heartbeat takes it again).
     workers: BTreeMap<WorkerId, bool>,
+    /// When the current connection was made: how long this store has
+    /// watched locks without a break.
+    connected_at: std::time::Instant,
 }
 
 impl LivenessSession {
@@ -579,6 +584,7 @@ impl LivenessSession {
             state: Mutex::new(LivenessState {
                 connection: Some(connection),
                 workers: BTreeMap::new(),
+                connected_at: std::time::Instant::now(),
             }),
         })
     }
@@ -604,6 +610,21 @@ impl LivenessSession {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How long the liveness session has been connected without a break
+    /// (zero while it is lost): how long this store has been able to watch
+    /// liveness locks. A judge reads a free lock as death only once this
+    /// (and the server's uptime) passed a grace. It is the long-lived
+    /// session's age, not that of the pooled connection a sweep happens to
+    /// run on, which a server's `idle_session_timeout` keeps young.
+    pub(crate) fn connected_for(&self) -> std::time::Duration {
+        let state = self.lock();
+        if state.connection.is_some() {
+            state.connected_at.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
     /// Whether `worker` was registered through this store (and is not known
     /// to be stopped or dead).
     pub(crate) fn tracks(&self, worker: WorkerId) -> bool {
@@ -622,6 +643,7 @@ impl LivenessSession {
         let LivenessState {
             connection,
             workers,
+            connected_at,
         } = &mut *state;
         if connection.as_mut().is_some_and(R2D2Connection::is_broken) {
             *connection = None;
@@ -635,6 +657,7 @@ impl LivenessSession {
                 match Self::establish(&self.url, &self.secrets, self.statement_log.as_ref()) {
                     Ok(established) => {
                         self.reach.reached();
+                        *connected_at = std::time::Instant::now();
                         connection.insert(established)
                     }
                     Err(error) => {

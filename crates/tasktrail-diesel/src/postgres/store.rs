@@ -234,6 +234,7 @@ impl PostgresStorage {
         connection: &mut PgConnection,
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
+        watched_by_this_store: std::time::Duration,
     ) -> Result<Vec<RecoveredTask>, TxError> {
         let apply = request.mode == SweepMode::Apply;
         let me = *request.recovering_worker.as_uuid();
@@ -282,15 +283,15 @@ impl PostgresStorage {
         //    until its owner takes it back).
         let clock = diesel::sql_query(
             "SELECT clock_timestamp() AS db_now, \
-             EXTRACT(EPOCH FROM clock_timestamp() - GREATEST(pg_postmaster_start_time(), \
-               (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())))::float8 \
+             EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())::float8 \
                AS watched_seconds",
         )
         .get_result::<DatabaseClock>(connection)?;
         let db_now: DateTime<Utc> = clock.db_now;
-        let watched_for = chrono::Duration::milliseconds(
-            (clock.watched_seconds.max(0.0) * 1000.0).min(i64::MAX as f64 / 2.0) as i64,
-        );
+        let server_up_for =
+            std::time::Duration::from_secs_f64(clock.watched_seconds.clamp(0.0, 1e9));
+        let watched = server_up_for.min(watched_by_this_store);
+        let watched_for = chrono::Duration::from_std(watched).unwrap_or(chrono::Duration::MAX);
 
         // 4. The running rows, each locked by exactly one sweep. Rows of an
         //    owner that appeared after step 1 are left to the next sweep.
@@ -628,8 +629,11 @@ impl Storage for PostgresStorage {
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
+        // How long this store has watched locks: its liveness session's age
+        // (the pooled connection the sweep runs on may be brand new).
+        let watched_by_this_store = self.liveness.connected_for();
         transaction(&mut *self.pooled()?, |connection| {
-            Self::sweep(connection, request, judge)
+            Self::sweep(connection, request, judge, watched_by_this_store)
         })
     }
 
