@@ -207,9 +207,20 @@ impl AsyncWorker {
     /// The worker's health ([`Worker::health`]); `Stopped` once stopped.
     /// Reads memory only: safe to call on a runtime thread.
     pub fn health(&self) -> WorkerHealth {
-        match self.read().as_ref() {
-            Some(worker) => worker.health(),
-            None => WorkerHealth::Stopped,
+        // Never waits: while a stop holds the worker (up to its deadline),
+        // the worker is stopping, so it reads as stopped.
+        match self.shared.worker.try_read() {
+            Ok(worker) => match worker.as_ref() {
+                Some(worker) => worker.health(),
+                None => WorkerHealth::Stopped,
+            },
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                match poisoned.into_inner().as_ref() {
+                    Some(worker) => worker.health(),
+                    None => WorkerHealth::Stopped,
+                }
+            }
+            Err(std::sync::TryLockError::WouldBlock) => WorkerHealth::Stopped,
         }
     }
 
@@ -336,10 +347,6 @@ impl AsyncWorker {
             }
         })
         .await
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Worker>> {
-        self.shared.read()
     }
 }
 

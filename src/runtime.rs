@@ -941,6 +941,19 @@ impl Shared {
                     written.push(pending.clone());
                     self.emit(WorkerEvent::OutcomeWritten { pending, waited });
                 }
+                // An earlier attempt committed and only its answer was lost
+                // (the connection dropped after COMMIT): the row is this
+                // worker's, finished with this very status. Written.
+                Err(FinishError::Refused {
+                    refusal: FinishRefusal::AlreadyFinished { status },
+                    ..
+                }) if status == pending.status => {
+                    let waited = (self.clock.now() - pending.finished_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    written.push(pending.clone());
+                    self.emit(WorkerEvent::OutcomeWritten { pending, waited });
+                }
                 Err(FinishError::Refused { refusal, .. }) => {
                     self.emit(WorkerEvent::OutcomeRefused { pending, refusal });
                 }

@@ -86,6 +86,9 @@ struct FlakyStore {
     reads_fail: AtomicBool,
     heartbeat_calls: AtomicU32,
     finish_calls: AtomicU32,
+    /// The next finish commits, then its answer is lost (the connection
+    /// dropped after COMMIT): the caller sees a transient error.
+    next_finish_commits_then_fails: AtomicBool,
 }
 
 fn outage() -> StorageError {
@@ -130,6 +133,13 @@ impl Storage for FlakyStore {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if counted_failure || self.finishes_fail.load(Ordering::SeqCst) {
+            return Err(outage());
+        }
+        if self
+            .next_finish_commits_then_fails
+            .swap(false, Ordering::SeqCst)
+        {
+            self.inner.finish_running(row)?;
             return Err(outage());
         }
         self.inner.finish_running(row)
@@ -951,6 +961,39 @@ fn a_transient_finish_failure_queues_the_outcome_until_the_store_answers_and_los
         TaskStatus::Success,
         "stop changed nothing"
     );
+}
+
+#[test]
+fn an_outcome_whose_commit_answer_was_lost_counts_as_written_not_refused() {
+    let fleet = Fleet::new(FlakyStore::default());
+    let events = Events::default();
+    let worker = outage_worker(&fleet, &events);
+    let running = worker.start(Task::queue(spec())).expect("start");
+    let id = running.id();
+    fleet
+        .storage
+        .next_finish_commits_then_fails
+        .store(true, Ordering::SeqCst);
+    let receipt = worker
+        .finish(running, Outcome::Success(report()))
+        .expect("a transient failure is not an error");
+    assert!(matches!(receipt, FinishReceipt::Queued(_)), "{receipt:?}");
+    assert_eq!(fleet.status(id), TaskStatus::Success, "it did commit");
+    events.take();
+    fleet.advance(StdDuration::from_secs(1));
+    worker.tick();
+    let seen = events.take();
+    assert!(
+        seen.iter().any(|event| event.starts_with("OutcomeWritten")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|event| event.starts_with("OutcomeRefused")),
+        "{seen:?}"
+    );
+    assert!(worker.pending_outcomes().is_empty());
+    assert_eq!(worker.health(), WorkerHealth::Healthy);
+    worker.stop().expect("stop");
 }
 
 #[test]

@@ -43,7 +43,7 @@ enum Command {
     Migrate {
         /// Adopt a database whose task_history was written before tasktrail
         /// (no migration record): check its shape, record the baseline,
-        /// apply the fix with every row kept (SQLite).
+        /// apply the fix with every row kept (SQLite and Postgres).
         #[arg(long)]
         adopt: bool,
     },

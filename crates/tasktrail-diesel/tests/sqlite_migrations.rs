@@ -486,6 +486,29 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
         Some(time("2026-05-11T15:30:00Z"))
     );
     assert_eq!(by_issue(5).finished_at, None);
+    // Every time is stored in the canonical form now (text order is time
+    // order, which listings rely on).
+    #[derive(QueryableByName)]
+    struct Started {
+        #[diesel(sql_type = Text)]
+        started_at: String,
+    }
+    let stored: Vec<Started> = store.with_connection(|connection| {
+        diesel::sql_query("SELECT started_at FROM task_history ORDER BY issue_number")
+            .load(connection)
+            .expect("times")
+    });
+    let stored: Vec<&str> = stored.iter().map(|row| row.started_at.as_str()).collect();
+    assert_eq!(
+        stored,
+        vec![
+            "2026-05-11T15:13:00.000000Z",
+            "2026-05-11T15:13:00.000000Z",
+            "2026-05-11T15:13:00.250000Z",
+            "2026-05-11T15:13:00.000000Z",
+            "2026-05-11T15:13:00.000000Z",
+        ]
+    );
     // Their other table is untouched.
     let notes: Vec<NoteRow> = store.with_connection(|connection| {
         diesel::sql_query("SELECT body FROM notes")
@@ -558,7 +581,12 @@ fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes
         panic!("expected NotAdoptable");
     };
     let all = differences.join("\n");
-    for expected in ["\"queued\"", "no repo", "not a UUID"] {
+    for expected in [
+        "\"queued\"",
+        "no repo",
+        "not a UUID",
+        "started_at that is not a time",
+    ] {
         assert!(all.contains(expected), "{expected}: {all}");
     }
     assert_eq!(

@@ -206,8 +206,29 @@ async fn list_tasks(
         .and_then(|Query(pairs)| parse_filter(pairs))
         .map_err(ApiError::bad_request)?;
     let storage = Arc::clone(dispatcher.worker().storage());
-    let rows = blocking(move || storage.list_tasks(&filter)).await?;
-    Ok(Json(Value::Array(rows.iter().map(task_json).collect())).into_response())
+    // A row that cannot be read never hides the others: the readable rows
+    // are answered, and each unreadable one is named in a header and on
+    // the server's stderr.
+    let rows = blocking(move || storage.list_task_rows(&filter)).await?;
+    let mut readable = Vec::with_capacity(rows.len());
+    let mut unreadable = 0usize;
+    for row in rows {
+        match row {
+            Ok(row) => readable.push(task_json(&row)),
+            Err(error) => {
+                unreadable += 1;
+                eprintln!("tasktrail-server: {error}");
+            }
+        }
+    }
+    let mut response = Json(Value::Array(readable)).into_response();
+    if unreadable > 0 {
+        response.headers_mut().insert(
+            "x-tasktrail-unreadable-rows",
+            axum::http::HeaderValue::from(unreadable),
+        );
+    }
+    Ok(response)
 }
 
 /// Runs a storage read on the blocking pool.

@@ -14,6 +14,7 @@ use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
 use super::{known_versions, map_error, SqliteOptions, SQLITE_MIGRATIONS};
+use crate::codec::{decode_timestamp, encode_timestamp};
 
 /// What a column of the pre-fix table must be able to hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,60 @@ struct Column {
 struct Name {
     #[diesel(sql_type = Text)]
     name: String,
+}
+
+#[derive(QueryableByName)]
+struct RowTimes {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    started_at: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    finished_at: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    interrupted_at: Option<String>,
+}
+
+/// Rewrites every row's times in the canonical form (the form tasktrail
+/// writes, whose text order is time order, which listings rely on).
+fn canonical_times(connection: &mut SqliteConnection) -> QueryResult<()> {
+    let rows: Vec<RowTimes> = diesel::sql_query(
+        "SELECT id, CAST(started_at AS TEXT) AS started_at, \
+         CAST(finished_at AS TEXT) AS finished_at, \
+         CAST(interrupted_at AS TEXT) AS interrupted_at FROM task_history",
+    )
+    .load(connection)?;
+    let canonical = |column: &str, text: &str| {
+        decode_timestamp(column, text)
+            .map(encode_timestamp)
+            .unwrap_or_else(|_| text.to_owned())
+    };
+    for row in rows {
+        let started_at = canonical("started_at", &row.started_at);
+        let finished_at = row
+            .finished_at
+            .as_deref()
+            .map(|t| canonical("finished_at", t));
+        let interrupted_at = row
+            .interrupted_at
+            .as_deref()
+            .map(|t| canonical("interrupted_at", t));
+        if started_at == row.started_at
+            && finished_at == row.finished_at
+            && interrupted_at == row.interrupted_at
+        {
+            continue;
+        }
+        diesel::sql_query(
+            "UPDATE task_history SET started_at = ?, finished_at = ?, interrupted_at = ? WHERE id = ?",
+        )
+        .bind::<Text, _>(started_at)
+        .bind::<diesel::sql_types::Nullable<Text>, _>(finished_at)
+        .bind::<diesel::sql_types::Nullable<Text>, _>(interrupted_at)
+        .bind::<Text, _>(&row.id)
+        .execute(connection)?;
+    }
+    Ok(())
 }
 
 #[derive(QueryableByName)]
@@ -190,6 +245,32 @@ fn differences(connection: &mut SqliteConnection) -> QueryResult<Vec<String>> {
             ));
         }
     }
+    let times: Vec<RowTimes> = diesel::sql_query(
+        "SELECT id, CAST(started_at AS TEXT) AS started_at, \
+         CAST(finished_at AS TEXT) AS finished_at, NULL AS interrupted_at FROM task_history",
+    )
+    .load(connection)?;
+    let unreadable = |column: &str, text: Option<&String>| {
+        text.is_some_and(|text| decode_timestamp(column, text).is_err())
+    };
+    for column in ["started_at", "finished_at"] {
+        let count = times
+            .iter()
+            .filter(|row| {
+                let text = if column == "started_at" {
+                    Some(&row.started_at)
+                } else {
+                    row.finished_at.as_ref()
+                };
+                unreadable(column, text)
+            })
+            .count();
+        if count > 0 {
+            found.push(format!(
+                "{count} row(s) have a {column} that is not a time (RFC 3339, or YYYY-MM-DD HH:MM:SS in UTC)"
+            ));
+        }
+    }
     let ids: Vec<Name> =
         diesel::sql_query("SELECT id AS name FROM task_history").load(connection)?;
     let bad_ids = ids
@@ -265,6 +346,7 @@ pub(super) fn adopt(path: &Path, options: &SqliteOptions) -> Result<Vec<String>,
             .map_err(|error| AdoptFailure::Storage(StorageError::Other { source: error }))?;
         let mut versions = vec![baseline.clone()];
         versions.extend(applied.iter().map(|version| version.to_string()));
+        canonical_times(connection)?;
         Ok(versions)
     });
     result.map_err(|failure| match failure {
