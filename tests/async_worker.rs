@@ -199,3 +199,86 @@ fn the_whole_lifecycle_runs_on_the_async_face_and_a_stopped_worker_refuses_work(
         assert!(store.running_tasks().expect("running").is_empty());
     });
 }
+
+#[test]
+fn a_dropped_record_session_still_writes_it_and_its_task_is_abandoned_not_lost() {
+    let runtime = one_blocking_thread();
+    let store = Arc::new(MemoryStorage::new());
+    runtime.block_on(async {
+        let worker = boot(store.clone()).await;
+        let running = worker.start(Task::queue(spec())).await.expect("start");
+        let id = running.id();
+        let (release, held) = mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || held.recv());
+        let session = SessionId::parse("sess_dropped").expect("session");
+        let mut recording = Box::pin(worker.record_session(running, session));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut recording)
+            .await
+            .is_err());
+        drop(recording);
+        release.send(()).expect("release");
+        holder.await.expect("holder").expect("released");
+        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        // The session was written; the task nobody got back is abandoned
+        // and interrupted at the next tick, its session invalidated.
+        let sessions = store.list_sessions().expect("sessions");
+        assert_eq!(sessions.len(), 1);
+        worker.tick().await;
+        let row = store.get_task(id).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted);
+        assert!(store.list_sessions().expect("sessions")[0]
+            .invalidated_at
+            .is_some());
+        worker.stop().await.expect("stop");
+    });
+}
+
+#[test]
+fn a_dropped_stop_and_a_dropped_boot_still_complete() {
+    let runtime = one_blocking_thread();
+    let store = Arc::new(MemoryStorage::new());
+    runtime.block_on(async {
+        let worker = boot(store.clone()).await;
+        let running = worker.start(Task::queue(spec())).await.expect("start");
+        let id = running.id();
+        let (release, held) = mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || held.recv());
+        let mut stopping = Box::pin(worker.stop());
+        assert!(tokio::time::timeout(Duration::ZERO, &mut stopping)
+            .await
+            .is_err());
+        drop(stopping);
+        release.send(()).expect("release");
+        holder.await.expect("holder").expect("released");
+        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        assert_eq!(worker.health(), WorkerHealth::Stopped);
+        let row = store.get_task(id).expect("read").expect("row");
+        assert_eq!(row.status, TaskStatus::Interrupted, "the stop ran");
+        drop(running);
+
+        // A boot dropped before it ran: the boot still completes on the
+        // blocking pool, and the worker it made is stopped (dropping a
+        // Worker stops it): nothing stays registered as alive.
+        let (release, held) = mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || held.recv());
+        let storage: Arc<dyn Storage> = store.clone();
+        let mut booting = Box::pin(AsyncWorker::boot(
+            Worker::builder(storage).without_background_thread(),
+        ));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut booting)
+            .await
+            .is_err());
+        drop(booting);
+        release.send(()).expect("release");
+        holder.await.expect("holder").expect("released");
+        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        let workers = store.list_workers().expect("workers");
+        assert_eq!(workers.len(), 2, "{workers:?}");
+        assert!(
+            workers
+                .iter()
+                .all(|w| w.state != tasktrail::WorkerState::Alive),
+            "{workers:?}"
+        );
+    });
+}
