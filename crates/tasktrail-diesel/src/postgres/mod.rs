@@ -309,25 +309,31 @@ impl PostgresStorage {
         if self.pending_migrations()?.is_empty() {
             return Ok(Vec::new());
         }
-        self.liveness.run(|connection, _| {
-            diesel::sql_query("SELECT pg_advisory_lock($1)")
+        // One transaction holds the migration lock (transaction-scoped, so
+        // it also works through a transaction pooler and is released by
+        // COMMIT or ROLLBACK whatever happens), the compatibility check and
+        // every pending migration (each in its own savepoint): concurrent
+        // boots queue on the lock and find the schema current.
+        let mut connection = self.pooled()?;
+        let mut failure: Option<StorageError> = None;
+        let result = connection.transaction(|connection| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
                 .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
-                .execute(connection)
-                .map_err(map_error)?;
-            let migrated = ensure_ours(connection).and_then(|()| {
-                connection
-                    .run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map(|applied| applied.iter().map(ToString::to_string).collect::<Vec<_>>())
-                    .map_err(|error| StorageError::Other { source: error })
-            });
-            let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
-                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
-                .execute(connection)
-                .map_err(map_error);
-            let applied = migrated?;
-            unlocked?;
-            Ok(applied)
-        })
+                .execute(connection)?;
+            let (tables, applied) = read_tables_and_versions(connection)?;
+            if let Err(error) = judge_ours(&tables, &applied) {
+                failure = Some(error);
+                return Err(DieselError::RollbackTransaction);
+            }
+            match connection.run_pending_migrations(POSTGRES_MIGRATIONS) {
+                Ok(applied) => Ok(applied.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                Err(error) => {
+                    failure = Some(StorageError::Other { source: error });
+                    Err(DieselError::RollbackTransaction)
+                }
+            }
+        });
+        result.map_err(|error| failure.unwrap_or_else(|| map_error(error)))
     }
 
     /// The migration versions applied to this database, oldest first.
