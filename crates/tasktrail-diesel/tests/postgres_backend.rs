@@ -1755,7 +1755,26 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
             .expect("id");
         let row = store.get_task(id).expect("read").expect("kept");
         assert_eq!(row.status.as_str(), *status);
-        assert_eq!((row.repo.as_str(), row.issue_number), ("acme/widgets", n));
+        assert_eq!(
+            (
+                row.repo.as_str(),
+                row.issue_number,
+                row.user.as_str(),
+                row.agent.as_str(),
+                row.agent_type.as_str(),
+                row.model.as_str(),
+                row.provider.as_str(),
+            ),
+            (
+                "acme/widgets",
+                n,
+                "alice",
+                "fixer",
+                "claude_sdk",
+                "claude-opus",
+                "anthropic"
+            )
+        );
         assert_eq!(
             (row.input_tokens, row.output_tokens, row.turns, row.cost_usd),
             (Some(100 + n), Some(20), Some(3), Some(0.5))

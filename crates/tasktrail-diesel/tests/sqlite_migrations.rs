@@ -456,10 +456,47 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
                 row.repo.as_str(),
                 row.issue_number,
                 row.user.as_str(),
-                row.model.as_str()
+                row.agent.as_str(),
+                row.agent_type.as_str(),
+                row.model.as_str(),
+                row.provider.as_str(),
+                row.worker_id,
+                row.interrupt_reason.as_deref(),
             ),
-            ("acme/widgets", n, "alice", "claude-opus")
+            (
+                "acme/widgets",
+                n,
+                "alice",
+                "fixer",
+                "claude_sdk",
+                "claude-opus",
+                "anthropic",
+                None,
+                None
+            )
         );
+        // Every time, each form read as the instant it names.
+        let (_, started, finished) = rows[n as usize - 1];
+        let instant = |text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&chrono::Utc))
+                .unwrap_or_else(|_| {
+                    let naive = chrono::NaiveDateTime::parse_from_str(
+                        &text.replace('T', " "),
+                        "%Y-%m-%d %H:%M:%S%.f",
+                    )
+                    .expect("a zone-less form");
+                    naive.and_utc()
+                })
+        };
+        assert_eq!(row.started_at, instant(started), "row {n} started_at");
+        let (finished_at, interrupted_at) = if row.status.as_str() == "interrupted" {
+            (None, finished.map(instant))
+        } else {
+            (finished.map(instant), None)
+        };
+        assert_eq!(row.finished_at, finished_at, "row {n} finished_at");
+        assert_eq!(row.interrupted_at, interrupted_at, "row {n} interrupted_at");
         assert_eq!(
             (row.input_tokens, row.output_tokens, row.turns),
             (Some(100 + n), Some(20), Some(3))
