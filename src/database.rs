@@ -264,6 +264,58 @@ pub enum OpenError {
     },
 }
 
+/// Runs `$sqlite` (with the file path) or `$postgres` (with the URL) for
+/// the backend `$url` names: a storage error becomes
+/// [`OpenError::Storage`] with the URL redacted, a backend this binary was
+/// built without [`DatabaseUrlError::BackendNotBuilt`].
+macro_rules! for_url {
+    ($url:expr, $ok:ty, |$path:ident| $sqlite:expr, |$postgres_url:ident| $postgres:expr) => {{
+        let url: &DatabaseUrl = $url;
+        let result: Result<$ok, StorageError> = match url {
+            #[cfg(feature = "sqlite")]
+            DatabaseUrl::Sqlite($path) => $sqlite,
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseUrl::Sqlite(_) => {
+                return Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
+            }
+            #[cfg(feature = "postgres")]
+            DatabaseUrl::Postgres($postgres_url) => $postgres,
+            #[cfg(not(feature = "postgres"))]
+            DatabaseUrl::Postgres(_) => {
+                return Err(DatabaseUrlError::BackendNotBuilt {
+                    backend: "postgres",
+                }
+                .into())
+            }
+        };
+        result.map_err(|error| OpenError::Storage {
+            url: url.redacted(),
+            error,
+        })
+    }};
+}
+
+/// Runs `$body` on whichever store `$self` (an `&AnyStorage`) holds.
+macro_rules! with_store {
+    ($self:expr, |$store:ident| $body:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite($store) => $body,
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres($store) => $body,
+            // Built with no backend: there is no store to have.
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *$self {},
+        }
+    };
+}
+
+// Built with no backend, the methods' arguments go unused and every URL
+// is refused before a store could answer.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_variables, unreachable_code)
+)]
 impl AnyStorage {
     /// Opens the database and applies pending migrations.
     pub fn open(url: &DatabaseUrl) -> Result<Self, OpenError> {
@@ -280,81 +332,34 @@ impl AnyStorage {
     /// database that needs a migration is refused, naming it. Works on a
     /// read-only mount and with a Postgres role that may only SELECT.
     pub fn open_read_only(url: &DatabaseUrl) -> Result<Self, OpenError> {
-        let storage_error = |error| OpenError::Storage {
-            url: url.redacted(),
-            error,
-        };
-        match url {
-            #[cfg(feature = "sqlite")]
-            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open_read_only(
-                path,
-                &tasktrail_diesel::SqliteOptions::default(),
+        for_url!(
+            url,
+            AnyStorage,
+            |path| tasktrail_diesel::SqliteStorage::open_read_only(path, &Default::default())
+                .map(AnyStorage::Sqlite),
+            |postgres_url| tasktrail_diesel::PostgresStorage::open_read_only(
+                postgres_url,
+                &Default::default()
             )
-            .map(AnyStorage::Sqlite)
-            .map_err(storage_error),
-            #[cfg(not(feature = "sqlite"))]
-            DatabaseUrl::Sqlite(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
-            }
-            #[cfg(feature = "postgres")]
-            DatabaseUrl::Postgres(postgres_url) => {
-                tasktrail_diesel::PostgresStorage::open_read_only(
-                    postgres_url,
-                    &tasktrail_diesel::PostgresOptions::default(),
-                )
-                .map(AnyStorage::Postgres)
-                .map_err(storage_error)
-            }
-            #[cfg(not(feature = "postgres"))]
-            DatabaseUrl::Postgres(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt {
-                    backend: "postgres",
-                }
-                .into())
-            }
-        }
+            .map(AnyStorage::Postgres)
+        )
     }
 
     /// Connects without applying migrations (the `migrate` command, which
     /// then reports what it applied). Refuses databases that are not ours
     /// all the same.
     pub fn open_unmigrated(url: &DatabaseUrl) -> Result<Self, OpenError> {
-        let storage_error = |error| OpenError::Storage {
-            url: url.redacted(),
-            error,
-        };
-        match url {
-            #[cfg(feature = "sqlite")]
-            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::open_unmigrated(
-                path,
-                &tasktrail_diesel::SqliteOptions::default(),
+        for_url!(
+            url,
+            AnyStorage,
+            |path| tasktrail_diesel::SqliteStorage::open_unmigrated(path, &Default::default())
+                .map(AnyStorage::Sqlite),
+            |postgres_url| tasktrail_diesel::PostgresStorage::open_unmigrated(
+                postgres_url,
+                &Default::default()
             )
-            .map(AnyStorage::Sqlite)
-            .map_err(storage_error),
-            #[cfg(not(feature = "sqlite"))]
-            DatabaseUrl::Sqlite(_) => {
-                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
-            }
-            #[cfg(feature = "postgres")]
-            DatabaseUrl::Postgres(postgres_url) => {
-                tasktrail_diesel::PostgresStorage::open_unmigrated(
-                    postgres_url,
-                    &tasktrail_diesel::PostgresOptions::default(),
-                )
-                .map(AnyStorage::Postgres)
-                .map_err(storage_error)
-            }
-            #[cfg(not(feature = "postgres"))]
-            DatabaseUrl::Postgres(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt {
-                    backend: "postgres",
-                }
-                .into())
-            }
-        }
+            .map(AnyStorage::Postgres)
+        )
     }
 
     /// Adopts an existing database whose `task_history` another program
@@ -364,35 +369,12 @@ impl AnyStorage {
     /// changed) when it differs. Returns the versions recorded. SQLite and
     /// Postgres.
     pub fn adopt(url: &DatabaseUrl) -> Result<Vec<String>, OpenError> {
-        let storage_error = |error| OpenError::Storage {
-            url: url.redacted(),
-            error,
-        };
-        match url {
-            #[cfg(feature = "sqlite")]
-            DatabaseUrl::Sqlite(path) => tasktrail_diesel::SqliteStorage::adopt(
-                path,
-                &tasktrail_diesel::SqliteOptions::default(),
-            )
-            .map_err(storage_error),
-            #[cfg(not(feature = "sqlite"))]
-            DatabaseUrl::Sqlite(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt { backend: "sqlite" }.into())
-            }
-            #[cfg(feature = "postgres")]
-            DatabaseUrl::Postgres(postgres_url) => {
-                tasktrail_diesel::PostgresStorage::adopt(postgres_url).map_err(storage_error)
-            }
-            #[cfg(not(feature = "postgres"))]
-            DatabaseUrl::Postgres(_) => {
-                let _ = storage_error;
-                Err(DatabaseUrlError::BackendNotBuilt {
-                    backend: "postgres",
-                }
-                .into())
-            }
-        }
+        for_url!(
+            url,
+            Vec<String>,
+            |path| tasktrail_diesel::SqliteStorage::adopt(path, &Default::default()),
+            |postgres_url| tasktrail_diesel::PostgresStorage::adopt(postgres_url)
+        )
     }
 
     /// Row `id` of `task_history` as the database holds it, every column as
@@ -402,17 +384,7 @@ impl AnyStorage {
         &self,
         id: TaskId,
     ) -> Result<Option<tasktrail_diesel::RawColumns>, StorageError> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyStorage::Sqlite(store) => store.raw_task_columns(id),
-            #[cfg(feature = "postgres")]
-            AnyStorage::Postgres(store) => store.raw_task_columns(id),
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => {
-                let _ = id;
-                match *self {}
-            }
-        }
+        with_store!(self, |store| store.raw_task_columns(id))
     }
 
     /// Retention (`SqliteStorage::prune` / `PostgresStorage::prune`):
@@ -423,30 +395,12 @@ impl AnyStorage {
         &self,
         request: &tasktrail_core::PruneRequest,
     ) -> Result<tasktrail_core::PruneReport, StorageError> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyStorage::Sqlite(store) => store.prune(request),
-            #[cfg(feature = "postgres")]
-            AnyStorage::Postgres(store) => store.prune(request),
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => {
-                let _ = request;
-                match *self {}
-            }
-        }
+        with_store!(self, |store| store.prune(request))
     }
 
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyStorage::Sqlite(store) => store.migrate(),
-            #[cfg(feature = "postgres")]
-            AnyStorage::Postgres(store) => store.migrate(),
-            // Built with no backend: there is no store to have.
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => match *self {},
-        }
+        with_store!(self, |store| store.migrate())
     }
 
     /// The store, shareable between threads (a worker's task threads and its
@@ -462,14 +416,7 @@ impl AnyStorage {
 
     /// The store as a trait object.
     pub fn as_storage(&self) -> &dyn Storage {
-        match self {
-            #[cfg(feature = "sqlite")]
-            AnyStorage::Sqlite(store) => store,
-            #[cfg(feature = "postgres")]
-            AnyStorage::Postgres(store) => store,
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => match *self {},
-        }
+        with_store!(self, |store| store)
     }
 }
 
