@@ -21,6 +21,7 @@
 mod codec;
 #[cfg(test)]
 mod error_text;
+mod pending;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -33,6 +33,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::{StorageError, WorkerId};
 
+use crate::pending::{pending_versions, refuse_if_pending};
 use crate::secrets::Secrets;
 use crate::statement_log::StatementLog;
 
@@ -225,12 +226,7 @@ impl PostgresStorage {
             .run(read_tables_and_versions)
             .map_err(map_error)?;
         let applied: Vec<String> = applied.into_iter().map(|v| v.version).collect();
-        let mut pending: Vec<String> = known_versions()?
-            .into_iter()
-            .filter(|version| !applied.contains(version))
-            .collect();
-        pending.sort();
-        Ok(pending)
+        Ok(pending_versions(known_versions()?, &applied))
     }
 
     /// Connects for reading only (the operator's `list`, `show`,
@@ -240,15 +236,7 @@ impl PostgresStorage {
     /// migrations): `tasktrail migrate` first.
     pub fn open_read_only(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
         let store = Self::open_unmigrated(url, options)?;
-        let pending = store.pending_migrations()?;
-        if !pending.is_empty() {
-            return Err(StorageError::Incompatible {
-                detail: format!(
-                    "the database needs migration(s) {} before it can be read: run `tasktrail migrate`",
-                    pending.join(", ")
-                ),
-            });
-        }
+        refuse_if_pending(&store.pending_migrations()?)?;
         Ok(store)
     }
 

@@ -13,7 +13,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
-use super::{known_versions, map_error, SqliteOptions, SQLITE_MIGRATIONS};
+use super::{known_versions, map_error, utf8_path, SqliteOptions, SQLITE_MIGRATIONS};
 use crate::codec::{decode_timestamp, encode_timestamp};
 
 /// What a column of the pre-fix table must be able to hold.
@@ -309,9 +309,7 @@ pub(super) fn adopt(path: &Path, options: &SqliteOptions) -> Result<Vec<String>,
             differences: vec![format!("there is no database file at {}", path.display())],
         });
     }
-    let url = path.to_str().ok_or_else(|| StorageError::Incompatible {
-        detail: format!("database path {} is not valid UTF-8", path.display()),
-    })?;
+    let url = utf8_path(path)?;
     let mut connection =
         SqliteConnection::establish(url).map_err(|error| StorageError::Unavailable {
             source: Box::new(error),

@@ -25,6 +25,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::backend::{LockWatch, OwnerLock};
 use tasktrail_core::{StorageError, WorkerId};
 
+use crate::pending::{pending_versions, refuse_if_pending};
 use crate::statement_log::StatementLog;
 
 /// The SQLite migrations, embedded at build time from `migrations/sqlite`.
@@ -156,12 +157,7 @@ impl SqliteStorage {
         let path = path.as_ref().to_path_buf();
         refuse_a_second_name(&path)?;
         create_owner_only(&path)?;
-        let url = path
-            .to_str()
-            .ok_or_else(|| StorageError::Incompatible {
-                detail: format!("database path {} is not valid UTF-8", path.display()),
-            })?
-            .to_owned();
+        let url = utf8_path(&path)?.to_owned();
         let mut connection = SqliteConnection::establish(&url).map_err(map_connection_error)?;
         if let Some(log) = &options.statement_log() {
             connection.set_instrumentation(log.instrumentation());
@@ -181,13 +177,20 @@ impl SqliteStorage {
                 options.durability.pragma()
             ))
             .map_err(map_error)?;
-        Ok(Self {
+        Ok(Self::over(connection, path, options))
+    }
+
+    /// The store over an opened connection.
+    fn over(connection: SqliteConnection, path: PathBuf, options: &SqliteOptions) -> Self {
+        #[cfg(not(feature = "testing"))]
+        let _ = options;
+        Self {
             connection: Mutex::new(connection),
             path,
             #[cfg(feature = "testing")]
             statement_log: options.statement_log(),
             worker_locks: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Opens an existing database for reading only (the operator's `list`,
@@ -208,9 +211,7 @@ impl SqliteStorage {
             });
         }
         refuse_a_second_name(&path)?;
-        let text = path.to_str().ok_or_else(|| StorageError::Incompatible {
-            detail: format!("database path {} is not valid UTF-8", path.display()),
-        })?;
+        let text = utf8_path(&path)?;
         let escaped = text
             .replace('%', "%25")
             .replace('?', "%3f")
@@ -242,13 +243,7 @@ impl SqliteStorage {
             Err(error) => return Err(error),
         };
         refuse_pending_migrations(&mut connection)?;
-        Ok(Self {
-            connection: Mutex::new(connection),
-            path,
-            #[cfg(feature = "testing")]
-            statement_log: options.statement_log(),
-            worker_locks: Mutex::new(HashMap::new()),
-        })
+        Ok(Self::over(connection, path, options))
     }
 
     /// Adopts a database that holds a pre-fix `task_history` written by
@@ -570,6 +565,13 @@ struct Version {
     version: String,
 }
 
+/// The path as the UTF-8 text SQLite opens.
+pub(crate) fn utf8_path(path: &Path) -> Result<&str, StorageError> {
+    path.to_str().ok_or_else(|| StorageError::Incompatible {
+        detail: format!("database path {} is not valid UTF-8", path.display()),
+    })
+}
+
 /// Refuses a database that still needs a migration, reading only (no
 /// DDL: diesel's own check would create its migration table).
 fn refuse_pending_migrations(connection: &mut SqliteConnection) -> Result<(), StorageError> {
@@ -588,21 +590,7 @@ fn refuse_pending_migrations(connection: &mut SqliteConnection) -> Result<(), St
             .map(|v| v.version)
             .collect()
     };
-    let mut pending: Vec<String> = known_versions()?
-        .into_iter()
-        .filter(|version| !applied.contains(version))
-        .collect();
-    pending.sort();
-    if pending.is_empty() {
-        Ok(())
-    } else {
-        Err(StorageError::Incompatible {
-            detail: format!(
-                "the database needs migration(s) {} before it can be read: run `tasktrail migrate`",
-                pending.join(", ")
-            ),
-        })
-    }
+    refuse_if_pending(&pending_versions(known_versions()?, &applied))
 }
 
 /// Refuses a database that is not ours or is newer than this binary.
