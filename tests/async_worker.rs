@@ -32,6 +32,26 @@ fn one_blocking_thread() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Polls `future` once while the test holds the only blocking thread, so
+/// its blocking half is queued and has not run; drops the future; then lets
+/// the queued half run to its end.
+async fn drop_before_its_blocking_half_runs<F: std::future::Future>(future: F) {
+    let (release, held) = mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || held.recv());
+    let mut future = Box::pin(future);
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut future)
+            .await
+            .is_err(),
+        "it waits for the blocking pool"
+    );
+    drop(future);
+    release.send(()).expect("release");
+    holder.await.expect("holder").expect("released");
+    // One thread: by the time this runs, the queued half has.
+    tokio::task::spawn_blocking(|| ()).await.expect("drained");
+}
+
 /// Boots on `storage` with no background thread: upkeep runs at `tick`.
 async fn boot(storage: Arc<dyn Storage>) -> AsyncWorker {
     AsyncWorker::boot(Worker::builder(storage).without_background_thread())
@@ -45,21 +65,9 @@ fn a_start_dropped_before_its_insert_began_stores_nothing() {
     let store = Arc::new(MemoryStorage::new());
     runtime.block_on(async {
         let worker = boot(store.clone()).await;
-        // Hold the only blocking thread.
-        let (release, held) = mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || held.recv());
         let task = Task::queue(spec());
         let id = task.id();
-        let mut start = Box::pin(worker.start(task));
-        // Polled once: its blocking half is queued behind the holder.
-        assert!(tokio::time::timeout(Duration::ZERO, &mut start)
-            .await
-            .is_err());
-        drop(start);
-        release.send(()).expect("release");
-        holder.await.expect("holder").expect("released");
-        // The queued half has run by the time this one runs (one thread).
-        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        drop_before_its_blocking_half_runs(worker.start(task)).await;
         assert_eq!(store.get_task(id).expect("read"), None);
         assert_eq!(store.task_insert_statements(id), 0, "no INSERT issued");
         worker.stop().await.expect("stop");
@@ -136,16 +144,10 @@ fn a_dropped_finish_still_writes_its_outcome() {
         let worker = boot(store.clone()).await;
         let running = worker.start(Task::queue(spec())).await.expect("start");
         let id = running.id();
-        let (release, held) = mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || held.recv());
-        let mut finish = Box::pin(worker.finish(running, Outcome::Success(RunReport::empty())));
-        assert!(tokio::time::timeout(Duration::ZERO, &mut finish)
-            .await
-            .is_err());
-        drop(finish);
-        release.send(()).expect("release");
-        holder.await.expect("holder").expect("released");
-        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        drop_before_its_blocking_half_runs(
+            worker.finish(running, Outcome::Success(RunReport::empty())),
+        )
+        .await;
         let row = store.get_task(id).expect("read").expect("row");
         assert_eq!(row.status, TaskStatus::Success);
         worker.stop().await.expect("stop");
@@ -208,17 +210,8 @@ fn a_dropped_record_session_still_writes_it_and_its_task_is_abandoned_not_lost()
         let worker = boot(store.clone()).await;
         let running = worker.start(Task::queue(spec())).await.expect("start");
         let id = running.id();
-        let (release, held) = mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || held.recv());
         let session = SessionId::parse("sess_dropped").expect("session");
-        let mut recording = Box::pin(worker.record_session(running, session));
-        assert!(tokio::time::timeout(Duration::ZERO, &mut recording)
-            .await
-            .is_err());
-        drop(recording);
-        release.send(()).expect("release");
-        holder.await.expect("holder").expect("released");
-        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        drop_before_its_blocking_half_runs(worker.record_session(running, session)).await;
         // The session was written; the task nobody got back is abandoned
         // and interrupted at the next tick, its session invalidated.
         let sessions = store.list_sessions().expect("sessions");
@@ -241,16 +234,7 @@ fn a_dropped_stop_and_a_dropped_boot_still_complete() {
         let worker = boot(store.clone()).await;
         let running = worker.start(Task::queue(spec())).await.expect("start");
         let id = running.id();
-        let (release, held) = mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || held.recv());
-        let mut stopping = Box::pin(worker.stop());
-        assert!(tokio::time::timeout(Duration::ZERO, &mut stopping)
-            .await
-            .is_err());
-        drop(stopping);
-        release.send(()).expect("release");
-        holder.await.expect("holder").expect("released");
-        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        drop_before_its_blocking_half_runs(worker.stop()).await;
         assert_eq!(worker.health(), WorkerHealth::Stopped);
         let row = store.get_task(id).expect("read").expect("row");
         assert_eq!(row.status, TaskStatus::Interrupted, "the stop ran");
@@ -259,19 +243,11 @@ fn a_dropped_stop_and_a_dropped_boot_still_complete() {
         // A boot dropped before it ran: the boot still completes on the
         // blocking pool, and the worker it made is stopped (dropping a
         // Worker stops it): nothing stays registered as alive.
-        let (release, held) = mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || held.recv());
         let storage: Arc<dyn Storage> = store.clone();
-        let mut booting = Box::pin(AsyncWorker::boot(
+        drop_before_its_blocking_half_runs(AsyncWorker::boot(
             Worker::builder(storage).without_background_thread(),
-        ));
-        assert!(tokio::time::timeout(Duration::ZERO, &mut booting)
-            .await
-            .is_err());
-        drop(booting);
-        release.send(()).expect("release");
-        holder.await.expect("holder").expect("released");
-        tokio::task::spawn_blocking(|| ()).await.expect("drained");
+        ))
+        .await;
         let workers = store.list_workers().expect("workers");
         assert_eq!(workers.len(), 2, "{workers:?}");
         assert!(
