@@ -304,12 +304,15 @@ impl<S: Storage + LocksInMemory + 'static> Fleet<S> {
         self.boot_on("dev", pid, events)
     }
 
-    fn status(&self, id: TaskId) -> TaskStatus {
+    fn row(&self, id: TaskId) -> TaskRecord {
         self.storage
             .get_task(id)
             .expect("read")
             .expect("row exists")
-            .status
+    }
+
+    fn status(&self, id: TaskId) -> TaskStatus {
+        self.row(id).status
     }
 
     /// Behind `worker`'s back its registration ends and an operator's
@@ -374,7 +377,7 @@ fn a_dropped_handle_is_interrupted_at_the_next_tick_with_its_sessions_and_report
     assert_eq!(fleet.status(id), TaskStatus::Running, "no IO inside drop");
     worker.tick(); // no time has to pass: the next tick, whenever it is.
 
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_eq!(row.status, TaskStatus::Interrupted);
     assert_eq!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
     assert_eq!(row.interrupted_by, Some(worker.id()));
@@ -453,12 +456,7 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     let running = worker.start(Task::queue(spec())).expect("start");
     let id = running.id();
     assert_eq!(fleet.recover_behind_the_back_of(&worker), 1);
-    let reason_after_sweep = fleet
-        .storage
-        .get_task(id)
-        .expect("read")
-        .expect("row")
-        .interrupt_reason;
+    let reason_after_sweep = fleet.row(id).interrupt_reason;
     let refused = worker.finish(running, Outcome::Success(report()));
     assert!(matches!(refused, Err(FinishError::Refused { .. })));
     assert!(worker.in_flight().is_empty());
@@ -466,7 +464,7 @@ fn a_refused_finish_settles_the_handle_and_a_stop_after_it_touches_nothing() {
     let stopped = worker.stop().expect("stop");
     assert!(stopped.interrupted.is_empty() && stopped.recovered.is_empty());
     assert!(events.recovery_lines().is_empty(), "no second report");
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
 }
 
@@ -721,7 +719,7 @@ fn a_worker_declared_dead_learns_it_from_its_heartbeat_and_writes_nothing_more()
     assert!(events.take().contains(&"declared dead".to_owned()));
     drop(running);
     victim.tick();
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_ne!(row.interrupt_reason.as_deref(), Some(ABANDONED_REASON));
     assert!(victim.stop().expect("stop").interrupted.is_empty());
 }
@@ -823,12 +821,7 @@ fn a_handle_dropped_after_a_sweep_recovered_its_row_is_not_reported_again() {
     let running = worker.start(Task::queue(spec())).expect("start");
     let id = running.id();
     assert_eq!(fleet.recover_behind_the_back_of(&worker), 1);
-    let reason_after_sweep = fleet
-        .storage
-        .get_task(id)
-        .expect("read")
-        .expect("row")
-        .interrupt_reason;
+    let reason_after_sweep = fleet.row(id).interrupt_reason;
 
     drop(running);
     worker.tick();
@@ -836,7 +829,7 @@ fn a_handle_dropped_after_a_sweep_recovered_its_row_is_not_reported_again() {
         events.recovery_lines().is_empty(),
         "reported by the sweep only"
     );
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_eq!(row.interrupt_reason, reason_after_sweep, "the fence held");
     assert!(worker.in_flight().is_empty());
 }
@@ -870,7 +863,7 @@ fn an_abandoned_task_interrupted_while_its_row_cannot_be_read_back_is_reported_o
         "{}",
         lines[0]
     );
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_eq!(row.interrupted_at, Some(interrupted_at));
     worker.tick();
     assert!(events.recovery_lines().is_empty(), "reported once");
@@ -941,7 +934,7 @@ fn a_transient_finish_failure_queues_the_outcome_until_the_store_answers_and_los
     events.take();
     fleet.advance(StdDuration::from_secs(1));
     worker.tick();
-    let row = fleet.storage.get_task(id).expect("read").expect("row");
+    let row = fleet.row(id);
     assert_eq!(
         (row.status, row.input_tokens, row.cost_usd, row.finished_at),
         (TaskStatus::Success, Some(1200), Some(0.42), Some(ended_at))
