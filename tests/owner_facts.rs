@@ -211,3 +211,37 @@ fn sqlite_hands_the_judge_facts_on_the_callers_clock() {
 fn postgres_hands_the_judge_facts_on_the_database_clock() {
     the_judge_gets_the_owners_facts_on_the_stores_clock::<common::PostgresBackend>(false);
 }
+
+/// The in-memory store plays a database session lock: one lost while its
+/// worker lived (a store restart: free, watched by no judge yet) is taken
+/// back at the worker's next heartbeat; one freed by death stays free.
+#[test]
+fn memory_takes_a_lock_lost_in_a_store_restart_back_at_the_next_heartbeat() {
+    let store = MemoryStorage::new();
+    let clock = Arc::new(ManualClock::starting_at(
+        Utc.with_ymd_and_hms(2026, 5, 11, 15, 0, 0)
+            .single()
+            .expect("time"),
+    ));
+    let owner = register(&store, &clock, "owner");
+    let sweeper = register(&store, &clock, "sweeper");
+    std::mem::forget(Task::queue(spec()).start(&owner, &store).expect("start"));
+    let restarted = OwnerLock::Free {
+        watched_for: LockWatch::For(Duration::zero()),
+    };
+    store.set_worker_lock(owner.id(), restarted.clone());
+    assert_eq!(facts_at(&store, sweeper.id(), clock.now()).lock, restarted);
+    owner.heartbeat(&store).expect("heartbeat");
+    assert_eq!(
+        facts_at(&store, sweeper.id(), clock.now()).lock,
+        OwnerLock::Held
+    );
+    // Freed by death: a heartbeat (which a dead process never sends) does
+    // not take it back.
+    let dead = OwnerLock::Free {
+        watched_for: LockWatch::Continuous,
+    };
+    store.set_worker_lock(owner.id(), dead.clone());
+    owner.heartbeat(&store).expect("heartbeat");
+    assert_eq!(facts_at(&store, sweeper.id(), clock.now()).lock, dead);
+}
