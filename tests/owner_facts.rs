@@ -229,7 +229,7 @@ fn memory_takes_a_lock_lost_in_a_store_restart_back_at_the_next_heartbeat() {
     let restarted = OwnerLock::Free {
         watched_for: LockWatch::For(Duration::zero()),
     };
-    store.set_worker_lock(owner.id(), restarted.clone());
+    store.set_worker_lock(owner.id(), restarted);
     assert_eq!(facts_at(&store, sweeper.id(), clock.now()).lock, restarted);
     owner.heartbeat(&store).expect("heartbeat");
     assert_eq!(
@@ -241,7 +241,7 @@ fn memory_takes_a_lock_lost_in_a_store_restart_back_at_the_next_heartbeat() {
     let dead = OwnerLock::Free {
         watched_for: LockWatch::Continuous,
     };
-    store.set_worker_lock(owner.id(), dead.clone());
+    store.set_worker_lock(owner.id(), dead);
     owner.heartbeat(&store).expect("heartbeat");
     assert_eq!(facts_at(&store, sweeper.id(), clock.now()).lock, dead);
 }
