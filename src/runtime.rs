@@ -530,6 +530,7 @@ impl WorkerBuilder {
                 stalled_neighbours: Vec::new(),
             }),
             queued: Mutex::new(QueuedOutcomes::default()),
+            running: crate::metrics::RunningGauge::default(),
         });
         let recovered_at_boot = shared.sweep_now();
         let mut worker = Worker {
@@ -614,6 +615,7 @@ struct Shared {
     backoff: Backoff,
     upkeep: Mutex<UpkeepState>,
     queued: Mutex<QueuedOutcomes>,
+    running: crate::metrics::RunningGauge,
 }
 
 /// Capped exponential backoff.
@@ -732,6 +734,7 @@ fn background(shared: &Shared, wakeup: &Wakeup) {
 
 impl Shared {
     fn emit(&self, event: WorkerEvent) {
+        crate::metrics::event(&event);
         if let Some(hook) = &self.hook {
             hook(&event);
         }
@@ -846,6 +849,7 @@ impl Shared {
         if sweep_due && !self.declared_dead.load(Ordering::SeqCst) {
             self.sweep_now();
         }
+        self.running.sync(&self.registered);
     }
 
     /// Queues a finish that hit a transient failure.
@@ -933,8 +937,10 @@ impl Shared {
                 mut pending,
                 ..
             } = queued;
+            let started_at = task.started_at();
             match task.finish_at(outcome, pending.finished_at, self.storage.as_ref()) {
                 Ok(_) => {
+                    crate::metrics::finished(pending.status, started_at, pending.finished_at);
                     let waited = (self.clock.now() - pending.finished_at)
                         .to_std()
                         .unwrap_or_default();
@@ -948,6 +954,7 @@ impl Shared {
                     refusal: FinishRefusal::AlreadyFinished { status },
                     ..
                 }) if status == pending.status => {
+                    crate::metrics::finished(pending.status, started_at, pending.finished_at);
                     let waited = (self.clock.now() - pending.finished_at)
                         .to_std()
                         .unwrap_or_default();
@@ -955,6 +962,7 @@ impl Shared {
                     self.emit(WorkerEvent::OutcomeWritten { pending, waited });
                 }
                 Err(FinishError::Refused { refusal, .. }) => {
+                    crate::metrics::refused(&refusal);
                     self.emit(WorkerEvent::OutcomeRefused { pending, refusal });
                 }
                 Err(FinishError::Storage {
@@ -1145,7 +1153,9 @@ impl Worker {
     /// Starts a task: INSERTs its `running` row and returns the running
     /// task once the row is committed. See [`Task::start`].
     pub fn start(&self, task: Task<Queued>) -> Result<Task<Running>, StartError> {
-        task.start(&self.shared.registered, self.shared.storage.as_ref())
+        let started = task.start(&self.shared.registered, self.shared.storage.as_ref());
+        self.shared.running.started(&started, &self.shared.registered);
+        started
     }
 
     /// Records the SDK session a running task runs under. See
@@ -1177,7 +1187,7 @@ impl Worker {
         outcome: Outcome,
     ) -> Result<FinishReceipt, FinishError> {
         let finished_at = self.shared.clock.now();
-        match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
+        let receipt = match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
             Ok(finished) => Ok(FinishReceipt::Written(Box::new(finished))),
             Err(FinishError::Storage {
                 error,
@@ -1191,7 +1201,9 @@ impl Worker {
                 Ok(FinishReceipt::Queued(pending))
             }
             Err(error) => Err(error),
-        }
+        };
+        self.shared.running.finished(&receipt, &self.shared.registered);
+        receipt
     }
 
     /// The outcomes waiting for their UPDATE after a transient failure,
@@ -1270,6 +1282,7 @@ impl Worker {
                 &reason,
                 &keep,
             );
+            crate::metrics::interrupted_at_stop(interrupted.len());
             report.interrupted.extend(interrupted);
             let error = match (queued_error.or(abandoned.error), in_flight_error) {
                 (_, Some(error)) | (Some(error), None) => Some(error),
