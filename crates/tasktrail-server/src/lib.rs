@@ -7,13 +7,17 @@
 //! task's `running` row committed; the agent ([`agent::Agent`], simulated
 //! here) runs on a tokio task and its end is the row's one UPDATE;
 //! `POST /tasks/{id}/cancel` writes `cancelled`; `GET /tasks`, `GET
-//! /tasks/{id}` read rows; `GET /healthz` is the worker's health. On SIGTERM
+//! /tasks/{id}` read rows; `GET /healthz` is the worker's health; `GET
+//! /metrics` the metrics in the Prometheus text format ([`metrics`], when the
+//! binary installed the recorder). On SIGTERM
 //! the binary stops accepting, interrupts what is still running (reason
 //! [`SERVER_STOPPED_REASON`]), deregisters and exits 0.
 
 pub mod agent;
 mod api;
 mod dispatch;
+pub mod metrics;
 
 pub use api::{router, DEFAULT_DURATION_MS, MAX_DURATION_MS};
 pub use dispatch::{CancelAnswer, Dispatcher, SERVER_STOPPED_REASON};
+pub use metrics::{install_prometheus, router_with_metrics};

@@ -1,18 +1,23 @@
-//! `tasktrail-server [--db URL] [--listen ADDR]`: see the library docs and
-//! README.md ("Use it from an async server").
+//! `tasktrail-server [--db URL] [--listen ADDR] [--log-format text|json]`:
+//! see the library docs and README.md ("Use it from an async server"), and
+//! docs/operations.md ("Logs and metrics").
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use tasktrail::async_worker::AsyncWorker;
+use tasktrail::logging::LogFormat;
 use tasktrail::prelude::*;
 use tasktrail::{AnyStorage, BootError, DatabaseUrlError, OpenError};
 use tasktrail_server::agent::SimulatedAgent;
-use tasktrail_server::{router, Dispatcher, SERVER_STOPPED_REASON};
+use tasktrail_server::{
+    install_prometheus, metrics, router, router_with_metrics, Dispatcher, SERVER_STOPPED_REASON,
+};
 
 /// How long the server waits, after SIGTERM, for open requests and for its
 /// running tasks' interrupted UPDATEs, each.
@@ -35,6 +40,33 @@ struct Args {
     /// (`unwritten <id> <status>`) and exits 1: 10s, 500ms, 1m.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stop_deadline: Duration,
+    /// How log lines are written on stderr: text, or json (one object per
+    /// line). Which events: the TASKTRAIL_LOG filter (default info; off
+    /// silences them). Stdout is the same either way.
+    #[arg(long, default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
+        .map_err(|error: tasktrail::logging::LogFormatError| error.to_string())
+}
+
+/// The target of the server's own log events.
+const LOG_TARGET: &str = "tasktrail_server";
+
+/// Whether stderr carries JSON log lines: the server's warnings then go out
+/// as log events, so every line parses.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// A warning: `tasktrail-server: ...` on stderr, or a `warn` log event with
+/// `--log-format json`.
+fn warn(message: impl std::fmt::Display) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::warn!(target: LOG_TARGET, "{message}");
+    } else {
+        eprintln!("tasktrail-server: {message}");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +86,33 @@ enum ServerError {
     Serve(std::io::Error),
     #[error("{0}")]
     Stop(#[from] StopError),
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("tasktrail-server: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = tasktrail::logging::install(args.log_format) {
+        eprintln!("tasktrail-server: {error}");
+        return ExitCode::from(2);
+    }
+    JSON_LOGS.store(args.log_format == LogFormat::Json, Ordering::Relaxed);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,18 +143,18 @@ fn open(db: &str) -> Result<Arc<dyn Storage>, ServerError> {
 fn print_event(event: &WorkerEvent) {
     match event {
         WorkerEvent::Recovered(task) => println!("{}", task.hint()),
-        WorkerEvent::UpkeepFailed { upkeep, error } => {
-            eprintln!("tasktrail-server: {upkeep:?} failed: {error}")
-        }
-        WorkerEvent::DeclaredDead => eprintln!(
-            "tasktrail-server: this worker was declared dead by another worker's sweep; \
-             dispatch is refused (healthz answers 503): restart the server"
+        WorkerEvent::UpkeepFailed { upkeep, error } => warn(format!("{upkeep:?} failed: {error}")),
+        WorkerEvent::DeclaredDead => warn(
+            "this worker was declared dead by another worker's sweep; \
+             dispatch is refused (healthz answers 503): restart the server",
         ),
-        other => eprintln!("tasktrail-server: {other:?}"),
+        other => warn(format!("{other:?}")),
     }
 }
 
 async fn serve(args: Args) -> Result<(), ServerError> {
+    let prometheus = install_prometheus()?;
+    metrics::spawn_upkeep(prometheus.clone());
     let storage = open(&args.db)?;
     let worker = AsyncWorker::boot(
         Worker::builder(storage)
@@ -115,10 +170,14 @@ async fn serve(args: Args) -> Result<(), ServerError> {
         })?;
     let address = listener.local_addr().map_err(ServerError::Serve)?;
     println!("listening on {address}");
+    tracing::info!(target: LOG_TARGET, %address, "listening on {address}");
     let dispatcher = Dispatcher::new(worker.clone(), Arc::new(SimulatedAgent));
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(
-        axum::serve(listener, router(Arc::clone(&dispatcher)))
+        axum::serve(
+            listener,
+            router_with_metrics(router(Arc::clone(&dispatcher)), prometheus),
+        )
             .with_graceful_shutdown(async move {
                 let mut stop_requested = stop_requested;
                 let _ = stop_requested.wait_for(|stop| *stop).await;
@@ -129,9 +188,9 @@ async fn serve(args: Args) -> Result<(), ServerError> {
     let _ = stopping.send(true);
     // Stop accepting; give open requests a moment to answer.
     match tokio::time::timeout(DRAIN_DEADLINE, server).await {
-        Ok(Ok(Err(error))) => eprintln!("tasktrail-server: {error}"),
+        Ok(Ok(Err(error))) => warn(error),
         Ok(_) => {}
-        Err(_) => eprintln!("tasktrail-server: open requests did not end in time"),
+        Err(_) => warn("open requests did not end in time"),
     }
     let reason = InterruptReason::new(SERVER_STOPPED_REASON)
         .expect("the server's stop reason is a valid interrupt reason");

@@ -16,6 +16,22 @@ use tasktrail_server::{router, Dispatcher};
 
 /// One HTTP exchange: `Connection: close`, the whole answer read.
 pub fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let (status, payload) = request_text(address, method, path, body);
+    let value = if payload.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload:?}"))
+    };
+    (status, value)
+}
+
+/// One HTTP exchange, the answer's status and body as text.
+pub fn request_text(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -36,12 +52,7 @@ pub fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
     let (_, payload) = answer.split_once("\r\n\r\n").expect("headers end");
-    let value = if payload.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload:?}"))
-    };
-    (status, value)
+    (status, payload.to_owned())
 }
 
 /// A dispatch body.
@@ -133,27 +144,57 @@ pub struct ServerProcess {
     pub child: Child,
     pub address: SocketAddr,
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Its stderr, line by line, when started with
+    /// [`start_logging`](Self::start_logging).
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// Collects `stream`'s lines on a thread.
+fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let collected = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            collected
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+    });
+    lines
 }
 
 impl ServerProcess {
     pub fn start(db: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tasktrail-server"))
+        Self::spawn(db, &[], None)
+    }
+
+    /// With `args` (e.g. `--log-format json`) and `TASKTRAIL_LOG` set to
+    /// `filter`; its stderr collected.
+    pub fn start_logging(db: &str, args: &[&str], filter: &str) -> Self {
+        Self::spawn(db, args, Some(filter))
+    }
+
+    fn spawn(db: &str, args: &[&str], filter: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tasktrail-server"));
+        command
             .args(["--db", db, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tasktrail-server");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = BufReader::new(child.stdout.take().expect("stdout"));
-        let collected = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in reader.lines().map_while(Result::ok) {
-                collected
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(line);
+            .args(args)
+            .stdout(Stdio::piped());
+        match filter {
+            Some(filter) => {
+                command.env("TASKTRAIL_LOG", filter).stderr(Stdio::piped());
             }
-        });
+            None => {
+                command.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = command.spawn().expect("spawn tasktrail-server");
+        let lines = collect_lines(child.stdout.take().expect("stdout"));
+        let stderr = match child.stderr.take() {
+            Some(stream) => collect_lines(stream),
+            None => Arc::default(),
+        };
         let mut address = None;
         let found = eventually(Duration::from_secs(30), || {
             address = lines
@@ -169,7 +210,19 @@ impl ServerProcess {
             child,
             address: address.expect("found"),
             stdout: lines,
+            stderr,
         }
+    }
+
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        request_text(self.address, "GET", path, None)
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
