@@ -164,6 +164,17 @@ fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> 
     lines
 }
 
+/// A test that fails half-way leaves no server behind (it would hold the
+/// test's output pipes open).
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl ServerProcess {
     pub fn start(db: &str) -> Self {
         Self::spawn(db, &[], None)
