@@ -93,7 +93,11 @@ pub enum LoggingError {
 /// narrower filter.
 pub fn parse_filter(text: &str) -> Result<EnvFilter, LoggingError> {
     let text = text.trim();
-    let text = if text.is_empty() { DEFAULT_FILTER } else { text };
+    let text = if text.is_empty() {
+        DEFAULT_FILTER
+    } else {
+        text
+    };
     EnvFilter::builder()
         .parse(text)
         .map_err(|error| LoggingError::Filter {
@@ -137,7 +141,10 @@ mod tests {
         assert_eq!("text".parse(), Ok(LogFormat::Text));
         assert_eq!("JSON".parse(), Ok(LogFormat::Json));
         let error = "xml".parse::<LogFormat>().expect_err("xml");
-        assert_eq!(error.to_string(), "\"xml\" is not a log format (text or json)");
+        assert_eq!(
+            error.to_string(),
+            "\"xml\" is not a log format (text or json)"
+        );
         assert_eq!(LogFormat::default(), LogFormat::Text);
         assert_eq!(LogFormat::Json.to_string(), "json");
     }

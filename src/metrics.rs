@@ -172,7 +172,11 @@ impl RunningGauge {
     ) {
         match result {
             Ok(FinishReceipt::Written(task)) => {
-                finished(task.outcome().status(), task.started_at(), task.finished_at());
+                finished(
+                    task.outcome().status(),
+                    task.started_at(),
+                    task.finished_at(),
+                );
             }
             Err(FinishError::Refused { refusal, .. }) => refused(refusal),
             Ok(FinishReceipt::Queued(_)) | Err(FinishError::Storage { .. }) => {}

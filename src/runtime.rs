@@ -1154,7 +1154,9 @@ impl Worker {
     /// task once the row is committed. See [`Task::start`].
     pub fn start(&self, task: Task<Queued>) -> Result<Task<Running>, StartError> {
         let started = task.start(&self.shared.registered, self.shared.storage.as_ref());
-        self.shared.running.started(&started, &self.shared.registered);
+        self.shared
+            .running
+            .started(&started, &self.shared.registered);
         started
     }
 
@@ -1202,7 +1204,9 @@ impl Worker {
             }
             Err(error) => Err(error),
         };
-        self.shared.running.finished(&receipt, &self.shared.registered);
+        self.shared
+            .running
+            .finished(&receipt, &self.shared.registered);
         receipt
     }
 

@@ -39,7 +39,9 @@ fn recorder() -> &'static Recorder {
     RECORDER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("the only recorder of this test binary");
+        recorder
+            .install()
+            .expect("the only recorder of this test binary");
         tasktrail::metrics::describe();
         Recorder {
             snapshotter,
@@ -224,7 +226,11 @@ fn starts_finishes_durations_and_the_running_gauge_move_with_each_task() {
     assert_eq!(moved.by(TASKS_FINISHED, &[("status", "interrupted")]), 1.0);
     assert_eq!(moved.by(TASKS_RUNNING, &[]), 0.0);
     assert_eq!(moved.by(TASKS_STARTED, &[]), 3.0);
-    assert_eq!(moved.by(TASKS_ABANDONED, &[]), 0.0, "stopped, not abandoned");
+    assert_eq!(
+        moved.by(TASKS_ABANDONED, &[]),
+        0.0,
+        "stopped, not abandoned"
+    );
 }
 
 #[test]
@@ -339,14 +345,8 @@ fn dead_workers_rows_are_counted_by_cause_and_never_in_the_gauge() {
         .boot()
         .expect("boot");
     assert_eq!(worker.recovered_at_boot().len(), 2);
-    assert_eq!(
-        moved.by(TASKS_RECOVERED, &[("cause", "deregistered")]),
-        1.0
-    );
-    assert_eq!(
-        moved.by(TASKS_RECOVERED, &[("cause", "process_gone")]),
-        1.0
-    );
+    assert_eq!(moved.by(TASKS_RECOVERED, &[("cause", "deregistered")]), 1.0);
+    assert_eq!(moved.by(TASKS_RECOVERED, &[("cause", "process_gone")]), 1.0);
     assert_eq!(moved.by(TASKS_ABANDONED, &[]), 0.0);
     assert_eq!(moved.by(TASKS_STARTED, &[]), 0.0, "not started by a Worker");
     assert_eq!(moved.by(TASKS_RUNNING, &[]), 0.0, "not this worker's tasks");
@@ -398,7 +398,10 @@ fn a_finish_that_waits_out_an_outage_counts_once_when_it_lands() {
     assert_eq!(observed, vec![42.0], "the time the work ended");
     assert_eq!(moved.until(TASKS_RUNNING, &[], 0.0), 0.0);
     worker.stop().expect("stop");
-    assert_eq!(moved.by(FINISHES_REFUSED, &[("reason", "already_finished")]), 0.0);
+    assert_eq!(
+        moved.by(FINISHES_REFUSED, &[("reason", "already_finished")]),
+        0.0
+    );
 }
 
 #[test]

@@ -129,7 +129,8 @@ enum Command {
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn parse_log_format(text: &str) -> Result<LogFormat, String> {
-    text.parse().map_err(|error: tasktrail::logging::LogFormatError| error.to_string())
+    text.parse()
+        .map_err(|error: tasktrail::logging::LogFormatError| error.to_string())
 }
 
 /// Whether stderr carries JSON log lines (`--log-format json`): the

@@ -223,10 +223,7 @@ fn a_bad_log_format_or_filter_is_one_line_and_exit_2_touching_nothing() {
         assert_eq!(output.status.code(), Some(2), "{filter}");
         let stderr = text(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.starts_with("tasktrail: TASKTRAIL_LOG="),
-            "{stderr}"
-        );
+        assert!(stderr.starts_with("tasktrail: TASKTRAIL_LOG="), "{stderr}");
         assert!(text(&output.stdout).is_empty());
         assert!(!db.exists(), "{filter}: nothing touched");
     }

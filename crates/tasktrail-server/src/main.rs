@@ -178,11 +178,11 @@ async fn serve(args: Args) -> Result<(), ServerError> {
             listener,
             router_with_metrics(router(Arc::clone(&dispatcher)), prometheus),
         )
-            .with_graceful_shutdown(async move {
-                let mut stop_requested = stop_requested;
-                let _ = stop_requested.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
+        .with_graceful_shutdown(async move {
+            let mut stop_requested = stop_requested;
+            let _ = stop_requested.wait_for(|stop| *stop).await;
+        })
+        .into_future(),
     );
     stop_signal().await;
     let _ = stopping.send(true);

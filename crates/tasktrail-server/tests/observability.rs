@@ -43,7 +43,11 @@ fn metrics_count_what_the_server_ran() {
     }
     let (code, text) = server.get_text("/metrics");
     assert_eq!(code, 200, "{text}");
-    assert_eq!(sample(&text, "tasktrail_tasks_started_total"), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, "tasktrail_tasks_started_total"),
+        Some(3.0),
+        "{text}"
+    );
     assert_eq!(
         sample(&text, r#"tasktrail_tasks_finished_total{status="success"}"#),
         Some(1.0),
@@ -54,9 +58,16 @@ fn metrics_count_what_the_server_ran() {
         Some(1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "tasktrail_tasks_running"), Some(1.0), "{text}");
     assert_eq!(
-        sample(&text, r#"tasktrail_task_duration_seconds_count{status="success"}"#),
+        sample(&text, "tasktrail_tasks_running"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tasktrail_task_duration_seconds_count{status="success"}"#
+        ),
         Some(1.0),
         "{text}"
     );
@@ -82,11 +93,18 @@ fn metrics_count_what_the_server_ran() {
     assert_eq!(code, 200);
     let (_, text) = server.get_text("/metrics");
     assert_eq!(
-        sample(&text, r#"tasktrail_tasks_finished_total{status="cancelled"}"#),
+        sample(
+            &text,
+            r#"tasktrail_tasks_finished_total{status="cancelled"}"#
+        ),
         Some(1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "tasktrail_tasks_running"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "tasktrail_tasks_running"),
+        Some(0.0),
+        "{text}"
+    );
     server.signal(15);
     assert!(server.child.wait().expect("wait").success());
 }
