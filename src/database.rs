@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use tasktrail_core::backend::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest,
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
 };
 use tasktrail_core::{
     RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
@@ -447,6 +447,21 @@ impl Storage for AnyStorage {
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.as_storage().recover_orphans(request, judge)
+    }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.as_storage().claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.as_storage().confirm_reports(reporter, tasks, at)
     }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.as_storage().record_session(session)

@@ -57,7 +57,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use chrono::Duration;
-use tasktrail_core::backend::{NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode};
+use tasktrail_core::backend::{
+    NoticingJudge, PolicyJudge, RecoveryRequest, ReportClaim, SweepMode,
+};
 use tasktrail_core::{
     Clock, FinishError, FinishRefusal, Finished, HostIdentity, InterruptReason, Liveness,
     LivenessPolicy, NoticedOwner, Outcome, ProcessProbe, Queued, RecoveredTask, RegisteredWorker,
@@ -322,6 +324,7 @@ pub enum BootError {
 }
 
 type EventHook = Box<dyn Fn(&WorkerEvent) + Send + Sync>;
+type RecoveryReporter = Box<dyn Fn(&RecoveredTask) -> std::io::Result<()> + Send + Sync>;
 
 /// Builds a [`Worker`]: `Worker::builder(storage)`, options, then
 /// [`boot`](WorkerBuilder::boot).
@@ -336,6 +339,7 @@ pub struct WorkerBuilder {
     probe_identity: Option<HostIdentity>,
     registration: Option<WorkerRegistration>,
     hook: Option<EventHook>,
+    reporter: Option<RecoveryReporter>,
     background: bool,
     retry_first: std::time::Duration,
     retry_cap: std::time::Duration,
@@ -421,6 +425,22 @@ impl WorkerBuilder {
     /// Keep it quick: log and return.
     pub fn on_event(mut self, hook: impl Fn(&WorkerEvent) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Delivers each recovered task's `[recovery]` report (prints
+    /// [`RecoveredTask::hint`], sends it on): the store confirms a report
+    /// only once this returns `Ok`. A report that could not be delivered
+    /// stays owed, and this worker delivers it again at its next sweep; a
+    /// report whose worker died before confirming it is taken over by the
+    /// next sweep of any worker that finds it dead. Without a reporter a
+    /// report counts as delivered once its `tasktrail::recovery` tracing
+    /// event and its [`WorkerEvent::Recovered`] are out.
+    pub fn recovery_reporter(
+        mut self,
+        reporter: impl Fn(&RecoveredTask) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.reporter = Some(Box::new(reporter));
         self
     }
 
@@ -512,6 +532,8 @@ impl WorkerBuilder {
             heartbeat_interval,
             sweep_interval,
             hook: self.hook,
+            reporter: self.reporter,
+            reporting: Mutex::new(()),
             declared_dead: AtomicBool::new(false),
             backoff: Backoff {
                 first: retry_first,
@@ -610,6 +632,10 @@ struct Shared {
     heartbeat_interval: Duration,
     sweep_interval: Duration,
     hook: Option<EventHook>,
+    reporter: Option<RecoveryReporter>,
+    /// Held across a sweep, its claim and their reports: one at a time, so
+    /// a report is delivered once.
+    reporting: Mutex<()>,
     declared_dead: AtomicBool,
     backoff: Backoff,
     upkeep: Mutex<UpkeepState>,
@@ -997,16 +1023,36 @@ impl Shared {
     fn interrupt_abandoned(&self) -> Vec<RecoveredTask> {
         let sweep = self.registered.interrupt_abandoned(self.storage.as_ref());
         for task in &sweep.recovered {
-            self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+            self.deliver(task);
         }
         self.record(Upkeep::AbandonedTasks, sweep.error.map_or(Ok(()), Err));
         sweep.recovered
     }
 
     /// One recovery sweep of other workers' dead rows, attributed to this
-    /// worker. Returns what it recovered (each also given to the hook).
+    /// worker, with the claim of reports nobody alive will deliver. Returns
+    /// what it reported: the reports taken over first, then the tasks it
+    /// recovered (each also given to the hook and the reporter).
     fn sweep_now(&self) -> Vec<RecoveredTask> {
+        let _one_at_a_time = self
+            .reporting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
+        // First the reports owed by dead reporters (and this worker's own
+        // undelivered ones): before the sweep, so the reports this sweep
+        // makes are not claimed back as undelivered.
+        let claimed = self.storage.claim_unreported_recoveries(
+            &ReportClaim {
+                claimant: self.registered.id(),
+                now,
+                unregistered_owed_before: now - self.policy.lease,
+            },
+            &PolicyJudge {
+                policy: &self.policy,
+                probe: self.probe.as_ref(),
+            },
+        );
         let judge = NoticingJudge::new(PolicyJudge {
             policy: &self.policy,
             probe: self.probe.as_ref(),
@@ -1020,8 +1066,16 @@ impl Shared {
             &judge,
         );
         let noticed = judge.into_noticed();
-        match swept {
-            Ok(recovered) => {
+        let (claimed, claim_error) = match claimed {
+            Ok(claimed) => (claimed, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        let (recovered, sweep_error) = match swept {
+            Ok(recovered) => (recovered, claim_error),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        match sweep_error {
+            None => {
                 let stalled: Vec<NoticedOwner> = noticed
                     .iter()
                     .filter(|owner| matches!(owner.verdict, Liveness::Stalled { .. }))
@@ -1041,19 +1095,56 @@ impl Shared {
                         _ => WorkerEvent::DeathNotYetProvable(Box::new(owner)),
                     });
                 }
-                for task in &recovered {
-                    self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
-                }
-                recovered
             }
-            Err(error) => {
+            Some(error) => {
                 {
                     let mut upkeep = self.upkeep();
                     upkeep.sweep_failures = upkeep.sweep_failures.saturating_add(1);
                     upkeep.next_sweep = now + self.upkeep_pause(upkeep.sweep_failures);
                 }
                 self.record(Upkeep::Sweep, Err(error));
-                Vec::new()
+            }
+        }
+        let mut reported = claimed;
+        reported.extend(recovered);
+        self.report(&reported);
+        reported
+    }
+
+    /// Delivers each report (tracing event, hook, reporter) and confirms in
+    /// the store the ones the reporter took. A confirmation that fails
+    /// leaves them owed: the next claim delivers them again (at least once).
+    fn report(&self, reported: &[RecoveredTask]) {
+        let delivered: Vec<TaskId> = reported
+            .iter()
+            .filter(|task| self.deliver(task))
+            .map(|task| task.task.id)
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        let confirmed =
+            self.storage
+                .confirm_reports(self.registered.id(), &delivered, self.clock.now());
+        if let Err(error) = confirmed {
+            self.record(Upkeep::Sweep, Err(error));
+        }
+    }
+
+    /// One report out: its tracing event, the hook, the reporter. Whether
+    /// the reporter took it.
+    fn deliver(&self, task: &RecoveredTask) -> bool {
+        crate::events::recovered(task);
+        self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+        let outcome = match &self.reporter {
+            Some(reporter) => reporter(task),
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(error) => {
+                crate::events::report_undelivered(task, &error);
+                false
             }
         }
     }
@@ -1073,6 +1164,7 @@ impl Worker {
             probe_identity: probe_identity(),
             registration: None,
             hook: None,
+            reporter: None,
             background: true,
             retry_first: defaults::RETRY_BACKOFF_FIRST,
             retry_cap: defaults::RETRY_BACKOFF_CAP,
@@ -1257,7 +1349,7 @@ impl Worker {
                 .registered
                 .interrupt_abandoned(shared.storage.as_ref());
             for task in &abandoned.recovered {
-                shared.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+                shared.deliver(task);
             }
             report.recovered.extend(abandoned.recovered);
             let keep: Vec<TaskId> = self
@@ -1338,7 +1430,10 @@ impl Drop for Worker {
 
 /// Runs the sweep now, outside any worker (the `tasktrail recover`
 /// command). The sweep is attributed to a fresh id that is never
-/// registered: `interrupted_by` names that operator sweep.
+/// registered: `interrupted_by` names that operator sweep. Each report
+/// counts as delivered once its `tasktrail::recovery` tracing event is out
+/// (the caller prints the returned tasks); use [`recover_now_noticing`]
+/// to confirm only what was delivered.
 pub fn recover_now<S: Storage + ?Sized>(
     storage: &S,
     clock: &dyn Clock,
@@ -1346,22 +1441,39 @@ pub fn recover_now<S: Storage + ?Sized>(
     policy: &LivenessPolicy,
     mode: SweepMode,
 ) -> Result<Vec<RecoveredTask>, StorageError> {
-    recover_now_noticing(storage, clock, probe, policy, mode).map(|sweep| sweep.recovered)
+    recover_now_noticing(storage, clock, probe, policy, mode, &|_| Ok(())).map(|sweep| {
+        let mut reported = sweep.taken_over;
+        reported.extend(sweep.recovered);
+        reported
+    })
 }
 
 /// What an operator sweep did and what it left alone worth reporting.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct OperatorSweep {
+    /// The reports it took over from reporters that died (or an earlier
+    /// operator sweep that could not deliver them) and delivered again.
+    pub taken_over: Vec<RecoveredTask>,
     /// The tasks it marked `interrupted` (a dry run: would mark).
     pub recovered: Vec<RecoveredTask>,
     /// The owners it left alone but an operator should hear about: stalled,
     /// or with a free lock that does not prove death yet.
     pub noticed: Vec<NoticedOwner>,
+    /// How many reports `reporter` refused: they stay owed, and a later
+    /// sweep delivers them.
+    pub undelivered: usize,
 }
 
-/// [`recover_now`], also telling which owners were left alone as stalled or
-/// not yet provably dead. A one-shot sweep on Postgres has just connected,
-/// so it never reads a free lock as death (it reports those owners as
+/// [`recover_now`], handing each report to `reporter` and confirming in the
+/// store only those it took, and also telling which owners were left alone
+/// as stalled or not yet provably dead. With [`SweepMode::Apply`] it first
+/// takes over the reports nobody alive will deliver (its own id is new, so
+/// those owed by an earlier operator sweep move once they are a lease old).
+/// A dry run hands `reporter` what it would recover and writes nothing.
+///
+/// A one-shot sweep on Postgres has just connected, so it never reads a
+/// free lock as death (it reports those owners as
 /// [`tasktrail_core::Unproven::JudgeWatchedTooBriefly`]) unless the pid probe
 /// applies; running workers' sweeps find them.
 pub fn recover_now_noticing<S: Storage + ?Sized>(
@@ -1370,19 +1482,51 @@ pub fn recover_now_noticing<S: Storage + ?Sized>(
     probe: &dyn ProcessProbe,
     policy: &LivenessPolicy,
     mode: SweepMode,
+    reporter: &dyn Fn(&RecoveredTask) -> std::io::Result<()>,
 ) -> Result<OperatorSweep, StorageError> {
     let now = clock.now();
+    let sweeper = WorkerId::new_random();
+    let taken_over = match mode {
+        SweepMode::Apply => storage.claim_unreported_recoveries(
+            &ReportClaim {
+                claimant: sweeper,
+                now,
+                unregistered_owed_before: now - policy.lease,
+            },
+            &PolicyJudge { policy, probe },
+        )?,
+        SweepMode::DryRun => Vec::new(),
+    };
     let judge = NoticingJudge::new(PolicyJudge { policy, probe });
     let recovered = storage.recover_orphans(
         &RecoveryRequest {
-            recovering_worker: WorkerId::new_random(),
+            recovering_worker: sweeper,
             now,
             mode,
         },
         &judge,
     )?;
+    let mut delivered = Vec::new();
+    let mut undelivered = 0;
+    for task in taken_over.iter().chain(&recovered) {
+        if mode == SweepMode::Apply {
+            crate::events::recovered(task);
+        }
+        match reporter(task) {
+            Ok(()) => delivered.push(task.task.id),
+            Err(error) => {
+                undelivered += 1;
+                crate::events::report_undelivered(task, &error);
+            }
+        }
+    }
+    if mode == SweepMode::Apply && !delivered.is_empty() {
+        storage.confirm_reports(sweeper, &delivered, clock.now())?;
+    }
     Ok(OperatorSweep {
+        taken_over,
         recovered,
         noticed: judge.into_noticed(),
+        undelivered,
     })
 }

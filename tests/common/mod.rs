@@ -253,6 +253,21 @@ impl Storage for PostgresBackend {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.store.recover_orphans(request, judge)
     }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.store.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.store.confirm_reports(reporter, tasks, at)
+    }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.store.record_session(session)
     }

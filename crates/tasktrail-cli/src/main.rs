@@ -276,18 +276,29 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             } else {
                 SweepMode::Apply
             };
+            // Each report is confirmed in the store only once its line is
+            // out: a line that could not be written stays owed.
             let sweep = recover_now_noticing(
                 storage.as_storage(),
                 &SystemClock,
                 &ProcfsProbe,
                 &policy,
                 mode,
+                &|task| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", task.hint())?;
+                    out.flush()
+                },
             )?;
+            if sweep.undelivered > 0 {
+                return Err(format!(
+                    "{} [recovery] line(s) could not be written; they stay owed and the next sweep reports them",
+                    sweep.undelivered
+                )
+                .into());
+            }
             let recovered = sweep.recovered;
             let mut out = std::io::stdout().lock();
-            for task in &recovered {
-                writeln!(out, "{}", task.hint())?;
-            }
             for owner in &sweep.noticed {
                 writeln!(out, "{}", output::noticed_owner_line(owner))?;
             }

@@ -417,6 +417,25 @@ pub enum DeathCause {
     HandleAbandoned,
 }
 
+impl DeathCause {
+    /// The cause as one stable snake_case word, for metric labels, log
+    /// fields and stored reports: `process_gone`, `pid_reused`,
+    /// `lease_expired`, `lock_released`, `deregistered`, `declared_dead`,
+    /// `unknown_worker`, `handle_abandoned`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeathCause::ProcessGone { .. } => "process_gone",
+            DeathCause::PidReused { .. } => "pid_reused",
+            DeathCause::LeaseExpired { .. } => "lease_expired",
+            DeathCause::LockReleased { .. } => "lock_released",
+            DeathCause::Deregistered => "deregistered",
+            DeathCause::DeclaredDead => "declared_dead",
+            DeathCause::UnknownWorker => "unknown_worker",
+            DeathCause::HandleAbandoned => "handle_abandoned",
+        }
+    }
+}
+
 impl fmt::Display for DeathCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
