@@ -564,3 +564,96 @@ fn an_empty_store_reports_zeros_and_no_durations() {
         MemoryStorage::new().stats(&stats.request).expect("stats")
     );
 }
+
+/// Rows that ended exactly at a window's start count; a millisecond
+/// earlier they do not. Durations: 1..=20 s success rows give the
+/// nearest-rank median 10 s and p95 19 s.
+fn check_window_edges<B: Backend>() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(store) = B::fresh(dir.path()) else {
+        return;
+    };
+    let now = now();
+    let since = Duration::days(7);
+    let clock = Arc::new(ManualClock::starting_at(now - Duration::days(30)));
+    let shared: Arc<dyn Clock> = clock.clone();
+    let worker =
+        RegisteredWorker::register(&store, registration("a", &clock), shared).expect("register");
+    let mut issue = 0;
+    let mut run = |start: Timestamp, end: Timestamp, end_as: End| {
+        issue += 1;
+        clock.set(start);
+        let task = Task::queue(spec(issue))
+            .start(&worker, &store)
+            .expect("start");
+        clock.set(end);
+        task.finish(outcome(&end_as), &store).expect("finish");
+    };
+    let edge = now - since;
+    let ms = Duration::milliseconds(1);
+    // In the window: 20 rows ending at its very start, 1..=20 s long.
+    for seconds in 1..=20 {
+        run(
+            edge - Duration::seconds(seconds),
+            edge,
+            End::Finished(TaskStatus::Success),
+        );
+    }
+    // Out of it by one millisecond: a very long failure.
+    run(
+        edge - Duration::days(1),
+        edge - ms,
+        End::Finished(TaskStatus::Failure),
+    );
+    // Interrupted exactly 24 h ago (recent), and 24 h + 1 ms ago (not).
+    let day = now - Duration::hours(24);
+    run(
+        day - Duration::seconds(5),
+        day,
+        End::Interrupted("worker received SIGTERM"),
+    );
+    run(
+        day - Duration::seconds(5),
+        day - ms,
+        End::Interrupted(WORKER_STOPPED_REASON),
+    );
+    let stats = store.stats(&StatsRequest { now, since }).expect("stats");
+    let success = stats.durations[0];
+    assert_eq!(success.status, TaskStatus::Success);
+    assert_eq!(
+        (success.rows, success.median, success.p95),
+        (20, Some(Duration::seconds(10)), Some(Duration::seconds(19)))
+    );
+    let failure = stats.durations[1];
+    assert_eq!(
+        (failure.status, failure.rows, failure.median),
+        (TaskStatus::Failure, 0, None)
+    );
+    assert_eq!(stats.interrupted_by(InterruptCause::FinishedInterrupted), 1);
+    assert_eq!(stats.interrupted_by(InterruptCause::WorkerStopped), 0);
+    let interrupted = stats.durations[3];
+    assert_eq!(
+        (interrupted.status, interrupted.rows),
+        (TaskStatus::Interrupted, 2)
+    );
+    assert_eq!(stats.rows_with(TaskStatus::Success), 20);
+    assert_eq!(stats.rows_with(TaskStatus::Failure), 1);
+}
+
+#[test]
+fn memory_windows_include_their_start_and_nothing_before() {
+    check_window_edges::<MemoryStorage>();
+}
+
+#[test]
+fn sqlite_windows_include_their_start_and_nothing_before() {
+    check_window_edges::<SqliteStorage>();
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_windows_include_their_start_and_nothing_before() {
+    if postgres_configured() {
+        check_window_edges::<common::PostgresBackend>();
+    }
+}
