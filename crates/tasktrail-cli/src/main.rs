@@ -101,7 +101,7 @@ enum Command {
     Stats {
         /// The duration window: durations of final rows that ended within
         /// it (`7d`, `12h`, `90m`, `1w`, or seconds).
-        #[arg(long, default_value = "7d", value_parser = since_window)]
+        #[arg(long, default_value = "7d", value_name = "DUR", value_parser = since_window)]
         since: chrono::Duration,
         /// JSON (one object; see docs/operations.md).
         #[arg(long)]
