@@ -189,16 +189,16 @@ fn now() -> Timestamp {
 
 /// The figures, computed here from the rows read back, without the
 /// library's own stats code: counts by hand, nearest rank by sorting.
-fn expected(
-    request: &StatsRequest,
-    rows: &[TaskRecord],
-    workers: &[WorkerRecord],
-) -> (
+/// Rows by status; running owners (worker, rows, oldest start, state);
+/// recent interruptions by cause; durations (rows, median, p95) by status.
+type Expected = (
     BTreeMap<TaskStatus, u64>,
     Vec<(Option<WorkerId>, u64, Timestamp, Option<WorkerState>)>,
     BTreeMap<InterruptCause, u64>,
     BTreeMap<TaskStatus, (u64, Option<Duration>, Option<Duration>)>,
-) {
+);
+
+fn expected(request: &StatsRequest, rows: &[TaskRecord], workers: &[WorkerRecord]) -> Expected {
     let mut by_status = BTreeMap::new();
     for row in rows {
         *by_status.entry(row.status).or_insert(0) += 1;

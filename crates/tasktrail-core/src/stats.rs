@@ -29,11 +29,9 @@ pub struct StatsRequest {
     pub since: Duration,
 }
 
-/// The `interrupt_reason` [`Worker::stop`] writes on the tasks still in
-/// flight (`tasktrail::runtime::STOPPED_REASON`; a test in the `tasktrail`
-/// crate checks the two agree).
-///
-/// [`Worker::stop`]: https://docs.rs/tasktrail/latest/tasktrail/runtime/struct.Worker.html#method.stop
+/// The `interrupt_reason` the `tasktrail` crate's `Worker::stop` writes on
+/// the tasks still in flight (`tasktrail::runtime::STOPPED_REASON`; a test
+/// in the `tasktrail` crate checks the two agree).
 pub const WORKER_STOPPED_REASON: &str = "worker stopped before the task finished";
 
 /// What a recovery sweep's `interrupt_reason` starts with
@@ -397,8 +395,7 @@ impl TaskStats {
                 }
             }
         }
-        running
-            .sort_by(|a, b| (a.oldest_started_at, a.worker).cmp(&(b.oldest_started_at, b.worker)));
+        running.sort_by_key(|owner| (owner.oldest_started_at, owner.worker));
         ended.sort();
         let durations = TaskStatus::ALL
             .iter()

@@ -184,7 +184,7 @@ pub(crate) fn assemble(
         );
     }
     let mut running = figures.running;
-    running.sort_by(|a, b| (a.oldest_started_at, a.worker).cmp(&(b.oldest_started_at, b.worker)));
+    running.sort_by_key(|owner| (owner.oldest_started_at, owner.worker));
     Ok(TaskStats {
         request: *request,
         by_status: TaskStatus::ALL
