@@ -398,6 +398,18 @@ impl AnyStorage {
         with_store!(self, |store| store.prune(request))
     }
 
+    /// The operator's figures (`SqliteStorage::stats` /
+    /// `PostgresStorage::stats`): rows by status, running rows per worker,
+    /// recent interruptions by cause, durations by status over the window;
+    /// computed in the database, reading only (fine on a store from
+    /// [`AnyStorage::open_read_only`]).
+    pub fn stats(
+        &self,
+        request: &tasktrail_core::StatsRequest,
+    ) -> Result<tasktrail_core::TaskStats, StorageError> {
+        with_store!(self, |store| store.stats(request))
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         with_store!(self, |store| store.migrate())

@@ -95,6 +95,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Figures about the trail: rows by status, running rows per worker
+    /// with the age of its oldest, interrupted rows of the last 24 h by
+    /// cause, median and p95 task duration by status. Reads only.
+    Stats {
+        /// The duration window: durations of final rows that ended within
+        /// it (`7d`, `12h`, `90m`, `1w`, or seconds).
+        #[arg(long, default_value = "7d", value_name = "DUR", value_parser = since_window)]
+        since: chrono::Duration,
+        /// JSON (one object; see docs/operations.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Retention: delete final rows that ended longer ago than --older-than,
     /// with their sessions, and stopped/dead workers no row names. Never a
     /// running row.
@@ -207,6 +219,19 @@ fn cli_duration(flag: &str, text: &str) -> CliResult<chrono::Duration> {
         return Err(format!("--{flag} must be more than zero").into());
     }
     Ok(chrono::Duration::from_std(duration)?)
+}
+
+/// `--since`: a duration as [`parse_duration_text`] reads it, more than
+/// zero, at most 100 years. A bad one is a usage error (exit 2).
+fn since_window(text: &str) -> Result<chrono::Duration, String> {
+    let duration = parse_duration_text("since", text).map_err(|error| error.to_string())?;
+    if duration.is_zero() {
+        return Err("--since must be more than zero".to_owned());
+    }
+    chrono::Duration::from_std(duration)
+        .ok()
+        .filter(|window| *window <= chrono::Duration::days(36_525))
+        .ok_or_else(|| format!("--since {:?} is longer than 100 years", text.trim()))
 }
 
 fn one_line(text: &str) -> String {
@@ -367,6 +392,14 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Sessions { json } => {
             let storage = open_read_only(&cli.db)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
+        }
+        Command::Stats { since, json } => {
+            let storage = open_read_only(&cli.db)?;
+            let stats = storage.stats(&tasktrail::StatsRequest {
+                now: SystemClock.now(),
+                since,
+            })?;
+            output::print_stats(&stats, json)?;
         }
         Command::Prune {
             older_than,

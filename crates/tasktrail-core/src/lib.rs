@@ -61,6 +61,7 @@ mod memory;
 mod outcome;
 mod record;
 mod spec;
+mod stats;
 mod status;
 mod storage;
 mod task;
@@ -83,6 +84,10 @@ pub use record::{
     TaskRecord,
 };
 pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
+pub use stats::{
+    nearest_rank, round_to_millis, DurationStats, InterruptCause, RunningOwner, StatsRequest,
+    TaskStats, UnknownCauseError, RECOVERY_REASON_PREFIX, WORKER_STOPPED_REASON,
+};
 pub use status::{TaskStatus, UnknownStatusError};
 pub use storage::{StorageError, StorageExt};
 pub use task::{

@@ -14,6 +14,7 @@ use crate::record::{
     PruneRequest, RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord,
     SweepMode, TaskFilter, TaskRecord,
 };
+use crate::stats::{StatsRequest, TaskStats};
 use crate::status::TaskStatus;
 use crate::storage::StorageError;
 use crate::worker::{
@@ -89,6 +90,18 @@ impl MemoryStorage {
     #[cfg(feature = "testing")]
     pub fn set_worker_lock(&self, worker: WorkerId, lock: OwnerLock) {
         self.lock().locks.insert(worker, lock);
+    }
+
+    /// The operator's figures (see [`TaskStats`]), over every row; reads
+    /// only.
+    pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        let inner = self.lock();
+        let workers: Vec<WorkerRecord> = inner.workers.values().cloned().collect();
+        Ok(TaskStats::from_records(
+            request,
+            inner.tasks.values(),
+            &workers,
+        ))
     }
 
     /// Deletes what `request` selects (see [`PruneRequest`]): final rows
