@@ -1236,7 +1236,9 @@ impl Worker {
 
     /// Runs what is due now by the worker's clock: interrupts abandoned
     /// tasks, heartbeats if a heartbeat interval has passed, sweeps if a
-    /// sweep interval has passed (or the boot sweep is still owed). The
+    /// sweep interval has passed (or the boot sweep is still owed). A
+    /// heartbeat, sweep or retry scheduled further ahead than its interval
+    /// means the clock stepped back since: it is due now. The
     /// background thread calls this; call it yourself only with
     /// [`WorkerBuilder::without_background_thread`].
     pub fn tick(&self) {
