@@ -61,10 +61,10 @@ use tasktrail_core::backend::{
     NoticingJudge, PolicyJudge, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
-    Clock, FinishError, FinishRefusal, Finished, HostIdentity, InterruptReason, Liveness,
-    LivenessPolicy, NoticedOwner, Outcome, ProcessProbe, Queued, RecoveredTask, RegisteredWorker,
-    Running, SessionId, StartError, Storage, StorageError, SystemClock, Task, TaskId, TaskStatus,
-    Timestamp, WorkerId, WorkerRegistration,
+    now_after_epoch, Clock, ClockBeforeEpochError, FinishError, FinishRefusal, Finished,
+    HostIdentity, InterruptReason, Liveness, LivenessPolicy, NoticedOwner, Outcome, ProcessProbe,
+    Queued, RecoveredTask, RegisteredWorker, Running, SessionId, StartError, Storage, StorageError,
+    SystemClock, Task, TaskId, TaskStatus, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use crate::host::{current_registration, probe_identity, HostError, ProcfsProbe};
@@ -321,6 +321,11 @@ pub enum BootError {
     /// deregistered again).
     #[error("could not start the worker's background thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The worker's clock reads before 1970: nothing was registered. (A
+    /// clock that steps back, or before 1970, under a running worker is
+    /// ridden out: see [`Worker::tick`].)
+    #[error(transparent)]
+    ClockBeforeEpoch(#[from] ClockBeforeEpochError),
 }
 
 type EventHook = Box<dyn Fn(&WorkerEvent) + Send + Sync>;
@@ -504,6 +509,7 @@ impl WorkerBuilder {
                 });
             }
         }
+        now_after_epoch(self.clock.as_ref())?;
         let registration = match self.registration {
             Some(registration) => registration,
             None => current_registration(self.clock.as_ref())?,
@@ -642,6 +648,17 @@ struct Shared {
     queued: Mutex<QueuedOutcomes>,
 }
 
+/// Whether something scheduled for `due`, at most `longest` after the time
+/// it was scheduled at, is due at `now`. Further ahead than `longest`, the
+/// clock stepped back since (NTP, an operator, a virtual machine restored
+/// from a snapshot, a clock set before 1970): it is due now, not once the
+/// clock has caught up again (an hour without heartbeats, sweeps or retries
+/// after a step back of an hour). Its next time is then scheduled from the
+/// new `now`.
+fn is_due(now: Timestamp, due: Timestamp, longest: Duration) -> bool {
+    now >= due || due - now > longest
+}
+
 /// Capped exponential backoff.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -650,6 +667,11 @@ struct Backoff {
 }
 
 impl Backoff {
+    /// The longest pause [`pause`](Self::pause) gives.
+    fn longest(self) -> Duration {
+        self.cap.max(Duration::milliseconds(1))
+    }
+
     /// The pause after the `failures`-th consecutive failure (1-based),
     /// at most `cap`.
     fn pause(self, failures: u32, cap: Duration) -> Duration {
@@ -842,7 +864,7 @@ impl Shared {
                 silent_for: since_last_tick,
             });
         }
-        let heartbeat_due = now >= self.upkeep().next_heartbeat;
+        let heartbeat_due = is_due(now, self.upkeep().next_heartbeat, self.heartbeat_interval);
         if heartbeat_due {
             let beat = self.registered.heartbeat(self.storage.as_ref());
             {
@@ -868,7 +890,11 @@ impl Shared {
             });
         }
         self.interrupt_abandoned();
-        let sweep_due = self.clock.now() >= self.upkeep().next_sweep;
+        let sweep_due = is_due(
+            self.clock.now(),
+            self.upkeep().next_sweep,
+            self.sweep_interval.max(self.heartbeat_interval),
+        );
         if sweep_due && !self.declared_dead.load(Ordering::SeqCst) {
             self.sweep_now();
         }
@@ -935,7 +961,7 @@ impl Shared {
             let mut queued = self.queued();
             let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut queued.waiting)
                 .into_iter()
-                .partition(|q| all || q.next_attempt <= now);
+                .partition(|q| all || is_due(now, q.next_attempt, self.backoff.longest()));
             queued.waiting = waiting;
             queued.attempting = due.iter().map(|q| q.pending.clone()).collect();
             due
@@ -1302,7 +1328,9 @@ impl Worker {
 
     /// Runs what is due now by the worker's clock: interrupts abandoned
     /// tasks, heartbeats if a heartbeat interval has passed, sweeps if a
-    /// sweep interval has passed (or the boot sweep is still owed). The
+    /// sweep interval has passed (or the boot sweep is still owed). A
+    /// heartbeat, sweep or retry scheduled further ahead than its interval
+    /// means the clock stepped back since: it is due now. The
     /// background thread calls this; call it yourself only with
     /// [`WorkerBuilder::without_background_thread`].
     pub fn tick(&self) {

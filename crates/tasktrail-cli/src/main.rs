@@ -251,7 +251,15 @@ fn open_read_only(db: &str) -> CliResult<AnyStorage> {
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
     // Validate arguments before touching the database: bad input writes
-    // nothing.
+    // nothing. The commands that write or judge with the time (a worker's
+    // rows, a sweep's verdicts, a prune's cut-off) refuse a clock before
+    // 1970 before they open anything; the others never read the clock.
+    if matches!(
+        cli.command,
+        Command::Worker(_) | Command::Recover { .. } | Command::Prune { .. } | Command::Demo
+    ) {
+        tasktrail::now_after_epoch(&SystemClock)?;
+    }
     match cli.command {
         Command::Migrate { adopt: true } => {
             let url = DatabaseUrl::parse(&cli.db)?;

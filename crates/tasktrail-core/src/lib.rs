@@ -73,7 +73,10 @@ pub mod conformance;
 pub mod intercept;
 
 pub use backend::Storage;
-pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{
+    now_after_epoch, timestamp_from_system_time, truncate_to_micros, Clock, ClockBeforeEpochError,
+    ManualClock, SystemClock, Timestamp,
+};
 pub use ids::{InvalidIdError, InvalidSessionIdError, SessionId, TaskId, WorkerId};
 pub use memory::MemoryStorage;
 pub use outcome::{
