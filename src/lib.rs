@@ -72,6 +72,9 @@ pub mod events;
 pub mod host;
 #[cfg(feature = "json")]
 pub mod json;
+#[cfg(feature = "logging")]
+pub mod logging;
+pub mod metrics;
 pub mod runtime;
 
 pub use tasktrail_core::*;

@@ -558,6 +558,7 @@ impl WorkerBuilder {
                 stalled_neighbours: Vec::new(),
             }),
             queued: Mutex::new(QueuedOutcomes::default()),
+            running: crate::metrics::RunningGauge::default(),
         });
         let recovered_at_boot = shared.sweep_now();
         let mut worker = Worker {
@@ -646,6 +647,7 @@ struct Shared {
     backoff: Backoff,
     upkeep: Mutex<UpkeepState>,
     queued: Mutex<QueuedOutcomes>,
+    running: crate::metrics::RunningGauge,
 }
 
 /// Whether something scheduled for `due`, at most `longest` after the time
@@ -780,6 +782,7 @@ fn background(shared: &Shared, wakeup: &Wakeup) {
 
 impl Shared {
     fn emit(&self, event: WorkerEvent) {
+        crate::metrics::event(&event);
         if let Some(hook) = &self.hook {
             hook(&event);
         }
@@ -898,6 +901,7 @@ impl Shared {
         if sweep_due && !self.declared_dead.load(Ordering::SeqCst) {
             self.sweep_now();
         }
+        self.running.sync(&self.registered);
     }
 
     /// Queues a finish that hit a transient failure.
@@ -985,8 +989,10 @@ impl Shared {
                 mut pending,
                 ..
             } = queued;
+            let started_at = task.started_at();
             match task.finish_at(outcome, pending.finished_at, self.storage.as_ref()) {
                 Ok(_) => {
+                    crate::metrics::finished(pending.status, started_at, pending.finished_at);
                     let waited = (self.clock.now() - pending.finished_at)
                         .to_std()
                         .unwrap_or_default();
@@ -1000,6 +1006,7 @@ impl Shared {
                     refusal: FinishRefusal::AlreadyFinished { status },
                     ..
                 }) if status == pending.status => {
+                    crate::metrics::finished(pending.status, started_at, pending.finished_at);
                     let waited = (self.clock.now() - pending.finished_at)
                         .to_std()
                         .unwrap_or_default();
@@ -1007,6 +1014,7 @@ impl Shared {
                     self.emit(WorkerEvent::OutcomeWritten { pending, waited });
                 }
                 Err(FinishError::Refused { refusal, .. }) => {
+                    crate::metrics::refused(&refusal);
                     self.emit(WorkerEvent::OutcomeRefused { pending, refusal });
                 }
                 Err(FinishError::Storage {
@@ -1263,7 +1271,11 @@ impl Worker {
     /// Starts a task: INSERTs its `running` row and returns the running
     /// task once the row is committed. See [`Task::start`].
     pub fn start(&self, task: Task<Queued>) -> Result<Task<Running>, StartError> {
-        task.start(&self.shared.registered, self.shared.storage.as_ref())
+        let started = task.start(&self.shared.registered, self.shared.storage.as_ref());
+        self.shared
+            .running
+            .started(&started, &self.shared.registered);
+        started
     }
 
     /// Records the SDK session a running task runs under. See
@@ -1295,7 +1307,7 @@ impl Worker {
         outcome: Outcome,
     ) -> Result<FinishReceipt, FinishError> {
         let finished_at = self.shared.clock.now();
-        match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
+        let receipt = match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
             Ok(finished) => Ok(FinishReceipt::Written(Box::new(finished))),
             Err(FinishError::Storage {
                 error,
@@ -1309,7 +1321,11 @@ impl Worker {
                 Ok(FinishReceipt::Queued(pending))
             }
             Err(error) => Err(error),
-        }
+        };
+        self.shared
+            .running
+            .finished(&receipt, &self.shared.registered);
+        receipt
     }
 
     /// The outcomes waiting for their UPDATE after a transient failure,
@@ -1390,6 +1406,7 @@ impl Worker {
                 &reason,
                 &keep,
             );
+            crate::metrics::interrupted_at_stop(interrupted.len());
             report.interrupted.extend(interrupted);
             let error = match (queued_error.or(abandoned.error), in_flight_error) {
                 (_, Some(error)) | (Some(error), None) => Some(error),

@@ -9,10 +9,12 @@ mod simulate;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use tasktrail::backend::SweepMode;
 use tasktrail::host::{probe_identity, ProcfsProbe};
+use tasktrail::logging::LogFormat;
 use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
     AnyStorage, Clock, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
@@ -32,6 +34,12 @@ struct Cli {
         hide_env_values = true
     )]
     db: String,
+
+    /// How log lines are written on stderr: text, or json (one object per
+    /// line). Which events: the TASKTRAIL_LOG filter (default info; off
+    /// silences them). Stdout is the same either way.
+    #[arg(long, global = true, default_value = "text", value_parser = parse_log_format)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -132,6 +140,48 @@ enum Command {
 /// A failure to report as one line.
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
+        .map_err(|error: tasktrail::logging::LogFormatError| error.to_string())
+}
+
+/// Whether stderr carries JSON log lines (`--log-format json`): the
+/// worker's warnings then go out as log events, so every line parses.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// The target of the CLI's own log events.
+pub(crate) const LOG_TARGET: &str = "tasktrail_cli::worker";
+
+/// A warning: `tasktrail: warning: ...` on stderr, or a `warn` log event
+/// with `--log-format json`.
+pub(crate) fn warn(message: impl std::fmt::Display) {
+    let message = one_line(&message.to_string());
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::warn!(target: LOG_TARGET, "{message}");
+    } else {
+        report(&format!("tasktrail: warning: {message}"));
+    }
+}
+
+/// A notice: `tasktrail: ...` on stderr, or an `info` log event with
+/// `--log-format json`.
+pub(crate) fn note(message: impl std::fmt::Display) {
+    note_at(tracing::Level::INFO, message);
+}
+
+/// A notice: `tasktrail: ...` on stderr, or a log event at `level` with
+/// `--log-format json`.
+pub(crate) fn note_at(level: tracing::Level, message: impl std::fmt::Display) {
+    let message = one_line(&message.to_string());
+    if !JSON_LOGS.load(Ordering::Relaxed) {
+        report(&format!("tasktrail: {message}"));
+    } else if level == tracing::Level::WARN {
+        tracing::warn!(target: LOG_TARGET, "{message}");
+    } else {
+        tracing::info!(target: LOG_TARGET, "{message}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -157,6 +207,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Logging before anything else: a bad TASKTRAIL_LOG is one line and
+    // exit 2, like a bad flag, and nothing was touched.
+    if let Err(error) = tasktrail::logging::install(cli.log_format) {
+        report(&format!("tasktrail: {}", one_line(&error.to_string())));
+        return ExitCode::from(2);
+    }
+    JSON_LOGS.store(cli.log_format == LogFormat::Json, Ordering::Relaxed);
     match run(cli) {
         Ok(code) => code,
         Err(error) => {

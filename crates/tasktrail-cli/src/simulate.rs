@@ -185,7 +185,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info.payload().is::<SimulatedPanic>() {
-            crate::report("tasktrail: a task panicked (--panic-rate)");
+            crate::note_at(tracing::Level::WARN, "a task panicked (--panic-rate)");
         } else {
             previous_hook(info);
         }
@@ -247,6 +247,13 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         worker.registration().pid,
         worker.recovered_at_boot().len()
     ));
+    tracing::info!(
+        target: crate::LOG_TARGET,
+        worker_id = %worker.id(),
+        pid = worker.registration().pid,
+        recovered = worker.recovered_at_boot().len(),
+        "worker booted"
+    );
     let worker = Arc::new(worker);
 
     let remaining = Arc::new(AtomicU32::new(plan.tasks));
@@ -296,21 +303,16 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// One warning line on stderr, whatever line breaks the error's text holds
-/// (libpq's messages span several).
+/// One warning line on stderr (or a log event with `--log-format json`),
+/// whatever line breaks the error's text holds (libpq's messages span
+/// several).
 fn warn(message: impl std::fmt::Display) {
-    crate::report(&format!(
-        "tasktrail: warning: {}",
-        crate::one_line(&message.to_string())
-    ));
+    crate::warn(message);
 }
 
-/// The queued outcome that landed, on one line of stderr.
+/// The queued outcome that landed, on one line of stderr (or a log event).
 fn note(message: impl std::fmt::Display) {
-    crate::report(&format!(
-        "tasktrail: {}",
-        crate::one_line(&message.to_string())
-    ));
+    crate::note(message);
 }
 
 /// One `unwritten <id> <status>` line on stderr per task whose outcome the
