@@ -783,6 +783,7 @@ fn background(shared: &Shared, wakeup: &Wakeup) {
 impl Shared {
     fn emit(&self, event: WorkerEvent) {
         crate::metrics::event(&event);
+        crate::events::worker_event(self.registered.id(), &event);
         if let Some(hook) = &self.hook {
             hook(&event);
         }
@@ -1108,6 +1109,7 @@ impl Shared {
             Ok(recovered) => (recovered, claim_error),
             Err(error) => (Vec::new(), Some(error)),
         };
+        let sweep_failed = sweep_error.is_some();
         match sweep_error {
             None => {
                 let stalled: Vec<NoticedOwner> = noticed
@@ -1139,6 +1141,12 @@ impl Shared {
                 self.record(Upkeep::Sweep, Err(error));
             }
         }
+        crate::events::sweep_summary(
+            self.registered.id(),
+            recovered.len(),
+            claimed.len(),
+            sweep_failed,
+        );
         let mut reported = claimed;
         reported.extend(recovered);
         self.report(&reported);
@@ -1272,6 +1280,9 @@ impl Worker {
     /// task once the row is committed. See [`Task::start`].
     pub fn start(&self, task: Task<Queued>) -> Result<Task<Running>, StartError> {
         let started = task.start(&self.shared.registered, self.shared.storage.as_ref());
+        if let Ok(task) = &started {
+            crate::events::started(task);
+        }
         self.shared
             .running
             .started(&started, &self.shared.registered);
@@ -1307,6 +1318,7 @@ impl Worker {
         outcome: Outcome,
     ) -> Result<FinishReceipt, FinishError> {
         let finished_at = self.shared.clock.now();
+        let status = outcome.status();
         let receipt = match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
             Ok(finished) => Ok(FinishReceipt::Written(Box::new(finished))),
             Err(FinishError::Storage {
@@ -1322,6 +1334,13 @@ impl Worker {
             }
             Err(error) => Err(error),
         };
+        match &receipt {
+            Ok(FinishReceipt::Written(finished)) => crate::events::finished(finished),
+            Err(FinishError::Refused { id, refusal }) => {
+                crate::events::finish_refused(*id, status, refusal)
+            }
+            _ => {}
+        }
         self.shared
             .running
             .finished(&receipt, &self.shared.registered);
