@@ -141,6 +141,10 @@ impl Worker {
             .arg("worker")
             .args(args)
             .env_remove("TASKTRAIL_DB")
+            // The library's log events (task started, finished...) would go
+            // to stderr, which these tests keep for what went wrong: only
+            // warnings and errors.
+            .env("TASKTRAIL_LOG", "warn,tasktrail::recovery=off")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
