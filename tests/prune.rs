@@ -326,7 +326,10 @@ fn a_row_whose_recovery_report_is_owed_is_kept<B: Backend>() {
         SweepMode::Apply,
         &|task| {
             if task.task.id == owed {
-                Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed (test)"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "closed (test)",
+                ))
             } else {
                 Ok(())
             }

@@ -1008,3 +1008,49 @@ fn stats_on_postgres_counts_what_list_shows() {
         "every interrupted row here is a panicked (abandoned) task"
     );
 }
+
+#[test]
+fn a_recovery_line_that_cannot_be_written_stays_owed_and_a_later_recover_prints_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // stdout on a full device: the sweep commits, its line cannot be
+    // written.
+    let script = format!(
+        "'{}' --db '{}' recover --lease 1s >/dev/full; echo \"exit=$?\" >&2",
+        env!("CARGO_BIN_EXE_tasktrail"),
+        db.display()
+    );
+    let closed = Command::new("bash")
+        .args(["-c", &script])
+        .env("TASKTRAIL_LOG", "off")
+        .output()
+        .expect("bash");
+    let text = stderr(&closed);
+    assert!(text.contains("exit=1"), "{text}");
+    assert!(text.contains("stay owed"), "{text}");
+    assert_eq!(list_json(&db)[0]["status"], "interrupted");
+    // Its sweep may still be printing: not taken over while younger than
+    // the lease.
+    let early = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(early.status.success(), "{}", stderr(&early));
+    assert!(
+        !stdout(&early).contains("[recovery] "),
+        "{}",
+        stdout(&early)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let later = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(later.status.success(), "{}", stderr(&later));
+    let printed = stdout(&later);
+    let lines: Vec<&str> = printed
+        .lines()
+        .filter(|line| line.starts_with("[recovery] "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stdout(&later));
+    assert!(lines[0].contains(&ids[0]), "{}", lines[0]);
+    let again = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(!stdout(&again).contains("[recovery] "), "printed once");
+}
