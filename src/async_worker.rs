@@ -23,7 +23,7 @@
 //!   is stored. Dropped after: the row commits, and the `Task<Running>`
 //!   nobody received is dropped, which abandons it: the worker interrupts
 //!   it (reason [`ABANDONED_REASON`](crate::ABANDONED_REASON), sessions
-//!   invalidated, one `[recovery]` line as a [`WorkerEvent::Recovered`]) at
+//!   invalidated, one `[recovery]` line as a [`WorkerEvent::Recovered`](crate::runtime::WorkerEvent::Recovered)) at
 //!   once, on its background thread.
 //! - [`finish`](AsyncWorker::finish) dropped: the UPDATE still runs to its
 //!   end on the blocking pool, with the outcome it was given. If it fails,

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use tasktrail_core::backend::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest,
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
 };
 use tasktrail_core::{
     RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
@@ -398,6 +398,18 @@ impl AnyStorage {
         with_store!(self, |store| store.prune(request))
     }
 
+    /// The operator's figures (`SqliteStorage::stats` /
+    /// `PostgresStorage::stats`): rows by status, running rows per worker,
+    /// recent interruptions by cause, durations by status over the window;
+    /// computed in the database, reading only (fine on a store from
+    /// [`AnyStorage::open_read_only`]).
+    pub fn stats(
+        &self,
+        request: &tasktrail_core::StatsRequest,
+    ) -> Result<tasktrail_core::TaskStats, StorageError> {
+        with_store!(self, |store| store.stats(request))
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         with_store!(self, |store| store.migrate())
@@ -447,6 +459,21 @@ impl Storage for AnyStorage {
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.as_storage().recover_orphans(request, judge)
+    }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.as_storage().claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.as_storage().confirm_reports(reporter, tasks, at)
     }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.as_storage().record_session(session)

@@ -4,7 +4,7 @@
 //! so a script reads the same keys from either.
 
 use serde_json::{json, Value};
-use tasktrail_core::{SessionRecord, TaskRecord, Timestamp};
+use tasktrail_core::{SessionRecord, TaskRecord, TaskStats, Timestamp};
 
 /// A time as RFC 3339 text with microseconds, or `null`.
 pub fn time(at: Option<Timestamp>) -> Value {
@@ -50,5 +50,73 @@ pub fn session_json(row: &SessionRecord) -> Value {
         "created_at": time(Some(row.created_at)),
         "invalidated_at": time(row.invalidated_at),
         "invalidation_reason": row.invalidation_reason,
+    })
+}
+
+fn millis(duration: Option<chrono::Duration>) -> Value {
+    duration.map_or(Value::Null, |duration| json!(duration.num_milliseconds()))
+}
+
+/// The operator's figures (`tasktrail stats --json`): `now`;
+/// `rows_by_status` (every status, zeros included); `running` (one object
+/// per owner of running rows, oldest row first: `worker_id`, `host`, `pid`,
+/// `state`, `rows`, `oldest_started_at`, `oldest_age_ms`); `interrupted`
+/// (`since`, and `by_cause`: every cause, zeros included); `durations`
+/// (`since`, `window_seconds`, and `by_status`: each final status's `rows`,
+/// `median_ms`, `p95_ms`, `null` without rows).
+pub fn stats_json(stats: &TaskStats) -> Value {
+    let now = stats.request.now;
+    let by_status: serde_json::Map<String, Value> = stats
+        .by_status
+        .iter()
+        .map(|(status, rows)| (status.as_str().to_owned(), json!(rows)))
+        .collect();
+    let running: Vec<Value> = stats
+        .running
+        .iter()
+        .map(|owner| {
+            json!({
+                "worker_id": owner.worker.map(|id| id.to_string()),
+                "host": owner.host,
+                "pid": owner.pid,
+                "state": owner.state.map(|state| state.as_str()),
+                "rows": owner.rows,
+                "oldest_started_at": time(owner.oldest_started_at),
+                "oldest_age_ms": millis(owner.oldest_age(now)),
+            })
+        })
+        .collect();
+    let by_cause: serde_json::Map<String, Value> = stats
+        .interrupted
+        .iter()
+        .map(|(cause, rows)| (cause.as_str().to_owned(), json!(rows)))
+        .collect();
+    let durations: serde_json::Map<String, Value> = stats
+        .durations
+        .iter()
+        .map(|figures| {
+            (
+                figures.status.as_str().to_owned(),
+                json!({
+                    "rows": figures.rows,
+                    "median_ms": millis(figures.median),
+                    "p95_ms": millis(figures.p95),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "now": time(Some(now)),
+        "rows_by_status": by_status,
+        "running": running,
+        "interrupted": {
+            "since": time(Some(stats.request.interrupted_start())),
+            "by_cause": by_cause,
+        },
+        "durations": {
+            "since": time(Some(stats.request.window_start())),
+            "window_seconds": stats.request.since.num_seconds(),
+            "by_status": durations,
+        },
     })
 }

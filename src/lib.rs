@@ -68,6 +68,7 @@
 #[cfg(feature = "async")]
 pub mod async_worker;
 pub mod database;
+pub mod events;
 pub mod host;
 #[cfg(feature = "json")]
 pub mod json;

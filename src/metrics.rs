@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | [`TASKS_STARTED`] | counter | | a start's INSERT committed |
 //! | [`TASKS_FINISHED`] | counter | `status` | this process's UPDATE made a row final: a finish (at once or after a store outage), or `interrupted` at stop |
-//! | [`TASKS_RECOVERED`] | counter | `cause` ([`DeathCause::kind`]) | one per `[recovery]` line this process reports: dead workers' rows its sweeps interrupted, and its own abandoned tasks (`handle_abandoned`) |
+//! | [`TASKS_RECOVERED`] | counter | `cause` ([`DeathCause::kind`]) | one per task this process marked `interrupted` with a `[recovery]` report: dead workers' rows its sweeps interrupted, and its own abandoned tasks (`handle_abandoned`); counted when the row changes (a report delivered again, or taken over from a dead reporter, is not counted again) |
 //! | [`FINISHES_REFUSED`] | counter | `reason` ([`refusal_kind`]) | a finish found the row no longer this worker's running task; nothing was written |
 //! | [`TASKS_ABANDONED`] | counter | | a task handle was dropped without a finish and the worker interrupted its row |
 //! | [`TASKS_RUNNING`] | gauge | | this process's tasks started and not yet final (finishes waiting out a store outage included) |
@@ -24,11 +24,11 @@ use std::sync::{Mutex, PoisonError};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 use tasktrail_core::{
-    DeathCause, FinishError, FinishRefusal, RegisteredWorker, Running, StartError, Task,
-    TaskStatus, Timestamp,
+    DeathCause, FinishError, FinishRefusal, RecoveredTask, RegisteredWorker, Running, StartError,
+    Task, TaskStatus, Timestamp,
 };
 
-use crate::runtime::{FinishReceipt, WorkerEvent};
+use crate::runtime::FinishReceipt;
 
 /// Counter: tasks started (their `running` row committed).
 pub const TASKS_STARTED: &str = "tasktrail_tasks_started_total";
@@ -120,11 +120,13 @@ pub(crate) fn interrupted_at_stop(tasks: usize) {
         .increment(u64::try_from(tasks).unwrap_or(u64::MAX));
 }
 
-/// Counts what an event says happened: each [`WorkerEvent::Recovered`] is
-/// one [`TASKS_RECOVERED`] (and, for an abandoned handle, one
-/// [`TASKS_ABANDONED`]).
-pub(crate) fn event(event: &WorkerEvent) {
-    if let WorkerEvent::Recovered(task) = event {
+/// Tasks this process just marked `interrupted` (a sweep's rows, or
+/// abandoned handles): each one [`TASKS_RECOVERED`] by cause (and, for an
+/// abandoned handle, one [`TASKS_ABANDONED`]). Counted when the row
+/// changes, not when its report is delivered, so a report delivered again
+/// or taken over from a dead reporter is not counted twice.
+pub(crate) fn recovered(tasks: &[RecoveredTask]) {
+    for task in tasks {
         counter!(TASKS_RECOVERED, "cause" => task.cause.kind()).increment(1);
         if matches!(task.cause, DeathCause::HandleAbandoned) {
             counter!(TASKS_ABANDONED).increment(1);

@@ -57,12 +57,14 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use chrono::Duration;
-use tasktrail_core::backend::{NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode};
+use tasktrail_core::backend::{
+    NoticingJudge, PolicyJudge, RecoveryRequest, ReportClaim, SweepMode,
+};
 use tasktrail_core::{
-    Clock, FinishError, FinishRefusal, Finished, HostIdentity, InterruptReason, Liveness,
-    LivenessPolicy, NoticedOwner, Outcome, ProcessProbe, Queued, RecoveredTask, RegisteredWorker,
-    Running, SessionId, StartError, Storage, StorageError, SystemClock, Task, TaskId, TaskStatus,
-    Timestamp, WorkerId, WorkerRegistration,
+    now_after_epoch, Clock, ClockBeforeEpochError, FinishError, FinishRefusal, Finished,
+    HostIdentity, InterruptReason, Liveness, LivenessPolicy, NoticedOwner, Outcome, ProcessProbe,
+    Queued, RecoveredTask, RegisteredWorker, Running, SessionId, StartError, Storage, StorageError,
+    SystemClock, Task, TaskId, TaskStatus, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use crate::host::{current_registration, probe_identity, HostError, ProcfsProbe};
@@ -319,9 +321,15 @@ pub enum BootError {
     /// deregistered again).
     #[error("could not start the worker's background thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The worker's clock reads before 1970: nothing was registered. (A
+    /// clock that steps back, or before 1970, under a running worker is
+    /// ridden out: see [`Worker::tick`].)
+    #[error(transparent)]
+    ClockBeforeEpoch(#[from] ClockBeforeEpochError),
 }
 
 type EventHook = Box<dyn Fn(&WorkerEvent) + Send + Sync>;
+type RecoveryReporter = Box<dyn Fn(&RecoveredTask) -> std::io::Result<()> + Send + Sync>;
 
 /// Builds a [`Worker`]: `Worker::builder(storage)`, options, then
 /// [`boot`](WorkerBuilder::boot).
@@ -336,6 +344,7 @@ pub struct WorkerBuilder {
     probe_identity: Option<HostIdentity>,
     registration: Option<WorkerRegistration>,
     hook: Option<EventHook>,
+    reporter: Option<RecoveryReporter>,
     background: bool,
     retry_first: std::time::Duration,
     retry_cap: std::time::Duration,
@@ -424,6 +433,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// Delivers each recovered task's `[recovery]` report (prints
+    /// [`RecoveredTask::hint`], sends it on): the store confirms a report
+    /// only once this returns `Ok`. A report that could not be delivered
+    /// stays owed, and this worker delivers it again at its next sweep; a
+    /// report whose worker died before confirming it is taken over by the
+    /// next sweep of any worker that finds it dead. Without a reporter a
+    /// report counts as delivered once its `tasktrail::recovery` tracing
+    /// event and its [`WorkerEvent::Recovered`] are out.
+    pub fn recovery_reporter(
+        mut self,
+        reporter: impl Fn(&RecoveredTask) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.reporter = Some(Box::new(reporter));
+        self
+    }
+
     /// The backoff of failed writes: the first retry after `first`, each
     /// next pause doubled, at most `cap` (defaults
     /// [`defaults::RETRY_BACKOFF_FIRST`], [`defaults::RETRY_BACKOFF_CAP`]).
@@ -484,6 +509,7 @@ impl WorkerBuilder {
                 });
             }
         }
+        now_after_epoch(self.clock.as_ref())?;
         let registration = match self.registration {
             Some(registration) => registration,
             None => current_registration(self.clock.as_ref())?,
@@ -512,6 +538,8 @@ impl WorkerBuilder {
             heartbeat_interval,
             sweep_interval,
             hook: self.hook,
+            reporter: self.reporter,
+            reporting: Mutex::new(()),
             declared_dead: AtomicBool::new(false),
             backoff: Backoff {
                 first: retry_first,
@@ -611,11 +639,26 @@ struct Shared {
     heartbeat_interval: Duration,
     sweep_interval: Duration,
     hook: Option<EventHook>,
+    reporter: Option<RecoveryReporter>,
+    /// Held across a sweep, its claim and their reports: one at a time, so
+    /// a report is delivered once.
+    reporting: Mutex<()>,
     declared_dead: AtomicBool,
     backoff: Backoff,
     upkeep: Mutex<UpkeepState>,
     queued: Mutex<QueuedOutcomes>,
     running: crate::metrics::RunningGauge,
+}
+
+/// Whether something scheduled for `due`, at most `longest` after the time
+/// it was scheduled at, is due at `now`. Further ahead than `longest`, the
+/// clock stepped back since (NTP, an operator, a virtual machine restored
+/// from a snapshot, a clock set before 1970): it is due now, not once the
+/// clock has caught up again (an hour without heartbeats, sweeps or retries
+/// after a step back of an hour). Its next time is then scheduled from the
+/// new `now`.
+fn is_due(now: Timestamp, due: Timestamp, longest: Duration) -> bool {
+    now >= due || due - now > longest
 }
 
 /// Capped exponential backoff.
@@ -626,6 +669,11 @@ struct Backoff {
 }
 
 impl Backoff {
+    /// The longest pause [`pause`](Self::pause) gives.
+    fn longest(self) -> Duration {
+        self.cap.max(Duration::milliseconds(1))
+    }
+
     /// The pause after the `failures`-th consecutive failure (1-based),
     /// at most `cap`.
     fn pause(self, failures: u32, cap: Duration) -> Duration {
@@ -734,7 +782,7 @@ fn background(shared: &Shared, wakeup: &Wakeup) {
 
 impl Shared {
     fn emit(&self, event: WorkerEvent) {
-        crate::metrics::event(&event);
+        crate::events::worker_event(self.registered.id(), &event);
         if let Some(hook) = &self.hook {
             hook(&event);
         }
@@ -819,7 +867,7 @@ impl Shared {
                 silent_for: since_last_tick,
             });
         }
-        let heartbeat_due = now >= self.upkeep().next_heartbeat;
+        let heartbeat_due = is_due(now, self.upkeep().next_heartbeat, self.heartbeat_interval);
         if heartbeat_due {
             let beat = self.registered.heartbeat(self.storage.as_ref());
             {
@@ -845,7 +893,11 @@ impl Shared {
             });
         }
         self.interrupt_abandoned();
-        let sweep_due = self.clock.now() >= self.upkeep().next_sweep;
+        let sweep_due = is_due(
+            self.clock.now(),
+            self.upkeep().next_sweep,
+            self.sweep_interval.max(self.heartbeat_interval),
+        );
         if sweep_due && !self.declared_dead.load(Ordering::SeqCst) {
             self.sweep_now();
         }
@@ -913,7 +965,7 @@ impl Shared {
             let mut queued = self.queued();
             let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut queued.waiting)
                 .into_iter()
-                .partition(|q| all || q.next_attempt <= now);
+                .partition(|q| all || is_due(now, q.next_attempt, self.backoff.longest()));
             queued.waiting = waiting;
             queued.attempting = due.iter().map(|q| q.pending.clone()).collect();
             due
@@ -1004,17 +1056,38 @@ impl Shared {
 
     fn interrupt_abandoned(&self) -> Vec<RecoveredTask> {
         let sweep = self.registered.interrupt_abandoned(self.storage.as_ref());
+        crate::metrics::recovered(&sweep.recovered);
         for task in &sweep.recovered {
-            self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+            self.deliver(task);
         }
         self.record(Upkeep::AbandonedTasks, sweep.error.map_or(Ok(()), Err));
         sweep.recovered
     }
 
     /// One recovery sweep of other workers' dead rows, attributed to this
-    /// worker. Returns what it recovered (each also given to the hook).
+    /// worker, with the claim of reports nobody alive will deliver. Returns
+    /// what it reported: the reports taken over first, then the tasks it
+    /// recovered (each also given to the hook and the reporter).
     fn sweep_now(&self) -> Vec<RecoveredTask> {
+        let _one_at_a_time = self
+            .reporting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
+        // First the reports owed by dead reporters (and this worker's own
+        // undelivered ones): before the sweep, so the reports this sweep
+        // makes are not claimed back as undelivered.
+        let claimed = self.storage.claim_unreported_recoveries(
+            &ReportClaim {
+                claimant: self.registered.id(),
+                now,
+                unregistered_owed_before: now - self.policy.lease,
+            },
+            &PolicyJudge {
+                policy: &self.policy,
+                probe: self.probe.as_ref(),
+            },
+        );
         let judge = NoticingJudge::new(PolicyJudge {
             policy: &self.policy,
             probe: self.probe.as_ref(),
@@ -1028,8 +1101,17 @@ impl Shared {
             &judge,
         );
         let noticed = judge.into_noticed();
-        match swept {
-            Ok(recovered) => {
+        let (claimed, claim_error) = match claimed {
+            Ok(claimed) => (claimed, None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        let (recovered, sweep_error) = match swept {
+            Ok(recovered) => (recovered, claim_error),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        let sweep_failed = sweep_error.is_some();
+        match sweep_error {
+            None => {
                 let stalled: Vec<NoticedOwner> = noticed
                     .iter()
                     .filter(|owner| matches!(owner.verdict, Liveness::Stalled { .. }))
@@ -1049,19 +1131,63 @@ impl Shared {
                         _ => WorkerEvent::DeathNotYetProvable(Box::new(owner)),
                     });
                 }
-                for task in &recovered {
-                    self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
-                }
-                recovered
             }
-            Err(error) => {
+            Some(error) => {
                 {
                     let mut upkeep = self.upkeep();
                     upkeep.sweep_failures = upkeep.sweep_failures.saturating_add(1);
                     upkeep.next_sweep = now + self.upkeep_pause(upkeep.sweep_failures);
                 }
                 self.record(Upkeep::Sweep, Err(error));
-                Vec::new()
+            }
+        }
+        crate::events::sweep_summary(
+            self.registered.id(),
+            recovered.len(),
+            claimed.len(),
+            sweep_failed,
+        );
+        let mut reported = claimed;
+        crate::metrics::recovered(&recovered);
+        reported.extend(recovered);
+        self.report(&reported);
+        reported
+    }
+
+    /// Delivers each report (tracing event, hook, reporter) and confirms in
+    /// the store the ones the reporter took. A confirmation that fails
+    /// leaves them owed: the next claim delivers them again (at least once).
+    fn report(&self, reported: &[RecoveredTask]) {
+        let delivered: Vec<TaskId> = reported
+            .iter()
+            .filter(|task| self.deliver(task))
+            .map(|task| task.task.id)
+            .collect();
+        if delivered.is_empty() {
+            return;
+        }
+        let confirmed =
+            self.storage
+                .confirm_reports(self.registered.id(), &delivered, self.clock.now());
+        if let Err(error) = confirmed {
+            self.record(Upkeep::Sweep, Err(error));
+        }
+    }
+
+    /// One report out: its tracing event, the hook, the reporter. Whether
+    /// the reporter took it.
+    fn deliver(&self, task: &RecoveredTask) -> bool {
+        crate::events::recovered(task);
+        self.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+        let outcome = match &self.reporter {
+            Some(reporter) => reporter(task),
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(error) => {
+                crate::events::report_undelivered(task, &error);
+                false
             }
         }
     }
@@ -1081,6 +1207,7 @@ impl Worker {
             probe_identity: probe_identity(),
             registration: None,
             hook: None,
+            reporter: None,
             background: true,
             retry_first: defaults::RETRY_BACKOFF_FIRST,
             retry_cap: defaults::RETRY_BACKOFF_CAP,
@@ -1154,6 +1281,9 @@ impl Worker {
     /// task once the row is committed. See [`Task::start`].
     pub fn start(&self, task: Task<Queued>) -> Result<Task<Running>, StartError> {
         let started = task.start(&self.shared.registered, self.shared.storage.as_ref());
+        if let Ok(task) = &started {
+            crate::events::started(task);
+        }
         self.shared
             .running
             .started(&started, &self.shared.registered);
@@ -1189,6 +1319,7 @@ impl Worker {
         outcome: Outcome,
     ) -> Result<FinishReceipt, FinishError> {
         let finished_at = self.shared.clock.now();
+        let status = outcome.status();
         let receipt = match task.finish_at(outcome, finished_at, self.shared.storage.as_ref()) {
             Ok(finished) => Ok(FinishReceipt::Written(Box::new(finished))),
             Err(FinishError::Storage {
@@ -1204,6 +1335,13 @@ impl Worker {
             }
             Err(error) => Err(error),
         };
+        match &receipt {
+            Ok(FinishReceipt::Written(finished)) => crate::events::finished(finished),
+            Err(FinishError::Refused { id, refusal }) => {
+                crate::events::finish_refused(*id, status, refusal)
+            }
+            _ => {}
+        }
         self.shared
             .running
             .finished(&receipt, &self.shared.registered);
@@ -1226,7 +1364,9 @@ impl Worker {
 
     /// Runs what is due now by the worker's clock: interrupts abandoned
     /// tasks, heartbeats if a heartbeat interval has passed, sweeps if a
-    /// sweep interval has passed (or the boot sweep is still owed). The
+    /// sweep interval has passed (or the boot sweep is still owed). A
+    /// heartbeat, sweep or retry scheduled further ahead than its interval
+    /// means the clock stepped back since: it is due now. The
     /// background thread calls this; call it yourself only with
     /// [`WorkerBuilder::without_background_thread`].
     pub fn tick(&self) {
@@ -1272,8 +1412,9 @@ impl Worker {
             let abandoned = shared
                 .registered
                 .interrupt_abandoned(shared.storage.as_ref());
+            crate::metrics::recovered(&abandoned.recovered);
             for task in &abandoned.recovered {
-                shared.emit(WorkerEvent::Recovered(Box::new(task.clone())));
+                shared.deliver(task);
             }
             report.recovered.extend(abandoned.recovered);
             let keep: Vec<TaskId> = self
@@ -1355,7 +1496,10 @@ impl Drop for Worker {
 
 /// Runs the sweep now, outside any worker (the `tasktrail recover`
 /// command). The sweep is attributed to a fresh id that is never
-/// registered: `interrupted_by` names that operator sweep.
+/// registered: `interrupted_by` names that operator sweep. Each report
+/// counts as delivered once its `tasktrail::recovery` tracing event is out
+/// (the caller prints the returned tasks); use [`recover_now_noticing`]
+/// to confirm only what was delivered.
 pub fn recover_now<S: Storage + ?Sized>(
     storage: &S,
     clock: &dyn Clock,
@@ -1363,22 +1507,39 @@ pub fn recover_now<S: Storage + ?Sized>(
     policy: &LivenessPolicy,
     mode: SweepMode,
 ) -> Result<Vec<RecoveredTask>, StorageError> {
-    recover_now_noticing(storage, clock, probe, policy, mode).map(|sweep| sweep.recovered)
+    recover_now_noticing(storage, clock, probe, policy, mode, &|_| Ok(())).map(|sweep| {
+        let mut reported = sweep.taken_over;
+        reported.extend(sweep.recovered);
+        reported
+    })
 }
 
 /// What an operator sweep did and what it left alone worth reporting.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct OperatorSweep {
+    /// The reports it took over from reporters that died (or an earlier
+    /// operator sweep that could not deliver them) and delivered again.
+    pub taken_over: Vec<RecoveredTask>,
     /// The tasks it marked `interrupted` (a dry run: would mark).
     pub recovered: Vec<RecoveredTask>,
     /// The owners it left alone but an operator should hear about: stalled,
     /// or with a free lock that does not prove death yet.
     pub noticed: Vec<NoticedOwner>,
+    /// How many reports `reporter` refused: they stay owed, and a later
+    /// sweep delivers them.
+    pub undelivered: usize,
 }
 
-/// [`recover_now`], also telling which owners were left alone as stalled or
-/// not yet provably dead. A one-shot sweep on Postgres has just connected,
-/// so it never reads a free lock as death (it reports those owners as
+/// [`recover_now`], handing each report to `reporter` and confirming in the
+/// store only those it took, and also telling which owners were left alone
+/// as stalled or not yet provably dead. With [`SweepMode::Apply`] it first
+/// takes over the reports nobody alive will deliver (its own id is new, so
+/// those owed by an earlier operator sweep move once they are a lease old).
+/// A dry run hands `reporter` what it would recover and writes nothing.
+///
+/// A one-shot sweep on Postgres has just connected, so it never reads a
+/// free lock as death (it reports those owners as
 /// [`tasktrail_core::Unproven::JudgeWatchedTooBriefly`]) unless the pid probe
 /// applies; running workers' sweeps find them.
 pub fn recover_now_noticing<S: Storage + ?Sized>(
@@ -1387,19 +1548,51 @@ pub fn recover_now_noticing<S: Storage + ?Sized>(
     probe: &dyn ProcessProbe,
     policy: &LivenessPolicy,
     mode: SweepMode,
+    reporter: &dyn Fn(&RecoveredTask) -> std::io::Result<()>,
 ) -> Result<OperatorSweep, StorageError> {
     let now = clock.now();
+    let sweeper = WorkerId::new_random();
+    let taken_over = match mode {
+        SweepMode::Apply => storage.claim_unreported_recoveries(
+            &ReportClaim {
+                claimant: sweeper,
+                now,
+                unregistered_owed_before: now - policy.lease,
+            },
+            &PolicyJudge { policy, probe },
+        )?,
+        SweepMode::DryRun => Vec::new(),
+    };
     let judge = NoticingJudge::new(PolicyJudge { policy, probe });
     let recovered = storage.recover_orphans(
         &RecoveryRequest {
-            recovering_worker: WorkerId::new_random(),
+            recovering_worker: sweeper,
             now,
             mode,
         },
         &judge,
     )?;
+    let mut delivered = Vec::new();
+    let mut undelivered = 0;
+    for task in taken_over.iter().chain(&recovered) {
+        if mode == SweepMode::Apply {
+            crate::events::recovered(task);
+        }
+        match reporter(task) {
+            Ok(()) => delivered.push(task.task.id),
+            Err(error) => {
+                undelivered += 1;
+                crate::events::report_undelivered(task, &error);
+            }
+        }
+    }
+    if mode == SweepMode::Apply && !delivered.is_empty() {
+        storage.confirm_reports(sweeper, &delivered, clock.now())?;
+    }
     Ok(OperatorSweep {
+        taken_over,
         recovered,
         noticed: judge.into_noticed(),
+        undelivered,
     })
 }

@@ -285,3 +285,109 @@ fn postgres_prunes_exactly_what_it_selects() {
     }
     check::<common::PostgresBackend>(12);
 }
+
+/// A row whose `[recovery]` report is still owed is never pruned, however
+/// old: its reporter died before confirming it and a later sweep must still
+/// print it. Once the report is delivered, the row and its report go.
+fn a_row_whose_recovery_report_is_owed_is_kept<B: Backend>() {
+    use tasktrail::backend::SweepMode;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(store) = B::fresh(dir.path()) else {
+        eprintln!("skipped: TASKTRAIL_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let cut_off = Utc
+        .with_ymd_and_hms(2026, 5, 11, 12, 0, 0)
+        .single()
+        .expect("time");
+    let clock = Arc::new(ManualClock::starting_at(cut_off - Duration::days(2)));
+    let shared: Arc<dyn Clock> = clock.clone();
+    let victim = RegisteredWorker::register(
+        &store,
+        WorkerRegistration {
+            host_identity: Some(common::dev_identity()),
+            ..registration("dev", &clock)
+        },
+        shared,
+    )
+    .expect("register");
+    let owed = Task::queue(spec(1)).start(&victim, &store).expect("start");
+    let delivered = Task::queue(spec(2)).start(&victim, &store).expect("start");
+    let (owed, delivered) = (owed.id(), delivered.id());
+    // The worker dies; an operator's sweep recovers both rows but cannot
+    // print the first line.
+    store.change_worker_lock(victim.id(), common::LockChange::ReleasedByDeath);
+    std::mem::forget(victim);
+    let sweep = runtime::recover_now_noticing(
+        &store,
+        clock.as_ref(),
+        &common::Processes(vec![]),
+        &LivenessPolicy::new(Some(common::dev_identity())),
+        SweepMode::Apply,
+        &|task| {
+            if task.task.id == owed {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "closed (test)",
+                ))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .expect("sweep");
+    assert_eq!(sweep.recovered.len(), 2);
+    assert_eq!(sweep.undelivered, 1);
+
+    let prune = |dry_run: bool| {
+        store
+            .prune(&PruneRequest {
+                cut_off,
+                statuses: vec![],
+                dry_run,
+                batch_size: 10,
+            })
+            .expect("prune")
+    };
+    assert_eq!(prune(true).tasks, 1, "the dry run counts the same");
+    assert_eq!(prune(false).tasks, 1);
+    assert!(store.get_task(delivered).expect("read").is_none());
+    assert_eq!(
+        store.get_task(owed).expect("read").map(|row| row.status),
+        Some(TaskStatus::Interrupted),
+        "its report is owed: kept"
+    );
+
+    // A later sweep delivers it (its operator sweep's report is a lease
+    // old); then it goes too.
+    clock.advance(Duration::minutes(5));
+    let later = runtime::recover_now_noticing(
+        &store,
+        clock.as_ref(),
+        &common::Processes(vec![]),
+        &LivenessPolicy::new(Some(common::dev_identity())),
+        SweepMode::Apply,
+        &|_| Ok(()),
+    )
+    .expect("sweep");
+    let taken: Vec<TaskId> = later.taken_over.iter().map(|r| r.task.id).collect();
+    assert_eq!(taken, vec![owed]);
+    assert_eq!(prune(false).tasks, 1);
+    assert!(store.get_task(owed).expect("read").is_none());
+}
+
+#[test]
+fn memory_keeps_a_row_whose_recovery_report_is_owed() {
+    a_row_whose_recovery_report_is_owed_is_kept::<MemoryStorage>();
+}
+
+#[test]
+fn sqlite_keeps_a_row_whose_recovery_report_is_owed() {
+    a_row_whose_recovery_report_is_owed_is_kept::<SqliteStorage>();
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_keeps_a_row_whose_recovery_report_is_owed() {
+    a_row_whose_recovery_report_is_owed_is_kept::<common::PostgresBackend>();
+}

@@ -154,6 +154,21 @@ impl Storage for FlakyStore {
         }
         self.inner.recover_orphans(request, judge)
     }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.inner.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.inner.confirm_reports(reporter, tasks, at)
+    }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.inner.record_session(session)
     }
@@ -1170,4 +1185,157 @@ fn the_background_thread_writes_a_queued_outcome_by_itself() {
         Some(TaskStatus::Success)
     );
     worker.stop().expect("stop");
+}
+
+// ---------------------------------------------------------------------------
+// Recovery reports are never lost (issue 13, item 3).
+
+/// A reporter that refuses the next `failures` reports (a closed stdout),
+/// then takes them, and keeps the lines it took.
+#[derive(Clone, Default)]
+struct Reporter {
+    failures: Arc<AtomicU32>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Reporter {
+    fn failing(failures: u32) -> Self {
+        let reporter = Self::default();
+        reporter.failures.store(failures, Ordering::SeqCst);
+        reporter
+    }
+    fn install(&self) -> impl FnOnce(WorkerBuilder) -> WorkerBuilder {
+        let reporter = self.clone();
+        move |builder| {
+            builder.recovery_reporter(move |task| {
+                let refused = reporter
+                    .failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if refused {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "stdout is closed (test)",
+                    ));
+                }
+                reporter
+                    .lines
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(task.hint());
+                Ok(())
+            })
+        }
+    }
+    fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Two running rows of a worker at `pid` that then dies.
+fn orphans_of_a_dead_worker(fleet: &Fleet<MemoryStorage>, pid: u32) -> Vec<TaskId> {
+    let victim = fleet.boot(pid, &Events::default());
+    let ids: Vec<TaskId> = (0..2)
+        .map(|_| {
+            let task = victim.start(Task::queue(spec())).expect("start");
+            let id = task.id();
+            std::mem::forget(task);
+            id
+        })
+        .collect();
+    std::mem::forget(victim);
+    fleet.kill(pid);
+    ids
+}
+
+#[test]
+fn a_report_the_reporter_could_not_deliver_is_delivered_at_the_next_sweep_then_never_again() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let orphans = orphans_of_a_dead_worker(&fleet, 20);
+    let reporter = Reporter::failing(1);
+    let worker = fleet.boot_configured("dev", 21, &Events::default(), reporter.install());
+    // The boot recovered both; the first line could not be written.
+    assert_eq!(worker.recovered_at_boot().len(), 2);
+    let first_lines = reporter.lines();
+    assert_eq!(first_lines.len(), 1, "{first_lines:?}");
+    fleet.advance(SWEEP);
+    worker.tick();
+    let lines = reporter.lines();
+    assert_eq!(lines.len(), 2, "the refused line comes again: {lines:?}");
+    for id in &orphans {
+        let count = lines
+            .iter()
+            .filter(|line| line.contains(&id.to_string()))
+            .count();
+        assert_eq!(count, 1, "task {id} reported once: {lines:?}");
+    }
+    for _ in 0..3 {
+        fleet.advance(SWEEP);
+        worker.tick();
+    }
+    assert_eq!(
+        reporter.lines().len(),
+        2,
+        "delivered lines never come again"
+    );
+}
+
+#[test]
+fn reports_a_sweeper_committed_but_never_confirmed_go_to_the_next_boot_once() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let orphans = orphans_of_a_dead_worker(&fleet, 30);
+    // The sweeper commits its sweep, then dies before its lines are out
+    // (its reporter never takes one).
+    let dying = Reporter::failing(u32::MAX);
+    let sweeper = fleet.boot_configured("dev", 31, &Events::default(), dying.install());
+    assert_eq!(sweeper.recovered_at_boot().len(), 2);
+    assert!(dying.lines().is_empty());
+    for id in &orphans {
+        assert_eq!(fleet.status(*id), TaskStatus::Interrupted);
+    }
+    std::mem::forget(sweeper);
+    fleet.kill(31);
+
+    let next = Reporter::default();
+    let booted = fleet.boot_configured("dev", 32, &Events::default(), next.install());
+    let taken: Vec<TaskId> = booted
+        .recovered_at_boot()
+        .iter()
+        .map(|r| r.task.id)
+        .collect();
+    assert_eq!(taken, orphans, "the next boot reports them");
+    assert!(booted
+        .recovered_at_boot()
+        .iter()
+        .all(|r| r.previous_reporter.is_some()));
+    assert_eq!(next.lines().len(), 2);
+    // Once: neither its own next sweep nor another boot says them again.
+    fleet.advance(SWEEP);
+    booted.tick();
+    let another = Reporter::default();
+    let later = fleet.boot_configured("dev", 33, &Events::default(), another.install());
+    assert!(later.recovered_at_boot().is_empty());
+    assert_eq!(next.lines().len(), 2);
+    assert!(another.lines().is_empty());
+}
+
+#[test]
+fn a_living_sweepers_reports_are_never_taken_from_it() {
+    let fleet = Fleet::new(MemoryStorage::new());
+    let _orphans = orphans_of_a_dead_worker(&fleet, 40);
+    let slow = Reporter::failing(u32::MAX);
+    let sweeper = fleet.boot_configured("dev", 41, &Events::default(), slow.install());
+    assert_eq!(sweeper.recovered_at_boot().len(), 2);
+    let other = Reporter::default();
+    let booted = fleet.boot_configured("dev", 42, &Events::default(), other.install());
+    assert!(
+        booted.recovered_at_boot().is_empty(),
+        "its owner is alive: it delivers them itself"
+    );
+    fleet.advance(SWEEP);
+    booted.tick();
+    assert!(other.lines().is_empty());
 }

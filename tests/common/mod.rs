@@ -24,6 +24,8 @@ pub trait Backend: Storage + Sized {
     fn change_worker_lock(&self, worker: WorkerId, change: LockChange);
     /// The backend's retention call.
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError>;
+    /// The backend's operator figures.
+    fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError>;
     /// Test hook: the store restarts under these live workers: every lock
     /// it held is free, and whoever judges has only just reconnected. A
     /// backend whose locks the store does not hold (SQLite: the kernel
@@ -44,6 +46,9 @@ impl Backend for MemoryStorage {
     }
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         MemoryStorage::prune(self, request)
+    }
+    fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        MemoryStorage::stats(self, request)
     }
     fn fresh(_dir: &std::path::Path) -> Option<Self> {
         Some(MemoryStorage::new())
@@ -72,6 +77,9 @@ impl Backend for SqliteStorage {
     fn restart_under(&self, _live_workers: &[WorkerId]) {}
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         SqliteStorage::prune(self, request)
+    }
+    fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        SqliteStorage::stats(self, request)
     }
     fn fresh(dir: &std::path::Path) -> Option<Self> {
         let store = SqliteStorage::open_with(
@@ -128,6 +136,53 @@ impl Backend for SqliteStorage {
     }
 }
 
+/// A SQL backend whose rows a test may rewrite the way another program
+/// (or a hand-run UPDATE) would.
+pub trait RawRows: Backend {
+    /// Sets an interrupted row's `interrupt_reason` and `interrupted_by`.
+    fn rewrite_interrupt(&self, task: TaskId, reason: Option<&str>, by: Option<WorkerId>);
+}
+
+impl RawRows for SqliteStorage {
+    fn rewrite_interrupt(&self, task: TaskId, reason: Option<&str>, by: Option<WorkerId>) {
+        use diesel::prelude::*;
+        use diesel::sql_types::{Nullable, Text};
+        let updated = self.with_connection(|connection| {
+            diesel::sql_query(
+                "UPDATE task_history SET interrupt_reason = ?, interrupted_by = ? WHERE id = ?",
+            )
+            .bind::<Nullable<Text>, _>(reason)
+            .bind::<Nullable<Text>, _>(by.map(|id| id.to_string()))
+            .bind::<Text, _>(task.to_string())
+            .execute(connection)
+            .expect("rewrite the row")
+        });
+        assert_eq!(updated, 1);
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl RawRows for PostgresBackend {
+    fn rewrite_interrupt(&self, task: TaskId, reason: Option<&str>, by: Option<WorkerId>) {
+        use diesel::prelude::*;
+        use diesel::sql_types::{Nullable, Text, Uuid};
+        let updated = self
+            .store
+            .with_connection(|connection| {
+                diesel::sql_query(
+                    "UPDATE task_history SET interrupt_reason = $1, interrupted_by = $2 WHERE id = $3",
+                )
+                .bind::<Nullable<Text>, _>(reason)
+                .bind::<Nullable<Uuid>, _>(by.map(|id| *id.as_uuid()))
+                .bind::<Uuid, _>(*task.as_uuid())
+                .execute(connection)
+                .expect("rewrite the row")
+            })
+            .expect("a connection");
+        assert_eq!(updated, 1);
+    }
+}
+
 /// The boot and PID namespace of the tests' "dev" host: its workers
 /// register with it and its judges probe pids in it.
 pub fn dev_identity() -> HostIdentity {
@@ -164,6 +219,9 @@ impl Backend for PostgresBackend {
     fn restart_under(&self, _live_workers: &[WorkerId]) {}
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
         self.store.prune(request)
+    }
+    fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        self.store.stats(request)
     }
     fn fresh(_dir: &std::path::Path) -> Option<Self> {
         let database = ScratchDatabase::create()?;
@@ -252,6 +310,21 @@ impl Storage for PostgresBackend {
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.store.recover_orphans(request, judge)
+    }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.store.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.store.confirm_reports(reporter, tasks, at)
     }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.store.record_session(session)

@@ -103,6 +103,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Figures about the trail: rows by status, running rows per worker
+    /// with the age of its oldest, interrupted rows of the last 24 h by
+    /// cause, median and p95 task duration by status. Reads only.
+    Stats {
+        /// The duration window: durations of final rows that ended within
+        /// it (`7d`, `12h`, `90m`, `1w`, or seconds).
+        #[arg(long, default_value = "7d", value_name = "DUR", value_parser = since_window)]
+        since: chrono::Duration,
+        /// JSON (one object; see docs/operations.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Retention: delete final rows that ended longer ago than --older-than,
     /// with their sessions, and stopped/dead workers no row names. Never a
     /// running row.
@@ -266,6 +278,19 @@ fn cli_duration(flag: &str, text: &str) -> CliResult<chrono::Duration> {
     Ok(chrono::Duration::from_std(duration)?)
 }
 
+/// `--since`: a duration as [`parse_duration_text`] reads it, more than
+/// zero, at most 100 years. A bad one is a usage error (exit 2).
+fn since_window(text: &str) -> Result<chrono::Duration, String> {
+    let duration = parse_duration_text("since", text).map_err(|error| error.to_string())?;
+    if duration.is_zero() {
+        return Err("--since must be more than zero".to_owned());
+    }
+    chrono::Duration::from_std(duration)
+        .ok()
+        .filter(|window| *window <= chrono::Duration::days(36_525))
+        .ok_or_else(|| format!("--since {:?} is longer than 100 years", text.trim()))
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -283,7 +308,15 @@ fn open_read_only(db: &str) -> CliResult<AnyStorage> {
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
     // Validate arguments before touching the database: bad input writes
-    // nothing.
+    // nothing. The commands that write or judge with the time (a worker's
+    // rows, a sweep's verdicts, a prune's cut-off) refuse a clock before
+    // 1970 before they open anything; the others never read the clock.
+    if matches!(
+        cli.command,
+        Command::Worker(_) | Command::Recover { .. } | Command::Prune { .. } | Command::Demo
+    ) {
+        tasktrail::now_after_epoch(&SystemClock)?;
+    }
     match cli.command {
         Command::Migrate { adopt: true } => {
             let url = DatabaseUrl::parse(&cli.db)?;
@@ -333,18 +366,29 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             } else {
                 SweepMode::Apply
             };
+            // Each report is confirmed in the store only once its line is
+            // out: a line that could not be written stays owed.
             let sweep = recover_now_noticing(
                 storage.as_storage(),
                 &SystemClock,
                 &ProcfsProbe,
                 &policy,
                 mode,
+                &|task| {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", task.hint())?;
+                    out.flush()
+                },
             )?;
+            if sweep.undelivered > 0 {
+                return Err(format!(
+                    "{} [recovery] line(s) could not be written; they stay owed and the next sweep reports them",
+                    sweep.undelivered
+                )
+                .into());
+            }
             let recovered = sweep.recovered;
             let mut out = std::io::stdout().lock();
-            for task in &recovered {
-                writeln!(out, "{}", task.hint())?;
-            }
             for owner in &sweep.noticed {
                 writeln!(out, "{}", output::noticed_owner_line(owner))?;
             }
@@ -413,6 +457,14 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Sessions { json } => {
             let storage = open_read_only(&cli.db)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
+        }
+        Command::Stats { since, json } => {
+            let storage = open_read_only(&cli.db)?;
+            let stats = storage.stats(&tasktrail::StatsRequest {
+                now: SystemClock.now(),
+                since,
+            })?;
+            output::print_stats(&stats, json)?;
         }
         Command::Prune {
             older_than,

@@ -4,8 +4,8 @@ use std::io::Write;
 
 use serde_json::Value;
 use tasktrail::backend::{escape_control_characters, human_duration};
-use tasktrail::json::{session_json, task_json};
-use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, Timestamp};
+use tasktrail::json::{session_json, stats_json, task_json};
+use tasktrail::{Liveness, NoticedOwner, SessionRecord, TaskRecord, TaskStats, Timestamp};
 
 use crate::CliResult;
 
@@ -205,6 +205,121 @@ pub(crate) fn print_sessions(rows: &[SessionRecord], json: bool) -> CliResult<()
     Ok(())
 }
 
+/// A duration for people: `1.234s` under a minute (milliseconds matter
+/// there), `36m05s` / `1h02m03s` above; negative ones (clocks that
+/// disagreed) keep their sign.
+pub(crate) fn span(duration: chrono::Duration) -> String {
+    if duration < chrono::Duration::zero() {
+        return format!("-{}", span(-duration));
+    }
+    if duration < chrono::Duration::minutes(1) {
+        let millis = duration.num_milliseconds();
+        format!("{}.{:03}s", millis / 1000, millis % 1000)
+    } else {
+        human_duration(duration)
+    }
+}
+
+fn or_dash(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "-".to_owned())
+}
+
+/// The stats as four tables (or one JSON object).
+pub(crate) fn print_stats(stats: &TaskStats, json: bool) -> CliResult<()> {
+    if json {
+        return print_json(&stats_json(stats));
+    }
+    let now = stats.request.now;
+    let mut out = std::io::stdout().lock();
+    let total: u64 = stats.by_status.iter().map(|(_, rows)| rows).sum();
+    writeln!(out, "rows by status ({total} in all)")?;
+    let rows: Vec<Vec<String>> = stats
+        .by_status
+        .iter()
+        .map(|(status, rows)| vec![status.to_string(), rows.to_string()])
+        .collect();
+    write_table(&mut out, &["status", "rows"], &rows)?;
+
+    writeln!(out)?;
+    if stats.running.is_empty() {
+        writeln!(out, "running rows by worker: none")?;
+    } else {
+        writeln!(out, "running rows by worker (oldest first)")?;
+        let rows: Vec<Vec<String>> = stats
+            .running
+            .iter()
+            .map(|owner| {
+                vec![
+                    or_dash(owner.worker.map(|id| id.to_string())),
+                    or_dash(owner.host.clone()),
+                    or_dash(owner.pid.map(|pid| pid.to_string())),
+                    or_dash(owner.state.map(|state| state.as_str().to_owned())),
+                    owner.rows.to_string(),
+                    short_time(owner.oldest_started_at),
+                    or_dash(owner.oldest_age(now).map(span)),
+                ]
+            })
+            .collect();
+        write_table(
+            &mut out,
+            &[
+                "worker",
+                "host",
+                "pid",
+                "state",
+                "rows",
+                "oldest_started_at",
+                "oldest_age",
+            ],
+            &rows,
+        )?;
+    }
+
+    writeln!(out)?;
+    let causes: Vec<Vec<String>> = stats
+        .interrupted
+        .iter()
+        .filter(|(_, rows)| *rows > 0)
+        .map(|(cause, rows)| vec![cause.to_string(), rows.to_string()])
+        .collect();
+    let since = short_time(Some(stats.request.interrupted_start()));
+    if causes.is_empty() {
+        writeln!(out, "interrupted in the last 24h (since {since} UTC): none")?;
+    } else {
+        let total: u64 = stats.interrupted.iter().map(|(_, rows)| rows).sum();
+        writeln!(
+            out,
+            "interrupted in the last 24h (since {since} UTC) by cause ({total} in all)"
+        )?;
+        write_table(&mut out, &["cause", "rows"], &causes)?;
+    }
+
+    writeln!(out)?;
+    writeln!(
+        out,
+        "durations of rows that ended in the last {} (since {} UTC)",
+        stats.request.since.to_std().map_or_else(
+            |_| "-".to_owned(),
+            |window| humantime::format_duration(window).to_string()
+        ),
+        short_time(Some(stats.request.window_start()))
+    )?;
+    let rows: Vec<Vec<String>> = stats
+        .durations
+        .iter()
+        .map(|figures| {
+            vec![
+                figures.status.to_string(),
+                figures.rows.to_string(),
+                or_dash(figures.median.map(span)),
+                or_dash(figures.p95.map(span)),
+            ]
+        })
+        .collect();
+    write_table(&mut out, &["status", "rows", "median", "p95"], &rows)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +354,14 @@ mod tests {
         );
         assert!(lines.iter().all(|line| *line == line.trim_end()));
         assert!(lines[0].starts_with("REPO"), "{text}");
+    }
+
+    #[test]
+    fn spans_show_milliseconds_under_a_minute_and_keep_their_sign() {
+        assert_eq!(span(chrono::Duration::milliseconds(1_234)), "1.234s");
+        assert_eq!(span(chrono::Duration::milliseconds(7)), "0.007s");
+        assert_eq!(span(chrono::Duration::seconds(3723)), "1h02m03s");
+        assert_eq!(span(chrono::Duration::milliseconds(-1_500)), "-1.500s");
     }
 
     #[test]

@@ -143,10 +143,16 @@ struct Lines(Arc<Mutex<()>>);
 
 impl Lines {
     fn say(&self, line: &str) {
+        let _ = self.try_say(line);
+    }
+
+    /// The line out, or why not (a `[recovery]` report that could not be
+    /// written stays owed in the store).
+    fn try_say(&self, line: &str) -> std::io::Result<()> {
         let _guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        writeln!(out, "{line}")?;
+        out.flush()
     }
 }
 
@@ -186,6 +192,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
     }));
     let lines = Lines(Arc::new(Mutex::new(())));
     let hook_lines = lines.clone();
+    let report_lines = lines.clone();
     // The lease and the grace stay three heartbeats, as the defaults.
     let lease = plan.heartbeat_interval.saturating_mul(3);
     let worker = Worker::builder(storage)
@@ -194,8 +201,8 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         .lease(lease)
         .grace(lease)
         .stop_deadline(plan.stop_deadline)
+        .recovery_reporter(move |task| report_lines.try_say(&task.hint()))
         .on_event(move |event| match event {
-            WorkerEvent::Recovered(task) => hook_lines.say(&task.hint()),
             WorkerEvent::UpkeepFailed { upkeep, error } => {
                 warn(format!("{upkeep} failed (retrying): {error}"));
             }

@@ -675,6 +675,8 @@ fn read_only_commands_create_nothing_migrate_nothing_and_work_on_a_read_only_mou
         &["list"],
         &["sessions"],
         &["recover", "--dry-run"],
+        &["stats"],
+        &["stats", "--json"],
     ] {
         let output = tasktrail(&typo, args);
         assert_one_line_error(&output, "no database file");
@@ -695,7 +697,11 @@ fn read_only_commands_create_nothing_migrate_nothing_and_work_on_a_read_only_mou
             artifacts TEXT);",
     );
     let before = std::fs::read(&old).expect("read");
-    for args in [&["list"][..], &["recover", "--dry-run"]] {
+    for args in [
+        &["list"][..],
+        &["recover", "--dry-run"],
+        &["stats", "--json"],
+    ] {
         let output = tasktrail(&old, args);
         assert_one_line_error(&output, "needs migration");
         assert_eq!(
@@ -737,10 +743,314 @@ fn read_only_commands_create_nothing_migrate_nothing_and_work_on_a_read_only_mou
     let read_only_db = mount.join("t.db");
     let output = tasktrail(&read_only_db, &["list", "--json"]);
     let show = tasktrail(&read_only_db, &["show", &ids[0]]);
+    let stats = tasktrail(&read_only_db, &["stats", "--json"]);
     let _ = Command::new("umount").arg(&mount).status();
     assert!(remounted.success());
     assert!(output.status.success(), "{}", stderr(&output));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(rows.len(), 1);
     assert!(show.status.success(), "{}", stderr(&show));
+    assert!(stats.status.success(), "{}", stderr(&stats));
+}
+
+/// One number from the database, by SQL the binary never runs.
+fn sqlite_count(db: &Path, sql: &str) -> u64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut connection =
+        diesel::SqliteConnection::establish(db.to_str().expect("utf-8 path")).expect("open");
+    diesel::sql_query(sql)
+        .get_result::<Count>(&mut connection)
+        .expect("count")
+        .n as u64
+}
+
+#[test]
+fn stats_figures_equal_counts_taken_with_sql_in_json_and_in_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    // A worker killed with a task running, then one that runs tasks of
+    // which some fail and some panic (abandoned), and whose boot sweeps the
+    // first one's row.
+    let (mut child, running) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let output = tasktrail(
+        &db,
+        &[
+            "worker",
+            "--tasks",
+            "12",
+            "--concurrency",
+            "4",
+            "--task-duration",
+            "10ms",
+            "--fail-rate",
+            "0.4",
+            "--panic-rate",
+            "0.3",
+            "--heartbeat-interval",
+            "100ms",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    // One more killed worker whose row stays running.
+    let (mut child, still_running) = worker_with_started_tasks(&db, 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+
+    let output = tasktrail(&db, &["stats", "--json", "--since", "1h"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let object = stats.as_object().expect("an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "durations",
+            "interrupted",
+            "now",
+            "rows_by_status",
+            "running"
+        ]
+    );
+    for status in [
+        "running",
+        "success",
+        "failure",
+        "cancelled",
+        "interrupted",
+        "aborted_no_skill",
+    ] {
+        assert_eq!(
+            stats["rows_by_status"][status].as_u64(),
+            Some(sqlite_count(
+                &db,
+                &format!("SELECT COUNT(*) AS n FROM task_history WHERE status = '{status}'")
+            )),
+            "{status}"
+        );
+        if status != "running" {
+            let figures = &stats["durations"]["by_status"][status];
+            assert_eq!(
+                figures["rows"].as_u64(),
+                Some(sqlite_count(
+                    &db,
+                    &format!(
+                        "SELECT COUNT(*) AS n FROM task_history WHERE status = '{status}' \
+                         AND COALESCE(finished_at, interrupted_at) IS NOT NULL"
+                    )
+                )),
+                "{status}"
+            );
+            assert_eq!(figures["median_ms"].is_null(), figures["rows"] == 0);
+            assert_eq!(figures["p95_ms"].is_null(), figures["rows"] == 0);
+            if let (Some(median), Some(p95)) =
+                (figures["median_ms"].as_i64(), figures["p95_ms"].as_i64())
+            {
+                assert!(0 <= median && median <= p95, "{figures}");
+            }
+        }
+    }
+    assert_eq!(stats["durations"]["window_seconds"], 3600);
+    // Running rows: the second killed worker's two.
+    let owners = stats["running"].as_array().expect("array");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0]["rows"], 2);
+    assert_eq!(owners[0]["state"], "alive");
+    let owner = owners[0]["worker_id"].as_str().expect("worker id");
+    assert_eq!(
+        sqlite_count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) AS n FROM task_history WHERE status = 'running' \
+                 AND worker_id = '{owner}' AND id IN ('{}', '{}')",
+                still_running[0], still_running[1]
+            )
+        ),
+        2
+    );
+    assert!(owners[0]["oldest_age_ms"].as_i64().expect("age") >= 0);
+    // Causes: every cause a key; the sweep's, the abandoned rows', in all
+    // what SQL counts.
+    let causes = stats["interrupted"]["by_cause"]
+        .as_object()
+        .expect("causes");
+    assert_eq!(causes.len(), 12, "{causes:?}");
+    let total: u64 = causes.values().map(|n| n.as_u64().expect("count")).sum();
+    assert_eq!(
+        total,
+        sqlite_count(
+            &db,
+            "SELECT COUNT(*) AS n FROM task_history WHERE status = 'interrupted'"
+        )
+    );
+    assert_eq!(
+        causes["abandoned"].as_u64(),
+        Some(sqlite_count(
+            &db,
+            "SELECT COUNT(*) AS n FROM task_history WHERE status = 'interrupted' \
+             AND interrupted_by = worker_id AND interrupt_reason LIKE 'abandoned:%'"
+        ))
+    );
+    assert_eq!(
+        sqlite_count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) AS n FROM task_history WHERE id = '{}' \
+                 AND status = 'interrupted' AND interrupted_by <> worker_id",
+                running[0]
+            )
+        ),
+        1,
+        "the first killed worker's row was swept"
+    );
+    assert_eq!(
+        causes["process_gone"].as_u64().expect("count")
+            + causes["lock_released"].as_u64().expect("count"),
+        1,
+        "{causes:?}"
+    );
+
+    let text = tasktrail(&db, &["stats"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let out = stdout(&text);
+    for heading in [
+        "rows by status",
+        "running rows by worker (oldest first)",
+        "interrupted in the last 24h",
+        "durations of rows that ended in the last 7days",
+    ] {
+        assert!(out.contains(heading), "{heading}: {out}");
+    }
+    assert!(out.contains(owner), "{out}");
+}
+
+#[test]
+fn stats_refuses_a_bad_since_with_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    for since in ["soon", "0", "-1", "200years", ""] {
+        let output = tasktrail(&db, &["stats", &format!("--since={since}")]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{since}: {}",
+            stderr(&output)
+        );
+        let err = stderr(&output);
+        assert_eq!(err.lines().count(), 1, "{since}: {err:?}");
+        assert!(err.starts_with("tasktrail: error: "), "{err:?}");
+        assert!(err.contains("--since"), "{err:?}");
+        assert!(stdout(&output).is_empty());
+        assert!(!db.exists(), "{since}: nothing was opened");
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn stats_on_postgres_counts_what_list_shows() {
+    let Some(scratch) = tasktrail::testing::ScratchDatabase::create() else {
+        return;
+    };
+    let url = Path::new(scratch.url());
+    let output = tasktrail(
+        url,
+        &[
+            "worker",
+            "--tasks",
+            "8",
+            "--concurrency",
+            "4",
+            "--task-duration",
+            "10ms",
+            "--fail-rate",
+            "0.5",
+            "--panic-rate",
+            "0.25",
+            "--heartbeat-interval",
+            "100ms",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = tasktrail(url, &["stats", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let rows = list_json(url);
+    assert_eq!(rows.len(), 8);
+    for status in ["success", "failure", "interrupted", "running"] {
+        let listed = rows.iter().filter(|row| row["status"] == status).count() as u64;
+        assert_eq!(
+            stats["rows_by_status"][status].as_u64(),
+            Some(listed),
+            "{status}"
+        );
+        if status != "running" {
+            assert_eq!(
+                stats["durations"]["by_status"][status]["rows"].as_u64(),
+                Some(listed),
+                "{status}"
+            );
+        }
+    }
+    let interrupted = rows
+        .iter()
+        .filter(|row| row["status"] == "interrupted")
+        .count() as u64;
+    assert_eq!(
+        stats["interrupted"]["by_cause"]["abandoned"].as_u64(),
+        Some(interrupted),
+        "every interrupted row here is a panicked (abandoned) task"
+    );
+}
+
+#[test]
+fn a_recovery_line_that_cannot_be_written_stays_owed_and_a_later_recover_prints_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let (mut child, ids) = worker_with_started_tasks(&db, 1);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // stdout on a full device: the sweep commits, its line cannot be
+    // written.
+    let script = format!(
+        "'{}' --db '{}' recover --lease 1s >/dev/full; echo \"exit=$?\" >&2",
+        env!("CARGO_BIN_EXE_tasktrail"),
+        db.display()
+    );
+    let closed = Command::new("bash")
+        .args(["-c", &script])
+        .env("TASKTRAIL_LOG", "off")
+        .output()
+        .expect("bash");
+    let text = stderr(&closed);
+    assert!(text.contains("exit=1"), "{text}");
+    assert!(text.contains("stay owed"), "{text}");
+    assert_eq!(list_json(&db)[0]["status"], "interrupted");
+    // Its sweep may still be printing: not taken over while younger than
+    // the lease.
+    let early = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(early.status.success(), "{}", stderr(&early));
+    assert!(
+        !stdout(&early).contains("[recovery] "),
+        "{}",
+        stdout(&early)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let later = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(later.status.success(), "{}", stderr(&later));
+    let printed = stdout(&later);
+    let lines: Vec<&str> = printed
+        .lines()
+        .filter(|line| line.starts_with("[recovery] "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stdout(&later));
+    assert!(lines[0].contains(&ids[0]), "{}", lines[0]);
+    let again = tasktrail(&db, &["recover", "--lease", "1s"]);
+    assert!(!stdout(&again).contains("[recovery] "), "printed once");
 }

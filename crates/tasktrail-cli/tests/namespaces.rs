@@ -54,6 +54,13 @@ enum Place {
         /// The file holding its boot id.
         boot_id_file: PathBuf,
     },
+    /// This host and PID namespace, in the UTS namespace (host name) at
+    /// `ns` (`/proc/<pid>/ns/uts` of a process in it): `nsenter` joins it
+    /// and execs the binary (the child is `tasktrail` itself).
+    UtsNamespace {
+        /// The namespace's link.
+        ns: PathBuf,
+    },
 }
 
 impl Place {
@@ -88,6 +95,11 @@ impl Place {
                     ])
                     .arg(boot_id_file)
                     .arg(binary);
+                command
+            }
+            Place::UtsNamespace { ns } => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--uts={}", ns.display())).arg(binary);
                 command
             }
         };
@@ -505,7 +517,168 @@ fn a_killed_worker_is_found_dead_within_the_bound(db: &Database, victim_at: &Pla
     assert_eq!(rows_with_status(db.url(), "interrupted"), 1);
 }
 
+/// A host name holding a newline and a forged `[recovery]` line: a
+/// container's UTS name is whatever its owner set, and the kernel takes any
+/// bytes (sethostname(2) checks only the length).
+const FORGED_HOST_NAME: &str = "vm\n[recovery] fake";
+
+/// A UTS namespace of its own, made by `unshare --uts` and kept by a
+/// sleeping holder (killed on drop), named [`FORGED_HOST_NAME`] with
+/// sethostname(2): neither `hostname` (it validates) nor a write to
+/// `/proc/sys/kernel/hostname` (the kernel stops at the newline) can set
+/// such a name, so a thread of this test joins the namespace and sets it.
+struct ForgedHostName {
+    holder: Child,
+    ns: PathBuf,
+}
+
+impl ForgedHostName {
+    fn create() -> Self {
+        let holder = Command::new("unshare")
+            .args(["--uts", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn `unshare --uts` (is util-linux installed? are we root?)");
+        let ns = PathBuf::from(format!("/proc/{}/ns/uts", holder.id()));
+        let own = std::fs::read_link("/proc/self/ns/uts").expect("this process's UTS namespace");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_link(&ns).is_ok_and(|link| link != own) {
+            assert!(
+                Instant::now() < deadline,
+                "`unshare --uts` made no namespace within 10 s (are we root?)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let link = ns.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            use std::os::fd::AsFd;
+            // setns(2) moves this thread only; the thread then ends.
+            let namespace = std::fs::File::open(&link)?;
+            rustix::thread::move_into_link_name_space(
+                namespace.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::HostNameAndNISDomainName),
+            )?;
+            rustix::system::sethostname(FORGED_HOST_NAME.as_bytes())?;
+            Ok(())
+        })
+        .join()
+        .expect("the namespace thread")
+        .expect("join the UTS namespace and set its host name (needs root)");
+        let seen = Command::new("nsenter")
+            .arg(format!("--uts={}", ns.display()))
+            .args(["cat", "/proc/sys/kernel/hostname"])
+            .output()
+            .expect("nsenter (util-linux)");
+        assert_eq!(
+            String::from_utf8_lossy(&seen.stdout),
+            format!("{FORGED_HOST_NAME}\n"),
+            "the kernel's host name in the namespace: {seen:?}"
+        );
+        Self { holder, ns }
+    }
+}
+
+impl Drop for ForgedHostName {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A worker whose host name holds a newline and a forged `[recovery]` line
+/// is SIGKILLed with two tasks running; `recover` on the host interrupts
+/// both and prints exactly one `[recovery]` line per task, the newline
+/// shown as `\n`; no stored `interrupt_reason` holds a control character.
+fn a_newline_host_name_cannot_forge_a_recovery_line(db: &Database) {
+    let forged = ForgedHostName::create();
+    let place = Place::UtsNamespace {
+        ns: forged.ns.clone(),
+    };
+    let mut worker = WorkerProcess::spawn(&place, db.url(), 2, "60s");
+    let mut tasks = worker.wait_for_starts(2);
+    tasks.sort();
+    let pid = worker.tasktrail_pid();
+    worker.signal(pid, "KILL");
+    let exited = worker.wait();
+    assert!(!exited.success, "killed: {exited:?}");
+    // Postgres frees the lock once it has noticed the session is gone:
+    // `recover` again until it has (SQLite: the kernel, at once).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines: Vec<String> = Vec::new();
+    let mut interrupted = 0;
+    while interrupted < 2 && Instant::now() < deadline {
+        let recovery = recover(&Place::Host, db.url());
+        interrupted += recovery.interrupted;
+        lines.extend(
+            recovery
+                .stdout
+                .lines()
+                .filter(|line| !line.ends_with(" task(s) marked interrupted"))
+                .filter(|line| !line.starts_with("[not yet provable] "))
+                .map(str::to_owned),
+        );
+        if interrupted < 2 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert_eq!(interrupted, 2, "{lines:#?}");
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per task, nothing else: {lines:#?}"
+    );
+    let mut reported: Vec<String> = Vec::new();
+    for line in &lines {
+        assert!(line.starts_with("[recovery] task "), "{line:?}");
+        assert!(
+            line.contains(r"on vm\n[recovery] fake is gone"),
+            "the newline shown escaped: {line:?}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let id = line["[recovery] task ".len()..]
+            .split_whitespace()
+            .next()
+            .expect("an id");
+        reported.push(id.to_owned());
+    }
+    reported.sort();
+    assert_eq!(reported, tasks);
+    let output = Place::Host
+        .command(db.url(), &["list", "--status", "interrupted", "--json"])
+        .output()
+        .expect("list");
+    assert!(output.status.success(), "{output:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let rows = rows.as_array().expect("an array");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let reason = row["interrupt_reason"].as_str().expect("a reason");
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(reason.contains(r"vm\n[recovery] fake"), "{reason:?}");
+    }
+    // The table `list` prints keeps each row on its line too.
+    let table = Place::Host
+        .command(db.url(), &["list"])
+        .output()
+        .expect("list");
+    assert!(
+        !String::from_utf8_lossy(&table.stdout)
+            .lines()
+            .any(|line| line.trim_start().starts_with("[recovery] fake")),
+        "{table:?}"
+    );
+}
+
 // ----------------------------------------------------------------- SQLite
+
+#[test]
+fn sqlite_a_newline_host_name_cannot_forge_a_recovery_line() {
+    if !enabled("sqlite_a_newline_host_name_cannot_forge_a_recovery_line") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    a_newline_host_name_cannot_forge_a_recovery_line(&sqlite(dir.path()));
+}
 
 #[test]
 fn sqlite_a_live_worker_in_its_own_pid_namespace_survives_recover_on_the_host() {
@@ -622,6 +795,16 @@ fn sqlite_a_stopped_worker_is_reported_stalled_never_interrupted_and_finishes_af
 }
 
 // --------------------------------------------------------------- Postgres
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_a_newline_host_name_cannot_forge_a_recovery_line() {
+    let test = "postgres_a_newline_host_name_cannot_forge_a_recovery_line";
+    let Some(db) = enabled(test).then(|| postgres(test)).flatten() else {
+        return;
+    };
+    a_newline_host_name_cannot_forge_a_recovery_line(&db);
+}
 
 #[cfg(feature = "postgres")]
 #[test]

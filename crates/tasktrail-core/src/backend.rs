@@ -29,7 +29,7 @@ use crate::worker::{WorkerRecord, WorkerRegistration};
 
 pub use crate::record::{
     escape_control_characters, human_duration, recovery_reason, FinishRefusal, FinishRow,
-    FinishWrite, NewRunningRow, NewSession, RecoveryRequest, SweepMode,
+    FinishWrite, NewRunningRow, NewSession, RecoveryRequest, ReportClaim, SweepMode,
 };
 pub use crate::worker::{
     LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,
@@ -53,8 +53,13 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 ///   by `id`, `status = 'running'` and `worker_id`; when it matches nothing
 ///   it writes nothing and says why. It never INSERTs.
 /// - [`recover_orphans`](Storage::recover_orphans) runs in one transaction:
-///   every transitioned row, invalidated session and dead worker is written
-///   together or not at all, and a row is reported by exactly one sweep.
+///   every transitioned row, invalidated session, dead worker and owed
+///   report is written together or not at all, and a row is reported by
+///   exactly one sweep.
+/// - A recovered row's report is owed until its reporter confirms it
+///   ([`confirm_reports`](Storage::confirm_reports)); a report whose
+///   reporter died unconfirmed is handed to exactly one later claimant
+///   ([`claim_unreported_recoveries`](Storage::claim_unreported_recoveries)).
 pub trait Storage: Send + Sync {
     /// Inserts a `workers` row (state `alive`, heartbeat = `started_at`, or
     /// the store's own time when it measures silence on its own clock, as
@@ -90,12 +95,39 @@ pub trait Storage: Send + Sync {
     /// judge decides; the store never overrides it. The sweep then marks the
     /// rows of dead owners `interrupted` (`finished_at`, tokens and cost stay
     /// NULL), invalidates their sessions, marks the owners `dead`, and
-    /// returns what it did. With [`SweepMode::DryRun`] it writes nothing.
+    /// returns what it did. In the same transaction it records one report
+    /// per recovered row, owed by `request.recovering_worker` until
+    /// confirmed. With [`SweepMode::DryRun`] it writes nothing.
     fn recover_orphans(
         &self,
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError>;
+
+    /// Takes over, in one transaction, the recovery reports nobody alive
+    /// will deliver: those owed by a worker `judge` finds dead (the owner's
+    /// facts are gathered as for [`recover_orphans`](Storage::recover_orphans);
+    /// `None` for an owner that names no registered worker), and those the
+    /// claimant owes itself and has not confirmed. Each comes back once, as
+    /// the task is now, with [`RecoveredTask::previous_reporter`] set, and
+    /// is owed by the claimant from then on. Two claims at once never take
+    /// the same report. Owners are not marked dead here: only their duty to
+    /// report moves.
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError>;
+
+    /// Marks the reports of `tasks` delivered at `at`, for the ones
+    /// `reporter` still owes (a report another claimant took over stays
+    /// owed by it). Returns how many it confirmed.
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError>;
 
     /// Records the SDK session a running task runs under.
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError>;
@@ -159,6 +191,21 @@ macro_rules! forward_storage_through {
                 judge: &dyn LivenessJudge,
             ) -> Result<Vec<RecoveredTask>, StorageError> {
                 (**self).recover_orphans(request, judge)
+            }
+            fn claim_unreported_recoveries(
+                &self,
+                claim: &ReportClaim,
+                judge: &dyn LivenessJudge,
+            ) -> Result<Vec<RecoveredTask>, StorageError> {
+                (**self).claim_unreported_recoveries(claim, judge)
+            }
+            fn confirm_reports(
+                &self,
+                reporter: WorkerId,
+                tasks: &[TaskId],
+                at: Timestamp,
+            ) -> Result<u64, StorageError> {
+                (**self).confirm_reports(reporter, tasks, at)
             }
             fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
                 (**self).record_session(session)

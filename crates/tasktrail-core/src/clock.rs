@@ -20,14 +20,55 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Timestamp;
 }
 
-/// The system's wall clock.
+/// The system's wall clock. It never panics: a clock set before 1970 reads
+/// as that time (chrono's own `Utc::now` panics there), and a clock beyond
+/// what a [`Timestamp`] holds reads as the last time it does. A worker
+/// refuses to boot on a clock before 1970 ([`ClockBeforeEpochError`]) and
+/// rides out one that steps back (or before 1970) under it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        truncate_to_micros(Utc::now())
+        truncate_to_micros(timestamp_from_system_time(std::time::SystemTime::now()))
     }
+}
+
+/// A [`SystemTime`](std::time::SystemTime) as a [`Timestamp`], before 1970
+/// too; saturating at the ends of the range, never panicking.
+pub fn timestamp_from_system_time(at: std::time::SystemTime) -> Timestamp {
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => Duration::from_std(after)
+            .ok()
+            .and_then(|after| epoch.checked_add_signed(after))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        Err(before) => Duration::from_std(before.duration())
+            .ok()
+            .and_then(|before| epoch.checked_sub_signed(before))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    }
+}
+
+/// A clock that reads before 1970: nothing is written with such a time
+/// (a worker does not boot, the `tasktrail` commands that write refuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the system clock reads {}, before 1970: set the clock (NTP) and try again",
+    UtcSeconds(*.now)
+)]
+pub struct ClockBeforeEpochError {
+    /// What the clock read.
+    pub now: Timestamp,
+}
+
+/// `clock`'s time, or [`ClockBeforeEpochError`] when it reads before 1970.
+pub fn now_after_epoch(clock: &dyn Clock) -> Result<Timestamp, ClockBeforeEpochError> {
+    let now = clock.now();
+    if now < DateTime::<Utc>::UNIX_EPOCH {
+        return Err(ClockBeforeEpochError { now });
+    }
+    Ok(now)
 }
 
 /// A clock that only moves when told to; clones share the same time.
@@ -81,5 +122,51 @@ impl std::fmt::Display for UtcSeconds {
             at.minute(),
             at.second()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_system_time_before_1970_is_read_as_that_time_never_a_panic() {
+        let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(31 * 86_400);
+        let at = timestamp_from_system_time(before);
+        assert_eq!(
+            at,
+            Utc.with_ymd_and_hms(1969, 12, 1, 0, 0, 0)
+                .single()
+                .expect("time")
+        );
+        let after = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_778_512_380_000_001);
+        assert_eq!(
+            timestamp_from_system_time(after).timestamp_micros(),
+            1_778_512_380_000_001
+        );
+        assert_eq!(
+            timestamp_from_system_time(std::time::UNIX_EPOCH),
+            DateTime::<Utc>::UNIX_EPOCH
+        );
+        // Saturates instead of panicking at the ends of chrono's range.
+        let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::MAX / 4);
+        assert_eq!(timestamp_from_system_time(far), DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[test]
+    fn a_clock_before_1970_is_a_clear_error_and_1970_itself_is_fine() {
+        let clock = ManualClock::starting_at(
+            Utc.with_ymd_and_hms(1969, 12, 1, 0, 0, 0)
+                .single()
+                .expect("time"),
+        );
+        let error = now_after_epoch(&clock).expect_err("before 1970");
+        assert_eq!(
+            error.to_string(),
+            "the system clock reads 1969-12-01T00:00:00Z, before 1970: set the clock (NTP) and try again"
+        );
+        clock.set(DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(now_after_epoch(&clock), Ok(DateTime::<Utc>::UNIX_EPOCH));
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use chrono::{Duration, TimeZone, Utc};
 
 use crate::backend::{
-    FinishRow, FinishWrite, NoticingJudge, PolicyJudge, RecoveryRequest, SweepMode,
+    FinishRow, FinishWrite, NoticingJudge, PolicyJudge, RecoveryRequest, ReportClaim, SweepMode,
 };
 use crate::{
     Clock, CostUsd, DeathCause, FinishError, FinishRefusal, HostIdentity, InterruptReason,
@@ -318,6 +318,37 @@ impl<S: Storage> World<'_, S> {
             .expect("sweep");
         (recovered, judge.into_noticed())
     }
+
+    /// `claimant` claims the reports nobody alive will deliver; reports
+    /// owed by ids naming no worker move if owed since before
+    /// `unregistered_owed_before`.
+    fn claim(
+        &self,
+        claimant: WorkerId,
+        unregistered_owed_before: crate::Timestamp,
+    ) -> Vec<RecoveredTask> {
+        let policy = Self::policy();
+        self.store
+            .claim_unreported_recoveries(
+                &ReportClaim {
+                    claimant,
+                    now: self.clock.now(),
+                    unregistered_owed_before,
+                },
+                &PolicyJudge {
+                    policy: &policy,
+                    probe: &self.processes,
+                },
+            )
+            .expect("claim")
+    }
+
+    fn confirm(&self, reporter: WorkerId, reports: &[RecoveredTask]) -> u64 {
+        let ids: Vec<TaskId> = reports.iter().map(|r| r.task.id).collect();
+        self.store
+            .confirm_reports(reporter, &ids, self.clock.now())
+            .expect("confirm")
+    }
 }
 
 fn report() -> RunReport {
@@ -446,6 +477,18 @@ fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
         (
             "a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own",
             a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own,
+        ),
+        (
+            "a_recovered_rows_report_is_owed_until_its_reporter_confirms_it",
+            a_recovered_rows_report_is_owed_until_its_reporter_confirms_it,
+        ),
+        (
+            "a_dead_reporters_unconfirmed_reports_are_taken_over_once",
+            a_dead_reporters_unconfirmed_reports_are_taken_over_once,
+        ),
+        (
+            "an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off",
+            an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off,
         ),
     ]
 }
@@ -1400,4 +1443,107 @@ fn a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own<S: Storag
     assert!(w.sweep(&sweeper, SweepMode::Apply).is_empty(), "once");
     mine.finish(Outcome::Success(report()), w.store)
         .expect("the sweeper finishes its own");
+}
+
+fn a_recovered_rows_report_is_owed_until_its_reporter_confirms_it<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (victim, pid) = w.local_worker();
+    let _a = w.start(&victim);
+    let _b = w.start(&victim);
+    w.kill(pid);
+    let (reporter, _) = w.local_worker();
+    let (bystander, _) = w.local_worker();
+    // A dry run owes nothing.
+    assert_eq!(w.sweep(&reporter, SweepMode::DryRun).len(), 2);
+    assert!(w.claim(reporter.id(), w.clock.now()).is_empty());
+    w.clock.advance(Duration::seconds(5));
+    let recovered = w.sweep(&reporter, SweepMode::Apply);
+    assert_eq!(recovered.len(), 2);
+    assert!(recovered.iter().all(|r| r.previous_reporter.is_none()));
+    // Not confirmed: the reporter's own claim hands them back, the same
+    // lines, now marked as made again; a living reporter's reports stay
+    // with it.
+    w.clock.advance(Duration::seconds(5));
+    assert!(w.claim(bystander.id(), w.clock.now()).is_empty());
+    let again = w.claim(reporter.id(), w.clock.now());
+    assert_eq!(again.len(), 2);
+    for (first, second) in recovered.iter().zip(&again) {
+        assert_eq!(second.hint(), first.hint(), "the same [recovery] line");
+        assert_eq!(second.task, w.row(first.task.id));
+        assert_eq!(second.cause, first.cause);
+        assert_eq!(second.previous_reporter, Some(reporter.id()));
+    }
+    // Only the worker that owes a report confirms it.
+    assert_eq!(w.confirm(bystander.id(), &again), 0);
+    assert_eq!(w.claim(reporter.id(), w.clock.now()).len(), 2);
+    assert_eq!(w.confirm(reporter.id(), &again), 2);
+    assert_eq!(w.confirm(reporter.id(), &again), 0, "confirmed once");
+    assert!(w.claim(reporter.id(), w.clock.now()).is_empty());
+    assert!(w.claim(bystander.id(), w.clock.now()).is_empty());
+}
+
+fn a_dead_reporters_unconfirmed_reports_are_taken_over_once<S: Storage>(w: &mut World<'_, S>) {
+    let (victim, victim_pid) = w.local_worker();
+    let _task = w.start(&victim);
+    w.kill(victim_pid);
+    let (reporter, reporter_pid) = w.local_worker();
+    let recovered = w.sweep(&reporter, SweepMode::Apply);
+    assert_eq!(recovered.len(), 1);
+    // The reporter dies between the sweep's commit and its report.
+    w.kill(reporter_pid);
+    w.clock.advance(Duration::seconds(30));
+    let (first, _) = w.local_worker();
+    let (second, _) = w.local_worker();
+    let taken = w.claim(first.id(), w.clock.now());
+    assert_eq!(taken.len(), 1, "taken over by the first claim");
+    assert_eq!(taken[0].hint(), recovered[0].hint());
+    assert_eq!(taken[0].previous_reporter, Some(reporter.id()));
+    assert_eq!(
+        taken[0].sessions_invalidated,
+        recovered[0].sessions_invalidated
+    );
+    assert!(
+        w.claim(second.id(), w.clock.now()).is_empty(),
+        "never by two"
+    );
+    // The claim moved the duty to report, nothing else: the dead
+    // reporter's late confirmation counts for nothing.
+    assert_eq!(w.confirm(reporter.id(), &taken), 0);
+    assert_eq!(w.confirm(first.id(), &taken), 1);
+    assert!(w.claim(second.id(), w.clock.now()).is_empty());
+}
+
+fn an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (victim, pid) = w.local_worker();
+    let _task = w.start(&victim);
+    w.kill(pid);
+    // An operator's one-shot sweep: an id that never registers.
+    let operator = WorkerId::new_random();
+    let policy = World::<S>::policy();
+    let recovered = w
+        .store
+        .recover_orphans(
+            &RecoveryRequest {
+                recovering_worker: operator,
+                now: w.clock.now(),
+                mode: SweepMode::Apply,
+            },
+            &PolicyJudge {
+                policy: &policy,
+                probe: &w.processes,
+            },
+        )
+        .expect("sweep");
+    assert_eq!(recovered.len(), 1);
+    let (worker, _) = w.local_worker();
+    let owed_since = w.clock.now();
+    // It may still be printing: not taken while owed since the cut-off.
+    assert!(w.claim(worker.id(), owed_since).is_empty());
+    let taken = w.claim(worker.id(), owed_since + Duration::milliseconds(1));
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].previous_reporter, Some(operator));
+    assert_eq!(taken[0].hint(), recovered[0].hint());
 }

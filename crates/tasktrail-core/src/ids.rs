@@ -126,18 +126,28 @@ impl TaskId {
         Self::time_ordered_at(std::time::SystemTime::now())
     }
 
-    /// A UUIDv7 for `now`. A clock set before 1970 has no Unix time to
-    /// order by (uuid's own `now_v7` would panic): the id then carries the
-    /// epoch and stays unique by its random bits.
+    /// A UUIDv7 for `now`, which is read once (uuid's own `now_v7` reads
+    /// the clock itself, and panics on a clock before 1970, also one that
+    /// steps there after our check). A clock before 1970 has no Unix time
+    /// to order by: the id then carries the epoch and stays unique by its
+    /// random bits. Otherwise one context for the process keeps ids unique
+    /// and ordered within a millisecond and when the clock steps back (it
+    /// goes on from the latest time it gave), as `now_v7`'s does.
     fn time_ordered_at(now: std::time::SystemTime) -> Self {
-        if now < std::time::UNIX_EPOCH {
+        static CONTEXT: std::sync::Mutex<std::panic::AssertUnwindSafe<uuid::ContextV7>> =
+            std::sync::Mutex::new(std::panic::AssertUnwindSafe(uuid::ContextV7::new()));
+        let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
             return Self(Uuid::new_v7(uuid::Timestamp::from_unix(
                 uuid::NoContext,
                 0,
                 0,
             )));
-        }
-        Self(Uuid::now_v7())
+        };
+        Self(Uuid::new_v7(uuid::Timestamp::from_unix(
+            &CONTEXT,
+            since_epoch.as_secs(),
+            since_epoch.subsec_nanos(),
+        )))
     }
 }
 
@@ -210,5 +220,16 @@ mod tests {
         assert_eq!(seconds, 0, "a time before 1970 is carried as the epoch");
         let now = TaskId::time_ordered_at(std::time::SystemTime::now());
         assert!(first < now, "epoch ids sort before today's");
+    }
+
+    #[test]
+    fn ids_stay_unique_and_ordered_when_the_clock_steps_back() {
+        let now = std::time::SystemTime::now();
+        let before = TaskId::time_ordered_at(now);
+        let after_a_step_back = TaskId::time_ordered_at(now - std::time::Duration::from_secs(3600));
+        assert!(
+            before < after_a_step_back,
+            "{before} then {after_a_step_back}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! would, without writing a `Storage` implementation per test.
 
 use crate::backend::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, Storage,
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
+    Storage,
 };
 use crate::clock::Timestamp;
 use crate::ids::{TaskId, WorkerId};
@@ -29,6 +30,10 @@ pub enum StorageCall {
     FinishRunning,
     /// [`Storage::recover_orphans`].
     RecoverOrphans,
+    /// [`Storage::claim_unreported_recoveries`].
+    ClaimUnreportedRecoveries,
+    /// [`Storage::confirm_reports`].
+    ConfirmReports,
     /// [`Storage::record_session`].
     RecordSession,
     /// [`Storage::resumable_session`].
@@ -107,6 +112,23 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         (self.before)(StorageCall::RecoverOrphans)?;
         self.inner.recover_orphans(request, judge)
+    }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        (self.before)(StorageCall::ClaimUnreportedRecoveries)?;
+        self.inner.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        (self.before)(StorageCall::ConfirmReports)?;
+        self.inner.confirm_reports(reporter, tasks, at)
     }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         (self.before)(StorageCall::RecordSession)?;

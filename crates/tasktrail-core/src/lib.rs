@@ -61,6 +61,7 @@ mod memory;
 mod outcome;
 mod record;
 mod spec;
+mod stats;
 mod status;
 mod storage;
 mod task;
@@ -72,7 +73,10 @@ pub mod conformance;
 pub mod intercept;
 
 pub use backend::Storage;
-pub use clock::{truncate_to_micros, Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{
+    now_after_epoch, timestamp_from_system_time, truncate_to_micros, Clock, ClockBeforeEpochError,
+    ManualClock, SystemClock, Timestamp,
+};
 pub use ids::{InvalidIdError, InvalidSessionIdError, SessionId, TaskId, WorkerId};
 pub use memory::MemoryStorage;
 pub use outcome::{
@@ -83,6 +87,10 @@ pub use record::{
     TaskRecord,
 };
 pub use spec::{SpecError, SpecField, SpecProblem, TaskSpec, TaskSpecInput};
+pub use stats::{
+    nearest_rank, round_to_millis, DurationStats, InterruptCause, RunningOwner, StatsRequest,
+    TaskStats, UnknownCauseError, RECOVERY_REASON_PREFIX, WORKER_STOPPED_REASON,
+};
 pub use status::{TaskStatus, UnknownStatusError};
 pub use storage::{StorageError, StorageExt};
 pub use task::{

@@ -11,9 +11,10 @@ use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::record::{
     recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession, PruneReport,
-    PruneRequest, RecoveredTask, RecoveryRequest, SessionKey, SessionRecord, SweepMode, TaskFilter,
-    TaskRecord,
+    PruneRequest, RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord,
+    SweepMode, TaskFilter, TaskRecord,
 };
+use crate::stats::{StatsRequest, TaskStats};
 use crate::status::TaskStatus;
 use crate::storage::StorageError;
 use crate::worker::{
@@ -40,6 +41,18 @@ struct Inner {
     /// declares it dead; tests change it with
     /// [`MemoryStorage::set_worker_lock`].
     locks: HashMap<WorkerId, OwnerLock>,
+    /// `recovery_reports`: one per row a sweep recovered.
+    reports: BTreeMap<TaskId, StoredReport>,
+}
+
+/// A recovered row's report: why, and who owes it.
+#[derive(Debug, Clone)]
+struct StoredReport {
+    cause: crate::worker::DeathCause,
+    sessions_invalidated: u32,
+    owed_by: WorkerId,
+    owed_since: Timestamp,
+    reported_at: Option<Timestamp>,
 }
 
 /// A lock that nobody holds, watched for as long as the store exists.
@@ -79,6 +92,18 @@ impl MemoryStorage {
         self.lock().locks.insert(worker, lock);
     }
 
+    /// The operator's figures (see [`TaskStats`]), over every row; reads
+    /// only.
+    pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        let inner = self.lock();
+        let workers: Vec<WorkerRecord> = inner.workers.values().cloned().collect();
+        Ok(TaskStats::from_records(
+            request,
+            inner.tasks.values(),
+            &workers,
+        ))
+    }
+
     /// Deletes what `request` selects (see [`PruneRequest`]): final rows
     /// that ended before the cut-off with their sessions, then `stopped` /
     /// `dead` workers last seen before it that no row names. Never a
@@ -100,7 +125,11 @@ impl MemoryStorage {
                 .collect();
             report.batches += 1;
             for id in &candidates {
-                let selected = inner.tasks.get(id).is_some_and(|row| request.selects(row));
+                let owed = inner
+                    .reports
+                    .get(id)
+                    .is_some_and(|report| report.reported_at.is_none());
+                let selected = !owed && inner.tasks.get(id).is_some_and(|row| request.selects(row));
                 if !selected {
                     continue;
                 }
@@ -117,6 +146,7 @@ impl MemoryStorage {
                         inner.sessions.remove(&session);
                     }
                     inner.tasks.remove(id);
+                    inner.reports.remove(id);
                 }
             }
             if candidates.len() < batch_size {
@@ -130,7 +160,13 @@ impl MemoryStorage {
         let named: std::collections::HashSet<WorkerId> = inner
             .tasks
             .values()
-            .filter(|row| !request.selects(row))
+            .filter(|row| {
+                !request.selects(row)
+                    || inner
+                        .reports
+                        .get(&row.id)
+                        .is_some_and(|report| report.reported_at.is_none())
+            })
             .flat_map(|row| [row.worker_id, row.interrupted_by])
             .flatten()
             .collect();
@@ -160,6 +196,24 @@ impl MemoryStorage {
 }
 
 impl Inner {
+    /// What a judge learns about `owner` at `now` (`None`: no such worker).
+    fn owner_facts(&self, owner: Option<WorkerId>, now: Timestamp) -> Option<OwnerFacts> {
+        owner.and_then(|id| self.workers.get(&id)).map(|record| {
+            // A stopped or dead owner holds no lock worth asking about.
+            let lock = match record.state {
+                WorkerState::Alive => self
+                    .locks
+                    .get(&record.id)
+                    .copied()
+                    .unwrap_or(OwnerLock::NotCheckable),
+                WorkerState::Stopped | WorkerState::Dead => OwnerLock::NotCheckable,
+            };
+            // Heartbeats are written with the callers' clock: `now` is this
+            // store's time.
+            OwnerFacts::observed_at(record.clone(), now, lock)
+        })
+    }
+
     fn worker_must_be_alive(&self, id: WorkerId) -> Result<(), StorageError> {
         match self.workers.get(&id) {
             None => Err(StorageError::UnknownWorker { id }),
@@ -337,23 +391,7 @@ impl Storage for MemoryStorage {
         for (task_id, owner) in orphans {
             let verdict = verdicts
                 .entry(owner)
-                .or_insert_with(|| {
-                    // Heartbeats are written with the callers' clock: the
-                    // sweep's `now` is this store's time.
-                    let facts = owner.and_then(|id| inner.workers.get(&id)).map(|record| {
-                        // A stopped or dead owner holds no lock worth asking about.
-                        let lock = match record.state {
-                            WorkerState::Alive => inner
-                                .locks
-                                .get(&record.id)
-                                .copied()
-                                .unwrap_or(OwnerLock::NotCheckable),
-                            WorkerState::Stopped | WorkerState::Dead => OwnerLock::NotCheckable,
-                        };
-                        OwnerFacts::observed_at(record.clone(), request.now, lock)
-                    });
-                    judge.judge(facts.as_ref())
-                })
+                .or_insert_with(|| judge.judge(inner.owner_facts(owner, request.now).as_ref()))
                 .clone();
             let Liveness::Dead(cause) = verdict else {
                 continue;
@@ -372,7 +410,19 @@ impl Storage for MemoryStorage {
                     .count() as u32,
                 SweepMode::Apply => {
                     inner.tasks.insert(task_id, task.clone());
-                    inner.invalidate_sessions_of(task_id, request.now, &reason)
+                    let sessions_invalidated =
+                        inner.invalidate_sessions_of(task_id, request.now, &reason);
+                    inner.reports.insert(
+                        task_id,
+                        StoredReport {
+                            cause: cause.clone(),
+                            sessions_invalidated,
+                            owed_by: request.recovering_worker,
+                            owed_since: request.now,
+                            reported_at: None,
+                        },
+                    );
+                    sessions_invalidated
                 }
             };
             recovered.push(RecoveredTask {
@@ -382,6 +432,7 @@ impl Storage for MemoryStorage {
                 recovered_by: request.recovering_worker,
                 recovered_at: request.now,
                 sessions_invalidated,
+                previous_reporter: None,
             });
         }
         if request.mode == SweepMode::Apply {
@@ -399,6 +450,79 @@ impl Storage for MemoryStorage {
         }
         recovered.sort_by_key(|r| (r.task.started_at, r.task.id));
         Ok(recovered)
+    }
+
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let mut inner = self.lock();
+        let owners: std::collections::BTreeSet<WorkerId> = inner
+            .reports
+            .values()
+            .filter(|report| report.reported_at.is_none())
+            .map(|report| report.owed_by)
+            .collect();
+        // Owners whose reports move: the claimant itself, and owners the
+        // judge finds dead (`false`: registered; `true`: names no worker,
+        // so only reports owed since before the cut-off move).
+        let mut claimed_from: BTreeMap<WorkerId, bool> = BTreeMap::new();
+        for owner in owners {
+            let facts = inner.owner_facts(Some(owner), claim.now);
+            let gone =
+                owner == claim.claimant || matches!(judge.judge(facts.as_ref()), Liveness::Dead(_));
+            if gone {
+                claimed_from.insert(owner, owner != claim.claimant && facts.is_none());
+            }
+        }
+        let mut claimed = Vec::new();
+        let Inner { reports, tasks, .. } = &mut *inner;
+        for (id, report) in reports.iter_mut() {
+            let moves = match claimed_from.get(&report.owed_by) {
+                None => false,
+                Some(false) => true,
+                Some(true) => report.owed_since < claim.unregistered_owed_before,
+            };
+            if report.reported_at.is_some() || !moves {
+                continue;
+            }
+            let Some(task) = tasks.get(id) else {
+                continue;
+            };
+            claimed.push(RecoveredTask {
+                task: task.clone(),
+                dead_worker: task.worker_id,
+                cause: report.cause.clone(),
+                recovered_by: task.interrupted_by.unwrap_or(report.owed_by),
+                recovered_at: task.interrupted_at.unwrap_or(claim.now),
+                sessions_invalidated: report.sessions_invalidated,
+                previous_reporter: Some(report.owed_by),
+            });
+            report.owed_by = claim.claimant;
+            report.owed_since = claim.now;
+        }
+        claimed.sort_by_key(|r| (r.task.started_at, r.task.id));
+        Ok(claimed)
+    }
+
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        let mut inner = self.lock();
+        let mut confirmed = 0;
+        for id in tasks {
+            if let Some(report) = inner.reports.get_mut(id) {
+                if report.owed_by == reporter && report.reported_at.is_none() {
+                    report.reported_at = Some(at);
+                    confirmed += 1;
+                }
+            }
+        }
+        Ok(confirmed)
     }
 
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {

@@ -299,6 +299,28 @@ pub struct RecoveredTask {
     pub recovered_at: Timestamp,
     /// How many `claude_sdk_sessions` rows were invalidated with it.
     pub sessions_invalidated: u32,
+    /// `None` on the sweep that recovered the task. `Some(worker)` when this
+    /// is its report again: `worker` owed it and never confirmed it (the
+    /// process died between the sweep's commit and its report, or could not
+    /// write it), so a later sweep took the report over. The hint is the
+    /// same line.
+    pub previous_reporter: Option<WorkerId>,
+}
+
+/// A claim on the recovery reports nobody alive will deliver (see
+/// [`Storage::claim_unreported_recoveries`](crate::Storage::claim_unreported_recoveries)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportClaim {
+    /// The worker taking the reports over (its own unconfirmed reports
+    /// included).
+    pub claimant: WorkerId,
+    /// The claim's time (`owed_since` of what it takes).
+    pub now: Timestamp,
+    /// A report owed by an id that names no registered worker (an
+    /// operator's one-shot sweep, which never registers) is taken over only
+    /// if owed since before this: that sweep may still be printing it.
+    /// Workers pass `now - lease`.
+    pub unregistered_owed_before: Timestamp,
 }
 
 impl RecoveredTask {
@@ -423,6 +445,7 @@ mod tests {
             recovered_by: WorkerId::new_random(),
             recovered_at: started_at + Duration::seconds(3723),
             sessions_invalidated: 1,
+            previous_reporter: None,
         }
     }
 

@@ -318,6 +318,7 @@ impl RegisteredWorker {
             recovered_by: self.id(),
             recovered_at: at,
             sessions_invalidated,
+            previous_reporter: None,
         }))
     }
 

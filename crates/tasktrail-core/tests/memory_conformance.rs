@@ -89,6 +89,21 @@ impl Storage for InsertsOnFinish {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.inner.recover_orphans(request, judge)
     }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.inner.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.inner.confirm_reports(reporter, tasks, at)
+    }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.inner.record_session(session)
     }
@@ -176,6 +191,21 @@ impl Storage for SeesEveryLockFree {
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         self.inner.recover_orphans(request, &LocksLookFree(judge))
+    }
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        self.inner.claim_unreported_recoveries(claim, judge)
+    }
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        self.inner.confirm_reports(reporter, tasks, at)
     }
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
         self.inner.record_session(session)

@@ -19,6 +19,8 @@ mockall::mock! {
         fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError>;
         fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError>;
         fn recover_orphans<'a>(&self, request: &RecoveryRequest, judge: &'a dyn LivenessJudge) -> Result<Vec<RecoveredTask>, StorageError>;
+        fn claim_unreported_recoveries<'a>(&self, claim: &ReportClaim, judge: &'a dyn LivenessJudge) -> Result<Vec<RecoveredTask>, StorageError>;
+        fn confirm_reports<'a>(&self, reporter: WorkerId, tasks: &'a [TaskId], at: Timestamp) -> Result<u64, StorageError>;
         fn record_session(&self, session: &NewSession) -> Result<(), StorageError>;
         fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError>;
         fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError>;

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use tasktrail_core::{
-    HostIdentity, StorageError, TaskId, TaskStatus, Timestamp, WorkerId, WorkerState,
+    HostIdentity, StorageError, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerState,
 };
 
 pub(crate) fn corrupt(detail: impl Into<String>) -> StorageError {
@@ -179,6 +179,140 @@ pub(crate) fn decode_cost(id: &str, value: f64) -> Result<f64, StorageError> {
             "task {id}: cost_usd {value} is not a finite amount >= 0"
         )))
     }
+}
+
+/// A [`DeathCause`](tasktrail_core::DeathCause) as the `recovery_reports`
+/// columns keep it: its kind and the facts it names (each backend stores
+/// the time in its own type).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CauseColumns {
+    pub(crate) kind: String,
+    pub(crate) host: Option<String>,
+    pub(crate) pid: Option<i64>,
+    pub(crate) last_heartbeat: Option<Timestamp>,
+    pub(crate) lease_ms: Option<i64>,
+}
+
+impl CauseColumns {
+    /// The columns of `cause`.
+    pub(crate) fn of(cause: &tasktrail_core::DeathCause) -> Self {
+        use tasktrail_core::DeathCause;
+        let mut columns = CauseColumns {
+            kind: cause.kind().to_owned(),
+            host: None,
+            pid: None,
+            last_heartbeat: None,
+            lease_ms: None,
+        };
+        match cause {
+            DeathCause::ProcessGone { host, pid } | DeathCause::PidReused { host, pid } => {
+                columns.host = Some(host.clone());
+                columns.pid = Some(i64::from(*pid));
+            }
+            DeathCause::LeaseExpired {
+                host,
+                last_heartbeat,
+                lease,
+            } => {
+                columns.host = Some(host.clone());
+                columns.last_heartbeat = Some(*last_heartbeat);
+                columns.lease_ms = Some(lease.num_milliseconds());
+            }
+            DeathCause::LockReleased {
+                host,
+                pid,
+                last_heartbeat,
+            } => {
+                columns.host = Some(host.clone());
+                columns.pid = Some(i64::from(*pid));
+                columns.last_heartbeat = Some(*last_heartbeat);
+            }
+            _ => {}
+        }
+        columns
+    }
+
+    /// The cause back; a kind this build does not know, or a fact its kind
+    /// needs and the row lacks, is a `CorruptRow` naming `task`.
+    pub(crate) fn into_cause(self, task: &str) -> Result<tasktrail_core::DeathCause, StorageError> {
+        use tasktrail_core::DeathCause;
+        let missing = |column: &str| {
+            corrupt(format!(
+                "recovery report of task {task}: {column} is NULL for a {} cause",
+                self.kind
+            ))
+        };
+        let host = || self.host.clone().ok_or_else(|| missing("cause_host"));
+        let pid = || {
+            let pid = self.pid.ok_or_else(|| missing("cause_pid"))?;
+            u32::try_from(pid).map_err(|_| {
+                corrupt(format!(
+                    "recovery report of task {task}: cause_pid {pid} is not a pid"
+                ))
+            })
+        };
+        let last_heartbeat = || {
+            self.last_heartbeat
+                .ok_or_else(|| missing("cause_last_heartbeat"))
+        };
+        Ok(match self.kind.as_str() {
+            "process_gone" => DeathCause::ProcessGone {
+                host: host()?,
+                pid: pid()?,
+            },
+            "pid_reused" => DeathCause::PidReused {
+                host: host()?,
+                pid: pid()?,
+            },
+            "lease_expired" => DeathCause::LeaseExpired {
+                host: host()?,
+                last_heartbeat: last_heartbeat()?,
+                lease: chrono::Duration::milliseconds(
+                    self.lease_ms.ok_or_else(|| missing("cause_lease_ms"))?,
+                ),
+            },
+            "lock_released" => DeathCause::LockReleased {
+                host: host()?,
+                pid: pid()?,
+                last_heartbeat: last_heartbeat()?,
+            },
+            "deregistered" => DeathCause::Deregistered,
+            "declared_dead" => DeathCause::DeclaredDead,
+            "unknown_worker" => DeathCause::UnknownWorker,
+            "handle_abandoned" => DeathCause::HandleAbandoned,
+            other => {
+                return Err(corrupt(format!(
+                    "recovery report of task {task}: unknown cause_kind {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// A recovered task's report made again from its row (read in the claim's
+/// transaction) and its `recovery_reports` columns: `dead_worker`,
+/// `recovered_by` and `recovered_at` are the row's `worker_id`,
+/// `interrupted_by` and `interrupted_at`.
+pub(crate) fn recovered_again(
+    task: TaskRecord,
+    cause: CauseColumns,
+    sessions_invalidated: i64,
+    previous_reporter: WorkerId,
+) -> Result<tasktrail_core::RecoveredTask, StorageError> {
+    let id = task.id.to_string();
+    let label = RowLabel {
+        kind: "recovery report of task",
+        id: &id,
+    };
+    Ok(tasktrail_core::RecoveredTask {
+        dead_worker: task.worker_id,
+        cause: cause.into_cause(&id)?,
+        recovered_by: task.interrupted_by.unwrap_or(previous_reporter),
+        recovered_at: task.interrupted_at.unwrap_or(task.started_at),
+        sessions_invalidated: decode_u32("sessions_invalidated", &label, sessions_invalidated)?,
+        previous_reporter: Some(previous_reporter),
+        task,
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ mod prune;
 mod raw;
 mod secrets;
 mod statement_log;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod stats;
 
 #[cfg(feature = "postgres")]
 mod postgres;

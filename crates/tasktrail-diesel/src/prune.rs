@@ -10,7 +10,8 @@ use std::collections::HashSet;
 
 use tasktrail_core::{PruneReport, PruneRequest, StorageError, TaskRecord, WorkerId, WorkerRecord};
 
-/// A batch of rows: each stored id with its record (`None`: unreadable).
+/// A batch of rows: each stored id with its record (`None`: kept whatever
+/// the request: unreadable, or its recovery report is still owed).
 pub(crate) type RowBatch<Id> = Vec<(Id, Option<TaskRecord>)>;
 
 /// What a backend provides for a prune.
@@ -19,7 +20,8 @@ pub(crate) trait PruneTarget {
     type Id: Clone;
 
     /// Up to `limit` rows of `task_history` after `after` in id order, each
-    /// with its record (`None` when the row cannot be read).
+    /// with its record (`None` when the row cannot be read, or its recovery
+    /// report is still owed).
     fn rows_after(
         &self,
         after: Option<&Self::Id>,
@@ -29,8 +31,9 @@ pub(crate) trait PruneTarget {
     /// How many sessions these tasks have.
     fn count_sessions(&self, tasks: &[Self::Id]) -> Result<u64, StorageError>;
 
-    /// In one transaction: deletes the sessions of these tasks, then the
-    /// tasks themselves unless `running`. Returns (tasks, sessions) deleted.
+    /// In one transaction: deletes the sessions and confirmed recovery
+    /// reports of these tasks, then the tasks themselves unless `running`
+    /// or their report is still owed. Returns (tasks, sessions) deleted.
     fn delete_tasks(&self, tasks: &[Self::Id]) -> Result<(u64, u64), StorageError>;
 
     /// Every `workers` row.
@@ -62,7 +65,7 @@ pub(crate) fn prune(
                         .into_iter()
                         .flatten(),
                 ),
-                // Unreadable: kept. The workers it names are protected by
+                // Unreadable or owed a report: kept. The workers it names are protected by
                 // the DELETE's own guard (no row may name them).
                 None => {}
             }

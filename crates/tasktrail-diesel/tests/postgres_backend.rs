@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
+/// How many migrations a current schema has.
+const MIGRATIONS: usize = 4;
+
 use chrono::{Duration, TimeZone, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -290,7 +293,10 @@ fn a_database_filled_at_the_pre_fix_schema_upgrades_with_every_row_intact() {
     assert_eq!(before.len(), 4);
 
     let store = database.open();
-    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
+    assert_eq!(
+        store.applied_migrations().expect("versions").len(),
+        MIGRATIONS
+    );
     let after = rows(&store);
     assert_eq!(after.len(), before.len(), "every row is kept");
     for (old, new) in before.iter().zip(&after) {
@@ -351,8 +357,9 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = database.open();
     let upgraded = rows(&store);
 
-    // Down through the host identity migration, then the fix.
-    for _ in 0..2 {
+    // Down through the recovery reports and host identity migrations,
+    // then the fix.
+    for _ in 0..MIGRATIONS - 1 {
         store
             .with_connection(|c| c.revert_last_migration(POSTGRES_MIGRATIONS).map(drop))
             .expect("connection")
@@ -365,7 +372,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     );
     assert_eq!(store.applied_migrations().expect("versions").len(), 1);
 
-    assert_eq!(store.migrate().expect("up again").len(), 2);
+    assert_eq!(store.migrate().expect("up again").len(), MIGRATIONS - 1);
     assert_eq!(
         rows(&store),
         upgraded,
@@ -378,7 +385,7 @@ fn the_fix_migration_round_trips_down_and_up() {
         .expect("connection")
         .expect("all down");
     assert!(store.applied_migrations().expect("versions").is_empty());
-    assert_eq!(store.migrate().expect("up").len(), 3);
+    assert_eq!(store.migrate().expect("up").len(), MIGRATIONS);
 }
 
 #[test]
@@ -405,11 +412,14 @@ fn concurrent_opens_migrate_once_and_migrate_is_idempotent() {
     });
     assert_eq!(
         applied.iter().map(Vec::len).sum::<usize>(),
-        3,
+        MIGRATIONS,
         "{applied:?}"
     );
     let store = database.open();
-    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
+    assert_eq!(
+        store.applied_migrations().expect("versions").len(),
+        MIGRATIONS
+    );
     assert!(store.migrate().expect("again").is_empty());
 }
 
@@ -1732,7 +1742,7 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
     let recorded = PostgresStorage::adopt(&database.url).expect("adopt");
     // The baseline (migration 1), then every later migration, in order.
     assert_eq!(recorded[0], "20260501000000", "{recorded:?}");
-    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded.len(), MIGRATIONS, "{recorded:?}");
     assert!(recorded.windows(2).all(|pair| pair[0] < pair[1]));
 
     let store = database.open();

@@ -5,6 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+/// How many migrations a current schema has.
+const MIGRATIONS: usize = 4;
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
@@ -121,8 +124,9 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = SqliteStorage::open(&path).expect("upgrade");
     let upgraded = rows(&store);
 
-    // Down through the host identity migration, then the fix.
-    for _ in 0..2 {
+    // Down through the recovery reports and host identity migrations,
+    // then the fix.
+    for _ in 0..MIGRATIONS - 1 {
         store
             .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
             .expect("down");
@@ -134,7 +138,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     );
     assert_eq!(store.applied_migrations().expect("versions").len(), 1);
 
-    assert_eq!(store.migrate().expect("up again").len(), 2);
+    assert_eq!(store.migrate().expect("up again").len(), MIGRATIONS - 1);
     assert_eq!(
         rows(&store),
         upgraded,
@@ -146,7 +150,10 @@ fn the_fix_migration_round_trips_down_and_up() {
 fn migrate_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
-    assert_eq!(store.applied_migrations().expect("versions").len(), 3);
+    assert_eq!(
+        store.applied_migrations().expect("versions").len(),
+        MIGRATIONS
+    );
     assert!(store.migrate().expect("again").is_empty());
     drop(store);
     let reopened = SqliteStorage::open(dir.path().join("t.db")).expect("reopen");
@@ -261,7 +268,10 @@ fn several_stores_opening_a_fresh_file_at_once_all_migrate_it_once() {
         });
         for result in results {
             let store = result.unwrap_or_else(|error| panic!("round {round}: {error}"));
-            assert_eq!(store.applied_migrations().expect("versions").len(), 3);
+            assert_eq!(
+                store.applied_migrations().expect("versions").len(),
+                MIGRATIONS
+            );
             assert!(store
                 .list_tasks(&Default::default())
                 .expect("list")
@@ -288,9 +298,11 @@ fn workers_registered_before_the_host_identity_migration_are_judged_by_the_lease
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
-    store
-        .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
-        .expect("down to migration 2");
+    for _ in 0..2 {
+        store
+            .with_connection(|c| c.revert_last_migration(SQLITE_MIGRATIONS).map(drop))
+            .expect("down to migration 2");
+    }
     let now = chrono::Utc::now();
     let fresh = WorkerId::new_random();
     let stale = WorkerId::new_random();
@@ -311,7 +323,7 @@ fn workers_registered_before_the_host_identity_migration_are_judged_by_the_lease
             })
             .expect("a pre-3 worker and its running row");
     }
-    assert_eq!(store.migrate().expect("up").len(), 1);
+    assert_eq!(store.migrate().expect("up").len(), 2);
     let workers = store.list_workers().expect("workers");
     assert!(workers.iter().all(|w| w.host_identity.is_none()));
 
@@ -435,7 +447,7 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
     let recorded = SqliteStorage::adopt(&path, &SqliteOptions::default()).expect("adopt");
     // Recorded as migration 1, then every later migration applied (the fix,
     // the host identity columns).
-    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded.len(), MIGRATIONS, "{recorded:?}");
     assert!(recorded.windows(2).all(|pair| pair[0] < pair[1]));
 
     let store = SqliteStorage::open(&path).expect("open after adoption");

@@ -142,7 +142,8 @@ fn open(db: &str) -> Result<Arc<dyn Storage>, ServerError> {
 
 fn print_event(event: &WorkerEvent) {
     match event {
-        WorkerEvent::Recovered(task) => println!("{}", task.hint()),
+        // Delivered by the recovery reporter (stdout), confirmed there.
+        WorkerEvent::Recovered(_) => {}
         WorkerEvent::UpkeepFailed { upkeep, error } => warn(format!("{upkeep:?} failed: {error}")),
         WorkerEvent::DeclaredDead => warn(
             "this worker was declared dead by another worker's sweep; \
@@ -159,6 +160,12 @@ async fn serve(args: Args) -> Result<(), ServerError> {
     let worker = AsyncWorker::boot(
         Worker::builder(storage)
             .stop_deadline(args.stop_deadline)
+            .recovery_reporter(|task| {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", task.hint())?;
+                out.flush()
+            })
             .on_event(print_event),
     )
     .await?;

@@ -50,7 +50,7 @@ const PRE_FIX_COLUMNS: [(&str, Kind, bool); 16] = [
 const PRE_FIX_STATUSES: &str =
     "'success', 'failure', 'cancelled', 'interrupted', 'aborted_no_skill'";
 
-const TABLES_THE_FIX_CREATES: [&str; 2] = ["workers", "claude_sdk_sessions"];
+const TABLES_THE_FIX_CREATES: [&str; 3] = ["workers", "claude_sdk_sessions", "recovery_reports"];
 
 /// The target type, and the `USING` conversion from `data_type`, or `None`
 /// when such a column cannot hold the kind's values.

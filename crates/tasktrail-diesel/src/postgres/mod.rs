@@ -10,6 +10,7 @@ mod schema;
 #[cfg(feature = "testing")]
 mod scratch;
 mod statements;
+mod stats;
 mod store;
 
 #[cfg(feature = "testing")]

@@ -6,15 +6,15 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use tasktrail_core::{
-    truncate_to_micros, SessionId, SessionRecord, StorageError, TaskId, TaskRecord, WorkerId,
-    WorkerRecord, WorkerRegistration, WorkerState,
+    truncate_to_micros, RecoveredTask, SessionId, SessionRecord, StorageError, TaskId, TaskRecord,
+    WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 
-use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use crate::codec::{
     artifacts_from_json, corrupt, decode_cost, decode_host_identity, decode_status, decode_u32,
-    decode_worker_state, encode_host_identity, RowLabel,
+    decode_worker_state, encode_host_identity, recovered_again, CauseColumns, RowLabel,
 };
 
 #[derive(Debug, Queryable, Selectable)]
@@ -198,5 +198,73 @@ impl SessionRow {
             invalidated_at: self.invalidated_at,
             invalidation_reason: self.invalidation_reason,
         })
+    }
+}
+
+/// A `recovery_reports` row as a sweep writes it: owed, unconfirmed.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = recovery_reports)]
+pub(super) struct NewReportRow {
+    task_id: Uuid,
+    cause_kind: String,
+    cause_host: Option<String>,
+    cause_pid: Option<i64>,
+    cause_last_heartbeat: Option<DateTime<Utc>>,
+    cause_lease_ms: Option<i64>,
+    sessions_invalidated: i64,
+    owed_by: Uuid,
+    owed_since: DateTime<Utc>,
+}
+
+impl NewReportRow {
+    /// The report `recovered` owes, owed by its recovering worker since it
+    /// was recovered.
+    pub(super) fn owed(recovered: &RecoveredTask) -> Self {
+        let cause = CauseColumns::of(&recovered.cause);
+        NewReportRow {
+            task_id: *recovered.task.id.as_uuid(),
+            cause_kind: cause.kind,
+            cause_host: cause.host,
+            cause_pid: cause.pid,
+            cause_last_heartbeat: cause.last_heartbeat.map(truncate_to_micros),
+            cause_lease_ms: cause.lease_ms,
+            sessions_invalidated: i64::from(recovered.sessions_invalidated),
+            owed_by: *recovered.recovered_by.as_uuid(),
+            owed_since: truncate_to_micros(recovered.recovered_at),
+        }
+    }
+}
+
+/// A `recovery_reports` row read back for a claim.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = recovery_reports)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(super) struct ReportRow {
+    cause_kind: String,
+    cause_host: Option<String>,
+    cause_pid: Option<i64>,
+    cause_last_heartbeat: Option<DateTime<Utc>>,
+    cause_lease_ms: Option<i64>,
+    sessions_invalidated: i64,
+    owed_by: Uuid,
+}
+
+impl ReportRow {
+    /// The report of `task` (its row, read in the same transaction), made
+    /// again by a new reporter.
+    pub(super) fn into_recovered(self, task: TaskRecord) -> Result<RecoveredTask, StorageError> {
+        let cause = CauseColumns {
+            kind: self.cause_kind,
+            host: self.cause_host,
+            pid: self.cause_pid,
+            last_heartbeat: self.cause_last_heartbeat,
+            lease_ms: self.cause_lease_ms,
+        };
+        recovered_again(
+            task,
+            cause,
+            self.sessions_invalidated,
+            WorkerId::from_uuid(self.owed_by),
+        )
     }
 }

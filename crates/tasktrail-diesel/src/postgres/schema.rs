@@ -57,5 +57,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    recovery_reports (task_id) {
+        task_id -> Uuid,
+        cause_kind -> Text,
+        cause_host -> Nullable<Text>,
+        cause_pid -> Nullable<BigInt>,
+        cause_last_heartbeat -> Nullable<Timestamptz>,
+        cause_lease_ms -> Nullable<BigInt>,
+        sessions_invalidated -> BigInt,
+        owed_by -> Uuid,
+        owed_since -> Timestamptz,
+        reported_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(claude_sdk_sessions -> task_history (task_id));
-diesel::allow_tables_to_appear_in_same_query!(task_history, workers, claude_sdk_sessions);
+diesel::joinable!(recovery_reports -> task_history (task_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    task_history,
+    workers,
+    claude_sdk_sessions,
+    recovery_reports
+);

@@ -9,7 +9,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use tasktrail_core::backend::{
     recovery_reason, FinishRow, FinishWrite, LivenessJudge, LockWatch, NewRunningRow, NewSession,
-    OwnerFacts, OwnerLock, RecoveryRequest, SweepMode,
+    OwnerFacts, OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
     truncate_to_micros, FinishRefusal, Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord,
@@ -18,7 +18,7 @@ use tasktrail_core::{
 };
 use uuid::Uuid;
 
-use super::rows::{NewWorkerRow, SessionRow, TaskRow, WorkerRow};
+use super::rows::{NewReportRow, NewWorkerRow, ReportRow, SessionRow, TaskRow, WorkerRow};
 
 /// The database's clock at the sweep, and how long the sweep's connection
 /// has been able to watch locks, in seconds.
@@ -54,7 +54,7 @@ pub(crate) fn worker_lock_is_held(
     .get_result::<super::Flag>(connection)
     .map(|row| row.flag)
 }
-use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::codec::artifacts_to_json;
@@ -230,6 +230,133 @@ impl PostgresStorage {
         Ok(OwnerFacts::observed_at(owner.clone(), db_now, lock))
     }
 
+    /// The database's time (the clock heartbeats are written with, so
+    /// owners' silence is measured on it; the caller's clock never matters)
+    /// and how long a judge has been able to watch locks: since the server
+    /// started and since this store's liveness session began, whichever is
+    /// later (after a restart, a failover or a reconnect every lock is free
+    /// until its owner takes it back). Read after the row locks were granted.
+    fn judging_clock(
+        connection: &mut PgConnection,
+        watched_by_this_store: std::time::Duration,
+    ) -> Result<(Timestamp, chrono::Duration), DieselError> {
+        let clock = diesel::sql_query(
+            "SELECT clock_timestamp() AS db_now, \
+             EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())::float8 \
+               AS watched_seconds",
+        )
+        .get_result::<DatabaseClock>(connection)?;
+        let server_up_for =
+            std::time::Duration::from_secs_f64(clock.watched_seconds.clamp(0.0, 1e9));
+        let watched = server_up_for.min(watched_by_this_store);
+        let watched_for = chrono::Duration::from_std(watched).unwrap_or(chrono::Duration::MAX);
+        Ok((clock.db_now, watched_for))
+    }
+
+    /// The claim of [`Storage::claim_unreported_recoveries`], in the
+    /// caller's transaction.
+    fn claim(
+        connection: &mut PgConnection,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+        watched_by_this_store: std::time::Duration,
+    ) -> Result<Vec<RecoveredTask>, TxError> {
+        let claimant = *claim.claimant.as_uuid();
+        let owed_by: Vec<Uuid> = recovery_reports::table
+            .filter(recovery_reports::reported_at.is_null())
+            .select(recovery_reports::owed_by)
+            .distinct()
+            .load(connection)?;
+        let others: Vec<Uuid> = owed_by
+            .iter()
+            .copied()
+            .filter(|id| *id != claimant)
+            .collect();
+        if owed_by.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The owners' rows, locked in id order like a sweep's, so a claim
+        // and a sweep judging the same owner read one decision.
+        let owner_rows: Vec<WorkerRow> = workers::table
+            .filter(workers::id.eq_any(&others))
+            .order(workers::id)
+            .select(WorkerRow::as_select())
+            .for_update()
+            .load(connection)?;
+        let (db_now, watched_for) = Self::judging_clock(connection, watched_by_this_store)?;
+        let mut facts: HashMap<Uuid, OwnerFacts> = HashMap::new();
+        for row in owner_rows {
+            let holds_advisory_lock = row.holds_advisory_lock();
+            let record = row.into_record()?;
+            let owner_facts = Self::owner_facts(
+                connection,
+                &record,
+                holds_advisory_lock,
+                db_now,
+                watched_for,
+            )?;
+            facts.insert(*record.id.as_uuid(), owner_facts);
+        }
+        // Owners whose reports move: the claimant itself (it could not
+        // deliver them), owners the judge finds dead, and ids naming no
+        // worker (an operator's one-shot sweep) for reports owed since
+        // before the cut-off.
+        let mut dead: Vec<Uuid> = Vec::new();
+        let mut unregistered: Vec<Uuid> = Vec::new();
+        for owner in owed_by {
+            if owner == claimant {
+                dead.push(owner);
+            } else if matches!(judge.judge(facts.get(&owner)), Liveness::Dead(_)) {
+                if facts.contains_key(&owner) {
+                    dead.push(owner);
+                } else {
+                    unregistered.push(owner);
+                }
+            }
+        }
+        if dead.is_empty() && unregistered.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each report moves once: a concurrent claim waits on the row and
+        // re-reads `owed_by`, which no longer names a dead owner.
+        let reports: Vec<(Uuid, ReportRow)> = recovery_reports::table
+            .filter(recovery_reports::reported_at.is_null())
+            .filter(
+                recovery_reports::owed_by
+                    .eq_any(&dead)
+                    .or(recovery_reports::owed_by.eq_any(&unregistered).and(
+                        recovery_reports::owed_since
+                            .lt(truncate_to_micros(claim.unregistered_owed_before)),
+                    )),
+            )
+            .select((recovery_reports::task_id, ReportRow::as_select()))
+            .for_update()
+            .load(connection)?;
+        let ids: Vec<Uuid> = reports.iter().map(|(id, _)| *id).collect();
+        diesel::update(recovery_reports::table.filter(recovery_reports::task_id.eq_any(&ids)))
+            .set((
+                recovery_reports::owed_by.eq(claimant),
+                recovery_reports::owed_since.eq(truncate_to_micros(claim.now)),
+            ))
+            .execute(connection)?;
+        let mut tasks: HashMap<Uuid, TaskRow> = task_history::table
+            .filter(task_history::id.eq_any(&ids))
+            .select(TaskRow::as_select())
+            .load::<TaskRow>(connection)?
+            .into_iter()
+            .map(|task| (task.uuid(), task))
+            .collect();
+        let mut claimed = Vec::with_capacity(reports.len());
+        for (id, report) in reports {
+            // The foreign key keeps the row while its report exists.
+            if let Some(task) = tasks.remove(&id) {
+                claimed.push(report.into_recovered(task.into_record()?)?);
+            }
+        }
+        claimed.sort_by_key(|recovered| (recovered.task.started_at, recovered.task.id));
+        Ok(claimed)
+    }
+
     fn sweep(
         connection: &mut PgConnection,
         request: &RecoveryRequest,
@@ -281,17 +408,7 @@ impl PostgresStorage {
         //    started and since this connection began, whichever is later
         //    (after a restart, a failover or a reconnect every lock is free
         //    until its owner takes it back).
-        let clock = diesel::sql_query(
-            "SELECT clock_timestamp() AS db_now, \
-             EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())::float8 \
-               AS watched_seconds",
-        )
-        .get_result::<DatabaseClock>(connection)?;
-        let db_now: DateTime<Utc> = clock.db_now;
-        let server_up_for =
-            std::time::Duration::from_secs_f64(clock.watched_seconds.clamp(0.0, 1e9));
-        let watched = server_up_for.min(watched_by_this_store);
-        let watched_for = chrono::Duration::from_std(watched).unwrap_or(chrono::Duration::MAX);
+        let (db_now, watched_for) = Self::judging_clock(connection, watched_by_this_store)?;
 
         // 4. The running rows, each locked by exactly one sweep. Rows of an
         //    owner that appeared after step 1 are left to the next sweep.
@@ -398,7 +515,17 @@ impl PostgresStorage {
                     recovered_by: request.recovering_worker,
                     recovered_at: now,
                     sessions_invalidated: sessions.get(&id).copied().unwrap_or(0),
+                    previous_reporter: None,
                 });
+            }
+        }
+        // 7. The reports the recovered rows owe.
+        if apply && !recovered.is_empty() {
+            let reports: Vec<NewReportRow> = recovered.iter().map(NewReportRow::owed).collect();
+            for chunk in reports.chunks(1000) {
+                diesel::insert_into(recovery_reports::table)
+                    .values(chunk)
+                    .execute(connection)?;
             }
         }
         recovered.sort_by_key(|recovered| (recovered.task.started_at, recovered.task.id));
@@ -635,6 +762,36 @@ impl Storage for PostgresStorage {
         transaction(&mut *self.pooled()?, |connection| {
             Self::sweep(connection, request, judge, watched_by_this_store)
         })
+    }
+
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let watched_by_this_store = self.liveness.connected_for();
+        transaction(&mut *self.pooled()?, |connection| {
+            Self::claim(connection, claim, judge, watched_by_this_store)
+        })
+    }
+
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        let ids: Vec<Uuid> = tasks.iter().map(|id| *id.as_uuid()).collect();
+        diesel::update(
+            recovery_reports::table
+                .filter(recovery_reports::task_id.eq_any(&ids))
+                .filter(recovery_reports::owed_by.eq(*reporter.as_uuid()))
+                .filter(recovery_reports::reported_at.is_null()),
+        )
+        .set(recovery_reports::reported_at.eq(truncate_to_micros(at)))
+        .execute(&mut *self.pooled()?)
+        .map(|confirmed| confirmed as u64)
+        .map_err(map_error)
     }
 
     /// One transaction: the worker must be `alive` (`FOR SHARE`) and the task

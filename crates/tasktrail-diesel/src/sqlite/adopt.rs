@@ -57,7 +57,7 @@ const PRE_FIX_STATUSES: [&str; 5] = [
 ];
 
 /// The tables the fix creates: an adopted database must not have them.
-const TABLES_THE_FIX_CREATES: [&str; 2] = ["workers", "claude_sdk_sessions"];
+const TABLES_THE_FIX_CREATES: [&str; 3] = ["workers", "claude_sdk_sessions", "recovery_reports"];
 
 /// Whether a declared SQLite type can hold `affinity`'s values (SQLite's
 /// own affinity rules, plus the time names other tools declare).

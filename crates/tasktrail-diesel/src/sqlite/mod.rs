@@ -6,6 +6,7 @@ mod raw;
 mod rows;
 mod schema;
 mod statements;
+mod stats;
 mod store;
 
 use std::collections::HashMap;

@@ -3,15 +3,15 @@
 
 use diesel::prelude::*;
 use tasktrail_core::{
-    SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord, WorkerRegistration,
-    WorkerState,
+    RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
+    WorkerRegistration, WorkerState,
 };
 
-use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use crate::codec::{
     corrupt, decode_artifacts, decode_cost, decode_host_identity, decode_status, decode_task_id,
     decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
-    encode_timestamp, name_the_row, RowLabel,
+    encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
 
 /// `workers.liveness_lock` of a worker holding an flock on its lock file.
@@ -203,5 +203,73 @@ impl SessionRow {
                 .transpose()?,
             invalidation_reason: self.invalidation_reason,
         })
+    }
+}
+
+/// A `recovery_reports` row as a sweep writes it: owed, unconfirmed.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = recovery_reports)]
+pub(super) struct NewReportRow {
+    task_id: String,
+    cause_kind: String,
+    cause_host: Option<String>,
+    cause_pid: Option<i64>,
+    cause_last_heartbeat: Option<String>,
+    cause_lease_ms: Option<i64>,
+    sessions_invalidated: i64,
+    owed_by: String,
+    owed_since: String,
+}
+
+impl NewReportRow {
+    /// The report `recovered` owes, owed by its recovering worker since it
+    /// was recovered.
+    pub(super) fn owed(recovered: &RecoveredTask) -> Self {
+        let cause = CauseColumns::of(&recovered.cause);
+        NewReportRow {
+            task_id: recovered.task.id.to_string(),
+            cause_kind: cause.kind,
+            cause_host: cause.host,
+            cause_pid: cause.pid,
+            cause_last_heartbeat: cause.last_heartbeat.map(encode_timestamp),
+            cause_lease_ms: cause.lease_ms,
+            sessions_invalidated: i64::from(recovered.sessions_invalidated),
+            owed_by: recovered.recovered_by.to_string(),
+            owed_since: encode_timestamp(recovered.recovered_at),
+        }
+    }
+}
+
+/// A `recovery_reports` row read back for a claim.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = recovery_reports)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct ReportRow {
+    cause_kind: String,
+    cause_host: Option<String>,
+    cause_pid: Option<i64>,
+    cause_last_heartbeat: Option<String>,
+    cause_lease_ms: Option<i64>,
+    sessions_invalidated: i64,
+    owed_by: String,
+}
+
+impl ReportRow {
+    /// The report of `task` (its row, read in the same transaction), made
+    /// again by a new reporter.
+    pub(super) fn into_recovered(self, task: TaskRecord) -> Result<RecoveredTask, StorageError> {
+        let cause = CauseColumns {
+            kind: self.cause_kind,
+            host: self.cause_host,
+            pid: self.cause_pid,
+            last_heartbeat: self
+                .cause_last_heartbeat
+                .as_deref()
+                .map(|text| decode_timestamp("cause_last_heartbeat", text))
+                .transpose()?,
+            lease_ms: self.cause_lease_ms,
+        };
+        let previous_reporter = decode_worker_id("owed_by", &self.owed_by)?;
+        recovered_again(task, cause, self.sessions_invalidated, previous_reporter)
     }
 }

@@ -54,5 +54,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    recovery_reports (task_id) {
+        task_id -> Text,
+        cause_kind -> Text,
+        cause_host -> Nullable<Text>,
+        cause_pid -> Nullable<BigInt>,
+        cause_last_heartbeat -> Nullable<Text>,
+        cause_lease_ms -> Nullable<BigInt>,
+        sessions_invalidated -> BigInt,
+        owed_by -> Text,
+        owed_since -> Text,
+        reported_at -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(claude_sdk_sessions -> task_history (task_id));
-diesel::allow_tables_to_appear_in_same_query!(task_history, workers, claude_sdk_sessions);
+diesel::joinable!(recovery_reports -> task_history (task_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    task_history,
+    workers,
+    claude_sdk_sessions,
+    recovery_reports
+);

@@ -8,7 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sqlite::SqliteConnection;
 use tasktrail_core::backend::{
     recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
-    OwnerLock, RecoveryRequest, SweepMode,
+    OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
     Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
@@ -16,8 +16,8 @@ use tasktrail_core::{
     WorkerState,
 };
 
-use super::rows::{SessionRow, TaskRow, WorkerRow};
-use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::rows::{NewReportRow, ReportRow, SessionRow, TaskRow, WorkerRow};
+use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{map_error, SqliteStorage};
 use crate::codec::{decode_worker_id, encode_artifacts, encode_timestamp};
@@ -368,26 +368,7 @@ impl Storage for SqliteStorage {
             // What the judge needs about each: heartbeats are written with
             // the callers' clock, so the sweep's `now` is this store's time;
             // the lock of each `alive` owner that registered with one.
-            let mut owners: HashMap<WorkerId, OwnerFacts> = HashMap::new();
-            for chunk in known_owners.chunks(500) {
-                let rows: Vec<WorkerRow> = workers::table
-                    .filter(workers::id.eq_any(chunk))
-                    .select(WorkerRow::as_select())
-                    .load(connection)?;
-                for row in rows {
-                    let holds_flock = row.holds_flock();
-                    let record = row.into_record()?;
-                    let lock = if holds_flock && record.state == WorkerState::Alive {
-                        self.check_worker_lock(record.id)
-                    } else {
-                        OwnerLock::NotCheckable
-                    };
-                    owners.insert(
-                        record.id,
-                        OwnerFacts::observed_at(record, request.now, lock),
-                    );
-                }
-            }
+            let owners = self.owner_facts(connection, &known_owners, request.now)?;
             let mut recovered = Vec::new();
             for (owner, owner_text) in owner_ids {
                 let facts = owner.and_then(|id| owners.get(&id));
@@ -463,6 +444,7 @@ impl Storage for SqliteStorage {
                         recovered_by: request.recovering_worker,
                         recovered_at: request.now,
                         sessions_invalidated,
+                        previous_reporter: None,
                     });
                 }
                 // Last, the transition and the owner's verdict.
@@ -489,6 +471,15 @@ impl Storage for SqliteStorage {
                     }
                 }
             }
+            // The reports the recovered rows owe, in the same transaction.
+            if request.mode == SweepMode::Apply {
+                let reports: Vec<NewReportRow> = recovered.iter().map(NewReportRow::owed).collect();
+                for chunk in reports.chunks(500) {
+                    diesel::insert_into(recovery_reports::table)
+                        .values(chunk)
+                        .execute(connection)?;
+                }
+            }
             recovered.sort_by(|a, b| {
                 (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id))
             });
@@ -509,6 +500,106 @@ impl Storage for SqliteStorage {
             }
         }
         Ok(recovered)
+    }
+
+    fn claim_unreported_recoveries(
+        &self,
+        claim: &ReportClaim,
+        judge: &dyn LivenessJudge,
+    ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let claimant = claim.claimant.to_string();
+        // One IMMEDIATE transaction: claims (and sweeps) run one at a time,
+        // so a report is taken by exactly one.
+        immediate(&mut self.connection(), |connection| {
+            let owed_by: Vec<String> = recovery_reports::table
+                .filter(recovery_reports::reported_at.is_null())
+                .select(recovery_reports::owed_by)
+                .distinct()
+                .load(connection)?;
+            let others: Vec<&String> = owed_by.iter().filter(|id| **id != claimant).collect();
+            let facts = self.owner_facts(connection, &others, claim.now)?;
+            // Owners whose reports move: the claimant itself (it could not
+            // deliver them), owners the judge finds dead, and ids naming no
+            // worker (an operator's one-shot sweep) for reports owed since
+            // before the cut-off.
+            let mut dead: Vec<&String> = Vec::new();
+            let mut unregistered: Vec<&String> = Vec::new();
+            for owner in &owed_by {
+                if *owner == claimant {
+                    dead.push(owner);
+                    continue;
+                }
+                let facts = decode_worker_id("owed_by", owner)
+                    .ok()
+                    .and_then(|id| facts.get(&id));
+                if matches!(judge.judge(facts), Liveness::Dead(_)) {
+                    if facts.is_some() {
+                        dead.push(owner);
+                    } else {
+                        unregistered.push(owner);
+                    }
+                }
+            }
+            let cut_off = encode_timestamp(claim.unregistered_owed_before);
+            let mut claimed = Vec::new();
+            for (owners, only_before) in dead.chunks(500).map(|chunk| (chunk, None)).chain(
+                unregistered
+                    .chunks(500)
+                    .map(|chunk| (chunk, Some(&cut_off))),
+            ) {
+                let mut select = recovery_reports::table
+                    .inner_join(task_history::table)
+                    .filter(recovery_reports::reported_at.is_null())
+                    .filter(recovery_reports::owed_by.eq_any(owners))
+                    .select((ReportRow::as_select(), TaskRow::as_select()))
+                    .into_boxed();
+                let mut update = diesel::update(recovery_reports::table)
+                    .filter(recovery_reports::reported_at.is_null())
+                    .filter(recovery_reports::owed_by.eq_any(owners))
+                    .into_boxed();
+                if let Some(cut_off) = only_before {
+                    select = select.filter(recovery_reports::owed_since.lt(cut_off));
+                    update = update.filter(recovery_reports::owed_since.lt(cut_off));
+                }
+                for (report, task) in select.load::<(ReportRow, TaskRow)>(connection)? {
+                    claimed.push(report.into_recovered(task.into_record()?)?);
+                }
+                update
+                    .set((
+                        recovery_reports::owed_by.eq(&claimant),
+                        recovery_reports::owed_since.eq(encode_timestamp(claim.now)),
+                    ))
+                    .execute(connection)?;
+            }
+            claimed.sort_by(|a, b| {
+                (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id))
+            });
+            Ok(claimed)
+        })
+    }
+
+    fn confirm_reports(
+        &self,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
+    ) -> Result<u64, StorageError> {
+        let reporter = reporter.to_string();
+        let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
+        immediate(&mut self.connection(), |connection| {
+            let mut confirmed = 0;
+            for chunk in ids.chunks(500) {
+                confirmed += diesel::update(
+                    recovery_reports::table
+                        .filter(recovery_reports::task_id.eq_any(chunk))
+                        .filter(recovery_reports::owed_by.eq(&reporter))
+                        .filter(recovery_reports::reported_at.is_null()),
+                )
+                .set(recovery_reports::reported_at.eq(encode_timestamp(at)))
+                .execute(connection)? as u64;
+            }
+            Ok(confirmed)
+        })
     }
 
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
@@ -631,5 +722,38 @@ impl SqliteStorage {
             query = query.limit(i64::from(limit));
         }
         query.load(&mut *self.connection()).map_err(map_error)
+    }
+}
+
+impl SqliteStorage {
+    /// What a judge learns about each of `owners` (as the rows spell them)
+    /// at `now`: its `workers` row, and the lock of an `alive` owner that
+    /// registered with one. Heartbeats are written with the callers' clock,
+    /// so `now` (the sweep's) is this store's time. An owner with no row is
+    /// absent.
+    fn owner_facts(
+        &self,
+        connection: &mut SqliteConnection,
+        owners: &[&String],
+        now: Timestamp,
+    ) -> Result<HashMap<WorkerId, OwnerFacts>, TxError> {
+        let mut facts: HashMap<WorkerId, OwnerFacts> = HashMap::new();
+        for chunk in owners.chunks(500) {
+            let rows: Vec<WorkerRow> = workers::table
+                .filter(workers::id.eq_any(chunk))
+                .select(WorkerRow::as_select())
+                .load(connection)?;
+            for row in rows {
+                let holds_flock = row.holds_flock();
+                let record = row.into_record()?;
+                let lock = if holds_flock && record.state == WorkerState::Alive {
+                    self.check_worker_lock(record.id)
+                } else {
+                    OwnerLock::NotCheckable
+                };
+                facts.insert(record.id, OwnerFacts::observed_at(record, now, lock));
+            }
+        }
+        Ok(facts)
     }
 }

@@ -1,0 +1,233 @@
+//! The operator's figures (`tasktrail stats`), computed in the database:
+//! each backend runs four aggregate queries in one read-only transaction
+//! (one snapshot) and this module turns their rows into a
+//! [`TaskStats`](tasktrail_core::TaskStats). Nothing loads the history row
+//! by row: counts are `GROUP BY`s, percentiles are ranked in SQL.
+//!
+//! The interrupt cause is one `CASE` shared by both backends
+//! ([`cause_case!`]), the SQL twin of
+//! [`InterruptCause::classify`](tasktrail_core::InterruptCause::classify);
+//! the stats tests check the two agree on every reason a writer stores.
+
+use std::collections::HashMap;
+
+use chrono::Duration;
+use tasktrail_core::{
+    DurationStats, InterruptCause, RunningOwner, StatsRequest, StorageError, TaskStats, TaskStatus,
+};
+
+use crate::codec::corrupt;
+
+/// The cause of an interrupted row as SQL, over a subquery's columns
+/// `reason` (`interrupt_reason`), `by_own_worker` (whether
+/// `interrupted_by` is the row's `worker_id`) and `cause` (the reason after
+/// `recovered at boot: ` and an optional `worker <uuid> died (`). Plain
+/// literals: no value of a row is ever part of the statement.
+macro_rules! cause_case {
+    () => {
+        "CASE \
+           WHEN reason IS NULL THEN 'unrecorded' \
+           WHEN by_own_worker THEN CASE reason \
+             WHEN 'abandoned: the task handle was dropped without a finish (panic, cancellation or early return)' \
+               THEN 'abandoned' \
+             WHEN 'worker stopped before the task finished' THEN 'worker_stopped' \
+             ELSE 'finished_interrupted' END \
+           WHEN substr(reason, 1, length('recovered at boot: ')) <> 'recovered at boot: ' \
+             THEN 'other' \
+           WHEN substr(cause, 1, length('process ')) = 'process ' THEN 'process_gone' \
+           WHEN substr(cause, 1, length('pid ')) = 'pid ' THEN 'pid_reused' \
+           WHEN substr(cause, 1, length('no heartbeat from ')) = 'no heartbeat from ' \
+             THEN 'lease_expired' \
+           WHEN substr(cause, 1, length('the liveness lock of process ')) \
+             = 'the liveness lock of process ' THEN 'lock_released' \
+           WHEN substr(cause, 1, length('worker stopped without finishing the task')) \
+             = 'worker stopped without finishing the task' THEN 'deregistered' \
+           WHEN substr(cause, 1, length('worker was already declared dead')) \
+             = 'worker was already declared dead' THEN 'declared_dead' \
+           WHEN substr(cause, 1, length('row names no registered worker')) \
+             = 'row names no registered worker' THEN 'never_registered' \
+           ELSE 'other' \
+         END"
+    };
+}
+pub(crate) use cause_case;
+
+/// The `cause` column of [`cause_case!`]'s subquery: `interrupt_reason`
+/// after `recovered at boot: ` (19 characters) and, when it names the dead
+/// worker, after `worker <36-character uuid> died (` too.
+macro_rules! cause_text {
+    () => {
+        "CASE WHEN substr(interrupt_reason, 20, 7) = 'worker ' \
+              AND substr(interrupt_reason, 63, 7) = ' died (' \
+            THEN substr(interrupt_reason, 70) \
+            ELSE substr(interrupt_reason, 20) END"
+    };
+}
+pub(crate) use cause_text;
+
+/// The row types every backend's aggregate queries return.
+macro_rules! stats_rows {
+    ($backend:ty) => {
+        /// `status, rows`.
+        #[derive(diesel::QueryableByName)]
+        #[diesel(check_for_backend($backend))]
+        pub(crate) struct StatusRow {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            pub(crate) status: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            pub(crate) rows: i64,
+        }
+
+        /// `cause, rows`.
+        #[derive(diesel::QueryableByName)]
+        #[diesel(check_for_backend($backend))]
+        pub(crate) struct CauseRow {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            pub(crate) cause: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            pub(crate) rows: i64,
+        }
+
+        /// `status, rows, median_ms, p95_ms`.
+        #[derive(diesel::QueryableByName)]
+        #[diesel(check_for_backend($backend))]
+        pub(crate) struct DurationRow {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            pub(crate) status: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            pub(crate) rows: i64,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+            pub(crate) median_ms: Option<i64>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+            pub(crate) p95_ms: Option<i64>,
+        }
+
+        impl From<StatusRow> for (String, i64) {
+            fn from(row: StatusRow) -> Self {
+                (row.status, row.rows)
+            }
+        }
+
+        impl From<CauseRow> for (String, i64) {
+            fn from(row: CauseRow) -> Self {
+                (row.cause, row.rows)
+            }
+        }
+
+        impl From<DurationRow> for $crate::stats::DurationFigures {
+            fn from(row: DurationRow) -> Self {
+                $crate::stats::DurationFigures {
+                    status: row.status,
+                    rows: row.rows,
+                    median_ms: row.median_ms,
+                    p95_ms: row.p95_ms,
+                }
+            }
+        }
+    };
+}
+pub(crate) use stats_rows;
+
+/// One status's row of the duration query.
+pub(crate) struct DurationFigures {
+    pub(crate) status: String,
+    pub(crate) rows: i64,
+    pub(crate) median_ms: Option<i64>,
+    pub(crate) p95_ms: Option<i64>,
+}
+
+/// What the four queries returned.
+pub(crate) struct Figures {
+    pub(crate) by_status: Vec<(String, i64)>,
+    pub(crate) running: Vec<RunningOwner>,
+    pub(crate) causes: Vec<(String, i64)>,
+    pub(crate) durations: Vec<DurationFigures>,
+}
+
+fn count(what: &str, rows: i64) -> Result<u64, StorageError> {
+    u64::try_from(rows).map_err(|_| corrupt(format!("{what}: negative count {rows}")))
+}
+
+fn status(text: &str) -> Result<TaskStatus, StorageError> {
+    text.parse()
+        .map_err(|_| corrupt(format!("task_history holds unknown status {text:?}")))
+}
+
+/// The figures as a [`TaskStats`]: every status and cause present (zero
+/// when no row has it), owners oldest row first.
+pub(crate) fn assemble(
+    request: &StatsRequest,
+    figures: Figures,
+) -> Result<TaskStats, StorageError> {
+    let mut by_status: HashMap<TaskStatus, u64> = HashMap::new();
+    for (text, rows) in figures.by_status {
+        by_status.insert(status(&text)?, count("status", rows)?);
+    }
+    let mut causes: HashMap<InterruptCause, u64> = HashMap::new();
+    for (text, rows) in figures.causes {
+        let cause: InterruptCause = text
+            .parse()
+            .map_err(|_| corrupt(format!("unknown interrupt cause {text:?}")))?;
+        causes.insert(cause, count("cause", rows)?);
+    }
+    let mut durations: HashMap<TaskStatus, DurationStats> = HashMap::new();
+    for row in figures.durations {
+        let status = status(&row.status)?;
+        durations.insert(
+            status,
+            DurationStats {
+                status,
+                rows: count("durations", row.rows)?,
+                median: row.median_ms.map(Duration::milliseconds),
+                p95: row.p95_ms.map(Duration::milliseconds),
+            },
+        );
+    }
+    let mut running = figures.running;
+    running.sort_by_key(|owner| (owner.oldest_started_at, owner.worker));
+    Ok(TaskStats {
+        request: *request,
+        by_status: TaskStatus::ALL
+            .iter()
+            .map(|status| (*status, by_status.get(status).copied().unwrap_or(0)))
+            .collect(),
+        running,
+        interrupted: InterruptCause::ALL
+            .iter()
+            .map(|cause| (*cause, causes.get(cause).copied().unwrap_or(0)))
+            .collect(),
+        durations: TaskStatus::ALL
+            .iter()
+            .filter(|status| status.is_final())
+            .map(|status| {
+                durations.remove(status).unwrap_or(DurationStats {
+                    status: *status,
+                    rows: 0,
+                    median: None,
+                    p95: None,
+                })
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sql_names_the_reasons_the_writers_store() {
+        let case = cause_case!();
+        for text in [
+            tasktrail_core::ABANDONED_REASON,
+            tasktrail_core::WORKER_STOPPED_REASON,
+            tasktrail_core::RECOVERY_REASON_PREFIX,
+        ] {
+            assert!(case.contains(&format!("'{text}'")), "{text}");
+        }
+        for cause in tasktrail_core::InterruptCause::ALL {
+            assert!(case.contains(&format!("'{}'", cause.as_str())), "{cause}");
+        }
+        // `recovered at boot: ` is 19 characters, `worker <uuid> died (` 50.
+        assert_eq!(tasktrail_core::RECOVERY_REASON_PREFIX.chars().count(), 19);
+        assert!(cause_text!().contains("substr(interrupt_reason, 70)"));
+    }
+}

@@ -1,0 +1,2 @@
+DROP INDEX recovery_reports_owed;
+DROP TABLE recovery_reports;
