@@ -333,7 +333,7 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
         .unwrap_or(100);
     assert!(fleet_size >= 10, "TASKTRAIL_FLEET_SIZE must be at least 10");
     const VICTIMS: usize = 5;
-    const FLEET_TASKS: usize = 8;
+    const FLEET_TASKS: usize = 30;
     // The documented defaults: heartbeat 5 s, lease 15 s; sweeps every 5 s.
     const LEASE: f64 = 15.0;
     const SWEEP: f64 = 5.0;
@@ -504,7 +504,7 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
     let fleet_tasks = fleet_started.len();
     println!(
         "fleet: {fleet_size} worker processes ({short_workers} short, {VICTIMS} SIGKILLed, 1 long-running) through PgBouncer \
-         (max_connections 40, at most 20 server connections): spawned in {:.1} s; {fleet_tasks} short tasks (1 s each, 2 at a time per worker) \
+         (max_connections 40, at most 20 server connections): spawned in {:.1} s; {fleet_tasks} short tasks (1 s each, 2 at a time per worker, {FLEET_TASKS} per worker) \
          done in {:.1} s = {:.1} tasks/s; victims' tasks recovered at most {worst:.1} s after the kill (bound {bound} s = lease {LEASE} s + sweep {SWEEP} s + 5 s); \
          {retried_upkeep} upkeep retries; {server_connections} client backends on the server at the end",
         spawned_in.as_secs_f64(),
