@@ -383,7 +383,10 @@ impl AnyStorage {
     }
 
     /// [`AnyStorage::open_read_only`] with `options`.
-    pub fn open_read_only_with(url: &DatabaseUrl, options: &OpenOptions) -> Result<Self, OpenError> {
+    pub fn open_read_only_with(
+        url: &DatabaseUrl,
+        options: &OpenOptions,
+    ) -> Result<Self, OpenError> {
         for_url!(
             url,
             AnyStorage,

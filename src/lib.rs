@@ -80,7 +80,9 @@ pub mod runtime;
 pub use tasktrail_core::*;
 
 #[cfg(feature = "postgres")]
-pub use tasktrail_diesel::{LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER};
+pub use tasktrail_diesel::{
+    LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER,
+};
 #[cfg(feature = "sqlite")]
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 

@@ -1155,11 +1155,14 @@ mod pgbouncer;
 fn postgres_through_pgbouncer_agrees_with_the_model() {
     use proptest::test_runner::TestRunner;
     if std::env::var("TASKTRAIL_OUTAGE_TESTS").map_or(true, |value| value.trim() != "1") {
-        eprintln!("skipped: needs TASKTRAIL_OUTAGE_TESTS=1 (root, Postgres server binaries, pgbouncer)");
+        eprintln!(
+            "skipped: needs TASKTRAIL_OUTAGE_TESTS=1 (root, Postgres server binaries, pgbouncer)"
+        );
         return;
     }
     let cluster = throwaway_cluster::ThrowawayCluster::start_with(&["max_connections=40"]);
-    let bouncer = pgbouncer::PgBouncer::start(cluster.port(), &pgbouncer::BouncerSettings::default());
+    let bouncer =
+        pgbouncer::PgBouncer::start(cluster.port(), &pgbouncer::BouncerSettings::default());
     let pooler = common::ThroughPooler {
         admin_url: cluster.url("postgres"),
         bouncer_port: bouncer.port(),

@@ -163,7 +163,9 @@ fn the_operator_commands_work_through_pgbouncer() {
     assert_no_connection_errors(&text(&worker.stderr), "worker");
     let boot = stdout.lines().next().unwrap_or_default();
     assert!(
-        boot.ends_with("postgres through a transaction pooler, liveness by lease on the database's clock"),
+        boot.ends_with(
+            "postgres through a transaction pooler, liveness by lease on the database's clock"
+        ),
         "{boot}"
     );
     assert_eq!(stdout.matches("\nfinished ").count(), 12, "{stdout}");
@@ -184,26 +186,49 @@ fn the_operator_commands_work_through_pgbouncer() {
     );
     // The same through the variable.
     let with_variable = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
-        .args(["--db", &db, "worker", "--tasks", "1", "--task-duration", "10ms"])
+        .args([
+            "--db",
+            &db,
+            "worker",
+            "--tasks",
+            "1",
+            "--task-duration",
+            "10ms",
+        ])
         .env("TASKTRAIL_LIVENESS_URL", setup.direct())
         .env_remove("TASKTRAIL_DB")
         .output()
         .expect("run tasktrail");
-    assert!(succeeded(&with_variable, "worker with TASKTRAIL_LIVENESS_URL")
-        .contains("liveness by advisory lock on the liveness URL"));
+    assert!(
+        succeeded(&with_variable, "worker with TASKTRAIL_LIVENESS_URL")
+            .contains("liveness by advisory lock on the liveness URL")
+    );
 
     let list = succeeded(&tasktrail(&db, &["list", "--limit", "100"]), "list");
     assert_eq!(list.lines().count(), 1 + 17, "{list}");
     let json = succeeded(&tasktrail(&db, &["list", "--json"]), "list --json");
     assert!(json.trim_start().starts_with('['), "{json}");
-    let id = list.lines().nth(1).and_then(|line| line.split_whitespace().next()).expect("an id");
+    let id = list
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().next())
+        .expect("an id");
     succeeded(&tasktrail(&db, &["show", id]), "show");
     succeeded(&tasktrail(&db, &["sessions"]), "sessions");
     succeeded(&tasktrail(&db, &["stats"]), "stats");
     let recovered = succeeded(&tasktrail(&db, &["recover"]), "recover");
-    assert!(recovered.ends_with("0 task(s) marked interrupted\n"), "{recovered}");
-    succeeded(&tasktrail(&db, &["recover", "--dry-run"]), "recover --dry-run");
-    assert_eq!(setup.psql("SELECT count(*) FROM task_history WHERE status = 'running'"), "0");
+    assert!(
+        recovered.ends_with("0 task(s) marked interrupted\n"),
+        "{recovered}"
+    );
+    succeeded(
+        &tasktrail(&db, &["recover", "--dry-run"]),
+        "recover --dry-run",
+    );
+    assert_eq!(
+        setup.psql("SELECT count(*) FROM task_history WHERE status = 'running'"),
+        "0"
+    );
     let log = setup.bouncer.log();
     assert!(!log.contains("prepared statement"), "{log}");
 }
@@ -211,7 +236,12 @@ fn the_operator_commands_work_through_pgbouncer() {
 /// Starts `tasktrail worker` in a PID namespace of its own (`unshare`), so
 /// no other process's judge can probe its pid: it is judged by its lease,
 /// as a worker on another host. Its output goes to files in `dir`.
-fn spawn_isolated_worker(dir: &Path, name: &str, db: &str, args: &[&str]) -> (Child, PathBuf, PathBuf) {
+fn spawn_isolated_worker(
+    dir: &Path,
+    name: &str,
+    db: &str,
+    args: &[&str],
+) -> (Child, PathBuf, PathBuf) {
     let out = dir.join(format!("{name}.out"));
     let err = dir.join(format!("{name}.err"));
     let child = Command::new("unshare")
@@ -290,7 +320,16 @@ fn a_sigkilled_worker_behind_the_pooler_is_found_dead_by_its_lease() {
         dir.path(),
         "victim",
         &db,
-        &["--tasks", "2", "--concurrency", "2", "--task-duration", "1h", "--heartbeat-interval", "1s"],
+        &[
+            "--tasks",
+            "2",
+            "--concurrency",
+            "2",
+            "--task-duration",
+            "1h",
+            "--heartbeat-interval",
+            "1s",
+        ],
     );
     wait_for_starts(&out, 2, Duration::from_secs(30));
     let started = ids_after(&read(&out), "starting ");
@@ -305,12 +344,24 @@ fn a_sigkilled_worker_behind_the_pooler_is_found_dead_by_its_lease() {
     assert!(early.ends_with("0 task(s) marked interrupted\n"), "{early}");
     std::thread::sleep(Duration::from_secs(4));
     let recovered = succeeded(&tasktrail(&db, &["recover", "--lease", "3s"]), "recover");
-    let lines: Vec<&str> = recovered.lines().filter(|l| l.starts_with("[recovery] ")).collect();
+    let lines: Vec<&str> = recovered
+        .lines()
+        .filter(|l| l.starts_with("[recovery] "))
+        .collect();
     assert_eq!(lines.len(), 2, "{recovered}");
     for id in &started {
-        assert_eq!(lines.iter().filter(|line| line.contains(id.as_str())).count(), 1);
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.contains(id.as_str()))
+                .count(),
+            1
+        );
     }
-    assert!(lines.iter().all(|line| line.contains("lease")), "{recovered}");
+    assert!(
+        lines.iter().all(|line| line.contains("lease")),
+        "{recovered}"
+    );
     let again = succeeded(&tasktrail(&db, &["recover", "--lease", "3s"]), "recover");
     assert!(again.ends_with("0 task(s) marked interrupted\n"), "{again}");
 }
@@ -345,7 +396,14 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
     let db = setup.pooled();
     succeeded(&tasktrail(&db, &["migrate"]), "migrate");
     let dir = tempfile::tempdir().expect("temp dir");
-    let common = ["--heartbeat-interval", "5s", "--sweep-interval", "5s", "--stop-deadline", "60s"];
+    let common = [
+        "--heartbeat-interval",
+        "5s",
+        "--sweep-interval",
+        "5s",
+        "--stop-deadline",
+        "60s",
+    ];
 
     let started_at = Instant::now();
     // The long-running live worker, the victims, then the short workers.
@@ -353,7 +411,20 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
         dir.path(),
         "sentinel",
         &db,
-        &[&["--tasks", "2", "--concurrency", "2", "--task-duration", "50s", "--fail-rate", "0"][..], &common[..]].concat(),
+        &[
+            &[
+                "--tasks",
+                "2",
+                "--concurrency",
+                "2",
+                "--task-duration",
+                "50s",
+                "--fail-rate",
+                "0",
+            ][..],
+            &common[..],
+        ]
+        .concat(),
     );
     let mut victims: Vec<(Child, PathBuf)> = (0..VICTIMS)
         .map(|n| {
@@ -361,7 +432,18 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
                 dir.path(),
                 &format!("victim-{n}"),
                 &db,
-                &[&["--tasks", "4", "--concurrency", "2", "--task-duration", "1h"][..], &common[..]].concat(),
+                &[
+                    &[
+                        "--tasks",
+                        "4",
+                        "--concurrency",
+                        "2",
+                        "--task-duration",
+                        "1h",
+                    ][..],
+                    &common[..],
+                ]
+                .concat(),
             );
             (child, out)
         })
@@ -416,21 +498,34 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(Instant::now() < deadline, "fleet worker {n} still running after 300 s");
+            assert!(
+                Instant::now() < deadline,
+                "fleet worker {n} still running after 300 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         let stdout = read(out);
         let stderr = read(err);
-        assert!(status.success(), "fleet worker {n} exited {status}: {stdout}\n{stderr}");
+        assert!(
+            status.success(),
+            "fleet worker {n} exited {status}: {stdout}\n{stderr}"
+        );
         assert_no_connection_errors(&stderr, &format!("fleet worker {n}"));
         retried_upkeep += stderr.matches("failed (retrying)").count();
-        assert_eq!(ids_after(&stdout, "starting ").len(), FLEET_TASKS, "{stdout}");
+        assert_eq!(
+            ids_after(&stdout, "starting ").len(),
+            FLEET_TASKS,
+            "{stdout}"
+        );
         fleet_started.extend(ids_after(&stdout, "starting "));
         fleet_finished.extend(ids_after(&stdout, "finished "));
         all_stdout.push_str(&stdout);
         fleet_done_at = fleet_done_at.max(started_at.elapsed());
     }
-    assert_eq!(fleet_started, fleet_finished, "every fleet task ended with its outcome");
+    assert_eq!(
+        fleet_started, fleet_finished,
+        "every fleet task ended with its outcome"
+    );
 
     // The victims' tasks: interrupted within lease + sweep interval of the
     // kill (a slack of 5 s for a sweep on a loaded machine).
@@ -438,13 +533,19 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
     let recovery_deadline = Instant::now() + Duration::from_secs_f64(bound + 30.0);
     loop {
         let rows = setup.rows();
-        if victim_tasks.iter().all(|id| rows.get(id).is_some_and(|row| row.0 == "interrupted")) {
+        if victim_tasks
+            .iter()
+            .all(|id| rows.get(id).is_some_and(|row| row.0 == "interrupted"))
+        {
             break;
         }
         assert!(
             Instant::now() < recovery_deadline,
             "the victims' tasks were not all recovered: {:?}",
-            victim_tasks.iter().map(|id| rows.get(id)).collect::<Vec<_>>()
+            victim_tasks
+                .iter()
+                .map(|id| rows.get(id))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -453,7 +554,10 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
     let status = sentinel.wait().expect("sentinel");
     let sentinel_stdout = read(&sentinel_out);
     let sentinel_stderr = read(&sentinel_err);
-    assert!(status.success(), "the sentinel exited {status}: {sentinel_stdout}\n{sentinel_stderr}");
+    assert!(
+        status.success(),
+        "the sentinel exited {status}: {sentinel_stdout}\n{sentinel_stderr}"
+    );
     assert_no_connection_errors(&sentinel_stderr, "the sentinel");
     all_stdout.push_str(&sentinel_stdout);
     let sentinel_tasks = ids_after(&sentinel_stdout, "starting ");
@@ -466,10 +570,16 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
 
     let rows = setup.rows();
     for id in &sentinel_tasks {
-        assert_eq!(rows[id].0, "success", "the live worker's task {id} was touched");
+        assert_eq!(
+            rows[id].0, "success",
+            "the live worker's task {id} was touched"
+        );
     }
     for id in &fleet_started {
-        assert_ne!(rows[id].0, "interrupted", "a live worker's task {id} was interrupted");
+        assert_ne!(
+            rows[id].0, "interrupted",
+            "a live worker's task {id} was interrupted"
+        );
         assert_ne!(rows[id].0, "running", "task {id} was left running");
     }
     let mut worst = 0.0_f64;
@@ -488,7 +598,10 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
         assert_eq!(reports, 1, "task {id} reported {reports} time(s)");
     }
     assert_eq!(
-        all_stdout.lines().filter(|line| line.starts_with("[recovery] ")).count(),
+        all_stdout
+            .lines()
+            .filter(|line| line.starts_with("[recovery] "))
+            .count(),
         victim_tasks.len(),
         "only the victims' tasks were recovered"
     );
@@ -500,7 +613,8 @@ fn a_fleet_larger_than_max_connections_runs_through_pgbouncer() {
         worst <= bound,
         "a victim's task was recovered {worst:.1} s after the kill (bound {bound} s)"
     );
-    let server_connections = setup.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'");
+    let server_connections =
+        setup.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'");
     let fleet_tasks = fleet_started.len();
     println!(
         "fleet: {fleet_size} worker processes ({short_workers} short, {VICTIMS} SIGKILLed, 1 long-running) through PgBouncer \

@@ -27,9 +27,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 use tasktrail_core::backend::{PolicyJudge, RecoveryRequest, SweepMode};
 use tasktrail_core::{
-    Clock, DeathCause, LivenessPolicy, Outcome, ProcessProbe, RecoveredTask,
-    RegisteredWorker, RunReport, Storage, SystemClock, Task, TaskSpec, TaskSpecInput,
-    TaskStatus, Timestamp, WorkerId, WorkerRegistration,
+    Clock, DeathCause, LivenessPolicy, Outcome, ProcessProbe, RecoveredTask, RegisteredWorker,
+    RunReport, Storage, SystemClock, Task, TaskSpec, TaskSpecInput, TaskStatus, Timestamp,
+    WorkerId, WorkerRegistration,
 };
 use tasktrail_diesel::{
     LivenessMode, Pooler, PostgresOptions, PostgresStorage, ScratchDatabase, StatementLog,
@@ -43,7 +43,9 @@ const ENABLE_VARIABLE: &str = "TASKTRAIL_OUTAGE_TESTS";
 fn enabled(test: &str) -> bool {
     let on = std::env::var(ENABLE_VARIABLE).is_ok_and(|value| value.trim() == "1");
     if !on {
-        eprintln!("skipped: {test} needs {ENABLE_VARIABLE}=1 (root, Postgres server binaries, pgbouncer)");
+        eprintln!(
+            "skipped: {test} needs {ENABLE_VARIABLE}=1 (root, Postgres server binaries, pgbouncer)"
+        );
     }
     on
 }
@@ -256,7 +258,10 @@ fn the_conformance_suite_passes_through_pgbouncer_with_a_liveness_url() {
             let scratch = maker.scratch();
             let store = scratch.open_with_liveness_url();
             assert_eq!(store.pooler(), Pooler::Transaction);
-            assert_eq!(store.liveness_mode(), LivenessMode::AdvisoryLockOnLivenessUrl);
+            assert_eq!(
+                store.liveness_mode(),
+                LivenessMode::AdvisoryLockOnLivenessUrl
+            );
             made.borrow_mut().push(scratch);
             store
         }),
@@ -323,7 +328,9 @@ fn without_a_liveness_url_workers_are_judged_by_the_lease() {
     let orphan = Task::queue(spec(2)).start(&doomed, &store).expect("start");
     let orphan_id = orphan.id();
     std::mem::forget(orphan);
-    store.heartbeat_worker(doomed.id(), SystemClock.now()).expect("heartbeat through the pooler");
+    store
+        .heartbeat_worker(doomed.id(), SystemClock.now())
+        .expect("heartbeat through the pooler");
 
     // Within the lease: alive, left alone.
     assert!(sweep(&store, judge.id(), SystemClock.now()).is_empty());
@@ -410,7 +417,10 @@ fn no_named_prepared_statement_is_relied_on_through_the_pooler() {
         ..BouncerSettings::default()
     });
     let scratch = pooled.scratch();
-    let stores = [Arc::new(scratch.open_leased()), Arc::new(scratch.open_leased())];
+    let stores = [
+        Arc::new(scratch.open_leased()),
+        Arc::new(scratch.open_leased()),
+    ];
     let threads: Vec<_> = (0..8)
         .map(|thread| {
             let store = Arc::clone(&stores[thread % 2]);
@@ -468,9 +478,9 @@ fn concurrent_migrations_through_the_pooler_apply_once() {
         match received.recv_timeout(StdDuration::from_secs(60)) {
             Ok(Ok(count)) => applied += count,
             Ok(Err(error)) => panic!("a migration failed: {error}"),
-            Err(_) => panic!(
-                "a migration hung (a migration lock left on a pooled server connection?)"
-            ),
+            Err(_) => {
+                panic!("a migration hung (a migration lock left on a pooled server connection?)")
+            }
         }
     }
     assert_eq!(applied, 4, "every migration applied once");

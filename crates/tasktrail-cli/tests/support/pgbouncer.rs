@@ -151,7 +151,10 @@ impl PgBouncer {
     /// A URL for `database` through the pooler, declared as a transaction
     /// pooler (`?tasktrail_pooler=transaction`).
     pub fn url(&self, database: &str) -> String {
-        format!("{}?tasktrail_pooler=transaction", self.undeclared_url(database))
+        format!(
+            "{}?tasktrail_pooler=transaction",
+            self.undeclared_url(database)
+        )
     }
 
     /// A URL for `database` through the pooler, with no declaration.

@@ -1009,14 +1009,20 @@ pub(crate) const POSTGRES_ERROR_MESSAGES: &[(&[&str], PostgresErrorClass)] = &[
     // PgBouncer: its client limit (`max_client_conn`), a client that
     // waited too long for a server connection (`query_wait_timeout`), a
     // server it cannot reach or whose connection it lost.
-    (&["no more connections allowed"], PostgresErrorClass::Transient),
+    (
+        &["no more connections allowed"],
+        PostgresErrorClass::Transient,
+    ),
     (&["query_wait_timeout"], PostgresErrorClass::Transient),
     (
         &["pgbouncer cannot connect to server"],
         PostgresErrorClass::Transient,
     ),
     (&["server conn crashed"], PostgresErrorClass::Transient),
-    (&["server login has been failing"], PostgresErrorClass::Transient),
+    (
+        &["server login has been failing"],
+        PostgresErrorClass::Transient,
+    ),
     // 53100 disk full, 53200 out of memory.
     (&["no space left on device"], PostgresErrorClass::Transient),
     (&["could not extend file"], PostgresErrorClass::Transient),

@@ -175,11 +175,16 @@ mod tests {
     fn the_parameter_is_stripped_and_read() {
         assert_eq!(
             split_pooler("postgres://u@h:6432/db?tasktrail_pooler=transaction").unwrap(),
-            ("postgres://u@h:6432/db".to_owned(), Some(Pooler::Transaction))
+            (
+                "postgres://u@h:6432/db".to_owned(),
+                Some(Pooler::Transaction)
+            )
         );
         assert_eq!(
-            split_pooler("postgres://u@h/db?sslmode=disable&tasktrail_pooler=session&connect_timeout=3")
-                .unwrap(),
+            split_pooler(
+                "postgres://u@h/db?sslmode=disable&tasktrail_pooler=session&connect_timeout=3"
+            )
+            .unwrap(),
             (
                 "postgres://u@h/db?sslmode=disable&connect_timeout=3".to_owned(),
                 Some(Pooler::Session)
@@ -191,7 +196,10 @@ mod tests {
         );
         assert_eq!(
             split_pooler("host=h port=6432 tasktrail_pooler=transaction dbname=d").unwrap(),
-            ("host=h port=6432 dbname=d".to_owned(), Some(Pooler::Transaction))
+            (
+                "host=h port=6432 dbname=d".to_owned(),
+                Some(Pooler::Transaction)
+            )
         );
         assert_eq!(
             split_pooler("host=h dbname=d").unwrap(),
