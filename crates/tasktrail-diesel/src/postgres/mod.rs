@@ -117,6 +117,15 @@ impl Default for PostgresOptions {
 /// store ([`PostgresStorage::worker_lock_key`]) for as long as the store
 /// lives.
 ///
+/// Behind a transaction pooler (declared: [`Pooler::Transaction`], the URL
+/// parameter `?tasktrail_pooler=transaction`), the pooled connections keep
+/// no prepared statement and rely on no session state, and no advisory lock
+/// is ever taken through the pooler: the liveness session connects to
+/// [`PostgresOptions::liveness_url`] (the same server, directly), or there
+/// is none and workers are judged by their lease
+/// ([`LivenessMode::Lease`]). See docs/operations.md, "Connecting through a
+/// pooler".
+///
 /// # Liveness across hosts
 ///
 /// The store does not decide whether the owner of a `running` row is alive:
