@@ -499,6 +499,18 @@ impl AnyStorage {
         }
     }
 
+    /// A warning about how the store connects, if any: a Postgres URL with
+    /// no pooler declared whose port is not the one the server listens on
+    /// (a transaction pooler in between must be declared).
+    pub fn connection_warning(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.pooler_warning().map(str::to_owned),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<String>, StorageError> {
         with_store!(self, |store| store.migrate())

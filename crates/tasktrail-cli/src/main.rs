@@ -311,7 +311,11 @@ fn one_line(text: &str) -> String {
 
 fn open(db: &str, options: &OpenOptions) -> CliResult<AnyStorage> {
     let url = DatabaseUrl::parse(db)?;
-    Ok(AnyStorage::open_with(&url, options)?)
+    let storage = AnyStorage::open_with(&url, options)?;
+    if let Some(warning) = storage.connection_warning() {
+        warn(warning);
+    }
+    Ok(storage)
 }
 
 /// For commands that only read: no file created, no migration, no DDL.

@@ -225,6 +225,22 @@ fn the_operator_commands_work_through_pgbouncer() {
         &tasktrail(&db, &["recover", "--dry-run"]),
         "recover --dry-run",
     );
+    // Undeclared, the pooler cannot be proven, but the port mismatch is
+    // worth a warning; declared or direct, there is none.
+    let undeclared = tasktrail(&setup.bouncer.undeclared_url(setup.database), &["recover"]);
+    assert!(
+        text(&undeclared.stderr).contains("declare it with ?tasktrail_pooler=transaction"),
+        "{}",
+        text(&undeclared.stderr)
+    );
+    for quiet in [db.clone(), setup.direct()] {
+        let recovered = tasktrail(&quiet, &["recover"]);
+        assert!(
+            !text(&recovered.stderr).contains("warning"),
+            "{}",
+            text(&recovered.stderr)
+        );
+    }
     assert_eq!(
         setup.psql("SELECT count(*) FROM task_history WHERE status = 'running'"),
         "0"

@@ -211,6 +211,9 @@ pub struct PostgresStorage {
     liveness: Option<LivenessSession>,
     reach: std::sync::Arc<ServerReach>,
     pooler: Pooler,
+    /// Set when nothing was declared but the server's port is not the
+    /// URL's ([`PostgresStorage::pooler_warning`]).
+    pooler_warning: Option<String>,
     shown_url: String,
     secrets: Secrets,
     statement_log: Option<StatementLog>,
@@ -278,6 +281,7 @@ impl PostgresStorage {
         let secrets = Secrets::of(url);
         let (url, declared) = pooler::split_pooler(url)?;
         let pooler = declared.unwrap_or(options.pooler);
+        let url_port = pooler::named_port(&url);
         let url = with_connect_timeout(&url, options.connection_timeout);
         let reach = std::sync::Arc::new(ServerReach::new(options.connection_timeout));
         // The liveness session: on the database URL itself unless a
@@ -344,15 +348,38 @@ impl PostgresStorage {
             liveness,
             reach,
             pooler,
+            pooler_warning: None,
             shown_url: secrets.redacted(),
             secrets,
             statement_log: options.statement_log(),
         };
+        let mut store = store;
         match &store.liveness {
             Some(liveness) => liveness.run(|connection, _| ensure_ours(connection))?,
             None => ensure_ours(&mut *store.pooled()?)?,
         }
+        if declared.is_none() && pooler == Pooler::None {
+            let server_port = store.liveness.as_ref().and_then(|liveness| {
+                liveness
+                    .run(|connection, _| {
+                        diesel::sql_query("SELECT inet_server_port() AS port")
+                            .get_result::<ServerPort>(connection)
+                            .map_err(map_error)
+                    })
+                    .ok()
+                    .and_then(|row| row.port)
+            });
+            store.pooler_warning = pooler::undeclared_pooler_warning(url_port, server_port);
+        }
         Ok(store)
+    }
+
+    /// A warning when no pooler was declared but something seems to stand
+    /// between the store and the server (the URL's port is not the one the
+    /// server listens on): only a warning, a quiet pooler cannot be told
+    /// from a server, and a port mapping looks the same.
+    pub fn pooler_warning(&self) -> Option<&str> {
+        self.pooler_warning.as_deref()
     }
 
     /// The pooler this store was declared to go through.
@@ -805,6 +832,12 @@ impl LivenessSession {
         }
         result
     }
+}
+
+#[derive(QueryableByName)]
+struct ServerPort {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    port: Option<i32>,
 }
 
 #[derive(QueryableByName)]

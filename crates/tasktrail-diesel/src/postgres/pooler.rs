@@ -167,9 +167,86 @@ pub(crate) fn split_pooler(url: &str) -> Result<(String, Option<Pooler>), Storag
     Ok((kept.join(" "), declared))
 }
 
+/// The TCP port `url` names (5432 when it names none), or `None` when it
+/// connects through a Unix socket or names several hosts.
+pub(crate) fn named_port(url: &str) -> Option<u16> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let rest = url.split_once("://")?.1;
+        let query = rest.split_once('?').map(|(_, query)| query);
+        if let Some(port) =
+            query.and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("port=")))
+        {
+            return port.parse().ok();
+        }
+        if query.is_some_and(|query| query.split('&').any(|pair| pair.starts_with("host=/"))) {
+            return None;
+        }
+        let authority = rest.split(['/', '?']).next()?;
+        let host_port = authority.rsplit('@').next()?;
+        if host_port.is_empty() || host_port.contains(',') {
+            return None;
+        }
+        let after_host = match host_port.strip_prefix('[') {
+            Some(bracketed) => bracketed.split_once(']')?.1,
+            None => host_port.split_once(':').map_or("", |(_, port)| port),
+        };
+        return match after_host.strip_prefix(':').unwrap_or(after_host) {
+            "" => Some(5432),
+            port => port.parse().ok(),
+        };
+    }
+    let mut port = Some(5432);
+    for pair in url.split_whitespace() {
+        match pair.split_once('=') {
+            Some(("port", value)) => port = value.trim_matches('\'').parse().ok(),
+            Some(("host", value)) if value.starts_with('/') || value.contains(',') => return None,
+            _ => {}
+        }
+    }
+    port
+}
+
+/// A warning (never a decision: a quiet pooler cannot be told from a
+/// server) when the URL names a port other than the one the server says
+/// it listens on (`inet_server_port()`): something stands in between, a
+/// pooler perhaps, or a port mapping.
+pub(crate) fn undeclared_pooler_warning(
+    url_port: Option<u16>,
+    server_port: Option<i32>,
+) -> Option<String> {
+    let (url_port, server_port) = (url_port?, server_port?);
+    (i32::from(url_port) != server_port).then(|| {
+        format!(
+            "the URL names port {url_port} but the server listens on port {server_port}: if a transaction pooler (PgBouncer pool_mode = transaction, a hosted pooled URL) is in between, declare it with ?{POOLER_PARAMETER}=transaction (a session lock taken through it would outlive its worker)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_named_port_is_read_from_every_form() {
+        assert_eq!(named_port("postgres://u@h:6432/db"), Some(6432));
+        assert_eq!(named_port("postgres://u:p@h/db"), Some(5432));
+        assert_eq!(named_port("postgresql://h/db?port=7000"), Some(7000));
+        assert_eq!(named_port("postgres://[::1]:6432/db"), Some(6432));
+        assert_eq!(named_port("postgres:///db?host=/var/run/postgresql"), None);
+        assert_eq!(named_port("postgres://h1:5432,h2:5433/db"), None);
+        assert_eq!(named_port("host=h port=6432 dbname=d"), Some(6432));
+        assert_eq!(named_port("host=h dbname=d"), Some(5432));
+        assert_eq!(named_port("host=/tmp dbname=d"), None);
+    }
+
+    #[test]
+    fn a_port_mismatch_warns_and_nothing_else_does() {
+        assert!(undeclared_pooler_warning(Some(6432), Some(5432))
+            .is_some_and(|warning| warning.contains("?tasktrail_pooler=transaction")));
+        assert_eq!(undeclared_pooler_warning(Some(5432), Some(5432)), None);
+        assert_eq!(undeclared_pooler_warning(None, Some(5432)), None);
+        assert_eq!(undeclared_pooler_warning(Some(6432), None), None);
+    }
 
     #[test]
     fn the_parameter_is_stripped_and_read() {
