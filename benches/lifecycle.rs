@@ -260,6 +260,22 @@ fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measu
             });
         })
         .expect("connection");
+    // Through PgBouncer in transaction mode in front of the same server
+    // (`TASKTRAIL_BENCH_PGBOUNCER=postgres://user@host:port`, no database:
+    // the scratch database's name is added): statements unprepared, no
+    // liveness lock (the lease), the same start + finish.
+    if let Ok(bouncer) = std::env::var("TASKTRAIL_BENCH_PGBOUNCER") {
+        let pooled = PostgresStorage::open(&format!(
+            "{}/{}?tasktrail_pooler=transaction",
+            bouncer.trim_end_matches('/'),
+            database.name()
+        ))
+        .expect("open through PgBouncer");
+        let pooled_worker = worker(&pooled);
+        group.bench_function("postgres/tasktrail_through_pgbouncer", |b| {
+            b.iter(|| one_lifecycle(&pooled_worker, &pooled))
+        });
+    }
 }
 
 criterion_group! {

@@ -234,6 +234,48 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// How to open a store, beyond its URL (the defaults fit most uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Postgres behind a transaction pooler (`?tasktrail_pooler=transaction`):
+    /// a URL reaching the same server directly, for the one liveness
+    /// session that holds the workers' advisory locks
+    /// ([`PostgresOptions::liveness_url`](tasktrail_diesel::PostgresOptions)).
+    /// Without one, workers behind a transaction pooler are judged by their
+    /// lease. Ignored for SQLite and for Postgres without a transaction
+    /// pooler.
+    pub liveness_url: Option<String>,
+    /// Postgres: the most pooled connections the store opens (lazily;
+    /// besides its liveness session). `None`: the backend's default (8).
+    /// A worker needs about its concurrency plus one.
+    pub pool_size: Option<u32>,
+}
+
+impl OpenOptions {
+    /// The default options with this liveness URL.
+    pub fn with_liveness_url(mut self, url: Option<String>) -> Self {
+        self.liveness_url = url.filter(|url| !url.trim().is_empty());
+        self
+    }
+
+    /// The default options with this pool size.
+    pub fn with_pool_size(mut self, size: Option<u32>) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    #[cfg(feature = "postgres")]
+    fn postgres(&self) -> tasktrail_diesel::PostgresOptions {
+        let defaults = tasktrail_diesel::PostgresOptions::default();
+        tasktrail_diesel::PostgresOptions {
+            liveness_url: self.liveness_url.clone(),
+            pool_size: self.pool_size.unwrap_or(defaults.pool_size),
+            ..defaults
+        }
+    }
+}
+
 /// An opened store of whichever backend the URL named.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -319,7 +361,12 @@ macro_rules! with_store {
 impl AnyStorage {
     /// Opens the database and applies pending migrations.
     pub fn open(url: &DatabaseUrl) -> Result<Self, OpenError> {
-        let storage = Self::open_unmigrated(url)?;
+        Self::open_with(url, &OpenOptions::default())
+    }
+
+    /// Opens the database with `options` and applies pending migrations.
+    pub fn open_with(url: &DatabaseUrl, options: &OpenOptions) -> Result<Self, OpenError> {
+        let storage = Self::open_unmigrated_with(url, options)?;
         storage.migrate().map_err(|error| OpenError::Storage {
             url: url.redacted(),
             error,
@@ -332,6 +379,14 @@ impl AnyStorage {
     /// database that needs a migration is refused, naming it. Works on a
     /// read-only mount and with a Postgres role that may only SELECT.
     pub fn open_read_only(url: &DatabaseUrl) -> Result<Self, OpenError> {
+        Self::open_read_only_with(url, &OpenOptions::default())
+    }
+
+    /// [`AnyStorage::open_read_only`] with `options`.
+    pub fn open_read_only_with(
+        url: &DatabaseUrl,
+        options: &OpenOptions,
+    ) -> Result<Self, OpenError> {
         for_url!(
             url,
             AnyStorage,
@@ -339,7 +394,7 @@ impl AnyStorage {
                 .map(AnyStorage::Sqlite),
             |postgres_url| tasktrail_diesel::PostgresStorage::open_read_only(
                 postgres_url,
-                &Default::default()
+                &options.postgres()
             )
             .map(AnyStorage::Postgres)
         )
@@ -349,6 +404,14 @@ impl AnyStorage {
     /// then reports what it applied). Refuses databases that are not ours
     /// all the same.
     pub fn open_unmigrated(url: &DatabaseUrl) -> Result<Self, OpenError> {
+        Self::open_unmigrated_with(url, &OpenOptions::default())
+    }
+
+    /// [`AnyStorage::open_unmigrated`] with `options`.
+    pub fn open_unmigrated_with(
+        url: &DatabaseUrl,
+        options: &OpenOptions,
+    ) -> Result<Self, OpenError> {
         for_url!(
             url,
             AnyStorage,
@@ -356,7 +419,7 @@ impl AnyStorage {
                 .map(AnyStorage::Sqlite),
             |postgres_url| tasktrail_diesel::PostgresStorage::open_unmigrated(
                 postgres_url,
-                &Default::default()
+                &options.postgres()
             )
             .map(AnyStorage::Postgres)
         )
@@ -408,6 +471,44 @@ impl AnyStorage {
         request: &tasktrail_core::StatsRequest,
     ) -> Result<tasktrail_core::TaskStats, StorageError> {
         with_store!(self, |store| store.stats(request))
+    }
+
+    /// How this store connects and proves its workers alive, in a few
+    /// words (`tasktrail worker`'s boot line): `sqlite, liveness by file
+    /// lock`; `postgres direct, liveness by advisory lock`; `postgres
+    /// through a transaction pooler, liveness by lease on the database's
+    /// clock`; ...
+    pub fn connection_summary(&self) -> String {
+        match self {
+            #[cfg(feature = "sqlite")]
+            AnyStorage::Sqlite(_) => "sqlite, liveness by file lock".to_owned(),
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => {
+                let pooler = match store.pooler() {
+                    tasktrail_diesel::Pooler::Transaction => {
+                        "postgres through a transaction pooler"
+                    }
+                    tasktrail_diesel::Pooler::Session => "postgres through a session pooler",
+                    _ => "postgres direct",
+                };
+                format!("{pooler}, liveness by {}", store.liveness_mode())
+            }
+            // Built with no backend: there is no store to have.
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => match *self {},
+        }
+    }
+
+    /// A warning about how the store connects, if any: a Postgres URL with
+    /// no pooler declared whose port is not the one the server listens on
+    /// (a transaction pooler in between must be declared).
+    pub fn connection_warning(&self) -> Option<String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStorage::Postgres(store) => store.pooler_warning().map(str::to_owned),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
     }
 
     /// Applies pending migrations; returns the versions applied.

@@ -80,11 +80,13 @@ pub mod runtime;
 pub use tasktrail_core::*;
 
 #[cfg(feature = "postgres")]
-pub use tasktrail_diesel::{PostgresOptions, PostgresStorage};
+pub use tasktrail_diesel::{
+    LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER,
+};
 #[cfg(feature = "sqlite")]
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
-pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError};
+pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError, OpenOptions};
 pub use runtime::{
     BootError, FinishReceipt, OperatorSweep, PendingOutcome, StopError, StopReport,
     UnwrittenOutcome, Upkeep, Worker, WorkerBuilder, WorkerEvent, WorkerHealth,

@@ -1136,3 +1136,56 @@ fn postgres_backend_agrees_with_the_model() {
         panic!("{failure}");
     }
 }
+
+#[cfg(feature = "postgres")]
+#[path = "../crates/tasktrail-cli/tests/support/throwaway_cluster.rs"]
+mod throwaway_cluster;
+
+#[cfg(feature = "postgres")]
+#[path = "../crates/tasktrail-cli/tests/support/pgbouncer.rs"]
+mod pgbouncer;
+
+/// The same model through PgBouncer 1.18 in transaction mode
+/// (`?tasktrail_pooler=transaction`, the liveness session on a direct URL)
+/// in front of a throwaway cluster with `max_connections = 40`, a fresh
+/// database per case. External (root, the server binaries, `pgbouncer`):
+/// runs with `TASKTRAIL_OUTAGE_TESTS=1`, as `.ci/run` sets.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_through_pgbouncer_agrees_with_the_model() {
+    use proptest::test_runner::TestRunner;
+    if std::env::var("TASKTRAIL_OUTAGE_TESTS").map_or(true, |value| value.trim() != "1") {
+        eprintln!(
+            "skipped: needs TASKTRAIL_OUTAGE_TESTS=1 (root, Postgres server binaries, pgbouncer)"
+        );
+        return;
+    }
+    let cluster = throwaway_cluster::ThrowawayCluster::start_with(&["max_connections=40"]);
+    let bouncer =
+        pgbouncer::PgBouncer::start(cluster.port(), &pgbouncer::BouncerSettings::default());
+    let pooler = common::ThroughPooler {
+        admin_url: cluster.url("postgres"),
+        bouncer_port: bouncer.port(),
+    };
+    let mut config = config(8);
+    config.source_file = Some(file!());
+    let mut runner = TestRunner::new(config.clone());
+    let result = common::through_pooler(pooler, || {
+        runner.run(
+            &LifecycleModel::sequential_strategy(1..30),
+            |(initial, transitions, seen)| {
+                LifecycleTest::<common::PostgresBackend>::test_sequential(
+                    config.clone(),
+                    initial,
+                    transitions,
+                    seen,
+                );
+                Ok(())
+            },
+        )
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    drop(bouncer);
+}

@@ -201,6 +201,34 @@ impl ProcessProbe for Processes {
     }
 }
 
+/// A server behind PgBouncer in transaction mode: while set (on this
+/// thread), [`PostgresBackend::fresh`] makes its database there and opens
+/// it through the pooler, the liveness session on the direct URL.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+pub struct ThroughPooler {
+    /// A direct superuser URL of the server (databases are made there).
+    pub admin_url: String,
+    /// PgBouncer's port on 127.0.0.1.
+    pub bouncer_port: u16,
+}
+
+#[cfg(feature = "postgres")]
+thread_local! {
+    static THROUGH_POOLER: std::cell::RefCell<Option<ThroughPooler>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every fresh [`PostgresBackend`] of this thread opened
+/// through `pooler`.
+#[cfg(feature = "postgres")]
+pub fn through_pooler<R>(pooler: ThroughPooler, f: impl FnOnce() -> R) -> R {
+    THROUGH_POOLER.with(|cell| *cell.borrow_mut() = Some(pooler));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    THROUGH_POOLER.with(|cell| *cell.borrow_mut() = None);
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// Postgres on a fresh database of its own, dropped with the backend, in its
 /// production configuration: heartbeats and the lease on the database's
 /// clock, which the tests' manual clock cannot move; tests age heartbeats
@@ -224,6 +252,27 @@ impl Backend for PostgresBackend {
         self.store.stats(request)
     }
     fn fresh(_dir: &std::path::Path) -> Option<Self> {
+        if let Some(pooler) = THROUGH_POOLER.with(|cell| cell.borrow().clone()) {
+            let database = ScratchDatabase::create_on(&pooler.admin_url);
+            let store = PostgresStorage::open_with(
+                &format!(
+                    "postgres://postgres@127.0.0.1:{}/{}?tasktrail_pooler=transaction",
+                    pooler.bouncer_port,
+                    database.name()
+                ),
+                PostgresOptions {
+                    statement_log: Some(StatementLog::new()),
+                    pool_size: 2,
+                    liveness_url: Some(database.url().to_owned()),
+                    ..PostgresOptions::default()
+                },
+            )
+            .expect("open postgres through the pooler");
+            return Some(Self {
+                store,
+                _database: database,
+            });
+        }
         let database = ScratchDatabase::create()?;
         let store = PostgresStorage::open_with(
             database.url(),

@@ -17,7 +17,8 @@ use tasktrail::host::{probe_identity, ProcfsProbe};
 use tasktrail::logging::LogFormat;
 use tasktrail::runtime::recover_now_noticing;
 use tasktrail::{
-    AnyStorage, Clock, DatabaseUrl, LivenessPolicy, SystemClock, TaskFilter, TaskId, TaskStatus,
+    AnyStorage, Clock, DatabaseUrl, LivenessPolicy, OpenOptions, SystemClock, TaskFilter, TaskId,
+    TaskStatus,
 };
 
 /// The task audit trail of an agent-dispatch server: inspect it, recover it
@@ -34,6 +35,19 @@ struct Cli {
         hide_env_values = true
     )]
     db: String,
+
+    /// Postgres behind a transaction pooler (--db ...?tasktrail_pooler=transaction):
+    /// a URL that reaches the same server directly, for the one liveness
+    /// connection per worker process that holds its advisory lock. Without
+    /// it, workers behind a transaction pooler are judged by their lease.
+    #[arg(
+        long,
+        global = true,
+        env = "TASKTRAIL_LIVENESS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    liveness_url: Option<String>,
 
     /// How log lines are written on stderr: text, or json (one object per
     /// line). Which events: the TASKTRAIL_LOG filter (default info; off
@@ -295,15 +309,19 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn open(db: &str) -> CliResult<AnyStorage> {
+fn open(db: &str, options: &OpenOptions) -> CliResult<AnyStorage> {
     let url = DatabaseUrl::parse(db)?;
-    Ok(AnyStorage::open(&url)?)
+    let storage = AnyStorage::open_with(&url, options)?;
+    if let Some(warning) = storage.connection_warning() {
+        warn(warning);
+    }
+    Ok(storage)
 }
 
 /// For commands that only read: no file created, no migration, no DDL.
-fn open_read_only(db: &str) -> CliResult<AnyStorage> {
+fn open_read_only(db: &str, options: &OpenOptions) -> CliResult<AnyStorage> {
     let url = DatabaseUrl::parse(db)?;
-    Ok(AnyStorage::open_read_only(&url)?)
+    Ok(AnyStorage::open_read_only_with(&url, options)?)
 }
 
 fn run(cli: Cli) -> CliResult<ExitCode> {
@@ -317,6 +335,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
     ) {
         tasktrail::now_after_epoch(&SystemClock)?;
     }
+    let options = OpenOptions::default().with_liveness_url(cli.liveness_url.clone());
     match cli.command {
         Command::Migrate { adopt: true } => {
             let url = DatabaseUrl::parse(&cli.db)?;
@@ -333,7 +352,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Command::Migrate { adopt: false } => {
             let url = DatabaseUrl::parse(&cli.db)?;
-            let storage = AnyStorage::open_unmigrated(&url)?;
+            let storage = AnyStorage::open_unmigrated_with(&url, &options)?;
             let applied = storage.migrate()?;
             if applied.is_empty() {
                 say(&format!("{url}: schema is up to date"))?;
@@ -343,8 +362,14 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Command::Worker(args) => {
             let plan = args.validate()?;
-            let storage = open(&cli.db)?;
-            return simulate::run_worker(storage.into_shared(), plan);
+            // Connections as a budget: one per task thread plus one for
+            // the heartbeat and sweeps, opened only when used.
+            let storage = open(
+                &cli.db,
+                &options.with_pool_size(Some(plan.concurrency() + 1)),
+            )?;
+            let summary = storage.connection_summary();
+            return simulate::run_worker(storage.into_shared(), plan, &summary);
         }
         Command::Recover {
             dry_run,
@@ -357,9 +382,9 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                 lease: cli_duration("lease", &lease)?,
             };
             let storage = if dry_run {
-                open_read_only(&cli.db)?
+                open_read_only(&cli.db, &options)?
             } else {
-                open(&cli.db)?
+                open(&cli.db, &options)?
             };
             let mode = if dry_run {
                 SweepMode::DryRun
@@ -409,7 +434,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             json,
         } => {
             let status = status.map(|s| s.parse::<TaskStatus>()).transpose()?;
-            let storage = open_read_only(&cli.db)?;
+            let storage = open_read_only(&cli.db, &options)?;
             // A row that cannot be read never hides the others: print
             // every good row, then one line per bad row, and fail.
             let (rows, unreadable): (Vec<_>, Vec<_>) = storage
@@ -436,7 +461,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         }
         Command::Show { id, json } => {
             let id: TaskId = id.trim().parse()?;
-            let storage = open_read_only(&cli.db)?;
+            let storage = open_read_only(&cli.db, &options)?;
             let row = match storage.as_storage().get_task(id) {
                 Ok(row) => row,
                 // A row that cannot be read: show what the database holds,
@@ -455,11 +480,11 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             output::print_task(&row, json)?;
         }
         Command::Sessions { json } => {
-            let storage = open_read_only(&cli.db)?;
+            let storage = open_read_only(&cli.db, &options)?;
             output::print_sessions(&storage.as_storage().list_sessions()?, json)?;
         }
         Command::Stats { since, json } => {
-            let storage = open_read_only(&cli.db)?;
+            let storage = open_read_only(&cli.db, &options)?;
             let stats = storage.stats(&tasktrail::StatsRequest {
                 now: SystemClock.now(),
                 since,
@@ -493,7 +518,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                 .now()
                 .checked_sub_signed(age)
                 .ok_or_else(|| "--older-than reaches before any time".to_owned())?;
-            let storage = open(&cli.db)?;
+            let storage = open(&cli.db, &options)?;
             let report = storage.prune(&tasktrail::PruneRequest {
                 cut_off,
                 statuses,

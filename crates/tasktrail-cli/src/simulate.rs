@@ -77,6 +77,13 @@ fn interval(flag: &str, text: &str) -> CliResult<Duration> {
     Ok(duration)
 }
 
+impl Plan {
+    /// How many tasks run at once.
+    pub(crate) fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+}
+
 impl WorkerArgs {
     pub(crate) fn validate(self) -> CliResult<Plan> {
         Ok(Plan {
@@ -180,7 +187,11 @@ impl Signals {
     }
 }
 
-pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<ExitCode> {
+pub(crate) fn run_worker(
+    storage: Arc<dyn Storage>,
+    plan: Plan,
+    connection: &str,
+) -> CliResult<ExitCode> {
     let signals = Signals::install()?;
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -242,7 +253,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         })
         .boot()?;
     lines.say(&format!(
-        "worker {} booted (pid {}); recovered {} task(s)",
+        "worker {} booted (pid {}); recovered {} task(s); {connection}",
         worker.id(),
         worker.registration().pid,
         worker.recovered_at_boot().len()
@@ -252,6 +263,7 @@ pub(crate) fn run_worker(storage: Arc<dyn Storage>, plan: Plan) -> CliResult<Exi
         worker_id = %worker.id(),
         pid = worker.registration().pid,
         recovered = worker.recovered_at_boot().len(),
+        connection,
         "worker booted"
     );
     let worker = Arc::new(worker);

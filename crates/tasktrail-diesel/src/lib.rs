@@ -48,6 +48,8 @@ pub use statement_log::StatementLog;
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStorage, POSTGRES_MIGRATIONS};
+pub use postgres::{
+    LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER, POSTGRES_MIGRATIONS,
+};
 #[cfg(all(feature = "postgres", feature = "testing"))]
 pub use postgres::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};

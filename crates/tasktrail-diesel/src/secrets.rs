@@ -123,6 +123,16 @@ impl Secrets {
         }
     }
 
+    /// These secrets and `other`'s (a second connection string the same
+    /// store uses, such as a liveness URL); shown as this one's source.
+    pub fn with(mut self, other: &Secrets) -> Self {
+        self.secrets.extend(other.secrets.iter().cloned());
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.secrets.dedup();
+        self
+    }
+
     /// Whether the connection string holds a password at all.
     pub fn any(&self) -> bool {
         !self.secrets.is_empty()

@@ -31,6 +31,12 @@ struct Args {
     /// memory: (in-memory, gone when the server exits).
     #[arg(long, default_value = "tasktrail.db")]
     db: String,
+    /// Postgres behind a transaction pooler (`?tasktrail_pooler=transaction`):
+    /// a URL reaching the same server directly, for the one liveness
+    /// connection that holds the server's advisory lock. Without it, the
+    /// server behind a transaction pooler is judged by its lease.
+    #[arg(long, env = "TASKTRAIL_LIVENESS_URL", hide_env_values = true)]
+    liveness_url: Option<String>,
     /// Where to listen (port 0 picks a free port; the `listening on` line
     /// names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -132,12 +138,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(db: &str) -> Result<Arc<dyn Storage>, ServerError> {
+fn open(db: &str, liveness_url: Option<String>) -> Result<Arc<dyn Storage>, ServerError> {
     if db == "memory:" {
         return Ok(Arc::new(MemoryStorage::new()));
     }
     let url = DatabaseUrl::parse(db)?;
-    Ok(AnyStorage::open(&url)?.into_shared())
+    let options = tasktrail::OpenOptions::default().with_liveness_url(liveness_url);
+    Ok(AnyStorage::open_with(&url, &options)?.into_shared())
 }
 
 fn print_event(event: &WorkerEvent) {
@@ -156,7 +163,7 @@ fn print_event(event: &WorkerEvent) {
 async fn serve(args: Args) -> Result<(), ServerError> {
     let prometheus = install_prometheus()?;
     metrics::spawn_upkeep(prometheus.clone());
-    let storage = open(&args.db)?;
+    let storage = open(&args.db, args.liveness_url.clone())?;
     let worker = AsyncWorker::boot(
         Worker::builder(storage)
             .stop_deadline(args.stop_deadline)

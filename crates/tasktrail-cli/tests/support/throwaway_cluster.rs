@@ -43,12 +43,20 @@ pub struct ThrowawayCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// Extra `-c name=value` server settings.
+    settings: Vec<String>,
 }
 
 impl ThrowawayCluster {
     /// `initdb` (trust authentication for local connections, no fsync) and
     /// start. Panics with the server's log when something fails.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`ThrowawayCluster::start`] with extra server settings
+    /// (`"max_connections=40"`).
+    pub fn start_with(settings: &[&str]) -> Self {
         let bin = server_binaries();
         let dir = tempfile::Builder::new()
             .prefix("tasktrail-cluster-")
@@ -64,6 +72,7 @@ impl ThrowawayCluster {
             bin,
             port: free_port(),
             dir,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
         };
         let data = cluster.data_dir();
         let initdb = cluster.as_postgres(
@@ -153,11 +162,15 @@ impl ThrowawayCluster {
     }
 
     fn start_server(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
             self.port,
             path_str(self.dir.path())
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let started = self.as_postgres(
             "pg_ctl",
             &[

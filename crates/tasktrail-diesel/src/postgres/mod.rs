@@ -3,6 +3,7 @@
 //! documented on [`PostgresStorage`].
 
 mod adopt;
+mod pooler;
 mod prune;
 mod raw;
 mod rows;
@@ -13,6 +14,7 @@ mod statements;
 mod stats;
 mod store;
 
+pub use pooler::{LivenessMode, Pooler, POOLER_PARAMETER};
 #[cfg(feature = "testing")]
 pub use scratch::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
 
@@ -21,7 +23,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{CacheSize, SimpleConnection};
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
@@ -63,6 +65,18 @@ pub struct PostgresOptions {
     /// Default 10 s. (Also passed to libpq as `connect_timeout` unless the
     /// URL sets one.)
     pub connection_timeout: Duration,
+    /// The pooler between the store and Postgres ([`Pooler::None`] by
+    /// default). The URL parameter [`POOLER_PARAMETER`]
+    /// (`?tasktrail_pooler=transaction`) overrides it.
+    pub pooler: Pooler,
+    /// Through a transaction pooler: a URL that reaches the *same* Postgres
+    /// server directly (or through a session pooler), for the one liveness
+    /// session that holds the workers' advisory locks (one connection per
+    /// store, nothing else runs on it). Without one, a store behind a
+    /// transaction pooler takes no lock: its workers are judged by the
+    /// lease ([`LivenessMode::Lease`]). Ignored without a transaction
+    /// pooler (the liveness session then uses the database URL).
+    pub liveness_url: Option<String>,
     /// Record the INSERTs into `task_history` this store issues (tests).
     #[cfg(feature = "testing")]
     pub statement_log: Option<StatementLog>,
@@ -83,6 +97,8 @@ impl Default for PostgresOptions {
         Self {
             pool_size: 8,
             connection_timeout: Duration::from_secs(10),
+            pooler: Pooler::None,
+            liveness_url: None,
             #[cfg(feature = "testing")]
             statement_log: None,
         }
@@ -100,6 +116,15 @@ impl Default for PostgresOptions {
 /// holds one session-level advisory lock per worker registered through the
 /// store ([`PostgresStorage::worker_lock_key`]) for as long as the store
 /// lives.
+///
+/// Behind a transaction pooler (declared: [`Pooler::Transaction`], the URL
+/// parameter `?tasktrail_pooler=transaction`), the pooled connections keep
+/// no prepared statement and rely on no session state, and no advisory lock
+/// is ever taken through the pooler: the liveness session connects to
+/// [`PostgresOptions::liveness_url`] (the same server, directly), or there
+/// is none and workers are judged by their lease
+/// ([`LivenessMode::Lease`]). See docs/operations.md, "Connecting through a
+/// pooler".
 ///
 /// # Liveness across hosts
 ///
@@ -181,7 +206,14 @@ impl Default for PostgresOptions {
 /// invalidated and reported by exactly one sweep.
 pub struct PostgresStorage {
     pool: PgPool,
-    liveness: LivenessSession,
+    /// `None` behind a transaction pooler without a liveness URL
+    /// ([`LivenessMode::Lease`]).
+    liveness: Option<LivenessSession>,
+    reach: std::sync::Arc<ServerReach>,
+    pooler: Pooler,
+    /// Set when nothing was declared but the server's port is not the
+    /// URL's ([`PostgresStorage::pooler_warning`]).
+    pooler_warning: Option<String>,
     shown_url: String,
     secrets: Secrets,
     statement_log: Option<StatementLog>,
@@ -192,6 +224,8 @@ impl fmt::Debug for PostgresStorage {
         f.debug_struct("PostgresStorage")
             .field("url", &self.shown_url)
             .field("pool_size", &self.pool.max_size())
+            .field("pooler", &self.pooler)
+            .field("liveness", &self.liveness_mode())
             .finish_non_exhaustive()
     }
 }
@@ -245,18 +279,48 @@ impl PostgresStorage {
     /// from an old schema). Still refuses a database that is not ours.
     pub fn open_unmigrated(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
         let secrets = Secrets::of(url);
-        let url = with_connect_timeout(url, options.connection_timeout);
-        let reach = std::sync::Arc::new(ServerReach {
-            unreachable: std::sync::atomic::AtomicBool::new(false),
-            connection_timeout: options.connection_timeout,
-        });
-        let liveness = LivenessSession::connect(
-            url.clone(),
-            secrets.clone(),
-            options.statement_log(),
-            std::sync::Arc::clone(&reach),
-        )?;
-        liveness.run(|connection, _| ensure_ours(connection))?;
+        let (url, declared) = pooler::split_pooler(url)?;
+        let pooler = declared.unwrap_or(options.pooler);
+        let url_port = pooler::named_port(&url);
+        let url = with_connect_timeout(&url, options.connection_timeout);
+        let reach = std::sync::Arc::new(ServerReach::new(options.connection_timeout));
+        // The liveness session: on the database URL itself unless a
+        // transaction pooler is in the way (a session advisory lock taken
+        // through it would stay with whichever server connection ran it,
+        // after its worker is gone); then on the liveness URL, or none.
+        let liveness_url = if pooler.multiplexes_sessions() {
+            match &options.liveness_url {
+                Some(liveness_url) => {
+                    let (direct, declared) = pooler::split_pooler(liveness_url)?;
+                    if declared.is_some_and(Pooler::multiplexes_sessions) {
+                        return Err(StorageError::Other {
+                            source: Box::new(Redacted(format!(
+                                "invalid liveness URL: it must reach postgres directly or through a session pooler, not {POOLER_PARAMETER}=transaction"
+                            ))),
+                        });
+                    }
+                    Some(with_connect_timeout(&direct, options.connection_timeout))
+                }
+                None => None,
+            }
+        } else {
+            Some(url.clone())
+        };
+        let secrets = match &options.liveness_url {
+            Some(liveness_url) if pooler.multiplexes_sessions() => {
+                secrets.with(&Secrets::of(liveness_url))
+            }
+            _ => secrets,
+        };
+        let liveness = match liveness_url {
+            Some(liveness_url) => Some(LivenessSession::connect(
+                liveness_url,
+                secrets.clone(),
+                options.statement_log(),
+                std::sync::Arc::clone(&reach),
+            )?),
+            None => None,
+        };
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(0))
@@ -276,15 +340,71 @@ impl PostgresStorage {
             .error_handler(Box::new(NopErrorHandler))
             .connection_customizer(Box::new(OnAcquire {
                 statement_log: options.statement_log(),
+                pooler,
             }))
             .build_unchecked(ConnectionManager::new(url));
-        Ok(Self {
+        let store = Self {
             pool,
             liveness,
+            reach,
+            pooler,
+            pooler_warning: None,
             shown_url: secrets.redacted(),
             secrets,
             statement_log: options.statement_log(),
-        })
+        };
+        let mut store = store;
+        match &store.liveness {
+            Some(liveness) => liveness.run(|connection, _| ensure_ours(connection))?,
+            None => ensure_ours(&mut *store.pooled()?)?,
+        }
+        if declared.is_none() && pooler == Pooler::None {
+            let server_port = store.liveness.as_ref().and_then(|liveness| {
+                liveness
+                    .run(|connection, _| {
+                        diesel::sql_query("SELECT inet_server_port() AS port")
+                            .get_result::<ServerPort>(connection)
+                            .map_err(map_error)
+                    })
+                    .ok()
+                    .and_then(|row| row.port)
+            });
+            store.pooler_warning = pooler::undeclared_pooler_warning(url_port, server_port);
+        }
+        Ok(store)
+    }
+
+    /// A warning when no pooler was declared but something seems to stand
+    /// between the store and the server (the URL's port is not the one the
+    /// server listens on): only a warning, a quiet pooler cannot be told
+    /// from a server, and a port mapping looks the same.
+    pub fn pooler_warning(&self) -> Option<&str> {
+        self.pooler_warning.as_deref()
+    }
+
+    /// The pooler this store was declared to go through.
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// How this store proves its workers alive.
+    pub fn liveness_mode(&self) -> LivenessMode {
+        match (&self.liveness, self.pooler.multiplexes_sessions()) {
+            (None, _) => LivenessMode::Lease,
+            (Some(_), true) => LivenessMode::AdvisoryLockOnLivenessUrl,
+            (Some(_), false) => LivenessMode::AdvisoryLock,
+        }
+    }
+
+    /// How long this store has been able to watch liveness locks without a
+    /// break: its liveness session's age, or, without one (behind a
+    /// transaction pooler), how long its pool has reached the server
+    /// without a failure.
+    pub(crate) fn watched_for(&self) -> Duration {
+        match &self.liveness {
+            Some(liveness) => liveness.connected_for(),
+            None => self.reach.reached_for(),
+        }
     }
 
     /// Applies pending migrations; returns the versions it applied (empty
@@ -391,7 +511,7 @@ impl PostgresStorage {
             }
             // The server closed it: it may be down, so the next checkout
             // does not wait the whole connection timeout.
-            self.liveness.reach.unreachable();
+            self.reach.unreachable();
         }
         self.checkout()
     }
@@ -402,20 +522,20 @@ impl PostgresStorage {
     /// each retry fails fast instead of holding a worker's stop past its
     /// deadline.
     fn checkout(&self) -> Result<PgPooled, StorageError> {
-        let wait = if self.liveness.reach.is_unreachable() {
-            OUTAGE_CHECKOUT_WAIT.min(self.liveness.reach.connection_timeout)
+        let wait = if self.reach.is_unreachable() {
+            OUTAGE_CHECKOUT_WAIT.min(self.reach.connection_timeout)
         } else {
-            self.liveness.reach.connection_timeout
+            self.reach.connection_timeout
         };
         match self.pool.get_timeout(wait) {
             Ok(connection) => {
-                self.liveness.reach.reached();
+                self.reach.reached();
                 Ok(connection)
             }
             Err(error) => {
                 let error = pool_error(&error, &self.secrets);
                 if error.is_transient() {
-                    self.liveness.reach.unreachable();
+                    self.reach.unreachable();
                 }
                 Err(error)
             }
@@ -435,9 +555,18 @@ pub(crate) const OUTAGE_CHECKOUT_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct ServerReach {
     unreachable: std::sync::atomic::AtomicBool,
     connection_timeout: Duration,
+    /// When the server was last reached after a failure.
+    reached_since: Mutex<std::time::Instant>,
 }
 
 impl ServerReach {
+    fn new(connection_timeout: Duration) -> Self {
+        Self {
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            connection_timeout,
+            reached_since: Mutex::new(std::time::Instant::now()),
+        }
+    }
     fn is_unreachable(&self) -> bool {
         self.unreachable.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -446,8 +575,26 @@ impl ServerReach {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     fn reached(&self) {
-        self.unreachable
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        if self
+            .unreachable
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            *self
+                .reached_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
+        }
+    }
+    /// How long since the server was last reached after a failure (or
+    /// since the store opened): zero while it is unreachable.
+    fn reached_for(&self) -> Duration {
+        if self.is_unreachable() {
+            return Duration::ZERO;
+        }
+        self.reached_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
     }
 }
 
@@ -514,6 +661,7 @@ impl diesel::r2d2::HandleEvent for IdleTracker {
 #[derive(Debug)]
 struct OnAcquire {
     statement_log: Option<StatementLog>,
+    pooler: Pooler,
 }
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for OnAcquire {
@@ -521,6 +669,17 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for OnAcquire {
         if let Some(log) = &self.statement_log {
             connection.set_instrumentation(log.instrumentation());
         }
+        if self.pooler.multiplexes_sessions() {
+            // Behind a transaction pooler the next transaction may run on
+            // another server connection, which never saw this one's named
+            // statements (`prepared statement "__diesel_stmt_1" does not
+            // exist`, or `already exists` on one that did): Diesel then
+            // sends every statement unnamed, parsed with its binds in one
+            // message (PQsendQueryParams).
+            connection.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        // `application_name` is a parameter PgBouncer tracks and sets on
+        // whichever server connection runs the client's next transaction.
         connection
             .batch_execute("SET application_name = 'tasktrail'")
             .map_err(diesel::r2d2::Error::QueryError)
@@ -673,6 +832,12 @@ impl LivenessSession {
         }
         result
     }
+}
+
+#[derive(QueryableByName)]
+struct ServerPort {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    port: Option<i32>,
 }
 
 #[derive(QueryableByName)]
@@ -883,6 +1048,23 @@ pub(crate) const POSTGRES_ERROR_MESSAGES: &[(&[&str], PostgresErrorClass)] = &[
     // 53300 too many connections.
     (&["too many clients"], PostgresErrorClass::Transient),
     (&["too many connections"], PostgresErrorClass::Transient),
+    // PgBouncer: its client limit (`max_client_conn`), a client that
+    // waited too long for a server connection (`query_wait_timeout`), a
+    // server it cannot reach or whose connection it lost.
+    (
+        &["no more connections allowed"],
+        PostgresErrorClass::Transient,
+    ),
+    (&["query_wait_timeout"], PostgresErrorClass::Transient),
+    (
+        &["pgbouncer cannot connect to server"],
+        PostgresErrorClass::Transient,
+    ),
+    (&["server conn crashed"], PostgresErrorClass::Transient),
+    (
+        &["server login has been failing"],
+        PostgresErrorClass::Transient,
+    ),
     // 53100 disk full, 53200 out of memory.
     (&["no space left on device"], PostgresErrorClass::Transient),
     (&["could not extend file"], PostgresErrorClass::Transient),
@@ -1121,6 +1303,11 @@ mod tests {
         pool_timeout_is_transient: transient("timed out waiting for connection");
         too_many_clients_53300_is_transient: transient("FATAL:  sorry, too many clients already");
         too_many_connections_53300_is_transient: transient("FATAL:  too many connections for role \"app\"");
+        pgbouncer_max_client_conn_is_transient: transient("ERROR:  no more connections allowed (max_client_conn)");
+        pgbouncer_query_wait_timeout_is_transient: transient("ERROR:  query_wait_timeout");
+        pgbouncer_cannot_connect_is_transient: transient("ERROR:  pgbouncer cannot connect to server");
+        pgbouncer_server_crashed_is_transient: transient("ERROR:  server conn crashed?");
+        pgbouncer_login_failing_is_transient: transient("ERROR:  server login has been failing, try again later (server_login_retry)");
         disk_full_53100_is_transient: transient("could not write to file \"base/pgsql_tmp\": No space left on device");
         could_not_extend_53100_is_transient: transient("could not extend file \"base/16384/16385\": wrote only 4096 of 8192 bytes");
         out_of_memory_53200_is_transient: transient("out of memory");

@@ -99,7 +99,7 @@ pub(super) struct NewWorkerRow {
     state: &'static str,
     boot_id: Option<String>,
     pid_namespace: Option<i64>,
-    liveness_lock: &'static str,
+    liveness_lock: Option<&'static str>,
 }
 
 /// `workers.liveness_lock` of a worker whose liveness session holds its
@@ -107,6 +107,13 @@ pub(super) struct NewWorkerRow {
 pub(super) const ADVISORY_LOCK: &str = "advisory";
 
 impl NewWorkerRow {
+    /// The same row for a worker that holds no lock (behind a transaction
+    /// pooler without a liveness URL): judged by its lease.
+    pub(super) fn without_lock(mut self) -> Self {
+        self.liveness_lock = None;
+        self
+    }
+
     pub(super) fn from_registration(registration: &WorkerRegistration) -> Self {
         let (boot_id, pid_namespace) = encode_host_identity(registration.host_identity.as_ref());
         Self {
@@ -118,7 +125,7 @@ impl NewWorkerRow {
             state: WorkerState::Alive.as_str(),
             boot_id,
             pid_namespace,
-            liveness_lock: ADVISORY_LOCK,
+            liveness_lock: Some(ADVISORY_LOCK),
         }
     }
 }

@@ -35,6 +35,18 @@ impl ScratchDatabase {
                 return None;
             }
         };
+        Some(Self::create_on(&admin_url))
+    }
+
+    /// A fresh database on the server `admin_url` reaches (directly: the
+    /// `CREATE DATABASE` and the final `DROP DATABASE` run there), for tests
+    /// with a server of their own.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached or refuses `CREATE DATABASE`.
+    pub fn create_on(admin_url: &str) -> Self {
+        let admin_url = admin_url.to_owned();
         let name = format!("tasktrail_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::establish(&admin_url).unwrap_or_else(|_| {
             panic!("{TEST_POSTGRES_URL_VARIABLE} is set but its server cannot be reached")
@@ -46,11 +58,11 @@ impl ScratchDatabase {
                 panic!("cannot create a test database on the {TEST_POSTGRES_URL_VARIABLE} server")
             });
         let url = with_database(&admin_url, &name);
-        Some(Self {
+        Self {
             admin_url,
             name,
             url,
-        })
+        }
     }
 
     /// The fresh database's URL.

@@ -191,10 +191,10 @@ impl PostgresStorage {
     /// back at heartbeats. Returns whether this store held it.
     #[cfg(feature = "testing")]
     pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
-        if !self.liveness.tracks(worker) {
+        let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) else {
             return false;
-        }
-        self.liveness
+        };
+        liveness
             .run(|connection, tracked| {
                 tracked.remove(&worker);
                 advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
@@ -539,7 +539,24 @@ impl Storage for PostgresStorage {
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
         let id = registration.id;
         let key = Self::worker_lock_key(id);
-        self.liveness.run(|connection, tracked| {
+        let Some(liveness) = &self.liveness else {
+            // Behind a transaction pooler without a liveness URL: no lock
+            // (one taken through the pooler would outlive the worker on
+            // whichever server connection ran it); `liveness_lock` stays
+            // NULL and sweeps judge the worker by its lease.
+            return diesel::insert_into(workers::table)
+                .values(NewWorkerRow::from_registration(registration).without_lock())
+                .execute(&mut *self.pooled()?)
+                .map(|_| ())
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        StorageError::DuplicateWorker { id }
+                    } else {
+                        map_error(error)
+                    }
+                });
+        };
+        liveness.run(|connection, tracked| {
             if tracked.contains_key(&id) {
                 return Err(StorageError::DuplicateWorker { id });
             }
@@ -573,11 +590,11 @@ impl Storage for PostgresStorage {
     /// again if the session was re-established; a heartbeat that succeeds
     /// proves the lock is held.
     fn heartbeat_worker(&self, worker: WorkerId, _at: Timestamp) -> Result<(), StorageError> {
-        if !self.liveness.tracks(worker) {
+        let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) else {
             return beat(&mut *self.pooled()?, worker);
-        }
+        };
         let key = Self::worker_lock_key(worker);
-        self.liveness.run(|connection, tracked| {
+        liveness.run(|connection, tracked| {
             if tracked.get(&worker) == Some(&false) {
                 if !try_advisory_lock(connection, key).map_err(map_error)? {
                     // A sweep is judging this worker right now, or the server
@@ -628,9 +645,9 @@ impl Storage for PostgresStorage {
             .execute(connection)?;
             Ok(())
         })?;
-        if self.liveness.tracks(worker) {
+        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) {
             // Best effort: if the session is gone, so is the lock.
-            let _ = self.liveness.run(|connection, tracked| {
+            let _ = liveness.run(|connection, tracked| {
                 tracked.remove(&worker);
                 advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
             });
@@ -758,7 +775,7 @@ impl Storage for PostgresStorage {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         // How long this store has watched locks: its liveness session's age
         // (the pooled connection the sweep runs on may be brand new).
-        let watched_by_this_store = self.liveness.connected_for();
+        let watched_by_this_store = self.watched_for();
         transaction(&mut *self.pooled()?, |connection| {
             Self::sweep(connection, request, judge, watched_by_this_store)
         })
@@ -769,7 +786,7 @@ impl Storage for PostgresStorage {
         claim: &ReportClaim,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let watched_by_this_store = self.liveness.connected_for();
+        let watched_by_this_store = self.watched_for();
         transaction(&mut *self.pooled()?, |connection| {
             Self::claim(connection, claim, judge, watched_by_this_store)
         })
