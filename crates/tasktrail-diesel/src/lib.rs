@@ -50,4 +50,4 @@ pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIO
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStorage, POSTGRES_MIGRATIONS};
 #[cfg(all(feature = "postgres", feature = "testing"))]
-pub use postgres::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+pub use postgres::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
