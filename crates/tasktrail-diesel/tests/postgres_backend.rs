@@ -1200,6 +1200,127 @@ fn the_judge_never_holds_a_workers_lock_while_it_judges() {
         .expect("finish");
 }
 
+/// A judge that, for the owner it is told about, says it is sweeping
+/// (the sweep then holds that owner's `workers` row `FOR UPDATE`), waits
+/// until the test lets it go, and declares the owner dead.
+struct GatedJudge {
+    sweeping: std::sync::mpsc::SyncSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl tasktrail_core::backend::LivenessJudge for GatedJudge {
+    fn judge(&self, owner: Option<&tasktrail_core::backend::OwnerFacts>) -> Liveness {
+        let owner = owner.expect("a registered owner");
+        self.sweeping.send(()).expect("tell the test");
+        self.release
+            .lock()
+            .expect("release")
+            .recv()
+            .expect("released");
+        Liveness::Dead(DeathCause::ProcessGone {
+            host: owner.record.host.clone(),
+            pid: owner.record.pid,
+        })
+    }
+}
+
+/// A start racing a sweep that is declaring its worker dead: the start's
+/// `INSERT … SELECT … FROM workers … FOR SHARE` waits for the sweep and
+/// then reads the worker `dead`, so it writes nothing and says
+/// `WorkerNotAlive`; no `running` row of a dead worker is ever committed.
+/// Kills the start losing `FOR SHARE` (its INSERT then reads the worker
+/// `alive` in its snapshot and commits a row the sweep never sees).
+#[test]
+fn a_start_racing_a_sweep_that_declares_its_worker_dead_inserts_nothing() {
+    let database = database_or_skip!();
+    let doomed_store = database.open();
+    let doomed = register(&doomed_store, "host-a", 10);
+    let orphan = Task::queue(spec(1)).start(&doomed, &doomed_store).expect("start");
+    let orphan_id = orphan.id();
+    let sweeper_store = database.open();
+    let sweeper = register(&sweeper_store, "host-b", 20);
+
+    let (sweeping_tx, sweeping) = std::sync::mpsc::sync_channel(1);
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let judge = GatedJudge {
+        sweeping: sweeping_tx,
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let late_id = TaskId::new_random();
+    std::thread::scope(|scope| {
+        let sweep = scope.spawn(|| {
+            sweeper_store
+                .recover_orphans(
+                    &RecoveryRequest {
+                        recovering_worker: sweeper.id(),
+                        now: SystemClock.now(),
+                        mode: SweepMode::Apply,
+                    },
+                    &judge,
+                )
+                .expect("sweep")
+        });
+        sweeping.recv().expect("the sweep judges the doomed worker");
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let doomed_id = doomed.id();
+        let doomed_store = &doomed_store;
+        scope.spawn(move || {
+            let result = doomed_store.insert_running(&NewRunningRow {
+                id: late_id,
+                spec: spec(2),
+                worker: doomed_id,
+                started_at: SystemClock.now(),
+            });
+            started_tx.send(result).expect("report");
+        });
+        // Until the start has either returned or is waiting on the
+        // worker's row lock: then let the sweep commit.
+        let mut watcher = database.connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut early = None;
+        loop {
+            if let Ok(result) = started.try_recv() {
+                early = Some(result);
+                break;
+            }
+            let waiting = diesel::sql_query(
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE 'INSERT INTO task_history%'",
+            )
+            .get_result::<Count>(&mut watcher)
+            .expect("pg_stat_activity")
+            .count;
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the start neither returned nor waited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        release.send(()).expect("release the sweep");
+        let recovered = sweep.join().expect("sweep thread");
+        let start = early.unwrap_or_else(|| started.recv().expect("the start returns"));
+        assert!(
+            matches!(start, Err(StorageError::WorkerNotAlive { id }) if id == doomed.id()),
+            "a start racing the sweep that declares its worker dead must insert nothing: {start:?}"
+        );
+        assert_eq!(
+            recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+            vec![orphan_id]
+        );
+    });
+    assert_eq!(doomed_store.get_task(late_id).expect("get"), None);
+    assert!(doomed_store
+        .list_tasks(&TaskFilter::default())
+        .expect("list")
+        .iter()
+        .all(|task| task.status != TaskStatus::Running));
+    drop(orphan);
+}
+
 #[test]
 fn a_dry_run_reports_and_writes_nothing() {
     let database = database_or_skip!();
