@@ -1321,6 +1321,111 @@ fn a_start_racing_a_sweep_that_declares_its_worker_dead_inserts_nothing() {
     drop(orphan);
 }
 
+/// Declares every registered owner dead (`ProcessGone`).
+struct EveryOwnerIsDead;
+
+impl tasktrail_core::backend::LivenessJudge for EveryOwnerIsDead {
+    fn judge(&self, owner: Option<&tasktrail_core::backend::OwnerFacts>) -> Liveness {
+        let owner = owner.expect("a registered owner");
+        Liveness::Dead(DeathCause::ProcessGone {
+            host: owner.record.host.clone(),
+            pid: owner.record.pid,
+        })
+    }
+}
+
+/// A fault injected *inside* the sweep's transaction, after its first
+/// write: a trigger fails its UPDATE of the sessions (after the rows were
+/// interrupted), of `workers` (after the sessions) or its INSERT of the
+/// owed reports (after everything else). Each time the whole sweep rolls
+/// back: every row, session and worker is as it was and no report is owed;
+/// once the fault is gone the next sweep recovers everything. Kills the
+/// sweep running outside one transaction.
+#[test]
+fn a_sweep_failing_after_its_first_write_rolls_back_every_one() {
+    let database = database_or_skip!();
+    for (table, event) in [
+        ("claude_sdk_sessions", "UPDATE"),
+        ("workers", "UPDATE"),
+        ("recovery_reports", "INSERT"),
+    ] {
+        let store = database.open();
+        for pid in [10, 11] {
+            let victim = register(&store, "host-a", pid);
+            for issue in 1..=3 {
+                let running = Task::queue(spec(i64::from(pid) * 10 + issue))
+                    .start(&victim, &store)
+                    .expect("start");
+                running
+                    .record_session(
+                        SessionId::parse(&format!("sess_{}", running.id())).expect("id"),
+                        &store,
+                    )
+                    .expect("session");
+            }
+        }
+        let sweeper = register(&store, "host-b", 20);
+        let snapshot = |store: &PostgresStorage| {
+            (
+                store.list_tasks(&TaskFilter::default()).expect("rows"),
+                store.list_sessions().expect("sessions"),
+                store.list_workers().expect("workers"),
+            )
+        };
+        let before = snapshot(&store);
+        let mut connection = database.connect();
+        connection
+            .batch_execute(&format!(
+                "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$; \
+                 CREATE TRIGGER injected_fault BEFORE {event} ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION injected_fault();"
+            ))
+            .expect("inject the fault");
+        let sweep = |store: &PostgresStorage| {
+            store.recover_orphans(
+                &RecoveryRequest {
+                    recovering_worker: sweeper.id(),
+                    now: SystemClock.now(),
+                    mode: SweepMode::Apply,
+                },
+                &EveryOwnerIsDead,
+            )
+        };
+        let result = sweep(&store);
+        assert!(result.is_err(), "{event} {table}: {result:?}");
+        assert_eq!(
+            snapshot(&store),
+            before,
+            "a fault at the {event} of {table} rolls back"
+        );
+        let owed = diesel::sql_query("SELECT count(*) AS count FROM recovery_reports")
+            .get_result::<Count>(&mut connection)
+            .expect("count")
+            .count;
+        assert_eq!(owed, 0);
+        connection
+            .batch_execute(&format!(
+                "DROP TRIGGER injected_fault ON {table}; DROP FUNCTION injected_fault();"
+            ))
+            .expect("remove the fault");
+        let recovered = sweep(&store).expect("sweep");
+        assert_eq!(
+            recovered.len(),
+            6,
+            "nothing lost: all recovered once the fault is gone"
+        );
+        assert!(recovered.iter().all(|r| r.sessions_invalidated == 1));
+        // The next round starts from an empty history.
+        connection
+            .batch_execute(
+                "DELETE FROM recovery_reports; DELETE FROM claude_sdk_sessions; \
+                 DELETE FROM task_history; DELETE FROM workers;",
+            )
+            .expect("clean");
+    }
+}
+
 #[test]
 fn a_dry_run_reports_and_writes_nothing() {
     let database = database_or_skip!();
