@@ -100,19 +100,13 @@ fn a_completed_tasks_session_invalidated_by_hand_is_never_resumed<B: Backend>() 
         }
         assert_eq!(offered(&store).as_deref(), Some("sess_newer"), "{status:?}");
 
-        store.invalidate_session_by_hand(
-            &SessionId::parse("sess_newer").expect("id"),
-            clock.now(),
-        );
+        store.invalidate_session_by_hand(&SessionId::parse("sess_newer").expect("id"), clock.now());
         assert_eq!(
             offered(&store).as_deref(),
             Some("sess_older"),
             "{status:?}: an invalidated session is never resumed"
         );
-        store.invalidate_session_by_hand(
-            &SessionId::parse("sess_older").expect("id"),
-            clock.now(),
-        );
+        store.invalidate_session_by_hand(&SessionId::parse("sess_older").expect("id"), clock.now());
         assert_eq!(offered(&store), None, "{status:?}");
     }
 }
@@ -271,7 +265,11 @@ fn a_sweep_leaves_a_stopped_owner_stopped<B: Backend>() {
     assert_eq!(stopped.state, WorkerState::Stopped);
     w.clock.advance(Duration::minutes(1));
     assert_eq!(w.sweep(&rescuer, &[owner.id()]).len(), 1);
-    assert_eq!(w.record(owner.id()), stopped, "a stopped worker stays stopped");
+    assert_eq!(
+        w.record(owner.id()),
+        stopped,
+        "a stopped worker stays stopped"
+    );
     drop(leftover);
 }
 
@@ -319,7 +317,6 @@ fn a_session_is_recorded_only_by_the_owner_of_a_running_task<B: Backend>() {
     );
     assert_eq!(w.store.list_sessions().expect("sessions"), vec![]);
 }
-
 
 /// A sweep invalidates only sessions still valid: one invalidated by hand
 /// earlier keeps its time and reason and is not counted. Kills the sweep's

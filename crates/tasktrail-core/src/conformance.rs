@@ -790,7 +790,10 @@ fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut Worl
         .record_session(SessionId::parse("sess_foreign").expect("id"), w.store)
         .expect("record");
     w.clock.advance(Duration::seconds(3));
-    let before = (w.row(foreign.id()), w.store.list_sessions().expect("sessions"));
+    let before = (
+        w.row(foreign.id()),
+        w.store.list_sessions().expect("sessions"),
+    );
     assert_eq!(
         try_interrupt(w, foreign.id(), intruder.id()),
         FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
@@ -798,7 +801,10 @@ fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut Worl
         })
     );
     assert_eq!(
-        (w.row(foreign.id()), w.store.list_sessions().expect("sessions")),
+        (
+            w.row(foreign.id()),
+            w.store.list_sessions().expect("sessions")
+        ),
         before,
         "a foreign row and its sessions are untouched"
     );
@@ -810,7 +816,10 @@ fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut Worl
         .finish(Outcome::Success(report()), w.store)
         .expect("finish");
     w.clock.advance(Duration::seconds(3));
-    let before = (w.row(foreign_id), w.store.list_sessions().expect("sessions"));
+    let before = (
+        w.row(foreign_id),
+        w.store.list_sessions().expect("sessions"),
+    );
     for by in [owner.id(), intruder.id()] {
         let refused = try_interrupt(w, foreign_id, by);
         assert!(
@@ -825,7 +834,10 @@ fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut Worl
             "{refused:?}"
         );
         assert_eq!(
-            (w.row(foreign_id), w.store.list_sessions().expect("sessions")),
+            (
+                w.row(foreign_id),
+                w.store.list_sessions().expect("sessions")
+            ),
             before,
             "a finished row and its sessions never change again"
         );

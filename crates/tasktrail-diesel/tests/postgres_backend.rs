@@ -402,7 +402,9 @@ fn every_cell(store: &PostgresStorage) -> Cells {
         .expect("cells");
     let mut rows = Cells::new();
     for cell in cells {
-        rows.entry(cell.id).or_default().insert(cell.name, cell.value);
+        rows.entry(cell.id)
+            .or_default()
+            .insert(cell.name, cell.value);
     }
     rows
 }
@@ -1235,7 +1237,9 @@ fn a_start_racing_a_sweep_that_declares_its_worker_dead_inserts_nothing() {
     let database = database_or_skip!();
     let doomed_store = database.open();
     let doomed = register(&doomed_store, "host-a", 10);
-    let orphan = Task::queue(spec(1)).start(&doomed, &doomed_store).expect("start");
+    let orphan = Task::queue(spec(1))
+        .start(&doomed, &doomed_store)
+        .expect("start");
     let orphan_id = orphan.id();
     let sweeper_store = database.open();
     let sweeper = register(&sweeper_store, "host-b", 20);

@@ -667,10 +667,14 @@ fn a_sweep_failing_after_its_first_writes_rolls_back_every_one() {
             store.list_sessions().expect("sessions"),
             store.list_workers().expect("workers"),
         );
-        assert_eq!(after, before, "a fault at the {event} of {table} rolls back");
+        assert_eq!(
+            after, before,
+            "a fault at the {event} of {table} rolls back"
+        );
         let owed = store
             .with_connection(|c| {
-                diesel::sql_query("SELECT count(*) AS count FROM recovery_reports").get_result::<Owed>(c)
+                diesel::sql_query("SELECT count(*) AS count FROM recovery_reports")
+                    .get_result::<Owed>(c)
             })
             .expect("count")
             .count;
@@ -678,7 +682,11 @@ fn a_sweep_failing_after_its_first_writes_rolls_back_every_one() {
         assert!(integrity_ok(&store));
         raw(&store, "DROP TRIGGER injected_fault;");
         let recovered = sweep(&store).expect("sweep");
-        assert_eq!(recovered.len(), 6, "nothing lost: all recovered once the fault is gone");
+        assert_eq!(
+            recovered.len(),
+            6,
+            "nothing lost: all recovered once the fault is gone"
+        );
         assert!(recovered.iter().all(|r| r.sessions_invalidated == 1));
     }
 }

@@ -685,14 +685,18 @@ struct Cell {
 /// Every column of every `task_history` row, whatever the schema: id ->
 /// column -> the value as SQLite's `quote()` spells it (type included:
 /// `NULL`, `'text'`, `42`, `0.42`).
-fn every_cell(store: &SqliteStorage) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+fn every_cell(
+    store: &SqliteStorage,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
     store.with_connection(|c| {
         let columns: Vec<ColumnName> =
             diesel::sql_query("SELECT name FROM pragma_table_info('task_history') ORDER BY cid")
                 .load(c)
                 .expect("columns");
-        let mut rows: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
-            Default::default();
+        let mut rows: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        > = Default::default();
         for column in columns {
             // A column name read from the schema, quoted as an identifier.
             let query = format!(
