@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(reason.to_string(), "worker received SIGTERM");
         let outcome = Outcome::Interrupted(reason.clone());
         assert_eq!(outcome.interrupt_reason(), Some(&reason));
-        assert_eq!(Outcome::Success(RunReport::empty()).interrupt_reason(), None);
+        assert_eq!(
+            Outcome::Success(RunReport::empty()).interrupt_reason(),
+            None
+        );
     }
 
     #[test]
