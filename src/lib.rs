@@ -102,7 +102,9 @@ pub mod testing {
     pub use tasktrail_core::intercept::{InterceptedStorage, StorageCall};
     pub use tasktrail_diesel::StatementLog;
     #[cfg(feature = "postgres")]
-    pub use tasktrail_diesel::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+    pub use tasktrail_diesel::{
+        test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,
+    };
 }
 
 /// What a server imports: the worker, the task typestate, its inputs and

@@ -31,9 +31,21 @@ pub trait Backend: Storage + Sized {
     /// backend whose locks the store does not hold (SQLite: the kernel
     /// holds them) loses nothing.
     fn restart_under(&self, live_workers: &[WorkerId]);
+    /// Test hook: invalidates one session by hand, whatever its task's
+    /// status (an operator's `UPDATE claude_sdk_sessions SET invalidated_at
+    /// = …`).
+    fn invalidate_session_by_hand(&self, session: &SessionId, at: Timestamp);
 }
 
 impl Backend for MemoryStorage {
+    fn invalidate_session_by_hand(&self, session: &SessionId, at: Timestamp) {
+        assert!(MemoryStorage::invalidate_session_by_hand(
+            self,
+            session,
+            at,
+            "invalidated by hand"
+        ));
+    }
     fn restart_under(&self, live_workers: &[WorkerId]) {
         for worker in live_workers {
             self.set_worker_lock(
@@ -73,6 +85,22 @@ impl Backend for MemoryStorage {
 }
 
 impl Backend for SqliteStorage {
+    fn invalidate_session_by_hand(&self, session: &SessionId, at: Timestamp) {
+        use diesel::prelude::*;
+        use diesel::sql_types::Text;
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let updated = self.with_connection(|connection| {
+            diesel::sql_query(
+                "UPDATE claude_sdk_sessions SET invalidated_at = ?, \
+                 invalidation_reason = 'invalidated by hand' WHERE session_id = ?",
+            )
+            .bind::<Text, _>(at)
+            .bind::<Text, _>(session.as_str())
+            .execute(connection)
+            .expect("invalidate the session")
+        });
+        assert_eq!(updated, 1);
+    }
     // There is no server to restart: each worker's flock is the kernel's.
     fn restart_under(&self, _live_workers: &[WorkerId]) {}
     fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
@@ -241,6 +269,24 @@ pub struct PostgresBackend {
 
 #[cfg(feature = "postgres")]
 impl Backend for PostgresBackend {
+    fn invalidate_session_by_hand(&self, session: &SessionId, at: Timestamp) {
+        use diesel::prelude::*;
+        use diesel::sql_types::{Text, Timestamptz};
+        let updated = self
+            .store
+            .with_connection(|connection| {
+                diesel::sql_query(
+                    "UPDATE claude_sdk_sessions SET invalidated_at = $1, \
+                     invalidation_reason = 'invalidated by hand' WHERE session_id = $2",
+                )
+                .bind::<Timestamptz, _>(at)
+                .bind::<Text, _>(session.as_str())
+                .execute(connection)
+                .expect("invalidate the session")
+            })
+            .expect("a connection");
+        assert_eq!(updated, 1);
+    }
     // A real restart needs a server of its own: the outage tests restart a
     // throwaway cluster under live worker processes
     // (crates/tasktrail-cli/tests/outage.rs). Here the step changes nothing.

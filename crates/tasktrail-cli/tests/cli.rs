@@ -362,6 +362,95 @@ fn sigkill_leaves_running_rows_that_the_next_boot_recovers_once() {
     );
 }
 
+/// `processes` `tasktrail recover` processes started at once over the
+/// orphans of three SIGKILLed workers: every one exits 0, each orphan's
+/// `[recovery]` line is printed by exactly one of them, their counts add up
+/// to the orphans, and every row ends `interrupted`. Kills the SQLite sweep
+/// losing `BEGIN IMMEDIATE` (a deferred transaction fails the later writer,
+/// `database is locked`).
+/// Repeated: a sweep is short, and the processes must overlap inside
+/// their transactions for a broken sweep to show.
+fn concurrent_recover_processes_report_each_orphan_exactly_once(processes: usize) {
+    for _ in 0..10 {
+        concurrent_recover_round(processes);
+    }
+}
+
+fn concurrent_recover_round(processes: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    // All three run before any is killed: a worker's boot sweep would
+    // recover an earlier one's rows.
+    let mut orphans = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (child, ids) = worker_with_started_tasks(&db, 3);
+        workers.push(child);
+        orphans.extend(ids);
+    }
+    for mut child in workers {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+    let children: Vec<Child> = (0..processes)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+                .arg("--db")
+                .arg(&db)
+                .arg("recover")
+                .env_remove("TASKTRAIL_DB")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn recover")
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().expect("recover"))
+        .collect();
+    let mut marked = 0;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "every recover succeeds: {}",
+            stderr(output)
+        );
+        let text = stdout(output);
+        let count = text
+            .lines()
+            .find_map(|line| line.strip_suffix(" task(s) marked interrupted"))
+            .unwrap_or_else(|| panic!("no count line: {text}"));
+        marked += count.parse::<usize>().expect("a count");
+    }
+    assert_eq!(marked, orphans.len(), "the counts add up to the orphans");
+    for id in &orphans {
+        let printed_by = outputs
+            .iter()
+            .filter(|output| {
+                stdout(output)
+                    .lines()
+                    .any(|line| line.contains("[recovery]") && line.contains(id.as_str()))
+            })
+            .count();
+        assert_eq!(printed_by, 1, "{id} reported by exactly one process");
+    }
+    let rows = list_json(&db);
+    assert_eq!(rows.len(), orphans.len());
+    assert!(rows.iter().all(|row| row["status"] == "interrupted"));
+}
+
+#[test]
+fn two_concurrent_recover_processes_report_each_orphan_exactly_once() {
+    concurrent_recover_processes_report_each_orphan_exactly_once(2);
+}
+
+#[test]
+fn four_concurrent_recover_processes_report_each_orphan_exactly_once() {
+    concurrent_recover_processes_report_each_orphan_exactly_once(4);
+}
+
 #[test]
 fn recover_dry_run_changes_nothing_and_recover_applies() {
     let dir = tempfile::tempdir().expect("tempdir");

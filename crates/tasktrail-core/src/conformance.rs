@@ -402,6 +402,10 @@ fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
             finish_after_recovery_interrupted_the_row_is_refused,
         ),
         (
+            "an_interrupted_finish_is_fenced_like_a_completed_one",
+            an_interrupted_finish_is_fenced_like_a_completed_one,
+        ),
+        (
             "recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it",
             recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it,
         ),
@@ -758,6 +762,130 @@ fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w: &mut Worl
     );
     assert_eq!(w.row(id), before);
     assert_eq!(w.inserts(id), 1);
+}
+
+/// An `Interrupted` finish (its own UPDATE, with the sessions'
+/// invalidation in one transaction) is refused like a completed one on a
+/// row another worker owns, a row already finished and a row a sweep
+/// already recovered: the row and its sessions stay exactly as they were.
+/// Kills a mutant that drops the owner (or the `running`) term from the
+/// interrupted finish's `WHERE`.
+fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut World<'_, S>) {
+    let (owner, _) = w.local_worker();
+    let (intruder, _) = w.local_worker();
+    let try_interrupt = |w: &World<'_, S>, id: TaskId, by: WorkerId| {
+        w.store
+            .finish_running(&FinishRow {
+                id,
+                worker: by,
+                outcome: interrupted("late interrupt"),
+                at: w.clock.now(),
+            })
+            .expect("finish")
+    };
+
+    // A foreign row: running, owned by another worker.
+    let foreign = w.start(&owner);
+    foreign
+        .record_session(SessionId::parse("sess_foreign").expect("id"), w.store)
+        .expect("record");
+    w.clock.advance(Duration::seconds(3));
+    let before = (
+        w.row(foreign.id()),
+        w.store.list_sessions().expect("sessions"),
+    );
+    assert_eq!(
+        try_interrupt(w, foreign.id(), intruder.id()),
+        FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
+            owner: Some(owner.id())
+        })
+    );
+    assert_eq!(
+        (
+            w.row(foreign.id()),
+            w.store.list_sessions().expect("sessions")
+        ),
+        before,
+        "a foreign row and its sessions are untouched"
+    );
+
+    // A finished row, by its own worker (and by another one).
+    let key = key_of(&w.row(foreign.id()));
+    let foreign_id = foreign.id();
+    foreign
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    w.clock.advance(Duration::seconds(3));
+    let before = (
+        w.row(foreign_id),
+        w.store.list_sessions().expect("sessions"),
+    );
+    for by in [owner.id(), intruder.id()] {
+        let refused = try_interrupt(w, foreign_id, by);
+        assert!(
+            matches!(
+                refused,
+                FinishWrite::Refused(
+                    FinishRefusal::AlreadyFinished {
+                        status: TaskStatus::Success
+                    } | FinishRefusal::OwnedByAnotherWorker { .. }
+                )
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            (
+                w.row(foreign_id),
+                w.store.list_sessions().expect("sessions")
+            ),
+            before,
+            "a finished row and its sessions never change again"
+        );
+    }
+    assert_eq!(
+        try_interrupt(w, foreign_id, owner.id()),
+        FinishWrite::Refused(FinishRefusal::AlreadyFinished {
+            status: TaskStatus::Success
+        })
+    );
+    assert_eq!(
+        w.store
+            .resumable_session(&key)
+            .expect("resumable")
+            .map(|session| session.session_id.as_str().to_owned()),
+        Some("sess_foreign".to_owned()),
+        "the finished task's session is still offered"
+    );
+
+    // A row a sweep recovered, by its dead owner and by the sweeper.
+    let (victim, victim_pid) = w.local_worker();
+    let orphan = w.start(&victim);
+    let orphan_id = orphan.id();
+    w.kill(victim_pid);
+    assert_eq!(w.sweep(&intruder, SweepMode::Apply).len(), 1);
+    w.clock.advance(Duration::seconds(3));
+    let before = (w.row(orphan_id), w.store.list_sessions().expect("sessions"));
+    for by in [victim.id(), intruder.id()] {
+        let refused = try_interrupt(w, orphan_id, by);
+        assert!(
+            matches!(
+                refused,
+                FinishWrite::Refused(
+                    FinishRefusal::InterruptedByRecovery { .. }
+                        | FinishRefusal::OwnedByAnotherWorker { .. }
+                )
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            (w.row(orphan_id), w.store.list_sessions().expect("sessions")),
+            before,
+            "a recovered row never changes again"
+        );
+    }
+    assert_eq!(w.inserts(foreign_id), 1);
+    assert_eq!(w.inserts(orphan_id), 1);
+    drop(orphan);
 }
 
 fn recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it<S: Storage>(

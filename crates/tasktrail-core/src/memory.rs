@@ -92,6 +92,26 @@ impl MemoryStorage {
         self.lock().locks.insert(worker, lock);
     }
 
+    /// Test hook: invalidates one session by hand, whatever its task's
+    /// status (as an operator's `UPDATE claude_sdk_sessions SET
+    /// invalidated_at = …` would). Returns whether the session exists.
+    #[cfg(feature = "testing")]
+    pub fn invalidate_session_by_hand(
+        &self,
+        session: &SessionId,
+        at: Timestamp,
+        reason: &str,
+    ) -> bool {
+        match self.lock().sessions.get_mut(session) {
+            Some(record) => {
+                record.invalidated_at = Some(at);
+                record.invalidation_reason = Some(reason.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The operator's figures (see [`TaskStats`]), over every row; reads
     /// only.
     pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {

@@ -168,6 +168,28 @@ mod tests {
         }
     }
 
+    /// Kills cargo-mutants' `dollars -> 0.0` and `Display -> ""`.
+    #[test]
+    fn a_cost_keeps_its_dollars_and_shows_four_places() {
+        let cost = CostUsd::new(0.4275).expect("cost");
+        assert_eq!(cost.dollars().to_bits(), 0.4275_f64.to_bits());
+        assert_eq!(CostUsd::new(0.42).expect("cost").to_string(), "$0.4200");
+    }
+
+    /// Kills cargo-mutants' `interrupt_reason -> None`, its deleted match
+    /// arm, and `InterruptReason`'s `Display -> ""`.
+    #[test]
+    fn an_interrupted_outcome_hands_its_reason_back_and_shows_it() {
+        let reason = InterruptReason::new("worker received SIGTERM").expect("valid");
+        assert_eq!(reason.to_string(), "worker received SIGTERM");
+        let outcome = Outcome::Interrupted(reason.clone());
+        assert_eq!(outcome.interrupt_reason(), Some(&reason));
+        assert_eq!(
+            Outcome::Success(RunReport::empty()).interrupt_reason(),
+            None
+        );
+    }
+
     #[test]
     fn interrupted_outcomes_carry_no_report() {
         let reason = InterruptReason::new("worker received SIGTERM").expect("valid");

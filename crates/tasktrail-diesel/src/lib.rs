@@ -47,9 +47,9 @@ pub use statement_log::StatementLog;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
+#[cfg(all(feature = "postgres", feature = "testing"))]
+pub use postgres::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER, POSTGRES_MIGRATIONS,
 };
-#[cfg(all(feature = "postgres", feature = "testing"))]
-pub use postgres::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};

@@ -609,3 +609,84 @@ fn a_second_name_of_the_database_file_is_refused_naming_both() {
     drop(store);
     assert!(SqliteStorage::open(&symbolic).is_ok());
 }
+
+#[derive(QueryableByName)]
+struct Owed {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+/// A fault injected *inside* the sweep's transaction, after its first
+/// writes: a trigger fails the sweep's UPDATE of `task_history` (after the
+/// sessions were invalidated), its UPDATE of `workers` (after the rows were
+/// interrupted) or its INSERT of the owed reports (after everything else).
+/// Each time the whole sweep rolls back: every row, session and worker is
+/// as it was and no report is owed; once the fault is gone the next sweep
+/// recovers everything. Kills the sweep running outside one transaction
+/// (or committing before its last write).
+#[test]
+fn a_sweep_failing_after_its_first_writes_rolls_back_every_one() {
+    let faults = [
+        ("task_history", "UPDATE"),
+        ("workers", "UPDATE"),
+        ("recovery_reports", "INSERT"),
+    ];
+    for (table, event) in faults {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+        let victims = [worker(&store, 10), worker(&store, 11)];
+        for (n, victim) in victims.iter().enumerate() {
+            for issue in 0..3 {
+                let running = Task::queue(spec(n as i64 * 10 + issue + 1))
+                    .start(victim, &store)
+                    .expect("start");
+                running
+                    .record_session(
+                        SessionId::parse(&format!("sess_{}", running.id())).expect("id"),
+                        &store,
+                    )
+                    .expect("session");
+            }
+        }
+        let before = (
+            store.list_tasks(&TaskFilter::default()).expect("rows"),
+            store.list_sessions().expect("sessions"),
+            store.list_workers().expect("workers"),
+        );
+        raw(
+            &store,
+            &format!(
+                "CREATE TRIGGER injected_fault BEFORE {event} ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+            ),
+        );
+        let result = sweep(&store);
+        assert!(result.is_err(), "{event} {table}: {result:?}");
+        let after = (
+            store.list_tasks(&TaskFilter::default()).expect("rows"),
+            store.list_sessions().expect("sessions"),
+            store.list_workers().expect("workers"),
+        );
+        assert_eq!(
+            after, before,
+            "a fault at the {event} of {table} rolls back"
+        );
+        let owed = store
+            .with_connection(|c| {
+                diesel::sql_query("SELECT count(*) AS count FROM recovery_reports")
+                    .get_result::<Owed>(c)
+            })
+            .expect("count")
+            .count;
+        assert_eq!(owed, 0);
+        assert!(integrity_ok(&store));
+        raw(&store, "DROP TRIGGER injected_fault;");
+        let recovered = sweep(&store).expect("sweep");
+        assert_eq!(
+            recovered.len(),
+            6,
+            "nothing lost: all recovered once the fault is gone"
+        );
+        assert!(recovered.iter().all(|r| r.sessions_invalidated == 1));
+    }
+}

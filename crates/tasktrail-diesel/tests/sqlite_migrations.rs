@@ -644,3 +644,111 @@ fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes
         "nothing changed"
     );
 }
+
+/// One pre-fix row per status, with and without a `finished_at` (the
+/// pre-fix schema allowed it NULL), and with every run column NULL.
+const EVERY_STATUS_ROWS: &str = "
+INSERT INTO task_history (id, repo, issue_number, user, agent, agent_type, model, provider, status, started_at, finished_at, input_tokens, output_tokens, cost_usd, turns, artifacts) VALUES
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e01', 'acme/widgets', 1, 'alice', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'success', '2026-05-10T10:00:00.000000Z', '2026-05-10T10:05:00.000000Z', 1200, 300, 0.42, 7, '[\"pr/17\"]'),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e02', 'acme/widgets', 2, 'bob', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'failure', '2026-05-10T11:00:00.000000Z', '2026-05-10T11:06:00.000000Z', 10, 20, 0.01, 1, '[]'),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e03', 'acme/gears', 3, 'carol', 'triager', 'claude_sdk', 'claude-haiku', 'anthropic', 'cancelled', '2026-05-10T12:00:00.000000Z', '2026-05-10T12:07:00.000000Z', 5, 6, 0.002, 2, NULL),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e04', 'acme/gears', 4, 'dave', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted', '2026-05-10T13:00:00.000000Z', '2026-05-10T13:08:00.000000Z', NULL, NULL, NULL, NULL, NULL),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e05', 'acme/gears', 5, 'erin', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'aborted_no_skill', '2026-05-10T14:00:00.000000Z', '2026-05-10T14:09:00.000000Z', 0, 0, 0.0, 0, NULL),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e06', 'acme/gears', 6, 'frank', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'failure', '2026-05-10T15:00:00.000000Z', NULL, NULL, NULL, NULL, NULL, NULL),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e07', 'acme/gears', 7, 'grace', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'interrupted', '2026-05-10T16:00:00.000000Z', NULL, NULL, NULL, NULL, NULL, NULL),
+ ('1b4f6a52-32d4-4a0e-9a55-1a2b3c4d5e08', 'acme/gears', 8, 'heidi', 'fixer', 'claude_sdk', 'claude-opus', 'anthropic', 'cancelled', '2026-05-10T17:00:00.000000Z', NULL, NULL, NULL, NULL, NULL, '[]');
+";
+
+/// The columns the upgrade adds to `task_history`, NULL on every old row
+/// except `interrupted_at` (an interrupted row's old `finished_at`).
+const NEW_TASK_COLUMNS: [&str; 4] = [
+    "worker_id",
+    "interrupted_at",
+    "interrupt_reason",
+    "interrupted_by",
+];
+
+#[derive(QueryableByName)]
+struct ColumnName {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Cell {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+/// Every column of every `task_history` row, whatever the schema: id ->
+/// column -> the value as SQLite's `quote()` spells it (type included:
+/// `NULL`, `'text'`, `42`, `0.42`).
+fn every_cell(
+    store: &SqliteStorage,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    store.with_connection(|c| {
+        let columns: Vec<ColumnName> =
+            diesel::sql_query("SELECT name FROM pragma_table_info('task_history') ORDER BY cid")
+                .load(c)
+                .expect("columns");
+        let mut rows: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        > = Default::default();
+        for column in columns {
+            // A column name read from the schema, quoted as an identifier.
+            let query = format!(
+                "SELECT id, quote(\"{}\") AS value FROM task_history",
+                column.name
+            );
+            for cell in diesel::sql_query(query).load::<Cell>(c).expect("cells") {
+                rows.entry(cell.id)
+                    .or_default()
+                    .insert(column.name.clone(), cell.value);
+            }
+        }
+        rows
+    })
+}
+
+/// The upgrade compares every column of every row, for every status, the
+/// columns it adds included: an old column keeps its value (an interrupted
+/// row's `finished_at` moves to `interrupted_at`), a new one is NULL. Kills
+/// a migration that fills `interrupted_at` (or clears `finished_at`) for
+/// rows that are not `interrupted`.
+#[test]
+fn the_upgrade_keeps_every_column_of_every_row_of_every_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let old = store_at_pre_fix_schema(&path);
+    old.with_connection(|c| c.batch_execute(EVERY_STATUS_ROWS))
+        .expect("rows of every status");
+    let before = every_cell(&old);
+    drop(old);
+    assert_eq!(before.len(), 12);
+    let statuses: std::collections::BTreeSet<&str> =
+        before.values().map(|row| row["status"].as_str()).collect();
+    assert_eq!(statuses.len(), 5, "every pre-fix status: {statuses:?}");
+
+    let store = SqliteStorage::open(&path).expect("open upgrades");
+    let after = every_cell(&store);
+    let mut expected = before.clone();
+    for row in expected.values_mut() {
+        for column in NEW_TASK_COLUMNS {
+            assert!(!row.contains_key(column), "{column} is new");
+            row.insert(column.to_owned(), "NULL".to_owned());
+        }
+        if row["status"] == "'interrupted'" {
+            let finished_at = row.insert("finished_at".to_owned(), "NULL".to_owned());
+            row.insert("interrupted_at".to_owned(), finished_at.expect("column"));
+        }
+    }
+    assert_eq!(after, expected, "every column of every row");
+    // And every upgraded row reads back as a record.
+    assert_eq!(
+        store.list_tasks(&Default::default()).expect("list").len(),
+        12
+    );
+}

@@ -16,7 +16,7 @@ mod store;
 
 pub use pooler::{LivenessMode, Pooler, POOLER_PARAMETER};
 #[cfg(feature = "testing")]
-pub use scratch::{ScratchDatabase, TEST_POSTGRES_URL_VARIABLE};
+pub use scratch::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -10,6 +10,52 @@ use diesel::Connection;
 /// whose user may `CREATE DATABASE`).
 pub const TEST_POSTGRES_URL_VARIABLE: &str = "TASKTRAIL_TEST_POSTGRES_URL";
 
+/// The environment variable that marks a CI run (`.ci/run` exports
+/// `CI=1`; hosted CI services set `CI=true`).
+pub const CI_VARIABLE: &str = "CI";
+
+/// The test server's URL from [`TEST_POSTGRES_URL_VARIABLE`], or `None`
+/// when it is not set, in which case the calling test skips its Postgres
+/// part, visibly: one `skipped: <test>: TASKTRAIL_TEST_POSTGRES_URL is not
+/// set` line is written straight to the process's stderr (not through
+/// `eprintln!`, whose output the test harness captures and throws away for
+/// a passing test), so `cargo test` shows every skip.
+///
+/// # Panics
+///
+/// When the variable is not set and [`CI_VARIABLE`] is (to anything but
+/// empty, `0` or `false`): in CI the Postgres tests must run, never skip.
+pub fn test_postgres_url() -> Option<String> {
+    match std::env::var(TEST_POSTGRES_URL_VARIABLE) {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_owned()),
+        _ => {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("a Postgres test")
+                .to_owned();
+            assert!(
+                !running_in_ci(),
+                "{test}: {TEST_POSTGRES_URL_VARIABLE} is not set but {CI_VARIABLE} is: \
+                 the Postgres tests never skip in CI (point the variable at a server, \
+                 e.g. postgres://postgres@127.0.0.1:5432/test)"
+            );
+            let line = format!("skipped: {test}: {TEST_POSTGRES_URL_VARIABLE} is not set\n");
+            // Straight to the file descriptor: the harness captures only the
+            // print macros.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            None
+        }
+    }
+}
+
+/// Whether [`CI_VARIABLE`] says this is a CI run.
+fn running_in_ci() -> bool {
+    std::env::var(CI_VARIABLE).is_ok_and(|value| {
+        let value = value.trim();
+        !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
+    })
+}
+
 /// A database of its own for one test, dropped (`WITH (FORCE)`) when the
 /// guard is.
 #[derive(Debug)]
@@ -20,21 +66,17 @@ pub struct ScratchDatabase {
 }
 
 impl ScratchDatabase {
-    /// A fresh database, or `None` (after printing one `skipped:` line) when
-    /// [`TEST_POSTGRES_URL_VARIABLE`] is not set.
+    /// A fresh database, or `None` (after writing one visible `skipped:`
+    /// line, see [`test_postgres_url`]) when [`TEST_POSTGRES_URL_VARIABLE`]
+    /// is not set.
     ///
     /// # Panics
     ///
     /// When the variable is set but its server cannot be reached or refuses
-    /// `CREATE DATABASE`: a configured test run must never skip silently.
+    /// `CREATE DATABASE`, and when it is not set under CI (see
+    /// [`test_postgres_url`]): a test run must never skip silently.
     pub fn create() -> Option<Self> {
-        let admin_url = match std::env::var(TEST_POSTGRES_URL_VARIABLE) {
-            Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-            _ => {
-                eprintln!("skipped: {TEST_POSTGRES_URL_VARIABLE} is not set");
-                return None;
-            }
-        };
+        let admin_url = test_postgres_url()?;
         Some(Self::create_on(&admin_url))
     }
 
