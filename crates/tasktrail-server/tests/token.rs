@@ -6,21 +6,37 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{dispatch_body, eventually, Answer, ServerProcess};
 
 const TOKEN: &str = "Zq81-the-server-token-nobody-may-see";
 
+/// Runs the binary to its exit; one still running after 10 s (it started
+/// when it should not have) is killed and the test fails.
 fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tasktrail-server"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasktrail-server"))
         .args(["--db", "memory:"])
         .args(args)
         .env_remove("TASKTRAIL_SERVER_TOKEN")
         .envs(env.iter().copied())
-        .output()
-        .expect("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("wait");
+        panic!(
+            "{args:?} kept running: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    child.wait_with_output().expect("wait")
 }
 
 /// Exit 2, one line on stderr that says `needle`, nothing listening, and
