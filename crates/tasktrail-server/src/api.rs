@@ -1,15 +1,19 @@
 //! The JSON API over HTTP. Every answer is JSON; every error is
 //! `{"error": "..."}` naming what was wrong, and a refused request writes
-//! nothing.
+//! nothing: a body that is not a JSON object is `400`, a field that is
+//! missing, mistyped, unknown or out of bounds `422` naming it, a body over
+//! [`MAX_BODY_BYTES`] `413`, a dispatch past the cap `503` with
+//! `Retry-After`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,7 +22,13 @@ use tasktrail::json::task_json;
 use tasktrail::prelude::*;
 
 use crate::agent::SimulatedEnd;
-use crate::dispatch::{CancelAnswer, Dispatcher};
+use crate::dispatch::{CancelAnswer, DispatchError, Dispatcher};
+
+/// The largest request body accepted (`413` past it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What a refused dispatch's `Retry-After` says, in seconds.
+const BUSY_RETRY_AFTER_SECONDS: &str = "1";
 
 /// The longest simulated run a request may ask for.
 pub const MAX_DURATION_MS: u64 = 3_600_000;
@@ -47,6 +57,7 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/healthz", get(health))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(dispatcher)
 }
 
@@ -55,6 +66,7 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
 struct ApiError {
     status: StatusCode,
     message: String,
+    retry_after: Option<&'static str>,
 }
 
 impl ApiError {
@@ -62,6 +74,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -81,9 +94,50 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<BadBody> for ApiError {
+    fn from(error: BadBody) -> Self {
+        match error {
+            BadBody::Syntax(message) => Self::bad_request(message),
+            BadBody::Field(message) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
+        }
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(error: DispatchError) -> Self {
+        match error {
+            DispatchError::Busy { .. } => Self {
+                retry_after: Some(BUSY_RETRY_AFTER_SECONDS),
+                ..Self::unavailable(error.to_string())
+            },
+            DispatchError::Start(start) => Self::from(start.error),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                status,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            Self::new(status, rejection.body_text())
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
     }
 }
 
@@ -97,13 +151,38 @@ struct DispatchRequest {
     end: SimulatedEnd,
 }
 
+/// Why a `POST /tasks` body was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum BadBody {
+    /// Not a JSON object (`400`).
+    Syntax(String),
+    /// A field missing, mistyped, unknown or out of bounds (`422`), named.
+    Field(String),
+}
+
+impl std::fmt::Display for BadBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadBody::Syntax(message) | BadBody::Field(message) => f.write_str(message),
+        }
+    }
+}
+
 /// Parses a `POST /tasks` body; the error names the field.
-fn parse_dispatch(body: &[u8]) -> Result<DispatchRequest, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|error| format!("body is not JSON: {error}"))?;
+fn parse_dispatch(body: &[u8]) -> Result<DispatchRequest, BadBody> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| BadBody::Syntax(format!("body is not JSON: {error}")))?;
     let Value::Object(object) = value else {
-        return Err("body must be a JSON object".to_owned());
+        return Err(BadBody::Syntax("body must be a JSON object".to_owned()));
     };
+    parse_fields(&object).map_err(BadBody::Field)
+}
+
+/// The fields of a `POST /tasks` body: every string field as
+/// [`TaskSpec::validate`] checks it (at most [`TaskSpec::MAX_FIELD_LEN`]
+/// bytes, no control characters...), `duration_ms` up to
+/// [`MAX_DURATION_MS`].
+fn parse_fields(object: &Map<String, Value>) -> Result<DispatchRequest, String> {
     if let Some(unknown) = object
         .keys()
         .find(|key| !KNOWN_FIELDS.contains(&key.as_str()))
@@ -138,7 +217,7 @@ fn parse_dispatch(body: &[u8]) -> Result<DispatchRequest, String> {
         provider: take("provider"),
     })
     .map_err(|error| error.to_string())?;
-    let duration_ms = optional_duration(&object)?;
+    let duration_ms = optional_duration(object)?;
     let end = match object.get("outcome") {
         None | Some(Value::Null) => SimulatedEnd::Success,
         Some(Value::String(text)) if text == "success" => SimulatedEnd::Success,
@@ -164,12 +243,14 @@ fn optional_duration(object: &Map<String, Value>) -> Result<u64, String> {
     }
 }
 
-async fn dispatch_task(State(dispatcher): State<Arc<Dispatcher>>, body: Bytes) -> Answer {
-    let request = parse_dispatch(&body).map_err(ApiError::bad_request)?;
+async fn dispatch_task(
+    State(dispatcher): State<Arc<Dispatcher>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let request = parse_dispatch(&body?)?;
     let id = dispatcher
         .dispatch(request.spec, request.duration, request.end)
-        .await
-        .map_err(|start| ApiError::from(start.error))?;
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id.to_string() }))).into_response())
 }
 
@@ -403,11 +484,23 @@ mod tests {
             ),
         ];
         for (value, field) in cases {
-            let message = parse_dispatch(&body(value.clone())).expect_err("refused");
+            let message = parse_dispatch(&body(value.clone()))
+                .expect_err("refused")
+                .to_string();
             assert!(message.contains(field), "{value}: {message}");
         }
-        let message = parse_dispatch(b"{not json").expect_err("refused");
-        assert!(message.contains("not JSON"), "{message}");
+        let refused = parse_dispatch(b"{not json").expect_err("refused");
+        assert!(matches!(&refused, BadBody::Syntax(m) if m.contains("not JSON")));
+        let long = {
+            let mut v = valid();
+            v["user"] = json!("u".repeat(TaskSpec::MAX_FIELD_LEN + 1));
+            v
+        };
+        let refused = parse_dispatch(&body(long)).expect_err("too long");
+        assert!(
+            matches!(&refused, BadBody::Field(m) if m.contains("`user`")),
+            "{refused}"
+        );
     }
 
     #[test]

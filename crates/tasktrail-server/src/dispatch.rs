@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tasktrail::async_worker::AsyncWorker;
 use tasktrail::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::agent::{Agent, AgentJob, SimulatedEnd};
 
@@ -19,6 +19,26 @@ pub const SERVER_STOPPED_REASON: &str = "tasktrail-server stopped before the tas
 /// How often a finish that hit a storage failure is tried again before the
 /// task is left to the worker (dropping it abandons it: interrupted).
 const FINISH_ATTEMPTS: u32 = 5;
+
+/// How many dispatches may be in flight at once (their INSERT, then their
+/// agent's run until the finish landed) when not configured otherwise
+/// (`--max-concurrent-dispatches`).
+pub const DEFAULT_MAX_CONCURRENT_DISPATCHES: usize = 256;
+
+/// Why a dispatch did not start. Nothing was written either way.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// `limit` dispatches are already in flight: try again later (the API
+    /// answers `503` with `Retry-After`).
+    #[error("{limit} dispatches are already in flight; try again later")]
+    Busy {
+        /// The cap (`--max-concurrent-dispatches`).
+        limit: usize,
+    },
+    /// The `running` row could not be written.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
 
 /// What ends a running task early.
 enum Control {
@@ -45,6 +65,9 @@ pub struct Dispatcher {
     worker: AsyncWorker,
     agent: Arc<dyn Agent>,
     running: Mutex<HashMap<TaskId, oneshot::Sender<Control>>>,
+    /// One permit per dispatch in flight; never waited for.
+    slots: Arc<Semaphore>,
+    limit: usize,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -52,18 +75,35 @@ impl std::fmt::Debug for Dispatcher {
         f.debug_struct("Dispatcher")
             .field("worker", &self.worker)
             .field("running", &self.lock().len())
+            .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
 }
 
 impl Dispatcher {
-    /// A dispatcher that runs `agent` under `worker`.
+    /// A dispatcher that runs `agent` under `worker`, at most
+    /// [`DEFAULT_MAX_CONCURRENT_DISPATCHES`] at once.
     pub fn new(worker: AsyncWorker, agent: Arc<dyn Agent>) -> Arc<Self> {
+        Self::with_limit(worker, agent, DEFAULT_MAX_CONCURRENT_DISPATCHES)
+    }
+
+    /// A dispatcher that runs `agent` under `worker`, at most `limit`
+    /// dispatches in flight at once (at least 1): one more is refused
+    /// ([`DispatchError::Busy`]), never queued.
+    pub fn with_limit(worker: AsyncWorker, agent: Arc<dyn Agent>, limit: usize) -> Arc<Self> {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
             worker,
             agent,
             running: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
         })
+    }
+
+    /// How many dispatches may be in flight at once.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// The worker it dispatches under.
@@ -72,7 +112,10 @@ impl Dispatcher {
     }
 
     /// Starts a task and returns its id once its `running` row is
-    /// committed; the agent then runs on its own tokio task.
+    /// committed; the agent then runs on its own tokio task. With
+    /// [`limit`](Self::limit) dispatches already in flight (starting, or
+    /// running until their finish landed) it writes nothing and answers
+    /// [`DispatchError::Busy`] at once.
     ///
     /// Cancel safety: as [`AsyncWorker::start`]; a request dropped after the
     /// INSERT leaves an abandoned task that the worker interrupts at once.
@@ -81,7 +124,10 @@ impl Dispatcher {
         spec: TaskSpec,
         duration: Duration,
         end: SimulatedEnd,
-    ) -> Result<TaskId, StartError> {
+    ) -> Result<TaskId, DispatchError> {
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| DispatchError::Busy { limit: self.limit })?;
         let running = self.worker.start(Task::queue(spec.clone())).await?;
         let id = running.id();
         let (control, controlled) = oneshot::channel();
@@ -92,15 +138,18 @@ impl Dispatcher {
             duration,
             end,
         };
-        tokio::spawn(Arc::clone(self).run(running, job, controlled));
+        tokio::spawn(Arc::clone(self).run(running, job, controlled, slot));
         Ok(id)
     }
 
+    /// Runs the agent and finishes the task; `_slot` is given back once
+    /// the finish is done.
     async fn run(
         self: Arc<Self>,
         running: Task<Running>,
         job: AgentJob,
         mut controlled: oneshot::Receiver<Control>,
+        _slot: OwnedSemaphorePermit,
     ) {
         let id = running.id();
         let agent = self.agent.run(job);

@@ -9,15 +9,23 @@
 //! `POST /tasks/{id}/cancel` writes `cancelled`; `GET /tasks`, `GET
 //! /tasks/{id}` read rows; `GET /healthz` is the worker's health; `GET
 //! /metrics` the metrics in the Prometheus text format ([`metrics`], when the
-//! binary installed the recorder). On SIGTERM
+//! binary installed the recorder). [`guarded`] puts the routes behind a
+//! token ([`guard`]) and a request timeout; bodies are capped at
+//! [`MAX_BODY_BYTES`] and dispatches in flight at
+//! [`Dispatcher::limit`]. On SIGTERM
 //! the binary stops accepting, interrupts what is still running (reason
 //! [`SERVER_STOPPED_REASON`]), deregisters and exits 0.
 
 pub mod agent;
 mod api;
 mod dispatch;
+pub mod guard;
 pub mod metrics;
 
-pub use api::{router, DEFAULT_DURATION_MS, MAX_DURATION_MS};
-pub use dispatch::{CancelAnswer, Dispatcher, SERVER_STOPPED_REASON};
+pub use api::{router, DEFAULT_DURATION_MS, MAX_BODY_BYTES, MAX_DURATION_MS};
+pub use dispatch::{
+    CancelAnswer, DispatchError, Dispatcher, DEFAULT_MAX_CONCURRENT_DISPATCHES,
+    SERVER_STOPPED_REASON,
+};
+pub use guard::{guarded, Guard, Token};
 pub use metrics::{install_prometheus, router_with_metrics};

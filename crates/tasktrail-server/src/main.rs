@@ -1,9 +1,12 @@
-//! `tasktrail-server [--db URL] [--listen ADDR] [--log-format text|json]`:
-//! see the library docs and README.md ("Use it from an async server"), and
-//! docs/operations.md ("Logs and metrics").
+//! `tasktrail-server [--db URL] [--listen ADDR] [--log-format text|json]
+//! [--token-file PATH] [--public-read] [--request-timeout DURATION]
+//! [--max-concurrent-dispatches N]`: see the library docs and README.md
+//! ("Use it from an async server"), and docs/operations.md ("Logs and
+//! metrics", "Running the server with a token").
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,8 +18,10 @@ use tasktrail::logging::LogFormat;
 use tasktrail::prelude::*;
 use tasktrail::{AnyStorage, BootError, DatabaseUrlError, OpenError};
 use tasktrail_server::agent::SimulatedAgent;
+use tasktrail_server::guard::{Guard, Token, TOKEN_VARIABLE};
 use tasktrail_server::{
-    install_prometheus, metrics, router, router_with_metrics, Dispatcher, SERVER_STOPPED_REASON,
+    guarded, install_prometheus, metrics, router, router_with_metrics, Dispatcher,
+    DEFAULT_MAX_CONCURRENT_DISPATCHES, SERVER_STOPPED_REASON,
 };
 
 /// How long the server waits, after SIGTERM, for open requests and for its
@@ -51,6 +56,39 @@ struct Args {
     /// silences them). Stdout is the same either way.
     #[arg(long, default_value = "text", value_parser = parse_log_format)]
     log_format: LogFormat,
+    /// A file holding the token every route but GET /healthz then needs
+    /// (`Authorization: Bearer <token>`); one trailing newline is trimmed.
+    /// Or set TASKTRAIL_SERVER_TOKEN to the token (not both). Without a
+    /// token the server listens on loopback addresses only.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Let GET requests (the task list, a task, /metrics) through without
+    /// the token; dispatch and cancel still need it.
+    #[arg(long)]
+    public_read: bool,
+    /// How long a request may take before it is answered 503 (with
+    /// Retry-After): 30s, 500ms, 1m.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    request_timeout: Duration,
+    /// How many dispatches may be in flight at once (starting or running);
+    /// one more is answered 503 with Retry-After, never queued.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_DISPATCHES, value_parser = parse_cap)]
+    max_concurrent_dispatches: usize,
+}
+
+fn parse_cap(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("must be a whole number from 1, not {text:?}")),
+        Ok(cap) => Ok(cap),
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn parse_log_format(text: &str) -> Result<LogFormat, String> {
@@ -119,6 +157,27 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     JSON_LOGS.store(args.log_format == LogFormat::Json, Ordering::Relaxed);
+    let token =
+        match Token::from_sources(args.token_file.as_deref(), std::env::var_os(TOKEN_VARIABLE)) {
+            Ok(token) => token,
+            Err(error) => {
+                eprintln!("tasktrail-server: {error}");
+                return ExitCode::from(2);
+            }
+        };
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "tasktrail-server: refusing to listen on {} without a token: give --token-file \
+             or {TOKEN_VARIABLE}, or listen on a loopback address",
+            args.listen
+        );
+        return ExitCode::from(2);
+    }
+    let guard = Guard {
+        token,
+        public_read: args.public_read,
+        request_timeout: args.request_timeout,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +188,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, guard)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tasktrail-server: {error}");
@@ -160,7 +219,7 @@ fn print_event(event: &WorkerEvent) {
     }
 }
 
-async fn serve(args: Args) -> Result<(), ServerError> {
+async fn serve(args: Args, guard: Guard) -> Result<(), ServerError> {
     let prometheus = install_prometheus()?;
     metrics::spawn_upkeep(prometheus.clone());
     let storage = open(&args.db, args.liveness_url.clone())?;
@@ -185,12 +244,19 @@ async fn serve(args: Args) -> Result<(), ServerError> {
     let address = listener.local_addr().map_err(ServerError::Serve)?;
     println!("listening on {address}");
     tracing::info!(target: LOG_TARGET, %address, "listening on {address}");
-    let dispatcher = Dispatcher::new(worker.clone(), Arc::new(SimulatedAgent));
+    let dispatcher = Dispatcher::with_limit(
+        worker.clone(),
+        Arc::new(SimulatedAgent),
+        args.max_concurrent_dispatches,
+    );
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(
         axum::serve(
             listener,
-            router_with_metrics(router(Arc::clone(&dispatcher)), prometheus),
+            guarded(
+                router_with_metrics(router(Arc::clone(&dispatcher)), prometheus),
+                guard,
+            ),
         )
         .with_graceful_shutdown(async move {
             let mut stop_requested = stop_requested;

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tasktrail::async_worker::AsyncWorker;
 use tasktrail::prelude::*;
 use tasktrail_server::agent::SimulatedAgent;
-use tasktrail_server::{router, Dispatcher};
+use tasktrail_server::{guarded, router, Dispatcher, Guard, DEFAULT_MAX_CONCURRENT_DISPATCHES};
 
 /// One HTTP exchange: `Connection: close`, the whole answer read.
 pub fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -53,6 +53,91 @@ pub fn request_text(
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
     let (_, payload) = answer.split_once("\r\n\r\n").expect("headers end");
     (status, payload.to_owned())
+}
+
+/// An answer with its headers: status, headers (names lowercased, in
+/// order), body text.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The whole answer as text (to search it for what must not be there).
+    pub fn text(&self) -> String {
+        let mut text = format!("{}\n", self.status);
+        for (name, value) in &self.headers {
+            text.push_str(&format!("{name}: {value}\n"));
+        }
+        text.push_str(&self.body);
+        text
+    }
+}
+
+/// One HTTP exchange with extra request `headers` (`Connection: close`, the
+/// whole answer read; `Content-Type` is JSON unless `headers` name one).
+pub fn exchange(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Answer {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = body.unwrap_or(b"");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).expect("send");
+    // A server that answers before reading all of a large body may close
+    // the connection under the rest: its answer is still read.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let answer = String::from_utf8_lossy(&raw).into_owned();
+    let (head, payload) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: payload.to_owned(),
+    }
 }
 
 /// A dispatch body.
@@ -97,6 +182,11 @@ pub struct InProcessServer {
 
 impl InProcessServer {
     pub fn start(storage: Arc<dyn Storage>) -> Self {
+        Self::start_guarded(storage, None, DEFAULT_MAX_CONCURRENT_DISPATCHES)
+    }
+
+    /// Behind `guard` (when given), at most `limit` dispatches in flight.
+    pub fn start_guarded(storage: Arc<dyn Storage>, guard: Option<Guard>, limit: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -108,12 +198,15 @@ impl InProcessServer {
             )
             .await
             .expect("boot");
-            let dispatcher = Dispatcher::new(worker, Arc::new(SimulatedAgent));
+            let dispatcher = Dispatcher::with_limit(worker, Arc::new(SimulatedAgent), limit);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let address = listener.local_addr().expect("address");
-            let app = router(Arc::clone(&dispatcher));
+            let app = match guard {
+                Some(guard) => guarded(router(Arc::clone(&dispatcher)), guard),
+                None => router(Arc::clone(&dispatcher)),
+            };
             tokio::spawn(async move { axum::serve(listener, app).await });
             (address, dispatcher)
         });
@@ -130,6 +223,16 @@ impl InProcessServer {
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         request(self.address, method, path, body)
+    }
+
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        exchange(self.address, method, path, headers, body.map(str::as_bytes))
     }
 
     pub fn rows(&self) -> Vec<TaskRecord> {
@@ -177,20 +280,28 @@ impl Drop for ServerProcess {
 
 impl ServerProcess {
     pub fn start(db: &str) -> Self {
-        Self::spawn(db, &[], None)
+        Self::spawn(db, &[], &[], None)
     }
 
     /// With `args` (e.g. `--log-format json`) and `TASKTRAIL_LOG` set to
     /// `filter`; its stderr collected.
     pub fn start_logging(db: &str, args: &[&str], filter: &str) -> Self {
-        Self::spawn(db, args, Some(filter))
+        Self::spawn(db, args, &[], Some(filter))
     }
 
-    fn spawn(db: &str, args: &[&str], filter: Option<&str>) -> Self {
+    /// With `args`, the environment `env` and `TASKTRAIL_LOG` set to
+    /// `filter`; its stderr collected.
+    pub fn start_with(db: &str, args: &[&str], env: &[(&str, &str)], filter: &str) -> Self {
+        Self::spawn(db, args, env, Some(filter))
+    }
+
+    fn spawn(db: &str, args: &[&str], env: &[(&str, &str)], filter: Option<&str>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tasktrail-server"));
         command
             .args(["--db", db, "--listen", "127.0.0.1:0"])
             .args(args)
+            .env_remove("TASKTRAIL_SERVER_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         match filter {
             Some(filter) => {
@@ -223,6 +334,16 @@ impl ServerProcess {
             stdout: lines,
             stderr,
         }
+    }
+
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        exchange(self.address, method, path, headers, body.map(str::as_bytes))
     }
 
     pub fn get_text(&self, path: &str) -> (u16, String) {
