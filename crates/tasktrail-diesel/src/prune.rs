@@ -10,30 +10,30 @@ use std::collections::HashSet;
 
 use tasktrail_core::{PruneReport, PruneRequest, StorageError, TaskRecord, WorkerId, WorkerRecord};
 
-/// A batch of rows: each stored id with its record (`None`: kept whatever
-/// the request: unreadable, or its recovery report is still owed).
+/// A batch of rows: each stored id with its record (`None`: unreadable).
 pub(crate) type RowBatch<Id> = Vec<(Id, Option<TaskRecord>)>;
 
 /// What a backend provides for a prune.
 pub(crate) trait PruneTarget {
     /// The stored id, as the backend orders it.
-    type Id: Clone;
+    type Id: Clone + Eq + std::hash::Hash;
 
     /// Up to `limit` rows of `task_history` after `after` in id order, each
-    /// with its record (`None` when the row cannot be read, or its recovery
-    /// report is still owed).
+    /// with its record (`None` when the row cannot be read).
     fn rows_after(
         &self,
         after: Option<&Self::Id>,
         limit: u32,
     ) -> Result<RowBatch<Self::Id>, StorageError>;
 
+    /// Those of these tasks whose recovery report is still owed.
+    fn owed_reports(&self, tasks: &[Self::Id]) -> Result<Vec<Self::Id>, StorageError>;
+
     /// How many sessions these tasks have.
     fn count_sessions(&self, tasks: &[Self::Id]) -> Result<u64, StorageError>;
 
-    /// In one transaction: deletes the sessions and confirmed recovery
-    /// reports of these tasks, then the tasks themselves unless `running`
-    /// or their report is still owed. Returns (tasks, sessions) deleted.
+    /// In one transaction: deletes the sessions and recovery reports of
+    /// these tasks, then the tasks themselves unless `running`. Returns (tasks, sessions) deleted.
     fn delete_tasks(&self, tasks: &[Self::Id]) -> Result<(u64, u64), StorageError>;
 
     /// Every `workers` row.
@@ -44,8 +44,8 @@ pub(crate) trait PruneTarget {
 }
 
 /// Runs `request` against `target`.
-pub(crate) fn prune(
-    target: &impl PruneTarget,
+pub(crate) fn prune<T: PruneTarget>(
+    target: &T,
     request: &PruneRequest,
 ) -> Result<PruneReport, StorageError> {
     let batch_size = request.batch_size.max(1);
@@ -56,8 +56,13 @@ pub(crate) fn prune(
         let rows = target.rows_after(after.as_ref(), batch_size)?;
         let full = rows.len() == batch_size as usize;
         after = rows.last().map(|(id, _)| id.clone());
+        // A row whose recovery report is still owed stays, whatever the
+        // request: a later sweep must still print its line.
+        let ids: Vec<T::Id> = rows.iter().map(|(id, _)| id.clone()).collect();
+        let owed: HashSet<T::Id> = target.owed_reports(&ids)?.into_iter().collect();
         let mut selected = Vec::new();
         for (id, record) in rows {
+            let record = record.filter(|_| !owed.contains(&id));
             match record {
                 Some(record) if request.selects(&record) => selected.push(id),
                 Some(record) => named.extend(
@@ -65,7 +70,7 @@ pub(crate) fn prune(
                         .into_iter()
                         .flatten(),
                 ),
-                // Unreadable or owed a report: kept. The workers it names are protected by
+                // Unreadable, or owed a report: kept. The workers it names are protected by
                 // the DELETE's own guard (no row may name them).
                 None => {}
             }

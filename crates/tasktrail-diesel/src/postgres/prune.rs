@@ -24,32 +24,21 @@ impl PruneTarget for PostgresStorage {
         if let Some(after) = after {
             query = query.filter(task_history::id.gt(*after));
         }
-        let rows = query
+        Ok(query
             .load::<TaskRow>(&mut self.pooled()?)
-            .map_err(map_error)?;
-        // A row whose recovery report is still owed stays, whatever the
-        // request: it is read as kept.
-        let ids: Vec<uuid::Uuid> = rows.iter().map(|row| row.uuid()).collect();
-        let owed: std::collections::HashSet<uuid::Uuid> = recovery_reports::table
-            .filter(recovery_reports::task_id.eq_any(&ids))
-            .filter(recovery_reports::reported_at.is_null())
-            .select(recovery_reports::task_id)
-            .load::<uuid::Uuid>(&mut self.pooled()?)
             .map_err(map_error)?
             .into_iter()
-            .collect();
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let id = row.uuid();
-                let record = if owed.contains(&id) {
-                    None
-                } else {
-                    row.into_record().ok()
-                };
-                (id, record)
-            })
+            .map(|row| (row.uuid(), row.into_record().ok()))
             .collect())
+    }
+
+    fn owed_reports(&self, tasks: &[uuid::Uuid]) -> Result<Vec<uuid::Uuid>, StorageError> {
+        recovery_reports::table
+            .filter(recovery_reports::task_id.eq_any(tasks))
+            .filter(recovery_reports::reported_at.is_null())
+            .select(recovery_reports::task_id)
+            .load(&mut self.pooled()?)
+            .map_err(map_error)
     }
 
     fn count_sessions(&self, tasks: &[uuid::Uuid]) -> Result<u64, StorageError> {
@@ -68,22 +57,17 @@ impl PruneTarget for PostgresStorage {
                     claude_sdk_sessions::table.filter(claude_sdk_sessions::task_id.eq_any(tasks)),
                 )
                 .execute(connection)?;
-                // The reports of these tasks, unless still owed; the rows
-                // whose report is owed then stay (the foreign key).
+                // Their (delivered) recovery reports: the driver never
+                // selects a row whose report is owed, and a final row never
+                // becomes owed again.
                 diesel::delete(
-                    recovery_reports::table
-                        .filter(recovery_reports::task_id.eq_any(tasks))
-                        .filter(recovery_reports::reported_at.is_not_null()),
+                    recovery_reports::table.filter(recovery_reports::task_id.eq_any(tasks)),
                 )
                 .execute(connection)?;
-                let still_owed = recovery_reports::table
-                    .filter(recovery_reports::task_id.eq_any(tasks))
-                    .select(recovery_reports::task_id);
                 let deleted = diesel::delete(
                     task_history::table
                         .filter(task_history::id.eq_any(tasks))
-                        .filter(task_history::status.ne("running"))
-                        .filter(task_history::id.ne_all(still_owed)),
+                        .filter(task_history::status.ne("running")),
                 )
                 .execute(connection)?;
                 Ok((deleted as u64, sessions as u64))
