@@ -451,3 +451,106 @@ fn a_queued_finish_refused_when_it_is_retried_is_counted_as_refused() {
     assert_eq!(moved.until(TASKS_RUNNING, &[], 0.0), 0.0);
     worker.stop().expect("stop");
 }
+
+/// A worker whose `[recovery]` lines go to `reporter`, sweeping whenever
+/// `tick` runs a sweep interval later (no background thread: the test
+/// moves the clock and ticks).
+fn boot_reporting(
+    storage: Arc<MemoryStorage>,
+    clock: &Arc<ManualClock>,
+    identity: &HostIdentity,
+    pid: u32,
+    reporter: impl Fn(&RecoveredTask) -> std::io::Result<()> + Send + Sync + 'static,
+) -> Worker {
+    Worker::builder(storage)
+        .clock(clock.clone())
+        .probe(Arc::new(NobodyAlive))
+        .probe_identity(Some(identity.clone()))
+        .registration(WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".into(),
+            pid,
+            process_start_marker: format!("boot:{pid}"),
+            host_identity: Some(identity.clone()),
+            started_at: clock.now(),
+        })
+        .sweep_interval(StdDuration::from_secs(60))
+        .recovery_reporter(reporter)
+        .without_background_thread()
+        .boot()
+        .expect("boot")
+}
+
+#[test]
+fn a_report_delivered_again_or_taken_over_is_counted_once() {
+    let moved = Moved::begin();
+    let clock = clock();
+    let storage = Arc::new(MemoryStorage::new());
+    let identity = HostIdentity {
+        boot_id: "test-boot".into(),
+        pid_namespace: 4_026_531_836,
+    };
+    // A worker that died with one task running.
+    let dead = RegisteredWorker::register(
+        storage.as_ref(),
+        WorkerRegistration {
+            id: WorkerId::new_random(),
+            host: "dev".into(),
+            pid: 7101,
+            process_start_marker: "boot:7101".into(),
+            host_identity: Some(identity.clone()),
+            started_at: clock.now(),
+        },
+        clock.clone(),
+    )
+    .expect("register");
+    let orphan = Task::queue(spec())
+        .start(&dead, storage.as_ref())
+        .expect("start");
+    let orphan_id = orphan.id();
+    std::mem::forget(orphan);
+    let free = OwnerLock::Free {
+        watched_for: LockWatch::Continuous,
+    };
+    storage.set_worker_lock(dead.id(), free.clone());
+
+    // The sweeper recovers it, but its stdout is closed: the report stays
+    // owed and is tried again at every sweep.
+    let sweeper = boot_reporting(storage.clone(), &clock, &identity, 7102, |_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stdout is closed (test)",
+        ))
+    });
+    assert_eq!(sweeper.recovered_at_boot().len(), 1);
+    for _ in 0..3 {
+        clock.advance(Duration::seconds(61));
+        sweeper.tick();
+    }
+    assert_eq!(
+        moved.by(TASKS_RECOVERED, &[("cause", "process_gone")]),
+        1.0,
+        "a report delivered again is the same recovery"
+    );
+
+    // The sweeper dies; the next boot takes its owed report over and
+    // delivers it.
+    let sweeper_id = sweeper.id();
+    std::mem::forget(sweeper);
+    storage.set_worker_lock(sweeper_id, free);
+    let delivered = Arc::new(AtomicU32::new(0));
+    let counted = delivered.clone();
+    let next = boot_reporting(storage.clone(), &clock, &identity, 7103, move |task| {
+        assert_eq!(task.task.id, orphan_id);
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    assert_eq!(next.recovered_at_boot().len(), 1, "taken over");
+    assert_eq!(delivered.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        moved.by(TASKS_RECOVERED, &[("cause", "process_gone")]),
+        1.0,
+        "a report taken over is not a second recovery"
+    );
+    next.stop().expect("stop");
+}
