@@ -357,7 +357,7 @@ async fn read_row(dispatcher: &Dispatcher, id: TaskId) -> Result<TaskRecord, Api
     get,
     path = "/tasks/{id}",
     operation_id = "show_task",
-    params(("id" = String, Path, description = "The task's id (a UUID).")),
+    params(("id" = String, Path, format = Uuid, description = "The task's id (a UUID).")),
     responses(
         (status = 200, description = "The row.", body = TaskBody),
         (status = 400, description = "The id is not a UUID.", body = ErrorBody),
@@ -383,7 +383,7 @@ async fn show_task(
     post,
     path = "/tasks/{id}/cancel",
     operation_id = "cancel_task",
-    params(("id" = String, Path, description = "The task's id (a UUID).")),
+    params(("id" = String, Path, format = Uuid, description = "The task's id (a UUID).")),
     responses(
         (status = 200, description = "The row, now `cancelled`.", body = TaskBody),
         (status = 400, description = "The id is not a UUID.", body = ErrorBody),
