@@ -446,7 +446,7 @@ mod tests {
                 TaskStatus::Cancelled => Outcome::Cancelled(report),
                 _ => Outcome::Success(report),
             };
-            worker.finish(running, outcome).expect("finish");
+            let _receipt = worker.finish(running, outcome).expect("finish");
         }
         worker.storage().get_task(id).expect("read").expect("row")
     }

@@ -186,6 +186,10 @@ fn call(
     answer
 }
 
+/// A request that must be refused: method and path, body, whether it
+/// carries the token, the status expected.
+type Refusal = ((&'static str, String), Option<String>, bool, u16);
+
 fn dispatch(duration_ms: u64) -> String {
     json!({
         "repo": "acme/widgets", "issue_number": 18, "user": "alice", "agent": "fixer",
@@ -271,7 +275,7 @@ fn every_answer_of_the_real_server_is_what_its_document_says() {
 
     // What is refused, and how.
     let unknown = TaskId::new_time_ordered();
-    let refusals: Vec<((&str, String), Option<String>, bool, u16)> = vec![
+    let refusals: Vec<Refusal> = vec![
         (
             ("POST", "/tasks".into()),
             Some("{not json".into()),
@@ -318,7 +322,6 @@ fn every_answer_of_the_real_server_is_what_its_document_says() {
         let answer = run((method, path), body.as_deref(), *bearer);
         assert_eq!(answer.status, *expected, "{method} {path}: {}", answer.body);
     }
-    drop(run);
 
     // A dispatch past the cap: 503 with Retry-After, documented.
     let capped_dir = tempfile::tempdir().expect("tempdir");
