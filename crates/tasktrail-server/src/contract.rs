@@ -366,7 +366,7 @@ impl HealthBody {
 
 /// `GET /tasks`: which rows, newest first. An unknown parameter is refused
 /// (`400`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, IntoParams)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
     /// Only rows with this status.
@@ -465,6 +465,27 @@ mod tests {
                 task_json(&row)
             );
         }
+    }
+
+    /// What the document says of `GET /tasks`'s parameters is what
+    /// [`ListTasksQuery::parse`] accepts, and it serves itself where the
+    /// constant says.
+    #[test]
+    fn the_document_names_the_list_parameters_and_its_own_path() {
+        let document = serde_json::to_value(openapi()).expect("serializes");
+        let names: Vec<&str> = document["paths"]["/tasks"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|parameter| parameter["name"].as_str().expect("a name"))
+            .collect();
+        assert_eq!(names, ListTasksQuery::PARAMETERS);
+        for name in ListTasksQuery::PARAMETERS {
+            let value = if name == "status" { "running" } else { "5" };
+            ListTasksQuery::parse(vec![(name.to_owned(), value.to_owned())])
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+        assert!(document["paths"][crate::OPENAPI_PATH]["get"].is_object());
     }
 
     #[test]
