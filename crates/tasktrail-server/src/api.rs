@@ -2,8 +2,13 @@
 //! `{"error": "..."}` naming what was wrong, and a refused request writes
 //! nothing: a body that is not a JSON object is `400`, a field that is
 //! missing, mistyped, unknown or out of bounds `422` naming it, a body over
-//! [`MAX_BODY_BYTES`] `413`, a dispatch past the cap `503` with
-//! `Retry-After`.
+//! [`MAX_BODY_BYTES`] `413`, a dispatch past the cap `503` (every `503`
+//! carries `Retry-After`).
+//!
+//! Each handler's `#[utoipa::path]` says what it answers; the routes are
+//! registered from those annotations ([`documented_routes`]), and the
+//! bodies are the types of [`crate::contract`], so `GET /openapi.json`
+//! describes exactly what is served.
 
 use std::sync::Arc;
 use std::time::Duration;
