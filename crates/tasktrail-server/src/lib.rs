@@ -8,6 +8,8 @@
 //! here) runs on a tokio task and its end is the row's one UPDATE;
 //! `POST /tasks/{id}/cancel` writes `cancelled`; `GET /tasks`, `GET
 //! /tasks/{id}` read rows; `GET /healthz` is the worker's health; `GET
+//! /openapi.json` the API's OpenAPI 3 document, generated from the
+//! handlers' own types ([`contract`], [`openapi`]); `GET
 //! /metrics` the metrics in the Prometheus text format ([`metrics`], when the
 //! binary installed the recorder). [`guarded`] puts the routes behind a
 //! token ([`guard`]) and a request timeout; bodies are capped at
@@ -18,11 +20,13 @@
 
 pub mod agent;
 mod api;
+pub mod contract;
 mod dispatch;
 pub mod guard;
 pub mod metrics;
 
-pub use api::{router, DEFAULT_DURATION_MS, MAX_BODY_BYTES, MAX_DURATION_MS};
+pub use api::{router, DEFAULT_DURATION_MS, MAX_BODY_BYTES, MAX_DURATION_MS, OPENAPI_PATH};
+pub use contract::openapi;
 pub use dispatch::{
     CancelAnswer, DispatchError, Dispatcher, DEFAULT_MAX_CONCURRENT_DISPATCHES,
     SERVER_STOPPED_REASON,
