@@ -29,8 +29,8 @@ use crate::worker::{WorkerRecord, WorkerRegistration};
 
 pub use crate::record::{
     escape_control_characters, human_duration, interrupted_session_reason, recovery_reason,
-    sort_recovered, ClaimedReports, FinishRefusal, OwnerRecovery, FinishRow, FinishWrite, NewRunningRow, NewSession,
-    RecoveryRequest, ReportClaim, SweepMode,
+    sort_recovered, ClaimedReports, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
+    NewSession, OwnerRecovery, RecoveryRequest, ReportClaim, SweepMode,
 };
 pub use crate::worker::{
     LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,

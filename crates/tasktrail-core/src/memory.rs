@@ -10,9 +10,10 @@ use crate::clock::Timestamp;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::record::{
-    interrupted_session_reason, sort_recovered, ClaimedReports, FinishRefusal, OwnerRecovery, FinishRow, FinishWrite, NewRunningRow, NewSession, PruneReport,
-    PruneRequest, RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord,
-    SweepMode, TaskFilter, TaskRecord,
+    interrupted_session_reason, sort_recovered, ClaimedReports, FinishRefusal, FinishRow,
+    FinishWrite, NewRunningRow, NewSession, OwnerRecovery, PruneReport, PruneRequest,
+    RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord, SweepMode, TaskFilter,
+    TaskRecord,
 };
 use crate::stats::{StatsRequest, TaskStats};
 use crate::status::TaskStatus;

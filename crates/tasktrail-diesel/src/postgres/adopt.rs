@@ -13,7 +13,9 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
-use super::{connection_error, known_versions, map_error, PostgresStorage, POSTGRES_MIGRATIONS};
+use super::errors::connection_error;
+use super::{map_error, PostgresStorage, POSTGRES_MIGRATIONS};
+use crate::compat::known_versions;
 use crate::secrets::Secrets;
 
 /// What a pre-fix column holds, and the type migration 1 gives it.
@@ -237,13 +239,12 @@ impl PostgresStorage {
         let secrets = Secrets::of(url);
         let mut connection =
             PgConnection::establish(url).map_err(|error| connection_error(&error, &secrets))?;
-        let baseline =
-            known_versions()?
-                .into_iter()
-                .min()
-                .ok_or_else(|| StorageError::Incompatible {
-                    detail: "this tasktrail embeds no migrations".to_owned(),
-                })?;
+        let baseline = known_versions::<diesel::pg::Pg>(&POSTGRES_MIGRATIONS)?
+            .into_iter()
+            .min()
+            .ok_or_else(|| StorageError::Incompatible {
+                detail: "this tasktrail embeds no migrations".to_owned(),
+            })?;
         let result = connection.transaction(|connection| {
             let (found, alterations) = inspect(connection)?;
             if !found.is_empty() {

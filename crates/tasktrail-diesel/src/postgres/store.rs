@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use diesel::pg::PgConnection;
+use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use tasktrail_core::backend::{
     recovery_reason, FinishRow, FinishWrite, LivenessJudge, LockWatch, NewRunningRow, NewSession,
@@ -30,75 +30,20 @@ struct DatabaseClock {
     watched_seconds: f64,
 }
 
-/// Whether some session of this database holds the advisory lock `key` in
-/// exclusive mode, read from `pg_locks` without taking it. A session-level
-/// lock on a `bigint` key shows as `classid` = its high 32 bits, `objid` =
-/// its low 32 bits, `objsubid` = 1 (the two-`int4` form uses 2); only a
-/// granted lock counts (a session waiting for it holds nothing).
-pub(crate) fn worker_lock_is_held(
-    connection: &mut PgConnection,
-    key: i64,
-) -> Result<bool, DieselError> {
-    let bits = u64::from_ne_bytes(key.to_ne_bytes());
-    let classid = i64::try_from(bits >> 32).unwrap_or_default();
-    let objid = i64::try_from(bits & 0xffff_ffff).unwrap_or_default();
-    diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
-           WHERE locktype = 'advisory' \
-             AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
-             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1 \
-             AND mode = 'ExclusiveLock' AND granted) AS flag",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(classid)
-    .bind::<diesel::sql_types::BigInt, _>(objid)
-    .get_result::<super::Flag>(connection)
-    .map(|row| row.flag)
-}
+use super::advisory::worker_lock_is_held;
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::codec::artifacts_to_json;
-
-/// An error inside a transaction: either a domain answer to return as is, or
-/// a Diesel error to map (Diesel needs `From<diesel::result::Error>`).
-enum TxError {
-    Storage(StorageError),
-    Diesel(DieselError),
-}
-
-impl From<DieselError> for TxError {
-    fn from(error: DieselError) -> Self {
-        TxError::Diesel(error)
-    }
-}
-
-impl From<StorageError> for TxError {
-    fn from(error: StorageError) -> Self {
-        TxError::Storage(error)
-    }
-}
-
-impl From<TxError> for StorageError {
-    fn from(error: TxError) -> Self {
-        match error {
-            TxError::Storage(error) => error,
-            TxError::Diesel(error) => map_error(error),
-        }
-    }
-}
+use crate::tx::{is_unique_violation, unique_violation_or, TxError};
 
 fn transaction<T>(
     connection: &mut PgConnection,
     body: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
 ) -> Result<T, StorageError> {
-    connection.transaction(body).map_err(StorageError::from)
-}
-
-fn is_unique_violation(error: &DieselError) -> bool {
-    matches!(
-        error,
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-    )
+    connection
+        .transaction(body)
+        .map_err(TxError::into_storage::<Pg>)
 }
 
 const RUNNING: &str = TaskStatus::Running.as_str();
@@ -549,11 +494,7 @@ impl Storage for PostgresStorage {
                 .execute(&mut *self.pooled()?)
                 .map(|_| ())
                 .map_err(|error| {
-                    if is_unique_violation(&error) {
-                        StorageError::DuplicateWorker { id }
-                    } else {
-                        map_error(error)
-                    }
+                    unique_violation_or::<Pg>(error, StorageError::DuplicateWorker { id })
                 });
         };
         liveness.run(|connection, tracked| {
@@ -686,11 +627,7 @@ impl Storage for PostgresStorage {
         }
         .execute(&mut *connection)
         .map_err(|error| {
-            if is_unique_violation(&error) {
-                StorageError::DuplicateTask { id: row.id }
-            } else {
-                map_error(error)
-            }
+            unique_violation_or::<Pg>(error, StorageError::DuplicateTask { id: row.id })
         })?;
         if inserted == 1 {
             return Ok(());
@@ -762,7 +699,7 @@ impl Storage for PostgresStorage {
             // The UPDATE and the sessions' invalidation commit together.
             Outcome::Interrupted(_) => transaction(&mut connection, finish),
             // A single guarded UPDATE commits on its own: one round trip.
-            _ => finish(&mut connection).map_err(StorageError::from),
+            _ => finish(&mut connection).map_err(TxError::into_storage::<Pg>),
         }
     }
 
@@ -896,7 +833,7 @@ impl Storage for PostgresStorage {
     }
 
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        load_task(&mut *self.pooled()?, *id.as_uuid()).map_err(StorageError::from)
+        load_task(&mut *self.pooled()?, *id.as_uuid()).map_err(TxError::into_storage::<Pg>)
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {

@@ -13,8 +13,10 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
-use super::{known_versions, map_error, utf8_path, SqliteOptions, SQLITE_MIGRATIONS};
+use super::{map_error, utf8_path, SqliteOptions, SQLITE_MIGRATIONS};
 use crate::codec::{decode_timestamp, encode_timestamp};
+use crate::compat::known_versions;
+use diesel::sqlite::Sqlite;
 
 /// What a column of the pre-fix table must be able to hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -320,13 +322,12 @@ pub(super) fn adopt(path: &Path, options: &SqliteOptions) -> Result<Vec<String>,
             options.busy_timeout.as_millis().min(i32::MAX as u128)
         ))
         .map_err(map_error)?;
-    let baseline =
-        known_versions()?
-            .into_iter()
-            .min()
-            .ok_or_else(|| StorageError::Incompatible {
-                detail: "this tasktrail embeds no migrations".to_owned(),
-            })?;
+    let baseline = known_versions::<Sqlite>(&SQLITE_MIGRATIONS)?
+        .into_iter()
+        .min()
+        .ok_or_else(|| StorageError::Incompatible {
+            detail: "this tasktrail embeds no migrations".to_owned(),
+        })?;
     let result = connection.immediate_transaction(|connection| {
         let found = differences(connection)?;
         if !found.is_empty() {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sqlite::SqliteConnection;
+use diesel::result::Error as DieselError;
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{
     recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
     OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
@@ -21,34 +21,7 @@ use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers
 use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use super::{map_error, SqliteStorage};
 use crate::codec::{decode_worker_id, encode_artifacts, encode_timestamp};
-
-/// An error inside a transaction: either a domain answer to return as is, or
-/// a Diesel error to map (Diesel needs `From<diesel::result::Error>`).
-enum TxError {
-    Storage(StorageError),
-    Diesel(DieselError),
-}
-
-impl From<DieselError> for TxError {
-    fn from(error: DieselError) -> Self {
-        TxError::Diesel(error)
-    }
-}
-
-impl From<StorageError> for TxError {
-    fn from(error: StorageError) -> Self {
-        TxError::Storage(error)
-    }
-}
-
-impl From<TxError> for StorageError {
-    fn from(error: TxError) -> Self {
-        match error {
-            TxError::Storage(error) => error,
-            TxError::Diesel(error) => map_error(error),
-        }
-    }
-}
+use crate::tx::{is_unique_violation, unique_violation_or, TxError};
 
 fn immediate<T>(
     connection: &mut SqliteConnection,
@@ -65,14 +38,7 @@ fn immediate<T>(
             TxError::Diesel(DieselError::RollbackTransaction)
         })
     });
-    result.map_err(|after| failure.map_or_else(|| StorageError::from(after), StorageError::from))
-}
-
-fn is_unique_violation(error: &DieselError) -> bool {
-    matches!(
-        error,
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-    )
+    result.map_err(|after| failure.unwrap_or(after).into_storage::<Sqlite>())
 }
 
 fn load_worker_state(
@@ -152,11 +118,7 @@ impl Storage for SqliteStorage {
             .execute(&mut *self.connection())
             .map(drop)
             .map_err(|error| {
-                if is_unique_violation(&error) {
-                    StorageError::DuplicateWorker { id }
-                } else {
-                    map_error(error)
-                }
+                unique_violation_or::<Sqlite>(error, StorageError::DuplicateWorker { id })
             });
         match &inserted {
             Ok(()) => {}
@@ -241,11 +203,7 @@ impl Storage for SqliteStorage {
         }
         .execute(&mut *connection)
         .map_err(|error| {
-            if is_unique_violation(&error) {
-                StorageError::DuplicateTask { id: row.id }
-            } else {
-                map_error(error)
-            }
+            unique_violation_or::<Sqlite>(error, StorageError::DuplicateTask { id: row.id })
         })?;
         if inserted == 1 {
             return Ok(());
@@ -321,7 +279,7 @@ impl Storage for SqliteStorage {
             // The UPDATE and the sessions' invalidation commit together.
             Outcome::Interrupted(_) => immediate(&mut connection, finish),
             // A single guarded UPDATE commits on its own.
-            _ => finish(&mut connection).map_err(StorageError::from),
+            _ => finish(&mut connection).map_err(TxError::into_storage::<Sqlite>),
         }
     }
 
@@ -492,7 +450,7 @@ impl Storage for SqliteStorage {
             SweepMode::DryRun => self
                 .connection()
                 .transaction(sweep)
-                .map_err(StorageError::from)?,
+                .map_err(TxError::into_storage::<Sqlite>)?,
         };
         if request.mode == SweepMode::Apply {
             for owner in freed_owners {
@@ -683,7 +641,7 @@ impl Storage for SqliteStorage {
     }
 
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        load_task(&mut self.connection(), &id.to_string()).map_err(StorageError::from)
+        load_task(&mut self.connection(), &id.to_string()).map_err(TxError::into_storage::<Sqlite>)
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
