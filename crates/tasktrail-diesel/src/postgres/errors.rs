@@ -32,111 +32,266 @@ pub(crate) enum PostgresErrorClass {
     Refused,
     /// The schema is not tasktrail's: [`StorageError::Incompatible`].
     NotOurs,
+    /// A CHECK or NOT NULL constraint rejected the write: the row is not
+    /// one tasktrail writes ([`StorageError::CorruptRow`]).
+    ConstraintRejected,
 }
 
-/// The Postgres error texts this backend classifies, and how: the one place
-/// where Postgres errors are told apart by text. Diesel exposes the SQLSTATE
-/// only as a few kinds (class 08 and a connection libpq reports bad →
-/// `ClosedConnection`; `UnableToSendCommand`; 40001 → `SerializationFailure`;
-/// 25006 → `ReadOnlyTransaction`), which [`map_error`] reads first; libpq's
-/// connection errors and r2d2's pool timeouts are text only. An entry
-/// matches when every one of its pieces is in the lower-cased text. Each
-/// entry has its own test.
-pub(crate) const POSTGRES_ERROR_MESSAGES: &[(&[&str], PostgresErrorClass)] = &[
-    // 57P01 admin shutdown / pg_terminate_backend, 57P02 crash shutdown,
-    // 57P05 idle_session_timeout: the server ended the session.
-    (&["terminating connection"], PostgresErrorClass::Transient),
-    // 57P03 cannot connect now: starting up, shutting down, in recovery.
-    (&["the database system is"], PostgresErrorClass::Transient),
+/// How an entry recognises its error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum PostgresSignal {
+    /// Diesel read the SQLSTATE (or libpq's connection status) into this
+    /// kind.
+    Kind(DatabaseErrorKind),
+    /// Diesel hides this SQLSTATE (or there is none: libpq's and r2d2's
+    /// connection failures are text only): every piece is in the
+    /// lower-cased message, the server's fixed (untranslated) text for
+    /// that condition. Pieces are phrases, never a lone word.
+    Text(&'static [&'static str]),
+}
+
+/// One error condition this backend classifies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PostgresCondition {
+    /// Its SQLSTATE(s), or where the text comes from when it has none.
+    pub(crate) sqlstate: &'static str,
+    /// How it is recognised.
+    pub(crate) signal: PostgresSignal,
+    /// What it means.
+    pub(crate) class: PostgresErrorClass,
+}
+
+const fn kind(
+    sqlstate: &'static str,
+    kind: DatabaseErrorKind,
+    class: PostgresErrorClass,
+) -> PostgresCondition {
+    PostgresCondition {
+        sqlstate,
+        signal: PostgresSignal::Kind(kind),
+        class,
+    }
+}
+
+const fn text(
+    sqlstate: &'static str,
+    pieces: &'static [&'static str],
+    class: PostgresErrorClass,
+) -> PostgresCondition {
+    PostgresCondition {
+        sqlstate,
+        signal: PostgresSignal::Text(pieces),
+        class,
+    }
+}
+
+use PostgresErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
+
+/// Every Postgres error condition this backend classifies, keyed by
+/// SQLSTATE: the one table for Postgres errors.
+///
+/// Diesel 2.3 keeps the SQLSTATE of a statement error only as the few
+/// kinds it maps it to (the `Kind` entries: class 08 and a connection
+/// libpq reports bad → `ClosedConnection`, 40001 → `SerializationFailure`,
+/// 25006 → `ReadOnlyTransaction`, 23514 / 23502 → `CheckViolation` /
+/// `NotNullViolation`, 23505 → `UniqueViolation`, which the callers map);
+/// its error information carries no SQLSTATE field and cannot be
+/// downcast, so for the other codes (53100 disk full, 57P01 admin
+/// shutdown, 40P01 deadlock, 55P03 lock not available...) the narrowest
+/// stable signal left is the server's message for that code (English
+/// unless the server sets `lc_messages` otherwise). libpq's connection
+/// errors and r2d2's pool time-outs have no SQLSTATE at all. `Kind`
+/// entries decide first. Each entry has its own test.
+pub(crate) const POSTGRES_ERRORS: &[PostgresCondition] = &[
+    kind(
+        "08000 / 08001 / 08004 / 08006, or libpq CONNECTION_BAD",
+        DatabaseErrorKind::ClosedConnection,
+        Transient,
+    ),
+    kind(
+        "none: libpq could not send the statement",
+        DatabaseErrorKind::UnableToSendCommand,
+        Transient,
+    ),
+    kind(
+        "40001 serialization_failure",
+        DatabaseErrorKind::SerializationFailure,
+        Transient,
+    ),
+    // A standby or a demoted primary after a failover, until the
+    // connection reaches the new primary.
+    kind(
+        "25006 read_only_sql_transaction",
+        DatabaseErrorKind::ReadOnlyTransaction,
+        Transient,
+    ),
+    kind(
+        "23514 check_violation",
+        DatabaseErrorKind::CheckViolation,
+        ConstraintRejected,
+    ),
+    kind(
+        "23502 not_null_violation",
+        DatabaseErrorKind::NotNullViolation,
+        ConstraintRejected,
+    ),
+    // The server ended the session: admin shutdown / pg_terminate_backend,
+    // crash shutdown, idle_session_timeout.
+    text(
+        "57P01 admin_shutdown, 57P02 crash_shutdown, 57P05 idle_session_timeout",
+        &["terminating connection"],
+        Transient,
+    ),
+    // Starting up, shutting down, in recovery.
+    text(
+        "57P03 cannot_connect_now",
+        &["the database system is"],
+        Transient,
+    ),
     // libpq: the socket closed under a statement, or no session at all.
-    (
-        &["server closed the connection"],
-        PostgresErrorClass::Transient,
-    ),
-    (
-        &["no connection to the server"],
-        PostgresErrorClass::Transient,
-    ),
-    (
+    text("none (libpq)", &["server closed the connection"], Transient),
+    text("none (libpq)", &["no connection to the server"], Transient),
+    text(
+        "none (libpq)",
         &["could not send data to server"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    (
+    text(
+        "none (libpq)",
         &["could not receive data from server"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    (&["ssl syscall error"], PostgresErrorClass::Transient),
+    text("none (libpq)", &["ssl syscall error"], Transient),
     // libpq: nothing listens (a restart), or the host cannot be reached.
-    (&["connection refused"], PostgresErrorClass::Transient),
-    (&["timeout expired"], PostgresErrorClass::Transient),
+    text("none (libpq)", &["connection refused"], Transient),
+    text("none (libpq)", &["timeout expired"], Transient),
     // r2d2: no pooled connection could be had in time.
-    (
+    text(
+        "none (r2d2)",
         &["timed out waiting for connection"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    // 53300 too many connections.
-    (&["too many clients"], PostgresErrorClass::Transient),
-    (&["too many connections"], PostgresErrorClass::Transient),
+    text(
+        "53300 too_many_connections",
+        &["too many clients"],
+        Transient,
+    ),
+    text(
+        "53300 too_many_connections",
+        &["too many connections"],
+        Transient,
+    ),
     // PgBouncer: its client limit (`max_client_conn`), a client that
     // waited too long for a server connection (`query_wait_timeout`), a
     // server it cannot reach or whose connection it lost.
-    (
+    text(
+        "08P01 (PgBouncer)",
         &["no more connections allowed"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    (&["query_wait_timeout"], PostgresErrorClass::Transient),
-    (
+    text("08P01 (PgBouncer)", &["query_wait_timeout"], Transient),
+    text(
+        "08P01 (PgBouncer)",
         &["pgbouncer cannot connect to server"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    (&["server conn crashed"], PostgresErrorClass::Transient),
-    (
+    text("08P01 (PgBouncer)", &["server conn crashed"], Transient),
+    text(
+        "08P01 (PgBouncer)",
         &["server login has been failing"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    // 53100 disk full, 53200 out of memory.
-    (&["no space left on device"], PostgresErrorClass::Transient),
-    (&["could not extend file"], PostgresErrorClass::Transient),
-    (&["out of memory"], PostgresErrorClass::Transient),
-    (&["out of shared memory"], PostgresErrorClass::Transient),
-    // 40P01 deadlock; 40001 serialization failure (also a Diesel kind),
-    // including a standby's conflict with recovery.
-    (&["deadlock detected"], PostgresErrorClass::Transient),
-    (
+    text("53100 disk_full", &["no space left on device"], Transient),
+    text("53100 disk_full", &["could not extend file"], Transient),
+    text("53200 out_of_memory", &["out of memory"], Transient),
+    text("53200 out_of_memory", &["out of shared memory"], Transient),
+    text("40P01 deadlock_detected", &["deadlock detected"], Transient),
+    // 40001 as text: a standby's conflict with recovery arrives this way
+    // through a pooler that rewrites the code.
+    text(
+        "40001 serialization_failure",
         &["could not serialize access"],
-        PostgresErrorClass::Transient,
+        Transient,
     ),
-    // 57014 / 55P03: a statement or lock timeout cancelled the statement.
-    (&["canceling statement"], PostgresErrorClass::Transient),
-    // 25006 (also a Diesel kind): a standby or a demoted primary after a
-    // failover, until the connection reaches the new primary.
-    (&["read-only transaction"], PostgresErrorClass::Transient),
-    // 28000 / 28P01: the login was refused.
-    (&["authentication failed"], PostgresErrorClass::Refused),
-    (&["no pg_hba.conf entry"], PostgresErrorClass::Refused),
-    // 3D000 unknown database; 28000 unknown role.
-    (
+    // A statement or lock timeout cancelled the statement.
+    text(
+        "57014 query_canceled, 55P03 lock_not_available",
+        &["canceling statement"],
+        Transient,
+    ),
+    text(
+        "55P03 lock_not_available",
+        &["could not obtain lock"],
+        Transient,
+    ),
+    text(
+        "25006 read_only_sql_transaction",
+        &["read-only transaction"],
+        Transient,
+    ),
+    // The login was refused.
+    text(
+        "28P01 invalid_password",
+        &["authentication failed"],
+        Refused,
+    ),
+    text(
+        "28000 invalid_authorization_specification",
+        &["no pg_hba.conf entry"],
+        Refused,
+    ),
+    text(
+        "3D000 invalid_catalog_name",
         &["database \"", "\" does not exist"],
-        PostgresErrorClass::Refused,
+        Refused,
     ),
-    (
+    text(
+        "28000 invalid_authorization_specification",
         &["role \"", "\" does not exist"],
-        PostgresErrorClass::Refused,
+        Refused,
     ),
-    // 42501 insufficient privilege.
-    (&["permission denied"], PostgresErrorClass::Refused),
-    // 42P01 / 42703: the schema is not tasktrail's.
-    (&["relation", "does not exist"], PostgresErrorClass::NotOurs),
-    (&["column", "does not exist"], PostgresErrorClass::NotOurs),
+    text(
+        "42501 insufficient_privilege",
+        &["permission denied"],
+        Refused,
+    ),
+    // The schema is not tasktrail's.
+    text(
+        "42P01 undefined_table",
+        &["relation \"", "\" does not exist"],
+        NotOurs,
+    ),
+    text(
+        "42703 undefined_column",
+        &["column \"", "\" does not exist"],
+        NotOurs,
+    ),
 ];
 
-/// The class of a Postgres error text, from [`POSTGRES_ERROR_MESSAGES`].
-pub(crate) fn classify_postgres_text(text: &str) -> Option<PostgresErrorClass> {
-    let text = text.to_ascii_lowercase();
-    POSTGRES_ERROR_MESSAGES
+/// The condition of a statement error of `kind` with `message`: a `Kind`
+/// entry first, then a `Text` one.
+pub(crate) fn postgres_condition(
+    kind: DatabaseErrorKind,
+    message: &str,
+) -> Option<&'static PostgresCondition> {
+    POSTGRES_ERRORS
         .iter()
-        .find(|(pieces, _)| pieces.iter().all(|piece| text.contains(piece)))
-        .map(|(_, class)| *class)
+        .find(|entry| entry.signal == PostgresSignal::Kind(kind))
+        .or_else(|| condition_of_text(message))
+}
+
+/// The `Text` entry matching `text` (a connection error's, say).
+fn condition_of_text(text: &str) -> Option<&'static PostgresCondition> {
+    let text = text.to_ascii_lowercase();
+    POSTGRES_ERRORS.iter().find(|entry| match entry.signal {
+        PostgresSignal::Text(pieces) => pieces.iter().all(|piece| text.contains(piece)),
+        PostgresSignal::Kind(_) => false,
+    })
+}
+
+/// The class of a Postgres error text, from [`POSTGRES_ERRORS`].
+pub(crate) fn classify_postgres_text(text: &str) -> Option<PostgresErrorClass> {
+    condition_of_text(text).map(|entry| entry.class)
 }
 
 pub(super) fn connection_error(error: &ConnectionError, secrets: &Secrets) -> StorageError {
@@ -153,7 +308,7 @@ pub(super) fn connection_error(error: &ConnectionError, secrets: &Secrets) -> St
 }
 
 /// A connection failure known only by its (scrubbed) text: permanent when
-/// [`POSTGRES_ERROR_MESSAGES`] says the server refused the configuration,
+/// [`POSTGRES_ERRORS`] says the server refused the configuration,
 /// transient otherwise.
 fn connection_text_error(message: String) -> StorageError {
     match classify_postgres_text(&message) {
@@ -182,60 +337,43 @@ impl ErrorDialect for diesel::pg::Pg {
     }
 }
 
-/// Maps a Diesel error onto a public kind, from Diesel's error kind first
-/// (the SQLSTATE it exposes) and then [`POSTGRES_ERROR_MESSAGES`]. Unique
-/// violations are mapped by the callers, which know which row they were
-/// writing.
+/// Maps a Diesel error onto a public kind through [`POSTGRES_ERRORS`].
+/// Unique violations are mapped by the callers, which know which row they
+/// were writing.
 pub(crate) fn map_error(error: DieselError) -> StorageError {
-    let (kind, message) = match &error {
-        DieselError::DatabaseError(kind, info) => (*kind, info.message().to_ascii_lowercase()),
+    let condition = match &error {
+        DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
         // A COMMIT that failed and whose rollback failed too: the
         // connection is usually gone.
         DieselError::RollbackErrorOnCommit { commit_error, .. } => match &**commit_error {
-            DieselError::DatabaseError(kind, info) => (*kind, info.message().to_ascii_lowercase()),
-            _ => {
-                return StorageError::Other {
-                    source: Box::new(error),
-                }
-            }
+            DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
+            _ => None,
         },
-        _ => {
-            return StorageError::Other {
-                source: Box::new(error),
-            }
-        }
+        _ => None,
     };
-    if matches!(
-        kind,
-        DatabaseErrorKind::ClosedConnection
-            | DatabaseErrorKind::UnableToSendCommand
-            | DatabaseErrorKind::SerializationFailure
-            | DatabaseErrorKind::ReadOnlyTransaction
-    ) {
-        return StorageError::Unavailable {
+    let Some(condition) = condition else {
+        return StorageError::Other {
             source: Box::new(error),
         };
-    }
-    if matches!(
-        kind,
-        DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
-    ) {
-        return StorageError::CorruptRow {
-            detail: format!("a constraint rejected the write ({message})"),
-        };
-    }
-    match classify_postgres_text(&message) {
-        Some(PostgresErrorClass::Transient) => StorageError::Unavailable {
+    };
+    match condition.class {
+        Transient => StorageError::Unavailable {
             source: Box::new(error),
         },
-        Some(PostgresErrorClass::Refused) => StorageError::AccessDenied {
+        Refused => StorageError::AccessDenied {
             source: Box::new(error),
         },
-        Some(PostgresErrorClass::NotOurs) => StorageError::Incompatible {
-            detail: format!("the database schema is not tasktrail's ({message})"),
+        NotOurs => StorageError::Incompatible {
+            detail: format!(
+                "the database schema is not tasktrail's ({})",
+                error.to_string().to_ascii_lowercase()
+            ),
         },
-        None => StorageError::Other {
-            source: Box::new(error),
+        ConstraintRejected => StorageError::CorruptRow {
+            detail: format!(
+                "a constraint rejected the write ({})",
+                error.to_string().to_ascii_lowercase()
+            ),
         },
     }
 }
@@ -284,7 +422,7 @@ mod tests {
         );
     }
 
-    /// One test per entry of POSTGRES_ERROR_MESSAGES, with the server's or
+    /// One test per entry of POSTGRES_ERRORS, with the server's or
     /// libpq's own text.
     macro_rules! classified {
         ($($name:ident: $check:ident($text:expr);)+) => {
@@ -293,7 +431,10 @@ mod tests {
             #[test]
             fn every_table_entry_has_its_test() {
                 let texts: &[&str] = &[$($text),+];
-                for (pieces, _) in POSTGRES_ERROR_MESSAGES {
+                for entry in POSTGRES_ERRORS {
+                    let PostgresSignal::Text(pieces) = entry.signal else {
+                        continue;
+                    };
                     assert!(
                         texts.iter().any(|text| {
                             let text = text.to_ascii_lowercase();
@@ -331,6 +472,7 @@ mod tests {
         deadlock_40p01_is_transient: transient("deadlock detected");
         serialization_40001_is_transient: transient("could not serialize access due to concurrent update");
         statement_cancelled_57014_is_transient: transient("canceling statement due to statement timeout");
+        lock_not_available_55p03_is_transient: transient("could not obtain lock on row in relation \"workers\"");
         read_only_25006_is_transient: transient("cannot execute UPDATE in a read-only transaction");
         wrong_password_28p01_is_refused: refused("FATAL:  password authentication failed for user \"app\"");
         no_hba_entry_28000_is_refused: refused("FATAL:  no pg_hba.conf entry for host \"10.0.0.2\", user \"app\", database \"trail\"");
@@ -343,20 +485,34 @@ mod tests {
 
     #[test]
     fn diesel_kinds_decide_before_any_text() {
-        for kind in [
-            DatabaseErrorKind::ClosedConnection,
-            DatabaseErrorKind::UnableToSendCommand,
-            DatabaseErrorKind::SerializationFailure,
-            DatabaseErrorKind::ReadOnlyTransaction,
-        ] {
-            let error = statement_error(kind, "some text no table entry knows");
-            assert!(error.is_transient(), "{kind:?}: {error:?}");
+        let mut kinds = 0;
+        for entry in POSTGRES_ERRORS {
+            let PostgresSignal::Kind(kind) = entry.signal else {
+                continue;
+            };
+            kinds += 1;
+            // A text that alone would say "refused": the kind decides.
+            let error = statement_error(kind, "permission denied for table task_history");
+            let expected = match entry.class {
+                Transient => matches!(error, StorageError::Unavailable { .. }),
+                ConstraintRejected => matches!(error, StorageError::CorruptRow { .. }),
+                Refused => matches!(error, StorageError::AccessDenied { .. }),
+                NotOurs => matches!(error, StorageError::Incompatible { .. }),
+            };
+            assert!(expected, "{} ({kind:?}): {error:?}", entry.sqlstate);
         }
-        let error = statement_error(DatabaseErrorKind::CheckViolation, "check failed");
-        assert!(
-            matches!(error, StorageError::CorruptRow { .. }),
-            "{error:?}"
-        );
+        assert_eq!(kinds, 6, "a new kind entry needs its place in this test");
+    }
+
+    #[test]
+    fn a_word_of_a_message_is_no_match() {
+        for text in ["the table is full", "disk", "locked", "shutdown"] {
+            let (statement, _) = kinds_of(text);
+            assert!(
+                matches!(statement, StorageError::Other { .. }),
+                "{text}: {statement:?}"
+            );
+        }
     }
 
     #[test]
