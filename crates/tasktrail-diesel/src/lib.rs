@@ -30,6 +30,8 @@ mod secrets;
 mod statement_log;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stats;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
 mod tx;
 
 #[cfg(feature = "postgres")]

@@ -365,7 +365,8 @@ pub(crate) fn map_error(error: DieselError) -> StorageError {
         },
         NotOurs => StorageError::Incompatible {
             detail: format!(
-                "the database schema is not tasktrail's ({})",
+                "the database schema is not tasktrail's ({}: {})",
+                condition.sqlstate,
                 error.to_string().to_ascii_lowercase()
             ),
         },

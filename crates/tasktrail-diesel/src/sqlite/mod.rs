@@ -1,6 +1,7 @@
 //! The SQLite backend: the embedded default.
 
 mod adopt;
+mod dialect;
 mod errors;
 mod prune;
 mod raw;

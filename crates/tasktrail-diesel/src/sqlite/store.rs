@@ -11,19 +11,20 @@ use tasktrail_core::backend::{
     OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
-    Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
+    Liveness, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
     TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
     WorkerState,
 };
 
-use super::rows::{NewReportRow, ReportRow, SessionRow, TaskRow, WorkerRow};
+use super::rows::{NewReportRow, ReportRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
-use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
+use super::statements::InsertRunningIfWorkerAlive;
 use super::{map_error, SqliteStorage};
-use crate::codec::{decode_worker_id, encode_artifacts, encode_timestamp};
-use crate::tx::{is_unique_violation, unique_violation_or, TxError};
+use crate::codec::{decode_worker_id, encode_timestamp};
+use crate::store::{self, require_alive, SqlDialect, WorkerRead};
+use crate::tx::{unique_violation_or, TxError};
 
-fn immediate<T>(
+pub(super) fn immediate<T>(
     connection: &mut SqliteConnection,
     body: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError>,
 ) -> Result<T, StorageError> {
@@ -39,72 +40,6 @@ fn immediate<T>(
         })
     });
     result.map_err(|after| failure.unwrap_or(after).into_storage::<Sqlite>())
-}
-
-fn load_worker_state(
-    connection: &mut SqliteConnection,
-    id: WorkerId,
-) -> Result<Option<String>, DieselError> {
-    workers::table
-        .find(id.to_string())
-        .select(workers::state)
-        .first::<String>(connection)
-        .optional()
-}
-
-fn require_alive(connection: &mut SqliteConnection, id: WorkerId) -> Result<(), TxError> {
-    match load_worker_state(connection, id)? {
-        None => Err(StorageError::UnknownWorker { id }.into()),
-        Some(state) if state == WorkerState::Alive.as_str() => Ok(()),
-        Some(_) => Err(StorageError::WorkerNotAlive { id }.into()),
-    }
-}
-
-fn load_task(connection: &mut SqliteConnection, id: &str) -> Result<Option<TaskRecord>, TxError> {
-    task_history::table
-        .find(id)
-        .select(TaskRow::as_select())
-        .first(connection)
-        .optional()?
-        .map(TaskRow::into_record)
-        .transpose()
-        .map_err(TxError::from)
-}
-
-/// Invalidates the still-valid sessions of the `running` rows `owner` holds
-/// (or of one task), returning how many each task had.
-fn invalidate_sessions_of_tasks(
-    connection: &mut SqliteConnection,
-    task_ids: &[String],
-    at: &str,
-    reason: &str,
-) -> Result<HashMap<String, u32>, DieselError> {
-    let mut counts = HashMap::new();
-    // SQLite limits bind parameters per statement; chunk big sweeps.
-    for chunk in task_ids.chunks(500) {
-        let valid: Vec<String> = claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq_any(chunk))
-            .filter(claude_sdk_sessions::invalidated_at.is_null())
-            .select(claude_sdk_sessions::task_id)
-            .load(connection)?;
-        if valid.is_empty() {
-            continue;
-        }
-        for task in valid {
-            *counts.entry(task).or_insert(0) += 1;
-        }
-        diesel::update(
-            claude_sdk_sessions::table
-                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
-                .filter(claude_sdk_sessions::invalidated_at.is_null()),
-        )
-        .set((
-            claude_sdk_sessions::invalidated_at.eq(at),
-            claude_sdk_sessions::invalidation_reason.eq(reason),
-        ))
-        .execute(connection)?;
-    }
-    Ok(counts)
 }
 
 impl Storage for SqliteStorage {
@@ -134,7 +69,7 @@ impl Storage for SqliteStorage {
     fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         let at = encode_timestamp(at);
         let beat = immediate(&mut self.connection(), |connection| {
-            require_alive(connection, worker)?;
+            require_alive::<SqliteStorage>(connection, worker, WorkerRead::Plain)?;
             diesel::update(
                 workers::table
                     .find(worker.to_string())
@@ -155,7 +90,7 @@ impl Storage for SqliteStorage {
     /// lock file.
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         immediate(&mut self.connection(), |connection| {
-            if load_worker_state(connection, worker)?.is_none() {
+            if SqliteStorage::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
                 return Err(StorageError::UnknownWorker { id: worker }.into());
             }
             diesel::update(
@@ -201,86 +136,12 @@ impl Storage for SqliteStorage {
             started_at: &encode_timestamp(row.started_at),
             worker: &worker,
         }
-        .execute(&mut *connection)
-        .map_err(|error| {
-            unique_violation_or::<Sqlite>(error, StorageError::DuplicateTask { id: row.id })
-        })?;
-        if inserted == 1 {
-            return Ok(());
-        }
-        // Nothing inserted: say why.
-        match load_worker_state(&mut connection, row.worker).map_err(map_error)? {
-            None => Err(StorageError::UnknownWorker { id: row.worker }),
-            Some(_) => Err(StorageError::WorkerNotAlive { id: row.worker }),
-        }
+        .execute(&mut *connection);
+        store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
     }
 
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        let id = row.id.to_string();
-        let worker = row.worker.to_string();
-        let at = encode_timestamp(row.at);
-        let finish = |connection: &mut SqliteConnection| -> Result<FinishWrite, TxError> {
-            let mut sessions_invalidated = 0;
-            let guarded = task_history::table
-                .filter(task_history::id.eq(&id))
-                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                .filter(task_history::worker_id.eq(&worker));
-            let updated = match &row.outcome {
-                Outcome::Interrupted(reason) => {
-                    let updated = diesel::update(guarded)
-                        .set((
-                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                            task_history::interrupted_at.eq(&at),
-                            task_history::interrupt_reason.eq(reason.as_str()),
-                            task_history::interrupted_by.eq(&worker),
-                        ))
-                        .execute(connection)?;
-                    if updated == 1 {
-                        let reason = format!("task interrupted: {reason}");
-                        sessions_invalidated = invalidate_sessions_of_tasks(
-                            connection,
-                            std::slice::from_ref(&id),
-                            &at,
-                            &reason,
-                        )?
-                        .values()
-                        .sum();
-                    }
-                    updated
-                }
-                Outcome::Success(report)
-                | Outcome::Failure(report)
-                | Outcome::Cancelled(report)
-                | Outcome::AbortedNoSkill(report) => FinishCompletedIfOwnedAndRunning {
-                    id: &id,
-                    worker: &worker,
-                    status: row.outcome.status().as_str(),
-                    finished_at: &at,
-                    input_tokens: i64::from(report.input_tokens),
-                    output_tokens: i64::from(report.output_tokens),
-                    cost_usd: report.cost_usd.dollars(),
-                    turns: i64::from(report.turns),
-                    artifacts: &encode_artifacts(&report.artifacts),
-                }
-                .execute(connection)?,
-            };
-            if updated == 1 {
-                return Ok(FinishWrite::Updated {
-                    sessions_invalidated,
-                });
-            }
-            Ok(FinishWrite::Refused(match load_task(connection, &id)? {
-                None => tasktrail_core::FinishRefusal::Missing,
-                Some(record) => record.refusal_for(row.worker),
-            }))
-        };
-        let mut connection = self.connection();
-        match row.outcome {
-            // The UPDATE and the sessions' invalidation commit together.
-            Outcome::Interrupted(_) => immediate(&mut connection, finish),
-            // A single guarded UPDATE commits on its own.
-            _ => finish(&mut connection).map_err(TxError::into_storage::<Sqlite>),
-        }
+        store::finish_running(self, row)
     }
 
     fn recover_orphans(
@@ -561,125 +422,30 @@ impl Storage for SqliteStorage {
     }
 
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
-        let task_id = session.task_id.to_string();
-        immediate(&mut self.connection(), |connection| {
-            require_alive(connection, session.worker)?;
-            let owned_and_running = task_history::table
-                .filter(task_history::id.eq(&task_id))
-                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                .filter(task_history::worker_id.eq(session.worker.to_string()))
-                .count()
-                .get_result::<i64>(connection)?
-                == 1;
-            if !owned_and_running {
-                return Err(StorageError::TaskNotRunning {
-                    id: session.task_id,
-                }
-                .into());
-            }
-            diesel::insert_into(claude_sdk_sessions::table)
-                .values(SessionRow {
-                    session_id: session.session_id.as_str().to_owned(),
-                    task_id: task_id.clone(),
-                    repo: session.repo.clone(),
-                    issue_number: i64::from(session.issue_number),
-                    agent: session.agent.clone(),
-                    created_at: encode_timestamp(session.created_at),
-                    invalidated_at: None,
-                    invalidation_reason: None,
-                })
-                .execute(connection)
-                .map_err(|error| {
-                    if is_unique_violation(&error) {
-                        TxError::Storage(StorageError::DuplicateSession)
-                    } else {
-                        TxError::Diesel(error)
-                    }
-                })?;
-            Ok(())
-        })
+        store::record_session(self, session)
     }
 
     fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
-        let resumable_statuses = [
-            TaskStatus::Success.as_str(),
-            TaskStatus::Failure.as_str(),
-            TaskStatus::Cancelled.as_str(),
-            TaskStatus::AbortedNoSkill.as_str(),
-        ];
-        claude_sdk_sessions::table
-            .inner_join(task_history::table)
-            .filter(claude_sdk_sessions::repo.eq(&key.repo))
-            .filter(claude_sdk_sessions::issue_number.eq(i64::from(key.issue_number)))
-            .filter(claude_sdk_sessions::agent.eq(&key.agent))
-            .filter(claude_sdk_sessions::invalidated_at.is_null())
-            .filter(task_history::status.eq_any(resumable_statuses))
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .first(&mut *self.connection())
-            .optional()
-            .map_err(map_error)?
-            .map(SessionRow::into_record)
-            .transpose()
+        store::resumable_session(self, key)
     }
 
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(&mut *self.connection())
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        store::list_sessions(self)
     }
 
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        load_task(&mut self.connection(), &id.to_string()).map_err(TxError::into_storage::<Sqlite>)
+        store::get_task(self, id)
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
-        self.task_rows(filter)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect()
+        store::list_tasks(self, filter)
     }
 
     fn list_task_rows(
         &self,
         filter: &TaskFilter,
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
-        Ok(self
-            .task_rows(filter)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect())
-    }
-}
-
-impl SqliteStorage {
-    /// The `task_history` rows matching `filter`, newest first, undecoded.
-    fn task_rows(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, StorageError> {
-        let mut query = task_history::table
-            .select(TaskRow::as_select())
-            .order((task_history::started_at.desc(), task_history::id.desc()))
-            .into_boxed();
-        if let Some(status) = filter.status {
-            query = query.filter(task_history::status.eq(status.as_str()));
-        }
-        if let Some(repo) = &filter.repo {
-            query = query.filter(task_history::repo.eq(repo.clone()));
-        }
-        if let Some(limit) = filter.limit {
-            query = query.limit(i64::from(limit));
-        }
-        query.load(&mut *self.connection()).map_err(map_error)
+        store::list_task_rows(self, filter)
     }
 }
 
