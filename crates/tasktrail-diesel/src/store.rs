@@ -65,8 +65,10 @@ pub(crate) trait SqlDialect {
     ) -> QueryResult<Option<String>>;
 
     /// The row of task `id`, decoded.
-    fn load_task(connection: &mut Self::Connection, id: TaskId)
-        -> Result<Option<TaskRecord>, TxError>;
+    fn load_task(
+        connection: &mut Self::Connection,
+        id: TaskId,
+    ) -> Result<Option<TaskRecord>, TxError>;
 
     /// `UPDATE task_history SET status = 'interrupted', interrupted_at,
     /// interrupt_reason, interrupted_by WHERE id AND status = 'running' AND
@@ -101,8 +103,10 @@ pub(crate) trait SqlDialect {
     ) -> QueryResult<bool>;
 
     /// `INSERT INTO claude_sdk_sessions`, valid.
-    fn insert_session(connection: &mut Self::Connection, session: &NewSession)
-        -> QueryResult<usize>;
+    fn insert_session(
+        connection: &mut Self::Connection,
+        session: &NewSession,
+    ) -> QueryResult<usize>;
 
     /// The newest still-valid session for `key` whose task is in one of
     /// `statuses`.
@@ -206,10 +210,12 @@ pub(crate) fn finish_running<S: SqlDialect>(
                 sessions_invalidated,
             });
         }
-        Ok(FinishWrite::Refused(match S::load_task(connection, row.id)? {
-            None => FinishRefusal::Missing,
-            Some(record) => record.refusal_for(row.worker),
-        }))
+        Ok(FinishWrite::Refused(
+            match S::load_task(connection, row.id)? {
+                None => FinishRefusal::Missing,
+                Some(record) => record.refusal_for(row.worker),
+            },
+        ))
     };
     let mut connection = store.hold()?;
     match row.outcome {
@@ -274,7 +280,9 @@ pub(crate) fn list_tasks<S: SqlDialect>(
     store: &S,
     filter: &TaskFilter,
 ) -> Result<Vec<TaskRecord>, StorageError> {
-    S::task_rows(&mut *store.hold()?, filter)?.into_iter().collect()
+    S::task_rows(&mut *store.hold()?, filter)?
+        .into_iter()
+        .collect()
 }
 
 /// `Storage::list_task_rows`: every matching row, each read on its own.

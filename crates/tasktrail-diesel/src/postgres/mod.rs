@@ -4,6 +4,7 @@
 
 mod adopt;
 mod advisory;
+mod dialect;
 mod errors;
 mod liveness;
 mod migrations;

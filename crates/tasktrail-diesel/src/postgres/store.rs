@@ -12,13 +12,13 @@ use tasktrail_core::backend::{
     OwnerFacts, OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
-    truncate_to_micros, FinishRefusal, Liveness, Outcome, RecoveredTask, SessionKey, SessionRecord,
-    Storage, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId,
-    WorkerRecord, WorkerRegistration, WorkerState,
+    truncate_to_micros, Liveness, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError,
+    TaskFilter, TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord,
+    WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 
-use super::rows::{NewReportRow, NewWorkerRow, ReportRow, SessionRow, TaskRow, WorkerRow};
+use super::rows::{NewReportRow, NewWorkerRow, ReportRow, TaskRow, WorkerRow};
 
 /// The database's clock at the sweep, and how long the sweep's connection
 /// has been able to watch locks, in seconds.
@@ -32,10 +32,10 @@ struct DatabaseClock {
 
 use super::advisory::worker_lock_is_held;
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
-use super::statements::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
+use super::statements::InsertRunningIfWorkerAlive;
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
-use crate::codec::artifacts_to_json;
-use crate::tx::{is_unique_violation, unique_violation_or, TxError};
+use crate::store::{self, SqlDialect, WorkerRead};
+use crate::tx::{unique_violation_or, TxError};
 
 fn transaction<T>(
     connection: &mut PgConnection,
@@ -48,40 +48,6 @@ fn transaction<T>(
 
 const RUNNING: &str = TaskStatus::Running.as_str();
 const ALIVE: &str = WorkerState::Alive.as_str();
-
-/// The worker's state, read with a `FOR SHARE` lock when `lock` is set (so a
-/// sweep cannot mark it dead until the caller's transaction ends).
-fn worker_state(
-    connection: &mut PgConnection,
-    id: WorkerId,
-    lock: bool,
-) -> Result<Option<String>, DieselError> {
-    let query = workers::table.find(*id.as_uuid()).select(workers::state);
-    if lock {
-        query.for_share().first::<String>(connection).optional()
-    } else {
-        query.first::<String>(connection).optional()
-    }
-}
-
-fn require_alive(connection: &mut PgConnection, id: WorkerId) -> Result<(), TxError> {
-    match worker_state(connection, id, true)? {
-        None => Err(StorageError::UnknownWorker { id }.into()),
-        Some(state) if state == ALIVE => Ok(()),
-        Some(_) => Err(StorageError::WorkerNotAlive { id }.into()),
-    }
-}
-
-fn load_task(connection: &mut PgConnection, id: Uuid) -> Result<Option<TaskRecord>, TxError> {
-    task_history::table
-        .find(id)
-        .select(TaskRow::as_select())
-        .first(connection)
-        .optional()?
-        .map(TaskRow::into_record)
-        .transpose()
-        .map_err(TxError::from)
-}
 
 /// Invalidates the still-valid sessions of `task_ids`; returns how many
 /// each task had.
@@ -124,10 +90,7 @@ fn beat(connection: &mut PgConnection, worker: WorkerId) -> Result<(), StorageEr
     if updated == 1 {
         return Ok(());
     }
-    match worker_state(connection, worker, false).map_err(map_error)? {
-        None => Err(StorageError::UnknownWorker { id: worker }),
-        Some(_) => Err(StorageError::WorkerNotAlive { id: worker }),
-    }
+    Err(store::worker_refusal::<PostgresStorage>(connection, worker))
 }
 
 impl PostgresStorage {
@@ -515,11 +478,10 @@ impl Storage for PostgresStorage {
                 }
                 Err(error) => {
                     let _ = advisory_unlock(connection, key);
-                    if is_unique_violation(&error) {
-                        Err(StorageError::DuplicateWorker { id })
-                    } else {
-                        Err(map_error(error))
-                    }
+                    Err(unique_violation_or::<Pg>(
+                        error,
+                        StorageError::DuplicateWorker { id },
+                    ))
                 }
             }
         })
@@ -540,7 +502,9 @@ impl Storage for PostgresStorage {
                 if !try_advisory_lock(connection, key).map_err(map_error)? {
                     // A sweep is judging this worker right now, or the server
                     // has not yet ended the lost session that held the lock.
-                    return match worker_state(connection, worker, false).map_err(map_error)? {
+                    return match Self::worker_state(connection, worker, WorkerRead::Plain)
+                        .map_err(map_error)?
+                    {
                         None => Err(StorageError::UnknownWorker { id: worker }),
                         Some(state) if state != ALIVE => {
                             tracked.remove(&worker);
@@ -571,7 +535,7 @@ impl Storage for PostgresStorage {
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         let at = truncate_to_micros(at);
         transaction(&mut *self.pooled()?, |connection| {
-            if worker_state(connection, worker, false)?.is_none() {
+            if Self::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
                 return Err(StorageError::UnknownWorker { id: worker }.into());
             }
             diesel::update(
@@ -625,82 +589,12 @@ impl Storage for PostgresStorage {
             started_at: truncate_to_micros(row.started_at),
             worker: *row.worker.as_uuid(),
         }
-        .execute(&mut *connection)
-        .map_err(|error| {
-            unique_violation_or::<Pg>(error, StorageError::DuplicateTask { id: row.id })
-        })?;
-        if inserted == 1 {
-            return Ok(());
-        }
-        // Nothing inserted: say why.
-        match worker_state(&mut connection, row.worker, false).map_err(map_error)? {
-            None => Err(StorageError::UnknownWorker { id: row.worker }),
-            Some(_) => Err(StorageError::WorkerNotAlive { id: row.worker }),
-        }
+        .execute(&mut *connection);
+        store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
     }
 
     fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        let id = *row.id.as_uuid();
-        let worker = *row.worker.as_uuid();
-        let at = truncate_to_micros(row.at);
-        let finish = |connection: &mut PgConnection| -> Result<FinishWrite, TxError> {
-            let mut sessions_invalidated = 0;
-            let guarded = task_history::table
-                .filter(task_history::id.eq(id))
-                .filter(task_history::status.eq(RUNNING))
-                .filter(task_history::worker_id.eq(worker));
-            let updated = match &row.outcome {
-                Outcome::Interrupted(reason) => {
-                    let updated = diesel::update(guarded)
-                        .set((
-                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                            task_history::interrupted_at.eq(at),
-                            task_history::interrupt_reason.eq(reason.as_str()),
-                            task_history::interrupted_by.eq(worker),
-                        ))
-                        .execute(connection)?;
-                    if updated == 1 {
-                        let reason = format!("task interrupted: {reason}");
-                        sessions_invalidated =
-                            invalidate_sessions_of_tasks(connection, &[id], at, &reason)?
-                                .values()
-                                .sum();
-                    }
-                    updated
-                }
-                Outcome::Success(report)
-                | Outcome::Failure(report)
-                | Outcome::Cancelled(report)
-                | Outcome::AbortedNoSkill(report) => FinishCompletedIfOwnedAndRunning {
-                    id,
-                    worker,
-                    status: row.outcome.status().as_str(),
-                    finished_at: at,
-                    input_tokens: i64::from(report.input_tokens),
-                    output_tokens: i64::from(report.output_tokens),
-                    cost_usd: report.cost_usd.dollars(),
-                    turns: i64::from(report.turns),
-                    artifacts: artifacts_to_json(&report.artifacts),
-                }
-                .execute(connection)?,
-            };
-            if updated == 1 {
-                return Ok(FinishWrite::Updated {
-                    sessions_invalidated,
-                });
-            }
-            Ok(FinishWrite::Refused(match load_task(connection, id)? {
-                None => FinishRefusal::Missing,
-                Some(record) => record.refusal_for(row.worker),
-            }))
-        };
-        let mut connection = self.pooled()?;
-        match row.outcome {
-            // The UPDATE and the sessions' invalidation commit together.
-            Outcome::Interrupted(_) => transaction(&mut connection, finish),
-            // A single guarded UPDATE commits on its own: one round trip.
-            _ => finish(&mut connection).map_err(TxError::into_storage::<Pg>),
-        }
+        store::finish_running(self, row)
     }
 
     /// One transaction; see [`PostgresStorage`] for the locking that
@@ -751,126 +645,29 @@ impl Storage for PostgresStorage {
     /// One transaction: the worker must be `alive` (`FOR SHARE`) and the task
     /// `running` under it (`FOR SHARE`), then the INSERT.
     fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
-        let task_id = *session.task_id.as_uuid();
-        transaction(&mut *self.pooled()?, |connection| {
-            require_alive(connection, session.worker)?;
-            let owned_and_running = task_history::table
-                .filter(task_history::id.eq(task_id))
-                .filter(task_history::status.eq(RUNNING))
-                .filter(task_history::worker_id.eq(*session.worker.as_uuid()))
-                .select(task_history::id)
-                .for_share()
-                .first::<Uuid>(connection)
-                .optional()?
-                .is_some();
-            if !owned_and_running {
-                return Err(StorageError::TaskNotRunning {
-                    id: session.task_id,
-                }
-                .into());
-            }
-            diesel::insert_into(claude_sdk_sessions::table)
-                .values(SessionRow {
-                    session_id: session.session_id.as_str().to_owned(),
-                    task_id,
-                    repo: session.repo.clone(),
-                    issue_number: i64::from(session.issue_number),
-                    agent: session.agent.clone(),
-                    created_at: truncate_to_micros(session.created_at),
-                    invalidated_at: None,
-                    invalidation_reason: None,
-                })
-                .execute(connection)
-                .map_err(|error| {
-                    if is_unique_violation(&error) {
-                        TxError::Storage(StorageError::DuplicateSession)
-                    } else {
-                        TxError::Diesel(error)
-                    }
-                })?;
-            Ok(())
-        })
+        store::record_session(self, session)
     }
 
     fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
-        let resumable_statuses = [
-            TaskStatus::Success.as_str(),
-            TaskStatus::Failure.as_str(),
-            TaskStatus::Cancelled.as_str(),
-            TaskStatus::AbortedNoSkill.as_str(),
-        ];
-        claude_sdk_sessions::table
-            .inner_join(task_history::table)
-            .filter(claude_sdk_sessions::repo.eq(&key.repo))
-            .filter(claude_sdk_sessions::issue_number.eq(i64::from(key.issue_number)))
-            .filter(claude_sdk_sessions::agent.eq(&key.agent))
-            .filter(claude_sdk_sessions::invalidated_at.is_null())
-            .filter(task_history::status.eq_any(resumable_statuses))
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .first(&mut self.pooled()?)
-            .optional()
-            .map_err(map_error)?
-            .map(SessionRow::into_record)
-            .transpose()
+        store::resumable_session(self, key)
     }
 
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(&mut self.pooled()?)
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        store::list_sessions(self)
     }
 
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        load_task(&mut *self.pooled()?, *id.as_uuid()).map_err(TxError::into_storage::<Pg>)
+        store::get_task(self, id)
     }
 
     fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
-        self.task_rows(filter)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect()
+        store::list_tasks(self, filter)
     }
 
     fn list_task_rows(
         &self,
         filter: &TaskFilter,
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
-        Ok(self
-            .task_rows(filter)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect())
-    }
-}
-
-impl PostgresStorage {
-    /// The `task_history` rows matching `filter`, newest first, undecoded.
-    fn task_rows(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, StorageError> {
-        let mut query = task_history::table
-            .select(TaskRow::as_select())
-            .order((task_history::started_at.desc(), task_history::id.desc()))
-            .into_boxed();
-        if let Some(status) = filter.status {
-            query = query.filter(task_history::status.eq(status.as_str()));
-        }
-        if let Some(repo) = &filter.repo {
-            query = query.filter(task_history::repo.eq(repo.clone()));
-        }
-        if let Some(limit) = filter.limit {
-            query = query.limit(i64::from(limit));
-        }
-        query.load(&mut self.pooled()?).map_err(map_error)
+        store::list_task_rows(self, filter)
     }
 }

@@ -11,9 +11,8 @@ use tasktrail_core::backend::{
     OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
-    Liveness, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter,
-    TaskId, TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
-    WorkerState,
+    Liveness, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
+    TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 
 use super::rows::{NewReportRow, ReportRow, TaskRow, WorkerRow};
