@@ -10,6 +10,7 @@ mod schema;
 mod statements;
 mod stats;
 mod store;
+mod sweep;
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};

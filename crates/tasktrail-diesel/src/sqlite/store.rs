@@ -1,25 +1,22 @@
 //! `impl Storage for SqliteStorage`.
 
-use std::collections::HashMap;
-
-use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{
-    recovery_reason, FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, OwnerFacts,
-    OwnerLock, RecoveryRequest, ReportClaim, SweepMode,
+    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
+    SweepMode,
 };
 use tasktrail_core::{
-    Liveness, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
-    TaskRecord, TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
+    TaskRecord, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 
-use super::rows::{NewReportRow, ReportRow, TaskRow, WorkerRow};
-use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
+use super::rows::WorkerRow;
+use super::schema::{recovery_reports, workers};
 use super::statements::InsertRunningIfWorkerAlive;
 use super::{map_error, SqliteStorage};
-use crate::codec::{decode_worker_id, encode_timestamp};
+use crate::codec::encode_timestamp;
 use crate::store::{self, require_alive, SqlDialect, WorkerRead};
 use crate::tx::{unique_violation_or, TxError};
 
@@ -148,164 +145,10 @@ impl Storage for SqliteStorage {
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let now = encode_timestamp(request.now);
-        let recovering = request.recovering_worker.to_string();
-        // Owners declared dead with their lock seen free: their lock files
-        // are removed once the sweep committed.
-        let mut freed_owners: Vec<WorkerId> = Vec::new();
-        let sweep = |connection: &mut SqliteConnection| -> Result<Vec<RecoveredTask>, TxError> {
-            // The owners of running rows, from the partial index on
-            // `worker_id WHERE status = 'running'` alone: the sweep never
-            // reads the history, and reads each orphan once, below.
-            let owner_columns: Vec<Option<String>> = task_history::table
-                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                .filter(
-                    task_history::worker_id
-                        .ne(&recovering)
-                        .or(task_history::worker_id.is_null()),
-                )
-                .select(task_history::worker_id)
-                .distinct()
-                .load(connection)?;
-            if owner_columns.is_empty() {
-                return Ok(Vec::new());
-            }
-            // Each owner as the domain knows it and as the rows spell it.
-            let mut owner_ids: Vec<(Option<WorkerId>, Option<String>)> = owner_columns
-                .iter()
-                .map(|column| {
-                    let id = column
-                        .as_deref()
-                        .map(|text| decode_worker_id("worker_id", text))
-                        .transpose()?;
-                    Ok((id, column.clone()))
-                })
-                .collect::<Result<_, StorageError>>()?;
-            owner_ids.sort();
-            let known_owners: Vec<&String> = owner_columns.iter().flatten().collect();
-            // What the judge needs about each: heartbeats are written with
-            // the callers' clock, so the sweep's `now` is this store's time;
-            // the lock of each `alive` owner that registered with one.
-            let owners = self.owner_facts(connection, &known_owners, request.now)?;
-            let mut recovered = Vec::new();
-            for (owner, owner_text) in owner_ids {
-                let facts = owner.and_then(|id| owners.get(&id));
-                let verdict = judge.judge(facts);
-                let Liveness::Dead(cause) = verdict else {
-                    continue;
-                };
-                if let Some(facts) = facts {
-                    if matches!(facts.lock, OwnerLock::Free { .. }) {
-                        freed_owners.push(facts.record.id);
-                    }
-                }
-                let reason = recovery_reason(owner, &cause);
-                // The owner's running rows, as a subquery: statements stay the
-                // same size however many orphans there are. `IS` matches NULL
-                // too: rows written before the fix name no worker.
-                let owned_running = || {
-                    task_history::table
-                        .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                        .filter(task_history::worker_id.is(owner_text.clone()))
-                };
-                let valid_sessions = claude_sdk_sessions::table
-                    .filter(claude_sdk_sessions::invalidated_at.is_null())
-                    .filter(
-                        claude_sdk_sessions::task_id
-                            .eq_any(owned_running().select(task_history::id)),
-                    );
-                // Sessions first: one statement invalidates them and says
-                // which tasks they belonged to (a dry run only counts).
-                let mut sessions: HashMap<String, u32> = HashMap::new();
-                match request.mode {
-                    SweepMode::Apply => {
-                        let invalidated: Vec<String> = diesel::update(valid_sessions)
-                            .set((
-                                claude_sdk_sessions::invalidated_at.eq(&now),
-                                claude_sdk_sessions::invalidation_reason.eq(&reason),
-                            ))
-                            .returning(claude_sdk_sessions::task_id)
-                            .get_results(connection)?;
-                        for task in invalidated {
-                            *sessions.entry(task).or_default() += 1;
-                        }
-                    }
-                    SweepMode::DryRun => {
-                        let counts: Vec<(String, i64)> = valid_sessions
-                            .group_by(claude_sdk_sessions::task_id)
-                            .select((claude_sdk_sessions::task_id, diesel::dsl::count_star()))
-                            .load(connection)?;
-                        for (task, count) in counts {
-                            sessions.insert(task, u32::try_from(count).unwrap_or(u32::MAX));
-                        }
-                    }
-                }
-                // Then the orphans, read once and turned into records as they
-                // stream in (cheaper on SQLite than `UPDATE … RETURNING`
-                // every column; see docs/performance.md), as the sweep
-                // leaves them (a dry run: would leave them).
-                let orphans = owned_running()
-                    .select(TaskRow::as_select())
-                    .load_iter::<TaskRow, DefaultLoadingMode>(connection)?;
-                for row in orphans {
-                    let row = row?;
-                    let sessions_invalidated = sessions.get(row.id()).copied().unwrap_or(0);
-                    let mut task = row.into_record()?;
-                    task.status = TaskStatus::Interrupted;
-                    task.interrupted_at = Some(request.now);
-                    task.interrupt_reason = Some(reason.clone());
-                    task.interrupted_by = Some(request.recovering_worker);
-                    recovered.push(RecoveredTask {
-                        task,
-                        dead_worker: owner,
-                        cause: cause.clone(),
-                        recovered_by: request.recovering_worker,
-                        recovered_at: request.now,
-                        sessions_invalidated,
-                        previous_reporter: None,
-                    });
-                }
-                // Last, the transition and the owner's verdict.
-                if request.mode == SweepMode::Apply {
-                    diesel::update(owned_running())
-                        .set((
-                            task_history::status.eq(TaskStatus::Interrupted.as_str()),
-                            task_history::interrupted_at.eq(&now),
-                            task_history::interrupt_reason.eq(&reason),
-                            task_history::interrupted_by.eq(&recovering),
-                        ))
-                        .execute(connection)?;
-                    if let Some(owner) = &owner_text {
-                        diesel::update(
-                            workers::table
-                                .find(owner)
-                                .filter(workers::state.eq(WorkerState::Alive.as_str())),
-                        )
-                        .set((
-                            workers::state.eq(WorkerState::Dead.as_str()),
-                            workers::stopped_at.eq(&now),
-                        ))
-                        .execute(connection)?;
-                    }
-                }
-            }
-            // The reports the recovered rows owe, in the same transaction.
-            if request.mode == SweepMode::Apply {
-                let reports: Vec<NewReportRow> = recovered.iter().map(NewReportRow::owed).collect();
-                for chunk in reports.chunks(500) {
-                    diesel::insert_into(recovery_reports::table)
-                        .values(chunk)
-                        .execute(connection)?;
-                }
-            }
-            recovered.sort_by(|a, b| {
-                (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id))
-            });
-            Ok(recovered)
-        };
+        let sweep = |connection: &mut SqliteConnection| self.sweep(connection, request, judge);
         // A dry run only reads: a plain (deferred) transaction, so it also
         // works on a read-only database (`recover --dry-run`).
-        let recovered = match request.mode {
+        let outcome = match request.mode {
             SweepMode::Apply => immediate(&mut self.connection(), sweep)?,
             SweepMode::DryRun => self
                 .connection()
@@ -313,11 +156,13 @@ impl Storage for SqliteStorage {
                 .map_err(TxError::into_storage::<Sqlite>)?,
         };
         if request.mode == SweepMode::Apply {
-            for owner in freed_owners {
+            // Owners declared dead with their lock seen free: their lock
+            // files go once the sweep committed.
+            for owner in outcome.freed_owners {
                 self.remove_dead_workers_lock_file(owner);
             }
         }
-        Ok(recovered)
+        Ok(outcome.recovered)
     }
 
     fn claim_unreported_recoveries(
@@ -325,74 +170,8 @@ impl Storage for SqliteStorage {
         claim: &ReportClaim,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let claimant = claim.claimant.to_string();
-        // One IMMEDIATE transaction: claims (and sweeps) run one at a time,
-        // so a report is taken by exactly one.
         immediate(&mut self.connection(), |connection| {
-            let owed_by: Vec<String> = recovery_reports::table
-                .filter(recovery_reports::reported_at.is_null())
-                .select(recovery_reports::owed_by)
-                .distinct()
-                .load(connection)?;
-            let others: Vec<&String> = owed_by.iter().filter(|id| **id != claimant).collect();
-            let facts = self.owner_facts(connection, &others, claim.now)?;
-            // Owners whose reports move: the claimant itself (it could not
-            // deliver them), owners the judge finds dead, and ids naming no
-            // worker (an operator's one-shot sweep) for reports owed since
-            // before the cut-off.
-            let mut dead: Vec<&String> = Vec::new();
-            let mut unregistered: Vec<&String> = Vec::new();
-            for owner in &owed_by {
-                if *owner == claimant {
-                    dead.push(owner);
-                    continue;
-                }
-                let facts = decode_worker_id("owed_by", owner)
-                    .ok()
-                    .and_then(|id| facts.get(&id));
-                if matches!(judge.judge(facts), Liveness::Dead(_)) {
-                    if facts.is_some() {
-                        dead.push(owner);
-                    } else {
-                        unregistered.push(owner);
-                    }
-                }
-            }
-            let cut_off = encode_timestamp(claim.unregistered_owed_before);
-            let mut claimed = Vec::new();
-            for (owners, only_before) in dead.chunks(500).map(|chunk| (chunk, None)).chain(
-                unregistered
-                    .chunks(500)
-                    .map(|chunk| (chunk, Some(&cut_off))),
-            ) {
-                let mut select = recovery_reports::table
-                    .inner_join(task_history::table)
-                    .filter(recovery_reports::reported_at.is_null())
-                    .filter(recovery_reports::owed_by.eq_any(owners))
-                    .select((ReportRow::as_select(), TaskRow::as_select()))
-                    .into_boxed();
-                let mut update = diesel::update(recovery_reports::table)
-                    .filter(recovery_reports::reported_at.is_null())
-                    .filter(recovery_reports::owed_by.eq_any(owners))
-                    .into_boxed();
-                if let Some(cut_off) = only_before {
-                    select = select.filter(recovery_reports::owed_since.lt(cut_off));
-                    update = update.filter(recovery_reports::owed_since.lt(cut_off));
-                }
-                for (report, task) in select.load::<(ReportRow, TaskRow)>(connection)? {
-                    claimed.push(report.into_recovered(task.into_record()?)?);
-                }
-                update
-                    .set((
-                        recovery_reports::owed_by.eq(&claimant),
-                        recovery_reports::owed_since.eq(encode_timestamp(claim.now)),
-                    ))
-                    .execute(connection)?;
-            }
-            claimed.sort_by(|a, b| {
-                (a.task.started_at, a.task.id).cmp(&(b.task.started_at, b.task.id))
-            });
-            Ok(claimed)
+            self.claim(connection, claim, judge)
         })
     }
 
@@ -445,38 +224,5 @@ impl Storage for SqliteStorage {
         filter: &TaskFilter,
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
         store::list_task_rows(self, filter)
-    }
-}
-
-impl SqliteStorage {
-    /// What a judge learns about each of `owners` (as the rows spell them)
-    /// at `now`: its `workers` row, and the lock of an `alive` owner that
-    /// registered with one. Heartbeats are written with the callers' clock,
-    /// so `now` (the sweep's) is this store's time. An owner with no row is
-    /// absent.
-    fn owner_facts(
-        &self,
-        connection: &mut SqliteConnection,
-        owners: &[&String],
-        now: Timestamp,
-    ) -> Result<HashMap<WorkerId, OwnerFacts>, TxError> {
-        let mut facts: HashMap<WorkerId, OwnerFacts> = HashMap::new();
-        for chunk in owners.chunks(500) {
-            let rows: Vec<WorkerRow> = workers::table
-                .filter(workers::id.eq_any(chunk))
-                .select(WorkerRow::as_select())
-                .load(connection)?;
-            for row in rows {
-                let holds_flock = row.holds_flock();
-                let record = row.into_record()?;
-                let lock = if holds_flock && record.state == WorkerState::Alive {
-                    self.check_worker_lock(record.id)
-                } else {
-                    OwnerLock::NotCheckable
-                };
-                facts.insert(record.id, OwnerFacts::observed_at(record, now, lock));
-            }
-        }
-        Ok(facts)
     }
 }
