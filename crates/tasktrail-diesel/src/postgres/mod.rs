@@ -20,6 +20,7 @@ mod scratch;
 mod statements;
 mod stats;
 mod store;
+mod sweep;
 mod url;
 
 pub use options::PostgresOptions;
