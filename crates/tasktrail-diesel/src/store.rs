@@ -292,3 +292,62 @@ pub(crate) fn list_task_rows<S: SqlDialect>(
 ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
     S::task_rows(&mut *store.hold()?, filter)
 }
+
+/// The `Storage` methods whose whole flow is shared, for a backend's
+/// `impl Storage` to expand once (each calls the function of this module
+/// with its name).
+macro_rules! shared_storage_methods {
+    () => {
+        fn finish_running(
+            &self,
+            row: &tasktrail_core::backend::FinishRow,
+        ) -> Result<tasktrail_core::backend::FinishWrite, tasktrail_core::StorageError> {
+            $crate::store::finish_running(self, row)
+        }
+
+        fn record_session(
+            &self,
+            session: &tasktrail_core::backend::NewSession,
+        ) -> Result<(), tasktrail_core::StorageError> {
+            $crate::store::record_session(self, session)
+        }
+
+        fn resumable_session(
+            &self,
+            key: &tasktrail_core::SessionKey,
+        ) -> Result<Option<tasktrail_core::SessionRecord>, tasktrail_core::StorageError> {
+            $crate::store::resumable_session(self, key)
+        }
+
+        fn list_sessions(
+            &self,
+        ) -> Result<Vec<tasktrail_core::SessionRecord>, tasktrail_core::StorageError> {
+            $crate::store::list_sessions(self)
+        }
+
+        fn get_task(
+            &self,
+            id: tasktrail_core::TaskId,
+        ) -> Result<Option<tasktrail_core::TaskRecord>, tasktrail_core::StorageError> {
+            $crate::store::get_task(self, id)
+        }
+
+        fn list_tasks(
+            &self,
+            filter: &tasktrail_core::TaskFilter,
+        ) -> Result<Vec<tasktrail_core::TaskRecord>, tasktrail_core::StorageError> {
+            $crate::store::list_tasks(self, filter)
+        }
+
+        fn list_task_rows(
+            &self,
+            filter: &tasktrail_core::TaskFilter,
+        ) -> Result<
+            Vec<Result<tasktrail_core::TaskRecord, tasktrail_core::StorageError>>,
+            tasktrail_core::StorageError,
+        > {
+            $crate::store::list_task_rows(self, filter)
+        }
+    };
+}
+pub(crate) use shared_storage_methods;

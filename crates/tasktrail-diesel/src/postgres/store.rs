@@ -3,13 +3,10 @@
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::Uuid as SqlUuid;
-use tasktrail_core::backend::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
-};
+use tasktrail_core::backend::{LivenessJudge, NewRunningRow, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
-    truncate_to_micros, RecoveredTask, SessionKey, SessionRecord, Storage, StorageError,
-    TaskFilter, TaskId, TaskRecord, Timestamp, WorkerId, WorkerRecord, WorkerRegistration,
-    WorkerState,
+    truncate_to_micros, RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 
 use uuid::Uuid;
@@ -216,10 +213,6 @@ impl Storage for PostgresStorage {
         store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
     }
 
-    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        store::finish_running(self, row)
-    }
-
     /// One transaction; see [`PostgresStorage`] for the locking that
     /// makes it exactly-once across concurrent sweeps.
     fn recover_orphans(
@@ -265,32 +258,5 @@ impl Storage for PostgresStorage {
         .map_err(map_error)
     }
 
-    /// One transaction: the worker must be `alive` (`FOR SHARE`) and the task
-    /// `running` under it (`FOR SHARE`), then the INSERT.
-    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
-        store::record_session(self, session)
-    }
-
-    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
-        store::resumable_session(self, key)
-    }
-
-    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        store::list_sessions(self)
-    }
-
-    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        store::get_task(self, id)
-    }
-
-    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
-        store::list_tasks(self, filter)
-    }
-
-    fn list_task_rows(
-        &self,
-        filter: &TaskFilter,
-    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
-        store::list_task_rows(self, filter)
-    }
+    crate::store::shared_storage_methods!();
 }

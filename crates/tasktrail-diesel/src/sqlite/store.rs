@@ -4,12 +4,11 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{
-    FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NewSession, RecoveryRequest, ReportClaim,
-    SweepMode,
+    LivenessJudge, NewRunningRow, RecoveryRequest, ReportClaim, SweepMode,
 };
 use tasktrail_core::{
-    RecoveredTask, SessionKey, SessionRecord, Storage, StorageError, TaskFilter, TaskId,
-    TaskRecord, Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRecord,
+    WorkerRegistration, WorkerState,
 };
 
 use super::rows::WorkerRow;
@@ -136,10 +135,6 @@ impl Storage for SqliteStorage {
         store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
     }
 
-    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        store::finish_running(self, row)
-    }
-
     fn recover_orphans(
         &self,
         request: &RecoveryRequest,
@@ -199,30 +194,5 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
-        store::record_session(self, session)
-    }
-
-    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
-        store::resumable_session(self, key)
-    }
-
-    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        store::list_sessions(self)
-    }
-
-    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        store::get_task(self, id)
-    }
-
-    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
-        store::list_tasks(self, filter)
-    }
-
-    fn list_task_rows(
-        &self,
-        filter: &TaskFilter,
-    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
-        store::list_task_rows(self, filter)
-    }
+    crate::store::shared_storage_methods!();
 }
