@@ -27,6 +27,52 @@ pub(crate) struct SchemaSnapshot {
     pub(crate) applied: Vec<String>,
 }
 
+/// A table's name, as a catalog query returns it (`AS name`).
+#[derive(diesel::QueryableByName)]
+pub(crate) struct TableName {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub(crate) name: String,
+}
+
+/// A recorded migration version (`AS version`).
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Version {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub(crate) version: String,
+}
+
+/// Reads a [`SchemaSnapshot`] in the caller's transaction: `tables_sql`
+/// lists the tables (`AS name`, the dialect's catalog), then the versions
+/// of [`MIGRATION_TABLE`] are read with `versions_sql` (`AS version`) if it
+/// is one of them.
+pub(crate) fn read_snapshot<C>(
+    connection: &mut C,
+    tables_sql: &str,
+    versions_sql: &str,
+) -> diesel::QueryResult<SchemaSnapshot>
+where
+    C: diesel::Connection,
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, TableName>
+        + diesel::query_dsl::LoadQuery<'a, C, Version>,
+{
+    use diesel::RunQueryDsl;
+    let tables: Vec<String> = diesel::sql_query(tables_sql)
+        .load::<TableName>(connection)?
+        .into_iter()
+        .map(|table| table.name)
+        .collect();
+    let applied = if tables.iter().any(|table| table == MIGRATION_TABLE) {
+        diesel::sql_query(versions_sql)
+            .load::<Version>(connection)?
+            .into_iter()
+            .map(|row| row.version)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(SchemaSnapshot { tables, applied })
+}
+
 /// The migration versions of `source` (this binary's embedded migrations).
 pub(crate) fn known_versions<DB: Backend>(
     source: &impl MigrationSource<DB>,

@@ -4,15 +4,15 @@
 
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::BigInt;
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
 use super::advisory::MIGRATION_LOCK_KEY;
 use super::{map_error, PostgresStorage, POSTGRES_MIGRATIONS};
 use crate::compat::{
-    applied_versions, known_versions, pending_versions, refuse_if_pending, SchemaSnapshot,
-    MIGRATION_TABLE,
+    applied_versions, known_versions, pending_versions, read_snapshot, refuse_if_pending,
+    SchemaSnapshot,
 };
 use crate::tx::TxError;
 
@@ -78,18 +78,6 @@ impl PostgresStorage {
     }
 }
 
-#[derive(QueryableByName)]
-struct TableName {
-    #[diesel(sql_type = Text)]
-    name: String,
-}
-
-#[derive(QueryableByName)]
-struct Version {
-    #[diesel(sql_type = Text)]
-    version: String,
-}
-
 /// Refuses a database that is not ours or is newer than this binary: the
 /// one compatibility check ([`crate::compat::ensure_ours`]), applied to the
 /// tables of the schema the connection works in (`current_schema()`).
@@ -109,23 +97,11 @@ pub(super) fn ensure_ours(connection: &mut PgConnection) -> Result<(), StorageEr
 /// The relations of the current schema and the migration versions
 /// recorded, in the caller's transaction.
 fn read_schema_snapshot(connection: &mut PgConnection) -> QueryResult<SchemaSnapshot> {
-    let tables: Vec<String> = diesel::sql_query(
+    read_snapshot(
+        connection,
         "SELECT c.relname::text AS name FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        "SELECT version::text AS version FROM __diesel_schema_migrations",
     )
-    .load::<TableName>(connection)?
-    .into_iter()
-    .map(|table| table.name)
-    .collect();
-    let applied = if tables.iter().any(|table| table == MIGRATION_TABLE) {
-        diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
-            .load::<Version>(connection)?
-            .into_iter()
-            .map(|row| row.version)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(SchemaSnapshot { tables, applied })
 }

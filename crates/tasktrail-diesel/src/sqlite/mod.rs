@@ -22,15 +22,14 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::backend::{LockWatch, OwnerLock};
 use tasktrail_core::{StorageError, WorkerId};
 
 use crate::compat::{
-    applied_versions, known_versions, pending_versions, refuse_if_pending, SchemaSnapshot,
-    MIGRATION_TABLE,
+    applied_versions, known_versions, pending_versions, read_snapshot, refuse_if_pending,
+    TableName, Version,
 };
 use crate::statement_log::StatementLog;
 use crate::tx::TxError;
@@ -517,18 +516,6 @@ fn create_owner_only(path: &Path) -> Result<(), StorageError> {
         })
 }
 
-#[derive(QueryableByName)]
-struct TableName {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    name: String,
-}
-
-#[derive(QueryableByName)]
-struct Version {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    version: String,
-}
-
 /// The path as the UTF-8 text SQLite opens.
 pub(crate) fn utf8_path(path: &Path) -> Result<&str, StorageError> {
     path.to_str().ok_or_else(|| StorageError::Incompatible {
@@ -568,23 +555,11 @@ fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
     // would look like a broken database.
     let snapshot = connection
         .transaction(|connection| {
-            let tables: Vec<String> = diesel::sql_query(
+            read_snapshot(
+                connection,
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                "SELECT version FROM __diesel_schema_migrations",
             )
-            .load::<TableName>(connection)?
-            .into_iter()
-            .map(|table| table.name)
-            .collect();
-            let applied = if tables.iter().any(|table| table == MIGRATION_TABLE) {
-                diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-                    .load::<Version>(connection)?
-                    .into_iter()
-                    .map(|row| row.version)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            Ok::<_, DieselError>(SchemaSnapshot { tables, applied })
         })
         .map_err(map_error)?;
     crate::compat::ensure_ours(&snapshot, &known_versions::<Sqlite>(&SQLITE_MIGRATIONS)?)
