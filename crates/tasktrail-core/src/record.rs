@@ -595,6 +595,123 @@ mod tests {
         }
     }
 
+    fn running_orphan(owner: Option<WorkerId>) -> TaskRecord {
+        let mut task = recovered(owner, DeathCause::UnknownWorker).task;
+        task.status = TaskStatus::Running;
+        task
+    }
+
+    #[test]
+    fn only_a_dead_verdict_plans_a_recovery_and_the_plan_builds_the_interrupted_row() {
+        let owner = Some(WorkerId::new_random());
+        let sweeper = WorkerId::new_random();
+        let at = running_orphan(owner).started_at + Duration::seconds(90);
+        for alive in [
+            Liveness::Alive,
+            Liveness::Stalled {
+                silence: Duration::seconds(60),
+            },
+        ] {
+            assert_eq!(OwnerRecovery::for_verdict(owner, &alive, sweeper, at), None);
+        }
+        let cause = DeathCause::UnknownWorker;
+        let plan = OwnerRecovery::for_verdict(owner, &Liveness::Dead(cause.clone()), sweeper, at)
+            .expect("a dead owner's rows are recovered");
+        assert_eq!(plan.reason, recovery_reason(owner, &cause));
+        assert_eq!(plan.owner_to_mark_dead(), owner);
+        let orphan = running_orphan(owner);
+        let report = plan.recovered(orphan.clone(), 3);
+        assert_eq!(report.task.status, TaskStatus::Interrupted);
+        assert_eq!(report.task.interrupted_at, Some(at));
+        assert_eq!(
+            report.task.interrupt_reason.as_deref(),
+            Some(plan.reason.as_str())
+        );
+        assert_eq!(report.task.interrupted_by, Some(sweeper));
+        // Everything else of the row is as it was read.
+        assert_eq!(report.task.started_at, orphan.started_at);
+        assert_eq!(report.task.finished_at, None);
+        assert_eq!(report.task.worker_id, owner);
+        assert_eq!(report.dead_worker, owner);
+        assert_eq!(report.cause, cause);
+        assert_eq!(report.recovered_by, sweeper);
+        assert_eq!(report.recovered_at, at);
+        assert_eq!(report.sessions_invalidated, 3);
+        assert_eq!(report.previous_reporter, None);
+        // Rows that name no worker mark no worker dead.
+        let plan =
+            OwnerRecovery::for_verdict(None, &Liveness::Dead(cause), sweeper, at).expect("plan");
+        assert_eq!(plan.owner_to_mark_dead(), None);
+    }
+
+    #[test]
+    fn a_claim_takes_its_own_reports_a_dead_workers_and_an_unregistered_ids_old_ones() {
+        let claimant = WorkerId::new_random();
+        let other = WorkerId::new_random();
+        let now = running_orphan(None).started_at;
+        let claim = ReportClaim {
+            claimant,
+            now,
+            unregistered_owed_before: now - Duration::seconds(15),
+        };
+        let dead = || Liveness::Dead(DeathCause::UnknownWorker);
+        // The claimant's own: all of them, without asking the judge.
+        assert_eq!(
+            claim.reports_of(claimant, true, || panic!("the claimant is not judged")),
+            ClaimedReports::All
+        );
+        assert_eq!(claim.reports_of(other, true, dead), ClaimedReports::All);
+        assert_eq!(
+            claim.reports_of(other, false, dead),
+            ClaimedReports::OwedBefore(claim.unregistered_owed_before)
+        );
+        assert_eq!(
+            claim.reports_of(other, true, || Liveness::Alive),
+            ClaimedReports::None
+        );
+        assert_eq!(
+            claim.reports_of(other, false, || Liveness::Alive),
+            ClaimedReports::None
+        );
+    }
+
+    #[test]
+    fn a_report_made_again_names_its_previous_reporter_and_the_rows_sweep() {
+        let previous = WorkerId::new_random();
+        let sweeper = WorkerId::new_random();
+        let mut task = running_orphan(Some(WorkerId::new_random()));
+        task.status = TaskStatus::Interrupted;
+        task.interrupted_by = Some(sweeper);
+        task.interrupted_at = Some(task.started_at + Duration::seconds(5));
+        let again =
+            RecoveredTask::reported_again(task.clone(), DeathCause::UnknownWorker, 2, previous);
+        assert_eq!(again.previous_reporter, Some(previous));
+        assert_eq!(again.recovered_by, sweeper);
+        assert_eq!(again.recovered_at, task.started_at + Duration::seconds(5));
+        assert_eq!(again.dead_worker, task.worker_id);
+        assert_eq!(again.sessions_invalidated, 2);
+        // A row edited by hand falls back to the reporter and the start.
+        task.interrupted_by = None;
+        task.interrupted_at = None;
+        let again =
+            RecoveredTask::reported_again(task.clone(), DeathCause::UnknownWorker, 0, previous);
+        assert_eq!(again.recovered_by, previous);
+        assert_eq!(again.recovered_at, task.started_at);
+    }
+
+    #[test]
+    fn recovered_tasks_sort_by_start_then_id() {
+        let mut later = recovered(None, DeathCause::UnknownWorker);
+        later.task.started_at += Duration::seconds(1);
+        let mut first = recovered(None, DeathCause::UnknownWorker);
+        first.task.id = "0196c0de-0000-7000-a000-000000000000".parse().expect("id");
+        let second = recovered(None, DeathCause::UnknownWorker);
+        let mut all = vec![later.clone(), second.clone(), first.clone()];
+        sort_recovered(&mut all);
+        assert_eq!(all, vec![first, second, later]);
+        assert_eq!(interrupted_session_reason("stop"), "task interrupted: stop");
+    }
+
     #[test]
     fn the_recovery_line_says_everything_an_operator_needs_in_one_line() {
         let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");

@@ -16,16 +16,7 @@ use super::schema::{recovery_reports, workers};
 use super::statements::InsertRunningIfWorkerAlive;
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::store::{self, SqlDialect, WorkerRead};
-use crate::tx::{unique_violation_or, TxError};
-
-fn transaction<T>(
-    connection: &mut PgConnection,
-    body: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
-) -> Result<T, StorageError> {
-    connection
-        .transaction(body)
-        .map_err(TxError::into_storage::<Pg>)
-}
+use crate::tx::unique_violation_or;
 
 const ALIVE: &str = WorkerState::Alive.as_str();
 
@@ -154,7 +145,7 @@ impl Storage for PostgresStorage {
     /// Marks the worker `stopped`, then releases its advisory lock.
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
         let at = truncate_to_micros(at);
-        transaction(&mut *self.pooled()?, |connection| {
+        Self::write_transaction(&mut *self.pooled()?, |connection| {
             if Self::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
                 return Err(StorageError::UnknownWorker { id: worker }.into());
             }
@@ -223,7 +214,7 @@ impl Storage for PostgresStorage {
         // How long this store has watched locks: its liveness session's age
         // (the pooled connection the sweep runs on may be brand new).
         let watched_by_this_store = self.watched_for();
-        transaction(&mut *self.pooled()?, |connection| {
+        Self::write_transaction(&mut *self.pooled()?, |connection| {
             Self::sweep(connection, request, judge, watched_by_this_store)
         })
     }
@@ -234,7 +225,7 @@ impl Storage for PostgresStorage {
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         let watched_by_this_store = self.watched_for();
-        transaction(&mut *self.pooled()?, |connection| {
+        Self::write_transaction(&mut *self.pooled()?, |connection| {
             Self::claim(connection, claim, judge, watched_by_this_store)
         })
     }
