@@ -4,7 +4,6 @@
 
 mod adopt;
 mod advisory;
-mod dialect;
 mod errors;
 mod liveness;
 mod migrations;

@@ -1,7 +1,6 @@
 //! The SQLite backend: the embedded default.
 
 mod adopt;
-mod dialect;
 mod errors;
 mod prune;
 mod raw;

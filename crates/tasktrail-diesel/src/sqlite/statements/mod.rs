@@ -1,6 +1,14 @@
 //! The SQLite statements behind the shared `Storage` flows
 //! (`crate::store`): ids and times as text, one writer at a time
 //! (`BEGIN IMMEDIATE`), no row locks.
+//!
+//! Every statement of this backend's shared `Storage` flows lives here
+//! (their text, types and locking clauses are what the dialect forces);
+//! the two on the hot path are kept prepared ([`prepared`]).
+
+mod prepared;
+
+pub(crate) use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 
 use std::sync::MutexGuard;
 
@@ -12,12 +20,11 @@ use tasktrail_core::{
     WorkerId,
 };
 
-use super::rows::{SessionRow, TaskRow};
-use super::schema::{claude_sdk_sessions, task_history, workers};
-use super::statements::FinishCompletedIfOwnedAndRunning;
-use super::store::immediate;
-use super::{map_error, SqliteStorage};
 use crate::codec::{encode_artifacts, encode_timestamp};
+use crate::sqlite::rows::{SessionRow, TaskRow};
+use crate::sqlite::schema::{claude_sdk_sessions, task_history, workers};
+use crate::sqlite::store::immediate;
+use crate::sqlite::{map_error, SqliteStorage};
 use crate::store::{SqlDialect, WorkerRead};
 use crate::tx::TxError;
 

@@ -1,6 +1,14 @@
 //! The Postgres statements behind the shared `Storage` flows
 //! (`crate::store`): native UUIDs and times (to the microsecond), pooled
 //! connections, row locks (`FOR SHARE`) where a sweep must wait.
+//!
+//! Every statement of this backend's shared `Storage` flows lives here
+//! (their text, types and locking clauses are what the dialect forces);
+//! the two on the hot path are kept prepared ([`prepared`]).
+
+mod prepared;
+
+pub(crate) use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
@@ -11,12 +19,11 @@ use tasktrail_core::{
 };
 use uuid::Uuid;
 
-use super::pool::PgPooled;
-use super::rows::{SessionRow, TaskRow};
-use super::schema::{claude_sdk_sessions, task_history, workers};
-use super::statements::FinishCompletedIfOwnedAndRunning;
-use super::{map_error, PostgresStorage};
 use crate::codec::artifacts_to_json;
+use crate::postgres::pool::PgPooled;
+use crate::postgres::rows::{SessionRow, TaskRow};
+use crate::postgres::schema::{claude_sdk_sessions, task_history, workers};
+use crate::postgres::{map_error, PostgresStorage};
 use crate::store::{SqlDialect, WorkerRead};
 use crate::tx::TxError;
 
