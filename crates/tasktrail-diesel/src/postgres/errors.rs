@@ -525,4 +525,54 @@ mod tests {
         );
         assert!(connection.is_transient(), "{connection:?}");
     }
+
+    /// The conditions a test can make a real server raise, raised for real:
+    /// the SQLSTATE each entry is keyed by arrives as the kind or the text
+    /// the table expects.
+    #[cfg(feature = "testing")]
+    #[test]
+    fn the_server_raises_the_conditions_the_table_expects() {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let Some(url) = crate::postgres::test_postgres_url() else {
+            return;
+        };
+        let mut connection = diesel::pg::PgConnection::establish(&url).expect("connect");
+        connection
+            .batch_execute(
+                "CREATE TEMP TABLE t (id int PRIMARY KEY, v text NOT NULL CHECK (v <> 'x'))",
+            )
+            .expect("a temporary table");
+        let mut raised = |sql: &str| {
+            let error = connection.batch_execute(sql).expect_err(sql);
+            let condition = match &error {
+                DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
+                _ => None,
+            };
+            (condition.map(|entry| entry.sqlstate), error)
+        };
+        let cases: &[(&str, &str)] = &[
+            ("SELECT * FROM no_such_table_here", "42P01 undefined_table"),
+            ("SELECT nope FROM t", "42703 undefined_column"),
+            ("INSERT INTO t VALUES (1, 'x')", "23514 check_violation"),
+            ("INSERT INTO t VALUES (1, NULL)", "23502 not_null_violation"),
+            (
+                "BEGIN READ ONLY; CREATE TABLE never_created (i int); COMMIT",
+                "25006 read_only_sql_transaction",
+            ),
+            (
+                "ROLLBACK; SET statement_timeout = 10; SELECT pg_sleep(5)",
+                "57014 query_canceled, 55P03 lock_not_available",
+            ),
+        ];
+        for (sql, sqlstate) in cases {
+            let (found, error) = raised(sql);
+            assert_eq!(found, Some(*sqlstate), "{sql}: {error}");
+        }
+        // 57P01: the server ends the session; libpq then reports the
+        // connection bad, which Diesel reads as `ClosedConnection`.
+        let (found, error) = raised("SELECT pg_terminate_backend(pg_backend_pid())");
+        assert!(found.is_some(), "{error}");
+        assert!(map_error(error).is_transient());
+    }
 }
