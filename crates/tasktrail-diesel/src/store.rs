@@ -16,7 +16,7 @@ use std::ops::DerefMut;
 
 use diesel::QueryResult;
 use tasktrail_core::backend::{
-    interrupted_session_reason, FinishRefusal, FinishRow, FinishWrite, NewSession,
+    interrupted_session_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession,
 };
 use tasktrail_core::{
     Outcome, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord,
@@ -63,6 +63,13 @@ pub(crate) trait SqlDialect {
         worker: WorkerId,
         read: WorkerRead,
     ) -> QueryResult<Option<String>>;
+
+    /// The start (the prepared statement): `INSERT … SELECT … FROM workers
+    /// WHERE id AND state = 'alive'`; how many rows it wrote.
+    fn insert_running_if_worker_alive(
+        connection: &mut Self::Connection,
+        row: &NewRunningRow,
+    ) -> QueryResult<usize>;
 
     /// The row of task `id`, decoded.
     fn load_task(
@@ -160,21 +167,20 @@ pub(crate) fn worker_refusal<S: SqlDialect>(
     }
 }
 
-/// The end of `insert_running`, whatever the dialect's INSERT: a duplicate
+/// `Storage::insert_running`: one statement, no transaction; a duplicate
 /// id is [`StorageError::DuplicateTask`]; an INSERT that matched no alive
 /// worker says why.
-pub(crate) fn insert_running_result<S: SqlDialect>(
-    connection: &mut S::Connection,
-    id: TaskId,
-    worker: WorkerId,
-    inserted: QueryResult<usize>,
+pub(crate) fn insert_running<S: SqlDialect>(
+    store: &S,
+    row: &NewRunningRow,
 ) -> Result<(), StorageError> {
-    match inserted {
+    let mut connection = store.hold()?;
+    match S::insert_running_if_worker_alive(&mut connection, row) {
         Ok(1) => Ok(()),
-        Ok(_) => Err(worker_refusal::<S>(connection, worker)),
+        Ok(_) => Err(worker_refusal::<S>(&mut connection, row.worker)),
         Err(error) => Err(unique_violation_or::<S::Backend>(
             error,
-            StorageError::DuplicateTask { id },
+            StorageError::DuplicateTask { id: row.id },
         )),
     }
 }
@@ -298,6 +304,13 @@ pub(crate) fn list_task_rows<S: SqlDialect>(
 /// with its name).
 macro_rules! shared_storage_methods {
     () => {
+        fn insert_running(
+            &self,
+            row: &tasktrail_core::backend::NewRunningRow,
+        ) -> Result<(), tasktrail_core::StorageError> {
+            $crate::store::insert_running(self, row)
+        }
+
         fn finish_running(
             &self,
             row: &tasktrail_core::backend::FinishRow,

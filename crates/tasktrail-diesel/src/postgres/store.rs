@@ -3,7 +3,7 @@
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::Uuid as SqlUuid;
-use tasktrail_core::backend::{LivenessJudge, NewRunningRow, RecoveryRequest, ReportClaim};
+use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId,
     WorkerRecord, WorkerRegistration, WorkerState,
@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use super::rows::{NewWorkerRow, WorkerRow};
 use super::schema::{recovery_reports, workers};
-use super::statements::InsertRunningIfWorkerAlive;
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::store::{self, SqlDialect, WorkerRead};
 use crate::tx::unique_violation_or;
@@ -185,25 +184,6 @@ impl Storage for PostgresStorage {
     /// One prepared statement, one round trip: the INSERT reads the worker's
     /// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
     /// between) and writes nothing unless it is `alive`.
-    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        let mut connection = self.pooled()?;
-        let spec = &row.spec;
-        let inserted = InsertRunningIfWorkerAlive {
-            id: *row.id.as_uuid(),
-            repo: spec.repo(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user(),
-            agent: spec.agent(),
-            agent_type: spec.agent_type(),
-            model: spec.model(),
-            provider: spec.provider(),
-            started_at: truncate_to_micros(row.started_at),
-            worker: *row.worker.as_uuid(),
-        }
-        .execute(&mut *connection);
-        store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
-    }
-
     /// One transaction; see [`PostgresStorage`] for the locking that
     /// makes it exactly-once across concurrent sweeps.
     fn recover_orphans(

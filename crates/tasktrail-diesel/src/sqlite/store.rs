@@ -3,9 +3,7 @@
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use tasktrail_core::backend::{
-    LivenessJudge, NewRunningRow, RecoveryRequest, ReportClaim, SweepMode,
-};
+use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim, SweepMode};
 use tasktrail_core::{
     RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRecord,
     WorkerRegistration, WorkerState,
@@ -13,10 +11,9 @@ use tasktrail_core::{
 
 use super::rows::WorkerRow;
 use super::schema::{recovery_reports, workers};
-use super::statements::InsertRunningIfWorkerAlive;
 use super::{map_error, SqliteStorage};
 use crate::codec::encode_timestamp;
-use crate::store::{self, require_alive, SqlDialect, WorkerRead};
+use crate::store::{require_alive, SqlDialect, WorkerRead};
 use crate::tx::{unique_violation_or, TxError};
 
 pub(super) fn immediate<T>(
@@ -113,26 +110,6 @@ impl Storage for SqliteStorage {
             .into_iter()
             .map(WorkerRow::into_record)
             .collect()
-    }
-
-    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        let mut connection = self.connection();
-        let spec = &row.spec;
-        let worker = row.worker.to_string();
-        let inserted = InsertRunningIfWorkerAlive {
-            id: &row.id.to_string(),
-            repo: spec.repo(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user(),
-            agent: spec.agent(),
-            agent_type: spec.agent_type(),
-            model: spec.model(),
-            provider: spec.provider(),
-            started_at: &encode_timestamp(row.started_at),
-            worker: &worker,
-        }
-        .execute(&mut *connection);
-        store::insert_running_result::<Self>(&mut connection, row.id, row.worker, inserted)
     }
 
     fn recover_orphans(

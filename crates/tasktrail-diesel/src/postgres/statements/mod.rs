@@ -8,11 +8,11 @@
 
 mod prepared;
 
-pub(crate) use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
+use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use tasktrail_core::backend::{FinishRow, NewSession};
+use tasktrail_core::backend::{FinishRow, NewRunningRow, NewSession};
 use tasktrail_core::{
     truncate_to_micros, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId,
     TaskRecord, TaskStatus, WorkerId,
@@ -57,6 +57,26 @@ impl SqlDialect for PostgresStorage {
             WorkerRead::ForShare => query.for_share().first::<String>(connection).optional(),
             WorkerRead::Plain => query.first::<String>(connection).optional(),
         }
+    }
+
+    fn insert_running_if_worker_alive(
+        connection: &mut PgConnection,
+        row: &NewRunningRow,
+    ) -> QueryResult<usize> {
+        let spec = &row.spec;
+        InsertRunningIfWorkerAlive {
+            id: *row.id.as_uuid(),
+            repo: spec.repo(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user(),
+            agent: spec.agent(),
+            agent_type: spec.agent_type(),
+            model: spec.model(),
+            provider: spec.provider(),
+            started_at: truncate_to_micros(row.started_at),
+            worker: *row.worker.as_uuid(),
+        }
+        .execute(connection)
     }
 
     fn load_task(connection: &mut PgConnection, id: TaskId) -> Result<Option<TaskRecord>, TxError> {

@@ -8,13 +8,13 @@
 
 mod prepared;
 
-pub(crate) use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
+use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 
 use std::sync::MutexGuard;
 
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use tasktrail_core::backend::{FinishRow, NewSession};
+use tasktrail_core::backend::{FinishRow, NewRunningRow, NewSession};
 use tasktrail_core::{
     RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus,
     WorkerId,
@@ -56,6 +56,27 @@ impl SqlDialect for SqliteStorage {
             .select(workers::state)
             .first::<String>(connection)
             .optional()
+    }
+
+    fn insert_running_if_worker_alive(
+        connection: &mut SqliteConnection,
+        row: &NewRunningRow,
+    ) -> QueryResult<usize> {
+        let spec = &row.spec;
+        let worker = row.worker.to_string();
+        InsertRunningIfWorkerAlive {
+            id: &row.id.to_string(),
+            repo: spec.repo(),
+            issue_number: i64::from(spec.issue_number()),
+            user: spec.user(),
+            agent: spec.agent(),
+            agent_type: spec.agent_type(),
+            model: spec.model(),
+            provider: spec.provider(),
+            started_at: &encode_timestamp(row.started_at),
+            worker: &worker,
+        }
+        .execute(connection)
     }
 
     fn load_task(
