@@ -20,7 +20,7 @@ use tasktrail_core::backend::{
 };
 use tasktrail_core::{
     Outcome, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, WorkerId, WorkerState,
+    TaskStatus, WorkerId, WorkerRecord, WorkerState,
 };
 
 use crate::tx::{unique_violation_or, ErrorDialect, TxError};
@@ -70,6 +70,11 @@ pub(crate) trait SqlDialect {
         connection: &mut Self::Connection,
         row: &NewRunningRow,
     ) -> QueryResult<usize>;
+
+    /// Every `workers` row, oldest registration first.
+    fn workers_by_start(
+        connection: &mut Self::Connection,
+    ) -> Result<Vec<WorkerRecord>, StorageError>;
 
     /// The row of task `id`, decoded.
     fn load_task(
@@ -267,6 +272,11 @@ pub(crate) fn resumable_session<S: SqlDialect>(
     S::newest_valid_session(&mut *store.hold()?, key, &statuses)
 }
 
+/// `Storage::list_workers`.
+pub(crate) fn list_workers<S: SqlDialect>(store: &S) -> Result<Vec<WorkerRecord>, StorageError> {
+    S::workers_by_start(&mut *store.hold()?)
+}
+
 /// `Storage::list_sessions`.
 pub(crate) fn list_sessions<S: SqlDialect>(store: &S) -> Result<Vec<SessionRecord>, StorageError> {
     S::sessions_newest_first(&mut *store.hold()?)
@@ -304,6 +314,12 @@ pub(crate) fn list_task_rows<S: SqlDialect>(
 /// with its name).
 macro_rules! shared_storage_methods {
     () => {
+        fn list_workers(
+            &self,
+        ) -> Result<Vec<tasktrail_core::WorkerRecord>, tasktrail_core::StorageError> {
+            $crate::store::list_workers(self)
+        }
+
         fn insert_running(
             &self,
             row: &tasktrail_core::backend::NewRunningRow,

@@ -6,12 +6,12 @@ use diesel::sql_types::Uuid as SqlUuid;
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId,
-    WorkerRecord, WorkerRegistration, WorkerState,
+    WorkerRegistration, WorkerState,
 };
 
 use uuid::Uuid;
 
-use super::rows::{NewWorkerRow, WorkerRow};
+use super::rows::NewWorkerRow;
 use super::schema::{recovery_reports, workers};
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::store::{self, SqlDialect, WorkerRead};
@@ -170,20 +170,6 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
-    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
-        workers::table
-            .order((workers::started_at, workers::id))
-            .select(WorkerRow::as_select())
-            .load(&mut self.pooled()?)
-            .map_err(map_error)?
-            .into_iter()
-            .map(WorkerRow::into_record)
-            .collect()
-    }
-
-    /// One prepared statement, one round trip: the INSERT reads the worker's
-    /// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
-    /// between) and writes nothing unless it is `alive`.
     /// One transaction; see [`PostgresStorage`] for the locking that
     /// makes it exactly-once across concurrent sweeps.
     fn recover_orphans(

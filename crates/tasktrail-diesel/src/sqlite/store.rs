@@ -5,13 +5,13 @@ use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim, SweepMode};
 use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRegistration,
+    WorkerState,
 };
 
 use super::rows::WorkerRow;
 use super::schema::{recovery_reports, workers};
-use super::{map_error, SqliteStorage};
+use super::SqliteStorage;
 use crate::codec::encode_timestamp;
 use crate::store::{require_alive, SqlDialect, WorkerRead};
 use crate::tx::{unique_violation_or, TxError};
@@ -99,17 +99,6 @@ impl Storage for SqliteStorage {
         })?;
         self.drop_worker_lock(worker);
         Ok(())
-    }
-
-    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
-        workers::table
-            .order((workers::started_at, workers::id))
-            .select(WorkerRow::as_select())
-            .load(&mut *self.connection())
-            .map_err(map_error)?
-            .into_iter()
-            .map(WorkerRow::into_record)
-            .collect()
     }
 
     fn recover_orphans(

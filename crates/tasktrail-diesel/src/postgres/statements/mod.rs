@@ -15,13 +15,13 @@ use diesel::prelude::*;
 use tasktrail_core::backend::{FinishRow, NewRunningRow, NewSession};
 use tasktrail_core::{
     truncate_to_micros, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId,
-    TaskRecord, TaskStatus, WorkerId,
+    TaskRecord, TaskStatus, WorkerId, WorkerRecord,
 };
 use uuid::Uuid;
 
 use crate::codec::artifacts_to_json;
 use crate::postgres::pool::PgPooled;
-use crate::postgres::rows::{SessionRow, TaskRow};
+use crate::postgres::rows::{SessionRow, TaskRow, WorkerRow};
 use crate::postgres::schema::{claude_sdk_sessions, task_history, workers};
 use crate::postgres::{map_error, PostgresStorage};
 use crate::store::{SqlDialect, WorkerRead};
@@ -59,6 +59,9 @@ impl SqlDialect for PostgresStorage {
         }
     }
 
+    /// One prepared statement, one round trip: the INSERT reads the worker's
+    /// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
+    /// between) and writes nothing unless it is `alive`.
     fn insert_running_if_worker_alive(
         connection: &mut PgConnection,
         row: &NewRunningRow,
@@ -77,6 +80,17 @@ impl SqlDialect for PostgresStorage {
             worker: *row.worker.as_uuid(),
         }
         .execute(connection)
+    }
+
+    fn workers_by_start(connection: &mut PgConnection) -> Result<Vec<WorkerRecord>, StorageError> {
+        workers::table
+            .order((workers::started_at, workers::id))
+            .select(WorkerRow::as_select())
+            .load(connection)
+            .map_err(map_error)?
+            .into_iter()
+            .map(WorkerRow::into_record)
+            .collect()
     }
 
     fn load_task(connection: &mut PgConnection, id: TaskId) -> Result<Option<TaskRecord>, TxError> {

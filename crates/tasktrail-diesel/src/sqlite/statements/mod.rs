@@ -17,11 +17,11 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{FinishRow, NewRunningRow, NewSession};
 use tasktrail_core::{
     RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus,
-    WorkerId,
+    WorkerId, WorkerRecord,
 };
 
 use crate::codec::{encode_artifacts, encode_timestamp};
-use crate::sqlite::rows::{SessionRow, TaskRow};
+use crate::sqlite::rows::{SessionRow, TaskRow, WorkerRow};
 use crate::sqlite::schema::{claude_sdk_sessions, task_history, workers};
 use crate::sqlite::store::immediate;
 use crate::sqlite::{map_error, SqliteStorage};
@@ -77,6 +77,19 @@ impl SqlDialect for SqliteStorage {
             worker: &worker,
         }
         .execute(connection)
+    }
+
+    fn workers_by_start(
+        connection: &mut SqliteConnection,
+    ) -> Result<Vec<WorkerRecord>, StorageError> {
+        workers::table
+            .order((workers::started_at, workers::id))
+            .select(WorkerRow::as_select())
+            .load(connection)
+            .map_err(map_error)?
+            .into_iter()
+            .map(WorkerRow::into_record)
+            .collect()
     }
 
     fn load_task(
