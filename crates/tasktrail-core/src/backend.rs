@@ -28,8 +28,9 @@ use crate::storage::StorageError;
 use crate::worker::{WorkerRecord, WorkerRegistration};
 
 pub use crate::record::{
-    escape_control_characters, human_duration, recovery_reason, FinishRefusal, FinishRow,
-    FinishWrite, NewRunningRow, NewSession, RecoveryRequest, ReportClaim, SweepMode,
+    escape_control_characters, human_duration, interrupted_session_reason, recovery_reason,
+    sort_recovered, ClaimedReports, FinishRefusal, FinishRow, FinishWrite, NewRunningRow,
+    NewSession, OwnerRecovery, RecoveryRequest, ReportClaim, SweepMode,
 };
 pub use crate::worker::{
     LivenessJudge, LockWatch, NoticingJudge, OwnerFacts, OwnerLock, PolicyJudge,

@@ -10,9 +10,10 @@ use crate::clock::Timestamp;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::record::{
-    recovery_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession, PruneReport,
-    PruneRequest, RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord,
-    SweepMode, TaskFilter, TaskRecord,
+    interrupted_session_reason, sort_recovered, ClaimedReports, FinishRefusal, FinishRow,
+    FinishWrite, NewRunningRow, NewSession, OwnerRecovery, PruneReport, PruneRequest,
+    RecoveredTask, RecoveryRequest, ReportClaim, SessionKey, SessionRecord, SweepMode, TaskFilter,
+    TaskRecord,
 };
 use crate::stats::{StatsRequest, TaskStats};
 use crate::status::TaskStatus;
@@ -373,7 +374,7 @@ impl Storage for MemoryStorage {
                 record.interrupted_at = Some(row.at);
                 record.interrupt_reason = Some(reason.as_str().to_owned());
                 record.interrupted_by = Some(row.worker);
-                let reason = format!("task interrupted: {reason}");
+                let reason = interrupted_session_reason(reason.as_str());
                 sessions_invalidated = inner.invalidate_sessions_of(row.id, row.at, &reason);
             }
             Outcome::Success(report)
@@ -413,15 +414,12 @@ impl Storage for MemoryStorage {
                 .entry(owner)
                 .or_insert_with(|| judge.judge(inner.owner_facts(owner, request.now).as_ref()))
                 .clone();
-            let Liveness::Dead(cause) = verdict else {
+            let Some(plan) =
+                OwnerRecovery::for_verdict(owner, &verdict, request.recovering_worker, request.now)
+            else {
                 continue;
             };
-            let reason = recovery_reason(owner, &cause);
-            let mut task = inner.tasks[&task_id].clone();
-            task.status = TaskStatus::Interrupted;
-            task.interrupted_at = Some(request.now);
-            task.interrupt_reason = Some(reason.clone());
-            task.interrupted_by = Some(request.recovering_worker);
+            let orphan = inner.tasks[&task_id].clone();
             let sessions_invalidated = match request.mode {
                 SweepMode::DryRun => inner
                     .sessions
@@ -429,13 +427,12 @@ impl Storage for MemoryStorage {
                     .filter(|s| s.task_id == task_id && s.invalidated_at.is_none())
                     .count() as u32,
                 SweepMode::Apply => {
-                    inner.tasks.insert(task_id, task.clone());
                     let sessions_invalidated =
-                        inner.invalidate_sessions_of(task_id, request.now, &reason);
+                        inner.invalidate_sessions_of(task_id, plan.at, &plan.reason);
                     inner.reports.insert(
                         task_id,
                         StoredReport {
-                            cause: cause.clone(),
+                            cause: plan.cause.clone(),
                             sessions_invalidated,
                             owed_by: request.recovering_worker,
                             owed_since: request.now,
@@ -445,15 +442,11 @@ impl Storage for MemoryStorage {
                     sessions_invalidated
                 }
             };
-            recovered.push(RecoveredTask {
-                task,
-                dead_worker: owner,
-                cause,
-                recovered_by: request.recovering_worker,
-                recovered_at: request.now,
-                sessions_invalidated,
-                previous_reporter: None,
-            });
+            let report = plan.recovered(orphan, sessions_invalidated);
+            if request.mode == SweepMode::Apply {
+                inner.tasks.insert(task_id, report.task.clone());
+            }
+            recovered.push(report);
         }
         if request.mode == SweepMode::Apply {
             for (owner, verdict) in &verdicts {
@@ -468,7 +461,7 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        recovered.sort_by_key(|r| (r.task.started_at, r.task.id));
+        sort_recovered(&mut recovered);
         Ok(recovered)
     }
 
@@ -484,25 +477,21 @@ impl Storage for MemoryStorage {
             .filter(|report| report.reported_at.is_none())
             .map(|report| report.owed_by)
             .collect();
-        // Owners whose reports move: the claimant itself, and owners the
-        // judge finds dead (`false`: registered; `true`: names no worker,
-        // so only reports owed since before the cut-off move).
-        let mut claimed_from: BTreeMap<WorkerId, bool> = BTreeMap::new();
+        // Which reports of each owner move: the decision is the claim's.
+        let mut claimed_from: BTreeMap<WorkerId, ClaimedReports> = BTreeMap::new();
         for owner in owners {
             let facts = inner.owner_facts(Some(owner), claim.now);
-            let gone =
-                owner == claim.claimant || matches!(judge.judge(facts.as_ref()), Liveness::Dead(_));
-            if gone {
-                claimed_from.insert(owner, owner != claim.claimant && facts.is_none());
-            }
+            let registered = facts.is_some();
+            let scope = claim.reports_of(owner, registered, || judge.judge(facts.as_ref()));
+            claimed_from.insert(owner, scope);
         }
         let mut claimed = Vec::new();
         let Inner { reports, tasks, .. } = &mut *inner;
         for (id, report) in reports.iter_mut() {
             let moves = match claimed_from.get(&report.owed_by) {
-                None => false,
-                Some(false) => true,
-                Some(true) => report.owed_since < claim.unregistered_owed_before,
+                None | Some(ClaimedReports::None) => false,
+                Some(ClaimedReports::All) => true,
+                Some(ClaimedReports::OwedBefore(cut_off)) => report.owed_since < *cut_off,
             };
             if report.reported_at.is_some() || !moves {
                 continue;
@@ -510,19 +499,16 @@ impl Storage for MemoryStorage {
             let Some(task) = tasks.get(id) else {
                 continue;
             };
-            claimed.push(RecoveredTask {
-                task: task.clone(),
-                dead_worker: task.worker_id,
-                cause: report.cause.clone(),
-                recovered_by: task.interrupted_by.unwrap_or(report.owed_by),
-                recovered_at: task.interrupted_at.unwrap_or(claim.now),
-                sessions_invalidated: report.sessions_invalidated,
-                previous_reporter: Some(report.owed_by),
-            });
+            claimed.push(RecoveredTask::reported_again(
+                task.clone(),
+                report.cause.clone(),
+                report.sessions_invalidated,
+                report.owed_by,
+            ));
             report.owed_by = claim.claimant;
             report.owed_since = claim.now;
         }
-        claimed.sort_by_key(|r| (r.task.started_at, r.task.id));
+        sort_recovered(&mut claimed);
         Ok(claimed)
     }
 
@@ -585,9 +571,10 @@ impl Storage for MemoryStorage {
             })
             .filter(|s| s.invalidated_at.is_none())
             .filter(|s| {
-                inner.tasks.get(&s.task_id).is_some_and(|task| {
-                    task.status.is_final() && task.status != TaskStatus::Interrupted
-                })
+                inner
+                    .tasks
+                    .get(&s.task_id)
+                    .is_some_and(|task| task.status.is_resumable())
             })
             .max_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)))
             .cloned())

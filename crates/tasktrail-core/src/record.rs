@@ -11,7 +11,7 @@ use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::outcome::Outcome;
 use crate::spec::TaskSpec;
 use crate::status::TaskStatus;
-use crate::worker::DeathCause;
+use crate::worker::{DeathCause, Liveness};
 
 /// A `task_history` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +323,152 @@ pub struct ReportClaim {
     pub unregistered_owed_before: Timestamp,
 }
 
+/// What a recovery sweep does about one owner of `running` rows the judge
+/// found dead: the decision as data, made here once for every backend
+/// (memory, SQLite, Postgres). A backend carries it out with its own
+/// statements, in the sweep's transaction: it sets its running rows
+/// `interrupted` at [`at`](Self::at) by [`recovered_by`](Self::recovered_by)
+/// with [`reason`](Self::reason), invalidates their valid sessions with the
+/// same reason and time, marks [`owner_to_mark_dead`](Self::owner_to_mark_dead)
+/// `dead` if it is still `alive`, and reports each row it changed with
+/// [`OwnerRecovery::recovered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRecovery {
+    /// The dead owner, as the rows name it (`None`: rows that name no worker).
+    pub owner: Option<WorkerId>,
+    /// Why the owner counts as dead.
+    pub cause: DeathCause,
+    /// The `interrupt_reason` of its rows and the `invalidation_reason` of
+    /// their sessions ([`recovery_reason`]).
+    pub reason: String,
+    /// The sweeping worker (`interrupted_by`).
+    pub recovered_by: WorkerId,
+    /// The sweep's time as the store keeps it (`interrupted_at`,
+    /// `invalidated_at`, the owner's `stopped_at`).
+    pub at: Timestamp,
+}
+
+impl OwnerRecovery {
+    /// The plan for `owner`'s running rows given the judge's `verdict`:
+    /// `None` (leave them alone) unless the owner is dead.
+    pub fn for_verdict(
+        owner: Option<WorkerId>,
+        verdict: &Liveness,
+        recovered_by: WorkerId,
+        at: Timestamp,
+    ) -> Option<Self> {
+        let Liveness::Dead(cause) = verdict else {
+            return None;
+        };
+        Some(Self {
+            owner,
+            reason: recovery_reason(owner, cause),
+            cause: cause.clone(),
+            recovered_by,
+            at,
+        })
+    }
+
+    /// The `workers` row the sweep marks `dead` (if still `alive`): the
+    /// owner, when the rows name one.
+    pub fn owner_to_mark_dead(&self) -> Option<WorkerId> {
+        self.owner
+    }
+
+    /// The report of one of the owner's rows that the sweep interrupted
+    /// (would interrupt, on a dry run): `orphan` as it was read while still
+    /// `running`, turned into the row as the sweep leaves it.
+    pub fn recovered(&self, orphan: TaskRecord, sessions_invalidated: u32) -> RecoveredTask {
+        let mut task = orphan;
+        task.status = TaskStatus::Interrupted;
+        task.interrupted_at = Some(self.at);
+        task.interrupt_reason = Some(self.reason.clone());
+        task.interrupted_by = Some(self.recovered_by);
+        RecoveredTask {
+            task,
+            dead_worker: self.owner,
+            cause: self.cause.clone(),
+            recovered_by: self.recovered_by,
+            recovered_at: self.at,
+            sessions_invalidated,
+            previous_reporter: None,
+        }
+    }
+}
+
+/// The order every backend returns recovered (and claimed) tasks in: by
+/// `started_at`, then id.
+pub fn sort_recovered(recovered: &mut [RecoveredTask]) {
+    recovered.sort_by_key(|r| (r.task.started_at, r.task.id));
+}
+
+/// The `invalidation_reason` of the sessions of a task finished as
+/// `interrupted` by its own worker with `reason`.
+pub fn interrupted_session_reason(reason: &str) -> String {
+    format!("task interrupted: {reason}")
+}
+
+/// Which of an owner's unconfirmed recovery reports a claim takes over
+/// ([`Storage::claim_unreported_recoveries`](crate::Storage::claim_unreported_recoveries)):
+/// the decision made once for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimedReports {
+    /// None: the owner is alive (or not provably dead).
+    None,
+    /// Every one it owes: the claimant itself (it could not deliver them),
+    /// or a registered owner the judge finds dead.
+    All,
+    /// Only those owed since before this time: the id names no registered
+    /// worker (an operator's one-shot sweep, which may still be printing).
+    OwedBefore(Timestamp),
+}
+
+impl ReportClaim {
+    /// Which reports owed by `owner` this claim takes: `registered` tells
+    /// whether `owner` has a `workers` row, `verdict` is the judge's (not
+    /// asked about the claimant itself).
+    pub fn reports_of(
+        &self,
+        owner: WorkerId,
+        registered: bool,
+        verdict: impl FnOnce() -> Liveness,
+    ) -> ClaimedReports {
+        if owner == self.claimant {
+            return ClaimedReports::All;
+        }
+        match verdict() {
+            Liveness::Dead(_) if registered => ClaimedReports::All,
+            Liveness::Dead(_) => ClaimedReports::OwedBefore(self.unregistered_owed_before),
+            _ => ClaimedReports::None,
+        }
+    }
+}
+
+impl RecoveredTask {
+    /// The report of a recovered row made again by a new reporter (a claim
+    /// took it over from `previous_reporter`, who owed it and never
+    /// confirmed it): `task` is the row as stored, `cause` and
+    /// `sessions_invalidated` what the recovering sweep recorded with it.
+    pub fn reported_again(
+        task: TaskRecord,
+        cause: DeathCause,
+        sessions_invalidated: u32,
+        previous_reporter: WorkerId,
+    ) -> Self {
+        RecoveredTask {
+            dead_worker: task.worker_id,
+            cause,
+            // A recovered row names its sweeper and time; the fallbacks only
+            // serve a row an operator edited by hand.
+            recovered_by: task.interrupted_by.unwrap_or(previous_reporter),
+            recovered_at: task.interrupted_at.unwrap_or(task.started_at),
+            sessions_invalidated,
+            previous_reporter: Some(previous_reporter),
+            task,
+        }
+    }
+}
+
 impl RecoveredTask {
     /// How long the task had run when it was recovered.
     pub fn ran_for(&self) -> Duration {
@@ -447,6 +593,123 @@ mod tests {
             sessions_invalidated: 1,
             previous_reporter: None,
         }
+    }
+
+    fn running_orphan(owner: Option<WorkerId>) -> TaskRecord {
+        let mut task = recovered(owner, DeathCause::UnknownWorker).task;
+        task.status = TaskStatus::Running;
+        task
+    }
+
+    #[test]
+    fn only_a_dead_verdict_plans_a_recovery_and_the_plan_builds_the_interrupted_row() {
+        let owner = Some(WorkerId::new_random());
+        let sweeper = WorkerId::new_random();
+        let at = running_orphan(owner).started_at + Duration::seconds(90);
+        for alive in [
+            Liveness::Alive,
+            Liveness::Stalled {
+                silence: Duration::seconds(60),
+            },
+        ] {
+            assert_eq!(OwnerRecovery::for_verdict(owner, &alive, sweeper, at), None);
+        }
+        let cause = DeathCause::UnknownWorker;
+        let plan = OwnerRecovery::for_verdict(owner, &Liveness::Dead(cause.clone()), sweeper, at)
+            .expect("a dead owner's rows are recovered");
+        assert_eq!(plan.reason, recovery_reason(owner, &cause));
+        assert_eq!(plan.owner_to_mark_dead(), owner);
+        let orphan = running_orphan(owner);
+        let report = plan.recovered(orphan.clone(), 3);
+        assert_eq!(report.task.status, TaskStatus::Interrupted);
+        assert_eq!(report.task.interrupted_at, Some(at));
+        assert_eq!(
+            report.task.interrupt_reason.as_deref(),
+            Some(plan.reason.as_str())
+        );
+        assert_eq!(report.task.interrupted_by, Some(sweeper));
+        // Everything else of the row is as it was read.
+        assert_eq!(report.task.started_at, orphan.started_at);
+        assert_eq!(report.task.finished_at, None);
+        assert_eq!(report.task.worker_id, owner);
+        assert_eq!(report.dead_worker, owner);
+        assert_eq!(report.cause, cause);
+        assert_eq!(report.recovered_by, sweeper);
+        assert_eq!(report.recovered_at, at);
+        assert_eq!(report.sessions_invalidated, 3);
+        assert_eq!(report.previous_reporter, None);
+        // Rows that name no worker mark no worker dead.
+        let plan =
+            OwnerRecovery::for_verdict(None, &Liveness::Dead(cause), sweeper, at).expect("plan");
+        assert_eq!(plan.owner_to_mark_dead(), None);
+    }
+
+    #[test]
+    fn a_claim_takes_its_own_reports_a_dead_workers_and_an_unregistered_ids_old_ones() {
+        let claimant = WorkerId::new_random();
+        let other = WorkerId::new_random();
+        let now = running_orphan(None).started_at;
+        let claim = ReportClaim {
+            claimant,
+            now,
+            unregistered_owed_before: now - Duration::seconds(15),
+        };
+        let dead = || Liveness::Dead(DeathCause::UnknownWorker);
+        // The claimant's own: all of them, without asking the judge.
+        assert_eq!(
+            claim.reports_of(claimant, true, || panic!("the claimant is not judged")),
+            ClaimedReports::All
+        );
+        assert_eq!(claim.reports_of(other, true, dead), ClaimedReports::All);
+        assert_eq!(
+            claim.reports_of(other, false, dead),
+            ClaimedReports::OwedBefore(claim.unregistered_owed_before)
+        );
+        assert_eq!(
+            claim.reports_of(other, true, || Liveness::Alive),
+            ClaimedReports::None
+        );
+        assert_eq!(
+            claim.reports_of(other, false, || Liveness::Alive),
+            ClaimedReports::None
+        );
+    }
+
+    #[test]
+    fn a_report_made_again_names_its_previous_reporter_and_the_rows_sweep() {
+        let previous = WorkerId::new_random();
+        let sweeper = WorkerId::new_random();
+        let mut task = running_orphan(Some(WorkerId::new_random()));
+        task.status = TaskStatus::Interrupted;
+        task.interrupted_by = Some(sweeper);
+        task.interrupted_at = Some(task.started_at + Duration::seconds(5));
+        let again =
+            RecoveredTask::reported_again(task.clone(), DeathCause::UnknownWorker, 2, previous);
+        assert_eq!(again.previous_reporter, Some(previous));
+        assert_eq!(again.recovered_by, sweeper);
+        assert_eq!(again.recovered_at, task.started_at + Duration::seconds(5));
+        assert_eq!(again.dead_worker, task.worker_id);
+        assert_eq!(again.sessions_invalidated, 2);
+        // A row edited by hand falls back to the reporter and the start.
+        task.interrupted_by = None;
+        task.interrupted_at = None;
+        let again =
+            RecoveredTask::reported_again(task.clone(), DeathCause::UnknownWorker, 0, previous);
+        assert_eq!(again.recovered_by, previous);
+        assert_eq!(again.recovered_at, task.started_at);
+    }
+
+    #[test]
+    fn recovered_tasks_sort_by_start_then_id() {
+        let mut later = recovered(None, DeathCause::UnknownWorker);
+        later.task.started_at += Duration::seconds(1);
+        let mut first = recovered(None, DeathCause::UnknownWorker);
+        first.task.id = "0196c0de-0000-7000-a000-000000000000".parse().expect("id");
+        let second = recovered(None, DeathCause::UnknownWorker);
+        let mut all = vec![later.clone(), second.clone(), first.clone()];
+        sort_recovered(&mut all);
+        assert_eq!(all, vec![first, second, later]);
+        assert_eq!(interrupted_session_reason("stop"), "task interrupted: stop");
     }
 
     #[test]

@@ -54,6 +54,25 @@ impl TaskStatus {
     pub const fn is_final(self) -> bool {
         !matches!(self, TaskStatus::Running)
     }
+
+    /// Whether a session of a task in this status may be offered for resume
+    /// (`Storage::resumable_session`): the task completed (success, failure,
+    /// cancelled, aborted_no_skill). A `running` task's session is still in
+    /// use; an `interrupted` task's sessions are invalidated with it and are
+    /// never resumed. Every backend's resume query filters on
+    /// [`TaskStatus::RESUMABLE`], the statuses for which this holds.
+    pub const fn is_resumable(self) -> bool {
+        self.is_final() && !matches!(self, TaskStatus::Interrupted)
+    }
+
+    /// The statuses whose sessions may be resumed ([`TaskStatus::is_resumable`]),
+    /// in column-value order: what the SQL backends' resume queries filter on.
+    pub const RESUMABLE: [TaskStatus; 4] = [
+        TaskStatus::Success,
+        TaskStatus::Failure,
+        TaskStatus::Cancelled,
+        TaskStatus::AbortedNoSkill,
+    ];
 }
 
 impl fmt::Display for TaskStatus {
@@ -88,5 +107,17 @@ mod tests {
         }
         assert!("RUNNING".parse::<TaskStatus>().is_err());
         assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn the_resumable_list_is_exactly_the_resumable_statuses() {
+        let resumable: Vec<TaskStatus> = TaskStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_resumable())
+            .collect();
+        assert_eq!(resumable, TaskStatus::RESUMABLE);
+        assert!(!TaskStatus::Running.is_resumable());
+        assert!(!TaskStatus::Interrupted.is_resumable());
+        assert!(TaskStatus::Success.is_resumable());
     }
 }

@@ -304,15 +304,14 @@ pub(crate) fn recovered_again(
         kind: "recovery report of task",
         id: &id,
     };
-    Ok(tasktrail_core::RecoveredTask {
-        dead_worker: task.worker_id,
-        cause: cause.into_cause(&id)?,
-        recovered_by: task.interrupted_by.unwrap_or(previous_reporter),
-        recovered_at: task.interrupted_at.unwrap_or(task.started_at),
-        sessions_invalidated: decode_u32("sessions_invalidated", &label, sessions_invalidated)?,
-        previous_reporter: Some(previous_reporter),
+    let cause = cause.into_cause(&id)?;
+    let sessions_invalidated = decode_u32("sessions_invalidated", &label, sessions_invalidated)?;
+    Ok(tasktrail_core::RecoveredTask::reported_again(
         task,
-    })
+        cause,
+        sessions_invalidated,
+        previous_reporter,
+    ))
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
 mod codec;
+mod compat;
 #[cfg(test)]
 mod error_text;
-mod pending;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -30,6 +30,9 @@ mod secrets;
 mod statement_log;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stats;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
+mod tx;
 
 #[cfg(feature = "postgres")]
 mod postgres;

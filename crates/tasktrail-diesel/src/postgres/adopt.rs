@@ -13,8 +13,11 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
-use super::{connection_error, known_versions, map_error, PostgresStorage, POSTGRES_MIGRATIONS};
+use super::errors::connection_error;
+use super::{PostgresStorage, POSTGRES_MIGRATIONS};
+use crate::compat::known_versions;
 use crate::secrets::Secrets;
+use crate::tx::TxError;
 
 /// What a pre-fix column holds, and the type migration 1 gives it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -210,18 +213,6 @@ fn inspect(connection: &mut PgConnection) -> QueryResult<(Vec<String>, Vec<Strin
     Ok((found, alterations))
 }
 
-enum AdoptFailure {
-    Refused(Vec<String>),
-    Storage(StorageError),
-    Diesel(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for AdoptFailure {
-    fn from(error: diesel::result::Error) -> Self {
-        AdoptFailure::Diesel(error)
-    }
-}
-
 impl PostgresStorage {
     /// Adopts a database whose pre-fix `task_history` another program
     /// wrote (no migration record): in one transaction, checks the table
@@ -237,17 +228,16 @@ impl PostgresStorage {
         let secrets = Secrets::of(url);
         let mut connection =
             PgConnection::establish(url).map_err(|error| connection_error(&error, &secrets))?;
-        let baseline =
-            known_versions()?
-                .into_iter()
-                .min()
-                .ok_or_else(|| StorageError::Incompatible {
-                    detail: "this tasktrail embeds no migrations".to_owned(),
-                })?;
-        let result = connection.transaction(|connection| {
+        let baseline = known_versions::<diesel::pg::Pg>(&POSTGRES_MIGRATIONS)?
+            .into_iter()
+            .min()
+            .ok_or_else(|| StorageError::Incompatible {
+                detail: "this tasktrail embeds no migrations".to_owned(),
+            })?;
+        let result = connection.transaction(|connection| -> Result<Vec<String>, TxError> {
             let (found, alterations) = inspect(connection)?;
             if !found.is_empty() {
-                return Err(AdoptFailure::Refused(found));
+                return Err(StorageError::NotAdoptable { differences: found }.into());
             }
             connection.batch_execute(&format!(
                 "ALTER TABLE task_history {};
@@ -276,21 +266,17 @@ impl PostgresStorage {
             }
             connection
                 .applied_migrations()
-                .map_err(|error| AdoptFailure::Storage(StorageError::Other { source: error }))?;
+                .map_err(|error| StorageError::Other { source: error })?;
             diesel::sql_query("INSERT INTO __diesel_schema_migrations (version) VALUES ($1)")
                 .bind::<Text, _>(&baseline)
                 .execute(connection)?;
             let applied = connection
                 .run_pending_migrations(POSTGRES_MIGRATIONS)
-                .map_err(|error| AdoptFailure::Storage(StorageError::Other { source: error }))?;
+                .map_err(|error| StorageError::Other { source: error })?;
             let mut versions = vec![baseline.clone()];
             versions.extend(applied.iter().map(|version| version.to_string()));
             Ok(versions)
         });
-        result.map_err(|failure| match failure {
-            AdoptFailure::Refused(differences) => StorageError::NotAdoptable { differences },
-            AdoptFailure::Storage(error) => error,
-            AdoptFailure::Diesel(error) => map_error(error),
-        })
+        result.map_err(TxError::into_storage::<diesel::pg::Pg>)
     }
 }

@@ -13,8 +13,11 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::MigrationHarness;
 use tasktrail_core::StorageError;
 
-use super::{known_versions, map_error, utf8_path, SqliteOptions, SQLITE_MIGRATIONS};
+use super::{map_error, utf8_path, SqliteOptions, SQLITE_MIGRATIONS};
 use crate::codec::{decode_timestamp, encode_timestamp};
+use crate::compat::known_versions;
+use crate::tx::TxError;
+use diesel::sqlite::Sqlite;
 
 /// What a column of the pre-fix table must be able to hold.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -290,18 +293,6 @@ fn differences(connection: &mut SqliteConnection) -> QueryResult<Vec<String>> {
     Ok(found)
 }
 
-enum AdoptFailure {
-    Refused(Vec<String>),
-    Storage(StorageError),
-    Diesel(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for AdoptFailure {
-    fn from(error: diesel::result::Error) -> Self {
-        AdoptFailure::Diesel(error)
-    }
-}
-
 /// See [`SqliteStorage::adopt`](super::SqliteStorage::adopt).
 pub(super) fn adopt(path: &Path, options: &SqliteOptions) -> Result<Vec<String>, StorageError> {
     if !path.is_file() {
@@ -320,36 +311,31 @@ pub(super) fn adopt(path: &Path, options: &SqliteOptions) -> Result<Vec<String>,
             options.busy_timeout.as_millis().min(i32::MAX as u128)
         ))
         .map_err(map_error)?;
-    let baseline =
-        known_versions()?
-            .into_iter()
-            .min()
-            .ok_or_else(|| StorageError::Incompatible {
-                detail: "this tasktrail embeds no migrations".to_owned(),
-            })?;
-    let result = connection.immediate_transaction(|connection| {
+    let baseline = known_versions::<Sqlite>(&SQLITE_MIGRATIONS)?
+        .into_iter()
+        .min()
+        .ok_or_else(|| StorageError::Incompatible {
+            detail: "this tasktrail embeds no migrations".to_owned(),
+        })?;
+    let result = connection.immediate_transaction(|connection| -> Result<Vec<String>, TxError> {
         let found = differences(connection)?;
         if !found.is_empty() {
-            return Err(AdoptFailure::Refused(found));
+            return Err(StorageError::NotAdoptable { differences: found }.into());
         }
         // Creates diesel's migration table, then records the baseline.
         connection
             .applied_migrations()
-            .map_err(|error| AdoptFailure::Storage(StorageError::Other { source: error }))?;
+            .map_err(|error| StorageError::Other { source: error })?;
         diesel::sql_query("INSERT INTO __diesel_schema_migrations (version) VALUES (?)")
             .bind::<Text, _>(&baseline)
             .execute(connection)?;
         let applied = connection
             .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map_err(|error| AdoptFailure::Storage(StorageError::Other { source: error }))?;
+            .map_err(|error| StorageError::Other { source: error })?;
         let mut versions = vec![baseline.clone()];
         versions.extend(applied.iter().map(|version| version.to_string()));
         canonical_times(connection)?;
         Ok(versions)
     });
-    result.map_err(|failure| match failure {
-        AdoptFailure::Refused(differences) => StorageError::NotAdoptable { differences },
-        AdoptFailure::Storage(error) => error,
-        AdoptFailure::Diesel(error) => map_error(error),
-    })
+    result.map_err(TxError::into_storage::<Sqlite>)
 }

@@ -1,6 +1,7 @@
 //! The SQLite backend: the embedded default.
 
 mod adopt;
+mod errors;
 mod prune;
 mod raw;
 mod rows;
@@ -8,6 +9,7 @@ mod schema;
 mod statements;
 mod stats;
 mod store;
+mod sweep;
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
@@ -18,16 +20,20 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
-use diesel::migration::{Migration, MigrationSource};
 use diesel::prelude::*;
-use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
-use diesel::sqlite::SqliteConnection;
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tasktrail_core::backend::{LockWatch, OwnerLock};
 use tasktrail_core::{StorageError, WorkerId};
 
-use crate::pending::{pending_versions, refuse_if_pending};
+use crate::compat::{
+    applied_versions, known_versions, pending_versions, read_snapshot, refuse_if_pending,
+    TableName, Version,
+};
 use crate::statement_log::StatementLog;
+use crate::tx::TxError;
+pub(crate) use errors::map_error;
+use errors::{is_busy, map_connection_error};
 
 /// The SQLite migrations, embedded at build time from `migrations/sqlite`.
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -283,30 +289,19 @@ impl SqliteStorage {
             return Ok(Vec::new());
         }
         connection
-            .immediate_transaction(|connection| {
-                ensure_ours(connection).map_err(Locked::Storage)?;
+            .immediate_transaction(|connection| -> Result<Vec<String>, TxError> {
+                ensure_ours(connection)?;
                 let applied = connection
                     .run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map_err(|error| Locked::Storage(StorageError::Other { source: error }))?;
+                    .map_err(|error| StorageError::Other { source: error })?;
                 Ok(applied.iter().map(ToString::to_string).collect())
             })
-            .map_err(|error| match error {
-                Locked::Storage(error) => error,
-                Locked::Diesel(error) => map_error(error),
-            })
+            .map_err(TxError::into_storage::<Sqlite>)
     }
 
     /// The migration versions applied to this database, oldest first.
     pub fn applied_migrations(&self) -> Result<Vec<String>, StorageError> {
-        let mut connection = self.connection();
-        let mut versions: Vec<String> = connection
-            .applied_migrations()
-            .map_err(|error| StorageError::Other { source: error })?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        versions.sort();
-        Ok(versions)
+        applied_versions(&mut *self.connection())
     }
 
     /// The statement log this store was opened with, if any.
@@ -453,29 +448,6 @@ fn enable_wal(
     }
 }
 
-fn is_busy(error: &DieselError) -> bool {
-    match error {
-        DieselError::DatabaseError(_, info) => {
-            let message = info.message().to_ascii_lowercase();
-            message.contains("locked") || message.contains("busy")
-        }
-        _ => false,
-    }
-}
-
-/// An error inside the migration transaction (Diesel needs
-/// `From<diesel::result::Error>`).
-enum Locked {
-    Storage(StorageError),
-    Diesel(DieselError),
-}
-
-impl From<DieselError> for Locked {
-    fn from(error: DieselError) -> Self {
-        Locked::Diesel(error)
-    }
-}
-
 /// Creates the file with mode 0600 if it does not exist yet, so the database
 /// and (by SQLite's rule of copying the main file's mode) its WAL are readable
 /// by their owner only.
@@ -543,29 +515,6 @@ fn create_owner_only(path: &Path) -> Result<(), StorageError> {
         })
 }
 
-/// The migration versions this binary knows.
-fn known_versions() -> Result<Vec<String>, StorageError> {
-    let migrations: Vec<Box<dyn Migration<diesel::sqlite::Sqlite>>> =
-        MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
-            .map_err(|error| StorageError::Other { source: error })?;
-    Ok(migrations
-        .iter()
-        .map(|migration| migration.name().version().to_string())
-        .collect())
-}
-
-#[derive(QueryableByName)]
-struct TableName {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    name: String,
-}
-
-#[derive(QueryableByName)]
-struct Version {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    version: String,
-}
-
 /// The path as the UTF-8 text SQLite opens.
 pub(crate) fn utf8_path(path: &Path) -> Result<&str, StorageError> {
     path.to_str().ok_or_else(|| StorageError::Incompatible {
@@ -591,329 +540,26 @@ fn refuse_pending_migrations(connection: &mut SqliteConnection) -> Result<(), St
             .map(|v| v.version)
             .collect()
     };
-    refuse_if_pending(&pending_versions(known_versions()?, &applied))
+    refuse_if_pending(&pending_versions(
+        known_versions::<Sqlite>(&SQLITE_MIGRATIONS)?,
+        &applied,
+    ))
 }
 
-/// Refuses a database that is not ours or is newer than this binary.
+/// Refuses a database that is not ours or is newer than this binary
+/// ([`crate::compat::ensure_ours`], on what one read transaction showed).
 fn ensure_ours(connection: &mut SqliteConnection) -> Result<(), StorageError> {
     // Both reads in one transaction: another process may be migrating the
     // file, and tables read before its commit with versions read after it
     // would look like a broken database.
-    let (tables, applied) = connection
+    let snapshot = connection
         .transaction(|connection| {
-            let tables: Vec<TableName> = diesel::sql_query(
+            read_snapshot(
+                connection,
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                "SELECT version FROM __diesel_schema_migrations",
             )
-            .load(connection)?;
-            let applied: Vec<Version> = if tables
-                .iter()
-                .any(|t| t.name == "__diesel_schema_migrations")
-            {
-                diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
-                    .load(connection)?
-            } else {
-                Vec::new()
-            };
-            Ok::<_, DieselError>((tables, applied))
         })
         .map_err(map_error)?;
-    if tables.is_empty() {
-        return Ok(());
-    }
-    if !tables
-        .iter()
-        .any(|t| t.name == "__diesel_schema_migrations")
-    {
-        let detail = if tables.iter().any(|t| t.name == "task_history") {
-            "the database holds a task_history table that tasktrail did not create (no migration record); `tasktrail migrate --adopt` checks it and adopts it"
-        } else {
-            "the database holds tables but is not a tasktrail database"
-        };
-        return Err(StorageError::Incompatible {
-            detail: detail.to_owned(),
-        });
-    }
-    let known = known_versions()?;
-    if let Some(unknown) = applied.iter().find(|v| !known.contains(&v.version)) {
-        return Err(StorageError::Incompatible {
-            detail: format!(
-                "the database has migration {} which this tasktrail does not know: it was written by a newer tasktrail or another program",
-                unknown.version
-            ),
-        });
-    }
-    if !tables.iter().any(|t| t.name == "task_history") && !applied.is_empty() {
-        return Err(StorageError::Incompatible {
-            detail: "the database has migrations but no task_history table".to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn map_connection_error(error: ConnectionError) -> StorageError {
-    let text = error.to_string();
-    if text.contains("not a database") {
-        StorageError::Incompatible {
-            detail: "the file is not a SQLite database".to_owned(),
-        }
-    } else {
-        StorageError::Unavailable {
-            source: Box::new(error),
-        }
-    }
-}
-
-/// What a SQLite error means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SqliteErrorClass {
-    /// Retrying later may succeed: [`StorageError::Unavailable`].
-    Transient,
-    /// The file refuses writes until an operator changes it:
-    /// [`StorageError::AccessDenied`].
-    Refused,
-    /// Not a (tasktrail) database: [`StorageError::Incompatible`].
-    NotOurs,
-}
-
-/// Every SQLite error message this backend classifies, and how: the one
-/// place where SQLite errors are told apart by text. Diesel keeps only
-/// `sqlite3_errmsg` (the extended result code does not reach us), and SQLite
-/// gives each primary result code one fixed message (`sqlite3ErrStr`), which
-/// is what these match, lower-cased. Each entry has its own test.
-pub(crate) const SQLITE_ERROR_MESSAGES: &[(&str, SqliteErrorClass)] = &[
-    // SQLITE_FULL: the disk (or max_page_count) is full; space may come back.
-    ("database or disk is full", SqliteErrorClass::Transient),
-    // SQLITE_BUSY: another connection held the lock past the busy timeout.
-    ("database is locked", SqliteErrorClass::Transient),
-    // SQLITE_LOCKED: a conflict inside one connection's shared cache.
-    ("database table is locked", SqliteErrorClass::Transient),
-    // SQLITE_IOERR (and its extended codes): the volume failed a read or write.
-    ("disk i/o error", SqliteErrorClass::Transient),
-    // SQLITE_CANTOPEN: the file (or its WAL/-shm) cannot be opened now.
-    ("unable to open database file", SqliteErrorClass::Transient),
-    // SQLITE_PROTOCOL: a WAL lock race SQLite gave up retrying.
-    ("locking protocol", SqliteErrorClass::Transient),
-    // SQLITE_READONLY: a read-only file or `PRAGMA query_only`.
-    (
-        "attempt to write a readonly database",
-        SqliteErrorClass::Refused,
-    ),
-    // SQLITE_NOTADB and SQLITE_CORRUPT.
-    ("file is not a database", SqliteErrorClass::NotOurs),
-    (
-        "database disk image is malformed",
-        SqliteErrorClass::NotOurs,
-    ),
-    // A schema that is not tasktrail's.
-    ("no such table", SqliteErrorClass::NotOurs),
-    ("no such column", SqliteErrorClass::NotOurs),
-];
-
-/// The class of a SQLite error message, from [`SQLITE_ERROR_MESSAGES`].
-pub(crate) fn classify_sqlite_message(message: &str) -> Option<SqliteErrorClass> {
-    let message = message.to_ascii_lowercase();
-    SQLITE_ERROR_MESSAGES
-        .iter()
-        .find(|(needle, _)| message.contains(needle))
-        .map(|(_, class)| *class)
-}
-
-/// Maps a Diesel error onto a public kind. Unique violations are mapped by
-/// the callers, which know which row they were writing. Transient failures
-/// (full disk, busy, I/O error...) become [`StorageError::Unavailable`]:
-/// see [`SQLITE_ERROR_MESSAGES`].
-pub(crate) fn map_error(error: DieselError) -> StorageError {
-    match &error {
-        // A COMMIT that failed and whose rollback failed too: the commit's
-        // error says what happened.
-        DieselError::RollbackErrorOnCommit { commit_error, .. } => {
-            match classify_diesel(commit_error) {
-                Some(class) => classified(class, error),
-                None => StorageError::Other {
-                    source: Box::new(error),
-                },
-            }
-        }
-        DieselError::DatabaseError(kind, info) => {
-            if matches!(
-                kind,
-                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation
-            ) {
-                return StorageError::CorruptRow {
-                    detail: format!(
-                        "a constraint rejected the write ({})",
-                        info.message().to_ascii_lowercase()
-                    ),
-                };
-            }
-            match classify_diesel(&error) {
-                Some(class) => classified(class, error),
-                None => StorageError::Other {
-                    source: Box::new(error),
-                },
-            }
-        }
-        _ => StorageError::Other {
-            source: Box::new(error),
-        },
-    }
-}
-
-fn classify_diesel(error: &DieselError) -> Option<SqliteErrorClass> {
-    match error {
-        DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _) => {
-            Some(SqliteErrorClass::Transient)
-        }
-        DieselError::DatabaseError(_, info) => classify_sqlite_message(info.message()),
-        _ => None,
-    }
-}
-
-fn classified(class: SqliteErrorClass, error: DieselError) -> StorageError {
-    match class {
-        SqliteErrorClass::Transient => StorageError::Unavailable {
-            source: Box::new(error),
-        },
-        SqliteErrorClass::Refused => StorageError::AccessDenied {
-            source: Box::new(error),
-        },
-        SqliteErrorClass::NotOurs => {
-            let message = error.to_string().to_ascii_lowercase();
-            StorageError::Incompatible {
-                detail: if message.contains("no such") {
-                    format!("the database schema is not tasktrail's ({message})")
-                } else {
-                    format!("the file is not a usable SQLite database ({message})")
-                },
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error_text::database_error;
-
-    fn sqlite_error(message: &'static str) -> StorageError {
-        map_error(database_error(DatabaseErrorKind::Unknown, message))
-    }
-
-    fn is_unavailable(error: &StorageError) -> bool {
-        matches!(error, StorageError::Unavailable { .. }) && error.is_transient()
-    }
-
-    // One test per entry of SQLITE_ERROR_MESSAGES, with SQLite's own text.
-
-    #[test]
-    fn sqlite_full_is_transient() {
-        assert!(is_unavailable(&sqlite_error("database or disk is full")));
-    }
-
-    #[test]
-    fn sqlite_busy_is_transient() {
-        assert!(is_unavailable(&sqlite_error("database is locked")));
-    }
-
-    #[test]
-    fn sqlite_locked_is_transient() {
-        assert!(is_unavailable(&sqlite_error("database table is locked")));
-    }
-
-    #[test]
-    fn sqlite_ioerr_is_transient() {
-        assert!(is_unavailable(&sqlite_error("disk I/O error")));
-    }
-
-    #[test]
-    fn sqlite_cantopen_is_transient() {
-        assert!(is_unavailable(&sqlite_error(
-            "unable to open database file"
-        )));
-    }
-
-    #[test]
-    fn sqlite_protocol_is_transient() {
-        assert!(is_unavailable(&sqlite_error("locking protocol")));
-    }
-
-    #[test]
-    fn sqlite_readonly_is_refused_access() {
-        let error = sqlite_error("attempt to write a readonly database");
-        assert!(
-            matches!(error, StorageError::AccessDenied { .. }),
-            "{error:?}"
-        );
-        assert!(!error.is_transient());
-    }
-
-    #[test]
-    fn sqlite_notadb_is_incompatible() {
-        let error = sqlite_error("file is not a database");
-        assert!(
-            matches!(error, StorageError::Incompatible { .. }),
-            "{error:?}"
-        );
-        assert!(!error.is_transient());
-    }
-
-    #[test]
-    fn sqlite_corrupt_is_incompatible() {
-        let error = sqlite_error("database disk image is malformed");
-        assert!(
-            matches!(error, StorageError::Incompatible { .. }),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn a_missing_table_is_incompatible() {
-        let error = sqlite_error("no such table: task_history");
-        assert!(
-            matches!(error, StorageError::Incompatible { .. }),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn a_missing_column_is_incompatible() {
-        let error = sqlite_error("no such column: interrupted_by");
-        assert!(
-            matches!(error, StorageError::Incompatible { .. }),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn every_table_entry_has_its_test_above() {
-        // The tests above name each entry; a new entry needs a new test.
-        assert_eq!(SQLITE_ERROR_MESSAGES.len(), 11);
-    }
-
-    #[test]
-    fn unknown_errors_and_constraints_are_not_transient() {
-        let error = sqlite_error("something new went wrong");
-        assert!(matches!(error, StorageError::Other { .. }), "{error:?}");
-        assert!(!error.is_transient());
-        let error = map_error(database_error(
-            DatabaseErrorKind::CheckViolation,
-            "CHECK constraint failed: status",
-        ));
-        assert!(
-            matches!(error, StorageError::CorruptRow { .. }),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn a_failed_commit_is_classified_by_the_commit_error() {
-        let error = map_error(DieselError::RollbackErrorOnCommit {
-            rollback_error: Box::new(DieselError::NotFound),
-            commit_error: Box::new(database_error(
-                DatabaseErrorKind::Unknown,
-                "database or disk is full",
-            )),
-        });
-        assert!(is_unavailable(&error), "{error:?}");
-    }
+    crate::compat::ensure_ours(&snapshot, &known_versions::<Sqlite>(&SQLITE_MIGRATIONS)?)
 }

@@ -20,17 +20,17 @@ use uuid::Uuid;
 /// SHARE`: the running row, written only if its worker is alive. `FOR SHARE`
 /// makes it wait for (and then see) a sweep that is declaring the worker
 /// dead right now. One statement, one round trip.
-pub(super) struct InsertRunningIfWorkerAlive<'a> {
-    pub(super) id: Uuid,
-    pub(super) repo: &'a str,
-    pub(super) issue_number: i64,
-    pub(super) user: &'a str,
-    pub(super) agent: &'a str,
-    pub(super) agent_type: &'a str,
-    pub(super) model: &'a str,
-    pub(super) provider: &'a str,
-    pub(super) started_at: DateTime<Utc>,
-    pub(super) worker: Uuid,
+pub(crate) struct InsertRunningIfWorkerAlive<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) repo: &'a str,
+    pub(crate) issue_number: i64,
+    pub(crate) user: &'a str,
+    pub(crate) agent: &'a str,
+    pub(crate) agent_type: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) provider: &'a str,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) worker: Uuid,
 }
 
 impl QueryId for InsertRunningIfWorkerAlive<'_> {
@@ -73,16 +73,16 @@ impl<Conn> RunQueryDsl<Conn> for InsertRunningIfWorkerAlive<'_> {}
 
 /// The one UPDATE of a completed finish (success, failure, cancelled,
 /// aborted_no_skill), fenced: only the owner's row, only while `running`.
-pub(super) struct FinishCompletedIfOwnedAndRunning<'a> {
-    pub(super) id: Uuid,
-    pub(super) worker: Uuid,
-    pub(super) status: &'a str,
-    pub(super) finished_at: DateTime<Utc>,
-    pub(super) input_tokens: i64,
-    pub(super) output_tokens: i64,
-    pub(super) cost_usd: f64,
-    pub(super) turns: i64,
-    pub(super) artifacts: serde_json::Value,
+pub(crate) struct FinishCompletedIfOwnedAndRunning<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) worker: Uuid,
+    pub(crate) status: &'a str,
+    pub(crate) finished_at: DateTime<Utc>,
+    pub(crate) input_tokens: i64,
+    pub(crate) output_tokens: i64,
+    pub(crate) cost_usd: f64,
+    pub(crate) turns: i64,
+    pub(crate) artifacts: serde_json::Value,
 }
 
 impl QueryId for FinishCompletedIfOwnedAndRunning<'_> {

@@ -16,17 +16,17 @@ use diesel::{QueryResult, RunQueryDsl};
 /// running row, written only if its worker is alive. One autocommit
 /// statement: SQLite holds the write lock for the whole of it, so no sweep
 /// can declare the worker dead in between.
-pub(super) struct InsertRunningIfWorkerAlive<'a> {
-    pub(super) id: &'a str,
-    pub(super) repo: &'a str,
-    pub(super) issue_number: i64,
-    pub(super) user: &'a str,
-    pub(super) agent: &'a str,
-    pub(super) agent_type: &'a str,
-    pub(super) model: &'a str,
-    pub(super) provider: &'a str,
-    pub(super) started_at: &'a str,
-    pub(super) worker: &'a str,
+pub(crate) struct InsertRunningIfWorkerAlive<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) repo: &'a str,
+    pub(crate) issue_number: i64,
+    pub(crate) user: &'a str,
+    pub(crate) agent: &'a str,
+    pub(crate) agent_type: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) provider: &'a str,
+    pub(crate) started_at: &'a str,
+    pub(crate) worker: &'a str,
 }
 
 impl QueryId for InsertRunningIfWorkerAlive<'_> {
@@ -69,16 +69,16 @@ impl<Conn> RunQueryDsl<Conn> for InsertRunningIfWorkerAlive<'_> {}
 
 /// The one UPDATE of a completed finish (success, failure, cancelled,
 /// aborted_no_skill), fenced: only the owner's row, only while `running`.
-pub(super) struct FinishCompletedIfOwnedAndRunning<'a> {
-    pub(super) id: &'a str,
-    pub(super) worker: &'a str,
-    pub(super) status: &'a str,
-    pub(super) finished_at: &'a str,
-    pub(super) input_tokens: i64,
-    pub(super) output_tokens: i64,
-    pub(super) cost_usd: f64,
-    pub(super) turns: i64,
-    pub(super) artifacts: &'a str,
+pub(crate) struct FinishCompletedIfOwnedAndRunning<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) worker: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) finished_at: &'a str,
+    pub(crate) input_tokens: i64,
+    pub(crate) output_tokens: i64,
+    pub(crate) cost_usd: f64,
+    pub(crate) turns: i64,
+    pub(crate) artifacts: &'a str,
 }
 
 impl QueryId for FinishCompletedIfOwnedAndRunning<'_> {
