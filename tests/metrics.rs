@@ -512,7 +512,7 @@ fn a_report_delivered_again_or_taken_over_is_counted_once() {
     let free = OwnerLock::Free {
         watched_for: LockWatch::Continuous,
     };
-    storage.set_worker_lock(dead.id(), free.clone());
+    storage.set_worker_lock(dead.id(), free);
 
     // The sweeper recovers it, but its stdout is closed: the report stays
     // owed and is tried again at every sweep.
