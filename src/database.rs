@@ -597,6 +597,18 @@ impl Storage for AnyStorage {
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
         self.as_storage().list_task_rows(filter)
     }
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(tasktrail_core::TaskStatus, u64)>, StorageError> {
+        self.as_storage().count_tasks_by_status(repo)
+    }
+    fn count_outcomes_by_hour(
+        &self,
+        since: tasktrail_core::Timestamp,
+    ) -> Result<Vec<tasktrail_core::OutcomeBucket>, StorageError> {
+        self.as_storage().count_outcomes_by_hour(since)
+    }
 }
 
 #[cfg(test)]

@@ -157,4 +157,18 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
         (self.before)(StorageCall::ListTasks)?;
         self.inner.list_task_rows(filter)
     }
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(crate::TaskStatus, u64)>, StorageError> {
+        (self.before)(StorageCall::ListTasks)?;
+        self.inner.count_tasks_by_status(repo)
+    }
+    fn count_outcomes_by_hour(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<crate::OutcomeBucket>, StorageError> {
+        (self.before)(StorageCall::ListTasks)?;
+        self.inner.count_outcomes_by_hour(since)
+    }
 }

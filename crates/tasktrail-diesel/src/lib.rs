@@ -21,6 +21,8 @@
 mod codec;
 #[cfg(test)]
 mod error_text;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod overview;
 mod pending;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;

@@ -3,6 +3,7 @@
 //! documented on [`PostgresStorage`].
 
 mod adopt;
+mod overview;
 mod pooler;
 mod prune;
 mod raw;

@@ -916,6 +916,20 @@ impl Storage for PostgresStorage {
             .map(TaskRow::into_record)
             .collect())
     }
+
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(TaskStatus, u64)>, StorageError> {
+        self.status_counts(repo)
+    }
+
+    fn count_outcomes_by_hour(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<tasktrail_core::OutcomeBucket>, StorageError> {
+        self.outcomes_by_hour(since)
+    }
 }
 
 impl PostgresStorage {
@@ -933,6 +947,9 @@ impl PostgresStorage {
         }
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
+        }
+        if let Some(offset) = filter.offset {
+            query = query.offset(i64::from(offset));
         }
         query.load(&mut self.pooled()?).map_err(map_error)
     }

@@ -1,6 +1,7 @@
 //! The SQLite backend: the embedded default.
 
 mod adopt;
+mod overview;
 mod prune;
 mod raw;
 mod rows;

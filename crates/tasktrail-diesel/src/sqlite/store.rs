@@ -703,6 +703,20 @@ impl Storage for SqliteStorage {
             .map(TaskRow::into_record)
             .collect())
     }
+
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(TaskStatus, u64)>, StorageError> {
+        self.status_counts(repo)
+    }
+
+    fn count_outcomes_by_hour(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<tasktrail_core::OutcomeBucket>, StorageError> {
+        self.outcomes_by_hour(since)
+    }
 }
 
 impl SqliteStorage {
@@ -720,6 +734,9 @@ impl SqliteStorage {
         }
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
+        }
+        if let Some(offset) = filter.offset {
+            query = query.offset(i64::from(offset));
         }
         query.load(&mut *self.connection()).map_err(map_error)
     }
