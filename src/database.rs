@@ -585,6 +585,9 @@ impl Storage for AnyStorage {
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
         self.as_storage().list_sessions()
     }
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        self.as_storage().list_task_sessions(task)
+    }
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         self.as_storage().get_task(id)
     }

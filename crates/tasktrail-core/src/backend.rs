@@ -140,6 +140,17 @@ pub trait Storage: Send + Sync {
     /// Every session, newest first.
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError>;
 
+    /// The sessions of one task, newest first.
+    ///
+    /// Provided: the default filters [`list_sessions`](Storage::list_sessions);
+    /// the SQL backends override it with a read through the sessions' index
+    /// on `task_id`.
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        let mut sessions = self.list_sessions()?;
+        sessions.retain(|session| session.task_id == task);
+        Ok(sessions)
+    }
+
     /// One row.
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError>;
 
@@ -249,6 +260,9 @@ macro_rules! forward_storage_through {
             }
             fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
                 (**self).list_sessions()
+            }
+            fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+                (**self).list_task_sessions(task)
             }
             fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
                 (**self).get_task(id)

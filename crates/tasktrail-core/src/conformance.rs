@@ -1238,6 +1238,7 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
         .record_session(SessionId::parse("sess_1").expect("id"), w.store)
         .expect("record");
     let key = key_of(&w.row(first.id()));
+    let first_id = first.id();
     assert_eq!(
         w.store.resumable_session(&key).expect("resumable"),
         None,
@@ -1255,6 +1256,7 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
 
     w.clock.advance(Duration::minutes(1));
     let second = Task::queue(spec).start(&worker, w.store).expect("start");
+    let second_id = second.id();
     second
         .record_session(SessionId::parse("sess_2").expect("id"), w.store)
         .expect("record");
@@ -1267,6 +1269,17 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
         .expect("resumable")
         .expect("offered");
     assert_eq!(offered.session_id.as_str(), "sess_2", "newest wins");
+    let of_task = |id| {
+        w.store
+            .list_task_sessions(id)
+            .expect("sessions")
+            .iter()
+            .map(|s| s.session_id.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of_task(first_id), vec!["sess_1"], "only the task's own");
+    assert_eq!(of_task(second_id), vec!["sess_2"]);
+    assert!(of_task(TaskId::new_random()).is_empty());
     let other_key = SessionKey {
         agent: "triager".into(),
         ..key

@@ -142,6 +142,10 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
         (self.before)(StorageCall::ListSessions)?;
         self.inner.list_sessions()
     }
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        (self.before)(StorageCall::ListSessions)?;
+        self.inner.list_task_sessions(task)
+    }
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         (self.before)(StorageCall::GetTask)?;
         self.inner.get_task(id)

@@ -682,6 +682,21 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq(task.to_string()))
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .load(&mut *self.connection())
+            .map_err(map_error)?
+            .into_iter()
+            .map(SessionRow::into_record)
+            .collect()
+    }
+
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         load_task(&mut self.connection(), &id.to_string()).map_err(StorageError::from)
     }
