@@ -21,6 +21,7 @@ mod api;
 mod dispatch;
 pub mod guard;
 pub mod metrics;
+pub mod ui;
 
 pub use api::{router, DEFAULT_DURATION_MS, MAX_BODY_BYTES, MAX_DURATION_MS};
 pub use dispatch::{
