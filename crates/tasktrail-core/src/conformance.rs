@@ -1464,7 +1464,11 @@ fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
             .map(|t| t.id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(paged(1, Some(2)), vec![ids[2], ids[1]], "the second page of two");
+    assert_eq!(
+        paged(1, Some(2)),
+        vec![ids[2], ids[1]],
+        "the second page of two"
+    );
     assert_eq!(paged(3, Some(2)), vec![ids[0]], "the last page is short");
     assert_eq!(paged(3, None), vec![ids[0]], "an offset without a limit");
     assert!(paged(4, Some(2)).is_empty(), "past the end");
@@ -1504,7 +1508,11 @@ fn status_counts_and_hourly_outcomes_count_the_rows<S: Storage>(w: &mut World<'_
     let plan: [(&str, Option<Outcome>, i64); 7] = [
         ("acme/widgets", Some(Outcome::Success(report())), 60),
         ("acme/widgets", Some(Outcome::Failure(report())), 60),
-        ("acme/gears", Some(interrupted("worker received SIGTERM")), 40),
+        (
+            "acme/gears",
+            Some(interrupted("worker received SIGTERM")),
+            40,
+        ),
         ("acme/gears", Some(Outcome::Success(report())), 50),
         ("acme/widgets", Some(Outcome::Cancelled(report())), 70),
         ("acme/widgets", None, 1),

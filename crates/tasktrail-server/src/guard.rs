@@ -324,7 +324,12 @@ async fn authorize(State(guard): State<Arc<Guard>>, request: Request, next: Next
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::ACCEPT)
-        .is_some_and(|accept| accept.as_bytes().windows(9).any(|part| part == b"text/html"))
+        .is_some_and(|accept| {
+            accept
+                .as_bytes()
+                .windows(9)
+                .any(|part| part == b"text/html")
+        })
 }
 
 /// The 401 a browser gets for a page: the same status and challenge, and a

@@ -40,7 +40,9 @@ fn enabled() -> bool {
     let gate = std::env::var(GATE).is_ok_and(|value| value == "1");
     let ci = std::env::var_os("CI").is_some();
     if !gate && !ci {
-        eprintln!("skipped: set {GATE}=1 to run the browser tests (needs chromium and chromium-driver)");
+        eprintln!(
+            "skipped: set {GATE}=1 to run the browser tests (needs chromium and chromium-driver)"
+        );
         return false;
     }
     for tool in [CHROMIUM, CHROMEDRIVER] {
@@ -82,7 +84,10 @@ impl Driver {
             .expect("address")
             .port();
         let child = Command::new(CHROMEDRIVER)
-            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".to_owned()])
+            .args([
+                format!("--port={port}"),
+                "--allowed-ips=127.0.0.1".to_owned(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -157,7 +162,10 @@ async fn text_of(client: &Client, css: &str) -> String {
 /// The page has not been reloaded since `mark` set the marker.
 async fn mark(client: &Client) {
     client
-        .execute("window.__tasktrailMarker = 'not reloaded'; return null;", vec![])
+        .execute(
+            "window.__tasktrailMarker = 'not reloaded'; return null;",
+            vec![],
+        )
         .await
         .expect("mark");
 }
@@ -167,7 +175,11 @@ async fn assert_not_reloaded(client: &Client, what: &str) {
         .execute("return window.__tasktrailMarker || null;", vec![])
         .await
         .expect("marker");
-    assert_eq!(marker, json!("not reloaded"), "{what}: the page was reloaded");
+    assert_eq!(
+        marker,
+        json!("not reloaded"),
+        "{what}: the page was reloaded"
+    );
 }
 
 fn bearer() -> String {
@@ -235,8 +247,16 @@ async fn an_operator_logs_in_watches_cancels_and_sees_what_a_crash_interrupted()
         .click()
         .await
         .expect("click");
-    until(&client, "the refusal", "document.getElementById('login-message').textContent.length > 0").await;
-    assert!(client.find(Locator::Css("table#tasks")).await.is_err(), "a wrong token let the browser in");
+    until(
+        &client,
+        "the refusal",
+        "document.getElementById('login-message').textContent.length > 0",
+    )
+    .await;
+    assert!(
+        client.find(Locator::Css("table#tasks")).await.is_err(),
+        "a wrong token let the browser in"
+    );
     field.clear().await.expect("clear");
     field.send_keys(TOKEN).await.expect("type");
     form.find(Locator::Css("button[type=submit]"))
@@ -283,10 +303,22 @@ async fn an_operator_logs_in_watches_cancels_and_sees_what_a_crash_interrupted()
     mark(&client).await;
     cancel.click().await.expect("click cancel");
     client.accept_alert().await.expect("the confirmation");
-    until(&client, "the task as cancelled", "document.getElementById('status').textContent === 'cancelled'").await;
+    until(
+        &client,
+        "the task as cancelled",
+        "document.getElementById('status').textContent === 'cancelled'",
+    )
+    .await;
     assert_not_reloaded(&client, "the cancel").await;
-    assert!(client.find(Locator::Css("button#cancel")).await.is_err(), "no Cancel once cancelled");
-    assert_eq!(row_status(&server, watched), "cancelled", "the row itself says cancelled");
+    assert!(
+        client.find(Locator::Css("button#cancel")).await.is_err(),
+        "no Cancel once cancelled"
+    );
+    assert_eq!(
+        row_status(&server, watched),
+        "cancelled",
+        "the row itself says cancelled"
+    );
     screenshot(&client, "task-cancelled").await;
 
     // Two tasks in flight when the server is killed.
@@ -322,7 +354,11 @@ async fn an_operator_logs_in_watches_cancels_and_sees_what_a_crash_interrupted()
         .execute("return Array.from(document.querySelectorAll('#tasks tbody tr')).map(function (r) { return r.dataset.status; });", vec![])
         .await
         .expect("rows");
-    assert_eq!(shown, json!(["interrupted", "interrupted"]), "only the filtered status");
+    assert_eq!(
+        shown,
+        json!(["interrupted", "interrupted"]),
+        "only the filtered status"
+    );
     assert_eq!(
         client
             .find(Locator::Css("select[name=status]"))
@@ -358,16 +394,33 @@ async fn an_operator_logs_in_watches_cancels_and_sees_what_a_crash_interrupted()
     screenshot(&client, "task-interrupted").await;
 
     // The killed server's worker is dead, with its proof.
-    client.goto(&format!("{base}/ui/workers")).await.expect("goto workers");
+    client
+        .goto(&format!("{base}/ui/workers"))
+        .await
+        .expect("goto workers");
     let proof = text_of(&client, "tr[data-state=dead] td.proof").await;
     assert!(proof.starts_with("dead: "), "{proof}");
-    assert!(proof.contains("process"), "proven by the pid probe: {proof}");
-    assert_eq!(text_of(&client, "tr[data-state=alive] td:nth-child(5)").await, "0");
+    assert!(
+        proof.contains("process"),
+        "proven by the pid probe: {proof}"
+    );
+    assert_eq!(
+        text_of(&client, "tr[data-state=alive] td:nth-child(5)").await,
+        "0"
+    );
     screenshot(&client, "workers").await;
 
     // The chart shows the hour's interrupted and cancelled rows.
-    client.goto(&format!("{base}/ui/outcomes")).await.expect("goto outcomes");
-    until(&client, "an interrupted band", "document.querySelector('svg.chart rect[data-status=interrupted][data-rows=\"2\"]')").await;
+    client
+        .goto(&format!("{base}/ui/outcomes"))
+        .await
+        .expect("goto outcomes");
+    until(
+        &client,
+        "an interrupted band",
+        "document.querySelector('svg.chart rect[data-status=interrupted][data-rows=\"2\"]')",
+    )
+    .await;
     screenshot(&client, "outcomes").await;
 
     // A phone-sized window still shows the list.

@@ -38,8 +38,8 @@ use axum::routing::get;
 use axum::Router;
 use tasktrail::prelude::*;
 use tasktrail::{
-    InterruptCause, LivenessPolicy, OutcomeBucket, SessionKey, SessionRecord, Timestamp, WorkerId, WorkerRecord,
-    WorkerState,
+    InterruptCause, LivenessPolicy, OutcomeBucket, SessionKey, SessionRecord, Timestamp, WorkerId,
+    WorkerRecord, WorkerState,
 };
 
 use crate::dispatch::Dispatcher;
@@ -256,7 +256,11 @@ struct TaskView {
     now: Timestamp,
 }
 
-fn load_task(storage: &dyn Storage, id: TaskId, now: Timestamp) -> Result<Option<TaskView>, StorageError> {
+fn load_task(
+    storage: &dyn Storage,
+    id: TaskId,
+    now: Timestamp,
+) -> Result<Option<TaskView>, StorageError> {
     let Some(task) = storage.get_task(id)? else {
         return Ok(None);
     };
@@ -325,7 +329,9 @@ fn load_workers(
         status: Some(TaskStatus::Running),
         ..TaskFilter::default()
     })?;
-    let any_dead = workers.iter().any(|worker| worker.state == WorkerState::Dead);
+    let any_dead = workers
+        .iter()
+        .any(|worker| worker.state == WorkerState::Dead);
     let recovered = if any_dead {
         storage.list_tasks(&TaskFilter {
             status: Some(TaskStatus::Interrupted),
@@ -494,7 +500,10 @@ async fn task_page(
     let Ok(id) = id.parse::<TaskId>() else {
         return Err(PageError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("task id {:?} is not a UUID", id.chars().take(64).collect::<String>()),
+            message: format!(
+                "task id {:?} is not a UUID",
+                id.chars().take(64).collect::<String>()
+            ),
         });
     };
     let storage = Arc::clone(ui.dispatcher.worker().storage());
@@ -505,7 +514,8 @@ async fn task_page(
             status: StatusCode::NOT_FOUND,
             message: format!("no task {id}"),
         })?;
-    let cancellable = view.task.status == TaskStatus::Running && view.task.worker_id == Some(this_worker);
+    let cancellable =
+        view.task.status == TaskStatus::Running && view.task.worker_id == Some(this_worker);
     Ok(page(
         pages::task_page(&view, cancellable, ui.token_required).into_string(),
     ))

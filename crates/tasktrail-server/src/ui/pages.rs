@@ -7,9 +7,7 @@ use tasktrail::prelude::*;
 use tasktrail::{Liveness, OutcomeBucket, Timestamp, WorkerState};
 
 use super::chart::{outcomes_svg, status_colour, CHART_HOURS};
-use super::{
-    Resumable, TaskListView, TaskView, WorkerView, PAGE_SIZE, REFRESH_MILLISECONDS,
-};
+use super::{Resumable, TaskListView, TaskView, WorkerView, PAGE_SIZE, REFRESH_MILLISECONDS};
 use crate::guard::{LOGIN_PATH, LOGOUT_PATH};
 
 const STYLE: &str = r#"
@@ -37,6 +35,7 @@ th { font-size: .85em; color: var(--muted); font-weight: 600; white-space: nowra
 td.when { white-space: nowrap; font-variant-numeric: tabular-nums; }
 .muted { color: var(--muted); }
 .reason { font-size: .88em; color: #953800; }
+td .reason { min-width: 14rem; }
 .filters { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin-bottom: .8rem; }
 .filters label { display: flex; flex-direction: column; font-size: .85em; color: var(--muted); }
 input, select, button { font: inherit; padding: .3rem .5rem; border: 1px solid var(--line); border-radius: .3rem; background: #fff; }
@@ -239,31 +238,36 @@ pub(super) fn task_list_page(view: &TaskListView, token_required: bool) -> Marku
             repo.as_ref().map(|r| format!(" · {r}")).unwrap_or_default()
         ),
     };
-    layout(&title, "tasks", token_required, html! {
-        h1 { (title) }
-        form class="filters" method="get" action="/" {
-            label { "Status"
-                select name="status" {
-                    option value="" selected[query.status.is_none()] { "all" }
-                    @for status in TaskStatus::ALL {
-                        option value=(status.as_str()) selected[query.status == Some(status)] { (status.as_str()) }
+    layout(
+        &title,
+        "tasks",
+        token_required,
+        html! {
+            h1 { (title) }
+            form class="filters" method="get" action="/" {
+                label { "Status"
+                    select name="status" {
+                        option value="" selected[query.status.is_none()] { "all" }
+                        @for status in TaskStatus::ALL {
+                            option value=(status.as_str()) selected[query.status == Some(status)] { (status.as_str()) }
+                        }
                     }
                 }
+                label { "Repo"
+                    input type="text" name="repo" placeholder="owner/name" value=[query.repo.as_deref()];
+                }
+                button type="submit" { "Filter" }
+                @if query.status.is_some() || query.repo.is_some() {
+                    a href="/" { "Clear" }
+                }
             }
-            label { "Repo"
-                input type="text" name="repo" placeholder="owner/name" value=[query.repo.as_deref()];
+            div id="live" data-src=(live_src) data-every=(REFRESH_MILLISECONDS) {
+                (task_list_live(view))
             }
-            button type="submit" { "Filter" }
-            @if query.status.is_some() || query.repo.is_some() {
-                a href="/" { "Clear" }
-            }
-        }
-        div id="live" data-src=(live_src) data-every=(REFRESH_MILLISECONDS) {
-            (task_list_live(view))
-        }
-        p class="status-line" { "Refreshes every " (REFRESH_MILLISECONDS / 1000) " s. " span id="refresh-note" {} }
-        script { (PreEscaped(LIST_SCRIPT)) }
-    })
+            p class="status-line" { "Refreshes every " (REFRESH_MILLISECONDS / 1000) " s. " span id="refresh-note" {} }
+            script { (PreEscaped(LIST_SCRIPT)) }
+        },
+    )
 }
 
 const CANCEL_SCRIPT: &str = r#"
@@ -305,157 +309,197 @@ pub(super) fn task_page(view: &TaskView, cancellable: bool, token_required: bool
         ("agent_type", task.agent_type.clone()),
         ("model", task.model.clone()),
         ("provider", task.provider.clone()),
-        ("worker_id", or_dash(task.worker_id.map(|id| id.to_string()))),
+        (
+            "worker_id",
+            or_dash(task.worker_id.map(|id| id.to_string())),
+        ),
         ("started_at", time(task.started_at)),
-        ("input_tokens", or_dash(task.input_tokens.map(|n| n.to_string()))),
-        ("output_tokens", or_dash(task.output_tokens.map(|n| n.to_string()))),
-        ("cost_usd", or_dash(task.cost_usd.map(|n| format!("{n:.4}")))),
+        (
+            "input_tokens",
+            or_dash(task.input_tokens.map(|n| n.to_string())),
+        ),
+        (
+            "output_tokens",
+            or_dash(task.output_tokens.map(|n| n.to_string())),
+        ),
+        (
+            "cost_usd",
+            or_dash(task.cost_usd.map(|n| format!("{n:.4}"))),
+        ),
         ("turns", or_dash(task.turns.map(|n| n.to_string()))),
-        ("artifacts", or_dash(task.artifacts.as_ref().map(|a| a.join(", ")))),
+        (
+            "artifacts",
+            or_dash(task.artifacts.as_ref().map(|a| a.join(", "))),
+        ),
         ("interrupted_at", optional_time(task.interrupted_at)),
         ("interrupt_reason", or_dash(task.interrupt_reason.clone())),
-        ("interrupted_by", or_dash(task.interrupted_by.map(|id| id.to_string()))),
+        (
+            "interrupted_by",
+            or_dash(task.interrupted_by.map(|id| id.to_string())),
+        ),
     ];
-    layout(&format!("{}#{}", task.repo, task.issue_number), "tasks", token_required, html! {
-        h1 { (task.repo) "#" (task.issue_number) " " span class="muted" { (task.agent) } }
-        @if let Some(cause) = view.cause {
-            p class="note" id="recovery" {
-                @if cause.is_recovery() { "Recovered by a sweep: " } @else { "Interrupted: " }
-                (task.interrupt_reason.as_deref().unwrap_or("no reason recorded"))
-                " " span class="muted" { "(" (cause) ")" }
-            }
-        }
-        dl class="columns" {
-            dt { "status" }
-            dd {
-                span class="badge" id="status" data-status=(task.status.as_str())
-                    style={ "background:" (status_colour(task.status)) } { (task.status.as_str()) }
-                @if task.status == TaskStatus::Running {
-                    " " span class="muted running-for" { "running " (super::pages::age(task.started_at, view.now)) }
+    layout(
+        &format!("{}#{}", task.repo, task.issue_number),
+        "tasks",
+        token_required,
+        html! {
+            h1 { (task.repo) "#" (task.issue_number) " " span class="muted" { (task.agent) } }
+            @if let Some(cause) = view.cause {
+                p class="note" id="recovery" {
+                    @if cause.is_recovery() { "Recovered by a sweep: " } @else { "Interrupted: " }
+                    (task.interrupt_reason.as_deref().unwrap_or("no reason recorded"))
+                    " " span class="muted" { "(" (cause) ")" }
                 }
             }
-            dt { "finished_at" }
-            dd id="finished-at" { (optional_time(task.finished_at)) }
-            @for (name, value) in &columns {
-                dt { (name) }
-                dd { code { (value) } }
+            dl class="columns" {
+                dt { "status" }
+                dd {
+                    span class="badge" id="status" data-status=(task.status.as_str())
+                        style={ "background:" (status_colour(task.status)) } { (task.status.as_str()) }
+                    @if task.status == TaskStatus::Running {
+                        " " span class="muted running-for" { "running " (super::pages::age(task.started_at, view.now)) }
+                    }
+                }
+                dt { "finished_at" }
+                dd id="finished-at" { (optional_time(task.finished_at)) }
+                @for (name, value) in &columns {
+                    dt { (name) }
+                    dd { code { (value) } }
+                }
             }
-        }
-        @if cancellable {
-            p {
-                button type="button" class="danger" id="cancel" data-task=(task.id)
-                    data-cancelled=(status_colour(TaskStatus::Cancelled)) { "Cancel" }
-                " " span id="cancel-message" class="muted" {}
+            @if cancellable {
+                p {
+                    button type="button" class="danger" id="cancel" data-task=(task.id)
+                        data-cancelled=(status_colour(TaskStatus::Cancelled)) { "Cancel" }
+                    " " span id="cancel-message" class="muted" {}
+                }
+            } @else if task.status == TaskStatus::Running {
+                p class="muted" { "Running on another worker: cancel it through that worker's server." }
             }
-        } @else if task.status == TaskStatus::Running {
-            p class="muted" { "Running on another worker: cancel it through that worker's server." }
-        }
-        h2 { "Sessions" }
-        @if view.sessions.is_empty() {
-            p class="muted" { "No session recorded." }
-        } @else {
-            div class="scroll" { table id="sessions" {
-                thead { tr { th { "Session" } th { "Created (UTC)" } th { "Resumable" } } }
-                tbody {
-                    @for entry in &view.sessions {
-                        tr data-resumable=(matches!(entry.resumable, Resumable::Yes)) {
-                            td { code { (entry.session.session_id.as_str()) } }
-                            td class="when" { (time(entry.session.created_at)) }
-                            td {
-                                @match entry.resumable {
-                                    Resumable::Yes => { "yes: the session offered for " (entry.session.repo) "#" (entry.session.issue_number) " / " (entry.session.agent) }
-                                    Resumable::NotWhileRunning => { "not yet: its task is running" }
-                                    Resumable::Superseded => { "no: a newer session of the same issue and agent is offered" }
-                                    Resumable::Invalidated => {
-                                        "no: invalidated " (optional_time(entry.session.invalidated_at))
-                                        @if let Some(reason) = &entry.session.invalidation_reason {
-                                            div class="reason" { (reason) }
+            h2 { "Sessions" }
+            @if view.sessions.is_empty() {
+                p class="muted" { "No session recorded." }
+            } @else {
+                div class="scroll" { table id="sessions" {
+                    thead { tr { th { "Session" } th { "Created (UTC)" } th { "Resumable" } } }
+                    tbody {
+                        @for entry in &view.sessions {
+                            tr data-resumable=(matches!(entry.resumable, Resumable::Yes)) {
+                                td { code { (entry.session.session_id.as_str()) } }
+                                td class="when" { (time(entry.session.created_at)) }
+                                td {
+                                    @match entry.resumable {
+                                        Resumable::Yes => { "yes: the session offered for " (entry.session.repo) "#" (entry.session.issue_number) " / " (entry.session.agent) }
+                                        Resumable::NotWhileRunning => { "not yet: its task is running" }
+                                        Resumable::Superseded => { "no: a newer session of the same issue and agent is offered" }
+                                        Resumable::Invalidated => {
+                                            "no: invalidated " (optional_time(entry.session.invalidated_at))
+                                            @if let Some(reason) = &entry.session.invalidation_reason {
+                                                div class="reason" { (reason) }
+                                            }
                                         }
                                     }
                                 }
                             }
                         }
                     }
-                }
-            } }
-        }
-        p { a href="/" { "← All tasks" } }
-        script { (PreEscaped(CANCEL_SCRIPT)) }
-    })
+                } }
+            }
+            p { a href="/" { "← All tasks" } }
+            script { (PreEscaped(CANCEL_SCRIPT)) }
+        },
+    )
 }
 
 pub(super) fn workers_page(workers: &[WorkerView], now: Timestamp, token_required: bool) -> Markup {
-    layout("Workers", "workers", token_required, html! {
-        h1 { "Workers" }
-        div class="scroll" { table id="workers" {
-            thead { tr {
-                th { "State" } th { "Host" } th { "PID" } th { "Heartbeat" } th { "In flight" }
-                th { "Liveness" } th class="wide" { "Worker" }
-            } }
-            tbody {
-                @if workers.is_empty() { tr { td colspan="7" class="muted" { "No worker has registered." } } }
-                @for view in workers {
-                    @let worker = &view.worker;
-                    tr data-worker=(worker.id) data-state=(worker.state.as_str()) {
-                        td { (worker.state.as_str()) @if view.this_server { " " span class="muted" { "(this server)" } } }
-                        td { (worker.host) }
-                        td { (worker.pid) }
-                        td class="when" { (age(worker.heartbeat_at, now)) " ago" }
-                        td { (view.in_flight) }
-                        td class="proof" {
-                            @match (&worker.state, &view.verdict, &view.proof) {
-                                (WorkerState::Stopped, _, _) => {
-                                    "stopped cleanly " (optional_time(worker.stopped_at))
+    layout(
+        "Workers",
+        "workers",
+        token_required,
+        html! {
+            h1 { "Workers" }
+            div class="scroll" { table id="workers" {
+                thead { tr {
+                    th { "State" } th { "Host" } th { "PID" } th { "Heartbeat" } th { "In flight" }
+                    th { "Liveness" } th class="wide" { "Worker" }
+                } }
+                tbody {
+                    @if workers.is_empty() { tr { td colspan="7" class="muted" { "No worker has registered." } } }
+                    @for view in workers {
+                        @let worker = &view.worker;
+                        tr data-worker=(worker.id) data-state=(worker.state.as_str()) {
+                            td { (worker.state.as_str()) @if view.this_server { " " span class="muted" { "(this server)" } } }
+                            td { (worker.host) }
+                            td { (worker.pid) }
+                            td class="when" { (age(worker.heartbeat_at, now)) " ago" }
+                            td { (view.in_flight) }
+                            td class="proof" {
+                                @match (&worker.state, &view.verdict, &view.proof) {
+                                    (WorkerState::Stopped, _, _) => {
+                                        "stopped cleanly " (optional_time(worker.stopped_at))
+                                    }
+                                    (WorkerState::Dead, _, Some(proof)) => { "dead: " (proof) }
+                                    (WorkerState::Dead, _, None) => {
+                                        "dead: declared by a recovery sweep (no row it recovered is among the newest interrupted ones)"
+                                    }
+                                    (WorkerState::Alive, Some(Liveness::Dead(cause)), _) => {
+                                        "dead, not yet swept: " (cause)
+                                    }
+                                    (WorkerState::Alive, Some(Liveness::Stalled { silence }), _) => {
+                                        "stalled: holds its lock, silent for " (silence.num_seconds()) "s"
+                                    }
+                                    (WorkerState::Alive, Some(Liveness::NotYetProvable(why)), _) => {
+                                        "not yet provable: " (format!("{why:?}"))
+                                    }
+                                    (WorkerState::Alive, _, _) => { "alive" }
                                 }
-                                (WorkerState::Dead, _, Some(proof)) => { "dead: " (proof) }
-                                (WorkerState::Dead, _, None) => {
-                                    "dead: declared by a recovery sweep (no row it recovered is among the newest interrupted ones)"
-                                }
-                                (WorkerState::Alive, Some(Liveness::Dead(cause)), _) => {
-                                    "dead, not yet swept: " (cause)
-                                }
-                                (WorkerState::Alive, Some(Liveness::Stalled { silence }), _) => {
-                                    "stalled: holds its lock, silent for " (silence.num_seconds()) "s"
-                                }
-                                (WorkerState::Alive, Some(Liveness::NotYetProvable(why)), _) => {
-                                    "not yet provable: " (format!("{why:?}"))
-                                }
-                                (WorkerState::Alive, _, _) => { "alive" }
                             }
+                            td class="wide" { code { (worker.id) } }
                         }
-                        td class="wide" { code { (worker.id) } }
                     }
                 }
+            } }
+            p class="status-line" {
+                "Death is proven, never guessed: a dead worker's proof is the cause its sweep recorded; "
+                "an alive row is judged here by the pid probe (same host) or its lease."
             }
-        } }
-        p class="status-line" {
-            "Death is proven, never guessed: a dead worker's proof is the cause its sweep recorded; "
-            "an alive row is judged here by the pid probe (same host) or its lease."
-        }
-    })
+        },
+    )
 }
 
-pub(super) fn outcomes_page(buckets: &[OutcomeBucket], now: Timestamp, token_required: bool) -> Markup {
+pub(super) fn outcomes_page(
+    buckets: &[OutcomeBucket],
+    now: Timestamp,
+    token_required: bool,
+) -> Markup {
     let mut totals: Vec<(TaskStatus, u64)> = TaskStatus::ALL
         .iter()
         .filter(|status| status.is_final())
         .map(|status| (*status, 0))
         .collect();
     for bucket in buckets {
-        if let Some(total) = totals.iter_mut().find(|(status, _)| *status == bucket.status) {
+        if let Some(total) = totals
+            .iter_mut()
+            .find(|(status, _)| *status == bucket.status)
+        {
             total.1 += bucket.rows;
         }
     }
-    layout("Outcomes", "outcomes", token_required, html! {
-        h1 { "Outcomes per hour, last " (CHART_HOURS) " hours" }
-        (PreEscaped(outcomes_svg(buckets, now)))
-        ul class="legend" {
-            @for (status, rows) in &totals {
-                li { span style={ "background:" (status_colour(*status)) } {} (status.as_str()) " " b { (rows) } }
+    layout(
+        "Outcomes",
+        "outcomes",
+        token_required,
+        html! {
+            h1 { "Outcomes per hour, last " (CHART_HOURS) " hours" }
+            (PreEscaped(outcomes_svg(buckets, now)))
+            ul class="legend" {
+                @for (status, rows) in &totals {
+                    li { span style={ "background:" (status_colour(*status)) } {} (status.as_str()) " " b { (rows) } }
+                }
             }
-        }
-        p class="status-line" { "Hours in UTC, by when each task ended. Read at " (time(now)) }
-    })
+            p class="status-line" { "Hours in UTC, by when each task ended. Read at " (time(now)) }
+        },
+    )
 }
 
 const LOGIN_SCRIPT: &str = r#"
@@ -475,28 +519,38 @@ const LOGIN_SCRIPT: &str = r#"
 "#;
 
 pub(super) fn login_page(next: &str, token_required: bool) -> Markup {
-    layout("Log in", "", false, html! {
-        h1 { "Log in" }
-        @if token_required {
-            form id="login" method="post" action=(LOGIN_PATH) data-next=(next) class="filters" {
-                label { "Token"
-                    input type="password" name="token" autocomplete="current-password" required autofocus;
+    layout(
+        "Log in",
+        "",
+        false,
+        html! {
+            h1 { "Log in" }
+            @if token_required {
+                form id="login" method="post" action=(LOGIN_PATH) data-next=(next) class="filters" {
+                    label { "Token"
+                        input type="password" name="token" autocomplete="current-password" required autofocus;
+                    }
+                    button type="submit" { "Log in" }
                 }
-                button type="submit" { "Log in" }
+                p id="login-message" class="reason" {}
+                p class="muted" { "The token is kept in an HttpOnly cookie for this browser session." }
+                script { (PreEscaped(LOGIN_SCRIPT)) }
+            } @else {
+                p { "This server has no token: " a href=(next) { "go on" } "." }
             }
-            p id="login-message" class="reason" {}
-            p class="muted" { "The token is kept in an HttpOnly cookie for this browser session." }
-            script { (PreEscaped(LOGIN_SCRIPT)) }
-        } @else {
-            p { "This server has no token: " a href=(next) { "go on" } "." }
-        }
-    })
+        },
+    )
 }
 
 pub(super) fn error_page(status: StatusCode, message: &str) -> Markup {
-    layout(status.as_str(), "", false, html! {
-        h1 { (status) }
-        p class="reason" { (message) }
-        p { a href="/" { "← All tasks" } }
-    })
+    layout(
+        status.as_str(),
+        "",
+        false,
+        html! {
+            h1 { (status) }
+            p class="reason" { (message) }
+            p { a href="/" { "← All tasks" } }
+        },
+    )
 }
