@@ -1,7 +1,9 @@
 //! Who gets in, and how long a request may take: the bearer token, the
 //! dashboard's session cookie (with its cross-site check), `--public-read`,
 //! and the request timeout. [`guarded`] wraps the server's routes in all of
-//! it; the body limit is the router's own (`api::MAX_BODY_BYTES`).
+//! it; the body limit is the router's own (`api::MAX_BODY_BYTES`). A
+//! browser refused a page (a `GET` accepting `text/html`) gets the same
+//! `401` and challenge with a page that sends it to the login form.
 //!
 //! The token's text is never kept, shown or answered: a [`Token`] holds the
 //! SHA-256 digests of the token and of the session cookie's value (itself a

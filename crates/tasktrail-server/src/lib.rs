@@ -9,7 +9,8 @@
 //! `POST /tasks/{id}/cancel` writes `cancelled`; `GET /tasks`, `GET
 //! /tasks/{id}` read rows; `GET /healthz` is the worker's health; `GET
 //! /metrics` the metrics in the Prometheus text format ([`metrics`], when the
-//! binary installed the recorder). [`guarded`] puts the routes behind a
+//! binary installed the recorder). [`ui::router`] serves the operators'
+//! dashboard (HTML pages at `/` and under `/ui/`) over the same store. [`guarded`] puts the routes behind a
 //! token ([`guard`]) and a request timeout; bodies are capped at
 //! [`MAX_BODY_BYTES`] and dispatches in flight at
 //! [`Dispatcher::limit`]. On SIGTERM

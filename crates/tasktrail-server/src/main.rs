@@ -2,7 +2,7 @@
 //! [--token-file PATH] [--public-read] [--request-timeout DURATION]
 //! [--max-concurrent-dispatches N]`: see the library docs and README.md
 //! ("Use it from an async server"), and docs/operations.md ("Logs and
-//! metrics", "Running the server with a token").
+//! metrics", "Running the server with a token", "The dashboard").
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
