@@ -585,6 +585,9 @@ impl Storage for AnyStorage {
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
         self.as_storage().list_sessions()
     }
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        self.as_storage().list_task_sessions(task)
+    }
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         self.as_storage().get_task(id)
     }
@@ -596,6 +599,18 @@ impl Storage for AnyStorage {
         filter: &TaskFilter,
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
         self.as_storage().list_task_rows(filter)
+    }
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(tasktrail_core::TaskStatus, u64)>, StorageError> {
+        self.as_storage().count_tasks_by_status(repo)
+    }
+    fn count_outcomes_by_hour(
+        &self,
+        since: tasktrail_core::Timestamp,
+    ) -> Result<Vec<tasktrail_core::OutcomeBucket>, StorageError> {
+        self.as_storage().count_outcomes_by_hour(since)
     }
 }
 

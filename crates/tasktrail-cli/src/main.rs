@@ -443,6 +443,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
                     status,
                     repo,
                     limit: Some(limit),
+                    offset: None,
                 })?
                 .into_iter()
                 .partition(Result::is_ok);

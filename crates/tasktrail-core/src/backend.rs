@@ -23,6 +23,7 @@ use std::error::Error as StdError;
 
 use crate::clock::Timestamp;
 use crate::ids::{TaskId, WorkerId};
+use crate::overview::{outcome_buckets, status_counts, OutcomeBucket};
 use crate::record::{RecoveredTask, SessionKey, SessionRecord, TaskFilter, TaskRecord};
 use crate::storage::StorageError;
 use crate::worker::{WorkerRecord, WorkerRegistration};
@@ -140,6 +141,17 @@ pub trait Storage: Send + Sync {
     /// Every session, newest first.
     fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError>;
 
+    /// The sessions of one task, newest first.
+    ///
+    /// Provided: the default filters [`list_sessions`](Storage::list_sessions);
+    /// the SQL backends override it with a read through the sessions' index
+    /// on `task_id`.
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        let mut sessions = self.list_sessions()?;
+        sessions.retain(|session| session.task_id == task);
+        Ok(sessions)
+    }
+
     /// One row.
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError>;
 
@@ -161,6 +173,39 @@ pub trait Storage: Send + Sync {
         filter: &TaskFilter,
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
         Ok(self.list_tasks(filter)?.into_iter().map(Ok).collect())
+    }
+
+    /// How many rows of `repo` (every repo when `None`) have each status:
+    /// every status in [`TaskStatus::ALL`](crate::TaskStatus::ALL) order,
+    /// zero included ([`status_counts`](crate::status_counts) is the
+    /// definition).
+    ///
+    /// Provided: the default reads every row through `list_tasks`; the SQL
+    /// backends override it with one `GROUP BY` over an index.
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(crate::TaskStatus, u64)>, StorageError> {
+        let filter = TaskFilter {
+            repo: repo.map(str::to_owned),
+            ..TaskFilter::default()
+        };
+        Ok(status_counts(&self.list_tasks(&filter)?, repo))
+    }
+
+    /// The final rows that ended (`finished_at`, else `interrupted_at`) at
+    /// or after `since`, counted by the UTC hour they ended in and their
+    /// status: only non-zero buckets, oldest hour first, statuses in
+    /// [`TaskStatus::ALL`](crate::TaskStatus::ALL) order within an hour
+    /// ([`outcome_buckets`](crate::outcome_buckets) is the definition).
+    ///
+    /// Provided: the default reads every row through `list_tasks`; the SQL
+    /// backends override it with one `GROUP BY`.
+    fn count_outcomes_by_hour(&self, since: Timestamp) -> Result<Vec<OutcomeBucket>, StorageError> {
+        Ok(outcome_buckets(
+            &self.list_tasks(&TaskFilter::default())?,
+            since,
+        ))
     }
 }
 
@@ -217,6 +262,9 @@ macro_rules! forward_storage_through {
             fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
                 (**self).list_sessions()
             }
+            fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+                (**self).list_task_sessions(task)
+            }
             fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
                 (**self).get_task(id)
             }
@@ -228,6 +276,18 @@ macro_rules! forward_storage_through {
                 filter: &TaskFilter,
             ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
                 (**self).list_task_rows(filter)
+            }
+            fn count_tasks_by_status(
+                &self,
+                repo: Option<&str>,
+            ) -> Result<Vec<(crate::TaskStatus, u64)>, StorageError> {
+                (**self).count_tasks_by_status(repo)
+            }
+            fn count_outcomes_by_hour(
+                &self,
+                since: Timestamp,
+            ) -> Result<Vec<OutcomeBucket>, StorageError> {
+                (**self).count_outcomes_by_hour(since)
             }
         }
     )+};

@@ -467,6 +467,10 @@ fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
             listing_filters_orders_and_limits,
         ),
         (
+            "status_counts_and_hourly_outcomes_count_the_rows",
+            status_counts_and_hourly_outcomes_count_the_rows,
+        ),
+        (
             "an_abandoned_handle_is_interrupted_once_with_its_sessions",
             an_abandoned_handle_is_interrupted_once_with_its_sessions,
         ),
@@ -1234,6 +1238,7 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
         .record_session(SessionId::parse("sess_1").expect("id"), w.store)
         .expect("record");
     let key = key_of(&w.row(first.id()));
+    let first_id = first.id();
     assert_eq!(
         w.store.resumable_session(&key).expect("resumable"),
         None,
@@ -1251,6 +1256,7 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
 
     w.clock.advance(Duration::minutes(1));
     let second = Task::queue(spec).start(&worker, w.store).expect("start");
+    let second_id = second.id();
     second
         .record_session(SessionId::parse("sess_2").expect("id"), w.store)
         .expect("record");
@@ -1263,6 +1269,17 @@ fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'
         .expect("resumable")
         .expect("offered");
     assert_eq!(offered.session_id.as_str(), "sess_2", "newest wins");
+    let of_task = |id| {
+        w.store
+            .list_task_sessions(id)
+            .expect("sessions")
+            .iter()
+            .map(|s| s.session_id.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of_task(first_id), vec!["sess_1"], "only the task's own");
+    assert_eq!(of_task(second_id), vec!["sess_2"]);
+    assert!(of_task(TaskId::new_random()).is_empty());
     let other_key = SessionKey {
         agent: "triager".into(),
         ..key
@@ -1431,9 +1448,44 @@ fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
             status: Some(TaskStatus::Success),
             repo: Some("acme/widgets".into()),
             limit: Some(10),
+            offset: None,
         })
         .expect("list");
     assert_eq!(both.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]]);
+    let paged = |offset, limit| {
+        w.store
+            .list_tasks(&TaskFilter {
+                limit,
+                offset: Some(offset),
+                ..TaskFilter::default()
+            })
+            .expect("list")
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        paged(1, Some(2)),
+        vec![ids[2], ids[1]],
+        "the second page of two"
+    );
+    assert_eq!(paged(3, Some(2)), vec![ids[0]], "the last page is short");
+    assert_eq!(paged(3, None), vec![ids[0]], "an offset without a limit");
+    assert!(paged(4, Some(2)).is_empty(), "past the end");
+    let running_page = w
+        .store
+        .list_tasks(&TaskFilter {
+            status: Some(TaskStatus::Running),
+            limit: Some(1),
+            offset: Some(1),
+            ..TaskFilter::default()
+        })
+        .expect("list");
+    assert_eq!(
+        running_page.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[1]],
+        "the offset applies after the filter"
+    );
     assert_eq!(w.store.get_task(TaskId::new_random()).expect("get"), None);
     assert!(w
         .store
@@ -1441,6 +1493,104 @@ fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
         .expect("workers")
         .iter()
         .any(|x| x.id == worker.id()));
+}
+
+fn status_counts_and_hourly_outcomes_count_the_rows<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    let empty = w.store.count_tasks_by_status(None).expect("counts");
+    assert_eq!(
+        empty,
+        TaskStatus::ALL.iter().map(|s| (*s, 0)).collect::<Vec<_>>(),
+        "every status, zero included"
+    );
+    // The clock starts at 14:37:02; rows end across three hours.
+    let start = w.clock.now();
+    let plan: [(&str, Option<Outcome>, i64); 7] = [
+        ("acme/widgets", Some(Outcome::Success(report())), 60),
+        ("acme/widgets", Some(Outcome::Failure(report())), 60),
+        (
+            "acme/gears",
+            Some(interrupted("worker received SIGTERM")),
+            40,
+        ),
+        ("acme/gears", Some(Outcome::Success(report())), 50),
+        ("acme/widgets", Some(Outcome::Cancelled(report())), 70),
+        ("acme/widgets", None, 1),
+        ("acme/gears", None, 1),
+    ];
+    for (repo, outcome, minutes) in plan {
+        let spec = w.spec(repo);
+        let running = Task::queue(spec).start(&worker, w.store).expect("start");
+        w.clock.advance(Duration::minutes(minutes));
+        if let Some(outcome) = outcome {
+            running.finish(outcome, w.store).expect("finish");
+        }
+    }
+    let all = w.store.list_tasks(&TaskFilter::default()).expect("list");
+    let count = |counts: &[(TaskStatus, u64)], status| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+            .expect("every status")
+    };
+    let counts = w.store.count_tasks_by_status(None).expect("counts");
+    assert_eq!(counts, crate::status_counts(&all, None));
+    assert_eq!(
+        counts.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        TaskStatus::ALL.to_vec()
+    );
+    assert_eq!(count(&counts, TaskStatus::Running), 2);
+    assert_eq!(count(&counts, TaskStatus::Success), 2);
+    assert_eq!(count(&counts, TaskStatus::Interrupted), 1);
+    assert_eq!(count(&counts, TaskStatus::AbortedNoSkill), 0);
+    let gears = w
+        .store
+        .count_tasks_by_status(Some("acme/gears"))
+        .expect("counts");
+    assert_eq!(gears, crate::status_counts(&all, Some("acme/gears")));
+    assert_eq!(
+        gears.iter().map(|(_, n)| n).sum::<u64>(),
+        3,
+        "only the repo's rows"
+    );
+    assert_eq!(count(&gears, TaskStatus::Failure), 0);
+    assert_eq!(
+        w.store
+            .count_tasks_by_status(Some("acme/nothing"))
+            .expect("counts")
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        0
+    );
+
+    let buckets = w.store.count_outcomes_by_hour(start).expect("buckets");
+    assert_eq!(buckets, crate::outcome_buckets(&all, start));
+    let hour = |h: i64| crate::hour_start(start) + Duration::hours(h);
+    // Ends: 15:37 success, 16:37 failure, 17:17 interrupted, 18:07
+    // success, 19:17 cancelled.
+    assert_eq!(
+        buckets
+            .iter()
+            .map(|b| (b.hour, b.status, b.rows))
+            .collect::<Vec<_>>(),
+        vec![
+            (hour(1), TaskStatus::Success, 1),
+            (hour(2), TaskStatus::Failure, 1),
+            (hour(3), TaskStatus::Interrupted, 1),
+            (hour(4), TaskStatus::Success, 1),
+            (hour(5), TaskStatus::Cancelled, 1),
+        ]
+    );
+    let later = start + Duration::minutes(60 + 60 + 40 + 1);
+    let recent = w.store.count_outcomes_by_hour(later).expect("buckets");
+    assert_eq!(recent, crate::outcome_buckets(&all, later));
+    assert_eq!(
+        recent.iter().map(|b| b.status).collect::<Vec<_>>(),
+        vec![TaskStatus::Success, TaskStatus::Cancelled],
+        "rows that ended before `since` are not counted"
+    );
 }
 
 fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(w: &mut World<'_, S>) {

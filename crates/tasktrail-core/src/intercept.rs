@@ -142,6 +142,10 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
         (self.before)(StorageCall::ListSessions)?;
         self.inner.list_sessions()
     }
+    fn list_task_sessions(&self, task: TaskId) -> Result<Vec<SessionRecord>, StorageError> {
+        (self.before)(StorageCall::ListSessions)?;
+        self.inner.list_task_sessions(task)
+    }
     fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         (self.before)(StorageCall::GetTask)?;
         self.inner.get_task(id)
@@ -156,5 +160,19 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
     ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
         (self.before)(StorageCall::ListTasks)?;
         self.inner.list_task_rows(filter)
+    }
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(crate::TaskStatus, u64)>, StorageError> {
+        (self.before)(StorageCall::ListTasks)?;
+        self.inner.count_tasks_by_status(repo)
+    }
+    fn count_outcomes_by_hour(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<crate::OutcomeBucket>, StorageError> {
+        (self.before)(StorageCall::ListTasks)?;
+        self.inner.count_outcomes_by_hour(since)
     }
 }

@@ -59,6 +59,7 @@ mod ids;
 mod in_flight;
 mod memory;
 mod outcome;
+mod overview;
 mod record;
 mod spec;
 mod stats;
@@ -82,6 +83,7 @@ pub use memory::MemoryStorage;
 pub use outcome::{
     CostUsd, InterruptReason, InvalidCostError, InvalidReasonError, Outcome, RunReport,
 };
+pub use overview::{hour_start, outcome_buckets, sort_buckets, status_counts, OutcomeBucket};
 pub use record::{
     FinishRefusal, PruneReport, PruneRequest, RecoveredTask, SessionKey, SessionRecord, TaskFilter,
     TaskRecord,

@@ -600,9 +600,31 @@ impl Storage for MemoryStorage {
             .cloned()
             .collect();
         tasks.sort_by_key(|t| std::cmp::Reverse((t.started_at, t.id)));
+        let skip = filter.offset.map_or(0, |offset| offset as usize);
+        tasks.drain(..skip.min(tasks.len()));
         if let Some(limit) = filter.limit {
             tasks.truncate(limit as usize);
         }
         Ok(tasks)
+    }
+
+    fn count_tasks_by_status(
+        &self,
+        repo: Option<&str>,
+    ) -> Result<Vec<(TaskStatus, u64)>, StorageError> {
+        Ok(crate::overview::status_counts(
+            self.lock().tasks.values(),
+            repo,
+        ))
+    }
+
+    fn count_outcomes_by_hour(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<crate::OutcomeBucket>, StorageError> {
+        Ok(crate::overview::outcome_buckets(
+            self.lock().tasks.values(),
+            since,
+        ))
     }
 }

@@ -105,6 +105,9 @@ pub struct TaskFilter {
     pub repo: Option<String>,
     /// At most this many rows.
     pub limit: Option<u32>,
+    /// Skip this many rows of the order first (a page past the first:
+    /// `offset = page * limit`).
+    pub offset: Option<u32>,
 }
 
 /// The INSERT a start issues.

@@ -23,6 +23,8 @@ mod compat;
 #[cfg(test)]
 mod error_text;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod overview;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod raw;

@@ -133,6 +133,12 @@ pub(crate) trait SqlDialect {
         connection: &mut Self::Connection,
     ) -> Result<Vec<SessionRecord>, StorageError>;
 
+    /// Task `task`'s sessions, newest first (through the `task_id` index).
+    fn sessions_of_task(
+        connection: &mut Self::Connection,
+        task: TaskId,
+    ) -> Result<Vec<SessionRecord>, StorageError>;
+
     /// The `task_history` rows matching `filter`, newest first, each
     /// decoded on its own.
     fn task_rows(
@@ -282,6 +288,14 @@ pub(crate) fn list_sessions<S: SqlDialect>(store: &S) -> Result<Vec<SessionRecor
     S::sessions_newest_first(&mut *store.hold()?)
 }
 
+/// `Storage::list_task_sessions`.
+pub(crate) fn list_task_sessions<S: SqlDialect>(
+    store: &S,
+    task: TaskId,
+) -> Result<Vec<SessionRecord>, StorageError> {
+    S::sessions_of_task(&mut *store.hold()?, task)
+}
+
 /// `Storage::get_task`.
 pub(crate) fn get_task<S: SqlDialect>(
     store: &S,
@@ -352,6 +366,27 @@ macro_rules! shared_storage_methods {
             &self,
         ) -> Result<Vec<tasktrail_core::SessionRecord>, tasktrail_core::StorageError> {
             $crate::store::list_sessions(self)
+        }
+
+        fn list_task_sessions(
+            &self,
+            task: tasktrail_core::TaskId,
+        ) -> Result<Vec<tasktrail_core::SessionRecord>, tasktrail_core::StorageError> {
+            $crate::store::list_task_sessions(self, task)
+        }
+
+        fn count_tasks_by_status(
+            &self,
+            repo: Option<&str>,
+        ) -> Result<Vec<(tasktrail_core::TaskStatus, u64)>, tasktrail_core::StorageError> {
+            self.status_counts(repo)
+        }
+
+        fn count_outcomes_by_hour(
+            &self,
+            since: tasktrail_core::Timestamp,
+        ) -> Result<Vec<tasktrail_core::OutcomeBucket>, tasktrail_core::StorageError> {
+            self.outcomes_by_hour(since)
         }
 
         fn get_task(

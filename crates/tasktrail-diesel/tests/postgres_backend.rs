@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
 /// How many migrations a current schema has.
-const MIGRATIONS: usize = 4;
+const MIGRATIONS: usize = 5;
 
 use chrono::{Duration, TimeZone, Utc};
 use diesel::connection::SimpleConnection;
@@ -460,7 +460,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = database.open();
     let upgraded = rows(&store);
 
-    // Down through the recovery reports and host identity migrations,
+    // Down through the dashboard indexes, recovery reports and host identity migrations,
     // then the fix.
     for _ in 0..MIGRATIONS - 1 {
         store

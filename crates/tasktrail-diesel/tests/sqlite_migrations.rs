@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// How many migrations a current schema has.
-const MIGRATIONS: usize = 4;
+const MIGRATIONS: usize = 5;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -124,7 +124,7 @@ fn the_fix_migration_round_trips_down_and_up() {
     let store = SqliteStorage::open(&path).expect("upgrade");
     let upgraded = rows(&store);
 
-    // Down through the recovery reports and host identity migrations,
+    // Down through the dashboard indexes, recovery reports and host identity migrations,
     // then the fix.
     for _ in 0..MIGRATIONS - 1 {
         store

@@ -413,6 +413,7 @@ impl ListTasksQuery {
             status: self.status.map(|StatusName(status)| status),
             repo: self.repo,
             limit: self.limit,
+            offset: None,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Who gets in, and how long a request may take: the bearer token, the
 //! dashboard's session cookie (with its cross-site check), `--public-read`,
 //! and the request timeout. [`guarded`] wraps the server's routes in all of
-//! it; the body limit is the router's own (`api::MAX_BODY_BYTES`).
+//! it; the body limit is the router's own (`api::MAX_BODY_BYTES`). A
+//! browser refused a page (a `GET` accepting `text/html`) gets the same
+//! `401` and challenge with a page that sends it to the login form.
 //!
 //! The token's text is never kept, shown or answered: a [`Token`] holds the
 //! SHA-256 digests of the token and of the session cookie's value (itself a
@@ -313,8 +315,53 @@ async fn authorize(State(guard): State<Arc<Guard>>, request: Request, next: Next
             next.run(request).await
         }
         Credential::Cookie => cross_site(),
+        Credential::None if read_only(method) && wants_html(request.headers()) => {
+            unauthorized_page(request.uri())
+        }
         Credential::None => unauthorized(),
     }
+}
+
+/// Whether a browser asked for a page (`Accept` naming `text/html`).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .is_some_and(|accept| {
+            accept
+                .as_bytes()
+                .windows(9)
+                .any(|part| part == b"text/html")
+        })
+}
+
+/// The 401 a browser gets for a page: the same status and challenge, and a
+/// page that sends it to the login form (coming back to `uri` after).
+fn unauthorized_page(uri: &axum::http::Uri) -> Response {
+    let back: String = uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str())
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect();
+    let login = format!("{LOGIN_PATH}?next={back}");
+    let body = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=\"refresh\" content=\"0; url={login}\">\
+         <title>Log in · tasktrail</title></head>\
+         <body><p>A token is needed: <a href=\"{login}\">log in</a>.</p></body></html>"
+    );
+    let mut response = (StatusCode::UNAUTHORIZED, axum::response::Html(body)).into_response();
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    response
 }
 
 fn session_cookie(value: &str, max_age: Option<u32>) -> HeaderValue {

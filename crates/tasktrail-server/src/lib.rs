@@ -11,7 +11,8 @@
 //! /openapi.json` the API's OpenAPI 3 document, generated from the
 //! handlers' own types ([`contract`], [`openapi`]); `GET
 //! /metrics` the metrics in the Prometheus text format ([`metrics`], when the
-//! binary installed the recorder). [`guarded`] puts the routes behind a
+//! binary installed the recorder). [`ui::router`] serves the operators'
+//! dashboard (HTML pages at `/` and under `/ui/`) over the same store. [`guarded`] puts the routes behind a
 //! token ([`guard`]) and a request timeout; bodies are capped at
 //! [`MAX_BODY_BYTES`] and dispatches in flight at
 //! [`Dispatcher::limit`]. On SIGTERM
@@ -24,6 +25,7 @@ pub mod contract;
 mod dispatch;
 pub mod guard;
 pub mod metrics;
+pub mod ui;
 
 pub use api::{router, DEFAULT_DURATION_MS, MAX_BODY_BYTES, MAX_DURATION_MS, OPENAPI_PATH};
 pub use contract::openapi;

@@ -2,7 +2,7 @@
 //! [--token-file PATH] [--public-read] [--request-timeout DURATION]
 //! [--max-concurrent-dispatches N]`: see the library docs and README.md
 //! ("Use it from an async server"), and docs/operations.md ("Logs and
-//! metrics", "Running the server with a token").
+//! metrics", "Running the server with a token", "The dashboard").
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use tasktrail::{AnyStorage, BootError, DatabaseUrlError, OpenError};
 use tasktrail_server::agent::SimulatedAgent;
 use tasktrail_server::guard::{Guard, Token, TOKEN_VARIABLE};
 use tasktrail_server::{
-    guarded, install_prometheus, metrics, router, router_with_metrics, Dispatcher,
+    guarded, install_prometheus, metrics, router, router_with_metrics, ui, Dispatcher,
     DEFAULT_MAX_CONCURRENT_DISPATCHES, SERVER_STOPPED_REASON,
 };
 
@@ -250,13 +250,13 @@ async fn serve(args: Args, guard: Guard) -> Result<(), ServerError> {
         args.max_concurrent_dispatches,
     );
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    // The JSON API, the dashboard's pages and /metrics, behind the guard.
+    let routes = router(Arc::clone(&dispatcher))
+        .merge(ui::router(Arc::clone(&dispatcher), guard.token.is_some()));
     let server = tokio::spawn(
         axum::serve(
             listener,
-            guarded(
-                router_with_metrics(router(Arc::clone(&dispatcher)), prometheus),
-                guard,
-            ),
+            guarded(router_with_metrics(routes, prometheus), guard),
         )
         .with_graceful_shutdown(async move {
             let mut stop_requested = stop_requested;

@@ -8,6 +8,7 @@ mod errors;
 mod liveness;
 mod migrations;
 mod options;
+mod overview;
 mod pool;
 mod pooler;
 mod prune;

@@ -2,6 +2,7 @@
 
 mod adopt;
 mod errors;
+mod overview;
 mod prune;
 mod raw;
 mod rows;

@@ -234,6 +234,24 @@ impl SqlDialect for PostgresStorage {
             .collect()
     }
 
+    fn sessions_of_task(
+        connection: &mut PgConnection,
+        task: TaskId,
+    ) -> Result<Vec<SessionRecord>, StorageError> {
+        claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq(*task.as_uuid()))
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .load(connection)
+            .map_err(map_error)?
+            .into_iter()
+            .map(SessionRow::into_record)
+            .collect()
+    }
+
     fn task_rows(
         connection: &mut PgConnection,
         filter: &TaskFilter,
@@ -250,6 +268,9 @@ impl SqlDialect for PostgresStorage {
         }
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
+        }
+        if let Some(offset) = filter.offset {
+            query = query.offset(i64::from(offset));
         }
         Ok(query
             .load(connection)

@@ -235,6 +235,24 @@ impl SqlDialect for SqliteStorage {
             .collect()
     }
 
+    fn sessions_of_task(
+        connection: &mut SqliteConnection,
+        task: TaskId,
+    ) -> Result<Vec<SessionRecord>, StorageError> {
+        claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq(task.to_string()))
+            .order((
+                claude_sdk_sessions::created_at.desc(),
+                claude_sdk_sessions::session_id.desc(),
+            ))
+            .select(SessionRow::as_select())
+            .load(connection)
+            .map_err(map_error)?
+            .into_iter()
+            .map(SessionRow::into_record)
+            .collect()
+    }
+
     fn task_rows(
         connection: &mut SqliteConnection,
         filter: &TaskFilter,
@@ -251,6 +269,9 @@ impl SqlDialect for SqliteStorage {
         }
         if let Some(limit) = filter.limit {
             query = query.limit(i64::from(limit));
+        }
+        if let Some(offset) = filter.offset {
+            query = query.offset(i64::from(offset));
         }
         Ok(query
             .load(connection)

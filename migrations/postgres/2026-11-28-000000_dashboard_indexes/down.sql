@@ -1,0 +1,2 @@
+DROP INDEX task_history_repo_started;
+DROP INDEX task_history_status_started;
