@@ -455,6 +455,7 @@ macro_rules! for_each_conformance_case {
             a_recovered_rows_report_is_owed_until_its_reporter_confirms_it,
             a_dead_reporters_unconfirmed_reports_are_taken_over_once,
             an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off,
+            listing_row_by_row_reads_what_listing_reads,
         }
     };
 }

@@ -44,7 +44,7 @@ fn failing_cases<S: Storage>(make_subject: impl Fn() -> Subject<S>) -> Vec<(Stri
 }
 
 #[test]
-fn every_case_is_listed_once_and_each_is_a_test_of_this_file() {
+fn every_case_body_is_in_the_list_once() {
     let mut names = CASE_NAMES.to_vec();
     names.sort_unstable();
     names.dedup();
@@ -63,7 +63,12 @@ fn every_case_is_listed_once_and_each_is_a_test_of_this_file() {
         .filter_map(|rest| rest.split('<').next())
         .collect();
     bodies.sort_unstable();
-    assert_eq!(bodies, names, "case bodies and the list differ");
+    let unlisted: Vec<&&str> = bodies.iter().filter(|body| !names.contains(body)).collect();
+    let bodiless: Vec<&&str> = names.iter().filter(|name| !bodies.contains(name)).collect();
+    assert!(
+        unlisted.is_empty() && bodiless.is_empty(),
+        "case bodies missing from the list: {unlisted:?}; listed cases without a body: {bodiless:?}"
+    );
 }
 
 /// The suite's lock hook on a [`MemoryStorage`].

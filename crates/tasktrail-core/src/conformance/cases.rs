@@ -1147,3 +1147,46 @@ pub(super) fn an_operator_sweeps_reports_move_only_once_they_are_older_than_the_
     assert_eq!(taken[0].previous_reporter, Some(operator));
     assert_eq!(taken[0].hint(), recovered[0].hint());
 }
+
+/// `list_task_rows` (the listing that hands a row it cannot decode back as
+/// its own error) reads, when every row is the backend's own, exactly what
+/// `list_tasks` reads: the same rows in the same order, under each filter.
+pub(super) fn listing_row_by_row_reads_what_listing_reads<S: Storage>(w: &mut World<'_, S>) {
+    let (worker, _) = w.local_worker();
+    for repo in ["acme/widgets", "acme/gears", "acme/widgets"] {
+        let spec = w.spec(repo);
+        let running = Task::queue(spec).start(&worker, w.store).expect("start");
+        if repo == "acme/gears" {
+            running
+                .finish(Outcome::Success(report()), w.store)
+                .expect("finish");
+        }
+        w.clock.advance(Duration::seconds(1));
+    }
+    for filter in [
+        TaskFilter::default(),
+        TaskFilter {
+            status: Some(TaskStatus::Running),
+            ..TaskFilter::default()
+        },
+        TaskFilter {
+            repo: Some("acme/gears".into()),
+            ..TaskFilter::default()
+        },
+        TaskFilter {
+            limit: Some(2),
+            ..TaskFilter::default()
+        },
+    ] {
+        let listed = w.store.list_tasks(&filter).expect("list");
+        assert!(!listed.is_empty(), "{filter:?} selects rows");
+        let row_by_row: Vec<TaskRecord> = w
+            .store
+            .list_task_rows(&filter)
+            .expect("list rows")
+            .into_iter()
+            .map(|row| row.expect("every row decodes"))
+            .collect();
+        assert_eq!(row_by_row, listed, "{filter:?}");
+    }
+}
