@@ -612,3 +612,85 @@ impl Task<Finished> {
         &self.state.outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{ManualClock, MemoryStorage, TaskSpecInput};
+
+    fn worker(storage: &MemoryStorage) -> RegisteredWorker {
+        let clock = ManualClock::starting_at(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+        RegisteredWorker::register(
+            storage,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: "vm-1".into(),
+                pid: 41,
+                process_start_marker: "boot:41".into(),
+                host_identity: None,
+                started_at: clock.now(),
+            },
+            Arc::new(clock),
+        )
+        .expect("register")
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec::validate(TaskSpecInput {
+            repo: "acme/widgets".into(),
+            issue_number: 7,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_waker_is_called_once_for_each_abandoned_handle_and_never_for_a_finished_one() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        worker.on_abandoned(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let finished = Task::queue(spec()).start(&worker, &storage).expect("start");
+        finished
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        drop(Task::queue(spec()).start(&worker, &storage).expect("start"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_debug_output_names_the_worker() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let shown = format!("{worker:?}");
+        assert!(
+            shown.starts_with("RegisteredWorker { registration: WorkerRegistration {"),
+            "{shown}"
+        );
+        let running = Task::queue(spec()).start(&worker, &storage).expect("start");
+        let shown = format!("{running:?}");
+        assert!(
+            shown.contains(&format!("worker: {:?}", worker.id())),
+            "{shown}"
+        );
+        running
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+    }
+}
