@@ -238,6 +238,40 @@ fn check_issue_number(issue_number: i64) -> Result<u32, SpecError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_spec_error_names_the_column_and_the_problem() {
+        let columns = [
+            (SpecField::Repo, "repo"),
+            (SpecField::IssueNumber, "issue_number"),
+            (SpecField::User, "user"),
+            (SpecField::Agent, "agent"),
+            (SpecField::AgentType, "agent_type"),
+            (SpecField::Model, "model"),
+            (SpecField::Provider, "provider"),
+        ];
+        let problems = [
+            (SpecProblem::Empty, "is empty"),
+            (SpecProblem::TooLong, "is too long"),
+            (SpecProblem::ControlCharacter, "holds a control character"),
+            (
+                SpecProblem::SurroundingWhitespace,
+                "has leading or trailing whitespace",
+            ),
+            (SpecProblem::NotOwnerSlashName, "is not of the form owner/name"),
+            (SpecProblem::NotPositive, "must be greater than zero"),
+            (SpecProblem::TooLarge, "is too large"),
+        ];
+        for (field, column) in columns {
+            assert_eq!(field.column_name(), column);
+            for (problem, words) in problems {
+                assert_eq!(
+                    SpecError { field, problem }.to_string(),
+                    format!("invalid task spec: field `{column}` {words}")
+                );
+            }
+        }
+    }
+
     fn input() -> TaskSpecInput {
         TaskSpecInput {
             repo: "acme/widgets".into(),
@@ -259,6 +293,12 @@ mod tests {
     fn a_complete_spec_validates() {
         let spec = TaskSpec::validate(input()).expect("valid");
         assert_eq!(spec.to_string(), "acme/widgets#1104");
+        assert_eq!((spec.repo(), spec.issue_number()), ("acme/widgets", 1104));
+        assert_eq!(
+            (spec.user(), spec.agent(), spec.agent_type()),
+            ("alice", "fixer", "claude_sdk")
+        );
+        assert_eq!((spec.model(), spec.provider()), ("claude-opus", "anthropic"));
     }
 
     #[test]

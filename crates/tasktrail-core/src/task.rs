@@ -621,7 +621,9 @@ mod tests {
     use crate::{ManualClock, MemoryStorage, TaskSpecInput};
 
     fn worker(storage: &MemoryStorage) -> RegisteredWorker {
-        let clock = ManualClock::starting_at(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+        let clock = ManualClock::starting_at(
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + chrono::Duration::days(20_000),
+        );
         RegisteredWorker::register(
             storage,
             WorkerRegistration {
@@ -669,6 +671,63 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         drop(Task::queue(spec()).start(&worker, &storage).expect("start"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_refused_finish_says_why_in_words() {
+        let id = TaskId::new_random();
+        let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");
+        for (refusal, why) in [
+            (FinishRefusal::Missing, "it has no task_history row".to_owned()),
+            (
+                FinishRefusal::AlreadyFinished {
+                    status: crate::TaskStatus::Success,
+                },
+                "it is already success".to_owned(),
+            ),
+            (
+                FinishRefusal::InterruptedByRecovery {
+                    recovered_by: Some(worker),
+                },
+                format!("a recovery sweep by worker {worker} marked it interrupted"),
+            ),
+            (
+                FinishRefusal::InterruptedByRecovery { recovered_by: None },
+                "a recovery sweep marked it interrupted".to_owned(),
+            ),
+            (
+                FinishRefusal::OwnedByAnotherWorker {
+                    owner: Some(worker),
+                },
+                format!("it belongs to worker {worker}"),
+            ),
+            (
+                FinishRefusal::OwnedByAnotherWorker { owner: None },
+                "it belongs to no worker".to_owned(),
+            ),
+        ] {
+            assert_eq!(
+                FinishError::Refused { id, refusal }.to_string(),
+                format!("task {id} was not finished: {why}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_task_keeps_when_it_started_and_finished() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let running = Task::queue(spec()).start(&worker, &storage).expect("start");
+        let started_at = running.started_at();
+        let finished = running
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+        assert_eq!(finished.started_at(), started_at);
+        assert_ne!(started_at, Timestamp::default(), "a real start time");
+        assert_eq!(finished.worker(), worker.id());
     }
 
     #[test]
