@@ -239,6 +239,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_field_of_exactly_the_longest_length_is_accepted() {
+        let spec = TaskSpec::validate(TaskSpecInput {
+            model: "m".repeat(TaskSpec::MAX_FIELD_LEN),
+            ..input()
+        })
+        .expect("the limit itself is allowed");
+        assert_eq!(spec.model().len(), TaskSpec::MAX_FIELD_LEN);
+    }
+
+    #[test]
     fn a_spec_error_names_the_column_and_the_problem() {
         let columns = [
             (SpecField::Repo, "repo"),

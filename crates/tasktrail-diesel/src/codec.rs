@@ -320,6 +320,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_corrupt_detail_is_prefixed_with_the_row_it_concerns_once() {
+        let id = "0196c0de-0000-7000-a000-000000000001";
+        let row = RowLabel {
+            kind: "task",
+            id: &id,
+        };
+        let named = name_the_row(&row, corrupt("cost_usd is negative"));
+        assert!(
+            matches!(&named, StorageError::CorruptRow { detail } if detail == &format!("task {id}: cost_usd is negative")),
+            "{named:?}"
+        );
+        let again = name_the_row(&row, named);
+        assert!(
+            matches!(&again, StorageError::CorruptRow { detail } if detail == &format!("task {id}: cost_usd is negative")),
+            "named once: {again:?}"
+        );
+    }
+
+    #[test]
     fn every_pid_namespace_inode_round_trips_and_half_an_identity_is_none() {
         for inode in [0, 1, 4_026_531_836, u64::from(u32::MAX) + 1, u64::MAX] {
             let (boot_id, namespace) = encode_host_identity(Some(&HostIdentity {
