@@ -135,7 +135,10 @@ mod tests {
         let before = truncate_to_micros(Utc::now());
         let now = SystemClock.now();
         let after = Utc::now();
-        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
         assert_eq!(now, truncate_to_micros(now));
     }
 

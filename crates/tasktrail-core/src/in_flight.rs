@@ -159,7 +159,10 @@ mod tests {
         let id = TaskId::new_random();
         drop(InFlightTicket::issue(&tasks, id));
         let taken = tasks.take_abandoned();
-        assert_eq!(taken.iter().map(|task| task.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(
+            taken.iter().map(|task| task.id).collect::<Vec<_>>(),
+            vec![id]
+        );
         assert!(tasks.abandoned().is_empty());
         tasks.requeue_abandoned(taken);
         assert_eq!(tasks.abandoned(), vec![id]);

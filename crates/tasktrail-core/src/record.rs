@@ -475,11 +475,17 @@ mod tests {
         };
         let after = ended + Duration::microseconds(1);
         assert!(request(after, vec![]).selects(&row));
-        assert!(!request(ended, vec![]).selects(&row), "ended at the cut-off: kept");
+        assert!(
+            !request(ended, vec![]).selects(&row),
+            "ended at the cut-off: kept"
+        );
         assert!(request(after, vec![TaskStatus::Failure]).selects(&row));
         assert!(!request(after, vec![TaskStatus::Success]).selects(&row));
         row.status = TaskStatus::Running;
-        assert!(!request(after, vec![]).selects(&row), "running is never pruned");
+        assert!(
+            !request(after, vec![]).selects(&row),
+            "running is never pruned"
+        );
         assert!(!request(after, vec![TaskStatus::Running]).selects(&row));
     }
 

@@ -267,7 +267,10 @@ mod tests {
                 SpecProblem::SurroundingWhitespace,
                 "has leading or trailing whitespace",
             ),
-            (SpecProblem::NotOwnerSlashName, "is not of the form owner/name"),
+            (
+                SpecProblem::NotOwnerSlashName,
+                "is not of the form owner/name",
+            ),
             (SpecProblem::NotPositive, "must be greater than zero"),
             (SpecProblem::TooLarge, "is too large"),
         ];
@@ -308,7 +311,10 @@ mod tests {
             (spec.user(), spec.agent(), spec.agent_type()),
             ("alice", "fixer", "claude_sdk")
         );
-        assert_eq!((spec.model(), spec.provider()), ("claude-opus", "anthropic"));
+        assert_eq!(
+            (spec.model(), spec.provider()),
+            ("claude-opus", "anthropic")
+        );
     }
 
     #[test]

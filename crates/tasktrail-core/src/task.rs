@@ -678,7 +678,10 @@ mod tests {
         let id = TaskId::new_random();
         let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");
         for (refusal, why) in [
-            (FinishRefusal::Missing, "it has no task_history row".to_owned()),
+            (
+                FinishRefusal::Missing,
+                "it has no task_history row".to_owned(),
+            ),
             (
                 FinishRefusal::AlreadyFinished {
                     status: crate::TaskStatus::Success,

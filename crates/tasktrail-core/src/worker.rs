@@ -588,8 +588,20 @@ mod tests {
             .expect("time");
         let host = || "vm-1".to_owned();
         for (cause, kind) in [
-            (DeathCause::ProcessGone { host: host(), pid: 7 }, "process_gone"),
-            (DeathCause::PidReused { host: host(), pid: 7 }, "pid_reused"),
+            (
+                DeathCause::ProcessGone {
+                    host: host(),
+                    pid: 7,
+                },
+                "process_gone",
+            ),
+            (
+                DeathCause::PidReused {
+                    host: host(),
+                    pid: 7,
+                },
+                "pid_reused",
+            ),
             (
                 DeathCause::LeaseExpired {
                     host: host(),
@@ -619,8 +631,14 @@ mod tests {
     fn each_unproven_reason_says_why_in_words() {
         let within_grace = Unproven::WithinGrace.to_string();
         let too_briefly = Unproven::JudgeWatchedTooBriefly.to_string();
-        assert!(within_grace.contains("younger than the grace"), "{within_grace}");
-        assert!(too_briefly.contains("connected less than a grace ago"), "{too_briefly}");
+        assert!(
+            within_grace.contains("younger than the grace"),
+            "{within_grace}"
+        );
+        assert!(
+            too_briefly.contains("connected less than a grace ago"),
+            "{too_briefly}"
+        );
     }
 
     #[test]

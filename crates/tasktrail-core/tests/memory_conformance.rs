@@ -196,7 +196,10 @@ fn the_suite_fails_a_backend_that_inserts_on_finish() {
         "an_interrupted_finish_is_fenced_like_a_completed_one",
         "an_abandoned_handle_is_interrupted_once_with_its_sessions",
     ] {
-        assert!(names.contains(&caught_by), "{caught_by} missed it: {names:?}");
+        assert!(
+            names.contains(&caught_by),
+            "{caught_by} missed it: {names:?}"
+        );
     }
     for (name, message) in &failed {
         assert!(
@@ -206,7 +209,10 @@ fn the_suite_fails_a_backend_that_inserts_on_finish() {
         );
     }
     // Cases that never finish a row pass.
-    assert!(!names.contains(&"recovery_with_no_orphans_is_a_no_op"), "{names:?}");
+    assert!(
+        !names.contains(&"recovery_with_no_orphans_is_a_no_op"),
+        "{names:?}"
+    );
 }
 
 /// A backend that hands the judge every lock as free, as one that checked
@@ -310,11 +316,17 @@ fn the_suite_fails_a_backend_that_reports_held_locks_as_free() {
         "a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled",
         "a_held_lock_wins_over_a_process_probe_that_says_gone",
     ] {
-        assert!(names.contains(&caught_by), "{caught_by} missed it: {names:?}");
+        assert!(
+            names.contains(&caught_by),
+            "{caught_by} missed it: {names:?}"
+        );
     }
     for (_, message) in &failed {
         assert!(message.contains("sees-every-lock-free"), "{message}");
     }
     // The finish cases do not look at locks: they pass.
-    assert!(!names.contains(&"finish_with_each_outcome_updates_the_same_row"), "{names:?}");
+    assert!(
+        !names.contains(&"finish_with_each_outcome_updates_the_same_row"),
+        "{names:?}"
+    );
 }

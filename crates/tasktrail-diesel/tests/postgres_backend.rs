@@ -2008,7 +2008,10 @@ fn a_scratch_database_is_made_while_someone_is_connected_to_template1() {
     let database = TestDatabase::create().expect("the variable is set");
     drop(connected);
     let store = database.open();
-    assert!(store.list_tasks(&TaskFilter::default()).expect("list").is_empty());
+    assert!(store
+        .list_tasks(&TaskFilter::default())
+        .expect("list")
+        .is_empty());
 }
 
 /// A pre-fix `task_history` as a server wrote it before tasktrail, by plain

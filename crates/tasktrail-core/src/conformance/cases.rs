@@ -6,7 +6,9 @@
 
 use super::*;
 
-pub(super) fn start_inserts_one_running_row_with_every_seed_column<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn start_inserts_one_running_row_with_every_seed_column<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (worker, _) = w.local_worker();
     let spec = w.spec("acme/widgets");
     let running = Task::queue(spec.clone())
@@ -123,7 +125,9 @@ pub(super) fn timestamps_round_trip_to_the_microsecond<S: Storage>(w: &mut World
     assert_eq!(row.finished_at, Some(finished.finished_at()));
 }
 
-pub(super) fn starting_the_same_id_twice_is_refused_and_hands_the_task_back<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn starting_the_same_id_twice_is_refused_and_hands_the_task_back<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (worker, _) = w.local_worker();
     let id = TaskId::new_random();
     let spec = w.spec("acme/widgets");
@@ -173,7 +177,9 @@ pub(super) fn finishing_twice_is_refused_and_changes_nothing<S: Storage>(w: &mut
     assert_eq!(w.inserts(id), 1);
 }
 
-pub(super) fn finish_by_a_worker_that_does_not_own_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn finish_by_a_worker_that_does_not_own_the_row_is_refused<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (owner, _) = w.local_worker();
     let (intruder, _) = w.local_worker();
     let running = w.start(&owner);
@@ -217,7 +223,9 @@ pub(super) fn finish_of_an_id_with_no_row_never_inserts<S: Storage>(w: &mut Worl
     assert_eq!(w.inserts(ghost), 0);
 }
 
-pub(super) fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (victim, victim_pid) = w.local_worker();
     let running = w.start(&victim);
     let id = running.id();
@@ -242,7 +250,9 @@ pub(super) fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w
 /// already recovered: the row and its sessions stay exactly as they were.
 /// Kills a mutant that drops the owner (or the `running`) term from the
 /// interrupted finish's `WHERE`.
-pub(super) fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (owner, _) = w.local_worker();
     let (intruder, _) = w.local_worker();
     let try_interrupt = |w: &World<'_, S>, id: TaskId, by: WorkerId| {
@@ -465,7 +475,9 @@ pub(super) fn recovery_leaves_live_workers_rows_alone<S: Storage>(w: &mut World<
     }
 }
 
-pub(super) fn recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease<S: Storage>(
+pub(super) fn recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease<
+    S: Storage,
+>(
     w: &mut World<'_, S>,
 ) {
     let (beating, _) = w.worker_on("elsewhere");
@@ -532,7 +544,9 @@ pub(super) fn a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled<S: 
     }
 }
 
-pub(super) fn a_held_lock_wins_over_a_process_probe_that_says_gone<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn a_held_lock_wins_over_a_process_probe_that_says_gone<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     // Same boot and PID namespace, the pid is not in the process table (a
     // probe that cannot see it), yet the worker holds its lock: alive.
     let (holder, pid) = w.local_worker();
@@ -915,7 +929,9 @@ pub(super) fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>
         .any(|x| x.id == worker.id()));
 }
 
-pub(super) fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (worker, _) = w.local_worker();
     let running = w.start(&worker);
     let id = running.id();
@@ -1083,7 +1099,9 @@ pub(super) fn a_recovered_rows_report_is_owed_until_its_reporter_confirms_it<S: 
     assert!(w.claim(bystander.id(), w.clock.now()).is_empty());
 }
 
-pub(super) fn a_dead_reporters_unconfirmed_reports_are_taken_over_once<S: Storage>(w: &mut World<'_, S>) {
+pub(super) fn a_dead_reporters_unconfirmed_reports_are_taken_over_once<S: Storage>(
+    w: &mut World<'_, S>,
+) {
     let (victim, victim_pid) = w.local_worker();
     let _task = w.start(&victim);
     w.kill(victim_pid);
@@ -1114,7 +1132,9 @@ pub(super) fn a_dead_reporters_unconfirmed_reports_are_taken_over_once<S: Storag
     assert!(w.claim(second.id(), w.clock.now()).is_empty());
 }
 
-pub(super) fn an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off<S: Storage>(
+pub(super) fn an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off<
+    S: Storage,
+>(
     w: &mut World<'_, S>,
 ) {
     let (victim, pid) = w.local_worker();
