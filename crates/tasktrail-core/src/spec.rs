@@ -239,6 +239,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_largest_issue_number_is_accepted_and_the_next_refused() {
+        let largest = TaskSpec::validate(TaskSpecInput {
+            issue_number: TaskSpec::MAX_ISSUE_NUMBER,
+            ..input()
+        })
+        .expect("the limit itself is allowed");
+        assert_eq!(
+            i64::from(largest.issue_number()),
+            TaskSpec::MAX_ISSUE_NUMBER
+        );
+        assert_eq!(
+            problem_of(TaskSpecInput {
+                issue_number: TaskSpec::MAX_ISSUE_NUMBER + 1,
+                ..input()
+            }),
+            (SpecField::IssueNumber, SpecProblem::TooLarge)
+        );
+    }
+
+    #[test]
     fn a_field_of_exactly_the_longest_length_is_accepted() {
         let spec = TaskSpec::validate(TaskSpecInput {
             model: "m".repeat(TaskSpec::MAX_FIELD_LEN),
