@@ -454,6 +454,127 @@ mod tests {
     use crate::record::recovery_reason;
     use crate::worker::DeathCause;
 
+    fn at_day(days: i64) -> Timestamp {
+        chrono::DateTime::<Utc>::UNIX_EPOCH + Duration::days(days)
+    }
+
+    #[test]
+    fn the_windows_end_now_and_never_start_before_1970() {
+        let now = at_day(20_000);
+        let request = StatsRequest {
+            now,
+            since: Duration::hours(2),
+        };
+        assert_eq!(request.window_start(), now - Duration::hours(2));
+        assert_eq!(request.interrupted_start(), now - Duration::hours(24));
+        let whole_history = StatsRequest {
+            now,
+            since: Duration::days(30_000),
+        };
+        assert_eq!(
+            whole_history.window_start(),
+            chrono::DateTime::<Utc>::UNIX_EPOCH
+        );
+        let early = StatsRequest {
+            now: chrono::DateTime::<Utc>::UNIX_EPOCH + Duration::hours(1),
+            since: Duration::hours(2),
+        };
+        assert_eq!(
+            early.interrupted_start(),
+            chrono::DateTime::<Utc>::UNIX_EPOCH
+        );
+    }
+
+    #[test]
+    fn only_the_sweeps_causes_are_recoveries_and_each_shows_its_name() {
+        for cause in InterruptCause::ALL {
+            let by_a_sweep = !matches!(
+                cause,
+                InterruptCause::Abandoned
+                    | InterruptCause::WorkerStopped
+                    | InterruptCause::FinishedInterrupted
+                    | InterruptCause::Unrecorded
+                    | InterruptCause::Other
+            );
+            assert_eq!(cause.is_recovery(), by_a_sweep, "{cause:?}");
+            assert_eq!(cause.to_string(), cause.as_str());
+        }
+    }
+
+    #[test]
+    fn an_owners_oldest_row_is_as_old_as_the_time_since_it_started() {
+        let owner = RunningOwner {
+            worker: None,
+            host: None,
+            pid: None,
+            state: None,
+            rows: 1,
+            oldest_started_at: Some(at_day(20_000)),
+        };
+        assert_eq!(
+            owner.oldest_age(at_day(20_000) + Duration::minutes(90)),
+            Some(Duration::minutes(90))
+        );
+    }
+
+    #[test]
+    fn the_figures_count_each_owners_running_rows_and_recent_interruptions_by_cause() {
+        let now = at_day(20_000);
+        let owner = WorkerId::new_random();
+        let row = |status: TaskStatus, started_at: Timestamp| TaskRecord {
+            id: crate::TaskId::new_random(),
+            repo: "acme/widgets".into(),
+            issue_number: 1,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+            status,
+            worker_id: Some(owner),
+            started_at,
+            finished_at: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+            turns: None,
+            artifacts: None,
+            interrupted_at: None,
+            interrupt_reason: None,
+            interrupted_by: None,
+        };
+        let mut abandoned = row(TaskStatus::Interrupted, now - Duration::hours(3));
+        abandoned.interrupted_at = Some(now - Duration::hours(2));
+        abandoned.interrupt_reason = Some(ABANDONED_REASON.into());
+        abandoned.interrupted_by = Some(owner);
+        let mut failed = row(TaskStatus::Failure, now - Duration::hours(3));
+        failed.finished_at = Some(now - Duration::hours(1));
+        let rows = [
+            row(TaskStatus::Running, now - Duration::hours(5)),
+            row(TaskStatus::Running, now - Duration::hours(4)),
+            abandoned,
+            failed,
+        ];
+        let request = StatsRequest {
+            now,
+            since: Duration::hours(24),
+        };
+        let stats = TaskStats::from_records(&request, &rows, &[]);
+        assert_eq!(stats.running.len(), 1);
+        assert_eq!(stats.running[0].rows, 2);
+        assert_eq!(
+            stats.running[0].oldest_started_at,
+            Some(now - Duration::hours(5))
+        );
+        let recent: Vec<(InterruptCause, u64)> = stats
+            .interrupted
+            .iter()
+            .copied()
+            .filter(|(_, rows)| *rows > 0)
+            .collect();
+        assert_eq!(recent, vec![(InterruptCause::Abandoned, 1)]);
+    }
+
     fn sweep(cause: DeathCause, worker: bool) -> String {
         recovery_reason(worker.then(WorkerId::new_random), &cause)
     }
