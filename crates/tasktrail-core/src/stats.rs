@@ -518,61 +518,144 @@ mod tests {
     }
 
     #[test]
-    fn the_figures_count_each_owners_running_rows_and_recent_interruptions_by_cause() {
+    fn the_figures_of_a_known_history_are_exactly_its_counts_windows_and_percentiles() {
         let now = at_day(20_000);
+        let hours = Duration::hours;
         let owner = WorkerId::new_random();
-        let row = |status: TaskStatus, started_at: Timestamp| TaskRecord {
-            id: crate::TaskId::new_random(),
-            repo: "acme/widgets".into(),
-            issue_number: 1,
-            user: "alice".into(),
-            agent: "fixer".into(),
-            agent_type: "claude_sdk".into(),
-            model: "claude-opus".into(),
-            provider: "anthropic".into(),
-            status,
-            worker_id: Some(owner),
-            started_at,
-            finished_at: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost_usd: None,
-            turns: None,
-            artifacts: None,
-            interrupted_at: None,
-            interrupt_reason: None,
-            interrupted_by: None,
+        let row =
+            |status: TaskStatus, worker: Option<WorkerId>, started_at: Timestamp| TaskRecord {
+                id: crate::TaskId::new_random(),
+                repo: "acme/widgets".into(),
+                issue_number: 1,
+                user: "alice".into(),
+                agent: "fixer".into(),
+                agent_type: "claude_sdk".into(),
+                model: "claude-opus".into(),
+                provider: "anthropic".into(),
+                status,
+                worker_id: worker,
+                started_at,
+                finished_at: None,
+                input_tokens: None,
+                output_tokens: None,
+                cost_usd: None,
+                turns: None,
+                artifacts: None,
+                interrupted_at: None,
+                interrupt_reason: None,
+                interrupted_by: None,
+            };
+        let ended = |status, started_at: Timestamp, ran: Duration| {
+            let mut row = row(status, Some(owner), started_at);
+            row.finished_at = Some(started_at + ran);
+            row
         };
-        let mut abandoned = row(TaskStatus::Interrupted, now - Duration::hours(3));
-        abandoned.interrupted_at = Some(now - Duration::hours(2));
-        abandoned.interrupt_reason = Some(ABANDONED_REASON.into());
-        abandoned.interrupted_by = Some(owner);
-        let mut failed = row(TaskStatus::Failure, now - Duration::hours(3));
-        failed.finished_at = Some(now - Duration::hours(1));
+        let interrupted = |started_at: Timestamp, at: Timestamp| {
+            let mut row = row(TaskStatus::Interrupted, Some(owner), started_at);
+            row.interrupted_at = Some(at);
+            row.interrupt_reason = Some(ABANDONED_REASON.into());
+            row.interrupted_by = Some(owner);
+            row
+        };
         let rows = [
-            row(TaskStatus::Running, now - Duration::hours(5)),
-            row(TaskStatus::Running, now - Duration::hours(4)),
-            abandoned,
-            failed,
+            row(TaskStatus::Running, Some(owner), now - hours(5)),
+            row(TaskStatus::Running, Some(owner), now - hours(4)),
+            row(TaskStatus::Running, None, now - hours(6)),
+            // Within the windows: one hour long, interrupted two hours ago.
+            interrupted(now - hours(3), now - hours(2)),
+            // Before both windows.
+            interrupted(now - hours(40), now - hours(30)),
+            ended(TaskStatus::Failure, now - hours(3), hours(2)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(10)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(1)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(2)),
+            ended(TaskStatus::Success, now - hours(50), Duration::seconds(100)),
         ];
+        let workers = [WorkerRecord {
+            id: owner,
+            host: "vm-1".into(),
+            pid: 41,
+            process_start_marker: "boot:41".into(),
+            host_identity: None,
+            started_at: now - hours(7),
+            heartbeat_at: now,
+            state: WorkerState::Alive,
+            stopped_at: None,
+        }];
         let request = StatsRequest {
             now,
-            since: Duration::hours(24),
+            since: hours(24),
         };
-        let stats = TaskStats::from_records(&request, &rows, &[]);
-        assert_eq!(stats.running.len(), 1);
-        assert_eq!(stats.running[0].rows, 2);
-        assert_eq!(
-            stats.running[0].oldest_started_at,
-            Some(now - Duration::hours(5))
-        );
-        let recent: Vec<(InterruptCause, u64)> = stats
-            .interrupted
+        let stats = TaskStats::from_records(&request, &rows, &workers);
+
+        let by_status: Vec<u64> = TaskStatus::ALL
             .iter()
-            .copied()
-            .filter(|(_, rows)| *rows > 0)
+            .map(|status| stats.rows_with(*status))
             .collect();
-        assert_eq!(recent, vec![(InterruptCause::Abandoned, 1)]);
+        let expected: Vec<u64> = TaskStatus::ALL
+            .iter()
+            .map(|status| rows.iter().filter(|row| row.status == *status).count() as u64)
+            .collect();
+        assert_eq!(by_status, expected);
+        assert_eq!(stats.rows_with(TaskStatus::Running), 3);
+        assert_eq!(stats.rows_with(TaskStatus::Success), 4);
+
+        for cause in InterruptCause::ALL {
+            let recent = u64::from(cause == InterruptCause::Abandoned);
+            assert_eq!(stats.interrupted_by(cause), recent, "{cause:?}");
+        }
+
+        assert_eq!(
+            stats.running,
+            vec![
+                RunningOwner {
+                    worker: None,
+                    host: None,
+                    pid: None,
+                    state: None,
+                    rows: 1,
+                    oldest_started_at: Some(now - hours(6)),
+                },
+                RunningOwner {
+                    worker: Some(owner),
+                    host: Some("vm-1".into()),
+                    pid: Some(41),
+                    state: Some(WorkerState::Alive),
+                    rows: 2,
+                    oldest_started_at: Some(now - hours(5)),
+                },
+            ]
+        );
+
+        let durations = |status| {
+            *stats
+                .durations
+                .iter()
+                .find(|durations| durations.status == status)
+                .expect("every final status")
+        };
+        assert_eq!(
+            durations(TaskStatus::Success),
+            DurationStats {
+                status: TaskStatus::Success,
+                rows: 3,
+                median: Some(Duration::seconds(2)),
+                p95: Some(Duration::seconds(10)),
+            }
+        );
+        assert_eq!(durations(TaskStatus::Failure).median, Some(hours(2)));
+        assert_eq!(durations(TaskStatus::Interrupted).rows, 1);
+        assert_eq!(durations(TaskStatus::Interrupted).p95, Some(hours(1)));
+        assert_eq!(
+            durations(TaskStatus::Cancelled),
+            DurationStats {
+                status: TaskStatus::Cancelled,
+                rows: 0,
+                median: None,
+                p95: None,
+            }
+        );
+        assert!(stats.durations.iter().all(|d| d.status.is_final()));
     }
 
     fn sweep(cause: DeathCause, worker: bool) -> String {
