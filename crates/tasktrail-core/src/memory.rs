@@ -619,3 +619,146 @@ impl Storage for MemoryStorage {
         Ok(tasks)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::Duration;
+
+    use super::*;
+    use crate::{
+        Clock, CostUsd, ManualClock, Outcome, RegisteredWorker, RunReport, Task, TaskSpec,
+        TaskSpecInput, TaskStatus,
+    };
+
+    fn spec(issue_number: i64) -> TaskSpec {
+        TaskSpec::validate(TaskSpecInput {
+            repo: "acme/widgets".into(),
+            issue_number,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("spec")
+    }
+
+    fn report() -> RunReport {
+        RunReport {
+            input_tokens: 1,
+            output_tokens: 1,
+            cost_usd: CostUsd::new(0.0).expect("cost"),
+            turns: 1,
+            artifacts: vec![],
+        }
+    }
+
+    fn worker(storage: &MemoryStorage, clock: &ManualClock) -> RegisteredWorker {
+        RegisteredWorker::register(
+            storage,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: "vm-1".into(),
+                pid: 41,
+                process_start_marker: "boot:41".into(),
+                host_identity: None,
+                started_at: clock.now(),
+            },
+            Arc::new(clock.clone()),
+        )
+        .expect("register")
+    }
+
+    /// An old finished row with two sessions of a stopped worker, a
+    /// running row and a newer finished row of a live one.
+    fn history() -> (MemoryStorage, TaskId, Vec<TaskId>, Timestamp) {
+        let storage = MemoryStorage::new();
+        let clock = ManualClock::starting_at(
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + Duration::days(20_000),
+        );
+        let old_worker = worker(&storage, &clock);
+        let old = Task::queue(spec(1))
+            .start(&old_worker, &storage)
+            .expect("start");
+        for session in ["s-1", "s-2"] {
+            old.record_session(SessionId::parse(session).expect("id"), &storage)
+                .expect("session");
+        }
+        let old_id = old.id();
+        old.finish(Outcome::Success(report()), &storage)
+            .expect("finish");
+        old_worker.deregister(&storage).expect("deregister");
+        clock.advance(Duration::days(10));
+        let cut_off = clock.now();
+        clock.advance(Duration::days(1));
+        let live = worker(&storage, &clock);
+        let running = Task::queue(spec(2)).start(&live, &storage).expect("start");
+        let newer = Task::queue(spec(3)).start(&live, &storage).expect("start");
+        let newer_id = newer.id();
+        newer
+            .finish(Outcome::Failure(report()), &storage)
+            .expect("finish");
+        let kept = vec![running.id(), newer_id];
+        drop(running);
+        (storage, old_id, kept, cut_off)
+    }
+
+    fn request(cut_off: Timestamp, dry_run: bool) -> PruneRequest {
+        PruneRequest {
+            cut_off,
+            statuses: vec![],
+            dry_run,
+            batch_size: 1,
+        }
+    }
+
+    #[test]
+    fn a_dry_run_counts_what_a_prune_deletes_and_deletes_nothing() {
+        let (storage, old, _, cut_off) = history();
+        let counted = storage.prune(&request(cut_off, true)).expect("dry run");
+        assert_eq!(
+            (counted.tasks, counted.sessions, counted.workers),
+            (1, 2, 1)
+        );
+        assert_eq!(counted.batches, 4, "one row per batch, then an empty one");
+        assert!(storage.get_task(old).expect("get").is_some());
+        assert_eq!(storage.list_sessions().expect("sessions").len(), 2);
+        assert_eq!(storage.list_workers().expect("workers").len(), 2);
+    }
+
+    #[test]
+    fn a_prune_deletes_old_final_rows_their_sessions_and_unnamed_stopped_workers_only() {
+        let (storage, old, kept, cut_off) = history();
+        let pruned = storage.prune(&request(cut_off, false)).expect("prune");
+        assert_eq!((pruned.tasks, pruned.sessions, pruned.workers), (1, 2, 1));
+        assert!(storage.get_task(old).expect("get").is_none());
+        let mut left: Vec<TaskId> = storage
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .iter()
+            .map(|row| row.id)
+            .collect();
+        left.sort();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(left, kept);
+        assert!(storage.list_sessions().expect("sessions").is_empty());
+        let workers = storage.list_workers().expect("workers");
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].state, WorkerState::Alive);
+        let again = storage.prune(&request(cut_off, false)).expect("prune");
+        assert_eq!((again.tasks, again.sessions, again.workers), (0, 0, 0));
+        assert!(
+            storage
+                .list_tasks(&TaskFilter {
+                    status: Some(TaskStatus::Running),
+                    ..TaskFilter::default()
+                })
+                .expect("list")
+                .len()
+                == 1
+        );
+    }
+}
