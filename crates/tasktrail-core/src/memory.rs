@@ -629,7 +629,7 @@ mod tests {
     use super::*;
     use crate::{
         Clock, CostUsd, ManualClock, Outcome, RegisteredWorker, RunReport, Task, TaskSpec,
-        TaskSpecInput, TaskStatus,
+        TaskSpecInput,
     };
 
     fn spec(issue_number: i64) -> TaskSpec {
@@ -671,38 +671,72 @@ mod tests {
         .expect("register")
     }
 
-    /// An old finished row with two sessions of a stopped worker, a
-    /// running row and a newer finished row of a live one.
-    fn history() -> (MemoryStorage, TaskId, Vec<TaskId>, Timestamp) {
+    /// A stopped worker (A) whose one old finished row has two sessions;
+    /// a stopped worker (C) still named by its orphaned running row; an
+    /// alive worker (E) silent since before the cut-off, with no rows; a
+    /// live worker (B) with a running and a newer finished row; a worker
+    /// (D) stopped after the cut-off, with no rows. Only A's row, its
+    /// sessions and A may go.
+    struct History {
+        storage: MemoryStorage,
+        old_row: TaskId,
+        kept_rows: Vec<TaskId>,
+        gone_worker: WorkerId,
+        kept_workers: Vec<WorkerId>,
+        cut_off: Timestamp,
+    }
+
+    fn history() -> History {
         let storage = MemoryStorage::new();
         let clock = ManualClock::starting_at(
             chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + Duration::days(20_000),
         );
-        let old_worker = worker(&storage, &clock);
+        let worker_a = worker(&storage, &clock);
+        let gone_worker = worker_a.id();
         let old = Task::queue(spec(1))
-            .start(&old_worker, &storage)
+            .start(&worker_a, &storage)
             .expect("start");
         for session in ["s-1", "s-2"] {
             old.record_session(SessionId::parse(session).expect("id"), &storage)
                 .expect("session");
         }
-        let old_id = old.id();
+        let old_row = old.id();
         old.finish(Outcome::Success(report()), &storage)
             .expect("finish");
-        old_worker.deregister(&storage).expect("deregister");
+        worker_a.deregister(&storage).expect("deregister");
+        let worker_c = worker(&storage, &clock);
+        let orphan = Task::queue(spec(4))
+            .start(&worker_c, &storage)
+            .expect("start");
+        let worker_e = worker(&storage, &clock);
+        let mut kept_workers = vec![worker_c.id(), worker_e.id()];
+        let mut kept_rows = vec![orphan.id()];
+        worker_c.deregister(&storage).expect("deregister");
+        drop(orphan);
         clock.advance(Duration::days(10));
         let cut_off = clock.now();
         clock.advance(Duration::days(1));
         let live = worker(&storage, &clock);
         let running = Task::queue(spec(2)).start(&live, &storage).expect("start");
         let newer = Task::queue(spec(3)).start(&live, &storage).expect("start");
-        let newer_id = newer.id();
+        kept_rows.extend([running.id(), newer.id()]);
         newer
             .finish(Outcome::Failure(report()), &storage)
             .expect("finish");
-        let kept = vec![running.id(), newer_id];
         drop(running);
-        (storage, old_id, kept, cut_off)
+        let worker_d = worker(&storage, &clock);
+        kept_workers.extend([live.id(), worker_d.id()]);
+        worker_d.deregister(&storage).expect("deregister");
+        kept_rows.sort();
+        kept_workers.sort();
+        History {
+            storage,
+            old_row,
+            kept_rows,
+            gone_worker,
+            kept_workers,
+            cut_off,
+        }
     }
 
     fn request(cut_off: Timestamp, dry_run: bool) -> PruneRequest {
@@ -716,49 +750,51 @@ mod tests {
 
     #[test]
     fn a_dry_run_counts_what_a_prune_deletes_and_deletes_nothing() {
-        let (storage, old, _, cut_off) = history();
-        let counted = storage.prune(&request(cut_off, true)).expect("dry run");
+        let history = history();
+        let storage = &history.storage;
+        let counted = storage
+            .prune(&request(history.cut_off, true))
+            .expect("dry run");
         assert_eq!(
             (counted.tasks, counted.sessions, counted.workers),
             (1, 2, 1)
         );
-        assert_eq!(counted.batches, 4, "one row per batch, then an empty one");
-        assert!(storage.get_task(old).expect("get").is_some());
+        assert_eq!(counted.batches, 5, "one row per batch, then an empty one");
+        assert!(storage.get_task(history.old_row).expect("get").is_some());
         assert_eq!(storage.list_sessions().expect("sessions").len(), 2);
-        assert_eq!(storage.list_workers().expect("workers").len(), 2);
+        assert_eq!(storage.list_workers().expect("workers").len(), 5);
     }
 
     #[test]
     fn a_prune_deletes_old_final_rows_their_sessions_and_unnamed_stopped_workers_only() {
-        let (storage, old, kept, cut_off) = history();
-        let pruned = storage.prune(&request(cut_off, false)).expect("prune");
+        let history = history();
+        let storage = &history.storage;
+        let pruned = storage
+            .prune(&request(history.cut_off, false))
+            .expect("prune");
         assert_eq!((pruned.tasks, pruned.sessions, pruned.workers), (1, 2, 1));
-        assert!(storage.get_task(old).expect("get").is_none());
-        let mut left: Vec<TaskId> = storage
+        assert!(storage.get_task(history.old_row).expect("get").is_none());
+        let mut rows: Vec<TaskId> = storage
             .list_tasks(&TaskFilter::default())
             .expect("list")
             .iter()
             .map(|row| row.id)
             .collect();
-        left.sort();
-        let mut kept = kept;
-        kept.sort();
-        assert_eq!(left, kept);
+        rows.sort();
+        assert_eq!(rows, history.kept_rows);
         assert!(storage.list_sessions().expect("sessions").is_empty());
-        let workers = storage.list_workers().expect("workers");
-        assert_eq!(workers.len(), 1);
-        assert_eq!(workers[0].state, WorkerState::Alive);
-        let again = storage.prune(&request(cut_off, false)).expect("prune");
+        let mut workers: Vec<WorkerId> = storage
+            .list_workers()
+            .expect("workers")
+            .iter()
+            .map(|worker| worker.id)
+            .collect();
+        workers.sort();
+        assert_eq!(workers, history.kept_workers);
+        assert!(!workers.contains(&history.gone_worker));
+        let again = storage
+            .prune(&request(history.cut_off, false))
+            .expect("prune");
         assert_eq!((again.tasks, again.sessions, again.workers), (0, 0, 0));
-        assert!(
-            storage
-                .list_tasks(&TaskFilter {
-                    status: Some(TaskStatus::Running),
-                    ..TaskFilter::default()
-                })
-                .expect("list")
-                .len()
-                == 1
-        );
     }
 }
