@@ -456,6 +456,7 @@ macro_rules! for_each_conformance_case {
             a_dead_reporters_unconfirmed_reports_are_taken_over_once,
             an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off,
             listing_row_by_row_reads_what_listing_reads,
+            interrupting_a_task_invalidates_its_own_sessions_only,
         }
     };
 }

@@ -1210,3 +1210,74 @@ pub(super) fn listing_row_by_row_reads_what_listing_reads<S: Storage>(w: &mut Wo
         assert_eq!(row_by_row, listed, "{filter:?}");
     }
 }
+
+/// Interrupting a task (by its own worker, or by a sweep) invalidates that
+/// task's sessions only: another running task's session and a completed
+/// task's resumable session are left as they were.
+pub(super) fn interrupting_a_task_invalidates_its_own_sessions_only<S: Storage>(
+    w: &mut World<'_, S>,
+) {
+    let (worker, _) = w.local_worker();
+    let completed = w.start(&worker);
+    completed
+        .record_session(SessionId::parse("sess_completed").expect("id"), w.store)
+        .expect("record");
+    let completed_key = key_of(&w.row(completed.id()));
+    completed
+        .finish(Outcome::Success(report()), w.store)
+        .expect("finish");
+    let neighbour = w.start(&worker);
+    neighbour
+        .record_session(SessionId::parse("sess_neighbour").expect("id"), w.store)
+        .expect("record");
+    let stopping = w.start(&worker);
+    stopping
+        .record_session(SessionId::parse("sess_stopping").expect("id"), w.store)
+        .expect("record");
+    stopping
+        .finish(interrupted("worker received SIGTERM"), w.store)
+        .expect("finish");
+    let (dead, pid) = w.local_worker();
+    let orphan = w.start(&dead);
+    orphan
+        .record_session(SessionId::parse("sess_orphan").expect("id"), w.store)
+        .expect("record");
+    w.kill(pid);
+    let recovered = w.sweep(&worker, SweepMode::Apply);
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].sessions_invalidated, 1);
+    let invalidated: Vec<(String, bool)> = {
+        let mut sessions: Vec<(String, bool)> = w
+            .store
+            .list_sessions()
+            .expect("sessions")
+            .into_iter()
+            .map(|session| {
+                (
+                    session.session_id.as_str().to_owned(),
+                    session.invalidated_at.is_some(),
+                )
+            })
+            .collect();
+        sessions.sort();
+        sessions
+    };
+    assert_eq!(
+        invalidated,
+        vec![
+            ("sess_completed".to_owned(), false),
+            ("sess_neighbour".to_owned(), false),
+            ("sess_orphan".to_owned(), true),
+            ("sess_stopping".to_owned(), true),
+        ]
+    );
+    assert_eq!(
+        w.store
+            .resumable_session(&completed_key)
+            .expect("resumable")
+            .map(|session| session.session_id.as_str().to_owned()),
+        Some("sess_completed".to_owned())
+    );
+    drop(neighbour);
+    drop(orphan);
+}
