@@ -1243,6 +1243,9 @@ pub(super) fn interrupting_a_task_invalidates_its_own_sessions_only<S: Storage>(
         .record_session(SessionId::parse("sess_orphan").expect("id"), w.store)
         .expect("record");
     w.kill(pid);
+    let preview = w.sweep(&worker, SweepMode::DryRun);
+    assert_eq!(preview.len(), 1);
+    assert_eq!(preview[0].sessions_invalidated, 1, "a dry run counts the same");
     let recovered = w.sweep(&worker, SweepMode::Apply);
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].sessions_invalidated, 1);
