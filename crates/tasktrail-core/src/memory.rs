@@ -748,6 +748,26 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "testing")]
+    #[test]
+    fn the_test_hook_invalidates_an_existing_session_by_hand_and_says_so() {
+        let history = history();
+        let storage = &history.storage;
+        let at = history.cut_off;
+        let known = SessionId::parse("s-1").expect("id");
+        assert!(storage.invalidate_session_by_hand(&known, at, "by hand"));
+        let session = storage
+            .list_sessions()
+            .expect("sessions")
+            .into_iter()
+            .find(|session| session.session_id == known)
+            .expect("kept");
+        assert_eq!(session.invalidated_at, Some(at));
+        assert_eq!(session.invalidation_reason.as_deref(), Some("by hand"));
+        let unknown = SessionId::parse("s-9").expect("id");
+        assert!(!storage.invalidate_session_by_hand(&unknown, at, "by hand"));
+    }
+
     #[test]
     fn a_dry_run_counts_what_a_prune_deletes_and_deletes_nothing() {
         let history = history();
