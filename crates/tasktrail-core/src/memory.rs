@@ -675,8 +675,8 @@ mod tests {
     /// a stopped worker (C) still named by its orphaned running row; an
     /// alive worker (E) silent since before the cut-off, with no rows; a
     /// live worker (B) with a running and a newer finished row; a worker
-    /// (D) stopped after the cut-off, with no rows. Only A's row, its
-    /// sessions and A may go.
+    /// (D) stopped after the cut-off and one (F) stopped at it, with no
+    /// rows. Only A's row, its sessions and A may go.
     struct History {
         storage: MemoryStorage,
         old_row: TaskId,
@@ -715,6 +715,10 @@ mod tests {
         drop(orphan);
         clock.advance(Duration::days(10));
         let cut_off = clock.now();
+        // Stopped at the cut-off itself: not before it, so kept.
+        let worker_f = worker(&storage, &clock);
+        kept_workers.push(worker_f.id());
+        worker_f.deregister(&storage).expect("deregister");
         clock.advance(Duration::days(1));
         let live = worker(&storage, &clock);
         let running = Task::queue(spec(2)).start(&live, &storage).expect("start");
@@ -782,7 +786,7 @@ mod tests {
         assert_eq!(counted.batches, 5, "one row per batch, then an empty one");
         assert!(storage.get_task(history.old_row).expect("get").is_some());
         assert_eq!(storage.list_sessions().expect("sessions").len(), 2);
-        assert_eq!(storage.list_workers().expect("workers").len(), 5);
+        assert_eq!(storage.list_workers().expect("workers").len(), 6);
     }
 
     #[test]
