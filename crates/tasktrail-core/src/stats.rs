@@ -550,10 +550,10 @@ mod tests {
             row.finished_at = Some(started_at + ran);
             row
         };
-        let interrupted = |started_at: Timestamp, at: Timestamp| {
+        let interrupted = |started_at: Timestamp, at: Timestamp, reason: &str| {
             let mut row = row(TaskStatus::Interrupted, Some(owner), started_at);
             row.interrupted_at = Some(at);
-            row.interrupt_reason = Some(ABANDONED_REASON.into());
+            row.interrupt_reason = Some(reason.into());
             row.interrupted_by = Some(owner);
             row
         };
@@ -562,9 +562,9 @@ mod tests {
             row(TaskStatus::Running, Some(owner), now - hours(4)),
             row(TaskStatus::Running, None, now - hours(6)),
             // Within the windows: one hour long, interrupted two hours ago.
-            interrupted(now - hours(3), now - hours(2)),
-            // Before both windows.
-            interrupted(now - hours(40), now - hours(30)),
+            interrupted(now - hours(3), now - hours(2), ABANDONED_REASON),
+            // Before both windows, of another cause.
+            interrupted(now - hours(40), now - hours(30), WORKER_STOPPED_REASON),
             ended(TaskStatus::Failure, now - hours(3), hours(2)),
             ended(TaskStatus::Success, now - hours(1), Duration::seconds(10)),
             ended(TaskStatus::Success, now - hours(1), Duration::seconds(1)),
