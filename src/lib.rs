@@ -99,6 +99,7 @@ pub use runtime::{
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use tasktrail_core::conformance;
+    pub use tasktrail_core::conformance_tests;
     pub use tasktrail_core::intercept::{InterceptedStorage, StorageCall};
     pub use tasktrail_diesel::StatementLog;
     #[cfg(feature = "postgres")]

@@ -391,3 +391,63 @@ fn sqlite_keeps_a_row_whose_recovery_report_is_owed() {
 fn postgres_keeps_a_row_whose_recovery_report_is_owed() {
     a_row_whose_recovery_report_is_owed_is_kept::<common::PostgresBackend>();
 }
+
+/// Workers go only when they stopped *before* the cut-off: one stopped at
+/// the cut-off itself, or after it, stays; one stopped before it goes.
+/// (Memory and SQLite, whose `stopped_at` is the callers' clock; the shared
+/// Diesel driver decides this for both SQL backends.)
+fn a_worker_stopped_at_the_cut_off_itself_is_kept<B: Backend>() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(store) = B::fresh(dir.path()) else {
+        return;
+    };
+    let cut_off = Utc
+        .with_ymd_and_hms(2026, 5, 11, 12, 0, 0)
+        .single()
+        .expect("time");
+    let clock = Arc::new(ManualClock::starting_at(cut_off - Duration::hours(1)));
+    let register = || {
+        let shared: Arc<dyn Clock> = clock.clone();
+        RegisteredWorker::register(&store, registration("dev", &clock), shared).expect("register")
+    };
+    let before = register();
+    let gone = before.id();
+    before.deregister(&store).expect("deregister");
+    clock.advance(Duration::hours(1));
+    let at = register();
+    let mut kept = vec![at.id()];
+    at.deregister(&store).expect("deregister");
+    clock.advance(Duration::minutes(1));
+    let after = register();
+    kept.push(after.id());
+    after.deregister(&store).expect("deregister");
+    let report = store
+        .prune(&PruneRequest {
+            cut_off,
+            statuses: vec![],
+            dry_run: false,
+            batch_size: 10,
+        })
+        .expect("prune");
+    assert_eq!(report.workers, 1);
+    let mut left: Vec<WorkerId> = store
+        .list_workers()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker.id)
+        .collect();
+    left.sort();
+    kept.sort();
+    assert_eq!(left, kept);
+    assert!(!left.contains(&gone));
+}
+
+#[test]
+fn memory_keeps_a_worker_stopped_at_the_cut_off_itself() {
+    a_worker_stopped_at_the_cut_off_itself_is_kept::<MemoryStorage>();
+}
+
+#[test]
+fn sqlite_keeps_a_worker_stopped_at_the_cut_off_itself() {
+    a_worker_stopped_at_the_cut_off_itself_is_kept::<SqliteStorage>();
+}

@@ -131,6 +131,18 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
+    fn the_system_clock_reads_the_time_of_day_to_the_microsecond() {
+        let before = truncate_to_micros(Utc::now());
+        let now = SystemClock.now();
+        let after = Utc::now();
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
+        assert_eq!(now, truncate_to_micros(now));
+    }
+
+    #[test]
     fn a_system_time_before_1970_is_read_as_that_time_never_a_panic() {
         let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(31 * 86_400);
         let at = timestamp_from_system_time(before);

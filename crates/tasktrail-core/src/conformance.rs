@@ -1,26 +1,41 @@
 //! The behaviour suite every [`Storage`] backend must pass, written once
-//! against the trait (in the manner of object_store's shared integration
-//! tests). Each backend has one test entry that calls
-//! [`run_conformance_suite`]; a server that writes its own backend can run it
-//! too (enable the `testing` feature).
+//! against the trait, in the manner of object_store's shared integration
+//! tests: one public function per behaviour (each takes a [`Subject`], makes
+//! one fresh store with it and runs that case on it), and the
+//! [`conformance_tests!`](crate::conformance_tests) macro, which a backend's
+//! test file expands into one `#[test]` per case. Every case then runs,
+//! whatever another one does, and a failure names its case (the test's name
+//! and the panic: ``backend `sqlite` failed conformance case `…` ``). The
+//! macro is the one list of cases ([`CASE_NAMES`]): a case added to it runs
+//! on every backend that expands it, and a case body left out of it is dead
+//! code, which the workspace's lints refuse. A server that writes its own
+//! backend runs the same suite (enable the `testing` feature).
 //!
 //! ```
-//! use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
+//! use tasktrail_core::conformance::{LockChange, Subject};
 //! use tasktrail_core::backend::{LockWatch, OwnerLock};
 //! use tasktrail_core::MemoryStorage;
 //!
-//! run_conformance_suite(Subject {
-//!     name: "memory",
-//!     fresh_store: Box::new(MemoryStorage::new),
-//!     task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
-//!     age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| store.age_heartbeat(worker, by)),
-//!     change_worker_lock: Box::new(|store: &MemoryStorage, worker, change| {
-//!         store.set_worker_lock(worker, match change {
-//!             LockChange::ReleasedByDeath => OwnerLock::Free { watched_for: LockWatch::Continuous },
-//!             _ => OwnerLock::NotCheckable, // LockChange::RegisteredBeforeLocks
-//!         })
-//!     }),
-//! });
+//! fn memory_subject() -> Subject<MemoryStorage> {
+//!     Subject {
+//!         name: "memory",
+//!         fresh_store: Box::new(MemoryStorage::new),
+//!         task_insert_statements: Box::new(|store: &MemoryStorage, id| store.task_insert_statements(id)),
+//!         age_heartbeats: Box::new(|store: &MemoryStorage, worker, by| store.age_heartbeat(worker, by)),
+//!         change_worker_lock: Box::new(|store: &MemoryStorage, worker, change| {
+//!             store.set_worker_lock(worker, match change {
+//!                 LockChange::ReleasedByDeath => OwnerLock::Free { watched_for: LockWatch::Continuous },
+//!                 _ => OwnerLock::NotCheckable, // LockChange::RegisteredBeforeLocks
+//!             })
+//!         }),
+//!     }
+//! }
+//!
+//! // In a test file: one `#[test]` per case, each on a subject of its own.
+//! tasktrail_core::conformance_tests!(memory_subject());
+//!
+//! // One case by hand:
+//! tasktrail_core::conformance::finish_of_an_id_with_no_row_never_inserts(memory_subject());
 //! ```
 
 use std::collections::HashMap;
@@ -365,1463 +380,167 @@ fn interrupted(reason: &str) -> Outcome {
     Outcome::Interrupted(InterruptReason::new(reason).expect("reason"))
 }
 
-type Case<S> = fn(&mut World<'_, S>);
+/// Runs `case` on one fresh store made by `subject`; panics naming the
+/// backend and the case when the case fails.
+fn run_case<S: Storage>(mut subject: Subject<S>, name: &str, case: fn(&mut World<'_, S>)) {
+    let store = (subject.fresh_store)();
+    let mut world = World {
+        store: &store,
+        inserts: subject.task_insert_statements.as_ref(),
+        age: subject.age_heartbeats.as_ref(),
+        change_lock: subject.change_worker_lock.as_ref(),
+        clock: ManualClock::starting_at(
+            Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
+                .single()
+                .expect("time")
+                + Duration::microseconds(123_456),
+        ),
+        processes: FakeProcesses::default(),
+        workers_by_pid: HashMap::new(),
+        next_pid: 100,
+        next_issue: 1000,
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&mut world)));
+    if let Err(panic) = outcome {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        panic!(
+            "backend `{}` failed conformance case `{name}`: {message}",
+            subject.name
+        );
+    }
+}
 
-fn cases<S: Storage>() -> Vec<(&'static str, Case<S>)> {
-    vec![
-        (
-            "start_inserts_one_running_row_with_every_seed_column",
+/// The one list of conformance cases. Calls
+/// `$crate::$callback! { $arguments case, case, … }`; the callbacks are this
+/// crate's (the public case functions below, and
+/// [`conformance_tests!`](crate::conformance_tests)'s tests).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! for_each_conformance_case {
+    ($callback:ident ! $arguments:tt) => {
+        $crate::$callback! { $arguments
             start_inserts_one_running_row_with_every_seed_column,
-        ),
-        (
-            "finish_with_each_outcome_updates_the_same_row",
             finish_with_each_outcome_updates_the_same_row,
-        ),
-        (
-            "timestamps_round_trip_to_the_microsecond",
             timestamps_round_trip_to_the_microsecond,
-        ),
-        (
-            "starting_the_same_id_twice_is_refused_and_hands_the_task_back",
             starting_the_same_id_twice_is_refused_and_hands_the_task_back,
-        ),
-        (
-            "finishing_twice_is_refused_and_changes_nothing",
             finishing_twice_is_refused_and_changes_nothing,
-        ),
-        (
-            "finish_by_a_worker_that_does_not_own_the_row_is_refused",
             finish_by_a_worker_that_does_not_own_the_row_is_refused,
-        ),
-        (
-            "finish_of_an_id_with_no_row_never_inserts",
             finish_of_an_id_with_no_row_never_inserts,
-        ),
-        (
-            "finish_after_recovery_interrupted_the_row_is_refused",
             finish_after_recovery_interrupted_the_row_is_refused,
-        ),
-        (
-            "an_interrupted_finish_is_fenced_like_a_completed_one",
             an_interrupted_finish_is_fenced_like_a_completed_one,
-        ),
-        (
-            "recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it",
             recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it,
-        ),
-        (
-            "recovery_treats_a_reused_pid_as_dead",
             recovery_treats_a_reused_pid_as_dead,
-        ),
-        (
-            "recovery_leaves_live_workers_rows_alone",
             recovery_leaves_live_workers_rows_alone,
-        ),
-        (
-            "recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease",
             recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease,
-        ),
-        (
-            "a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled",
             a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled,
-        ),
-        (
-            "a_held_lock_wins_over_a_process_probe_that_says_gone",
             a_held_lock_wins_over_a_process_probe_that_says_gone,
-        ),
-        (
-            "a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace",
             a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace,
-        ),
-        (
-            "look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid",
             look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid,
-        ),
-        (
-            "recovery_with_no_orphans_is_a_no_op",
             recovery_with_no_orphans_is_a_no_op,
-        ),
-        (
-            "every_recovered_task_is_reported_once",
             every_recovered_task_is_reported_once,
-        ),
-        (
-            "dry_run_reports_the_same_tasks_and_changes_nothing",
             dry_run_reports_the_same_tasks_and_changes_nothing,
-        ),
-        (
-            "sessions_are_resumable_only_after_a_completed_run",
             sessions_are_resumable_only_after_a_completed_run,
-        ),
-        (
-            "sessions_of_interrupted_tasks_are_invalidated_and_never_resumed",
             sessions_of_interrupted_tasks_are_invalidated_and_never_resumed,
-        ),
-        ("session_writes_are_checked", session_writes_are_checked),
-        (
-            "a_deregistered_workers_leftover_rows_are_orphans",
+            session_writes_are_checked,
             a_deregistered_workers_leftover_rows_are_orphans,
-        ),
-        (
-            "listing_filters_orders_and_limits",
             listing_filters_orders_and_limits,
-        ),
-        (
-            "status_counts_and_hourly_outcomes_count_the_rows",
             status_counts_and_hourly_outcomes_count_the_rows,
-        ),
-        (
-            "an_abandoned_handle_is_interrupted_once_with_its_sessions",
             an_abandoned_handle_is_interrupted_once_with_its_sessions,
-        ),
-        (
-            "a_finished_handle_is_never_treated_as_abandoned",
             a_finished_handle_is_never_treated_as_abandoned,
-        ),
-        (
-            "an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again",
             an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again,
-        ),
-        (
-            "a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own",
             a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own,
-        ),
-        (
-            "a_recovered_rows_report_is_owed_until_its_reporter_confirms_it",
             a_recovered_rows_report_is_owed_until_its_reporter_confirms_it,
-        ),
-        (
-            "a_dead_reporters_unconfirmed_reports_are_taken_over_once",
             a_dead_reporters_unconfirmed_reports_are_taken_over_once,
-        ),
-        (
-            "an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off",
             an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off,
-        ),
-    ]
-}
-
-/// Runs every case on its own fresh store; panics naming the backend and the
-/// case on the first failure.
-pub fn run_conformance_suite<S: Storage>(mut subject: Subject<S>) {
-    for (name, case) in cases::<S>() {
-        eprintln!("conformance[{}]: {name}", subject.name);
-        let store = (subject.fresh_store)();
-        let mut world = World {
-            store: &store,
-            inserts: subject.task_insert_statements.as_ref(),
-            age: subject.age_heartbeats.as_ref(),
-            change_lock: subject.change_worker_lock.as_ref(),
-            clock: ManualClock::starting_at(
-                Utc.with_ymd_and_hms(2026, 5, 11, 14, 37, 2)
-                    .single()
-                    .expect("time")
-                    + Duration::microseconds(123_456),
-            ),
-            processes: FakeProcesses::default(),
-            workers_by_pid: HashMap::new(),
-            next_pid: 100,
-            next_issue: 1000,
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&mut world)));
-        if let Err(panic) = outcome {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            panic!(
-                "backend `{}` failed conformance case `{name}`: {message}",
-                subject.name
-            );
+            listing_row_by_row_reads_what_listing_reads,
+            interrupting_a_task_invalidates_its_own_sessions_only,
         }
-    }
+    };
 }
 
-fn start_inserts_one_running_row_with_every_seed_column<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let spec = w.spec("acme/widgets");
-    let running = Task::queue(spec.clone())
-        .start(&worker, w.store)
-        .expect("start");
-    let row = w.row(running.id());
-    assert_eq!(row.id, running.id());
-    assert_eq!(row.status, TaskStatus::Running);
-    assert_eq!(
-        (row.repo.as_str(), row.issue_number),
-        (spec.repo(), spec.issue_number())
-    );
-    assert_eq!(
-        (
-            row.user.as_str(),
-            row.agent.as_str(),
-            row.agent_type.as_str(),
-            row.model.as_str(),
-            row.provider.as_str()
-        ),
-        (
-            spec.user(),
-            spec.agent(),
-            spec.agent_type(),
-            spec.model(),
-            spec.provider()
-        )
-    );
-    assert_eq!(row.started_at, running.started_at());
-    assert_eq!(row.worker_id, Some(worker.id()));
-    assert_eq!(row.finished_at, None);
-    assert_eq!(
-        (row.input_tokens, row.output_tokens, row.turns),
-        (None, None, None)
-    );
-    assert_eq!(row.cost_usd, None);
-    assert_eq!(row.artifacts, None);
-    assert_eq!(w.inserts(running.id()), 1, "exactly one INSERT");
-    assert_eq!(
-        w.store
-            .list_tasks(&TaskFilter::default())
-            .expect("list")
-            .len(),
-        1
-    );
-}
-
-fn finish_with_each_outcome_updates_the_same_row<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let outcomes = [
-        Outcome::Success(report()),
-        Outcome::Failure(report()),
-        Outcome::Cancelled(report()),
-        Outcome::AbortedNoSkill(report()),
-        interrupted("worker received SIGTERM"),
-    ];
-    for outcome in outcomes {
-        let running = w.start(&worker);
-        let id = running.id();
-        w.clock.advance(Duration::seconds(90));
-        let finished = running.finish(outcome.clone(), w.store).expect("finish");
-        let row = w.row(id);
-        assert_eq!(row.status, outcome.status());
-        assert_eq!(w.inserts(id), 1, "finish must not INSERT");
-        match outcome.report() {
-            Some(report) => {
-                assert_eq!(row.finished_at, Some(finished.finished_at()));
-                assert_eq!(row.input_tokens, Some(report.input_tokens));
-                assert_eq!(row.output_tokens, Some(report.output_tokens));
-                assert_eq!(row.cost_usd, Some(report.cost_usd.dollars()));
-                assert_eq!(row.turns, Some(report.turns));
-                assert_eq!(row.artifacts.as_ref(), Some(&report.artifacts));
-                assert_eq!(row.interrupted_at, None);
+/// Makes, from the list, one public function per case, [`CASE_NAMES`] and
+/// [`every_case`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_public_cases {
+    ({} $($case:ident,)*) => {
+        $(
+            #[doc = concat!(
+                "Conformance case `", stringify!($case), "`: runs it on one fresh ",
+                "store made by `subject`.\n\n# Panics\n\nWhen the backend fails the ",
+                "case; the message names the backend and the case.",
+            )]
+            pub fn $case<S: Storage>(subject: Subject<S>) {
+                run_case(subject, stringify!($case), cases::$case::<S>);
             }
-            None => {
-                assert_eq!(
-                    row.finished_at, None,
-                    "interrupted rows keep finished_at NULL"
-                );
-                assert_eq!(
-                    (row.input_tokens, row.output_tokens, row.turns),
-                    (None, None, None)
-                );
-                assert_eq!((row.cost_usd, row.artifacts.clone()), (None, None));
-                assert_eq!(row.interrupted_at, Some(finished.finished_at()));
-                assert_eq!(
-                    row.interrupt_reason.as_deref(),
-                    Some("worker received SIGTERM")
-                );
-                assert_eq!(row.interrupted_by, Some(worker.id()));
+        )*
+
+        /// The name of every conformance case, in the order of the list;
+        /// each is a public function of this module and a `#[test]` of every
+        /// backend that expands [`conformance_tests!`](crate::conformance_tests).
+        pub const CASE_NAMES: &[&str] = &[$(stringify!($case)),*];
+
+        /// Every conformance case with its name, for a test that runs the
+        /// suite in a loop (one that proves the suite fails a broken
+        /// backend, say). A backend's own tests use
+        /// [`conformance_tests!`](crate::conformance_tests) instead.
+        pub fn every_case<S: Storage>() -> Vec<(&'static str, fn(Subject<S>))> {
+            vec![$((stringify!($case), $case::<S> as fn(Subject<S>))),*]
+        }
+    };
+}
+
+for_each_conformance_case!(__conformance_public_cases! {});
+
+/// Expands into one `#[test]` per conformance case, each named after its
+/// case and running it on a subject of its own.
+///
+/// `conformance_tests!(make_subject())` evaluates the expression (a
+/// [`Subject`]) once in each test. `conformance_tests!(skippable:
+/// make_subject())` takes an `Option<Subject<_>>` instead, and a test whose
+/// expression is `None` passes without running its case (a Postgres backend
+/// whose test server is not configured: the expression should say so
+/// visibly, as `tasktrail_diesel::test_postgres_url` does). Expand it inside
+/// a module of its own when the file has other tests
+/// (`mod conformance { use super::*; tasktrail_core::conformance_tests!(…); }`).
+#[macro_export]
+macro_rules! conformance_tests {
+    (skippable: $make_subject:expr $(,)?) => {
+        $crate::for_each_conformance_case!(__conformance_tests! { skippable $make_subject });
+    };
+    ($make_subject:expr $(,)?) => {
+        $crate::for_each_conformance_case!(__conformance_tests! { always $make_subject });
+    };
+}
+
+/// [`conformance_tests!`](crate::conformance_tests)'s callback: the tests.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ({ always $make_subject:expr } $($case:ident,)*) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::$case($make_subject);
             }
-        }
-    }
-    assert_eq!(
-        w.store
-            .list_tasks(&TaskFilter::default())
-            .expect("list")
-            .len(),
-        5
-    );
-}
-
-fn timestamps_round_trip_to_the_microsecond<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let running = w.start(&worker);
-    let started = running.started_at();
-    assert_ne!(started.timestamp_subsec_micros(), 0);
-    w.clock.advance(Duration::microseconds(1_000_001));
-    let finished = running
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let row = w.row(finished.id());
-    assert_eq!(row.started_at, started);
-    assert_eq!(row.finished_at, Some(finished.finished_at()));
-}
-
-fn starting_the_same_id_twice_is_refused_and_hands_the_task_back<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let id = TaskId::new_random();
-    let spec = w.spec("acme/widgets");
-    let first = Task::queue_with_id(id, spec.clone())
-        .start(&worker, w.store)
-        .expect("first start");
-    let before = w.row(id);
-    let other_spec = w.spec("acme/gears");
-    let error = Task::queue_with_id(id, other_spec)
-        .start(&worker, w.store)
-        .expect_err("second start");
-    assert!(
-        matches!(error.error, StorageError::DuplicateTask { id: dup } if dup == id),
-        "{:?}",
-        error.error
-    );
-    assert_eq!(error.into_task().id(), id);
-    assert_eq!(w.row(id), before, "the first row is unchanged");
-    drop(first);
-}
-
-fn finishing_twice_is_refused_and_changes_nothing<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let running = w.start(&worker);
-    let id = running.id();
-    running
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let before = w.row(id);
-    w.clock.advance(Duration::seconds(5));
-    let again = w
-        .store
-        .finish_running(&FinishRow {
-            id,
-            worker: worker.id(),
-            outcome: Outcome::Failure(RunReport::empty()),
-            at: w.clock.now(),
-        })
-        .expect("second finish");
-    assert_eq!(
-        again,
-        FinishWrite::Refused(FinishRefusal::AlreadyFinished {
-            status: TaskStatus::Success
-        })
-    );
-    assert_eq!(w.row(id), before, "a finished row never changes again");
-    assert_eq!(w.inserts(id), 1);
-}
-
-fn finish_by_a_worker_that_does_not_own_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
-    let (owner, _) = w.local_worker();
-    let (intruder, _) = w.local_worker();
-    let running = w.start(&owner);
-    let id = running.id();
-    let before = w.row(id);
-    let write = w
-        .store
-        .finish_running(&FinishRow {
-            id,
-            worker: intruder.id(),
-            outcome: Outcome::Success(report()),
-            at: w.clock.now(),
-        })
-        .expect("finish");
-    assert_eq!(
-        write,
-        FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
-            owner: Some(owner.id())
-        })
-    );
-    assert_eq!(w.row(id), before);
-    running
-        .finish(Outcome::Success(report()), w.store)
-        .expect("the owner still can");
-}
-
-fn finish_of_an_id_with_no_row_never_inserts<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let ghost = TaskId::new_random();
-    let write = w
-        .store
-        .finish_running(&FinishRow {
-            id: ghost,
-            worker: worker.id(),
-            outcome: Outcome::Success(report()),
-            at: w.clock.now(),
-        })
-        .expect("finish");
-    assert_eq!(write, FinishWrite::Refused(FinishRefusal::Missing));
-    assert_eq!(w.store.get_task(ghost).expect("get"), None);
-    assert_eq!(w.inserts(ghost), 0);
-}
-
-fn finish_after_recovery_interrupted_the_row_is_refused<S: Storage>(w: &mut World<'_, S>) {
-    let (victim, victim_pid) = w.local_worker();
-    let running = w.start(&victim);
-    let id = running.id();
-    w.kill(victim_pid);
-    let (rescuer, _) = w.local_worker();
-    assert_eq!(w.sweep(&rescuer, SweepMode::Apply).len(), 1);
-    let before = w.row(id);
-    let error = running
-        .finish(Outcome::Success(report()), w.store)
-        .expect_err("late finish");
-    assert!(
-        matches!(&error, FinishError::Refused { refusal: FinishRefusal::InterruptedByRecovery { recovered_by: Some(by) }, .. } if *by == rescuer.id()),
-        "{error:?}"
-    );
-    assert_eq!(w.row(id), before);
-    assert_eq!(w.inserts(id), 1);
-}
-
-/// An `Interrupted` finish (its own UPDATE, with the sessions'
-/// invalidation in one transaction) is refused like a completed one on a
-/// row another worker owns, a row already finished and a row a sweep
-/// already recovered: the row and its sessions stay exactly as they were.
-/// Kills a mutant that drops the owner (or the `running`) term from the
-/// interrupted finish's `WHERE`.
-fn an_interrupted_finish_is_fenced_like_a_completed_one<S: Storage>(w: &mut World<'_, S>) {
-    let (owner, _) = w.local_worker();
-    let (intruder, _) = w.local_worker();
-    let try_interrupt = |w: &World<'_, S>, id: TaskId, by: WorkerId| {
-        w.store
-            .finish_running(&FinishRow {
-                id,
-                worker: by,
-                outcome: interrupted("late interrupt"),
-                at: w.clock.now(),
-            })
-            .expect("finish")
+        )*
     };
-
-    // A foreign row: running, owned by another worker.
-    let foreign = w.start(&owner);
-    foreign
-        .record_session(SessionId::parse("sess_foreign").expect("id"), w.store)
-        .expect("record");
-    w.clock.advance(Duration::seconds(3));
-    let before = (
-        w.row(foreign.id()),
-        w.store.list_sessions().expect("sessions"),
-    );
-    assert_eq!(
-        try_interrupt(w, foreign.id(), intruder.id()),
-        FinishWrite::Refused(FinishRefusal::OwnedByAnotherWorker {
-            owner: Some(owner.id())
-        })
-    );
-    assert_eq!(
-        (
-            w.row(foreign.id()),
-            w.store.list_sessions().expect("sessions")
-        ),
-        before,
-        "a foreign row and its sessions are untouched"
-    );
-
-    // A finished row, by its own worker (and by another one).
-    let key = key_of(&w.row(foreign.id()));
-    let foreign_id = foreign.id();
-    foreign
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    w.clock.advance(Duration::seconds(3));
-    let before = (
-        w.row(foreign_id),
-        w.store.list_sessions().expect("sessions"),
-    );
-    for by in [owner.id(), intruder.id()] {
-        let refused = try_interrupt(w, foreign_id, by);
-        assert!(
-            matches!(
-                refused,
-                FinishWrite::Refused(
-                    FinishRefusal::AlreadyFinished {
-                        status: TaskStatus::Success
-                    } | FinishRefusal::OwnedByAnotherWorker { .. }
-                )
-            ),
-            "{refused:?}"
-        );
-        assert_eq!(
-            (
-                w.row(foreign_id),
-                w.store.list_sessions().expect("sessions")
-            ),
-            before,
-            "a finished row and its sessions never change again"
-        );
-    }
-    assert_eq!(
-        try_interrupt(w, foreign_id, owner.id()),
-        FinishWrite::Refused(FinishRefusal::AlreadyFinished {
-            status: TaskStatus::Success
-        })
-    );
-    assert_eq!(
-        w.store
-            .resumable_session(&key)
-            .expect("resumable")
-            .map(|session| session.session_id.as_str().to_owned()),
-        Some("sess_foreign".to_owned()),
-        "the finished task's session is still offered"
-    );
-
-    // A row a sweep recovered, by its dead owner and by the sweeper.
-    let (victim, victim_pid) = w.local_worker();
-    let orphan = w.start(&victim);
-    let orphan_id = orphan.id();
-    w.kill(victim_pid);
-    assert_eq!(w.sweep(&intruder, SweepMode::Apply).len(), 1);
-    w.clock.advance(Duration::seconds(3));
-    let before = (w.row(orphan_id), w.store.list_sessions().expect("sessions"));
-    for by in [victim.id(), intruder.id()] {
-        let refused = try_interrupt(w, orphan_id, by);
-        assert!(
-            matches!(
-                refused,
-                FinishWrite::Refused(
-                    FinishRefusal::InterruptedByRecovery { .. }
-                        | FinishRefusal::OwnedByAnotherWorker { .. }
-                )
-            ),
-            "{refused:?}"
-        );
-        assert_eq!(
-            (w.row(orphan_id), w.store.list_sessions().expect("sessions")),
-            before,
-            "a recovered row never changes again"
-        );
-    }
-    assert_eq!(w.inserts(foreign_id), 1);
-    assert_eq!(w.inserts(orphan_id), 1);
-    drop(orphan);
-}
-
-fn recovery_interrupts_a_dead_same_host_workers_rows_and_fences_it<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (victim, victim_pid) = w.local_worker();
-    let a = w.start(&victim);
-    w.clock.advance(Duration::seconds(30));
-    let b = w.start(&victim);
-    w.clock.advance(Duration::minutes(36));
-    w.kill(victim_pid);
-    let (rescuer, _) = w.local_worker();
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    let ids: Vec<TaskId> = recovered.iter().map(|r| r.task.id).collect();
-    assert_eq!(ids, vec![a.id(), b.id()], "oldest first, each once");
-    for task in &recovered {
-        let row = w.row(task.task.id);
-        assert_eq!(row, task.task, "the reported record is the stored row");
-        assert_eq!(row.status, TaskStatus::Interrupted);
-        assert_eq!(
-            (
-                row.finished_at,
-                row.cost_usd,
-                row.input_tokens,
-                row.output_tokens
-            ),
-            (None, None, None, None)
-        );
-        assert_eq!(row.interrupted_by, Some(rescuer.id()));
-        assert_eq!(row.interrupted_at, Some(w.clock.now()));
-        assert!(row
-            .interrupt_reason
-            .as_deref()
-            .is_some_and(|r| r.contains(&victim.id().to_string())));
-        assert_eq!(task.dead_worker, Some(victim.id()));
-        let hint = task.hint();
-        assert!(hint.starts_with("[recovery] "), "{hint}");
-        for needle in [
-            row.id.to_string(),
-            row.repo_issue(),
-            row.agent.clone(),
-            row.model.clone(),
-            victim.id().to_string(),
-        ] {
-            assert!(hint.contains(&needle), "hint {hint:?} lacks {needle:?}");
-        }
-    }
-    assert!(
-        recovered[0].hint().contains("ran_for=36m30s"),
-        "{}",
-        recovered[0].hint()
-    );
-    let state = w
-        .store
-        .list_workers()
-        .expect("workers")
-        .into_iter()
-        .find(|x| x.id == victim.id())
-        .map(|x| x.state);
-    assert_eq!(state, Some(WorkerState::Dead));
-    assert!(matches!(
-        victim.heartbeat(w.store),
-        Err(StorageError::WorkerNotAlive { .. })
-    ));
-    let spec = w.spec("acme/widgets");
-    let late = Task::queue(spec)
-        .start(&victim, w.store)
-        .expect_err("a dead worker cannot start");
-    assert!(matches!(late.error, StorageError::WorkerNotAlive { .. }));
-    let refused = late.into_task().id();
-    // A backend may check liveness inside the INSERT itself (one statement
-    // that inserts nothing), so at most one statement and no row.
-    assert!(w.inserts(refused) <= 1, "at most one INSERT statement");
-    assert_eq!(
-        w.store.get_task(refused).expect("get"),
-        None,
-        "nothing inserted"
-    );
-}
-
-fn recovery_treats_a_reused_pid_as_dead<S: Storage>(w: &mut World<'_, S>) {
-    let (victim, victim_pid) = w.local_worker();
-    let running = w.start(&victim);
-    w.reuse_pid(victim_pid);
-    let (rescuer, _) = w.local_worker();
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(
-        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
-        vec![running.id()]
-    );
-}
-
-fn recovery_leaves_live_workers_rows_alone<S: Storage>(w: &mut World<'_, S>) {
-    let (local, _) = w.local_worker();
-    let (remote, _) = w.worker_on("elsewhere");
-    let (rescuer, _) = w.local_worker();
-    let rows = [w.start(&local), w.start(&remote), w.start(&rescuer)];
-    w.clock.advance(Duration::seconds(10));
-    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
-    for running in rows {
-        assert_eq!(w.row(running.id()).status, TaskStatus::Running);
-        running
-            .finish(Outcome::Success(report()), w.store)
-            .expect("owners still finish");
-    }
-}
-
-fn recovery_of_workers_registered_before_locks_follows_the_heartbeat_lease<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (beating, _) = w.worker_on("elsewhere");
-    let (silent, _) = w.worker_on("elsewhere");
-    w.change_lock(beating.id(), LockChange::RegisteredBeforeLocks);
-    w.change_lock(silent.id(), LockChange::RegisteredBeforeLocks);
-    let kept = w.start(&beating);
-    let lost = w.start(&silent);
-    // Time passes for the store's clock (the database's, on Postgres): both
-    // have been silent for nearly a lease, then one heartbeats.
-    let almost = LivenessPolicy::DEFAULT_LEASE - Duration::seconds(1);
-    w.age_heartbeat(&beating, almost);
-    w.age_heartbeat(&silent, almost);
-    beating.heartbeat(w.store).expect("beat");
-    let (rescuer, _) = w.local_worker();
-    assert!(
-        w.sweep(&rescuer, SweepMode::Apply).is_empty(),
-        "within the lease both are alive"
-    );
-    w.age_heartbeat(&beating, Duration::seconds(2));
-    w.age_heartbeat(&silent, Duration::seconds(2));
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(
-        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
-        vec![lost.id()]
-    );
-    assert_eq!(w.row(kept.id()).status, TaskStatus::Running);
-}
-
-fn a_held_lock_keeps_a_silent_worker_alive_and_reports_it_stalled<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    // Stopped (SIGSTOP) or hung for an hour, in another PID namespace or on
-    // another machine: it still holds its lock.
-    for place in [
-        Place::Elsewhere,
-        Place::OtherPidNamespace,
-        Place::LookAlikeHost,
-    ] {
-        let (stalled, _) = w.worker_at(place);
-        let running = w.start(&stalled);
-        w.age_heartbeat(&stalled, Duration::hours(1));
-        let (rescuer, _) = w.local_worker();
-        let (recovered, noticed) = w.sweep_noticing(&rescuer, SweepMode::Apply);
-        assert!(recovered.is_empty(), "{place:?}: a held lock is alive");
-        assert_eq!(
-            noticed
-                .iter()
-                .map(|owner| (
-                    owner.record.id,
-                    matches!(owner.verdict, Liveness::Stalled { .. })
-                ))
-                .collect::<Vec<_>>(),
-            vec![(stalled.id(), true)],
-            "{place:?}: reported stalled"
-        );
-        assert!(noticed[0].silence >= Duration::hours(1), "{place:?}");
-        // When it wakes up it finishes its task normally.
-        stalled.heartbeat(w.store).expect("it is still alive");
-        running
-            .finish(Outcome::Success(report()), w.store)
-            .expect("the stalled worker finishes its task");
-        rescuer.deregister(w.store).expect("deregister");
-    }
-}
-
-fn a_held_lock_wins_over_a_process_probe_that_says_gone<S: Storage>(w: &mut World<'_, S>) {
-    // Same boot and PID namespace, the pid is not in the process table (a
-    // probe that cannot see it), yet the worker holds its lock: alive.
-    let (holder, pid) = w.local_worker();
-    let running = w.start(&holder);
-    w.processes.kill(pid);
-    let (rescuer, _) = w.local_worker();
-    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
-    assert_eq!(w.row(running.id()).status, TaskStatus::Running);
-    running
-        .finish(Outcome::Success(report()), w.store)
-        .expect("its owner finishes it");
-}
-
-fn a_free_lock_proves_death_only_once_the_owner_is_silent_past_the_grace<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (victim, victim_pid) = w.worker_at(Place::OtherPidNamespace);
-    let running = w.start(&victim);
-    let id = running.id();
-    std::mem::forget(running); // SIGKILL: no drop
-    w.change_lock(victim.id(), LockChange::ReleasedByDeath);
-    let (rescuer, _) = w.local_worker();
-    // A judge that has not watched the lock for a grace yet (Postgres: a
-    // fresh connection) waits too: give every backend's judge the grace.
-    std::thread::sleep(
-        (SUITE_GRACE + Duration::milliseconds(200))
-            .to_std()
-            .expect("positive"),
-    );
-    // Its last heartbeat, just before its process died.
-    victim.heartbeat(w.store).expect("a last heartbeat");
-    let (recovered, noticed) = w.sweep_noticing(&rescuer, SweepMode::Apply);
-    assert!(recovered.is_empty(), "within the grace: not yet provable");
-    assert_eq!(
-        noticed
-            .iter()
-            .map(|owner| (owner.record.id, owner.verdict.clone()))
-            .collect::<Vec<_>>(),
-        vec![(victim.id(), Liveness::NotYetProvable(Unproven::WithinGrace))]
-    );
-    assert_eq!(w.row(id).status, TaskStatus::Running);
-    w.age_heartbeat(&victim, SUITE_GRACE + Duration::seconds(1));
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(
-        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
-        vec![id]
-    );
-    assert!(
-        matches!(&recovered[0].cause, DeathCause::LockReleased { pid, .. } if *pid == victim_pid),
-        "{:?}",
-        recovered[0].cause
-    );
-    assert!(matches!(
-        victim.heartbeat(w.store),
-        Err(StorageError::WorkerNotAlive { .. })
-    ));
-}
-
-fn look_alike_hosts_and_other_pid_namespaces_are_never_judged_by_pid<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    // Their pids are not in the judge's process table, and the judge's host
-    // name is theirs: a probe would call them gone. Whatever their lock
-    // says, a fresh heartbeat keeps them.
-    let mut rows = Vec::new();
-    for place in [Place::LookAlikeHost, Place::OtherPidNamespace] {
-        for change in [None, Some(LockChange::RegisteredBeforeLocks)] {
-            let (worker, _) = w.worker_at(place);
-            if let Some(change) = change {
-                w.change_lock(worker.id(), change);
+    ({ skippable $make_subject:expr } $($case:ident,)*) => {
+        $(
+            #[test]
+            fn $case() {
+                let subject: ::core::option::Option<$crate::conformance::Subject<_>> =
+                    $make_subject;
+                if let ::core::option::Option::Some(subject) = subject {
+                    $crate::conformance::$case(subject);
+                }
             }
-            rows.push((w.start(&worker), worker));
-        }
-    }
-    let (rescuer, _) = w.local_worker();
-    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
-    for (running, worker) in rows {
-        assert_eq!(w.row(running.id()).status, TaskStatus::Running);
-        worker.heartbeat(w.store).expect("still alive");
-        running
-            .finish(Outcome::Success(report()), w.store)
-            .expect("its owner finishes it");
-    }
-}
-
-fn recovery_with_no_orphans_is_a_no_op<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let done = w.start(&worker);
-    let id = done.id();
-    done.finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let before = w.store.list_tasks(&TaskFilter::default()).expect("list");
-    let workers_before = w.store.list_workers().expect("workers");
-    let (rescuer, _) = w.local_worker();
-    assert!(w.sweep(&rescuer, SweepMode::Apply).is_empty());
-    assert_eq!(
-        w.store.list_tasks(&TaskFilter::default()).expect("list"),
-        before
-    );
-    let workers_after = w.store.list_workers().expect("workers");
-    assert!(workers_before.iter().all(|old| workers_after.contains(old)));
-    assert_eq!(w.row(id).status, TaskStatus::Success);
-}
-
-fn every_recovered_task_is_reported_once<S: Storage>(w: &mut World<'_, S>) {
-    let (victim, pid) = w.local_worker();
-    for _ in 0..3 {
-        let _ = w.start(&victim);
-    }
-    w.kill(pid);
-    let (first, _) = w.local_worker();
-    let (second, _) = w.local_worker();
-    assert_eq!(w.sweep(&first, SweepMode::Apply).len(), 3);
-    assert!(w.sweep(&second, SweepMode::Apply).is_empty());
-    assert!(w.sweep(&first, SweepMode::Apply).is_empty());
-}
-
-fn dry_run_reports_the_same_tasks_and_changes_nothing<S: Storage>(w: &mut World<'_, S>) {
-    let (victim, pid) = w.local_worker();
-    let running = w.start(&victim);
-    running
-        .record_session(SessionId::parse("sess_dry").expect("id"), w.store)
-        .expect("session");
-    w.kill(pid);
-    let (rescuer, _) = w.local_worker();
-    let before = w.store.list_tasks(&TaskFilter::default()).expect("list");
-    let sessions_before = w.store.list_sessions().expect("sessions");
-    let preview = w.sweep(&rescuer, SweepMode::DryRun);
-    assert_eq!(
-        w.store.list_tasks(&TaskFilter::default()).expect("list"),
-        before
-    );
-    assert_eq!(w.store.list_sessions().expect("sessions"), sessions_before);
-    let victim_state = w
-        .store
-        .list_workers()
-        .expect("workers")
-        .into_iter()
-        .find(|x| x.id == victim.id())
-        .map(|x| x.state);
-    assert_eq!(victim_state, Some(WorkerState::Alive));
-    let applied = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(
-        preview
-            .iter()
-            .map(|r| (r.task.id, r.sessions_invalidated))
-            .collect::<Vec<_>>(),
-        applied
-            .iter()
-            .map(|r| (r.task.id, r.sessions_invalidated))
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(applied[0].sessions_invalidated, 1);
-}
-
-fn key_of(row: &TaskRecord) -> SessionKey {
-    SessionKey {
-        repo: row.repo.clone(),
-        issue_number: row.issue_number,
-        agent: row.agent.clone(),
-    }
-}
-
-fn sessions_are_resumable_only_after_a_completed_run<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let spec = w.spec("acme/widgets");
-    let first = Task::queue(spec.clone())
-        .start(&worker, w.store)
-        .expect("start");
-    first
-        .record_session(SessionId::parse("sess_1").expect("id"), w.store)
-        .expect("record");
-    let key = key_of(&w.row(first.id()));
-    let first_id = first.id();
-    assert_eq!(
-        w.store.resumable_session(&key).expect("resumable"),
-        None,
-        "its task is still running"
-    );
-    first
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let offered = w
-        .store
-        .resumable_session(&key)
-        .expect("resumable")
-        .expect("offered");
-    assert_eq!(offered.session_id.as_str(), "sess_1");
-
-    w.clock.advance(Duration::minutes(1));
-    let second = Task::queue(spec).start(&worker, w.store).expect("start");
-    let second_id = second.id();
-    second
-        .record_session(SessionId::parse("sess_2").expect("id"), w.store)
-        .expect("record");
-    second
-        .finish(Outcome::Failure(report()), w.store)
-        .expect("finish");
-    let offered = w
-        .store
-        .resumable_session(&key)
-        .expect("resumable")
-        .expect("offered");
-    assert_eq!(offered.session_id.as_str(), "sess_2", "newest wins");
-    let of_task = |id| {
-        w.store
-            .list_task_sessions(id)
-            .expect("sessions")
-            .iter()
-            .map(|s| s.session_id.as_str().to_owned())
-            .collect::<Vec<_>>()
+        )*
     };
-    assert_eq!(of_task(first_id), vec!["sess_1"], "only the task's own");
-    assert_eq!(of_task(second_id), vec!["sess_2"]);
-    assert!(of_task(TaskId::new_random()).is_empty());
-    let other_key = SessionKey {
-        agent: "triager".into(),
-        ..key
-    };
-    assert_eq!(
-        w.store.resumable_session(&other_key).expect("resumable"),
-        None
-    );
 }
 
-fn sessions_of_interrupted_tasks_are_invalidated_and_never_resumed<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    // Interrupted by recovery.
-    let (victim, pid) = w.local_worker();
-    let spec = w.spec("acme/widgets");
-    let orphan = Task::queue(spec.clone())
-        .start(&victim, w.store)
-        .expect("start");
-    orphan
-        .record_session(SessionId::parse("sess_orphan").expect("id"), w.store)
-        .expect("record");
-    let key = key_of(&w.row(orphan.id()));
-    w.kill(pid);
-    let (rescuer, _) = w.local_worker();
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(recovered.len(), 1);
-    assert_eq!(recovered[0].sessions_invalidated, 1);
-    assert_eq!(w.store.resumable_session(&key).expect("resumable"), None);
-
-    // Interrupted by its own worker on shutdown.
-    let stopping = Task::queue(spec).start(&rescuer, w.store).expect("start");
-    stopping
-        .record_session(SessionId::parse("sess_stopping").expect("id"), w.store)
-        .expect("record");
-    stopping
-        .finish(interrupted("worker received SIGTERM"), w.store)
-        .expect("finish");
-    assert_eq!(w.store.resumable_session(&key).expect("resumable"), None);
-
-    let sessions = w.store.list_sessions().expect("sessions");
-    assert_eq!(sessions.len(), 2);
-    for session in sessions {
-        assert!(
-            session.invalidated_at.is_some(),
-            "{} must be invalidated",
-            session.session_id
-        );
-        assert!(session.invalidation_reason.is_some());
-    }
-}
-
-fn session_writes_are_checked<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let running = w.start(&worker);
-    running
-        .record_session(SessionId::parse("sess_a").expect("id"), w.store)
-        .expect("record");
-    let dup = running.record_session(SessionId::parse("sess_a").expect("id"), w.store);
-    assert!(
-        matches!(dup, Err(StorageError::DuplicateSession)),
-        "{dup:?}"
-    );
-    let id = running.id();
-    running
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let late = w.store.record_session(&crate::backend::NewSession {
-        session_id: SessionId::parse("sess_b").expect("id"),
-        task_id: id,
-        worker: worker.id(),
-        repo: "acme/widgets".into(),
-        issue_number: 1,
-        agent: "fixer".into(),
-        created_at: w.clock.now(),
-    });
-    assert!(
-        matches!(late, Err(StorageError::TaskNotRunning { .. })),
-        "{late:?}"
-    );
-    assert_eq!(w.store.list_sessions().expect("sessions").len(), 1);
-}
-
-fn a_deregistered_workers_leftover_rows_are_orphans<S: Storage>(w: &mut World<'_, S>) {
-    let (quitter, _) = w.local_worker();
-    let running = w.start(&quitter);
-    let quitter_id = quitter.id();
-    quitter.deregister(w.store).expect("deregister");
-    let state = w
-        .store
-        .list_workers()
-        .expect("workers")
-        .into_iter()
-        .find(|x| x.id == quitter_id)
-        .map(|x| x.state);
-    assert_eq!(state, Some(WorkerState::Stopped));
-    let (rescuer, _) = w.local_worker();
-    let recovered = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(
-        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
-        vec![running.id()]
-    );
-}
-
-fn listing_filters_orders_and_limits<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let mut ids = Vec::new();
-    for (repo, finish) in [
-        ("acme/widgets", true),
-        ("acme/gears", false),
-        ("acme/widgets", false),
-        ("acme/gears", true),
-    ] {
-        let spec = w.spec(repo);
-        let running = Task::queue(spec).start(&worker, w.store).expect("start");
-        ids.push(running.id());
-        if finish {
-            running
-                .finish(Outcome::Success(report()), w.store)
-                .expect("finish");
-        }
-        w.clock.advance(Duration::seconds(1));
-    }
-    let all = w.store.list_tasks(&TaskFilter::default()).expect("list");
-    assert_eq!(
-        all.iter().map(|t| t.id).collect::<Vec<_>>(),
-        ids.iter().rev().copied().collect::<Vec<_>>(),
-        "newest first"
-    );
-    let running = w
-        .store
-        .list_tasks(&TaskFilter {
-            status: Some(TaskStatus::Running),
-            ..TaskFilter::default()
-        })
-        .expect("list");
-    assert_eq!(
-        running.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![ids[2], ids[1]]
-    );
-    let gears = w
-        .store
-        .list_tasks(&TaskFilter {
-            repo: Some("acme/gears".into()),
-            ..TaskFilter::default()
-        })
-        .expect("list");
-    assert_eq!(
-        gears.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![ids[3], ids[1]]
-    );
-    let limited = w
-        .store
-        .list_tasks(&TaskFilter {
-            limit: Some(1),
-            ..TaskFilter::default()
-        })
-        .expect("list");
-    assert_eq!(
-        limited.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![ids[3]]
-    );
-    let both = w
-        .store
-        .list_tasks(&TaskFilter {
-            status: Some(TaskStatus::Success),
-            repo: Some("acme/widgets".into()),
-            limit: Some(10),
-            offset: None,
-        })
-        .expect("list");
-    assert_eq!(both.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]]);
-    let paged = |offset, limit| {
-        w.store
-            .list_tasks(&TaskFilter {
-                limit,
-                offset: Some(offset),
-                ..TaskFilter::default()
-            })
-            .expect("list")
-            .iter()
-            .map(|t| t.id)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        paged(1, Some(2)),
-        vec![ids[2], ids[1]],
-        "the second page of two"
-    );
-    assert_eq!(paged(3, Some(2)), vec![ids[0]], "the last page is short");
-    assert_eq!(paged(3, None), vec![ids[0]], "an offset without a limit");
-    assert!(paged(4, Some(2)).is_empty(), "past the end");
-    let running_page = w
-        .store
-        .list_tasks(&TaskFilter {
-            status: Some(TaskStatus::Running),
-            limit: Some(1),
-            offset: Some(1),
-            ..TaskFilter::default()
-        })
-        .expect("list");
-    assert_eq!(
-        running_page.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![ids[1]],
-        "the offset applies after the filter"
-    );
-    assert_eq!(w.store.get_task(TaskId::new_random()).expect("get"), None);
-    assert!(w
-        .store
-        .list_workers()
-        .expect("workers")
-        .iter()
-        .any(|x| x.id == worker.id()));
-}
-
-fn status_counts_and_hourly_outcomes_count_the_rows<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let empty = w.store.count_tasks_by_status(None).expect("counts");
-    assert_eq!(
-        empty,
-        TaskStatus::ALL.iter().map(|s| (*s, 0)).collect::<Vec<_>>(),
-        "every status, zero included"
-    );
-    // The clock starts at 14:37:02; rows end across three hours.
-    let start = w.clock.now();
-    let plan: [(&str, Option<Outcome>, i64); 7] = [
-        ("acme/widgets", Some(Outcome::Success(report())), 60),
-        ("acme/widgets", Some(Outcome::Failure(report())), 60),
-        (
-            "acme/gears",
-            Some(interrupted("worker received SIGTERM")),
-            40,
-        ),
-        ("acme/gears", Some(Outcome::Success(report())), 50),
-        ("acme/widgets", Some(Outcome::Cancelled(report())), 70),
-        ("acme/widgets", None, 1),
-        ("acme/gears", None, 1),
-    ];
-    for (repo, outcome, minutes) in plan {
-        let spec = w.spec(repo);
-        let running = Task::queue(spec).start(&worker, w.store).expect("start");
-        w.clock.advance(Duration::minutes(minutes));
-        if let Some(outcome) = outcome {
-            running.finish(outcome, w.store).expect("finish");
-        }
-    }
-    let all = w.store.list_tasks(&TaskFilter::default()).expect("list");
-    let count = |counts: &[(TaskStatus, u64)], status| {
-        counts
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map(|(_, n)| *n)
-            .expect("every status")
-    };
-    let counts = w.store.count_tasks_by_status(None).expect("counts");
-    assert_eq!(counts, crate::status_counts(&all, None));
-    assert_eq!(
-        counts.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        TaskStatus::ALL.to_vec()
-    );
-    assert_eq!(count(&counts, TaskStatus::Running), 2);
-    assert_eq!(count(&counts, TaskStatus::Success), 2);
-    assert_eq!(count(&counts, TaskStatus::Interrupted), 1);
-    assert_eq!(count(&counts, TaskStatus::AbortedNoSkill), 0);
-    let gears = w
-        .store
-        .count_tasks_by_status(Some("acme/gears"))
-        .expect("counts");
-    assert_eq!(gears, crate::status_counts(&all, Some("acme/gears")));
-    assert_eq!(
-        gears.iter().map(|(_, n)| n).sum::<u64>(),
-        3,
-        "only the repo's rows"
-    );
-    assert_eq!(count(&gears, TaskStatus::Failure), 0);
-    assert_eq!(
-        w.store
-            .count_tasks_by_status(Some("acme/nothing"))
-            .expect("counts")
-            .iter()
-            .map(|(_, n)| n)
-            .sum::<u64>(),
-        0
-    );
-
-    let buckets = w.store.count_outcomes_by_hour(start).expect("buckets");
-    assert_eq!(buckets, crate::outcome_buckets(&all, start));
-    let hour = |h: i64| crate::hour_start(start) + Duration::hours(h);
-    // Ends: 15:37 success, 16:37 failure, 17:17 interrupted, 18:07
-    // success, 19:17 cancelled.
-    assert_eq!(
-        buckets
-            .iter()
-            .map(|b| (b.hour, b.status, b.rows))
-            .collect::<Vec<_>>(),
-        vec![
-            (hour(1), TaskStatus::Success, 1),
-            (hour(2), TaskStatus::Failure, 1),
-            (hour(3), TaskStatus::Interrupted, 1),
-            (hour(4), TaskStatus::Success, 1),
-            (hour(5), TaskStatus::Cancelled, 1),
-        ]
-    );
-    let later = start + Duration::minutes(60 + 60 + 40 + 1);
-    let recent = w.store.count_outcomes_by_hour(later).expect("buckets");
-    assert_eq!(recent, crate::outcome_buckets(&all, later));
-    assert_eq!(
-        recent.iter().map(|b| b.status).collect::<Vec<_>>(),
-        vec![TaskStatus::Success, TaskStatus::Cancelled],
-        "rows that ended before `since` are not counted"
-    );
-}
-
-fn an_abandoned_handle_is_interrupted_once_with_its_sessions<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let running = w.start(&worker);
-    let id = running.id();
-    running
-        .record_session(SessionId::parse("sess_abandoned").expect("id"), w.store)
-        .expect("session");
-    let kept = w.start(&worker);
-    drop(running); // a panic, a cancelled future, an early return
-    assert_eq!(w.row(id).status, TaskStatus::Running, "no IO in drop");
-    assert_eq!(worker.abandoned(), vec![id]);
-    assert_eq!(worker.in_flight(), vec![kept.id()]);
-
-    let sweep = worker.interrupt_abandoned(w.store);
-    assert!(sweep.error.is_none(), "{:?}", sweep.error);
-    assert_eq!(sweep.recovered.len(), 1);
-    let recovered = &sweep.recovered[0];
-    assert_eq!(recovered.task.id, id);
-    assert_eq!(recovered.cause, crate::DeathCause::HandleAbandoned);
-    assert_eq!(recovered.sessions_invalidated, 1);
-    assert!(recovered.hint().starts_with("[recovery] "));
-    let row = w.row(id);
-    assert_eq!(row.status, TaskStatus::Interrupted);
-    assert_eq!(
-        row.interrupt_reason.as_deref(),
-        Some(crate::ABANDONED_REASON)
-    );
-    assert_eq!(row.interrupted_by, Some(worker.id()));
-    assert_eq!(
-        (row.finished_at, row.cost_usd, row.turns),
-        (None, None, None)
-    );
-    assert_eq!(w.inserts(id), 1, "interrupting never INSERTs");
-    let sessions = w.store.list_sessions().expect("sessions");
-    assert!(sessions
-        .iter()
-        .filter(|s| s.task_id == id)
-        .all(|s| s.invalidated_at.is_some()));
-    assert_eq!(
-        w.store.resumable_session(&key_of(&row)).expect("resume"),
-        None
-    );
-
-    let again = worker.interrupt_abandoned(w.store);
-    assert!(again.recovered.is_empty(), "reported once");
-    assert_eq!(
-        w.row(kept.id()).status,
-        TaskStatus::Running,
-        "the other task is untouched"
-    );
-    kept.finish(Outcome::Success(report()), w.store)
-        .expect("the kept task finishes");
-}
-
-fn a_finished_handle_is_never_treated_as_abandoned<S: Storage>(w: &mut World<'_, S>) {
-    let (worker, _) = w.local_worker();
-    let finished = w
-        .start(&worker)
-        .finish(Outcome::Success(report()), w.store)
-        .expect("finish");
-    let refused_id = {
-        let running = w.start(&worker);
-        let id = running.id();
-        // Finished by a stop: the handle's own finish is refused, and the
-        // refusal settles it too.
-        let reason = InterruptReason::new("worker stopped").expect("reason");
-        let (interrupted, error) = worker.interrupt_in_flight(w.store, &reason);
-        assert!(error.is_none());
-        assert_eq!(interrupted, vec![id]);
-        assert!(matches!(
-            running.finish(Outcome::Success(report()), w.store),
-            Err(FinishError::Refused { .. })
-        ));
-        id
-    };
-    assert!(worker.abandoned().is_empty() && worker.in_flight().is_empty());
-    assert!(worker.interrupt_abandoned(w.store).recovered.is_empty());
-    assert_eq!(w.row(finished.id()).status, TaskStatus::Success);
-    assert_eq!(
-        w.row(refused_id).interrupt_reason.as_deref(),
-        Some("worker stopped")
-    );
-}
-
-fn an_abandoned_handle_whose_row_a_sweep_recovered_is_not_reported_again<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (victim, pid) = w.local_worker();
-    let running = w.start(&victim);
-    let id = running.id();
-    w.kill(pid);
-    let (rescuer, _) = w.local_worker();
-    let swept = w.sweep(&rescuer, SweepMode::Apply);
-    assert_eq!(swept.len(), 1);
-    let reason = w.row(id).interrupt_reason;
-    drop(running);
-    let sweep = victim.interrupt_abandoned(w.store);
-    assert!(sweep.recovered.is_empty(), "the sweep reported it already");
-    assert!(sweep.error.is_none());
-    assert_eq!(
-        w.row(id).interrupt_reason,
-        reason,
-        "fenced: nothing written"
-    );
-    assert!(victim.abandoned().is_empty());
-}
-
-fn a_live_workers_sweep_recovers_a_dead_workers_rows_and_keeps_its_own<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (sweeper, _) = w.local_worker();
-    let (dead, pid) = w.local_worker();
-    let mine = w.start(&sweeper);
-    let theirs = w.start(&dead);
-    let theirs_id = theirs.id();
-    std::mem::forget(theirs); // SIGKILL: no drop
-    w.kill(pid);
-    w.clock.advance(Duration::seconds(30));
-    let recovered = w.sweep(&sweeper, SweepMode::Apply);
-    assert_eq!(
-        recovered.iter().map(|r| r.task.id).collect::<Vec<_>>(),
-        vec![theirs_id]
-    );
-    assert_eq!(w.row(theirs_id).status, TaskStatus::Interrupted);
-    assert_eq!(w.row(mine.id()).status, TaskStatus::Running, "its own row");
-    assert!(w.sweep(&sweeper, SweepMode::Apply).is_empty(), "once");
-    mine.finish(Outcome::Success(report()), w.store)
-        .expect("the sweeper finishes its own");
-}
-
-fn a_recovered_rows_report_is_owed_until_its_reporter_confirms_it<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (victim, pid) = w.local_worker();
-    let _a = w.start(&victim);
-    let _b = w.start(&victim);
-    w.kill(pid);
-    let (reporter, _) = w.local_worker();
-    let (bystander, _) = w.local_worker();
-    // A dry run owes nothing.
-    assert_eq!(w.sweep(&reporter, SweepMode::DryRun).len(), 2);
-    assert!(w.claim(reporter.id(), w.clock.now()).is_empty());
-    w.clock.advance(Duration::seconds(5));
-    let recovered = w.sweep(&reporter, SweepMode::Apply);
-    assert_eq!(recovered.len(), 2);
-    assert!(recovered.iter().all(|r| r.previous_reporter.is_none()));
-    // Not confirmed: the reporter's own claim hands them back, the same
-    // lines, now marked as made again; a living reporter's reports stay
-    // with it.
-    w.clock.advance(Duration::seconds(5));
-    assert!(w.claim(bystander.id(), w.clock.now()).is_empty());
-    let again = w.claim(reporter.id(), w.clock.now());
-    assert_eq!(again.len(), 2);
-    for (first, second) in recovered.iter().zip(&again) {
-        assert_eq!(second.hint(), first.hint(), "the same [recovery] line");
-        assert_eq!(second.task, w.row(first.task.id));
-        assert_eq!(second.cause, first.cause);
-        assert_eq!(second.previous_reporter, Some(reporter.id()));
-    }
-    // Only the worker that owes a report confirms it.
-    assert_eq!(w.confirm(bystander.id(), &again), 0);
-    assert_eq!(w.claim(reporter.id(), w.clock.now()).len(), 2);
-    assert_eq!(w.confirm(reporter.id(), &again), 2);
-    assert_eq!(w.confirm(reporter.id(), &again), 0, "confirmed once");
-    assert!(w.claim(reporter.id(), w.clock.now()).is_empty());
-    assert!(w.claim(bystander.id(), w.clock.now()).is_empty());
-}
-
-fn a_dead_reporters_unconfirmed_reports_are_taken_over_once<S: Storage>(w: &mut World<'_, S>) {
-    let (victim, victim_pid) = w.local_worker();
-    let _task = w.start(&victim);
-    w.kill(victim_pid);
-    let (reporter, reporter_pid) = w.local_worker();
-    let recovered = w.sweep(&reporter, SweepMode::Apply);
-    assert_eq!(recovered.len(), 1);
-    // The reporter dies between the sweep's commit and its report.
-    w.kill(reporter_pid);
-    w.clock.advance(Duration::seconds(30));
-    let (first, _) = w.local_worker();
-    let (second, _) = w.local_worker();
-    let taken = w.claim(first.id(), w.clock.now());
-    assert_eq!(taken.len(), 1, "taken over by the first claim");
-    assert_eq!(taken[0].hint(), recovered[0].hint());
-    assert_eq!(taken[0].previous_reporter, Some(reporter.id()));
-    assert_eq!(
-        taken[0].sessions_invalidated,
-        recovered[0].sessions_invalidated
-    );
-    assert!(
-        w.claim(second.id(), w.clock.now()).is_empty(),
-        "never by two"
-    );
-    // The claim moved the duty to report, nothing else: the dead
-    // reporter's late confirmation counts for nothing.
-    assert_eq!(w.confirm(reporter.id(), &taken), 0);
-    assert_eq!(w.confirm(first.id(), &taken), 1);
-    assert!(w.claim(second.id(), w.clock.now()).is_empty());
-}
-
-fn an_operator_sweeps_reports_move_only_once_they_are_older_than_the_cut_off<S: Storage>(
-    w: &mut World<'_, S>,
-) {
-    let (victim, pid) = w.local_worker();
-    let _task = w.start(&victim);
-    w.kill(pid);
-    // An operator's one-shot sweep: an id that never registers.
-    let operator = WorkerId::new_random();
-    let policy = World::<S>::policy();
-    let recovered = w
-        .store
-        .recover_orphans(
-            &RecoveryRequest {
-                recovering_worker: operator,
-                now: w.clock.now(),
-                mode: SweepMode::Apply,
-            },
-            &PolicyJudge {
-                policy: &policy,
-                probe: &w.processes,
-            },
-        )
-        .expect("sweep");
-    assert_eq!(recovered.len(), 1);
-    let (worker, _) = w.local_worker();
-    let owed_since = w.clock.now();
-    // It may still be printing: not taken while owed since the cut-off.
-    assert!(w.claim(worker.id(), owed_since).is_empty());
-    let taken = w.claim(worker.id(), owed_since + Duration::milliseconds(1));
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].previous_reporter, Some(operator));
-    assert_eq!(taken[0].hint(), recovered[0].hint());
-}
+mod cases;

@@ -162,6 +162,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_id_of_exactly_the_longest_length_is_kept_as_written() {
+        let longest = "s".repeat(SessionId::MAX_LEN);
+        let id = SessionId::parse(&longest).expect("the limit itself is allowed");
+        assert_eq!(id.to_string(), longest);
+        assert_eq!(id.as_str(), longest);
+        assert_eq!(
+            SessionId::parse(&"s".repeat(SessionId::MAX_LEN + 1)),
+            Err(InvalidSessionIdError)
+        );
+    }
+
+    #[test]
     fn task_id_round_trips_through_text() {
         let id = TaskId::new_random();
         assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));

@@ -154,6 +154,41 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
+    fn abandoned_tasks_taken_and_put_back_are_abandoned_again() {
+        let tasks = Arc::new(InFlightTasks::default());
+        let id = TaskId::new_random();
+        drop(InFlightTicket::issue(&tasks, id));
+        let taken = tasks.take_abandoned();
+        assert_eq!(
+            taken.iter().map(|task| task.id).collect::<Vec<_>>(),
+            vec![id]
+        );
+        assert!(tasks.abandoned().is_empty());
+        tasks.requeue_abandoned(taken);
+        assert_eq!(tasks.abandoned(), vec![id]);
+    }
+
+    #[test]
+    fn a_ticket_shows_its_task_and_whether_it_is_settled() {
+        let tasks = Arc::new(InFlightTasks::default());
+        let id = TaskId::new_random();
+        let ticket = InFlightTicket::issue(&tasks, id);
+        assert_eq!(
+            format!("{ticket:?}"),
+            format!("InFlightTicket {{ id: {id:?}, settled: false }}")
+        );
+        ticket.settle();
+    }
+
+    #[test]
+    fn the_debug_output_shows_the_state() {
+        let shown = format!("{:?}", InFlightTasks::default());
+        assert!(shown.starts_with("InFlightTasks {"), "{shown}");
+        assert!(shown.contains("running: {}"), "{shown}");
+        assert!(shown.contains("abandoned: []"), "{shown}");
+    }
+
+    #[test]
     fn a_settled_ticket_leaves_nothing_behind_and_an_unsettled_one_is_abandoned_once() {
         let tasks = Arc::new(InFlightTasks::default());
         let woken = Arc::new(AtomicUsize::new(0));

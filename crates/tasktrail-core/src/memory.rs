@@ -628,3 +628,206 @@ impl Storage for MemoryStorage {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::Duration;
+
+    use super::*;
+    use crate::{
+        Clock, CostUsd, ManualClock, Outcome, RegisteredWorker, RunReport, Task, TaskSpec,
+        TaskSpecInput,
+    };
+
+    fn spec(issue_number: i64) -> TaskSpec {
+        TaskSpec::validate(TaskSpecInput {
+            repo: "acme/widgets".into(),
+            issue_number,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("spec")
+    }
+
+    fn report() -> RunReport {
+        RunReport {
+            input_tokens: 1,
+            output_tokens: 1,
+            cost_usd: CostUsd::new(0.0).expect("cost"),
+            turns: 1,
+            artifacts: vec![],
+        }
+    }
+
+    fn worker(storage: &MemoryStorage, clock: &ManualClock) -> RegisteredWorker {
+        RegisteredWorker::register(
+            storage,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: "vm-1".into(),
+                pid: 41,
+                process_start_marker: "boot:41".into(),
+                host_identity: None,
+                started_at: clock.now(),
+            },
+            Arc::new(clock.clone()),
+        )
+        .expect("register")
+    }
+
+    /// A stopped worker (A) whose one old finished row has two sessions;
+    /// a stopped worker (C) still named by its orphaned running row; an
+    /// alive worker (E) silent since before the cut-off, with no rows; a
+    /// live worker (B) with a running and a newer finished row; a worker
+    /// (D) stopped after the cut-off and one (F) stopped at it, with no
+    /// rows. Only A's row, its sessions and A may go.
+    struct History {
+        storage: MemoryStorage,
+        old_row: TaskId,
+        kept_rows: Vec<TaskId>,
+        gone_worker: WorkerId,
+        kept_workers: Vec<WorkerId>,
+        cut_off: Timestamp,
+    }
+
+    fn history() -> History {
+        let storage = MemoryStorage::new();
+        let clock = ManualClock::starting_at(
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + Duration::days(20_000),
+        );
+        let worker_a = worker(&storage, &clock);
+        let gone_worker = worker_a.id();
+        let old = Task::queue(spec(1))
+            .start(&worker_a, &storage)
+            .expect("start");
+        for session in ["s-1", "s-2"] {
+            old.record_session(SessionId::parse(session).expect("id"), &storage)
+                .expect("session");
+        }
+        let old_row = old.id();
+        old.finish(Outcome::Success(report()), &storage)
+            .expect("finish");
+        worker_a.deregister(&storage).expect("deregister");
+        let worker_c = worker(&storage, &clock);
+        let orphan = Task::queue(spec(4))
+            .start(&worker_c, &storage)
+            .expect("start");
+        let worker_e = worker(&storage, &clock);
+        let mut kept_workers = vec![worker_c.id(), worker_e.id()];
+        let mut kept_rows = vec![orphan.id()];
+        worker_c.deregister(&storage).expect("deregister");
+        drop(orphan);
+        clock.advance(Duration::days(10));
+        let cut_off = clock.now();
+        // Stopped at the cut-off itself: not before it, so kept.
+        let worker_f = worker(&storage, &clock);
+        kept_workers.push(worker_f.id());
+        worker_f.deregister(&storage).expect("deregister");
+        clock.advance(Duration::days(1));
+        let live = worker(&storage, &clock);
+        let running = Task::queue(spec(2)).start(&live, &storage).expect("start");
+        let newer = Task::queue(spec(3)).start(&live, &storage).expect("start");
+        kept_rows.extend([running.id(), newer.id()]);
+        newer
+            .finish(Outcome::Failure(report()), &storage)
+            .expect("finish");
+        drop(running);
+        let worker_d = worker(&storage, &clock);
+        kept_workers.extend([live.id(), worker_d.id()]);
+        worker_d.deregister(&storage).expect("deregister");
+        kept_rows.sort();
+        kept_workers.sort();
+        History {
+            storage,
+            old_row,
+            kept_rows,
+            gone_worker,
+            kept_workers,
+            cut_off,
+        }
+    }
+
+    fn request(cut_off: Timestamp, dry_run: bool) -> PruneRequest {
+        PruneRequest {
+            cut_off,
+            statuses: vec![],
+            dry_run,
+            batch_size: 1,
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn the_test_hook_invalidates_an_existing_session_by_hand_and_says_so() {
+        let history = history();
+        let storage = &history.storage;
+        let at = history.cut_off;
+        let known = SessionId::parse("s-1").expect("id");
+        assert!(storage.invalidate_session_by_hand(&known, at, "by hand"));
+        let session = storage
+            .list_sessions()
+            .expect("sessions")
+            .into_iter()
+            .find(|session| session.session_id == known)
+            .expect("kept");
+        assert_eq!(session.invalidated_at, Some(at));
+        assert_eq!(session.invalidation_reason.as_deref(), Some("by hand"));
+        let unknown = SessionId::parse("s-9").expect("id");
+        assert!(!storage.invalidate_session_by_hand(&unknown, at, "by hand"));
+    }
+
+    #[test]
+    fn a_dry_run_counts_what_a_prune_deletes_and_deletes_nothing() {
+        let history = history();
+        let storage = &history.storage;
+        let counted = storage
+            .prune(&request(history.cut_off, true))
+            .expect("dry run");
+        assert_eq!(
+            (counted.tasks, counted.sessions, counted.workers),
+            (1, 2, 1)
+        );
+        assert_eq!(counted.batches, 5, "one row per batch, then an empty one");
+        assert!(storage.get_task(history.old_row).expect("get").is_some());
+        assert_eq!(storage.list_sessions().expect("sessions").len(), 2);
+        assert_eq!(storage.list_workers().expect("workers").len(), 6);
+    }
+
+    #[test]
+    fn a_prune_deletes_old_final_rows_their_sessions_and_unnamed_stopped_workers_only() {
+        let history = history();
+        let storage = &history.storage;
+        let pruned = storage
+            .prune(&request(history.cut_off, false))
+            .expect("prune");
+        assert_eq!((pruned.tasks, pruned.sessions, pruned.workers), (1, 2, 1));
+        assert!(storage.get_task(history.old_row).expect("get").is_none());
+        let mut rows: Vec<TaskId> = storage
+            .list_tasks(&TaskFilter::default())
+            .expect("list")
+            .iter()
+            .map(|row| row.id)
+            .collect();
+        rows.sort();
+        assert_eq!(rows, history.kept_rows);
+        assert!(storage.list_sessions().expect("sessions").is_empty());
+        let mut workers: Vec<WorkerId> = storage
+            .list_workers()
+            .expect("workers")
+            .iter()
+            .map(|worker| worker.id)
+            .collect();
+        workers.sort();
+        assert_eq!(workers, history.kept_workers);
+        assert!(!workers.contains(&history.gone_worker));
+        let again = storage
+            .prune(&request(history.cut_off, false))
+            .expect("prune");
+        assert_eq!((again.tasks, again.sessions, again.workers), (0, 0, 0));
+    }
+}

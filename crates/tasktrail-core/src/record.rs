@@ -716,6 +716,46 @@ mod tests {
     }
 
     #[test]
+    fn a_row_names_its_issue_and_ends_at_its_finish_else_its_interrupt_else_its_start() {
+        let mut row = recovered(None, DeathCause::UnknownWorker).task;
+        assert_eq!(row.repo_issue(), "acme/widgets#1104");
+        let started_at = row.started_at;
+        assert_eq!(row.ended_at(), started_at, "no end recorded");
+        row.interrupted_at = Some(started_at + Duration::seconds(5));
+        assert_eq!(row.ended_at(), started_at + Duration::seconds(5));
+        row.finished_at = Some(started_at + Duration::seconds(9));
+        assert_eq!(row.ended_at(), started_at + Duration::seconds(9));
+    }
+
+    #[test]
+    fn a_prune_selects_final_rows_that_ended_before_the_cut_off_with_a_chosen_status() {
+        let mut row = recovered(None, DeathCause::UnknownWorker).task;
+        row.status = TaskStatus::Failure;
+        row.finished_at = Some(row.started_at + Duration::seconds(60));
+        let ended = row.ended_at();
+        let request = |cut_off, statuses: Vec<TaskStatus>| PruneRequest {
+            cut_off,
+            statuses,
+            dry_run: false,
+            batch_size: 100,
+        };
+        let after = ended + Duration::microseconds(1);
+        assert!(request(after, vec![]).selects(&row));
+        assert!(
+            !request(ended, vec![]).selects(&row),
+            "ended at the cut-off: kept"
+        );
+        assert!(request(after, vec![TaskStatus::Failure]).selects(&row));
+        assert!(!request(after, vec![TaskStatus::Success]).selects(&row));
+        row.status = TaskStatus::Running;
+        assert!(
+            !request(after, vec![]).selects(&row),
+            "running is never pruned"
+        );
+        assert!(!request(after, vec![TaskStatus::Running]).selects(&row));
+    }
+
+    #[test]
     fn the_recovery_line_says_everything_an_operator_needs_in_one_line() {
         let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");
         let lease_expired = DeathCause::LeaseExpired {

@@ -238,6 +238,73 @@ fn check_issue_number(issue_number: i64) -> Result<u32, SpecError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_largest_issue_number_is_accepted_and_the_next_refused() {
+        let largest = TaskSpec::validate(TaskSpecInput {
+            issue_number: TaskSpec::MAX_ISSUE_NUMBER,
+            ..input()
+        })
+        .expect("the limit itself is allowed");
+        assert_eq!(
+            i64::from(largest.issue_number()),
+            TaskSpec::MAX_ISSUE_NUMBER
+        );
+        assert_eq!(
+            problem_of(TaskSpecInput {
+                issue_number: TaskSpec::MAX_ISSUE_NUMBER + 1,
+                ..input()
+            }),
+            (SpecField::IssueNumber, SpecProblem::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_field_of_exactly_the_longest_length_is_accepted() {
+        let spec = TaskSpec::validate(TaskSpecInput {
+            model: "m".repeat(TaskSpec::MAX_FIELD_LEN),
+            ..input()
+        })
+        .expect("the limit itself is allowed");
+        assert_eq!(spec.model().len(), TaskSpec::MAX_FIELD_LEN);
+    }
+
+    #[test]
+    fn a_spec_error_names_the_column_and_the_problem() {
+        let columns = [
+            (SpecField::Repo, "repo"),
+            (SpecField::IssueNumber, "issue_number"),
+            (SpecField::User, "user"),
+            (SpecField::Agent, "agent"),
+            (SpecField::AgentType, "agent_type"),
+            (SpecField::Model, "model"),
+            (SpecField::Provider, "provider"),
+        ];
+        let problems = [
+            (SpecProblem::Empty, "is empty"),
+            (SpecProblem::TooLong, "is too long"),
+            (SpecProblem::ControlCharacter, "holds a control character"),
+            (
+                SpecProblem::SurroundingWhitespace,
+                "has leading or trailing whitespace",
+            ),
+            (
+                SpecProblem::NotOwnerSlashName,
+                "is not of the form owner/name",
+            ),
+            (SpecProblem::NotPositive, "must be greater than zero"),
+            (SpecProblem::TooLarge, "is too large"),
+        ];
+        for (field, column) in columns {
+            assert_eq!(field.column_name(), column);
+            for (problem, words) in problems {
+                assert_eq!(
+                    SpecError { field, problem }.to_string(),
+                    format!("invalid task spec: field `{column}` {words}")
+                );
+            }
+        }
+    }
+
     fn input() -> TaskSpecInput {
         TaskSpecInput {
             repo: "acme/widgets".into(),
@@ -259,6 +326,15 @@ mod tests {
     fn a_complete_spec_validates() {
         let spec = TaskSpec::validate(input()).expect("valid");
         assert_eq!(spec.to_string(), "acme/widgets#1104");
+        assert_eq!((spec.repo(), spec.issue_number()), ("acme/widgets", 1104));
+        assert_eq!(
+            (spec.user(), spec.agent(), spec.agent_type()),
+            ("alice", "fixer", "claude_sdk")
+        );
+        assert_eq!(
+            (spec.model(), spec.provider()),
+            ("claude-opus", "anthropic")
+        );
     }
 
     #[test]

@@ -454,6 +454,210 @@ mod tests {
     use crate::record::recovery_reason;
     use crate::worker::DeathCause;
 
+    fn at_day(days: i64) -> Timestamp {
+        chrono::DateTime::<Utc>::UNIX_EPOCH + Duration::days(days)
+    }
+
+    #[test]
+    fn the_windows_end_now_and_never_start_before_1970() {
+        let now = at_day(20_000);
+        let request = StatsRequest {
+            now,
+            since: Duration::hours(2),
+        };
+        assert_eq!(request.window_start(), now - Duration::hours(2));
+        assert_eq!(request.interrupted_start(), now - Duration::hours(24));
+        let whole_history = StatsRequest {
+            now,
+            since: Duration::days(30_000),
+        };
+        assert_eq!(
+            whole_history.window_start(),
+            chrono::DateTime::<Utc>::UNIX_EPOCH
+        );
+        let early = StatsRequest {
+            now: chrono::DateTime::<Utc>::UNIX_EPOCH + Duration::hours(1),
+            since: Duration::hours(2),
+        };
+        assert_eq!(
+            early.interrupted_start(),
+            chrono::DateTime::<Utc>::UNIX_EPOCH
+        );
+    }
+
+    #[test]
+    fn only_the_sweeps_causes_are_recoveries_and_each_shows_its_name() {
+        for cause in InterruptCause::ALL {
+            let by_a_sweep = !matches!(
+                cause,
+                InterruptCause::Abandoned
+                    | InterruptCause::WorkerStopped
+                    | InterruptCause::FinishedInterrupted
+                    | InterruptCause::Unrecorded
+                    | InterruptCause::Other
+            );
+            assert_eq!(cause.is_recovery(), by_a_sweep, "{cause:?}");
+            assert_eq!(cause.to_string(), cause.as_str());
+        }
+    }
+
+    #[test]
+    fn an_owners_oldest_row_is_as_old_as_the_time_since_it_started() {
+        let owner = RunningOwner {
+            worker: None,
+            host: None,
+            pid: None,
+            state: None,
+            rows: 1,
+            oldest_started_at: Some(at_day(20_000)),
+        };
+        assert_eq!(
+            owner.oldest_age(at_day(20_000) + Duration::minutes(90)),
+            Some(Duration::minutes(90))
+        );
+    }
+
+    #[test]
+    fn the_figures_of_a_known_history_are_exactly_its_counts_windows_and_percentiles() {
+        let now = at_day(20_000);
+        let hours = Duration::hours;
+        let owner = WorkerId::new_random();
+        let row =
+            |status: TaskStatus, worker: Option<WorkerId>, started_at: Timestamp| TaskRecord {
+                id: crate::TaskId::new_random(),
+                repo: "acme/widgets".into(),
+                issue_number: 1,
+                user: "alice".into(),
+                agent: "fixer".into(),
+                agent_type: "claude_sdk".into(),
+                model: "claude-opus".into(),
+                provider: "anthropic".into(),
+                status,
+                worker_id: worker,
+                started_at,
+                finished_at: None,
+                input_tokens: None,
+                output_tokens: None,
+                cost_usd: None,
+                turns: None,
+                artifacts: None,
+                interrupted_at: None,
+                interrupt_reason: None,
+                interrupted_by: None,
+            };
+        let ended = |status, started_at: Timestamp, ran: Duration| {
+            let mut row = row(status, Some(owner), started_at);
+            row.finished_at = Some(started_at + ran);
+            row
+        };
+        let interrupted = |started_at: Timestamp, at: Timestamp, reason: &str| {
+            let mut row = row(TaskStatus::Interrupted, Some(owner), started_at);
+            row.interrupted_at = Some(at);
+            row.interrupt_reason = Some(reason.into());
+            row.interrupted_by = Some(owner);
+            row
+        };
+        let rows = [
+            row(TaskStatus::Running, Some(owner), now - hours(5)),
+            row(TaskStatus::Running, Some(owner), now - hours(4)),
+            row(TaskStatus::Running, None, now - hours(6)),
+            // Within the windows: one hour long, interrupted two hours ago.
+            interrupted(now - hours(3), now - hours(2), ABANDONED_REASON),
+            // Before both windows, of another cause.
+            interrupted(now - hours(40), now - hours(30), WORKER_STOPPED_REASON),
+            ended(TaskStatus::Failure, now - hours(3), hours(2)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(10)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(1)),
+            ended(TaskStatus::Success, now - hours(1), Duration::seconds(2)),
+            ended(TaskStatus::Success, now - hours(50), Duration::seconds(100)),
+        ];
+        let workers = [WorkerRecord {
+            id: owner,
+            host: "vm-1".into(),
+            pid: 41,
+            process_start_marker: "boot:41".into(),
+            host_identity: None,
+            started_at: now - hours(7),
+            heartbeat_at: now,
+            state: WorkerState::Alive,
+            stopped_at: None,
+        }];
+        let request = StatsRequest {
+            now,
+            since: hours(24),
+        };
+        let stats = TaskStats::from_records(&request, &rows, &workers);
+
+        let by_status: Vec<u64> = TaskStatus::ALL
+            .iter()
+            .map(|status| stats.rows_with(*status))
+            .collect();
+        let expected: Vec<u64> = TaskStatus::ALL
+            .iter()
+            .map(|status| rows.iter().filter(|row| row.status == *status).count() as u64)
+            .collect();
+        assert_eq!(by_status, expected);
+        assert_eq!(stats.rows_with(TaskStatus::Running), 3);
+        assert_eq!(stats.rows_with(TaskStatus::Success), 4);
+
+        for cause in InterruptCause::ALL {
+            let recent = u64::from(cause == InterruptCause::Abandoned);
+            assert_eq!(stats.interrupted_by(cause), recent, "{cause:?}");
+        }
+
+        assert_eq!(
+            stats.running,
+            vec![
+                RunningOwner {
+                    worker: None,
+                    host: None,
+                    pid: None,
+                    state: None,
+                    rows: 1,
+                    oldest_started_at: Some(now - hours(6)),
+                },
+                RunningOwner {
+                    worker: Some(owner),
+                    host: Some("vm-1".into()),
+                    pid: Some(41),
+                    state: Some(WorkerState::Alive),
+                    rows: 2,
+                    oldest_started_at: Some(now - hours(5)),
+                },
+            ]
+        );
+
+        let durations = |status| {
+            *stats
+                .durations
+                .iter()
+                .find(|durations| durations.status == status)
+                .expect("every final status")
+        };
+        assert_eq!(
+            durations(TaskStatus::Success),
+            DurationStats {
+                status: TaskStatus::Success,
+                rows: 3,
+                median: Some(Duration::seconds(2)),
+                p95: Some(Duration::seconds(10)),
+            }
+        );
+        assert_eq!(durations(TaskStatus::Failure).median, Some(hours(2)));
+        assert_eq!(durations(TaskStatus::Interrupted).rows, 1);
+        assert_eq!(durations(TaskStatus::Interrupted).p95, Some(hours(1)));
+        assert_eq!(
+            durations(TaskStatus::Cancelled),
+            DurationStats {
+                status: TaskStatus::Cancelled,
+                rows: 0,
+                median: None,
+                p95: None,
+            }
+        );
+        assert!(stats.durations.iter().all(|d| d.status.is_final()));
+    }
+
     fn sweep(cause: DeathCause, worker: bool) -> String {
         recovery_reason(worker.then(WorkerId::new_random), &cause)
     }

@@ -148,3 +148,120 @@ pub trait StorageExt: Storage {
 }
 
 impl<S: Storage + ?Sized> StorageExt for S {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::OwnerFacts;
+    use crate::{
+        Clock, DeathCause, Liveness, ManualClock, MemoryStorage, Outcome, RegisteredWorker,
+        RunReport, Task, TaskSpec, TaskSpecInput, WorkerRegistration,
+    };
+
+    fn boxed(message: &str) -> BoxError {
+        message.to_owned().into()
+    }
+
+    #[test]
+    fn only_an_unavailable_store_is_a_transient_failure() {
+        assert!(StorageError::Unavailable {
+            source: boxed("connection refused")
+        }
+        .is_transient());
+        for permanent in [
+            StorageError::AccessDenied {
+                source: boxed("password refused"),
+            },
+            StorageError::DuplicateSession,
+            StorageError::CorruptRow {
+                detail: "cost_usd is negative".into(),
+            },
+            StorageError::Other {
+                source: boxed("disk I/O error"),
+            },
+        ] {
+            assert!(!permanent.is_transient(), "{permanent:?}");
+        }
+    }
+
+    struct EveryOwnerDead;
+
+    impl LivenessJudge for EveryOwnerDead {
+        fn judge(&self, _owner: Option<&OwnerFacts>) -> Liveness {
+            Liveness::Dead(DeathCause::DeclaredDead)
+        }
+    }
+
+    #[test]
+    fn running_tasks_and_a_recovery_preview_see_only_running_rows_and_change_nothing() {
+        let storage = MemoryStorage::new();
+        let clock = ManualClock::starting_at(
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + chrono::Duration::days(20_000),
+        );
+        let worker = RegisteredWorker::register(
+            &storage,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: "vm-1".into(),
+                pid: 41,
+                process_start_marker: "boot:41".into(),
+                host_identity: None,
+                started_at: clock.now(),
+            },
+            Arc::new(clock.clone()),
+        )
+        .expect("register");
+        let spec = |issue_number| {
+            TaskSpec::validate(TaskSpecInput {
+                repo: "acme/widgets".into(),
+                issue_number,
+                user: "alice".into(),
+                agent: "fixer".into(),
+                agent_type: "claude_sdk".into(),
+                model: "claude-opus".into(),
+                provider: "anthropic".into(),
+            })
+            .expect("spec")
+        };
+        let running = Task::queue(spec(1))
+            .start(&worker, &storage)
+            .expect("start");
+        let report = RunReport {
+            input_tokens: 1,
+            output_tokens: 1,
+            cost_usd: crate::CostUsd::new(0.0).expect("cost"),
+            turns: 1,
+            artifacts: vec![],
+        };
+        Task::queue(spec(2))
+            .start(&worker, &storage)
+            .expect("start")
+            .finish(Outcome::Success(report), &storage)
+            .expect("finish");
+        let listed: Vec<TaskId> = storage
+            .running_tasks()
+            .expect("running")
+            .iter()
+            .map(|row| row.id)
+            .collect();
+        assert_eq!(listed, vec![running.id()]);
+        let preview = storage
+            .preview_recovery(WorkerId::new_random(), clock.now(), &EveryOwnerDead)
+            .expect("preview");
+        assert_eq!(
+            preview.iter().map(|r| r.task.id).collect::<Vec<_>>(),
+            vec![running.id()]
+        );
+        assert_eq!(
+            storage
+                .get_task(running.id())
+                .expect("row")
+                .map(|row| row.status),
+            Some(TaskStatus::Running),
+            "a preview writes nothing"
+        );
+        drop(running);
+    }
+}

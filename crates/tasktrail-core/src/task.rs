@@ -612,3 +612,147 @@ impl Task<Finished> {
         &self.state.outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{ManualClock, MemoryStorage, TaskSpecInput};
+
+    fn worker(storage: &MemoryStorage) -> RegisteredWorker {
+        let clock = ManualClock::starting_at(
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + chrono::Duration::days(20_000),
+        );
+        RegisteredWorker::register(
+            storage,
+            WorkerRegistration {
+                id: WorkerId::new_random(),
+                host: "vm-1".into(),
+                pid: 41,
+                process_start_marker: "boot:41".into(),
+                host_identity: None,
+                started_at: clock.now(),
+            },
+            Arc::new(clock),
+        )
+        .expect("register")
+    }
+
+    fn spec() -> TaskSpec {
+        TaskSpec::validate(TaskSpecInput {
+            repo: "acme/widgets".into(),
+            issue_number: 7,
+            user: "alice".into(),
+            agent: "fixer".into(),
+            agent_type: "claude_sdk".into(),
+            model: "claude-opus".into(),
+            provider: "anthropic".into(),
+        })
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_waker_is_called_once_for_each_abandoned_handle_and_never_for_a_finished_one() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        worker.on_abandoned(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let finished = Task::queue(spec()).start(&worker, &storage).expect("start");
+        finished
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        drop(Task::queue(spec()).start(&worker, &storage).expect("start"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_refused_finish_says_why_in_words() {
+        let id = TaskId::new_random();
+        let worker: WorkerId = "0196c0de-0000-7000-a000-0000000000ff".parse().expect("id");
+        for (refusal, why) in [
+            (
+                FinishRefusal::Missing,
+                "it has no task_history row".to_owned(),
+            ),
+            (
+                FinishRefusal::AlreadyFinished {
+                    status: crate::TaskStatus::Success,
+                },
+                "it is already success".to_owned(),
+            ),
+            (
+                FinishRefusal::InterruptedByRecovery {
+                    recovered_by: Some(worker),
+                },
+                format!("a recovery sweep by worker {worker} marked it interrupted"),
+            ),
+            (
+                FinishRefusal::InterruptedByRecovery { recovered_by: None },
+                "a recovery sweep marked it interrupted".to_owned(),
+            ),
+            (
+                FinishRefusal::OwnedByAnotherWorker {
+                    owner: Some(worker),
+                },
+                format!("it belongs to worker {worker}"),
+            ),
+            (
+                FinishRefusal::OwnedByAnotherWorker { owner: None },
+                "it belongs to no worker".to_owned(),
+            ),
+        ] {
+            assert_eq!(
+                FinishError::Refused { id, refusal }.to_string(),
+                format!("task {id} was not finished: {why}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_task_keeps_when_it_started_and_finished() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let running = Task::queue(spec()).start(&worker, &storage).expect("start");
+        let started_at = running.started_at();
+        let finished = running
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+        assert_eq!(finished.started_at(), started_at);
+        assert_ne!(started_at, Timestamp::default(), "a real start time");
+        assert_eq!(finished.worker(), worker.id());
+    }
+
+    #[test]
+    fn the_debug_output_names_the_worker() {
+        let storage = MemoryStorage::new();
+        let worker = worker(&storage);
+        let shown = format!("{worker:?}");
+        assert!(
+            shown.starts_with("RegisteredWorker { registration: WorkerRegistration {"),
+            "{shown}"
+        );
+        let running = Task::queue(spec()).start(&worker, &storage).expect("start");
+        let shown = format!("{running:?}");
+        assert!(
+            shown.contains(&format!("worker: {:?}", worker.id())),
+            "{shown}"
+        );
+        running
+            .finish(
+                Outcome::Interrupted(InterruptReason::new("stopped").expect("reason")),
+                &storage,
+            )
+            .expect("finish");
+    }
+}

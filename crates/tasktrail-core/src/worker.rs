@@ -580,6 +580,97 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    #[test]
+    fn every_death_cause_has_its_documented_kind() {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 11, 14, 0, 0)
+            .single()
+            .expect("time");
+        let host = || "vm-1".to_owned();
+        for (cause, kind) in [
+            (
+                DeathCause::ProcessGone {
+                    host: host(),
+                    pid: 7,
+                },
+                "process_gone",
+            ),
+            (
+                DeathCause::PidReused {
+                    host: host(),
+                    pid: 7,
+                },
+                "pid_reused",
+            ),
+            (
+                DeathCause::LeaseExpired {
+                    host: host(),
+                    last_heartbeat: at,
+                    lease: Duration::seconds(60),
+                },
+                "lease_expired",
+            ),
+            (
+                DeathCause::LockReleased {
+                    host: host(),
+                    pid: 7,
+                    last_heartbeat: at,
+                },
+                "lock_released",
+            ),
+            (DeathCause::Deregistered, "deregistered"),
+            (DeathCause::DeclaredDead, "declared_dead"),
+            (DeathCause::UnknownWorker, "unknown_worker"),
+            (DeathCause::HandleAbandoned, "handle_abandoned"),
+        ] {
+            assert_eq!(cause.kind(), kind, "{cause:?}");
+        }
+    }
+
+    #[test]
+    fn each_unproven_reason_says_why_in_words() {
+        let within_grace = Unproven::WithinGrace.to_string();
+        let too_briefly = Unproven::JudgeWatchedTooBriefly.to_string();
+        assert!(
+            within_grace.contains("younger than the grace"),
+            "{within_grace}"
+        );
+        assert!(
+            too_briefly.contains("connected less than a grace ago"),
+            "{too_briefly}"
+        );
+    }
+
+    #[test]
+    fn the_judges_debug_output_names_them_and_their_policy() {
+        let policy = policy();
+        let probe = FakeProcesses(vec![]);
+        let judge = PolicyJudge {
+            policy: &policy,
+            probe: &probe,
+        };
+        let shown = format!("{judge:?}");
+        assert!(shown.starts_with("PolicyJudge {"), "{shown}");
+        assert!(shown.contains("policy: LivenessPolicy"), "{shown}");
+        let noticing = format!("{:?}", NoticingJudge::new(judge));
+        assert!(noticing.starts_with("NoticingJudge {"), "{noticing}");
+        assert!(noticing.contains("judge: PolicyJudge"), "{noticing}");
+    }
+
+    #[test]
+    fn every_worker_state_round_trips_through_its_column_value() {
+        for (state, column) in [
+            (WorkerState::Alive, "alive"),
+            (WorkerState::Stopped, "stopped"),
+            (WorkerState::Dead, "dead"),
+        ] {
+            assert_eq!(state.as_str(), column);
+            assert_eq!(WorkerState::from_column(column), Some(state));
+        }
+        assert_eq!(WorkerState::from_column("Alive"), None);
+        assert_eq!(WorkerState::from_column(""), None);
+    }
+
     struct FakeProcesses(Vec<(u32, &'static str)>);
 
     impl ProcessProbe for FakeProcesses {

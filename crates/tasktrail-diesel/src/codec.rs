@@ -319,6 +319,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_death_cause_round_trips_through_its_report_columns() {
+        use tasktrail_core::DeathCause;
+        let at = decode_timestamp("t", "2026-05-11T15:13:02.123456Z").expect("time");
+        for cause in [
+            DeathCause::ProcessGone {
+                host: "vm-1".into(),
+                pid: 41,
+            },
+            DeathCause::PidReused {
+                host: "vm-1".into(),
+                pid: 41,
+            },
+            DeathCause::LeaseExpired {
+                host: "vm-2".into(),
+                last_heartbeat: at,
+                lease: chrono::Duration::milliseconds(15_250),
+            },
+            DeathCause::LockReleased {
+                host: "vm-3".into(),
+                pid: 7,
+                last_heartbeat: at,
+            },
+            DeathCause::Deregistered,
+            DeathCause::DeclaredDead,
+            DeathCause::UnknownWorker,
+            DeathCause::HandleAbandoned,
+        ] {
+            let back = CauseColumns::of(&cause).into_cause("t").expect("decodes");
+            assert_eq!(back, cause);
+        }
+    }
+
+    #[test]
+    fn a_cost_is_a_finite_amount_of_zero_or_more() {
+        assert_eq!(decode_cost("t", 0.0).expect("zero"), 0.0);
+        assert_eq!(decode_cost("t", 0.4275).expect("cost"), 0.4275);
+        for bad in [-0.01, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(
+                matches!(decode_cost("t", bad), Err(StorageError::CorruptRow { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_detail_is_prefixed_with_the_row_it_concerns_once() {
+        let id = "0196c0de-0000-7000-a000-000000000001";
+        let row = RowLabel {
+            kind: "task",
+            id: &id,
+        };
+        let named = name_the_row(&row, corrupt("cost_usd is negative"));
+        assert!(
+            matches!(&named, StorageError::CorruptRow { detail } if detail == &format!("task {id}: cost_usd is negative")),
+            "{named:?}"
+        );
+        let again = name_the_row(&row, named);
+        assert!(
+            matches!(&again, StorageError::CorruptRow { detail } if detail == &format!("task {id}: cost_usd is negative")),
+            "named once: {again:?}"
+        );
+    }
+
+    #[test]
     fn every_pid_namespace_inode_round_trips_and_half_an_identity_is_none() {
         for inode in [0, 1, 4_026_531_836, u64::from(u32::MAX) + 1, u64::MAX] {
             let (boot_id, namespace) = encode_host_identity(Some(&HostIdentity {

@@ -177,6 +177,23 @@ mod tests {
     ];
 
     #[test]
+    fn escapes_are_decoded_and_a_cut_or_invalid_one_is_kept_as_written() {
+        assert_eq!(percent_decode("S3cr%65tPw"), "S3cretPw");
+        assert_eq!(percent_decode("%41b"), "Ab");
+        assert_eq!(percent_decode("ab%41"), "abA");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("ab%4"), "ab%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn the_debug_output_never_shows_a_secret() {
+        for form in FORMS {
+            assert_eq!(format!("{:?}", Secrets::of(form)), "Secrets(***)");
+        }
+    }
+
+    #[test]
     fn no_form_shows_the_password() {
         for form in FORMS {
             let secrets = Secrets::of(form);

@@ -213,6 +213,54 @@ pub(crate) fn assemble(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn request() -> StatsRequest {
+        StatsRequest {
+            now: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH + Duration::days(20_000),
+            since: Duration::hours(24),
+        }
+    }
+
+    fn figures(rows: i64) -> Figures {
+        Figures {
+            by_status: vec![("failure".into(), rows)],
+            running: vec![],
+            causes: vec![("process_gone".into(), rows)],
+            durations: vec![DurationFigures {
+                status: "failure".into(),
+                rows,
+                median_ms: Some(1500),
+                p95_ms: Some(9000),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_counts_the_queries_returned_are_the_figures() {
+        let stats = assemble(&request(), figures(3)).expect("figures");
+        let by_status: HashMap<TaskStatus, u64> = stats.by_status.iter().copied().collect();
+        assert_eq!(by_status[&TaskStatus::Failure], 3);
+        assert_eq!(by_status[&TaskStatus::Success], 0);
+        let causes: HashMap<InterruptCause, u64> = stats.interrupted.iter().copied().collect();
+        assert_eq!(causes[&InterruptCause::ProcessGone], 3);
+        let failure = stats
+            .durations
+            .iter()
+            .find(|durations| durations.status == TaskStatus::Failure)
+            .expect("failure durations");
+        assert_eq!(failure.rows, 3);
+        assert_eq!(failure.median, Some(Duration::milliseconds(1500)));
+    }
+
+    #[test]
+    fn a_negative_count_is_a_corrupt_figure_not_a_number() {
+        assert!(matches!(
+            assemble(&request(), figures(-1)),
+            Err(StorageError::CorruptRow { .. })
+        ));
+    }
+
     #[test]
     fn the_sql_names_the_reasons_the_writers_store() {
         let case = cause_case!();

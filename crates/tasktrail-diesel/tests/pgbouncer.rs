@@ -239,33 +239,56 @@ fn liveness_lock_column(connection: &mut PgConnection, worker: WorkerId) -> Opti
 
 // ---------------------------------------------------------------------------
 
-/// Every conformance case through PgBouncer in transaction mode, each on a
-/// fresh database, the liveness session on the direct URL (the suite plays
-/// lock releases and stalls, which need a lock).
-#[test]
-fn the_conformance_suite_passes_through_pgbouncer_with_a_liveness_url() {
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
+/// A fresh database on a pooled cluster of its own, for one conformance
+/// case. Dropped in field order: the database first, then the pooler and
+/// the cluster; on the way it fails the case if the pooler logged a
+/// prepared-statement error.
+struct PooledCase {
+    scratch: Scratch,
+    pooled: Pooled,
+}
 
-    if !enabled("the_conformance_suite_passes_through_pgbouncer_with_a_liveness_url") {
-        return;
+impl Drop for PooledCase {
+    fn drop(&mut self) {
+        let log = self.pooled.bouncer.log();
+        if !std::thread::panicking() {
+            assert!(
+                !log.contains("prepared statement"),
+                "the pooler saw prepared-statement errors:\n{log}"
+            );
+        }
     }
-    let pooled = Rc::new(Pooled::start(&BouncerSettings::default()));
-    let databases: Rc<RefCell<Vec<Scratch>>> = Rc::default();
-    let made = Rc::clone(&databases);
-    let maker = Rc::clone(&pooled);
-    run_conformance_suite(Subject {
+}
+
+/// Postgres through PgBouncer in transaction mode as the suite's subject:
+/// a throwaway cluster and a pooler of their own for each case (the cases
+/// run in parallel), the liveness session on the direct URL (the suite
+/// plays lock releases and stalls, which need a lock). `None`, after the
+/// `skipped:` line, without `TASKTRAIL_OUTAGE_TESTS=1`.
+fn pooled_subject() -> Option<tasktrail_core::conformance::Subject<PostgresStorage>> {
+    use tasktrail_core::conformance::{LockChange, Subject};
+
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a conformance case through pgbouncer")
+        .to_owned();
+    if !enabled(&test) {
+        return None;
+    }
+    let pooled = Pooled::start(&BouncerSettings::default());
+    let case = PooledCase {
+        scratch: pooled.scratch(),
+        pooled,
+    };
+    Some(Subject {
         name: "postgres through pgbouncer (transaction mode)",
         fresh_store: Box::new(move || {
-            let scratch = maker.scratch();
-            let store = scratch.open_with_liveness_url();
+            let store = case.scratch.open_with_liveness_url();
             assert_eq!(store.pooler(), Pooler::Transaction);
             assert_eq!(
                 store.liveness_mode(),
                 LivenessMode::AdvisoryLockOnLivenessUrl
             );
-            made.borrow_mut().push(scratch);
             store
         }),
         task_insert_statements: Box::new(|store: &PostgresStorage, id| {
@@ -293,14 +316,15 @@ fn the_conformance_suite_passes_through_pgbouncer_with_a_liveness_url() {
                     .expect("a connection");
             }
         }),
-    });
-    assert!(!databases.borrow().is_empty());
-    drop(databases);
-    let log = pooled.bouncer.log();
-    assert!(
-        !log.contains("prepared statement"),
-        "the pooler saw prepared-statement errors:\n{log}"
-    );
+    })
+}
+
+/// One `#[test]` per conformance case through PgBouncer
+/// (`conformance::<case>`).
+mod conformance {
+    use super::pooled_subject;
+
+    tasktrail_core::conformance_tests!(skippable: pooled_subject());
 }
 
 /// Without a liveness URL the store takes no lock at all (none through the

@@ -1,12 +1,12 @@
-//! The SQLite backend's single entry into the shared behaviour suite: every
-//! case on a fresh database file, INSERTs counted from Diesel's statement
-//! instrumentation.
+//! The SQLite backend in the shared behaviour suite: one `#[test]` per case
+//! (`conformance::<case>`), each on a fresh database file of its own,
+//! INSERTs counted from Diesel's statement instrumentation.
 #![cfg(feature = "sqlite")]
 
 use chrono::{Duration, SecondsFormat};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use tasktrail_core::conformance::{run_conformance_suite, LockChange, Subject};
+use tasktrail_core::conformance::{LockChange, Subject};
 use tasktrail_core::{Storage, WorkerId};
 use tasktrail_diesel::{SqliteOptions, SqliteStorage, StatementLog};
 
@@ -51,17 +51,16 @@ fn change_worker_lock(store: &SqliteStorage, worker: WorkerId, change: LockChang
     }
 }
 
-#[test]
-fn sqlite_storage_passes_the_conformance_suite() {
+/// The SQLite backend as the suite's subject: a fresh file in a temporary
+/// directory that lives as long as the subject (the store is dropped
+/// first).
+fn sqlite_subject() -> Subject<SqliteStorage> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().to_path_buf();
-    let mut next = 0;
-    run_conformance_suite(Subject {
+    Subject {
         name: "sqlite",
         fresh_store: Box::new(move || {
-            next += 1;
             SqliteStorage::open_with(
-                root.join(format!("case-{next}.db")),
+                dir.path().join("case.db"),
                 SqliteOptions {
                     statement_log: Some(StatementLog::new()),
                     ..SqliteOptions::default()
@@ -76,5 +75,11 @@ fn sqlite_storage_passes_the_conformance_suite() {
         }),
         age_heartbeats: Box::new(age_heartbeat),
         change_worker_lock: Box::new(change_worker_lock),
-    });
+    }
+}
+
+mod conformance {
+    use super::sqlite_subject;
+
+    tasktrail_core::conformance_tests!(sqlite_subject());
 }

@@ -94,8 +94,12 @@ impl ScratchDatabase {
             panic!("{TEST_POSTGRES_URL_VARIABLE} is set but its server cannot be reached")
         });
         // `name` is made here from a UUID: no outside input reaches the SQL.
+        // From `template0`, which takes no connections: a copy of
+        // `template1` fails ("source database is being accessed by other
+        // users") while anyone is connected to it, and many tests make
+        // databases at once on a shared server.
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
             .unwrap_or_else(|_| {
                 panic!("cannot create a test database on the {TEST_POSTGRES_URL_VARIABLE} server")
             });
