@@ -35,7 +35,13 @@ fn enabled(test: &str) -> bool {
     if std::env::var(NAMESPACES_VARIABLE).is_ok_and(|value| value.trim() == "1") {
         return true;
     }
-    eprintln!("skipped: {test} needs root and unshare; set {NAMESPACES_VARIABLE}=1");
+    // Straight to the file descriptor: the harness captures the print
+    // macros of passing tests, and this line must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test} needs root and unshare; set {NAMESPACES_VARIABLE}=1"
+    );
     false
 }
 
@@ -398,7 +404,11 @@ fn sqlite(dir: &Path) -> Database {
 fn postgres(test: &str) -> Option<Database> {
     let database = tasktrail::testing::ScratchDatabase::create();
     if database.is_none() {
-        eprintln!(
+        // Straight to the file descriptor: the harness captures the print
+        // macros of passing tests, and this line must be seen.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "skipped: {test} on postgres: {} is not set",
             tasktrail::testing::TEST_POSTGRES_URL_VARIABLE
         );
