@@ -1,6 +1,6 @@
 //! `tasktrail-server [--db URL] [--listen ADDR] [--log-format text|json]
 //! [--token-file PATH] [--public-read] [--request-timeout DURATION]
-//! [--max-concurrent-dispatches N]`: see the library docs and README.md
+//! [--max-concurrent-dispatches N] [--dashboard-counts-max-age DURATION]`: see the library docs and README.md
 //! ("Use it from an async server"), and docs/operations.md ("Logs and
 //! metrics", "Running the server with a token", "The dashboard").
 
