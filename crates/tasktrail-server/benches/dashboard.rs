@@ -25,8 +25,8 @@ use tasktrail::async_worker::AsyncWorker;
 use tasktrail::prelude::*;
 use tasktrail_server::agent::SimulatedAgent;
 use tasktrail_server::{router, ui, Dispatcher};
-use ui::DashboardOptions;
 use tower::ServiceExt;
+use ui::DashboardOptions;
 
 fn rows() -> u64 {
     std::env::var("TASKTRAIL_BENCH_DASHBOARD_ROWS")

@@ -257,15 +257,14 @@ async fn serve(args: Args, guard: Guard) -> Result<(), ServerError> {
     );
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     // The JSON API, the dashboard's pages and /metrics, behind the guard.
-    let routes = router(Arc::clone(&dispatcher))
-        .merge(ui::router_with(
-            Arc::clone(&dispatcher),
-            ui::DashboardOptions {
-                token_required: guard.token.is_some(),
-                counts_max_age: args.dashboard_counts_max_age,
-                ..ui::DashboardOptions::default()
-            },
-        ));
+    let routes = router(Arc::clone(&dispatcher)).merge(ui::router_with(
+        Arc::clone(&dispatcher),
+        ui::DashboardOptions {
+            token_required: guard.token.is_some(),
+            counts_max_age: args.dashboard_counts_max_age,
+            ..ui::DashboardOptions::default()
+        },
+    ));
     let server = tokio::spawn(
         axum::serve(
             listener,

@@ -86,8 +86,9 @@ impl Dashboard {
     fn start(inner: impl Storage + 'static) -> Self {
         let probe = Arc::new(CountProbe::default());
         let hook = Arc::clone(&probe);
-        let storage: Arc<dyn Storage> =
-            Arc::new(InterceptedStorage::new(inner, move |call| hook.before(call)));
+        let storage: Arc<dyn Storage> = Arc::new(InterceptedStorage::new(inner, move |call| {
+            hook.before(call)
+        }));
         let clock = ManualClock::starting_at(tasktrail::Clock::now(&tasktrail::SystemClock));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -155,8 +156,9 @@ impl Dashboard {
 
     /// Moves the clock past the max age.
     fn age_the_counts(&self) {
-        self.clock
-            .advance(chrono::Duration::from_std(MAX_AGE).expect("fits") + chrono::Duration::seconds(1));
+        self.clock.advance(
+            chrono::Duration::from_std(MAX_AGE).expect("fits") + chrono::Duration::seconds(1),
+        );
     }
 }
 
@@ -232,7 +234,13 @@ fn a_view_of_a_fresh_snapshot_counts_nothing() {
     let first = dashboard.page("/");
     assert_eq!(dashboard.probe.counts(), 1);
     // The same key, whatever the status filter, page or live refresh.
-    for path in ["/", "/ui/tasks", "/?status=success", "/ui/tasks/live", "/?page=2"] {
+    for path in [
+        "/",
+        "/ui/tasks",
+        "/?status=success",
+        "/ui/tasks/live",
+        "/?page=2",
+    ] {
         for _ in 0..3 {
             let page = dashboard.page(path);
             assert_eq!(page.count("all"), Some(1), "{path}");
@@ -281,10 +289,15 @@ fn concurrent_views_of_a_stale_snapshot_start_exactly_one_count() {
     }
     dashboard.probe.release();
     assert!(
-        eventually(Duration::from_secs(20), || dashboard.page("/").count("all") == Some(2)),
+        eventually(Duration::from_secs(20), || dashboard.page("/").count("all")
+            == Some(2)),
         "the refresh landed"
     );
-    assert_eq!(dashboard.probe.counts(), 2, "one count for the first view, one refresh");
+    assert_eq!(
+        dashboard.probe.counts(),
+        2,
+        "one count for the first view, one refresh"
+    );
 }
 
 #[test]

@@ -145,7 +145,11 @@ impl CountsSnapshots {
     /// The counts of `repo`'s rows (every row with `None`) for one page
     /// view, counted in `storage` when stale (in the background) or when
     /// never counted (waited for).
-    pub async fn view(self: &Arc<Self>, storage: &Arc<dyn Storage>, repo: Option<&str>) -> CountsView {
+    pub async fn view(
+        self: &Arc<Self>,
+        storage: &Arc<dyn Storage>,
+        repo: Option<&str>,
+    ) -> CountsView {
         let key = CountsKey::of(repo);
         let mut waited_past: Option<u64> = None;
         loop {
@@ -261,7 +265,8 @@ impl CountsSnapshots {
                 }
             }
         }
-        self.finished.send_modify(|ended| *ended = ended.wrapping_add(1));
+        self.finished
+            .send_modify(|ended| *ended = ended.wrapping_add(1));
     }
 
     /// How many keys hold a snapshot or a running count (the bound's test).
@@ -343,11 +348,15 @@ mod tests {
         assert_eq!(snapshots.keys(), MAX_REPO_KEYS + 1);
         let state = snapshots.lock();
         assert!(state.entries.contains_key(&CountsKey::All));
-        assert!(state.entries.contains_key(&CountsKey::Repo("acme/0".to_owned())));
+        assert!(state
+            .entries
+            .contains_key(&CountsKey::Repo("acme/0".to_owned())));
         assert!(state
             .entries
             .contains_key(&CountsKey::Repo(format!("acme/{}", MAX_REPO_KEYS + 9))));
-        assert!(!state.entries.contains_key(&CountsKey::Repo("acme/1".to_owned())));
+        assert!(!state
+            .entries
+            .contains_key(&CountsKey::Repo("acme/1".to_owned())));
     }
 
     #[test]
@@ -366,7 +375,10 @@ mod tests {
         snapshots.land(&key, Some(Ok(vec![(TaskStatus::Success, 3)])));
         assert!(matches!(snapshots.step(&key, Some(0)), Step::Show(_)));
         clock.advance(chrono::Duration::seconds(5));
-        assert!(matches!(snapshots.step(&key, None), Step::ShowAndRefresh(_)));
+        assert!(matches!(
+            snapshots.step(&key, None),
+            Step::ShowAndRefresh(_)
+        ));
         assert!(matches!(snapshots.step(&key, None), Step::Show(_)));
         snapshots.land(
             &key,
@@ -384,9 +396,15 @@ mod tests {
         );
         // A count that panicked clears the flag too.
         clock.advance(chrono::Duration::seconds(5));
-        assert!(matches!(snapshots.step(&key, None), Step::ShowAndRefresh(_)));
+        assert!(matches!(
+            snapshots.step(&key, None),
+            Step::ShowAndRefresh(_)
+        ));
         snapshots.land(&key, None);
         clock.advance(chrono::Duration::seconds(5));
-        assert!(matches!(snapshots.step(&key, None), Step::ShowAndRefresh(_)));
+        assert!(matches!(
+            snapshots.step(&key, None),
+            Step::ShowAndRefresh(_)
+        ));
     }
 }

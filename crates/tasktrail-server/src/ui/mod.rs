@@ -122,10 +122,7 @@ pub fn router_with(dispatcher: Arc<Dispatcher>, options: DashboardOptions) -> Ro
         .with_state(Arc::new(Ui {
             dispatcher,
             token_required: options.token_required,
-            counts: Arc::new(CountsSnapshots::new(
-                options.counts_max_age,
-                options.clock,
-            )),
+            counts: Arc::new(CountsSnapshots::new(options.counts_max_age, options.clock)),
         }))
 }
 
