@@ -261,7 +261,7 @@ impl CountsSnapshots {
                         entry.failure = None;
                     }
                     Some(Err(error)) => entry.failure = Some(error.to_string()),
-                    None => entry.failure = Some("the count panicked".to_owned()),
+                    None => entry.failure = Some("the count did not run to its end".to_owned()),
                 }
             }
         }
