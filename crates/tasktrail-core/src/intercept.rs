@@ -42,8 +42,12 @@ pub enum StorageCall {
     ListSessions,
     /// [`Storage::get_task`].
     GetTask,
-    /// [`Storage::list_tasks`].
+    /// [`Storage::list_tasks`] and [`Storage::list_task_rows`].
     ListTasks,
+    /// [`Storage::count_tasks_by_status`].
+    CountTasksByStatus,
+    /// [`Storage::count_outcomes_by_hour`].
+    CountOutcomesByHour,
 }
 
 type Hook = Box<dyn Fn(StorageCall) -> Result<(), StorageError> + Send + Sync>;
@@ -165,14 +169,14 @@ impl<S: Storage> Storage for InterceptedStorage<S> {
         &self,
         repo: Option<&str>,
     ) -> Result<Vec<(crate::TaskStatus, u64)>, StorageError> {
-        (self.before)(StorageCall::ListTasks)?;
+        (self.before)(StorageCall::CountTasksByStatus)?;
         self.inner.count_tasks_by_status(repo)
     }
     fn count_outcomes_by_hour(
         &self,
         since: Timestamp,
     ) -> Result<Vec<crate::OutcomeBucket>, StorageError> {
-        (self.before)(StorageCall::ListTasks)?;
+        (self.before)(StorageCall::CountOutcomesByHour)?;
         self.inner.count_outcomes_by_hour(since)
     }
 }

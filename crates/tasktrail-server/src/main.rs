@@ -1,6 +1,6 @@
 //! `tasktrail-server [--db URL] [--listen ADDR] [--log-format text|json]
 //! [--token-file PATH] [--public-read] [--request-timeout DURATION]
-//! [--max-concurrent-dispatches N]`: see the library docs and README.md
+//! [--max-concurrent-dispatches N] [--dashboard-counts-max-age DURATION]`: see the library docs and README.md
 //! ("Use it from an async server"), and docs/operations.md ("Logs and
 //! metrics", "Running the server with a token", "The dashboard").
 
@@ -74,6 +74,12 @@ struct Args {
     /// one more is answered 503 with Retry-After, never queued.
     #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_DISPATCHES, value_parser = parse_cap)]
     max_concurrent_dispatches: usize,
+    /// How old the task list's status counts may get (they are counted in
+    /// the background, shared by every view, never per page view): a view
+    /// of older counts starts one new count and shows the old ones
+    /// meanwhile. 5s, 500ms, 1m; 0s counts again after every view.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    dashboard_counts_max_age: Duration,
 }
 
 fn parse_cap(text: &str) -> Result<usize, String> {
@@ -251,8 +257,14 @@ async fn serve(args: Args, guard: Guard) -> Result<(), ServerError> {
     );
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     // The JSON API, the dashboard's pages and /metrics, behind the guard.
-    let routes = router(Arc::clone(&dispatcher))
-        .merge(ui::router(Arc::clone(&dispatcher), guard.token.is_some()));
+    let routes = router(Arc::clone(&dispatcher)).merge(ui::router_with(
+        Arc::clone(&dispatcher),
+        ui::DashboardOptions {
+            token_required: guard.token.is_some(),
+            counts_max_age: args.dashboard_counts_max_age,
+            ..ui::DashboardOptions::default()
+        },
+    ));
     let server = tokio::spawn(
         axum::serve(
             listener,

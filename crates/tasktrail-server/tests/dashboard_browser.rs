@@ -288,7 +288,17 @@ async fn an_operator_logs_in_watches_cancels_and_sees_what_a_crash_interrupted()
     )
     .await;
     assert_not_reloaded(&client, "the list refreshed itself").await;
-    assert_eq!(text_of(&client, "[data-count=running] b").await, "1");
+    // The counts are a snapshot up to --dashboard-counts-max-age (5 s)
+    // old: they catch up by themselves, through the page's own refresh,
+    // and say when they were counted.
+    until(
+        &client,
+        "the running task in the counts",
+        "(document.querySelector('[data-count=running] b') || {}).textContent === '1'",
+    )
+    .await;
+    assert_not_reloaded(&client, "the counts refreshed themselves").await;
+    assert!(text_of(&client, "#counts-age").await.contains("counted "));
     screenshot(&client, "tasks").await;
 
     // Cancel from the task's page: confirm, then `cancelled` in place.

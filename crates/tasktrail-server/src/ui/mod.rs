@@ -6,8 +6,10 @@
 //! - `/` and `/ui/tasks`: the task list, newest first, [`PAGE_SIZE`] rows a
 //!   page, filtered by `status` and `repo` in the URL (`?status=running&
 //!   repo=acme/widgets&page=2`), with the count of every status at the
-//!   top; the page fetches `/ui/tasks/live` (the same query, the counts,
-//!   table and pager only) every few seconds and swaps it in.
+//!   top ([`counts`]: a shared snapshot refreshed in the background, never
+//!   counted per view, with its age on the page); the page fetches
+//!   `/ui/tasks/live` (the same query, the counts, table and pager only)
+//!   every few seconds and swaps it in.
 //! - `/ui/tasks/{id}`: one task, every column, its sessions and whether
 //!   each is still resumable, the recovery reason, and a Cancel button
 //!   while it runs (it posts to the API's `POST /tasks/{id}/cancel`).
@@ -25,9 +27,11 @@
 //! same-origin check because the page sends it from its own origin.
 
 pub mod chart;
+pub mod counts;
 mod pages;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -44,6 +48,7 @@ use tasktrail::{
 
 use crate::dispatch::Dispatcher;
 use crate::guard::LOGIN_PATH;
+use counts::{CountsSnapshots, CountsView, DEFAULT_COUNTS_MAX_AGE};
 
 /// How many tasks one page of the list shows.
 pub const PAGE_SIZE: u32 = 50;
@@ -64,12 +69,47 @@ struct Ui {
     dispatcher: Arc<Dispatcher>,
     /// Whether the server has a token: the pages then offer a log-out.
     token_required: bool,
+    /// The task list's status counts.
+    counts: Arc<CountsSnapshots>,
 }
 
-/// The dashboard's routes over the dispatcher's store. `token_required`
-/// only decides whether the pages show a log-out button; the guard
-/// ([`crate::guarded`]) decides who gets in.
+/// How the dashboard is served.
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    /// Whether the server has a token: only decides whether the pages show
+    /// a log-out button; the guard ([`crate::guarded`]) decides who gets in.
+    pub token_required: bool,
+    /// How old the task list's status counts may get before a page view
+    /// starts a new count in the background (`--dashboard-counts-max-age`).
+    pub counts_max_age: Duration,
+    /// The clock the counts' age is read on.
+    pub clock: Arc<dyn tasktrail::Clock>,
+}
+
+impl Default for DashboardOptions {
+    fn default() -> Self {
+        Self {
+            token_required: false,
+            counts_max_age: DEFAULT_COUNTS_MAX_AGE,
+            clock: Arc::new(tasktrail::SystemClock),
+        }
+    }
+}
+
+/// The dashboard's routes over the dispatcher's store, with the default
+/// options but `token_required` (see [`router_with`]).
 pub fn router(dispatcher: Arc<Dispatcher>, token_required: bool) -> Router {
+    router_with(
+        dispatcher,
+        DashboardOptions {
+            token_required,
+            ..DashboardOptions::default()
+        },
+    )
+}
+
+/// The dashboard's routes over the dispatcher's store.
+pub fn router_with(dispatcher: Arc<Dispatcher>, options: DashboardOptions) -> Router {
     Router::new()
         .route("/", get(tasks_page))
         .route("/ui", get(tasks_page))
@@ -81,7 +121,8 @@ pub fn router(dispatcher: Arc<Dispatcher>, token_required: bool) -> Router {
         .route(LOGIN_PATH, get(login_page))
         .with_state(Arc::new(Ui {
             dispatcher,
-            token_required,
+            token_required: options.token_required,
+            counts: Arc::new(CountsSnapshots::new(options.counts_max_age, options.clock)),
         }))
 }
 
@@ -200,24 +241,25 @@ pub struct TaskListView {
     pub rows: Vec<Result<TaskRecord, StorageError>>,
     /// Whether an older page exists.
     pub has_older: bool,
-    /// Rows of every status (of the repo, when filtered by one).
-    pub counts: Vec<(TaskStatus, u64)>,
+    /// Rows of every status (of the repo, when filtered by one), as last
+    /// counted.
+    pub counts: CountsView,
     /// When it was read (running rows' ages are measured to it).
     pub now: Timestamp,
 }
 
 impl TaskListView {
     /// Reads a page: the same `list_task_rows` the JSON API's `GET /tasks`
-    /// runs, and `count_tasks_by_status`.
+    /// runs; the counts come from the snapshot ([`counts`]).
     pub fn load(
         storage: &dyn Storage,
         query: TaskListQuery,
+        counts: CountsView,
         now: Timestamp,
     ) -> Result<Self, StorageError> {
         let mut rows = storage.list_task_rows(&query.filter())?;
         let has_older = rows.len() > PAGE_SIZE as usize;
         rows.truncate(PAGE_SIZE as usize);
-        let counts = storage.count_tasks_by_status(query.repo.as_deref())?;
         Ok(Self {
             query,
             rows,
@@ -474,7 +516,8 @@ async fn task_list(
         .0;
     let query = TaskListQuery::parse(pairs)?;
     let storage = Arc::clone(ui.dispatcher.worker().storage());
-    blocking(move || TaskListView::load(storage.as_ref(), query, now())).await
+    let counts = ui.counts.view(&storage, query.repo.as_deref()).await;
+    blocking(move || TaskListView::load(storage.as_ref(), query, counts, now())).await
 }
 
 async fn tasks_page(

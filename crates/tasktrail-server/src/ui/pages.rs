@@ -7,6 +7,7 @@ use tasktrail::prelude::*;
 use tasktrail::{Liveness, OutcomeBucket, Timestamp, WorkerState};
 
 use super::chart::{outcomes_svg, status_colour, CHART_HOURS};
+use super::counts::CountsView;
 use super::{Resumable, TaskListView, TaskView, WorkerView, PAGE_SIZE, REFRESH_MILLISECONDS};
 use crate::guard::{LOGIN_PATH, LOGOUT_PATH};
 
@@ -43,6 +44,8 @@ button { cursor: pointer; }
 button.danger { background: #cf222e; color: #fff; border-color: #a40e26; }
 .pager { display: flex; gap: 1rem; align-items: center; margin-top: .6rem; }
 .status-line { font-size: .85em; color: var(--muted); margin-top: .4rem; }
+.counts-age { font-size: .85em; color: var(--muted); margin: -.4rem 0 .8rem; }
+.counts-age.stale { color: #953800; }
 dl.columns { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; background: #fff; border: 1px solid var(--line); border-radius: .4rem; padding: .6rem .8rem; margin: 0; }
 dl.columns dt { color: var(--muted); }
 dl.columns dd { margin: 0; overflow-wrap: anywhere; }
@@ -134,13 +137,18 @@ fn layout(title: &str, here: &str, token_required: bool, body: Markup) -> Markup
 /// `/ui/tasks/live` answers and the page swaps in).
 pub(super) fn task_list_live(view: &TaskListView) -> Markup {
     let query = &view.query;
-    let total: u64 = view.counts.iter().map(|(_, rows)| rows).sum();
+    let counts = &view.counts;
+    let shown: &[(TaskStatus, u64)] = counts
+        .counted
+        .as_ref()
+        .map_or(&[], |counted| counted.counts.as_slice());
+    let total: u64 = shown.iter().map(|(_, rows)| rows).sum();
     html! {
         ul class="counts" id="counts" {
             li { a href=(query.href(None, 1)) class=[query.status.is_none().then_some("here")] data-count="all" {
-                "all" b { (total) }
+                "all" @if counts.counted.is_some() { b { (total) } }
             } }
-            @for (status, rows) in &view.counts {
+            @for (status, rows) in shown {
                 li { a href=(query.href(Some(*status), 1))
                        class=[(query.status == Some(*status)).then_some("here")]
                        data-count=(status.as_str()) {
@@ -148,6 +156,7 @@ pub(super) fn task_list_live(view: &TaskListView) -> Markup {
                 } }
             }
         }
+        (counts_age(counts))
         div class="scroll" {
             table id="tasks" {
                 thead { tr {
@@ -179,6 +188,32 @@ pub(super) fn task_list_live(view: &TaskListView) -> Markup {
             }
         }
         p class="status-line" { "Read at " (time(view.now)) }
+    }
+}
+
+/// How old the counts are (`counted 3s ago at …`), and whether they are
+/// stale (the last count failed) or missing (the first one failed).
+fn counts_age(counts: &CountsView) -> Markup {
+    html! {
+        @match &counts.counted {
+            Some(counted) => {
+                p class=(if counts.is_stale() { "counts-age stale" } else { "counts-age" }) id="counts-age"
+                  data-counted-at=(counted.counted_at.to_rfc3339())
+                  data-stale=(counts.is_stale()) {
+                    "Counts as of " (time(counted.counted_at)) ", counted "
+                    (age(counted.counted_at, counts.shown_at)) " ago"
+                    @if let Some(failure) = &counts.failure {
+                        " · stale: the last count failed: " (failure)
+                    }
+                }
+            }
+            None => {
+                p class="counts-age stale" id="counts-age" data-stale="true" {
+                    "Not counted: "
+                    (counts.failure.as_deref().unwrap_or("no count has finished yet"))
+                }
+            }
+        }
     }
 }
 
