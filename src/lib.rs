@@ -101,7 +101,7 @@ pub mod testing {
     pub use tasktrail_core::conformance;
     pub use tasktrail_core::conformance_tests;
     pub use tasktrail_core::intercept::{InterceptedStorage, StorageCall};
-    pub use tasktrail_diesel::StatementLog;
+    pub use tasktrail_diesel::{report_skipped_test, StatementLog};
     #[cfg(feature = "postgres")]
     pub use tasktrail_diesel::{
         test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,

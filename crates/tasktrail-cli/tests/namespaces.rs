@@ -35,13 +35,9 @@ fn enabled(test: &str) -> bool {
     if std::env::var(NAMESPACES_VARIABLE).is_ok_and(|value| value.trim() == "1") {
         return true;
     }
-    // Straight to the file descriptor: the harness captures the print
-    // macros of passing tests, and this line must be seen.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
+    tasktrail::testing::report_skipped_test(&format!(
         "skipped: {test} needs root and unshare; set {NAMESPACES_VARIABLE}=1"
-    );
+    ));
     false
 }
 
@@ -404,14 +400,10 @@ fn sqlite(dir: &Path) -> Database {
 fn postgres(test: &str) -> Option<Database> {
     let database = tasktrail::testing::ScratchDatabase::create();
     if database.is_none() {
-        // Straight to the file descriptor: the harness captures the print
-        // macros of passing tests, and this line must be seen.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
+        tasktrail::testing::report_skipped_test(&format!(
             "skipped: {test} on postgres: {} is not set",
             tasktrail::testing::TEST_POSTGRES_URL_VARIABLE
-        );
+        ));
     }
     database.map(Database::Postgres)
 }

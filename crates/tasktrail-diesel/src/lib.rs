@@ -29,6 +29,8 @@ mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod raw;
 mod secrets;
+#[cfg(feature = "testing")]
+mod skip;
 mod statement_log;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stats;
@@ -46,6 +48,8 @@ mod sqlite;
 /// returns for showing a row that cannot be read as a record.
 pub type RawColumns = Vec<(&'static str, Option<String>)>;
 pub use secrets::{redact, Secrets, REDACTED};
+#[cfg(feature = "testing")]
+pub use skip::report_skipped_test;
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;
 

@@ -46,13 +46,9 @@ const ENABLE_VARIABLE: &str = "TASKTRAIL_OUTAGE_TESTS";
 fn enabled(test: &str) -> bool {
     let on = std::env::var(ENABLE_VARIABLE).is_ok_and(|value| value.trim() == "1");
     if !on {
-        // Straight to the file descriptor: the harness captures the print
-        // macros of passing tests, and this line must be seen.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
+        tasktrail_diesel::report_skipped_test(&format!(
             "skipped: {test} needs {ENABLE_VARIABLE}=1 (root, Postgres server binaries, pgbouncer)"
-        );
+        ));
     }
     on
 }

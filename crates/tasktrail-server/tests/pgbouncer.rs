@@ -19,12 +19,8 @@ use common::{dispatch_body, dispatched_id, eventually, ServerProcess};
 #[test]
 fn the_server_runs_through_pgbouncer_in_transaction_mode() {
     if std::env::var("TASKTRAIL_OUTAGE_TESTS").map_or(true, |value| value.trim() != "1") {
-        // Straight to the file descriptor: the harness captures the print
-        // macros of passing tests, and this line must be seen.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: needs TASKTRAIL_OUTAGE_TESTS=1 (root, Postgres server binaries, pgbouncer)"
+        tasktrail_diesel::report_skipped_test(
+            "skipped: needs TASKTRAIL_OUTAGE_TESTS=1 (root, Postgres server binaries, pgbouncer)",
         );
         return;
     }

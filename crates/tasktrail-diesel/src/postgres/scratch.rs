@@ -39,10 +39,9 @@ pub fn test_postgres_url() -> Option<String> {
                  the Postgres tests never skip in CI (point the variable at a server, \
                  e.g. postgres://postgres@127.0.0.1:5432/test)"
             );
-            let line = format!("skipped: {test}: {TEST_POSTGRES_URL_VARIABLE} is not set\n");
-            // Straight to the file descriptor: the harness captures only the
-            // print macros.
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            crate::report_skipped_test(&format!(
+                "skipped: {test}: {TEST_POSTGRES_URL_VARIABLE} is not set"
+            ));
             None
         }
     }

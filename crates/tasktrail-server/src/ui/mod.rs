@@ -32,6 +32,8 @@ mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tasktrail::backend::{OwnerFacts, OwnerLock};
+use tasktrail::Liveness;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -426,9 +428,6 @@ fn death_proof(recovered: &[TaskRecord], worker: WorkerId) -> Option<String> {
     };
     Some(cause.to_owned())
 }
-
-use tasktrail::backend::{OwnerFacts, OwnerLock};
-use tasktrail::Liveness;
 
 /// An answer that is not a page: its status and one line, as HTML.
 #[derive(Debug)]
