@@ -221,35 +221,14 @@ impl SqlDialect for PostgresStorage {
     fn sessions_newest_first(
         connection: &mut PgConnection,
     ) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        sessions_newest_first_of(connection, None)
     }
 
     fn sessions_of_task(
         connection: &mut PgConnection,
         task: TaskId,
     ) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq(*task.as_uuid()))
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        sessions_newest_first_of(connection, Some(task))
     }
 
     fn task_rows(
@@ -279,4 +258,28 @@ impl SqlDialect for PostgresStorage {
             .map(TaskRow::into_record)
             .collect())
     }
+}
+
+/// Every session (`task` `None`) or task `task`'s (through the `task_id`
+/// index), newest first.
+fn sessions_newest_first_of(
+    connection: &mut PgConnection,
+    task: Option<TaskId>,
+) -> Result<Vec<SessionRecord>, StorageError> {
+    let mut query = claude_sdk_sessions::table
+        .order((
+            claude_sdk_sessions::created_at.desc(),
+            claude_sdk_sessions::session_id.desc(),
+        ))
+        .select(SessionRow::as_select())
+        .into_boxed();
+    if let Some(task) = task {
+        query = query.filter(claude_sdk_sessions::task_id.eq(*task.as_uuid()));
+    }
+    query
+        .load(connection)
+        .map_err(map_error)?
+        .into_iter()
+        .map(SessionRow::into_record)
+        .collect()
 }

@@ -222,35 +222,14 @@ impl SqlDialect for SqliteStorage {
     fn sessions_newest_first(
         connection: &mut SqliteConnection,
     ) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        sessions_newest_first_of(connection, None)
     }
 
     fn sessions_of_task(
         connection: &mut SqliteConnection,
         task: TaskId,
     ) -> Result<Vec<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq(task.to_string()))
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(SessionRow::into_record)
-            .collect()
+        sessions_newest_first_of(connection, Some(task))
     }
 
     fn task_rows(
@@ -280,4 +259,28 @@ impl SqlDialect for SqliteStorage {
             .map(TaskRow::into_record)
             .collect())
     }
+}
+
+/// Every session (`task` `None`) or task `task`'s (through the `task_id`
+/// index), newest first.
+fn sessions_newest_first_of(
+    connection: &mut SqliteConnection,
+    task: Option<TaskId>,
+) -> Result<Vec<SessionRecord>, StorageError> {
+    let mut query = claude_sdk_sessions::table
+        .order((
+            claude_sdk_sessions::created_at.desc(),
+            claude_sdk_sessions::session_id.desc(),
+        ))
+        .select(SessionRow::as_select())
+        .into_boxed();
+    if let Some(task) = task {
+        query = query.filter(claude_sdk_sessions::task_id.eq(task.to_string()));
+    }
+    query
+        .load(connection)
+        .map_err(map_error)?
+        .into_iter()
+        .map(SessionRow::into_record)
+        .collect()
 }
