@@ -6,7 +6,10 @@
 //! Diesel's own check would create its migration table), and the refusal
 //! readers give when it lacks any. Each backend only reads its tables and
 //! versions (its catalog's SQL).
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
 
 use diesel::backend::Backend;
 use diesel::migration::{Migration, MigrationSource};

@@ -8,9 +8,13 @@
 //!   many hosts, an r2d2 connection pool, liveness judged on the database's
 //!   clock plus a session-level advisory lock per live worker, and a recovery
 //!   sweep that is exactly-once across concurrent boots.
+//! - `MysqlStorage` (feature `mysql`): the same guarantees on MySQL 8.0.16+
+//!   or MariaDB 10.6+, by MySQL's own means (a named lock per live worker,
+//!   `UTC_TIMESTAMP(6)` as the clock, locking reads), through a pure-Rust
+//!   client.
 //!
 //! Each backend embeds its own migrations (`migrations/sqlite`,
-//! `migrations/postgres` at the workspace root) and runs them when a store is
+//! `migrations/postgres`, `migrations/mysql` at the workspace root) and runs them when a store is
 //! opened. Diesel errors never leave this crate: they are mapped onto
 //! [`tasktrail_core::StorageError`] kinds.
 //!
@@ -22,7 +26,7 @@ mod codec;
 mod compat;
 #[cfg(test)]
 mod error_text;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod overview;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;
@@ -34,10 +38,12 @@ mod skip;
 mod statement_log;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stats;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod store;
 mod tx;
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -56,6 +62,10 @@ pub use statement_log::StatementLog;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
+#[cfg(all(feature = "mysql", feature = "testing"))]
+pub use mysql::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
+#[cfg(feature = "mysql")]
+pub use mysql::{MysqlConnection, MysqlOptions, MysqlStorage, MYSQL_MIGRATIONS};
 #[cfg(all(feature = "postgres", feature = "testing"))]
 pub use postgres::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
 #[cfg(feature = "postgres")]

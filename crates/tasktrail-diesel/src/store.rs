@@ -10,7 +10,10 @@
 //! differs in kind (SQLite's one writer and flock files, Postgres's row
 //! locks and advisory locks); the decisions in them are core's
 //! (`OwnerRecovery`, `ReportClaim::reports_of`).
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
 
 use std::ops::DerefMut;
 

@@ -3,7 +3,10 @@
 //! [`StorageError`] kind through its dialect's table ([`ErrorDialect`]:
 //! `sqlite/errors.rs` classifies SQLite result codes, `postgres/errors.rs`
 //! Postgres SQLSTATEs).
-#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tasktrail_core::StorageError;

@@ -34,7 +34,7 @@ pub fn test_postgres_url() -> Option<String> {
                 .unwrap_or("a Postgres test")
                 .to_owned();
             assert!(
-                !running_in_ci(),
+                !crate::skip::running_in_ci(),
                 "{test}: {TEST_POSTGRES_URL_VARIABLE} is not set but {CI_VARIABLE} is: \
                  the Postgres tests never skip in CI (point the variable at a server, \
                  e.g. postgres://postgres@127.0.0.1:5432/test)"
@@ -45,14 +45,6 @@ pub fn test_postgres_url() -> Option<String> {
             None
         }
     }
-}
-
-/// Whether [`CI_VARIABLE`] says this is a CI run.
-fn running_in_ci() -> bool {
-    std::env::var(CI_VARIABLE).is_ok_and(|value| {
-        let value = value.trim();
-        !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
-    })
 }
 
 /// A database of its own for one test, dropped (`WITH (FORCE)`) when the
@@ -102,7 +94,7 @@ impl ScratchDatabase {
             .unwrap_or_else(|_| {
                 panic!("cannot create a test database on the {TEST_POSTGRES_URL_VARIABLE} server")
             });
-        let url = with_database(&admin_url, &name);
+        let url = crate::skip::with_database(&admin_url, &name);
         Self {
             admin_url,
             name,
@@ -129,37 +121,5 @@ impl Drop for ScratchDatabase {
                 self.name
             ));
         }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn the_database_name_is_replaced_and_the_query_kept() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/test", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/test?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

@@ -1,0 +1,105 @@
+//! MySQL connections: the blocking Diesel connection over the pure-Rust
+//! client, the settings every session gets, and the statement pool.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{
+    ConnectionManager, CustomizeConnection, NopErrorHandler, Pool, PooledConnection,
+};
+use diesel::Connection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::AsyncMysqlConnection;
+use tasktrail_core::StorageError;
+
+use super::errors::{connection_error, pool_error};
+use super::MysqlOptions;
+use crate::secrets::Secrets;
+use crate::statement_log::StatementLog;
+
+/// The blocking Diesel connection this backend runs its statements on:
+/// `mysql_async` (pure Rust) under diesel-async, driven from sync code.
+pub type MysqlConnection = AsyncConnectionWrapper<AsyncMysqlConnection>;
+
+pub(super) type MysqlPool = Pool<ConnectionManager<MysqlConnection>>;
+
+/// A connection checked out of a store's pool.
+pub(crate) type Pooled = PooledConnection<ConnectionManager<MysqlConnection>>;
+
+/// What every session of this backend runs first. `READ COMMITTED`: a
+/// plain read and a locking read in one transaction see the same committed
+/// rows (InnoDB's default, `REPEATABLE READ`, would show a plain read the
+/// snapshot of the transaction's first read). UTC for the session, so
+/// `NOW()` typed by an operator agrees with the stored times. English
+/// server messages: the error table reads them (`errors.rs`). Strict mode:
+/// a value that does not fit is refused, never truncated.
+pub(super) const SESSION_SETTINGS: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+     SET time_zone = '+00:00'; \
+     SET lc_messages = 'en_US'; \
+     SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION')";
+
+/// A new connection to `url` with [`SESSION_SETTINGS`] applied and the
+/// statement log attached.
+pub(super) fn establish(
+    url: &str,
+    secrets: &Secrets,
+    statement_log: Option<&StatementLog>,
+) -> Result<MysqlConnection, StorageError> {
+    let mut connection =
+        MysqlConnection::establish(url).map_err(|error| connection_error(&error, secrets))?;
+    configure(&mut connection, statement_log).map_err(super::map_error)?;
+    Ok(connection)
+}
+
+fn configure(
+    connection: &mut MysqlConnection,
+    statement_log: Option<&StatementLog>,
+) -> diesel::QueryResult<()> {
+    connection.batch_execute(SESSION_SETTINGS)?;
+    if let Some(log) = statement_log {
+        connection.set_instrumentation(log.instrumentation());
+    }
+    Ok(())
+}
+
+/// Applies [`SESSION_SETTINGS`] and the statement log to each pooled
+/// connection.
+#[derive(Debug)]
+struct OnAcquire {
+    statement_log: Option<StatementLog>,
+}
+
+impl CustomizeConnection<MysqlConnection, diesel::r2d2::Error> for OnAcquire {
+    fn on_acquire(&self, connection: &mut MysqlConnection) -> Result<(), diesel::r2d2::Error> {
+        configure(connection, self.statement_log.as_ref()).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The store's statement pool. Connections are made when first needed
+/// (a server that is down fails the statement, not the open).
+pub(super) fn pool(url: &str, options: &MysqlOptions, _secrets: &Secrets) -> MysqlPool {
+    Pool::builder()
+        .max_size(options.pool_size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(options.connection_timeout)
+        // A connection the server closed is found broken when it is handed
+        // back (r2d2 asks `is_broken`) and replaced.
+        .test_on_check_out(false)
+        // r2d2 would log connection errors (which may name the host)
+        // through `log`; they are returned, redacted, instead.
+        .error_handler(Box::new(NopErrorHandler))
+        .connection_customizer(Box::new(OnAcquire {
+            statement_log: options.statement_log.clone(),
+        }))
+        .build_unchecked(ConnectionManager::new(url))
+}
+
+/// A pooled connection, waiting at most `timeout`.
+pub(super) fn checkout(
+    pool: &MysqlPool,
+    secrets: &Secrets,
+    timeout: Duration,
+) -> Result<Pooled, StorageError> {
+    pool.get_timeout(timeout)
+        .map_err(|error| pool_error(&error, secrets))
+}

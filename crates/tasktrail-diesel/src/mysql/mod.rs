@@ -1,0 +1,232 @@
+//! The MySQL / MariaDB backend: one database shared by workers on many
+//! hosts, like Postgres, by MySQL's own means. The design is documented on
+//! [`MysqlStorage`].
+
+mod connection;
+mod errors;
+mod liveness;
+mod locks;
+mod migrations;
+mod overview;
+mod rows;
+mod schema;
+#[cfg(feature = "testing")]
+mod scratch;
+mod statements;
+mod store;
+mod sweep;
+
+#[cfg(feature = "testing")]
+pub use scratch::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
+
+use std::fmt;
+use std::time::Duration;
+
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use tasktrail_core::StorageError;
+
+pub use connection::MysqlConnection;
+use connection::{MysqlPool, Pooled};
+pub(crate) use errors::map_error;
+use liveness::LivenessSession;
+
+use crate::secrets::Secrets;
+use crate::statement_log::StatementLog;
+
+/// The MySQL migrations, embedded at build time from `migrations/mysql`.
+pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/mysql");
+
+/// How a [`MysqlStorage`] connects.
+#[derive(Debug, Clone)]
+pub struct MysqlOptions {
+    /// How many pooled connections the store may hold (besides its
+    /// liveness session). A worker needs about its concurrency plus one.
+    pub pool_size: u32,
+    /// How long to wait for a connection (to the server, or out of the
+    /// pool) before failing with [`StorageError::Unavailable`].
+    pub connection_timeout: Duration,
+    /// Counts the INSERTs this store issues (tests).
+    pub statement_log: Option<StatementLog>,
+}
+
+impl Default for MysqlOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            connection_timeout: Duration::from_secs(5),
+            statement_log: None,
+        }
+    }
+}
+
+impl MysqlOptions {
+    /// These options with a statement log attached.
+    pub fn with_statement_log(mut self, log: StatementLog) -> Self {
+        self.statement_log = Some(log);
+        self
+    }
+}
+
+/// A [`tasktrail_core::Storage`] on one MySQL 8.0.16+ or MariaDB 10.6+
+/// database, shared by workers on many hosts (tested on MariaDB 10.11).
+///
+/// # Connections
+///
+/// The client is pure Rust: Diesel's query builder over `mysql_async`,
+/// through diesel-async's `AsyncConnectionWrapper`, which gives the sync
+/// `Storage` a blocking Diesel connection (each connection drives its
+/// socket on its own single-threaded tokio runtime, or on the caller's
+/// runtime from `spawn_blocking`). The store holds an r2d2 pool of such
+/// connections for its statements, plus one dedicated *liveness session*,
+/// never pooled, that runs the migrations, registers workers, writes their
+/// heartbeats and holds one named lock (`GET_LOCK`) per worker registered
+/// through the store ([`MysqlStorage::worker_lock_name`]) for as long as the
+/// store lives. Every connection reads `READ COMMITTED` (as Postgres does:
+/// a locking read and a plain read in one transaction see the same
+/// committed rows), keeps the server's found-rows flag (an `UPDATE` reports
+/// the rows it matched, changed or not, so a heartbeat that writes the same
+/// microsecond still counts as done) and asks for English server messages
+/// (`lc_messages`, which the error table reads).
+///
+/// # Liveness across hosts
+///
+/// As on Postgres, the store gathers the facts and the caller's
+/// [`LivenessJudge`](tasktrail_core::backend::LivenessJudge) decides:
+///
+/// - **The `workers` row**, with its `state`.
+/// - **Its silence, on the database's clock**: heartbeats are written as
+///   `GREATEST(heartbeat_at, UTC_TIMESTAMP(6))` by the server, and the
+///   silence is the server's `UTC_TIMESTAMP(6)` read once the owners' rows
+///   are locked, minus `heartbeat_at`. No host's clock is compared with
+///   another's.
+/// - **Its lock**: for each `alive` owner registered with its lock
+///   (`workers.liveness_lock = 'named_lock'`), the sweep asks
+///   `IS_USED_LOCK(name)` without taking it. The server releases a named
+///   lock when the session holding it ends (a crashed worker's socket
+///   closes), so a free lock means the owner's session is gone. A free lock
+///   comes with how long this store's liveness session has been connected
+///   without a break: after a server restart or a reconnect every lock is
+///   free until its owner reconnects and takes it back, so the policy reads
+///   no free lock as death before a grace has passed.
+///
+/// # Exactly-once recovery
+///
+/// The sweep is one InnoDB transaction that locks, in this order, the
+/// `workers` rows of the owners of `running` rows (`FOR UPDATE`, in id
+/// order, so concurrent sweeps queue on an owner instead of both judging
+/// it), then the `running` rows themselves (`FOR UPDATE SKIP LOCKED`), and
+/// changes only rows it holds. MariaDB has no `UPDATE … RETURNING`: the
+/// rows a sweep interrupts are exactly the rows it locked (nobody else can
+/// change them before it commits), and it checks that the `UPDATE` matched
+/// every one of them.
+///
+/// # Finishes without `RETURNING`
+///
+/// A finish is one `UPDATE … WHERE id AND status = 'running' AND
+/// worker_id`; with the found-rows flag, one matched row means the finish
+/// landed, none means it was refused (then the row is read to say why).
+pub struct MysqlStorage {
+    pool: MysqlPool,
+    liveness: LivenessSession,
+    connection_timeout: Duration,
+    shown_url: String,
+    secrets: Secrets,
+    statement_log: Option<StatementLog>,
+}
+
+impl fmt::Debug for MysqlStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MysqlStorage")
+            .field("url", &self.shown_url)
+            .field("pool_size", &self.pool.max_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlStorage {
+    /// Connects to the database at `url`
+    /// (`mysql://user:password@host:port/database`) with default options and
+    /// applies pending migrations.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        Self::open_with(url, MysqlOptions::default())
+    }
+
+    /// Connects and applies pending migrations.
+    ///
+    /// Fails with [`StorageError::Unavailable`] when the server cannot be
+    /// reached, [`StorageError::AccessDenied`] when it refuses the login or
+    /// has no such database; refuses ([`StorageError::Incompatible`]) a
+    /// database that holds tables but is not a tasktrail one, and one
+    /// migrated by a newer tasktrail. No error text ever contains the URL's
+    /// password.
+    pub fn open_with(url: &str, options: MysqlOptions) -> Result<Self, StorageError> {
+        let store = Self::open_unmigrated(url, &options)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects for reading only (`list`, `show`, `sessions`, `recover
+    /// --dry-run`): never migrates and runs no DDL. A database that needs a
+    /// migration is refused ([`StorageError::Incompatible`]).
+    pub fn open_read_only(url: &str, options: &MysqlOptions) -> Result<Self, StorageError> {
+        let store = Self::open_unmigrated(url, options)?;
+        store.refuse_pending_migrations()?;
+        Ok(store)
+    }
+
+    /// Connects without running migrations. Still refuses a database that
+    /// is not ours.
+    pub fn open_unmigrated(url: &str, options: &MysqlOptions) -> Result<Self, StorageError> {
+        let secrets = Secrets::of(url);
+        let liveness = LivenessSession::connect(
+            url.to_owned(),
+            secrets.clone(),
+            options.statement_log.clone(),
+            options.connection_timeout,
+        )?;
+        let pool = connection::pool(url, options, &secrets);
+        let store = Self {
+            pool,
+            liveness,
+            connection_timeout: options.connection_timeout,
+            shown_url: secrets.redacted(),
+            secrets,
+            statement_log: options.statement_log.clone(),
+        };
+        store
+            .liveness
+            .run(|connection, _| migrations::ensure_ours(connection))?;
+        Ok(store)
+    }
+
+    /// A pooled connection.
+    pub(crate) fn pooled(&self) -> Result<Pooled, StorageError> {
+        connection::checkout(&self.pool, &self.secrets, self.connection_timeout)
+    }
+
+    /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
+    /// operators' one-off repairs). Fails only if no connection can be had.
+    pub fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut MysqlConnection) -> T,
+    ) -> Result<T, StorageError> {
+        let mut connection = self.pooled()?;
+        Ok(f(&mut connection))
+    }
+
+    /// The statement log this store was opened with.
+    pub fn statement_log(&self) -> Option<&StatementLog> {
+        self.statement_log.as_ref()
+    }
+
+    /// The URL this store connects to, with its password replaced by `***`.
+    pub fn redacted_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// How long this store has been able to watch liveness locks without a
+    /// break: its liveness session's age.
+    pub(crate) fn watched_for(&self) -> Duration {
+        self.liveness.connected_for()
+    }
+}

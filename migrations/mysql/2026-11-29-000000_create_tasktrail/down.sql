@@ -1,0 +1,4 @@
+DROP TABLE recovery_reports;
+DROP TABLE claude_sdk_sessions;
+DROP TABLE workers;
+DROP TABLE task_history;
