@@ -7,7 +7,10 @@
 //! - `postgres://user:password@host:port/database` (or `postgresql://`): the
 //!   Postgres backend, when built with the `postgres` feature;
 //! - a libpq key/value string starting with a libpq keyword
-//!   (`host=db user=app password=... dbname=trail`): Postgres too.
+//!   (`host=db user=app password=... dbname=trail`): Postgres too;
+//! - `mysql://user:password@host:port/database` (or `mariadb://`, read as
+//!   `mysql://`): the MySQL / MariaDB backend, when built with the `mysql`
+//!   feature.
 //!
 //! A URL's password never appears in an error or a `Display`: it prints as
 //! `***`, in every form libpq accepts (`user:pw@`, `?password=`,
@@ -33,6 +36,9 @@ pub enum DatabaseUrl {
     /// A Postgres connection URL (kept whole; shown with its password
     /// redacted).
     Postgres(String),
+    /// A MySQL / MariaDB connection URL, `mysql://` (kept whole; shown with
+    /// its password redacted).
+    Mysql(String),
 }
 
 /// A database URL that could not be used.
@@ -42,8 +48,9 @@ pub enum DatabaseUrlError {
     /// Empty, or only whitespace.
     #[error("database URL is empty")]
     Empty,
-    /// A scheme other than `sqlite`, `postgres` or `postgresql`.
-    #[error("database URL has unsupported scheme {scheme:?} (use a file path, sqlite://PATH or postgres://...)")]
+    /// A scheme other than `sqlite`, `postgres`, `postgresql`, `mysql` or
+    /// `mariadb`.
+    #[error("database URL has unsupported scheme {scheme:?} (use a file path, sqlite://PATH, postgres://... or mysql://...)")]
     UnsupportedScheme {
         /// The scheme.
         scheme: String,
@@ -70,10 +77,16 @@ pub enum DatabaseUrlError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A MySQL URL that is malformed (no host, no database, spaces...).
+    #[error("mysql URL is malformed: {reason}")]
+    MalformedMysql {
+        /// What is wrong (never the password).
+        reason: &'static str,
+    },
     /// The binary was built without the backend the URL asks for.
     #[error("this tasktrail was built without the {backend} backend (enable the `{backend}` cargo feature)")]
     BackendNotBuilt {
-        /// `sqlite` or `postgres`.
+        /// `sqlite`, `postgres` or `mysql`.
         backend: &'static str,
     },
 }
@@ -139,6 +152,7 @@ impl DatabaseUrl {
                 }
                 Ok(DatabaseUrl::Postgres(input.to_owned()))
             }
+            "mysql" | "mariadb" => mysql_url(rest),
             other => Err(DatabaseUrlError::UnsupportedScheme {
                 scheme: other.chars().take(32).collect(),
             }),
@@ -149,9 +163,33 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgres(url) => redact_password(url),
+            DatabaseUrl::Postgres(url) | DatabaseUrl::Mysql(url) => redact_password(url),
         }
     }
+}
+
+/// `mysql://USER[:PASSWORD]@HOST[:PORT]/DB[?params]` (`rest` is what follows
+/// the scheme): a host and a database are required; kept as `mysql://`.
+fn mysql_url(rest: &str) -> Result<DatabaseUrl, DatabaseUrlError> {
+    let malformed = |reason| Err(DatabaseUrlError::MalformedMysql { reason });
+    if password_needs_encoding(rest) {
+        return malformed("its user or password holds '/', '?' or '#': percent-encode them");
+    }
+    if rest.contains(' ') {
+        return malformed("it holds spaces");
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.is_empty() {
+        return malformed("it names no host");
+    }
+    let database = path.split('?').next().unwrap_or_default();
+    if database.is_empty() {
+        return malformed("it names no database (mysql://USER@HOST/DATABASE)");
+    }
+    Ok(DatabaseUrl::Mysql(format!("mysql://{rest}")))
 }
 
 /// `app:pa/ss@host/db`: a password (or user) holding a character that ends
@@ -265,6 +303,15 @@ impl OpenOptions {
         self
     }
 
+    #[cfg(feature = "mysql")]
+    fn mysql(&self) -> tasktrail_diesel::MysqlOptions {
+        let defaults = tasktrail_diesel::MysqlOptions::default();
+        tasktrail_diesel::MysqlOptions {
+            pool_size: self.pool_size.unwrap_or(defaults.pool_size),
+            ..defaults
+        }
+    }
+
     #[cfg(feature = "postgres")]
     fn postgres(&self) -> tasktrail_diesel::PostgresOptions {
         let defaults = tasktrail_diesel::PostgresOptions::default();
@@ -286,6 +333,9 @@ pub enum AnyStorage {
     /// Postgres.
     #[cfg(feature = "postgres")]
     Postgres(tasktrail_diesel::PostgresStorage),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    Mysql(tasktrail_diesel::MysqlStorage),
 }
 
 /// Why a database could not be opened.
@@ -311,7 +361,7 @@ pub enum OpenError {
 /// [`OpenError::Storage`] with the URL redacted, a backend this binary was
 /// built without [`DatabaseUrlError::BackendNotBuilt`].
 macro_rules! for_url {
-    ($url:expr, $ok:ty, |$path:ident| $sqlite:expr, |$postgres_url:ident| $postgres:expr) => {{
+    ($url:expr, $ok:ty, |$path:ident| $sqlite:expr, |$postgres_url:ident| $postgres:expr, |$mysql_url:ident| $mysql:expr) => {{
         let url: &DatabaseUrl = $url;
         let result: Result<$ok, StorageError> = match url {
             #[cfg(feature = "sqlite")]
@@ -329,6 +379,12 @@ macro_rules! for_url {
                 }
                 .into())
             }
+            #[cfg(feature = "mysql")]
+            DatabaseUrl::Mysql($mysql_url) => $mysql,
+            #[cfg(not(feature = "mysql"))]
+            DatabaseUrl::Mysql(_) => {
+                return Err(DatabaseUrlError::BackendNotBuilt { backend: "mysql" }.into())
+            }
         };
         result.map_err(|error| OpenError::Storage {
             url: url.redacted(),
@@ -345,8 +401,10 @@ macro_rules! with_store {
             AnyStorage::Sqlite($store) => $body,
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres($store) => $body,
+            #[cfg(feature = "mysql")]
+            AnyStorage::Mysql($store) => $body,
             // Built with no backend: there is no store to have.
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
             _ => match *$self {},
         }
     };
@@ -355,7 +413,7 @@ macro_rules! with_store {
 // Built with no backend, the methods' arguments go unused and every URL
 // is refused before a store could answer.
 #[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres")),
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
     allow(unused_variables, unreachable_code)
 )]
 impl AnyStorage {
@@ -396,7 +454,9 @@ impl AnyStorage {
                 postgres_url,
                 &options.postgres()
             )
-            .map(AnyStorage::Postgres)
+            .map(AnyStorage::Postgres),
+            |mysql_url| tasktrail_diesel::MysqlStorage::open_read_only(mysql_url, &options.mysql())
+                .map(AnyStorage::Mysql)
         )
     }
 
@@ -421,7 +481,9 @@ impl AnyStorage {
                 postgres_url,
                 &options.postgres()
             )
-            .map(AnyStorage::Postgres)
+            .map(AnyStorage::Postgres),
+            |mysql_url| tasktrail_diesel::MysqlStorage::open_unmigrated(mysql_url, &options.mysql())
+                .map(AnyStorage::Mysql)
         )
     }
 
@@ -436,7 +498,8 @@ impl AnyStorage {
             url,
             Vec<String>,
             |path| tasktrail_diesel::SqliteStorage::adopt(path, &Default::default()),
-            |postgres_url| tasktrail_diesel::PostgresStorage::adopt(postgres_url)
+            |postgres_url| tasktrail_diesel::PostgresStorage::adopt(postgres_url),
+            |mysql_url| tasktrail_diesel::MysqlStorage::adopt(mysql_url)
         )
     }
 
@@ -493,8 +556,10 @@ impl AnyStorage {
                 };
                 format!("{pooler}, liveness by {}", store.liveness_mode())
             }
+            #[cfg(feature = "mysql")]
+            AnyStorage::Mysql(_) => "mysql, liveness by named lock".to_owned(),
             // Built with no backend: there is no store to have.
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
             _ => match *self {},
         }
     }
@@ -524,6 +589,8 @@ impl AnyStorage {
             AnyStorage::Sqlite(store) => std::sync::Arc::new(store),
             #[cfg(feature = "postgres")]
             AnyStorage::Postgres(store) => std::sync::Arc::new(store),
+            #[cfg(feature = "mysql")]
+            AnyStorage::Mysql(store) => std::sync::Arc::new(store),
         }
     }
 

@@ -85,6 +85,8 @@ pub use tasktrail_diesel::{
 };
 #[cfg(feature = "sqlite")]
 pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
+#[cfg(feature = "mysql")]
+pub use tasktrail_diesel::{MysqlOptions, MysqlStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError, OpenOptions};
 pub use runtime::{
@@ -106,6 +108,8 @@ pub mod testing {
     pub use tasktrail_diesel::{
         test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,
     };
+    #[cfg(feature = "mysql")]
+    pub use tasktrail_diesel::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
 }
 
 /// What a server imports: the worker, the task typestate, its inputs and
@@ -122,6 +126,8 @@ pub mod prelude {
         StorageError, StorageExt, Task, TaskFilter, TaskId, TaskRecord, TaskSpec, TaskSpecInput,
         TaskStatus,
     };
+    #[cfg(feature = "mysql")]
+    pub use tasktrail_diesel::MysqlStorage;
     #[cfg(feature = "postgres")]
     pub use tasktrail_diesel::PostgresStorage;
     #[cfg(feature = "sqlite")]

@@ -26,7 +26,8 @@ use tasktrail::{
 #[derive(Debug, Parser)]
 #[command(name = "tasktrail", version, about, long_about = None)]
 struct Cli {
-    /// Database: a file path, sqlite://PATH, or postgres://USER@HOST/DB.
+    /// Database: a file path, sqlite://PATH, postgres://USER@HOST/DB, or
+    /// mysql://USER@HOST/DB.
     #[arg(
         long,
         global = true,

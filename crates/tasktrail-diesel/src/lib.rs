@@ -30,7 +30,7 @@ mod error_text;
 mod overview;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod prune;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod raw;
 mod secrets;
 #[cfg(feature = "testing")]

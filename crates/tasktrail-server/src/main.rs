@@ -32,8 +32,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 #[derive(Debug, Parser)]
 #[command(name = "tasktrail-server", version)]
 struct Args {
-    /// The database: a SQLite path, sqlite://PATH, postgres://..., or
-    /// memory: (in-memory, gone when the server exits).
+    /// The database: a SQLite path, sqlite://PATH, postgres://...,
+    /// mysql://..., or memory: (in-memory, gone when the server exits).
     #[arg(long, default_value = "tasktrail.db")]
     db: String,
     /// Postgres behind a transaction pooler (`?tasktrail_pooler=transaction`):

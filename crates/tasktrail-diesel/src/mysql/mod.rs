@@ -8,6 +8,7 @@ mod liveness;
 mod locks;
 mod migrations;
 mod overview;
+mod raw;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]
