@@ -482,8 +482,11 @@ impl AnyStorage {
                 &options.postgres()
             )
             .map(AnyStorage::Postgres),
-            |mysql_url| tasktrail_diesel::MysqlStorage::open_unmigrated(mysql_url, &options.mysql())
-                .map(AnyStorage::Mysql)
+            |mysql_url| tasktrail_diesel::MysqlStorage::open_unmigrated(
+                mysql_url,
+                &options.mysql()
+            )
+            .map(AnyStorage::Mysql)
         )
     }
 

@@ -83,10 +83,10 @@ pub use tasktrail_core::*;
 pub use tasktrail_diesel::{
     LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER,
 };
-#[cfg(feature = "sqlite")]
-pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 #[cfg(feature = "mysql")]
 pub use tasktrail_diesel::{MysqlOptions, MysqlStorage};
+#[cfg(feature = "sqlite")]
+pub use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 pub use database::{AnyStorage, DatabaseUrl, DatabaseUrlError, OpenError, OpenOptions};
 pub use runtime::{
@@ -104,12 +104,12 @@ pub mod testing {
     pub use tasktrail_core::conformance_tests;
     pub use tasktrail_core::intercept::{InterceptedStorage, StorageCall};
     pub use tasktrail_diesel::{report_skipped_test, StatementLog};
+    #[cfg(feature = "mysql")]
+    pub use tasktrail_diesel::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
     #[cfg(feature = "postgres")]
     pub use tasktrail_diesel::{
         test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,
     };
-    #[cfg(feature = "mysql")]
-    pub use tasktrail_diesel::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
 }
 
 /// What a server imports: the worker, the task typestate, its inputs and

@@ -28,7 +28,7 @@ mod compat;
 mod error_text;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod overview;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod raw;
@@ -36,7 +36,7 @@ mod secrets;
 #[cfg(feature = "testing")]
 mod skip;
 mod statement_log;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod stats;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod store;

@@ -8,12 +8,14 @@ mod liveness;
 mod locks;
 mod migrations;
 mod overview;
+mod prune;
 mod raw;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]
 mod scratch;
 mod statements;
+mod stats;
 mod store;
 mod sweep;
 
