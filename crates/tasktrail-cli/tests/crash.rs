@@ -1,6 +1,8 @@
 //! Real crash tests (issue 3, "Real crash tests"): the real `tasktrail worker`
-//! SIGKILLed at random moments on a SQLite file, several workers on one file
-//! at once, and a late finish racing a recovery sweep.
+//! SIGKILLed at random moments on a SQLite file (and, with the `mysql`
+//! feature, on a MariaDB/MySQL database named by `TASKTRAIL_TEST_MYSQL_URL`),
+//! several workers on one file at once, and a late finish racing a recovery
+//! sweep.
 //!
 //! Every check reads the database itself through the library.
 //! `TASKTRAIL_CRASH_ITERATIONS` (default 12) sets how many kills the first
@@ -134,7 +136,7 @@ impl Printed {
 }
 
 impl Worker {
-    fn spawn(db: &Path, args: &[&str]) -> Self {
+    fn spawn(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
             .arg("--db")
             .arg(db)
@@ -238,8 +240,37 @@ fn open(db: &Path) -> SqliteStorage {
     SqliteStorage::open(db).expect("open the database")
 }
 
+/// A store the trials read back, with the two questions asked of its
+/// tables directly (the same SQL on every backend: [`duplicates_on`],
+/// [`owed_on`]).
+trait Trail: Storage {
+    /// `task_history` ids that occur more than once.
+    fn duplicated_ids(&self) -> Vec<(String, i64)>;
+    /// The tasks whose `[recovery]` report is still owed.
+    fn owed_reports(&self) -> BTreeSet<TaskId>;
+}
+
+impl Trail for SqliteStorage {
+    fn duplicated_ids(&self) -> Vec<(String, i64)> {
+        self.with_connection(duplicates_on)
+    }
+    fn owed_reports(&self) -> BTreeSet<TaskId> {
+        self.with_connection(owed_on)
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Trail for tasktrail::MysqlStorage {
+    fn duplicated_ids(&self) -> Vec<(String, i64)> {
+        self.with_connection(duplicates_on).expect("a connection")
+    }
+    fn owed_reports(&self) -> BTreeSet<TaskId> {
+        self.with_connection(owed_on).expect("a connection")
+    }
+}
+
 /// Every row, by id, after checking ids are unique both ways.
-fn all_rows(storage: &SqliteStorage) -> BTreeMap<TaskId, TaskRecord> {
+fn all_rows(storage: &impl Trail) -> BTreeMap<TaskId, TaskRecord> {
     let rows = storage
         .list_tasks(&TaskFilter::default())
         .expect("list_tasks");
@@ -247,9 +278,9 @@ fn all_rows(storage: &SqliteStorage) -> BTreeMap<TaskId, TaskRecord> {
     let by_id: BTreeMap<TaskId, TaskRecord> = rows.into_iter().map(|row| (row.id, row)).collect();
     assert_eq!(by_id.len(), count, "list_tasks returned a duplicated id");
     assert!(
-        duplicated_ids(storage).is_empty(),
+        storage.duplicated_ids().is_empty(),
         "duplicate ids in task_history: {:?}",
-        duplicated_ids(storage)
+        storage.duplicated_ids()
     );
     by_id
 }
@@ -262,19 +293,21 @@ struct Duplicate {
     copies: i64,
 }
 
-/// `task_history` ids that occur more than once, asked of SQLite directly
-/// (the primary key should make this impossible; the test does not trust it).
-fn duplicated_ids(storage: &SqliteStorage) -> Vec<(String, i64)> {
-    storage.with_connection(|connection| {
-        diesel::sql_query(
-            "SELECT id, COUNT(*) AS copies FROM task_history GROUP BY id HAVING COUNT(*) > 1",
-        )
-        .load::<Duplicate>(connection)
-        .expect("duplicate query")
-        .into_iter()
-        .map(|d| (d.id, d.copies))
-        .collect()
-    })
+/// `task_history` ids that occur more than once, asked of the database
+/// directly (the primary key should make this impossible; the test does
+/// not trust it).
+fn duplicates_on<C: diesel::Connection>(connection: &mut C) -> Vec<(String, i64)>
+where
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, Duplicate>,
+{
+    diesel::sql_query(
+        "SELECT id, COUNT(*) AS copies FROM task_history GROUP BY id HAVING COUNT(*) > 1",
+    )
+    .load::<Duplicate>(connection)
+    .expect("duplicate query")
+    .into_iter()
+    .map(|d| (d.id, d.copies))
+    .collect()
 }
 
 #[derive(QueryableByName)]
@@ -284,16 +317,17 @@ struct Owed {
 }
 
 /// The tasks whose `[recovery]` report is still owed (its sweeper has not
-/// confirmed it), asked of SQLite directly.
-fn owed_reports(storage: &SqliteStorage) -> BTreeSet<TaskId> {
-    storage.with_connection(|connection| {
-        diesel::sql_query("SELECT task_id FROM recovery_reports WHERE reported_at IS NULL")
-            .load::<Owed>(connection)
-            .expect("owed reports query")
-            .into_iter()
-            .map(|owed| owed.task_id.parse().expect("a task id"))
-            .collect()
-    })
+/// confirmed it), asked of the database directly.
+fn owed_on<C: diesel::Connection>(connection: &mut C) -> BTreeSet<TaskId>
+where
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, Owed>,
+{
+    diesel::sql_query("SELECT task_id FROM recovery_reports WHERE reported_at IS NULL")
+        .load::<Owed>(connection)
+        .expect("owed reports query")
+        .into_iter()
+        .map(|owed| owed.task_id.parse().expect("a task id"))
+        .collect()
 }
 
 /// Interrupted rows carry no run data and name who interrupted them; other
@@ -326,7 +360,7 @@ fn assert_row_shape(row: &TaskRecord) {
 }
 
 fn assert_sessions_of_interrupted_tasks_invalidated(
-    storage: &SqliteStorage,
+    storage: &impl Storage,
     rows: &BTreeMap<TaskId, TaskRecord>,
 ) {
     for session in storage.list_sessions().expect("list_sessions") {
@@ -360,10 +394,33 @@ enum Landing {
 
 #[test]
 fn sigkill_at_random_moments_never_loses_or_duplicates_a_row() {
-    let began = Instant::now();
-    let mut rng = XorShift::new(seed("sigkill_at_random_moments"));
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("crash.db");
+    sigkill_trials("sigkill_at_random_moments", db.as_os_str(), || open(&db));
+}
+
+/// The same trials on MariaDB/MySQL: the victims, the orphaners and the
+/// booting worker are the real binary on a fresh database of the server
+/// `TASKTRAIL_TEST_MYSQL_URL` names (a visible skip without it, a failure
+/// under CI).
+#[cfg(feature = "mysql")]
+#[test]
+fn sigkill_at_random_moments_never_loses_or_duplicates_a_row_on_mysql() {
+    let Some(database) = tasktrail::testing::ScratchMysqlDatabase::create() else {
+        return;
+    };
+    let url = database.url().to_owned();
+    sigkill_trials("sigkill_at_random_moments_on_mysql", url.as_ref(), || {
+        tasktrail::MysqlStorage::open(&url).expect("open the database")
+    });
+}
+
+/// `iterations()` rounds of: maybe leave orphans, start a victim, SIGKILL it
+/// at a random moment, check the database, boot a new worker, check it
+/// recovered and reported exactly what it had to.
+fn sigkill_trials<S: Trail>(test: &str, db: &std::ffi::OsStr, open: impl Fn() -> S) {
+    let began = Instant::now();
+    let mut rng = XorShift::new(seed(test));
 
     // How many `[recovery]` lines named each id, over every worker, ever.
     let mut reports: HashMap<TaskId, u32> = HashMap::new();
@@ -442,7 +499,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_row() {
         outputs.push(victim_printed);
 
         // The database as the next boot finds it.
-        let storage = open(&db);
+        let storage = open();
         let before = all_rows(&storage);
         for printed in &outputs {
             for id in &printed.recovered {
@@ -492,7 +549,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_row() {
         );
 
         // Reports a killed sweeper committed and never confirmed.
-        let owed_before = owed_reports(&storage);
+        let owed_before = storage.owed_reports();
 
         // Boot a new worker: it must recover every running row, once, and
         // deliver every report the killed workers still owed.
@@ -535,7 +592,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_row() {
         );
         reports_taken_over += owed_before.len();
         assert!(
-            owed_reports(&storage).is_empty(),
+            storage.owed_reports().is_empty(),
             "the boot confirmed every report it printed: {context}"
         );
         for (id, row) in &after {
@@ -595,7 +652,7 @@ fn sigkill_at_random_moments_never_loses_or_duplicates_a_row() {
         }
     }
     eprintln!(
-        "sigkill: {} iterations, {} rows, landings {landings:?}, {victim_sweeps_interrupted} row(s) recovered by a victim's own sweep, {reports_taken_over} report(s) taken over from a killed sweeper, {reported_twice} said twice (printed, then killed before confirming), {never_reported} never reported, {:.1?}",
+        "{test}: {} iterations, {} rows, landings {landings:?}, {victim_sweeps_interrupted} row(s) recovered by a victim's own sweep, {reports_taken_over} report(s) taken over from a killed sweeper, {reported_twice} said twice (printed, then killed before confirming), {never_reported} never reported, {:.1?}",
         iterations(),
         previous.len(),
         began.elapsed()
@@ -1011,4 +1068,116 @@ fn a_live_workers_periodic_sweep_recovers_a_sigkilled_neighbour_without_any_boot
     );
     assert_eq!(printed.recovered.len(), 2);
     assert!(storage.running_tasks().expect("running").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// A fleet on MariaDB/MySQL: two workers killed, one alive, three operators'
+// `recover`s at once.
+
+/// The task ids of the `starting` lines a worker printed so far.
+fn started_ids(worker: &Worker) -> BTreeSet<TaskId> {
+    Printed::parse(worker.seen.clone())
+        .starting
+        .into_iter()
+        .collect()
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn on_mysql_three_concurrent_recovers_report_each_orphan_once_and_leave_the_live_worker_alone() {
+    let Some(database) = tasktrail::testing::ScratchMysqlDatabase::create() else {
+        return;
+    };
+    let url = database.url().to_owned();
+    let long_tasks = [
+        "--tasks",
+        "3",
+        "--concurrency",
+        "3",
+        "--task-duration",
+        "10m",
+    ];
+    let mut survivor = Worker::spawn(&url, &long_tasks);
+    survivor.wait_for_starts(3);
+    let survivor_rows = started_ids(&survivor);
+    // Both victims run before either is killed: no victim's boot sweep
+    // finds the other's orphans.
+    let mut victims: Vec<Worker> = (0..2).map(|_| Worker::spawn(&url, &long_tasks)).collect();
+    for victim in &mut victims {
+        victim.wait_for_starts(3);
+    }
+    let mut orphans = BTreeSet::new();
+    for victim in victims {
+        let (status, printed, stderr) = victim.sigkill();
+        assert_eq!(status.signal(), Some(9), "{printed:?} {stderr}");
+        assert!(printed.recovered.is_empty(), "{printed:?}");
+        orphans.extend(printed.starting);
+    }
+    assert_eq!(orphans.len(), 6);
+
+    let barrier = Arc::new(Barrier::new(3));
+    let recovers: Vec<JoinHandle<(ExitStatus, String, String)>> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let output = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+                    .args(["--db", &url, "recover"])
+                    .env_remove("TASKTRAIL_DB")
+                    .env("TASKTRAIL_LOG", "off")
+                    .output()
+                    .expect("run tasktrail recover");
+                (
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout).into_owned(),
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut reported: HashMap<TaskId, u32> = HashMap::new();
+    for recover in recovers {
+        let (status, stdout, stderr) = recover.join().expect("a recover thread");
+        assert_eq!(status.code(), Some(0), "recover failed: {stdout} {stderr}");
+        for line in stdout
+            .lines()
+            .filter(|line| line.starts_with("[recovery] task "))
+        {
+            let id: TaskId = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|word| word.parse().ok())
+                .unwrap_or_else(|| panic!("no task id in {line:?}"));
+            *reported.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        reported.keys().copied().collect::<BTreeSet<_>>(),
+        orphans,
+        "every orphan is reported, and nothing else"
+    );
+    assert!(
+        reported.values().all(|count| *count == 1),
+        "an orphan was reported by two recovers: {reported:?}"
+    );
+
+    let storage = tasktrail::MysqlStorage::open(&url).expect("open the database");
+    let rows = all_rows(&storage);
+    for id in &orphans {
+        assert_eq!(rows[id].status, TaskStatus::Interrupted, "{:?}", rows[id]);
+        assert_row_shape(&rows[id]);
+    }
+    for id in &survivor_rows {
+        assert_eq!(
+            rows[id].status,
+            TaskStatus::Running,
+            "the live worker's row was touched: {:?}",
+            rows[id]
+        );
+    }
+    assert_sessions_of_interrupted_tasks_invalidated(&storage, &rows);
+    assert!(storage.owed_reports().is_empty(), "every report confirmed");
+    let (status, _, stderr) = survivor.sigkill();
+    assert_eq!(status.signal(), Some(9), "{stderr}");
 }

@@ -13,8 +13,12 @@
 --
 -- MySQL commits every DDL statement on its own: this file is not one
 -- transaction as it is on Postgres. `tasktrail migrate` runs it under a
--- named lock so concurrent boots do not race it (docs/operations.md).
-CREATE TABLE task_history (
+-- named lock so concurrent boots do not race it, and every statement is
+-- written to be run again (`IF NOT EXISTS`): a process killed halfway
+-- through leaves tables the next boot's run of this file skips, then
+-- completes (docs/operations.md). Each table, with its indexes and checks,
+-- is one statement.
+CREATE TABLE IF NOT EXISTS task_history (
     id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
     repo VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     issue_number BIGINT NOT NULL,
@@ -53,7 +57,7 @@ CREATE TABLE task_history (
 
 -- heartbeat_at is written with the database's own clock (UTC_TIMESTAMP(6)),
 -- never a worker's: liveness across hosts is judged against one clock.
-CREATE TABLE workers (
+CREATE TABLE IF NOT EXISTS workers (
     id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
     host TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     pid BIGINT NOT NULL,
@@ -71,7 +75,7 @@ CREATE TABLE workers (
     CONSTRAINT workers_liveness_lock_check CHECK (liveness_lock IN ('named_lock'))
 ) ENGINE = InnoDB;
 
-CREATE TABLE claude_sdk_sessions (
+CREATE TABLE IF NOT EXISTS claude_sdk_sessions (
     session_id VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
     task_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     repo VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -85,7 +89,7 @@ CREATE TABLE claude_sdk_sessions (
 ) ENGINE = InnoDB;
 
 -- Hints are never lost: see migrations/postgres/2026-11-27-100000_recovery_reports.
-CREATE TABLE recovery_reports (
+CREATE TABLE IF NOT EXISTS recovery_reports (
     task_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
     cause_kind VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     cause_host TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
