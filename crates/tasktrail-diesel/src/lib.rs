@@ -65,7 +65,7 @@ pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIO
 #[cfg(all(feature = "mysql", feature = "testing"))]
 pub use mysql::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
 #[cfg(feature = "mysql")]
-pub use mysql::{MysqlConnection, MysqlOptions, MysqlStorage, MYSQL_MIGRATIONS};
+pub use mysql::{MysqlConnection, MysqlOptions, MysqlStorage, OwnRuntime, MYSQL_MIGRATIONS};
 #[cfg(all(feature = "postgres", feature = "testing"))]
 pub use postgres::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
 #[cfg(feature = "postgres")]

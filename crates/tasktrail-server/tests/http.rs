@@ -1,5 +1,5 @@
 //! The JSON API over real HTTP on 127.0.0.1 (an ephemeral port), against
-//! the in-memory store, SQLite, and Postgres (with
+//! the in-memory store, SQLite, MySQL/MariaDB (with `TASKTRAIL_TEST_MYSQL_URL`) and Postgres (with
 //! `TASKTRAIL_TEST_POSTGRES_URL`). The server runs in this process so each
 //! store's own INSERT counter can be read.
 
@@ -76,6 +76,27 @@ fn postgres() -> Option<Subject> {
     })
 }
 
+#[cfg(feature = "mysql")]
+fn mysql() -> Option<Subject> {
+    let database = tasktrail_diesel::ScratchMysqlDatabase::create()?;
+    let log = StatementLog::new();
+    let store = tasktrail::MysqlStorage::open_with(
+        database.url(),
+        tasktrail::MysqlOptions {
+            pool_size: 8,
+            ..tasktrail::MysqlOptions::default()
+        }
+        .with_statement_log(log.clone()),
+    )
+    .expect("open mysql");
+    Some(Subject {
+        name: "mysql",
+        storage: Arc::new(store),
+        inserts: Box::new(move |id| log.task_insert_statements(id)),
+        _keep: Box::new(database),
+    })
+}
+
 /// Runs `test` on every configured store.
 fn on_every_store(test: impl Fn(Subject)) {
     test(memory());
@@ -87,6 +108,11 @@ fn on_every_store(test: impl Fn(Subject)) {
             "postgres skipped: {} is not set",
             tasktrail_diesel::TEST_POSTGRES_URL_VARIABLE
         )),
+    }
+    // ScratchMysqlDatabase::create writes its own visible skip line.
+    #[cfg(feature = "mysql")]
+    if let Some(subject) = mysql() {
+        test(subject);
     }
 }
 

@@ -1,7 +1,9 @@
 //! The real `tasktrail-server` binary: SIGKILL with tasks in flight and a
 //! restart on the same SQLite file (every in-flight task `interrupted`,
 //! reported by exactly one `[recovery]` line), and SIGTERM (none left
-//! `running`, exit 0 within 10 s).
+//! `running`, exit 0 within 10 s); both again on MariaDB/MySQL with the
+//! `mysql` feature (a fresh database on the `TASKTRAIL_TEST_MYSQL_URL`
+//! server).
 
 mod common;
 
@@ -14,11 +16,37 @@ fn open(path: &std::path::Path) -> SqliteStorage {
     SqliteStorage::open(path).expect("open sqlite")
 }
 
+/// A fresh MySQL database's URL and a way to open it, or `None` after a
+/// visible skip.
+#[cfg(feature = "mysql")]
+fn mysql() -> Option<(
+    tasktrail_diesel::ScratchMysqlDatabase,
+    impl Fn() -> MysqlStorage,
+)> {
+    let database = tasktrail_diesel::ScratchMysqlDatabase::create()?;
+    let url = database.url().to_owned();
+    Some((database, move || {
+        MysqlStorage::open(&url).expect("open mysql")
+    }))
+}
+
 #[test]
 fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trail.db");
-    let db = path.to_str().expect("utf-8 path");
+    sigkilled_server_then_restart(path.to_str().expect("utf-8 path"), || open(&path));
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot_on_mysql() {
+    let Some((database, open)) = mysql() else {
+        return;
+    };
+    sigkilled_server_then_restart(database.url(), open);
+}
+
+fn sigkilled_server_then_restart<S: Storage>(db: &str, open: impl Fn() -> S) {
     let mut first = ServerProcess::start(db);
     let in_flight: Vec<TaskId> = (1..=3)
         .map(|issue| {
@@ -32,16 +60,12 @@ fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot() {
     let done =
         dispatched_id(&first.request("POST", "/tasks", Some(&dispatch_body(9, 0, "success"))));
     assert!(eventually(Duration::from_secs(20), || {
-        open(&path)
-            .get_task(done)
-            .expect("read")
-            .map(|row| row.status)
-            == Some(TaskStatus::Success)
+        open().get_task(done).expect("read").map(|row| row.status) == Some(TaskStatus::Success)
     }));
     first.signal(9);
     first.child.wait().expect("wait");
     for id in &in_flight {
-        let row = open(&path).get_task(*id).expect("read").expect("row");
+        let row = open().get_task(*id).expect("read").expect("row");
         assert_eq!(
             row.status,
             TaskStatus::Running,
@@ -51,7 +75,7 @@ fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot() {
 
     let mut second = ServerProcess::start(db);
     for id in &in_flight {
-        let row = open(&path).get_task(*id).expect("read").expect("row");
+        let row = open().get_task(*id).expect("read").expect("row");
         assert_eq!(row.status, TaskStatus::Interrupted, "{id}");
         let lines: Vec<String> = second
             .lines()
@@ -72,7 +96,22 @@ fn a_sigkilled_server_s_tasks_are_recovered_once_by_the_next_boot() {
 fn sigterm_interrupts_what_runs_and_exits_zero_within_ten_seconds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trail.db");
-    let mut server = ServerProcess::start(path.to_str().expect("utf-8 path"));
+    sigterm_with_tasks_running(path.to_str().expect("utf-8 path"), || open(&path));
+}
+
+/// On MySQL the server's own store is dropped inside its async `main`
+/// (its connections' runtimes too): it still exits 0, without a panic.
+#[cfg(feature = "mysql")]
+#[test]
+fn sigterm_interrupts_what_runs_and_exits_zero_within_ten_seconds_on_mysql() {
+    let Some((database, open)) = mysql() else {
+        return;
+    };
+    sigterm_with_tasks_running(database.url(), open);
+}
+
+fn sigterm_with_tasks_running<S: Storage>(db: &str, open: impl Fn() -> S) {
+    let mut server = ServerProcess::start(db);
     let ids: Vec<TaskId> = (1..=3)
         .map(|issue| {
             dispatched_id(&server.request(
@@ -91,7 +130,7 @@ fn sigterm_interrupts_what_runs_and_exits_zero_within_ten_seconds() {
         "{:?}",
         asked.elapsed()
     );
-    let store = open(&path);
+    let store = open();
     for id in ids {
         let row = store.get_task(id).expect("read").expect("row");
         assert_eq!(row.status, TaskStatus::Interrupted);
@@ -121,7 +160,7 @@ fn the_in_memory_store_serves_and_bad_arguments_get_one_line_and_a_non_zero_exit
     // A database URL it cannot use: one line on stderr, exit 1, nothing
     // listens.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tasktrail-server"))
-        .args(["--db", "mysql://nowhere/db", "--listen", "127.0.0.1:0"])
+        .args(["--db", "oracle://nowhere/db", "--listen", "127.0.0.1:0"])
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(1));

@@ -18,8 +18,70 @@ use crate::secrets::Secrets;
 use crate::statement_log::StatementLog;
 
 /// The blocking Diesel connection this backend runs its statements on:
-/// `mysql_async` (pure Rust) under diesel-async, driven from sync code.
-pub type MysqlConnection = AsyncConnectionWrapper<AsyncMysqlConnection>;
+/// `mysql_async` (pure Rust) under diesel-async, driven from sync code on
+/// a runtime of its own ([`OwnRuntime`]).
+pub type MysqlConnection = AsyncConnectionWrapper<AsyncMysqlConnection, OwnRuntime>;
+
+/// How a [`MysqlConnection`] runs its I/O: on a current-thread tokio
+/// runtime it owns, whoever calls it. diesel-async's default borrows the
+/// caller's runtime when there is one, and then panics when the sync
+/// `Storage` is called on one of that runtime's worker threads (a tokio
+/// server opening its store in `main`); this one leaves the caller's
+/// runtime for the call instead (`block_in_place` on a multi-thread
+/// runtime, nothing to leave on a `spawn_blocking` thread or outside any
+/// runtime). On a current-thread runtime's own thread the sync `Storage`
+/// cannot block: call it through `spawn_blocking` there (tasktrail's async
+/// `Worker` does). Dropped (with its connection) anywhere, async code
+/// included: it shuts down without waiting.
+#[derive(Debug)]
+pub struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .expect("the runtime is only taken out when the connection is dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        // A runtime dropped the usual way blocks on its blocking pool, which
+        // tokio forbids inside async code (a server dropping its store at
+        // shutdown). This one has no tasks left to wait for: the connection
+        // it drove is gone, its socket closed.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl diesel_async::async_connection_wrapper::BlockOn for OwnRuntime {
+    fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: std::future::Future,
+    {
+        let on_a_worker_of_a_multi_thread_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|caller| {
+                caller.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
+        if on_a_worker_of_a_multi_thread_runtime {
+            tokio::task::block_in_place(|| self.runtime().block_on(future))
+        } else {
+            self.runtime().block_on(future)
+        }
+    }
+
+    fn get_runtime() -> Self {
+        Self(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .expect("a current-thread tokio runtime (an OS thread's I/O driver) can be built"),
+        ))
+    }
+}
 
 pub(super) type MysqlPool = Pool<ConnectionManager<MysqlConnection>>;
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use tasktrail_core::StorageError;
 
-pub use connection::MysqlConnection;
+pub use connection::{MysqlConnection, OwnRuntime};
 use connection::{MysqlPool, Pooled};
 pub(crate) use errors::map_error;
 use liveness::LivenessSession;
