@@ -1318,3 +1318,88 @@ fn a_worker_holding_its_lock_is_never_recovered_however_old_its_heartbeat() {
         Some(TaskStatus::Success)
     );
 }
+
+/// Ends the session holding `worker`'s named lock (`KILL CONNECTION`), as
+/// a server restart or a network reset ends every session: the server
+/// frees the lock, and the store that held it learns of it only when it
+/// next uses that session.
+fn kill_the_session_holding(connection: &mut MysqlConnection, worker: WorkerId) {
+    let holder = diesel::sql_query("SELECT IS_USED_LOCK(?) AS holder")
+        .bind::<Text, _>(MysqlStorage::worker_lock_name(worker))
+        .get_result::<Holder>(connection)
+        .expect("IS_USED_LOCK")
+        .holder
+        .expect("a session holds the lock");
+    diesel::sql_query("KILL CONNECTION ?")
+        .bind::<BigInt, _>(holder)
+        .execute(connection)
+        .expect("kill the session");
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while named_lock_is_held(connection, worker) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived its session"
+        );
+        std::thread::sleep(StdDuration::from_millis(20));
+    }
+}
+
+/// Heartbeats as a worker does, retrying a transient failure (at most
+/// twice).
+fn heartbeat_until_it_lands(worker: &RegisteredWorker, store: &MysqlStorage) {
+    for _ in 0..2 {
+        match worker.heartbeat(store) {
+            Ok(()) => return,
+            Err(error) => assert!(error.is_transient(), "{error:?}"),
+        }
+    }
+    worker.heartbeat(store).expect("heartbeat");
+}
+
+/// Every session ends at once (a server restart, a network reset): the
+/// judge's own liveness session with them, and every lock is free until
+/// its owner's next heartbeat takes it back. A sweep right after, by a
+/// store that has not yet used its session since, must not read the free
+/// lock of a live worker silent past the grace (the outage) as death: its
+/// watch ended with its session. Once the worker's heartbeat took its lock
+/// back, nothing is recovered either.
+#[test]
+fn a_sweep_after_every_session_ended_reads_no_free_lock_as_death() {
+    let database = database_or_skip!();
+    let live_store = database.open();
+    let live = register(&live_store, "host-a", 10);
+    let task = start_and_forget(&live, &live_store, 1);
+    let store = database.open();
+    let sweeper = register(&store, "host-b", 20);
+    let_the_judge_watch_a_grace();
+    let mut admin = database.connect();
+    kill_the_session_holding(&mut admin, live.id());
+    kill_the_session_holding(&mut admin, sweeper.id());
+    // The outage lasted longer than the grace.
+    set_heartbeat(&mut admin, live.id(), -5);
+    let (recovered, noticed) = noticing_sweep(&store, sweeper.id());
+    assert!(
+        recovered.is_empty(),
+        "a sweep whose watch ended read a live worker's free lock as death: {recovered:?}"
+    );
+    assert_eq!(noticed.len(), 1);
+    assert!(
+        matches!(noticed[0].verdict, Liveness::NotYetProvable(_)),
+        "{:?}",
+        noticed[0].verdict
+    );
+    // The live worker's heartbeats reconnect and take its lock back (the
+    // first finds its session gone: a transient failure, retried).
+    heartbeat_until_it_lands(&live, &live_store);
+    assert!(named_lock_is_held(&mut admin, live.id()));
+    set_heartbeat(&mut admin, live.id(), -5);
+    heartbeat_until_it_lands(&sweeper, &store);
+    let_the_judge_watch_a_grace();
+    let (recovered, _) = noticing_sweep(&store, sweeper.id());
+    assert!(recovered.is_empty(), "{recovered:?}");
+    assert_eq!(
+        store.get_task(task).expect("get").map(|row| row.status),
+        Some(TaskStatus::Running)
+    );
+    assert_eq!(worker_states(&store)[&live.id()], WorkerState::Alive);
+}
