@@ -56,15 +56,29 @@ impl LivenessSession {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long the session has been connected without a break (zero while
-    /// it is lost).
+    /// How long the session has been connected without a break, as the
+    /// server answers now: a session the server ended (a restart, a
+    /// network reset, `KILL`) freed every lock with it, but the store
+    /// learns of that only when it next uses the session. So the session is
+    /// pinged; a session that does not answer is dropped (every lock marked
+    /// not held; the next call reconnects) and counts as zero, as does a
+    /// lost one.
     pub(crate) fn connected_for(&self) -> Duration {
-        let state = self.lock();
-        if state.connection.is_some() {
-            state.connected_at.elapsed()
-        } else {
-            Duration::ZERO
+        let mut state = self.lock();
+        let LivenessState {
+            connection,
+            workers,
+            connected_at,
+        } = &mut *state;
+        if connection.as_mut().is_some_and(|live| live.ping().is_ok()) {
+            return connected_at.elapsed();
         }
+        if connection.take().is_some() {
+            for held in workers.values_mut() {
+                *held = false;
+            }
+        }
+        Duration::ZERO
     }
 
     /// Whether `worker` was registered through this store (and is not known

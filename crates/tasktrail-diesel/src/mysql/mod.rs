@@ -108,9 +108,11 @@ impl MysqlOptions {
 ///   lock when the session holding it ends (a crashed worker's socket
 ///   closes), so a free lock means the owner's session is gone. A free lock
 ///   comes with how long this store's liveness session has been connected
-///   without a break: after a server restart or a reconnect every lock is
-///   free until its owner reconnects and takes it back, so the policy reads
-///   no free lock as death before a grace has passed.
+///   without a break, pinged at each sweep (a session the server ended
+///   unnoticed, as a restart or a network reset ends every session, counts
+///   as zero and reconnects): after a server restart or a reconnect every
+///   lock is free until its owner reconnects and takes it back, so the
+///   policy reads no free lock as death before a grace has passed.
 ///
 /// # Exactly-once recovery
 ///
@@ -228,7 +230,11 @@ impl MysqlStorage {
     }
 
     /// How long this store has been able to watch liveness locks without a
-    /// break: its liveness session's age.
+    /// break: its liveness session's age, checked with the server now (a
+    /// session that ended unnoticed, as every session does at a server
+    /// restart, watched nothing: zero). Asked after the sweep's connection
+    /// was checked out, so a restart after this answer ends that
+    /// connection too and the sweep fails instead of judging.
     pub(crate) fn watched_for(&self) -> Duration {
         self.liveness.connected_for()
     }

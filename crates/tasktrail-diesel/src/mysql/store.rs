@@ -183,8 +183,9 @@ impl Storage for MysqlStorage {
         request: &RecoveryRequest,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let mut connection = self.pooled()?;
         let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
+        Self::write_transaction(&mut connection, |connection| {
             Self::sweep(connection, request, judge, watched_by_this_store)
         })
     }
@@ -194,8 +195,9 @@ impl Storage for MysqlStorage {
         claim: &ReportClaim,
         judge: &dyn LivenessJudge,
     ) -> Result<Vec<RecoveredTask>, StorageError> {
+        let mut connection = self.pooled()?;
         let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
+        Self::write_transaction(&mut connection, |connection| {
             Self::claim(connection, claim, judge, watched_by_this_store)
         })
     }
