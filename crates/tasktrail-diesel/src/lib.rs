@@ -26,6 +26,8 @@ mod codec;
 mod compat;
 #[cfg(test)]
 mod error_text;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod liveness;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod overview;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]

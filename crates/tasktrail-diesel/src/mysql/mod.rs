@@ -187,7 +187,7 @@ impl MysqlStorage {
             url.to_owned(),
             secrets.clone(),
             options.statement_log.clone(),
-            options.connection_timeout,
+            std::sync::Arc::new(()),
         )?;
         let pool = connection::pool(url, options, &secrets);
         let store = Self {

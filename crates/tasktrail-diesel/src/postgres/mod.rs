@@ -251,7 +251,7 @@ impl PostgresStorage {
                 liveness_url,
                 secrets.clone(),
                 options.statement_log(),
-                std::sync::Arc::clone(&reach),
+                std::sync::Arc::clone(&reach) as std::sync::Arc<dyn crate::liveness::ReachObserver>,
             )?),
             None => None,
         };
