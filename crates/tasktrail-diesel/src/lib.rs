@@ -33,6 +33,8 @@ mod secrets;
 mod skip;
 mod statement_log;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod statements;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stats;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod store;

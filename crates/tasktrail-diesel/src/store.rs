@@ -20,7 +20,7 @@ use tasktrail_core::backend::{
 };
 use tasktrail_core::{
     Outcome, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, WorkerId, WorkerRecord, WorkerState,
+    TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerState,
 };
 
 use crate::tx::{unique_violation_or, ErrorDialect, TxError};
@@ -69,6 +69,14 @@ pub(crate) trait SqlDialect {
     fn insert_running_if_worker_alive(
         connection: &mut Self::Connection,
         row: &NewRunningRow,
+    ) -> QueryResult<usize>;
+
+    /// `UPDATE workers SET state = 'stopped', stopped_at WHERE id AND state
+    /// = 'alive'`: how many rows it changed.
+    fn mark_stopped_if_alive(
+        connection: &mut Self::Connection,
+        worker: WorkerId,
+        at: Timestamp,
     ) -> QueryResult<usize>;
 
     /// Every `workers` row, oldest registration first.
@@ -128,15 +136,11 @@ pub(crate) trait SqlDialect {
         statuses: &[&'static str],
     ) -> Result<Option<SessionRecord>, StorageError>;
 
-    /// Every session, newest first.
-    fn sessions_newest_first(
+    /// Every session (`task` `None`) or task `task`'s (through the
+    /// `task_id` index), newest first.
+    fn sessions_newest_first_of(
         connection: &mut Self::Connection,
-    ) -> Result<Vec<SessionRecord>, StorageError>;
-
-    /// Task `task`'s sessions, newest first (through the `task_id` index).
-    fn sessions_of_task(
-        connection: &mut Self::Connection,
-        task: TaskId,
+        task: Option<TaskId>,
     ) -> Result<Vec<SessionRecord>, StorageError>;
 
     /// The `task_history` rows matching `filter`, newest first, each
@@ -176,6 +180,24 @@ pub(crate) fn worker_refusal<S: SqlDialect>(
         Ok(Some(_)) => StorageError::WorkerNotAlive { id: worker },
         Err(error) => map::<S>(error),
     }
+}
+
+/// The row half of `Storage::deregister_worker`, in one write
+/// transaction: an unknown worker is [`StorageError::UnknownWorker`]; an
+/// `alive` one becomes `stopped` at `at`; one already `stopped` or `dead`
+/// stays as it is. The backend then lets go of the worker's lock.
+pub(crate) fn mark_worker_stopped<S: SqlDialect>(
+    store: &S,
+    worker: WorkerId,
+    at: Timestamp,
+) -> Result<(), StorageError> {
+    S::write_transaction(&mut *store.hold()?, |connection| {
+        if S::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
+            return Err(StorageError::UnknownWorker { id: worker }.into());
+        }
+        S::mark_stopped_if_alive(connection, worker, at)?;
+        Ok(())
+    })
 }
 
 /// `Storage::insert_running`: one statement, no transaction; a duplicate
@@ -285,7 +307,7 @@ pub(crate) fn list_workers<S: SqlDialect>(store: &S) -> Result<Vec<WorkerRecord>
 
 /// `Storage::list_sessions`.
 pub(crate) fn list_sessions<S: SqlDialect>(store: &S) -> Result<Vec<SessionRecord>, StorageError> {
-    S::sessions_newest_first(&mut *store.hold()?)
+    S::sessions_newest_first_of(&mut *store.hold()?, None)
 }
 
 /// `Storage::list_task_sessions`.
@@ -293,7 +315,7 @@ pub(crate) fn list_task_sessions<S: SqlDialect>(
     store: &S,
     task: TaskId,
 ) -> Result<Vec<SessionRecord>, StorageError> {
-    S::sessions_of_task(&mut *store.hold()?, task)
+    S::sessions_newest_first_of(&mut *store.hold()?, Some(task))
 }
 
 /// `Storage::get_task`.

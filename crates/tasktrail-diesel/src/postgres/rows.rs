@@ -17,6 +17,15 @@ use crate::codec::{
     decode_worker_state, encode_host_identity, recovered_again, CauseColumns, RowLabel,
 };
 
+/// A time as this schema's `timestamptz` columns hold it: to the
+/// microsecond.
+pub(super) use tasktrail_core::truncate_to_micros as stored_time;
+
+/// An id as this schema's `uuid` columns hold it.
+pub(super) fn stored_id(id: &Uuid) -> Uuid {
+    *id
+}
+
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = task_history)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
@@ -45,7 +54,7 @@ pub(super) struct TaskRow {
 
 impl TaskRow {
     /// The task id as stored.
-    pub(super) fn uuid(&self) -> Uuid {
+    pub(super) fn stored_id(&self) -> Uuid {
         self.id
     }
 

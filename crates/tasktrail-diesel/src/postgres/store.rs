@@ -143,23 +143,7 @@ impl Storage for PostgresStorage {
 
     /// Marks the worker `stopped`, then releases its advisory lock.
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        let at = truncate_to_micros(at);
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
-            if Self::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
-                return Err(StorageError::UnknownWorker { id: worker }.into());
-            }
-            diesel::update(
-                workers::table
-                    .find(*worker.as_uuid())
-                    .filter(workers::state.eq(ALIVE)),
-            )
-            .set((
-                workers::state.eq(WorkerState::Stopped.as_str()),
-                workers::stopped_at.eq(at),
-            ))
-            .execute(connection)?;
-            Ok(())
-        })?;
+        crate::store::mark_worker_stopped(self, worker, at)?;
         if let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) {
             // Best effort: if the session is gone, so is the lock.
             let _ = liveness.run(|connection, tracked| {

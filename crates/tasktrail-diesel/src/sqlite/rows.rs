@@ -14,6 +14,15 @@ use crate::codec::{
     encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
 
+/// A time as this schema's TEXT columns hold it: the one form tasktrail
+/// writes (its text order is time order).
+pub(super) use crate::codec::encode_timestamp as stored_time;
+
+/// An id as this schema's TEXT columns hold it: hyphenated, lower case.
+pub(super) fn stored_id(id: &uuid::Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
 /// `workers.liveness_lock` of a worker holding an flock on its lock file.
 pub(super) const FLOCK_LOCK: &str = "flock";
 
@@ -47,6 +56,11 @@ impl TaskRow {
     /// The task id as stored.
     pub(super) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The task id as stored, owned (what `stored_id` makes of it).
+    pub(super) fn stored_id(&self) -> String {
+        self.id.clone()
     }
 
     /// The record, or a `CorruptRow` that names this row.

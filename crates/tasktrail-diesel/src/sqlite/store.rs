@@ -6,14 +6,13 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim, SweepMode};
 use tasktrail_core::{
     RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRegistration,
-    WorkerState,
 };
 
 use super::rows::WorkerRow;
 use super::schema::{recovery_reports, workers};
 use super::SqliteStorage;
 use crate::codec::encode_timestamp;
-use crate::store::{require_alive, SqlDialect, WorkerRead};
+use crate::store::{require_alive, WorkerRead};
 use crate::tx::{unique_violation_or, TxError};
 
 pub(super) fn immediate<T>(
@@ -81,22 +80,7 @@ impl Storage for SqliteStorage {
     /// Marks the worker `stopped`, then releases its lock and removes its
     /// lock file.
     fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        immediate(&mut self.connection(), |connection| {
-            if SqliteStorage::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
-                return Err(StorageError::UnknownWorker { id: worker }.into());
-            }
-            diesel::update(
-                workers::table
-                    .find(worker.to_string())
-                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
-            )
-            .set((
-                workers::state.eq(WorkerState::Stopped.as_str()),
-                workers::stopped_at.eq(encode_timestamp(at)),
-            ))
-            .execute(connection)?;
-            Ok(())
-        })?;
+        crate::store::mark_worker_stopped(self, worker, at)?;
         self.drop_worker_lock(worker);
         Ok(())
     }
