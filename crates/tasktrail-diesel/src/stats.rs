@@ -1,8 +1,10 @@
 //! The operator's figures (`tasktrail stats`), computed in the database:
-//! each backend runs four aggregate queries in one read-only transaction
-//! (one snapshot) and this module turns their rows into a
+//! four aggregate queries in one read-only transaction (one snapshot),
+//! run here ([`stats`]) and their rows turned into a
 //! [`TaskStats`](tasktrail_core::TaskStats). Nothing loads the history row
-//! by row: counts are `GROUP BY`s, percentiles are ranked in SQL.
+//! by row: counts are `GROUP BY`s, percentiles are ranked in SQL. A backend
+//! supplies [`StatsStatements`]: its read transaction, the three
+//! statements whose text is its own, and its running-owner row.
 //!
 //! The interrupt cause is one `CASE` shared by both backends
 //! ([`cause_case!`]), the SQL twin of
@@ -16,7 +18,12 @@ use tasktrail_core::{
     DurationStats, InterruptCause, RunningOwner, StatsRequest, StorageError, TaskStats, TaskStatus,
 };
 
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::{QueryResult, QueryableByName};
+
 use crate::codec::corrupt;
+use crate::overview::{StatusCount, STATUS_COUNTS};
+use crate::store::{map, SqlDialect};
 
 /// The cause of an interrupted row as SQL, over a subquery's columns
 /// `reason` (`interrupt_reason`), `by_own_worker` (whether
@@ -65,75 +72,111 @@ macro_rules! cause_text {
 }
 pub(crate) use cause_text;
 
-/// The row types every backend's aggregate queries return.
-macro_rules! stats_rows {
-    ($backend:ty) => {
-        /// `status, rows`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct StatusRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) status: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-        }
-
-        /// `cause, rows`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct CauseRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) cause: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-        }
-
-        /// `status, rows, median_ms, p95_ms`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct DurationRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) status: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-            pub(crate) median_ms: Option<i64>,
-            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-            pub(crate) p95_ms: Option<i64>,
-        }
-
-        impl From<StatusRow> for (String, i64) {
-            fn from(row: StatusRow) -> Self {
-                (row.status, row.rows)
-            }
-        }
-
-        impl From<CauseRow> for (String, i64) {
-            fn from(row: CauseRow) -> Self {
-                (row.cause, row.rows)
-            }
-        }
-
-        impl From<DurationRow> for $crate::stats::DurationFigures {
-            fn from(row: DurationRow) -> Self {
-                $crate::stats::DurationFigures {
-                    status: row.status,
-                    rows: row.rows,
-                    median_ms: row.median_ms,
-                    p95_ms: row.p95_ms,
-                }
-            }
-        }
-    };
+/// `cause, rows`: interrupted rows by cause, from any backend.
+#[derive(QueryableByName)]
+pub(crate) struct CauseCount {
+    #[diesel(sql_type = Text)]
+    cause: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
 }
-pub(crate) use stats_rows;
 
-/// One status's row of the duration query.
+/// `status, rows, median_ms, p95_ms`: one status's durations, from any
+/// backend.
+#[derive(QueryableByName)]
 pub(crate) struct DurationFigures {
+    #[diesel(sql_type = Text)]
     pub(crate) status: String,
+    #[diesel(sql_type = BigInt)]
     pub(crate) rows: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
     pub(crate) median_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
     pub(crate) p95_ms: Option<i64>,
+}
+
+/// What a backend supplies for the stats: its read transaction and the
+/// statements whose text is its own (how it reads a time, ranks a
+/// percentile, compares an owner), with the row the running owners'
+/// query returns. The status counts are [`STATUS_COUNTS`], every dialect's.
+pub(crate) trait StatsStatements: SqlDialect {
+    /// Running rows per owner, with the owner's `workers` row: `worker_id,
+    /// rows, oldest, host, pid, state`.
+    const RUNNING_OWNERS: &'static str;
+    /// Interrupted rows since the time bound as the first parameter, by
+    /// [`cause_case!`]: `cause, rows`.
+    const INTERRUPTED_CAUSES: &'static str;
+    /// Durations of the rows that ended since the time bound as the first
+    /// parameter, per status, nearest-rank median and p95 in milliseconds:
+    /// `status, rows, median_ms, p95_ms`.
+    const DURATIONS: &'static str;
+    /// One row of [`Self::RUNNING_OWNERS`].
+    type RunningRow: QueryableByName<Self::Backend> + 'static;
+
+    /// The owner a [`Self::RunningRow`] describes.
+    fn running_owner(row: Self::RunningRow) -> Result<RunningOwner, StorageError>;
+
+    /// Runs `body` in a transaction that only reads, over one snapshot.
+    fn read_transaction<T>(
+        connection: &mut Self::Connection,
+        body: impl FnOnce(&mut Self::Connection) -> QueryResult<T>,
+    ) -> QueryResult<T>;
+}
+
+/// The operator's figures ([`TaskStats`]): rows by status, running rows
+/// per worker, interrupted rows of the window by cause, median and p95
+/// durations of the rows that ended in it; four queries in one read
+/// transaction.
+pub(crate) fn stats<S>(store: &S, request: &StatsRequest) -> Result<TaskStats, StorageError>
+where
+    S: StatsStatements,
+    StatusCount: QueryableByName<S::Backend>,
+    CauseCount: QueryableByName<S::Backend>,
+    DurationFigures: QueryableByName<S::Backend>,
+{
+    let (by_status, running, causes, durations) =
+        S::read_transaction(&mut *store.hold()?, |connection| {
+            let by_status: Vec<StatusCount> =
+                S::load_text(connection, diesel::sql_query(STATUS_COUNTS).into_boxed())?;
+            let running: Vec<S::RunningRow> = S::load_text(
+                connection,
+                diesel::sql_query(S::RUNNING_OWNERS).into_boxed(),
+            )?;
+            let causes: Vec<CauseCount> = S::load_text(
+                connection,
+                S::bind_time(
+                    diesel::sql_query(S::INTERRUPTED_CAUSES).into_boxed(),
+                    request.interrupted_start(),
+                ),
+            )?;
+            let durations: Vec<DurationFigures> = S::load_text(
+                connection,
+                S::bind_time(
+                    diesel::sql_query(S::DURATIONS).into_boxed(),
+                    request.window_start(),
+                ),
+            )?;
+            Ok((by_status, running, causes, durations))
+        })
+        .map_err(map::<S>)?;
+    assemble(
+        request,
+        Figures {
+            by_status: by_status
+                .into_iter()
+                .map(|row| (row.status, row.rows))
+                .collect(),
+            running: running
+                .into_iter()
+                .map(S::running_owner)
+                .collect::<Result<_, _>>()?,
+            causes: causes
+                .into_iter()
+                .map(|row| (row.cause, row.rows))
+                .collect(),
+            durations,
+        },
+    )
 }
 
 /// What the four queries returned.

@@ -1,9 +1,24 @@
-//! What the two SQL backends' `Storage` methods share: the flow of each
+//! What the SQL backends' `Storage` methods share: the flow of each
 //! method (which statement first, what a refusal means, which errors are
 //! domain answers), written once. Each backend implements [`SqlDialect`]:
 //! its connection, its write transaction and its statements (their text,
 //! types and locking clauses: what the dialect forces), and calls these
-//! functions from its `impl Storage`.
+//! functions from its `impl Storage` (`shared_storage_methods!`).
+//!
+//! # What a backend supplies
+//!
+//! A new SQL backend (a Diesel connection, `diesel-async`'s
+//! `AsyncConnectionWrapper` included) plugs in with its `schema.rs`, its
+//! `rows.rs` (the row types, `stored_id`, `stored_time`), its error table
+//! ([`ErrorDialect`] on Diesel's backend type) and its `statements/`:
+//! `impl SqlDialect` (its connection, write transaction, the statements
+//! whose text or locking is its own, and `crate::statements`'s
+//! `dialect_statements!` for the rest), `impl PruneTarget`
+//! (`prune_statements!`), `impl OverviewStatements` and
+//! `impl StatsStatements` (statement texts, the rows they return), and its
+//! adoption checks (`crate::adopt::AdoptDialect`). Every flow over those
+//! is in this crate's shared modules: `store`, `prune`, `overview`,
+//! `stats`, `adopt`, `compat`, `tx`.
 //!
 //! The recovery sweep, the report claim and worker registration stay in
 //! each backend (`sqlite/sweep.rs`, `postgres/sweep.rs`): their locking
@@ -14,7 +29,8 @@
 
 use std::ops::DerefMut;
 
-use diesel::QueryResult;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::{QueryResult, QueryableByName};
 use tasktrail_core::backend::{
     interrupted_session_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession,
 };
@@ -36,10 +52,14 @@ pub(crate) enum WorkerRead {
     ForShare,
 }
 
+/// A statement written as SQL text (`diesel::sql_query`), boxed so that
+/// shared code can bind its parameters one by one.
+pub(crate) type TextQuery<'f, DB> = BoxedSqlQuery<'f, DB, SqlQuery>;
+
 /// One SQL backend's connection, transaction and statements.
 pub(crate) trait SqlDialect {
     /// Diesel's backend type: its [`ErrorDialect`] classifies errors.
-    type Backend: ErrorDialect;
+    type Backend: ErrorDialect + diesel::backend::Backend;
     /// The connection statements run on.
     type Connection;
     /// A connection held for one call (a mutex guard, a pooled connection).
@@ -56,6 +76,21 @@ pub(crate) trait SqlDialect {
         connection: &mut Self::Connection,
         body: impl FnOnce(&mut Self::Connection) -> Result<T, TxError>,
     ) -> Result<T, StorageError>;
+
+    /// Binds `at` to `query` as this dialect stores a time (the type of its
+    /// time columns).
+    fn bind_time<'f>(
+        query: TextQuery<'f, Self::Backend>,
+        at: Timestamp,
+    ) -> TextQuery<'f, Self::Backend>;
+
+    /// Runs a statement written as SQL text and reads its rows by name.
+    fn load_text<R>(
+        connection: &mut Self::Connection,
+        query: TextQuery<'_, Self::Backend>,
+    ) -> QueryResult<Vec<R>>
+    where
+        R: QueryableByName<Self::Backend> + 'static;
 
     /// `workers.state` of `worker`, if it has a row.
     fn worker_state(
@@ -152,7 +187,7 @@ pub(crate) trait SqlDialect {
 }
 
 /// A Diesel error through the dialect's table.
-fn map<S: SqlDialect>(error: diesel::result::Error) -> StorageError {
+pub(crate) fn map<S: SqlDialect>(error: diesel::result::Error) -> StorageError {
     <S::Backend as ErrorDialect>::map_error(error)
 }
 
@@ -401,14 +436,14 @@ macro_rules! shared_storage_methods {
             &self,
             repo: Option<&str>,
         ) -> Result<Vec<(tasktrail_core::TaskStatus, u64)>, tasktrail_core::StorageError> {
-            self.status_counts(repo)
+            $crate::overview::count_tasks_by_status(self, repo)
         }
 
         fn count_outcomes_by_hour(
             &self,
             since: tasktrail_core::Timestamp,
         ) -> Result<Vec<tasktrail_core::OutcomeBucket>, tasktrail_core::StorageError> {
-            self.outcomes_by_hour(since)
+            $crate::overview::count_outcomes_by_hour(self, since)
         }
 
         fn get_task(

@@ -11,15 +11,13 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use tasktrail_core::{RunningOwner, StatsRequest, StorageError, TaskStats, Timestamp, WorkerId};
 
-use super::{map_error, PostgresStorage};
+use super::PostgresStorage;
 use crate::codec::{corrupt, decode_worker_state};
-use crate::stats::{assemble, cause_case, cause_text, stats_rows, DurationFigures, Figures};
-
-stats_rows!(diesel::pg::Pg);
+use crate::stats::{cause_case, cause_text, StatsStatements};
 
 #[derive(QueryableByName)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
-struct RunningRow {
+pub(crate) struct RunningRow {
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
     worker_id: Option<uuid::Uuid>,
     #[diesel(sql_type = BigInt)]
@@ -59,37 +57,54 @@ impl RunningRow {
     }
 }
 
-const STATUS_COUNTS: &str = "SELECT status, count(*) AS rows FROM task_history GROUP BY status";
+impl StatsStatements for PostgresStorage {
+    /// Through the partial index on running rows: as cheap as the sweep's read.
+    const RUNNING_OWNERS: &'static str = "\
+        SELECT r.worker_id AS worker_id, r.rows AS rows, r.oldest AS oldest, \
+               w.host AS host, w.pid AS pid, w.state AS state \
+        FROM (SELECT worker_id, count(*) AS rows, min(started_at) AS oldest \
+              FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
+        LEFT JOIN workers AS w ON w.id = r.worker_id";
 
-/// Through the partial index on running rows: as cheap as the sweep's read.
-const RUNNING_OWNERS: &str = "\
-    SELECT r.worker_id AS worker_id, r.rows AS rows, r.oldest AS oldest, \
-           w.host AS host, w.pid AS pid, w.state AS state \
-    FROM (SELECT worker_id, count(*) AS rows, min(started_at) AS oldest \
-          FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
-    LEFT JOIN workers AS w ON w.id = r.worker_id";
+    const INTERRUPTED_CAUSES: &'static str = concat!(
+        "SELECT ",
+        cause_case!(),
+        " AS cause, count(*) AS rows FROM (SELECT interrupt_reason AS reason, \
+           (interrupted_by IS NOT DISTINCT FROM worker_id) AS by_own_worker, ",
+        cause_text!(),
+        " AS cause FROM task_history \
+           WHERE status = 'interrupted' AND interrupted_at >= $1) AS interrupted \
+         GROUP BY 1"
+    );
 
-const INTERRUPTED_CAUSES: &str = concat!(
-    "SELECT ",
-    cause_case!(),
-    " AS cause, count(*) AS rows FROM (SELECT interrupt_reason AS reason, \
-       (interrupted_by IS NOT DISTINCT FROM worker_id) AS by_own_worker, ",
-    cause_text!(),
-    " AS cause FROM task_history \
-       WHERE status = 'interrupted' AND interrupted_at >= $1) AS interrupted \
-     GROUP BY 1"
-);
+    const DURATIONS: &'static str = "\
+        SELECT status, count(*) AS rows, \
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms, \
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms \
+        FROM (SELECT status, \
+                     round((extract(epoch FROM COALESCE(finished_at, interrupted_at) - started_at) \
+                            * 1000)::numeric)::bigint AS ms \
+              FROM task_history \
+              WHERE status <> 'running' AND COALESCE(finished_at, interrupted_at) >= $1) AS ended \
+        GROUP BY status";
 
-const DURATIONS: &str = "\
-    SELECT status, count(*) AS rows, \
-           percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms, \
-           percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms \
-    FROM (SELECT status, \
-                 round((extract(epoch FROM COALESCE(finished_at, interrupted_at) - started_at) \
-                        * 1000)::numeric)::bigint AS ms \
-          FROM task_history \
-          WHERE status <> 'running' AND COALESCE(finished_at, interrupted_at) >= $1) AS ended \
-    GROUP BY status";
+    type RunningRow = RunningRow;
+
+    fn running_owner(row: RunningRow) -> Result<RunningOwner, StorageError> {
+        row.into_owner()
+    }
+
+    fn read_transaction<T>(
+        connection: &mut PgConnection,
+        body: impl FnOnce(&mut PgConnection) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        connection
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(body)
+    }
+}
 
 impl PostgresStorage {
     /// The operator's figures ([`TaskStats`]): rows by status, running
@@ -98,36 +113,6 @@ impl PostgresStorage {
     /// Computed in the database, in one read-only repeatable-read
     /// transaction (one snapshot); works for a role that may only SELECT.
     pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
-        let interrupted_start = request.interrupted_start();
-        let window_start = request.window_start();
-        let (by_status, running, causes, durations) = self
-            .pooled()?
-            .build_transaction()
-            .repeatable_read()
-            .read_only()
-            .run(|connection| {
-                let by_status = diesel::sql_query(STATUS_COUNTS).load::<StatusRow>(connection)?;
-                let running = diesel::sql_query(RUNNING_OWNERS).load::<RunningRow>(connection)?;
-                let causes = diesel::sql_query(INTERRUPTED_CAUSES)
-                    .bind::<Timestamptz, _>(interrupted_start)
-                    .load::<CauseRow>(connection)?;
-                let durations = diesel::sql_query(DURATIONS)
-                    .bind::<Timestamptz, _>(window_start)
-                    .load::<DurationRow>(connection)?;
-                Ok::<_, diesel::result::Error>((by_status, running, causes, durations))
-            })
-            .map_err(map_error)?;
-        assemble(
-            request,
-            Figures {
-                by_status: by_status.into_iter().map(Into::into).collect(),
-                running: running
-                    .into_iter()
-                    .map(RunningRow::into_owner)
-                    .collect::<Result<_, _>>()?,
-                causes: causes.into_iter().map(Into::into).collect(),
-                durations: durations.into_iter().map(DurationFigures::from).collect(),
-            },
-        )
+        crate::stats::stats(self, request)
     }
 }

@@ -13,7 +13,9 @@ use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use tasktrail_core::backend::{FinishRow, NewRunningRow};
-use tasktrail_core::{truncate_to_micros, RunReport, StorageError, TaskId, TaskStatus, WorkerId};
+use tasktrail_core::{
+    truncate_to_micros, RunReport, StorageError, TaskId, TaskStatus, Timestamp, WorkerId,
+};
 use uuid::Uuid;
 
 use crate::codec::artifacts_to_json;
@@ -21,7 +23,7 @@ use crate::postgres::pool::PgPooled;
 use crate::postgres::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
 use crate::postgres::schema::{claude_sdk_sessions, task_history, workers};
 use crate::postgres::{map_error, PostgresStorage};
-use crate::store::{SqlDialect, WorkerRead};
+use crate::store::{SqlDialect, TextQuery, WorkerRead};
 use crate::tx::TxError;
 
 impl SqlDialect for PostgresStorage {
@@ -40,6 +42,17 @@ impl SqlDialect for PostgresStorage {
         connection
             .transaction(body)
             .map_err(TxError::into_storage::<Pg>)
+    }
+
+    fn bind_time<'f>(query: TextQuery<'f, Pg>, at: Timestamp) -> TextQuery<'f, Pg> {
+        query.bind::<diesel::sql_types::Timestamptz, _>(at)
+    }
+
+    fn load_text<R>(connection: &mut PgConnection, query: TextQuery<'_, Pg>) -> QueryResult<Vec<R>>
+    where
+        R: QueryableByName<Pg> + 'static,
+    {
+        query.load(connection)
     }
 
     fn worker_state(

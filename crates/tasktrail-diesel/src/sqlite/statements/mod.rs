@@ -15,14 +15,14 @@ use std::sync::MutexGuard;
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{FinishRow, NewRunningRow};
-use tasktrail_core::{RunReport, StorageError, TaskId, TaskStatus, WorkerId};
+use tasktrail_core::{RunReport, StorageError, TaskId, TaskStatus, Timestamp, WorkerId};
 
 use crate::codec::encode_artifacts;
 use crate::sqlite::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
 use crate::sqlite::schema::{claude_sdk_sessions, task_history, workers};
 use crate::sqlite::store::immediate;
 use crate::sqlite::{map_error, SqliteStorage};
-use crate::store::{SqlDialect, WorkerRead};
+use crate::store::{SqlDialect, TextQuery, WorkerRead};
 use crate::tx::TxError;
 
 impl SqlDialect for SqliteStorage {
@@ -39,6 +39,20 @@ impl SqlDialect for SqliteStorage {
         body: impl FnOnce(&mut SqliteConnection) -> Result<T, TxError>,
     ) -> Result<T, StorageError> {
         immediate(connection, body)
+    }
+
+    fn bind_time<'f>(query: TextQuery<'f, Sqlite>, at: Timestamp) -> TextQuery<'f, Sqlite> {
+        query.bind::<diesel::sql_types::Text, _>(stored_time(at))
+    }
+
+    fn load_text<R>(
+        connection: &mut SqliteConnection,
+        query: TextQuery<'_, Sqlite>,
+    ) -> QueryResult<Vec<R>>
+    where
+        R: QueryableByName<Sqlite> + 'static,
+    {
+        query.load(connection)
     }
 
     /// The write transaction holds the database's only write lock, so a
