@@ -39,11 +39,17 @@ pub(crate) trait OverviewStatements: SqlDialect {
     /// they ended in and status: `hour, status, rows`.
     const OUTCOMES_BY_HOUR: &'static str;
     /// One row of [`Self::OUTCOMES_BY_HOUR`].
-    type HourRow: QueryableByName<Self::Backend> + 'static;
+    type HourRow: QueryableByName<Self::Backend> + HourCountRow + 'static;
+}
 
-    /// A row's hour, status and count (an hour that is not a time is a
+/// An hour's count of one status: hour, status, rows.
+pub(crate) type HourCount = (Timestamp, String, i64);
+
+/// A backend's row of the hourly counts (its hour in the dialect's type).
+pub(crate) trait HourCountRow {
+    /// The hour, status and count (an hour that is not a time is a
     /// `CorruptRow`).
-    fn hour_count(row: Self::HourRow) -> Result<(Timestamp, String, i64), StorageError>;
+    fn into_hour_count(self) -> Result<HourCount, StorageError>;
 }
 
 /// `Storage::count_tasks_by_status`: every status, zero where no row has
@@ -78,7 +84,7 @@ pub(crate) fn count_outcomes_by_hour<S: OverviewStatements>(
     let rows: Vec<S::HourRow> = S::load_text(&mut *store.hold()?, query).map_err(map::<S>)?;
     buckets(
         rows.into_iter()
-            .map(S::hour_count)
+            .map(HourCountRow::into_hour_count)
             .collect::<Result<Vec<_>, StorageError>>()?,
     )
 }

@@ -19,7 +19,11 @@
 //!   `Insertable` with public fields;
 //! - `stored_id(&Uuid)`: an id as its columns hold it (text, `uuid`...);
 //! - `stored_time(Timestamp)`: a time as its columns hold it;
-//! - `map_error(diesel::result::Error) -> StorageError`: its error table.
+//! - `map_error(diesel::result::Error) -> StorageError`: its error table;
+//! - (for [`dialect_statements!`]) a module `prepared` with the two
+//!   statements kept prepared, `insert_running_if_worker_alive(connection,
+//!   &NewRunningRow)` and `finish_completed_if_owned_and_running(connection,
+//!   &FinishRow, &RunReport)`, each returning `QueryResult<usize>`.
 //!
 //! [`dialect_statements!`] goes inside the backend's `impl SqlDialect`
 //! (`crate::store`), [`prune_statements!`] inside its `impl PruneTarget`
@@ -34,6 +38,21 @@
 /// documentation for what must be in scope).
 macro_rules! dialect_statements {
     () => {
+        fn insert_running_if_worker_alive(
+            connection: &mut Self::Connection,
+            row: &tasktrail_core::backend::NewRunningRow,
+        ) -> diesel::QueryResult<usize> {
+            prepared::insert_running_if_worker_alive(connection, row)
+        }
+
+        fn finish_completed_if_owned_and_running(
+            connection: &mut Self::Connection,
+            row: &tasktrail_core::backend::FinishRow,
+            report: &tasktrail_core::RunReport,
+        ) -> diesel::QueryResult<usize> {
+            prepared::finish_completed_if_owned_and_running(connection, row, report)
+        }
+
         fn workers_by_start(
             connection: &mut Self::Connection,
         ) -> Result<Vec<tasktrail_core::WorkerRecord>, tasktrail_core::StorageError> {
@@ -61,6 +80,23 @@ macro_rules! dialect_statements {
                 workers::state.eq(tasktrail_core::WorkerState::Stopped.as_str()),
                 workers::stopped_at.eq(stored_time(at)),
             ))
+            .execute(connection)
+        }
+
+        fn confirm_reports_of(
+            connection: &mut Self::Connection,
+            reporter: tasktrail_core::WorkerId,
+            tasks: &[tasktrail_core::TaskId],
+            at: tasktrail_core::Timestamp,
+        ) -> diesel::QueryResult<usize> {
+            let ids: Vec<_> = tasks.iter().map(|id| stored_id(id.as_uuid())).collect();
+            diesel::update(
+                recovery_reports::table
+                    .filter(recovery_reports::task_id.eq_any(&ids))
+                    .filter(recovery_reports::owed_by.eq(stored_id(reporter.as_uuid())))
+                    .filter(recovery_reports::reported_at.is_null()),
+            )
+            .set(recovery_reports::reported_at.eq(stored_time(at)))
             .execute(connection)
         }
 

@@ -16,12 +16,13 @@ use std::collections::HashMap;
 use chrono::Duration;
 use tasktrail_core::{
     DurationStats, InterruptCause, RunningOwner, StatsRequest, StorageError, TaskStats, TaskStatus,
+    Timestamp, WorkerId,
 };
 
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::{QueryResult, QueryableByName};
 
-use crate::codec::corrupt;
+use crate::codec::{corrupt, decode_worker_state};
 use crate::overview::{StatusCount, STATUS_COUNTS};
 use crate::store::{map, SqlDialect};
 
@@ -72,6 +73,27 @@ macro_rules! cause_text {
 }
 pub(crate) use cause_text;
 
+/// The interrupted rows of the window by [`cause_case!`]: `cause, rows`.
+/// A dialect gives how it tells whether `interrupted_by` is the row's own
+/// `worker_id` (both may be NULL) and how it compares `interrupted_at` with
+/// the window's start, its first bind parameter.
+macro_rules! interrupted_causes {
+    (by_own_worker: $by_own_worker:literal, interrupted_since: $interrupted_since:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::stats::cause_case!(),
+            " AS cause, COUNT(*) AS rows FROM (SELECT interrupt_reason AS reason, ",
+            $by_own_worker,
+            " AS by_own_worker, ",
+            $crate::stats::cause_text!(),
+            " AS cause FROM task_history WHERE status = 'interrupted' AND ",
+            $interrupted_since,
+            ") AS interrupted GROUP BY 1"
+        )
+    };
+}
+pub(crate) use interrupted_causes;
+
 /// `cause, rows`: interrupted rows by cause, from any backend.
 #[derive(QueryableByName)]
 pub(crate) struct CauseCount {
@@ -95,6 +117,50 @@ pub(crate) struct DurationFigures {
     pub(crate) p95_ms: Option<i64>,
 }
 
+/// A row of the running owners' query, its worker id and oldest start
+/// decoded by the dialect; the rest is read here.
+pub(crate) struct RunningOwnerColumns {
+    /// The owner, `None` for rows that name none.
+    pub(crate) worker: Option<WorkerId>,
+    /// How errors name the owner (its id as stored, or `none`).
+    pub(crate) label: String,
+    pub(crate) rows: i64,
+    pub(crate) oldest_started_at: Option<Timestamp>,
+    pub(crate) host: Option<String>,
+    pub(crate) pid: Option<i64>,
+    pub(crate) state: Option<String>,
+}
+
+/// A backend's row of the running owners' query.
+pub(crate) trait RunningOwnerRow {
+    /// The row with what the dialect stores its way (the worker id, the
+    /// oldest start) decoded.
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError>;
+}
+
+impl RunningOwnerColumns {
+    fn into_owner(self) -> Result<RunningOwner, StorageError> {
+        let label = self.label;
+        Ok(RunningOwner {
+            worker: self.worker,
+            host: self.host,
+            pid: self
+                .pid
+                .map(|pid| {
+                    u32::try_from(pid).map_err(|_| corrupt(format!("worker {label}: pid {pid}")))
+                })
+                .transpose()?,
+            state: self
+                .state
+                .as_deref()
+                .map(|state| decode_worker_state(&label, state))
+                .transpose()?,
+            rows: u64::try_from(self.rows).unwrap_or(0),
+            oldest_started_at: self.oldest_started_at,
+        })
+    }
+}
+
 /// What a backend supplies for the stats: its read transaction and the
 /// statements whose text is its own (how it reads a time, ranks a
 /// percentile, compares an owner), with the row the running owners'
@@ -111,10 +177,7 @@ pub(crate) trait StatsStatements: SqlDialect {
     /// `status, rows, median_ms, p95_ms`.
     const DURATIONS: &'static str;
     /// One row of [`Self::RUNNING_OWNERS`].
-    type RunningRow: QueryableByName<Self::Backend> + 'static;
-
-    /// The owner a [`Self::RunningRow`] describes.
-    fn running_owner(row: Self::RunningRow) -> Result<RunningOwner, StorageError>;
+    type RunningRow: QueryableByName<Self::Backend> + RunningOwnerRow + 'static;
 
     /// Runs `body` in a transaction that only reads, over one snapshot.
     fn read_transaction<T>(
@@ -168,7 +231,7 @@ where
                 .collect(),
             running: running
                 .into_iter()
-                .map(S::running_owner)
+                .map(|row| row.into_columns()?.into_owner())
                 .collect::<Result<_, _>>()?,
             causes: causes
                 .into_iter()

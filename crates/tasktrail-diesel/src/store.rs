@@ -70,6 +70,10 @@ pub(crate) trait SqlDialect {
     /// A connection for one call.
     fn hold(&self) -> Result<Self::Held<'_>, StorageError>;
 
+    /// Lets go of the liveness lock this store holds for `worker`, once it
+    /// deregistered (best effort: a lock whose holder is gone is free).
+    fn release_worker_lock(&self, worker: WorkerId);
+
     /// Runs `body` in this dialect's write transaction (SQLite: `BEGIN
     /// IMMEDIATE`; Postgres: `BEGIN`, row locks taken by the statements).
     fn write_transaction<T>(
@@ -92,6 +96,13 @@ pub(crate) trait SqlDialect {
     where
         R: QueryableByName<Self::Backend> + 'static;
 
+    /// Runs a statement written as SQL text that returns no rows: how many
+    /// it changed.
+    fn execute_text(
+        connection: &mut Self::Connection,
+        query: TextQuery<'_, Self::Backend>,
+    ) -> QueryResult<usize>;
+
     /// `workers.state` of `worker`, if it has a row.
     fn worker_state(
         connection: &mut Self::Connection,
@@ -111,6 +122,15 @@ pub(crate) trait SqlDialect {
     fn mark_stopped_if_alive(
         connection: &mut Self::Connection,
         worker: WorkerId,
+        at: Timestamp,
+    ) -> QueryResult<usize>;
+
+    /// `UPDATE recovery_reports SET reported_at WHERE task_id IN (tasks) AND
+    /// owed_by = reporter AND reported_at IS NULL`: how many it confirmed.
+    fn confirm_reports_of(
+        connection: &mut Self::Connection,
+        reporter: WorkerId,
+        tasks: &[TaskId],
         at: Timestamp,
     ) -> QueryResult<usize>;
 
@@ -217,11 +237,11 @@ pub(crate) fn worker_refusal<S: SqlDialect>(
     }
 }
 
-/// The row half of `Storage::deregister_worker`, in one write
-/// transaction: an unknown worker is [`StorageError::UnknownWorker`]; an
-/// `alive` one becomes `stopped` at `at`; one already `stopped` or `dead`
-/// stays as it is. The backend then lets go of the worker's lock.
-pub(crate) fn mark_worker_stopped<S: SqlDialect>(
+/// `Storage::deregister_worker`: in one write transaction, an unknown
+/// worker is [`StorageError::UnknownWorker`]; an `alive` one becomes
+/// `stopped` at `at`; one already `stopped` or `dead` stays as it is. Then
+/// the worker's liveness lock is let go.
+pub(crate) fn deregister_worker<S: SqlDialect>(
     store: &S,
     worker: WorkerId,
     at: Timestamp,
@@ -232,6 +252,26 @@ pub(crate) fn mark_worker_stopped<S: SqlDialect>(
         }
         S::mark_stopped_if_alive(connection, worker, at)?;
         Ok(())
+    })?;
+    store.release_worker_lock(worker);
+    Ok(())
+}
+
+/// `Storage::confirm_reports`: the reports `reporter` owes for `tasks`,
+/// confirmed at `at`, in one write transaction; 500 tasks a statement (a
+/// statement's bind parameters are bounded: SQLite's limit).
+pub(crate) fn confirm_reports<S: SqlDialect>(
+    store: &S,
+    reporter: WorkerId,
+    tasks: &[TaskId],
+    at: Timestamp,
+) -> Result<u64, StorageError> {
+    S::write_transaction(&mut *store.hold()?, |connection| {
+        let mut confirmed = 0;
+        for chunk in tasks.chunks(500) {
+            confirmed += S::confirm_reports_of(connection, reporter, chunk, at)? as u64;
+        }
+        Ok(confirmed)
     })
 }
 
@@ -389,6 +429,23 @@ macro_rules! shared_storage_methods {
             &self,
         ) -> Result<Vec<tasktrail_core::WorkerRecord>, tasktrail_core::StorageError> {
             $crate::store::list_workers(self)
+        }
+
+        fn deregister_worker(
+            &self,
+            worker: tasktrail_core::WorkerId,
+            at: tasktrail_core::Timestamp,
+        ) -> Result<(), tasktrail_core::StorageError> {
+            $crate::store::deregister_worker(self, worker, at)
+        }
+
+        fn confirm_reports(
+            &self,
+            reporter: tasktrail_core::WorkerId,
+            tasks: &[tasktrail_core::TaskId],
+            at: tasktrail_core::Timestamp,
+        ) -> Result<u64, tasktrail_core::StorageError> {
+            $crate::store::confirm_reports(self, reporter, tasks, at)
         }
 
         fn insert_running(

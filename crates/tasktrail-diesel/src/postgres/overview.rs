@@ -2,24 +2,9 @@
 //! counts are an index-only scan once the table is vacuumed; hours are the
 //! UTC hour of `COALESCE(finished_at, interrupted_at)`.
 
-use diesel::sql_types::{BigInt, Text, Timestamptz};
-use diesel::QueryableByName;
-use tasktrail_core::{StorageError, Timestamp};
-
+use super::rows::HourRow;
 use super::PostgresStorage;
 use crate::overview::OverviewStatements;
-
-/// `hour, status, rows`: the hour as `timestamptz`.
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
-pub(crate) struct HourRow {
-    #[diesel(sql_type = Timestamptz)]
-    hour: Timestamp,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-}
 
 impl OverviewStatements for PostgresStorage {
     const REPO_STATUS_COUNTS: &'static str =
@@ -34,8 +19,4 @@ impl OverviewStatements for PostgresStorage {
         GROUP BY 1, 2";
 
     type HourRow = HourRow;
-
-    fn hour_count(row: HourRow) -> Result<(Timestamp, String, i64), StorageError> {
-        Ok((row.hour, row.status, row.rows))
-    }
 }

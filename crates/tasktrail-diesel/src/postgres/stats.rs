@@ -8,54 +8,11 @@
 //! times.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
-use tasktrail_core::{RunningOwner, StatsRequest, StorageError, TaskStats, Timestamp, WorkerId};
+use tasktrail_core::{StatsRequest, StorageError, TaskStats};
 
+use super::rows::RunningRow;
 use super::PostgresStorage;
-use crate::codec::{corrupt, decode_worker_state};
-use crate::stats::{cause_case, cause_text, StatsStatements};
-
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
-pub(crate) struct RunningRow {
-    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
-    worker_id: Option<uuid::Uuid>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    oldest: Option<Timestamp>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
-}
-
-impl RunningRow {
-    fn into_owner(self) -> Result<RunningOwner, StorageError> {
-        let label = self
-            .worker_id
-            .map_or_else(|| "none".to_owned(), |id| id.to_string());
-        Ok(RunningOwner {
-            worker: self.worker_id.map(WorkerId::from_uuid),
-            host: self.host,
-            pid: self
-                .pid
-                .map(|pid| {
-                    u32::try_from(pid).map_err(|_| corrupt(format!("worker {label}: pid {pid}")))
-                })
-                .transpose()?,
-            state: self
-                .state
-                .as_deref()
-                .map(|state| decode_worker_state(&label, state))
-                .transpose()?,
-            rows: u64::try_from(self.rows).unwrap_or(0),
-            oldest_started_at: self.oldest,
-        })
-    }
-}
+use crate::stats::{interrupted_causes, StatsStatements};
 
 impl StatsStatements for PostgresStorage {
     /// Through the partial index on running rows: as cheap as the sweep's read.
@@ -66,15 +23,9 @@ impl StatsStatements for PostgresStorage {
               FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
         LEFT JOIN workers AS w ON w.id = r.worker_id";
 
-    const INTERRUPTED_CAUSES: &'static str = concat!(
-        "SELECT ",
-        cause_case!(),
-        " AS cause, count(*) AS rows FROM (SELECT interrupt_reason AS reason, \
-           (interrupted_by IS NOT DISTINCT FROM worker_id) AS by_own_worker, ",
-        cause_text!(),
-        " AS cause FROM task_history \
-           WHERE status = 'interrupted' AND interrupted_at >= $1) AS interrupted \
-         GROUP BY 1"
+    const INTERRUPTED_CAUSES: &'static str = interrupted_causes!(
+        by_own_worker: "(interrupted_by IS NOT DISTINCT FROM worker_id)",
+        interrupted_since: "interrupted_at >= $1"
     );
 
     const DURATIONS: &'static str = "\
@@ -89,10 +40,6 @@ impl StatsStatements for PostgresStorage {
         GROUP BY status";
 
     type RunningRow = RunningRow;
-
-    fn running_owner(row: RunningRow) -> Result<RunningOwner, StorageError> {
-        row.into_owner()
-    }
 
     fn read_transaction<T>(
         connection: &mut PgConnection,

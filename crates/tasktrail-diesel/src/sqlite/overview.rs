@@ -3,25 +3,9 @@
 //! through `julianday()` like the stats, so a time in any common form
 //! counts and a text that is not a time does not.
 
-use diesel::sql_types::{BigInt, Text};
-use diesel::QueryableByName;
-use tasktrail_core::{StorageError, Timestamp};
-
+use super::rows::HourRow;
 use super::SqliteStorage;
-use crate::codec::decode_timestamp;
 use crate::overview::OverviewStatements;
-
-/// `hour, status, rows`: the hour as text.
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-pub(crate) struct HourRow {
-    #[diesel(sql_type = Text)]
-    hour: String,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-}
 
 impl OverviewStatements for SqliteStorage {
     const REPO_STATUS_COUNTS: &'static str =
@@ -36,8 +20,4 @@ impl OverviewStatements for SqliteStorage {
         GROUP BY 1, 2";
 
     type HourRow = HourRow;
-
-    fn hour_count(row: HourRow) -> Result<(Timestamp, String, i64), StorageError> {
-        Ok((decode_timestamp("hour", &row.hour)?, row.status, row.rows))
-    }
 }

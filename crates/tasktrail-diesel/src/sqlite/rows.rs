@@ -2,6 +2,7 @@
 //! domain records.
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
 use tasktrail_core::{
     RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
     WorkerRegistration, WorkerState,
@@ -13,6 +14,8 @@ use crate::codec::{
     decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
     encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
+use crate::overview::{HourCount, HourCountRow};
+use crate::stats::{RunningOwnerColumns, RunningOwnerRow};
 
 /// A time as this schema's TEXT columns hold it: the one form tasktrail
 /// writes (its text order is time order).
@@ -285,5 +288,68 @@ impl ReportRow {
         };
         let previous_reporter = decode_worker_id("owed_by", &self.owed_by)?;
         recovered_again(task, cause, self.sessions_invalidated, previous_reporter)
+    }
+}
+
+/// A row of the stats' running owners: the worker id and the oldest
+/// start as text.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct RunningRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    worker_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    oldest: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pid: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    state: Option<String>,
+}
+
+impl RunningOwnerRow for RunningRow {
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError> {
+        Ok(RunningOwnerColumns {
+            worker: self
+                .worker_id
+                .as_deref()
+                .map(|id| decode_worker_id("worker_id", id))
+                .transpose()?,
+            oldest_started_at: self
+                .oldest
+                .as_deref()
+                .map(|at| decode_timestamp("started_at", at))
+                .transpose()?,
+            label: self.worker_id.unwrap_or_else(|| "none".to_owned()),
+            rows: self.rows,
+            host: self.host,
+            pid: self.pid,
+            state: self.state,
+        })
+    }
+}
+
+/// A row of the dashboard's hourly counts, `hour, status, rows`: the hour as text.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct HourRow {
+    #[diesel(sql_type = Text)]
+    hour: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+impl HourCountRow for HourRow {
+    fn into_hour_count(self) -> Result<HourCount, StorageError> {
+        Ok((
+            decode_timestamp("hour", &self.hour)?,
+            self.status,
+            self.rows,
+        ))
     }
 }

@@ -10,62 +10,11 @@
 //! `ceil(0.95 n)`: `(95 n + 99) / 100`, integer arithmetic).
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
-use tasktrail_core::{RunningOwner, StatsRequest, StorageError, TaskStats};
+use tasktrail_core::{StatsRequest, StorageError, TaskStats};
 
+use super::rows::RunningRow;
 use super::SqliteStorage;
-use crate::codec::{decode_timestamp, decode_worker_id, decode_worker_state};
-use crate::stats::{cause_case, cause_text, StatsStatements};
-
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-pub(crate) struct RunningRow {
-    #[diesel(sql_type = Nullable<Text>)]
-    worker_id: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-    #[diesel(sql_type = Nullable<Text>)]
-    oldest: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
-}
-
-impl RunningRow {
-    fn into_owner(self) -> Result<RunningOwner, StorageError> {
-        let worker = self
-            .worker_id
-            .as_deref()
-            .map(|id| decode_worker_id("worker_id", id))
-            .transpose()?;
-        let label = self.worker_id.as_deref().unwrap_or("none");
-        Ok(RunningOwner {
-            worker,
-            host: self.host,
-            pid: self
-                .pid
-                .map(|pid| {
-                    u32::try_from(pid)
-                        .map_err(|_| crate::codec::corrupt(format!("worker {label}: pid {pid}")))
-                })
-                .transpose()?,
-            state: self
-                .state
-                .as_deref()
-                .map(|state| decode_worker_state(label, state))
-                .transpose()?,
-            rows: u64::try_from(self.rows).unwrap_or(0),
-            oldest_started_at: self
-                .oldest
-                .as_deref()
-                .map(|at| decode_timestamp("started_at", at))
-                .transpose()?,
-        })
-    }
-}
+use crate::stats::{interrupted_causes, StatsStatements};
 
 impl StatsStatements for SqliteStorage {
     /// Through the partial index on running rows: as cheap as the sweep's read.
@@ -77,15 +26,9 @@ impl StatsStatements for SqliteStorage {
               FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
         LEFT JOIN workers AS w ON w.id = r.worker_id";
 
-    const INTERRUPTED_CAUSES: &'static str = concat!(
-        "SELECT ",
-        cause_case!(),
-        " AS cause, COUNT(*) AS rows FROM (SELECT interrupt_reason AS reason, \
-           (interrupted_by IS worker_id) AS by_own_worker, ",
-        cause_text!(),
-        " AS cause FROM task_history \
-           WHERE status = 'interrupted' AND julianday(interrupted_at) >= julianday(?)) \
-         GROUP BY 1"
+    const INTERRUPTED_CAUSES: &'static str = interrupted_causes!(
+        by_own_worker: "(interrupted_by IS worker_id)",
+        interrupted_since: "julianday(interrupted_at) >= julianday(?)"
     );
 
     const DURATIONS: &'static str = "\
@@ -107,10 +50,6 @@ impl StatsStatements for SqliteStorage {
         FROM ranked GROUP BY status, n";
 
     type RunningRow = RunningRow;
-
-    fn running_owner(row: RunningRow) -> Result<RunningOwner, StorageError> {
-        row.into_owner()
-    }
 
     fn read_transaction<T>(
         connection: &mut SqliteConnection,

@@ -8,21 +8,15 @@
 
 mod prepared;
 
-use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
-
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use tasktrail_core::backend::{FinishRow, NewRunningRow};
-use tasktrail_core::{
-    truncate_to_micros, RunReport, StorageError, TaskId, TaskStatus, Timestamp, WorkerId,
-};
+use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId};
 use uuid::Uuid;
 
-use crate::codec::artifacts_to_json;
 use crate::postgres::pool::PgPooled;
 use crate::postgres::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
-use crate::postgres::schema::{claude_sdk_sessions, task_history, workers};
-use crate::postgres::{map_error, PostgresStorage};
+use crate::postgres::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
+use crate::postgres::{advisory_unlock, map_error, PostgresStorage};
 use crate::store::{SqlDialect, TextQuery, WorkerRead};
 use crate::tx::TxError;
 
@@ -33,6 +27,17 @@ impl SqlDialect for PostgresStorage {
 
     fn hold(&self) -> Result<PgPooled, StorageError> {
         self.pooled()
+    }
+
+    /// Releases the worker's advisory lock on the liveness session.
+    fn release_worker_lock(&self, worker: WorkerId) {
+        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) {
+            // Best effort: if the session is gone, so is the lock.
+            let _ = liveness.run(|connection, tracked| {
+                tracked.remove(&worker);
+                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
+            });
+        }
     }
 
     fn write_transaction<T>(
@@ -55,6 +60,10 @@ impl SqlDialect for PostgresStorage {
         query.load(connection)
     }
 
+    fn execute_text(connection: &mut PgConnection, query: TextQuery<'_, Pg>) -> QueryResult<usize> {
+        query.execute(connection)
+    }
+
     fn worker_state(
         connection: &mut PgConnection,
         worker: WorkerId,
@@ -67,48 +76,6 @@ impl SqlDialect for PostgresStorage {
             WorkerRead::ForShare => query.for_share().first::<String>(connection).optional(),
             WorkerRead::Plain => query.first::<String>(connection).optional(),
         }
-    }
-
-    /// One prepared statement, one round trip: the INSERT reads the worker's
-    /// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
-    /// between) and writes nothing unless it is `alive`.
-    fn insert_running_if_worker_alive(
-        connection: &mut PgConnection,
-        row: &NewRunningRow,
-    ) -> QueryResult<usize> {
-        let spec = &row.spec;
-        InsertRunningIfWorkerAlive {
-            id: *row.id.as_uuid(),
-            repo: spec.repo(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user(),
-            agent: spec.agent(),
-            agent_type: spec.agent_type(),
-            model: spec.model(),
-            provider: spec.provider(),
-            started_at: truncate_to_micros(row.started_at),
-            worker: *row.worker.as_uuid(),
-        }
-        .execute(connection)
-    }
-
-    fn finish_completed_if_owned_and_running(
-        connection: &mut PgConnection,
-        row: &FinishRow,
-        report: &RunReport,
-    ) -> QueryResult<usize> {
-        FinishCompletedIfOwnedAndRunning {
-            id: *row.id.as_uuid(),
-            worker: *row.worker.as_uuid(),
-            status: row.outcome.status().as_str(),
-            finished_at: truncate_to_micros(row.at),
-            input_tokens: i64::from(report.input_tokens),
-            output_tokens: i64::from(report.output_tokens),
-            cost_usd: report.cost_usd.dollars(),
-            turns: i64::from(report.turns),
-            artifacts: artifacts_to_json(&report.artifacts),
-        }
-        .execute(connection)
     }
 
     /// Read `FOR SHARE`: a sweep cannot interrupt the task before the

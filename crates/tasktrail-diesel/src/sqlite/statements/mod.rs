@@ -8,18 +8,14 @@
 
 mod prepared;
 
-use prepared::{FinishCompletedIfOwnedAndRunning, InsertRunningIfWorkerAlive};
-
 use std::sync::MutexGuard;
 
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use tasktrail_core::backend::{FinishRow, NewRunningRow};
-use tasktrail_core::{RunReport, StorageError, TaskId, TaskStatus, Timestamp, WorkerId};
+use tasktrail_core::{StorageError, TaskId, TaskStatus, Timestamp, WorkerId};
 
-use crate::codec::encode_artifacts;
 use crate::sqlite::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
-use crate::sqlite::schema::{claude_sdk_sessions, task_history, workers};
+use crate::sqlite::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use crate::sqlite::store::immediate;
 use crate::sqlite::{map_error, SqliteStorage};
 use crate::store::{SqlDialect, TextQuery, WorkerRead};
@@ -32,6 +28,11 @@ impl SqlDialect for SqliteStorage {
 
     fn hold(&self) -> Result<Self::Held<'_>, StorageError> {
         Ok(self.connection())
+    }
+
+    /// Releases the worker's `flock` and removes its lock file.
+    fn release_worker_lock(&self, worker: WorkerId) {
+        self.drop_worker_lock(worker);
     }
 
     fn write_transaction<T>(
@@ -55,6 +56,13 @@ impl SqlDialect for SqliteStorage {
         query.load(connection)
     }
 
+    fn execute_text(
+        connection: &mut SqliteConnection,
+        query: TextQuery<'_, Sqlite>,
+    ) -> QueryResult<usize> {
+        query.execute(connection)
+    }
+
     /// The write transaction holds the database's only write lock, so a
     /// plain read already keeps the row from changing under the caller.
     fn worker_state(
@@ -67,46 +75,6 @@ impl SqlDialect for SqliteStorage {
             .select(workers::state)
             .first::<String>(connection)
             .optional()
-    }
-
-    fn insert_running_if_worker_alive(
-        connection: &mut SqliteConnection,
-        row: &NewRunningRow,
-    ) -> QueryResult<usize> {
-        let spec = &row.spec;
-        let worker = stored_id(row.worker.as_uuid());
-        InsertRunningIfWorkerAlive {
-            id: &stored_id(row.id.as_uuid()),
-            repo: spec.repo(),
-            issue_number: i64::from(spec.issue_number()),
-            user: spec.user(),
-            agent: spec.agent(),
-            agent_type: spec.agent_type(),
-            model: spec.model(),
-            provider: spec.provider(),
-            started_at: &stored_time(row.started_at),
-            worker: &worker,
-        }
-        .execute(connection)
-    }
-
-    fn finish_completed_if_owned_and_running(
-        connection: &mut SqliteConnection,
-        row: &FinishRow,
-        report: &RunReport,
-    ) -> QueryResult<usize> {
-        FinishCompletedIfOwnedAndRunning {
-            id: &stored_id(row.id.as_uuid()),
-            worker: &stored_id(row.worker.as_uuid()),
-            status: row.outcome.status().as_str(),
-            finished_at: &stored_time(row.at),
-            input_tokens: i64::from(report.input_tokens),
-            output_tokens: i64::from(report.output_tokens),
-            cost_usd: report.cost_usd.dollars(),
-            turns: i64::from(report.turns),
-            artifacts: &encode_artifacts(&report.artifacts),
-        }
-        .execute(connection)
     }
 
     fn task_is_running_under(
