@@ -73,6 +73,26 @@ macro_rules! cause_text {
 }
 pub(crate) use cause_text;
 
+/// The running rows per owner, with the owner's `workers` row: `worker_id,
+/// rows, oldest, host, pid, state`, through the partial index on running
+/// rows (as cheap as the sweep's read). A dialect gives the oldest start of
+/// an owner's rows (`oldest_of_rows`, over `started_at`) and how it is read
+/// back (`oldest`, over `r.oldest`).
+macro_rules! running_owners {
+    (oldest_of_rows: $oldest_of_rows:literal, oldest: $oldest:literal) => {
+        concat!(
+            "SELECT r.worker_id AS worker_id, r.rows AS rows, ",
+            $oldest,
+            " AS oldest, w.host AS host, w.pid AS pid, w.state AS state \
+             FROM (SELECT worker_id, COUNT(*) AS rows, ",
+            $oldest_of_rows,
+            " AS oldest FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
+             LEFT JOIN workers AS w ON w.id = r.worker_id"
+        )
+    };
+}
+pub(crate) use running_owners;
+
 /// The interrupted rows of the window by [`cause_case!`]: `cause, rows`.
 /// A dialect gives how it tells whether `interrupted_by` is the row's own
 /// `worker_id` (both may be NULL) and how it compares `interrupted_at` with

@@ -12,16 +12,13 @@ use tasktrail_core::{StatsRequest, StorageError, TaskStats};
 
 use super::rows::RunningRow;
 use super::PostgresStorage;
-use crate::stats::{interrupted_causes, StatsStatements};
+use crate::stats::{interrupted_causes, running_owners, StatsStatements};
 
 impl StatsStatements for PostgresStorage {
-    /// Through the partial index on running rows: as cheap as the sweep's read.
-    const RUNNING_OWNERS: &'static str = "\
-        SELECT r.worker_id AS worker_id, r.rows AS rows, r.oldest AS oldest, \
-               w.host AS host, w.pid AS pid, w.state AS state \
-        FROM (SELECT worker_id, count(*) AS rows, min(started_at) AS oldest \
-              FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
-        LEFT JOIN workers AS w ON w.id = r.worker_id";
+    const RUNNING_OWNERS: &'static str = running_owners!(
+        oldest_of_rows: "min(started_at)",
+        oldest: "r.oldest"
+    );
 
     const INTERRUPTED_CAUSES: &'static str = interrupted_causes!(
         by_own_worker: "(interrupted_by IS NOT DISTINCT FROM worker_id)",
