@@ -137,6 +137,20 @@ pub(crate) struct DurationFigures {
     pub(crate) p95_ms: Option<i64>,
 }
 
+/// `rows, host, pid, state`: the columns of a running owners' row that
+/// read alike on every backend (a backend's row embeds them).
+#[derive(QueryableByName)]
+pub(crate) struct OwnerColumns {
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pid: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    state: Option<String>,
+}
+
 /// A row of the running owners' query, its worker id and oldest start
 /// decoded by the dialect; the rest is read here.
 pub(crate) struct RunningOwnerColumns {
@@ -144,11 +158,8 @@ pub(crate) struct RunningOwnerColumns {
     pub(crate) worker: Option<WorkerId>,
     /// How errors name the owner (its id as stored, or `none`).
     pub(crate) label: String,
-    pub(crate) rows: i64,
     pub(crate) oldest_started_at: Option<Timestamp>,
-    pub(crate) host: Option<String>,
-    pub(crate) pid: Option<i64>,
-    pub(crate) state: Option<String>,
+    pub(crate) owner: OwnerColumns,
 }
 
 /// A backend's row of the running owners' query.
@@ -161,21 +172,22 @@ pub(crate) trait RunningOwnerRow {
 impl RunningOwnerColumns {
     fn into_owner(self) -> Result<RunningOwner, StorageError> {
         let label = self.label;
+        let owner = self.owner;
         Ok(RunningOwner {
             worker: self.worker,
-            host: self.host,
-            pid: self
+            host: owner.host,
+            pid: owner
                 .pid
                 .map(|pid| {
                     u32::try_from(pid).map_err(|_| corrupt(format!("worker {label}: pid {pid}")))
                 })
                 .transpose()?,
-            state: self
+            state: owner
                 .state
                 .as_deref()
                 .map(|state| decode_worker_state(&label, state))
                 .transpose()?,
-            rows: u64::try_from(self.rows).unwrap_or(0),
+            rows: u64::try_from(owner.rows).unwrap_or(0),
             oldest_started_at: self.oldest_started_at,
         })
     }
@@ -206,6 +218,22 @@ pub(crate) trait StatsStatements: SqlDialect {
     ) -> QueryResult<T>;
 }
 
+/// The rows of `statement`, its first bind parameter the time `since`.
+fn load_since<S, R>(
+    connection: &mut S::Connection,
+    statement: &str,
+    since: Timestamp,
+) -> QueryResult<Vec<R>>
+where
+    S: StatsStatements,
+    R: QueryableByName<S::Backend> + 'static,
+{
+    S::load_text(
+        connection,
+        S::bind_time(diesel::sql_query(statement).into_boxed(), since),
+    )
+}
+
 /// The operator's figures ([`TaskStats`]): rows by status, running rows
 /// per worker, interrupted rows of the window by cause, median and p95
 /// durations of the rows that ended in it; four queries in one read
@@ -225,20 +253,13 @@ where
                 connection,
                 diesel::sql_query(S::RUNNING_OWNERS).into_boxed(),
             )?;
-            let causes: Vec<CauseCount> = S::load_text(
+            let causes: Vec<CauseCount> = load_since::<S, _>(
                 connection,
-                S::bind_time(
-                    diesel::sql_query(S::INTERRUPTED_CAUSES).into_boxed(),
-                    request.interrupted_start(),
-                ),
+                S::INTERRUPTED_CAUSES,
+                request.interrupted_start(),
             )?;
-            let durations: Vec<DurationFigures> = S::load_text(
-                connection,
-                S::bind_time(
-                    diesel::sql_query(S::DURATIONS).into_boxed(),
-                    request.window_start(),
-                ),
-            )?;
+            let durations: Vec<DurationFigures> =
+                load_since::<S, _>(connection, S::DURATIONS, request.window_start())?;
             Ok((by_status, running, causes, durations))
         })
         .map_err(map::<S>)?;

@@ -18,7 +18,7 @@ use crate::codec::{
     decode_worker_state, encode_host_identity, recovered_again, CauseColumns, RowLabel,
 };
 use crate::overview::{HourCount, HourCountRow};
-use crate::stats::{RunningOwnerColumns, RunningOwnerRow};
+use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// A time as this schema's `timestamptz` columns hold it: to the
 /// microsecond.
@@ -295,16 +295,10 @@ impl ReportRow {
 pub(crate) struct RunningRow {
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
     worker_id: Option<Uuid>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     oldest: Option<Timestamp>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
+    #[diesel(embed)]
+    owner: OwnerColumns,
 }
 
 impl RunningOwnerRow for RunningRow {
@@ -315,10 +309,7 @@ impl RunningOwnerRow for RunningRow {
                 .worker_id
                 .map_or_else(|| "none".to_owned(), |id| id.to_string()),
             oldest_started_at: self.oldest,
-            rows: self.rows,
-            host: self.host,
-            pid: self.pid,
-            state: self.state,
+            owner: self.owner,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::codec::{
     encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
 use crate::overview::{HourCount, HourCountRow};
-use crate::stats::{RunningOwnerColumns, RunningOwnerRow};
+use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// A time as this schema's TEXT columns hold it: the one form tasktrail
 /// writes (its text order is time order).
@@ -298,16 +298,10 @@ impl ReportRow {
 pub(crate) struct RunningRow {
     #[diesel(sql_type = Nullable<Text>)]
     worker_id: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
     #[diesel(sql_type = Nullable<Text>)]
     oldest: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
+    #[diesel(embed)]
+    owner: OwnerColumns,
 }
 
 impl RunningOwnerRow for RunningRow {
@@ -324,10 +318,7 @@ impl RunningOwnerRow for RunningRow {
                 .map(|at| decode_timestamp("started_at", at))
                 .transpose()?,
             label: self.worker_id.unwrap_or_else(|| "none".to_owned()),
-            rows: self.rows,
-            host: self.host,
-            pid: self.pid,
-            state: self.state,
+            owner: self.owner,
         })
     }
 }
