@@ -354,6 +354,50 @@ fn a_sweep_leaves_a_session_invalidated_earlier_alone<B: Backend>() {
     drop(orphan);
 }
 
+/// An interrupted finish invalidates only the task's sessions still valid:
+/// one invalidated by hand earlier keeps its time and reason. Kills the
+/// finish's session UPDATE (`invalidate_sessions_of_task`) losing its
+/// `invalidated_at IS NULL` term.
+fn an_interrupted_finish_leaves_a_session_invalidated_earlier_alone<B: Backend>() {
+    let Some(w) = World::<B>::new() else {
+        return;
+    };
+    let owner = w.worker(10);
+    let task = Task::queue(spec()).start(&owner, &w.store).expect("start");
+    for id in ["sess_earlier", "sess_valid"] {
+        task.record_session(SessionId::parse(id).expect("id"), &w.store)
+            .expect("record");
+    }
+    w.store.invalidate_session_by_hand(
+        &SessionId::parse("sess_earlier").expect("id"),
+        w.clock.now(),
+    );
+    let session = |w: &World<B>, id: &str| {
+        w.store
+            .list_sessions()
+            .expect("sessions")
+            .into_iter()
+            .find(|s| s.session_id.as_str() == id)
+            .expect("session")
+    };
+    let before = session(&w, "sess_earlier");
+    w.clock.advance(Duration::minutes(1));
+    task.finish(
+        Outcome::Interrupted(InterruptReason::new("worker received SIGTERM").expect("reason")),
+        &w.store,
+    )
+    .expect("finish");
+    assert_eq!(
+        session(&w, "sess_earlier"),
+        before,
+        "an earlier invalidation is kept"
+    );
+    assert!(
+        session(&w, "sess_valid").invalidated_at.is_some(),
+        "the valid one is invalidated"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -375,4 +419,5 @@ on_every_backend!(
     a_sweep_leaves_a_stopped_owner_stopped,
     a_session_is_recorded_only_by_the_owner_of_a_running_task,
     a_sweep_leaves_a_session_invalidated_earlier_alone,
+    an_interrupted_finish_leaves_a_session_invalidated_earlier_alone,
 );

@@ -22,6 +22,8 @@
 //! store really issued) and, with `postgres`, `ScratchDatabase` (a fresh
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod adopt;
 mod codec;
 mod compat;
 #[cfg(test)]
@@ -38,6 +40,8 @@ mod secrets;
 #[cfg(feature = "testing")]
 mod skip;
 mod statement_log;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod statements;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod stats;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]

@@ -1,8 +1,10 @@
 //! The operator's figures (`tasktrail stats`), computed in the database:
-//! each backend runs four aggregate queries in one read-only transaction
-//! (one snapshot) and this module turns their rows into a
+//! four aggregate queries in one read-only transaction (one snapshot),
+//! run here ([`stats`]) and their rows turned into a
 //! [`TaskStats`](tasktrail_core::TaskStats). Nothing loads the history row
-//! by row: counts are `GROUP BY`s, percentiles are ranked in SQL.
+//! by row: counts are `GROUP BY`s, percentiles are ranked in SQL. A backend
+//! supplies [`StatsStatements`]: its read transaction, the three
+//! statements whose text is its own, and its running-owner row.
 //!
 //! The interrupt cause is one `CASE` shared by both backends
 //! ([`cause_case!`]), the SQL twin of
@@ -14,9 +16,15 @@ use std::collections::HashMap;
 use chrono::Duration;
 use tasktrail_core::{
     DurationStats, InterruptCause, RunningOwner, StatsRequest, StorageError, TaskStats, TaskStatus,
+    Timestamp, WorkerId,
 };
 
-use crate::codec::corrupt;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::{QueryResult, QueryableByName};
+
+use crate::codec::{corrupt, decode_worker_state};
+use crate::overview::{StatusCount, STATUS_COUNTS};
+use crate::store::{map, SqlDialect};
 
 /// The cause of an interrupted row as SQL, over a subquery's columns
 /// `reason` (`interrupt_reason`), `by_own_worker` (whether
@@ -65,75 +73,214 @@ macro_rules! cause_text {
 }
 pub(crate) use cause_text;
 
-/// The row types every backend's aggregate queries return.
-macro_rules! stats_rows {
-    ($backend:ty) => {
-        /// `status, rows`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct StatusRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) status: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-        }
-
-        /// `cause, rows`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct CauseRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) cause: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-        }
-
-        /// `status, rows, median_ms, p95_ms`.
-        #[derive(diesel::QueryableByName)]
-        #[diesel(check_for_backend($backend))]
-        pub(crate) struct DurationRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            pub(crate) status: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            pub(crate) rows: i64,
-            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-            pub(crate) median_ms: Option<i64>,
-            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-            pub(crate) p95_ms: Option<i64>,
-        }
-
-        impl From<StatusRow> for (String, i64) {
-            fn from(row: StatusRow) -> Self {
-                (row.status, row.rows)
-            }
-        }
-
-        impl From<CauseRow> for (String, i64) {
-            fn from(row: CauseRow) -> Self {
-                (row.cause, row.rows)
-            }
-        }
-
-        impl From<DurationRow> for $crate::stats::DurationFigures {
-            fn from(row: DurationRow) -> Self {
-                $crate::stats::DurationFigures {
-                    status: row.status,
-                    rows: row.rows,
-                    median_ms: row.median_ms,
-                    p95_ms: row.p95_ms,
-                }
-            }
-        }
+/// The running rows per owner, with the owner's `workers` row: `worker_id,
+/// rows, oldest, host, pid, state`, through the partial index on running
+/// rows (as cheap as the sweep's read). A dialect gives the oldest start of
+/// an owner's rows (`oldest_of_rows`, over `started_at`) and how it is read
+/// back (`oldest`, over `r.oldest`).
+macro_rules! running_owners {
+    (oldest_of_rows: $oldest_of_rows:literal, oldest: $oldest:literal) => {
+        concat!(
+            "SELECT r.worker_id AS worker_id, r.rows AS rows, ",
+            $oldest,
+            " AS oldest, w.host AS host, w.pid AS pid, w.state AS state \
+             FROM (SELECT worker_id, COUNT(*) AS rows, ",
+            $oldest_of_rows,
+            " AS oldest FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
+             LEFT JOIN workers AS w ON w.id = r.worker_id"
+        )
     };
 }
-pub(crate) use stats_rows;
+pub(crate) use running_owners;
 
-/// One status's row of the duration query.
+/// The interrupted rows of the window by [`cause_case!`]: `cause, rows`.
+/// A dialect gives how it tells whether `interrupted_by` is the row's own
+/// `worker_id` (both may be NULL) and how it compares `interrupted_at` with
+/// the window's start, its first bind parameter.
+macro_rules! interrupted_causes {
+    (by_own_worker: $by_own_worker:literal, interrupted_since: $interrupted_since:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::stats::cause_case!(),
+            " AS cause, COUNT(*) AS rows FROM (SELECT interrupt_reason AS reason, ",
+            $by_own_worker,
+            " AS by_own_worker, ",
+            $crate::stats::cause_text!(),
+            " AS cause FROM task_history WHERE status = 'interrupted' AND ",
+            $interrupted_since,
+            ") AS interrupted GROUP BY 1"
+        )
+    };
+}
+pub(crate) use interrupted_causes;
+
+/// `cause, rows`: interrupted rows by cause, from any backend.
+#[derive(QueryableByName)]
+pub(crate) struct CauseCount {
+    #[diesel(sql_type = Text)]
+    cause: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+/// `status, rows, median_ms, p95_ms`: one status's durations, from any
+/// backend.
+#[derive(QueryableByName)]
 pub(crate) struct DurationFigures {
+    #[diesel(sql_type = Text)]
     pub(crate) status: String,
+    #[diesel(sql_type = BigInt)]
     pub(crate) rows: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
     pub(crate) median_ms: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
     pub(crate) p95_ms: Option<i64>,
+}
+
+/// `rows, host, pid, state`: the columns of a running owners' row that
+/// read alike on every backend (a backend's row embeds them).
+#[derive(QueryableByName)]
+pub(crate) struct OwnerColumns {
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    host: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pid: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    state: Option<String>,
+}
+
+/// A row of the running owners' query, its worker id and oldest start
+/// decoded by the dialect; the rest is read here.
+pub(crate) struct RunningOwnerColumns {
+    /// The owner, `None` for rows that name none.
+    pub(crate) worker: Option<WorkerId>,
+    /// How errors name the owner (its id as stored, or `none`).
+    pub(crate) label: String,
+    pub(crate) oldest_started_at: Option<Timestamp>,
+    pub(crate) owner: OwnerColumns,
+}
+
+/// A backend's row of the running owners' query.
+pub(crate) trait RunningOwnerRow {
+    /// The row with what the dialect stores its way (the worker id, the
+    /// oldest start) decoded.
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError>;
+}
+
+impl RunningOwnerColumns {
+    fn into_owner(self) -> Result<RunningOwner, StorageError> {
+        let label = self.label;
+        let owner = self.owner;
+        Ok(RunningOwner {
+            worker: self.worker,
+            host: owner.host,
+            pid: owner
+                .pid
+                .map(|pid| {
+                    u32::try_from(pid).map_err(|_| corrupt(format!("worker {label}: pid {pid}")))
+                })
+                .transpose()?,
+            state: owner
+                .state
+                .as_deref()
+                .map(|state| decode_worker_state(&label, state))
+                .transpose()?,
+            rows: u64::try_from(owner.rows).unwrap_or(0),
+            oldest_started_at: self.oldest_started_at,
+        })
+    }
+}
+
+/// What a backend supplies for the stats: its read transaction and the
+/// statements whose text is its own (how it reads a time, ranks a
+/// percentile, compares an owner), with the row the running owners'
+/// query returns. The status counts are [`STATUS_COUNTS`], every dialect's.
+pub(crate) trait StatsStatements: SqlDialect {
+    /// Running rows per owner, with the owner's `workers` row: `worker_id,
+    /// rows, oldest, host, pid, state`.
+    const RUNNING_OWNERS: &'static str;
+    /// Interrupted rows since the time bound as the first parameter, by
+    /// [`cause_case!`]: `cause, rows`.
+    const INTERRUPTED_CAUSES: &'static str;
+    /// Durations of the rows that ended since the time bound as the first
+    /// parameter, per status, nearest-rank median and p95 in milliseconds:
+    /// `status, rows, median_ms, p95_ms`.
+    const DURATIONS: &'static str;
+    /// One row of [`Self::RUNNING_OWNERS`].
+    type RunningRow: QueryableByName<Self::Backend> + RunningOwnerRow + 'static;
+
+    /// Runs `body` in a transaction that only reads, over one snapshot.
+    fn read_transaction<T>(
+        connection: &mut Self::Connection,
+        body: impl FnOnce(&mut Self::Connection) -> QueryResult<T>,
+    ) -> QueryResult<T>;
+}
+
+/// The rows of `statement`, its first bind parameter the time `since`.
+fn load_since<S, R>(
+    connection: &mut S::Connection,
+    statement: &str,
+    since: Timestamp,
+) -> QueryResult<Vec<R>>
+where
+    S: StatsStatements,
+    R: QueryableByName<S::Backend> + 'static,
+{
+    S::load_text(
+        connection,
+        S::bind_time(diesel::sql_query(statement).into_boxed(), since),
+    )
+}
+
+/// The operator's figures ([`TaskStats`]): rows by status, running rows
+/// per worker, interrupted rows of the window by cause, median and p95
+/// durations of the rows that ended in it; four queries in one read
+/// transaction.
+pub(crate) fn stats<S>(store: &S, request: &StatsRequest) -> Result<TaskStats, StorageError>
+where
+    S: StatsStatements,
+    StatusCount: QueryableByName<S::Backend>,
+    CauseCount: QueryableByName<S::Backend>,
+    DurationFigures: QueryableByName<S::Backend>,
+{
+    let (by_status, running, causes, durations) =
+        S::read_transaction(&mut *store.hold()?, |connection| {
+            let by_status: Vec<StatusCount> =
+                S::load_text(connection, diesel::sql_query(STATUS_COUNTS).into_boxed())?;
+            let running: Vec<S::RunningRow> = S::load_text(
+                connection,
+                diesel::sql_query(S::RUNNING_OWNERS).into_boxed(),
+            )?;
+            let causes: Vec<CauseCount> = load_since::<S, _>(
+                connection,
+                S::INTERRUPTED_CAUSES,
+                request.interrupted_start(),
+            )?;
+            let durations: Vec<DurationFigures> =
+                load_since::<S, _>(connection, S::DURATIONS, request.window_start())?;
+            Ok((by_status, running, causes, durations))
+        })
+        .map_err(map::<S>)?;
+    assemble(
+        request,
+        Figures {
+            by_status: by_status
+                .into_iter()
+                .map(|row| (row.status, row.rows))
+                .collect(),
+            running: running
+                .into_iter()
+                .map(|row| row.into_columns()?.into_owner())
+                .collect::<Result<_, _>>()?,
+            causes: causes
+                .into_iter()
+                .map(|row| (row.cause, row.rows))
+                .collect(),
+            durations,
+        },
+    )
 }
 
 /// What the four queries returned.

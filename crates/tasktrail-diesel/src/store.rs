@@ -1,9 +1,24 @@
-//! What the two SQL backends' `Storage` methods share: the flow of each
+//! What the SQL backends' `Storage` methods share: the flow of each
 //! method (which statement first, what a refusal means, which errors are
 //! domain answers), written once. Each backend implements [`SqlDialect`]:
 //! its connection, its write transaction and its statements (their text,
 //! types and locking clauses: what the dialect forces), and calls these
-//! functions from its `impl Storage`.
+//! functions from its `impl Storage` (`shared_storage_methods!`).
+//!
+//! # What a backend supplies
+//!
+//! A new SQL backend (a Diesel connection, `diesel-async`'s
+//! `AsyncConnectionWrapper` included) plugs in with its `schema.rs`, its
+//! `rows.rs` (the row types, `stored_id`, `stored_time`), its error table
+//! ([`ErrorDialect`] on Diesel's backend type) and its `statements/`:
+//! `impl SqlDialect` (its connection, write transaction, the statements
+//! whose text or locking is its own, and `crate::statements`'s
+//! `dialect_statements!` for the rest), `impl PruneTarget`
+//! (`prune_statements!`), `impl OverviewStatements` and
+//! `impl StatsStatements` (statement texts, the rows they return), and its
+//! adoption checks (`crate::adopt::AdoptDialect`). Every flow over those
+//! is in this crate's shared modules: `store`, `prune`, `overview`,
+//! `stats`, `adopt`, `compat`, `tx`.
 //!
 //! The recovery sweep, the report claim and worker registration stay in
 //! each backend (`sqlite/sweep.rs`, `postgres/sweep.rs`): their locking
@@ -17,13 +32,14 @@
 
 use std::ops::DerefMut;
 
-use diesel::QueryResult;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::{QueryResult, QueryableByName};
 use tasktrail_core::backend::{
     interrupted_session_reason, FinishRefusal, FinishRow, FinishWrite, NewRunningRow, NewSession,
 };
 use tasktrail_core::{
     Outcome, RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, WorkerId, WorkerRecord, WorkerState,
+    TaskStatus, Timestamp, WorkerId, WorkerRecord, WorkerState,
 };
 
 use crate::tx::{unique_violation_or, ErrorDialect, TxError};
@@ -39,10 +55,14 @@ pub(crate) enum WorkerRead {
     ForShare,
 }
 
+/// A statement written as SQL text (`diesel::sql_query`), boxed so that
+/// shared code can bind its parameters one by one.
+pub(crate) type TextQuery<'f, DB> = BoxedSqlQuery<'f, DB, SqlQuery>;
+
 /// One SQL backend's connection, transaction and statements.
 pub(crate) trait SqlDialect {
     /// Diesel's backend type: its [`ErrorDialect`] classifies errors.
-    type Backend: ErrorDialect;
+    type Backend: ErrorDialect + diesel::backend::Backend;
     /// The connection statements run on.
     type Connection;
     /// A connection held for one call (a mutex guard, a pooled connection).
@@ -53,12 +73,38 @@ pub(crate) trait SqlDialect {
     /// A connection for one call.
     fn hold(&self) -> Result<Self::Held<'_>, StorageError>;
 
+    /// Lets go of the liveness lock this store holds for `worker`, once it
+    /// deregistered (best effort: a lock whose holder is gone is free).
+    fn release_worker_lock(&self, worker: WorkerId);
+
     /// Runs `body` in this dialect's write transaction (SQLite: `BEGIN
     /// IMMEDIATE`; Postgres: `BEGIN`, row locks taken by the statements).
     fn write_transaction<T>(
         connection: &mut Self::Connection,
         body: impl FnOnce(&mut Self::Connection) -> Result<T, TxError>,
     ) -> Result<T, StorageError>;
+
+    /// Binds `at` to `query` as this dialect stores a time (the type of its
+    /// time columns).
+    fn bind_time<'f>(
+        query: TextQuery<'f, Self::Backend>,
+        at: Timestamp,
+    ) -> TextQuery<'f, Self::Backend>;
+
+    /// Runs a statement written as SQL text and reads its rows by name.
+    fn load_text<R>(
+        connection: &mut Self::Connection,
+        query: TextQuery<'_, Self::Backend>,
+    ) -> QueryResult<Vec<R>>
+    where
+        R: QueryableByName<Self::Backend> + 'static;
+
+    /// Runs a statement written as SQL text that returns no rows: how many
+    /// it changed.
+    fn execute_text(
+        connection: &mut Self::Connection,
+        query: TextQuery<'_, Self::Backend>,
+    ) -> QueryResult<usize>;
 
     /// `workers.state` of `worker`, if it has a row.
     fn worker_state(
@@ -72,6 +118,23 @@ pub(crate) trait SqlDialect {
     fn insert_running_if_worker_alive(
         connection: &mut Self::Connection,
         row: &NewRunningRow,
+    ) -> QueryResult<usize>;
+
+    /// `UPDATE workers SET state = 'stopped', stopped_at WHERE id AND state
+    /// = 'alive'`: how many rows it changed.
+    fn mark_stopped_if_alive(
+        connection: &mut Self::Connection,
+        worker: WorkerId,
+        at: Timestamp,
+    ) -> QueryResult<usize>;
+
+    /// `UPDATE recovery_reports SET reported_at WHERE task_id IN (tasks) AND
+    /// owed_by = reporter AND reported_at IS NULL`: how many it confirmed.
+    fn confirm_reports_of(
+        connection: &mut Self::Connection,
+        reporter: WorkerId,
+        tasks: &[TaskId],
+        at: Timestamp,
     ) -> QueryResult<usize>;
 
     /// Every `workers` row, oldest registration first.
@@ -131,15 +194,11 @@ pub(crate) trait SqlDialect {
         statuses: &[&'static str],
     ) -> Result<Option<SessionRecord>, StorageError>;
 
-    /// Every session, newest first.
-    fn sessions_newest_first(
+    /// Every session (`task` `None`) or task `task`'s (through the
+    /// `task_id` index), newest first.
+    fn sessions_newest_first_of(
         connection: &mut Self::Connection,
-    ) -> Result<Vec<SessionRecord>, StorageError>;
-
-    /// Task `task`'s sessions, newest first (through the `task_id` index).
-    fn sessions_of_task(
-        connection: &mut Self::Connection,
-        task: TaskId,
+        task: Option<TaskId>,
     ) -> Result<Vec<SessionRecord>, StorageError>;
 
     /// The `task_history` rows matching `filter`, newest first, each
@@ -151,7 +210,7 @@ pub(crate) trait SqlDialect {
 }
 
 /// A Diesel error through the dialect's table.
-fn map<S: SqlDialect>(error: diesel::result::Error) -> StorageError {
+pub(crate) fn map<S: SqlDialect>(error: diesel::result::Error) -> StorageError {
     <S::Backend as ErrorDialect>::map_error(error)
 }
 
@@ -179,6 +238,44 @@ pub(crate) fn worker_refusal<S: SqlDialect>(
         Ok(Some(_)) => StorageError::WorkerNotAlive { id: worker },
         Err(error) => map::<S>(error),
     }
+}
+
+/// `Storage::deregister_worker`: in one write transaction, an unknown
+/// worker is [`StorageError::UnknownWorker`]; an `alive` one becomes
+/// `stopped` at `at`; one already `stopped` or `dead` stays as it is. Then
+/// the worker's liveness lock is let go.
+pub(crate) fn deregister_worker<S: SqlDialect>(
+    store: &S,
+    worker: WorkerId,
+    at: Timestamp,
+) -> Result<(), StorageError> {
+    S::write_transaction(&mut *store.hold()?, |connection| {
+        if S::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
+            return Err(StorageError::UnknownWorker { id: worker }.into());
+        }
+        S::mark_stopped_if_alive(connection, worker, at)?;
+        Ok(())
+    })?;
+    store.release_worker_lock(worker);
+    Ok(())
+}
+
+/// `Storage::confirm_reports`: the reports `reporter` owes for `tasks`,
+/// confirmed at `at`, in one write transaction; 500 tasks a statement (a
+/// statement's bind parameters are bounded: SQLite's limit).
+pub(crate) fn confirm_reports<S: SqlDialect>(
+    store: &S,
+    reporter: WorkerId,
+    tasks: &[TaskId],
+    at: Timestamp,
+) -> Result<u64, StorageError> {
+    S::write_transaction(&mut *store.hold()?, |connection| {
+        let mut confirmed = 0;
+        for chunk in tasks.chunks(500) {
+            confirmed += S::confirm_reports_of(connection, reporter, chunk, at)? as u64;
+        }
+        Ok(confirmed)
+    })
 }
 
 /// `Storage::insert_running`: one statement, no transaction; a duplicate
@@ -288,7 +385,7 @@ pub(crate) fn list_workers<S: SqlDialect>(store: &S) -> Result<Vec<WorkerRecord>
 
 /// `Storage::list_sessions`.
 pub(crate) fn list_sessions<S: SqlDialect>(store: &S) -> Result<Vec<SessionRecord>, StorageError> {
-    S::sessions_newest_first(&mut *store.hold()?)
+    S::sessions_newest_first_of(&mut *store.hold()?, None)
 }
 
 /// `Storage::list_task_sessions`.
@@ -296,7 +393,7 @@ pub(crate) fn list_task_sessions<S: SqlDialect>(
     store: &S,
     task: TaskId,
 ) -> Result<Vec<SessionRecord>, StorageError> {
-    S::sessions_of_task(&mut *store.hold()?, task)
+    S::sessions_newest_first_of(&mut *store.hold()?, Some(task))
 }
 
 /// `Storage::get_task`.
@@ -335,6 +432,23 @@ macro_rules! shared_storage_methods {
             &self,
         ) -> Result<Vec<tasktrail_core::WorkerRecord>, tasktrail_core::StorageError> {
             $crate::store::list_workers(self)
+        }
+
+        fn deregister_worker(
+            &self,
+            worker: tasktrail_core::WorkerId,
+            at: tasktrail_core::Timestamp,
+        ) -> Result<(), tasktrail_core::StorageError> {
+            $crate::store::deregister_worker(self, worker, at)
+        }
+
+        fn confirm_reports(
+            &self,
+            reporter: tasktrail_core::WorkerId,
+            tasks: &[tasktrail_core::TaskId],
+            at: tasktrail_core::Timestamp,
+        ) -> Result<u64, tasktrail_core::StorageError> {
+            $crate::store::confirm_reports(self, reporter, tasks, at)
         }
 
         fn insert_running(
@@ -382,14 +496,14 @@ macro_rules! shared_storage_methods {
             &self,
             repo: Option<&str>,
         ) -> Result<Vec<(tasktrail_core::TaskStatus, u64)>, tasktrail_core::StorageError> {
-            self.status_counts(repo)
+            $crate::overview::count_tasks_by_status(self, repo)
         }
 
         fn count_outcomes_by_hour(
             &self,
             since: tasktrail_core::Timestamp,
         ) -> Result<Vec<tasktrail_core::OutcomeBucket>, tasktrail_core::StorageError> {
-            self.outcomes_by_hour(since)
+            $crate::overview::count_outcomes_by_hour(self, since)
         }
 
         fn get_task(

@@ -5,9 +5,10 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, SessionId, SessionRecord, StorageError, TaskId, TaskRecord,
-    WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 use uuid::Uuid;
 
@@ -16,6 +17,17 @@ use crate::codec::{
     artifacts_from_json, corrupt, decode_cost, decode_host_identity, decode_status, decode_u32,
     decode_worker_state, encode_host_identity, recovered_again, CauseColumns, RowLabel,
 };
+use crate::overview::{HourCount, HourCountRow};
+use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
+
+/// A time as this schema's `timestamptz` columns hold it: to the
+/// microsecond.
+pub(super) use tasktrail_core::truncate_to_micros as stored_time;
+
+/// An id as this schema's `uuid` columns hold it.
+pub(super) fn stored_id(id: &Uuid) -> Uuid {
+    *id
+}
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = task_history)]
@@ -45,7 +57,7 @@ pub(super) struct TaskRow {
 
 impl TaskRow {
     /// The task id as stored.
-    pub(super) fn uuid(&self) -> Uuid {
+    pub(super) fn stored_id(&self) -> Uuid {
         self.id
     }
 
@@ -273,5 +285,49 @@ impl ReportRow {
             self.sessions_invalidated,
             WorkerId::from_uuid(self.owed_by),
         )
+    }
+}
+
+/// A row of the stats' running owners: the worker id a `uuid`, the
+/// oldest start a `timestamptz`.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct RunningRow {
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    worker_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    oldest: Option<Timestamp>,
+    #[diesel(embed)]
+    owner: OwnerColumns,
+}
+
+impl RunningOwnerRow for RunningRow {
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError> {
+        Ok(RunningOwnerColumns {
+            worker: self.worker_id.map(WorkerId::from_uuid),
+            label: self
+                .worker_id
+                .map_or_else(|| "none".to_owned(), |id| id.to_string()),
+            oldest_started_at: self.oldest,
+            owner: self.owner,
+        })
+    }
+}
+
+/// A row of the dashboard's hourly counts, `hour, status, rows`: the hour as `timestamptz`.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub(crate) struct HourRow {
+    #[diesel(sql_type = Timestamptz)]
+    hour: Timestamp,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+impl HourCountRow for HourRow {
+    fn into_hour_count(self) -> Result<HourCount, StorageError> {
+        Ok((self.hour, self.status, self.rows))
     }
 }

@@ -8,88 +8,47 @@
 //! times.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
-use tasktrail_core::{RunningOwner, StatsRequest, StorageError, TaskStats, Timestamp, WorkerId};
+use tasktrail_core::{StatsRequest, StorageError, TaskStats};
 
-use super::{map_error, PostgresStorage};
-use crate::codec::{corrupt, decode_worker_state};
-use crate::stats::{assemble, cause_case, cause_text, stats_rows, DurationFigures, Figures};
+use super::rows::RunningRow;
+use super::PostgresStorage;
+use crate::stats::{interrupted_causes, running_owners, StatsStatements};
 
-stats_rows!(diesel::pg::Pg);
+impl StatsStatements for PostgresStorage {
+    const RUNNING_OWNERS: &'static str = running_owners!(
+        oldest_of_rows: "min(started_at)",
+        oldest: "r.oldest"
+    );
 
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
-struct RunningRow {
-    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
-    worker_id: Option<uuid::Uuid>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    oldest: Option<Timestamp>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
-}
+    const INTERRUPTED_CAUSES: &'static str = interrupted_causes!(
+        by_own_worker: "(interrupted_by IS NOT DISTINCT FROM worker_id)",
+        interrupted_since: "interrupted_at >= $1"
+    );
 
-impl RunningRow {
-    fn into_owner(self) -> Result<RunningOwner, StorageError> {
-        let label = self
-            .worker_id
-            .map_or_else(|| "none".to_owned(), |id| id.to_string());
-        Ok(RunningOwner {
-            worker: self.worker_id.map(WorkerId::from_uuid),
-            host: self.host,
-            pid: self
-                .pid
-                .map(|pid| {
-                    u32::try_from(pid).map_err(|_| corrupt(format!("worker {label}: pid {pid}")))
-                })
-                .transpose()?,
-            state: self
-                .state
-                .as_deref()
-                .map(|state| decode_worker_state(&label, state))
-                .transpose()?,
-            rows: u64::try_from(self.rows).unwrap_or(0),
-            oldest_started_at: self.oldest,
-        })
+    const DURATIONS: &'static str = "\
+        SELECT status, count(*) AS rows, \
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms, \
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms \
+        FROM (SELECT status, \
+                     round((extract(epoch FROM COALESCE(finished_at, interrupted_at) - started_at) \
+                            * 1000)::numeric)::bigint AS ms \
+              FROM task_history \
+              WHERE status <> 'running' AND COALESCE(finished_at, interrupted_at) >= $1) AS ended \
+        GROUP BY status";
+
+    type RunningRow = RunningRow;
+
+    fn read_transaction<T>(
+        connection: &mut PgConnection,
+        body: impl FnOnce(&mut PgConnection) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        connection
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(body)
     }
 }
-
-const STATUS_COUNTS: &str = "SELECT status, count(*) AS rows FROM task_history GROUP BY status";
-
-/// Through the partial index on running rows: as cheap as the sweep's read.
-const RUNNING_OWNERS: &str = "\
-    SELECT r.worker_id AS worker_id, r.rows AS rows, r.oldest AS oldest, \
-           w.host AS host, w.pid AS pid, w.state AS state \
-    FROM (SELECT worker_id, count(*) AS rows, min(started_at) AS oldest \
-          FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
-    LEFT JOIN workers AS w ON w.id = r.worker_id";
-
-const INTERRUPTED_CAUSES: &str = concat!(
-    "SELECT ",
-    cause_case!(),
-    " AS cause, count(*) AS rows FROM (SELECT interrupt_reason AS reason, \
-       (interrupted_by IS NOT DISTINCT FROM worker_id) AS by_own_worker, ",
-    cause_text!(),
-    " AS cause FROM task_history \
-       WHERE status = 'interrupted' AND interrupted_at >= $1) AS interrupted \
-     GROUP BY 1"
-);
-
-const DURATIONS: &str = "\
-    SELECT status, count(*) AS rows, \
-           percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms, \
-           percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms \
-    FROM (SELECT status, \
-                 round((extract(epoch FROM COALESCE(finished_at, interrupted_at) - started_at) \
-                        * 1000)::numeric)::bigint AS ms \
-          FROM task_history \
-          WHERE status <> 'running' AND COALESCE(finished_at, interrupted_at) >= $1) AS ended \
-    GROUP BY status";
 
 impl PostgresStorage {
     /// The operator's figures ([`TaskStats`]): rows by status, running
@@ -98,36 +57,6 @@ impl PostgresStorage {
     /// Computed in the database, in one read-only repeatable-read
     /// transaction (one snapshot); works for a role that may only SELECT.
     pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
-        let interrupted_start = request.interrupted_start();
-        let window_start = request.window_start();
-        let (by_status, running, causes, durations) = self
-            .pooled()?
-            .build_transaction()
-            .repeatable_read()
-            .read_only()
-            .run(|connection| {
-                let by_status = diesel::sql_query(STATUS_COUNTS).load::<StatusRow>(connection)?;
-                let running = diesel::sql_query(RUNNING_OWNERS).load::<RunningRow>(connection)?;
-                let causes = diesel::sql_query(INTERRUPTED_CAUSES)
-                    .bind::<Timestamptz, _>(interrupted_start)
-                    .load::<CauseRow>(connection)?;
-                let durations = diesel::sql_query(DURATIONS)
-                    .bind::<Timestamptz, _>(window_start)
-                    .load::<DurationRow>(connection)?;
-                Ok::<_, diesel::result::Error>((by_status, running, causes, durations))
-            })
-            .map_err(map_error)?;
-        assemble(
-            request,
-            Figures {
-                by_status: by_status.into_iter().map(Into::into).collect(),
-                running: running
-                    .into_iter()
-                    .map(RunningRow::into_owner)
-                    .collect::<Result<_, _>>()?,
-                causes: causes.into_iter().map(Into::into).collect(),
-                durations: durations.into_iter().map(DurationFigures::from).collect(),
-            },
-        )
+        crate::stats::stats(self, request)
     }
 }

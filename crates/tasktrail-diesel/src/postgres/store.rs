@@ -5,14 +5,11 @@ use diesel::prelude::*;
 use diesel::sql_types::Uuid as SqlUuid;
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
-    truncate_to_micros, RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId,
-    WorkerRegistration, WorkerState,
+    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration, WorkerState,
 };
 
-use uuid::Uuid;
-
 use super::rows::NewWorkerRow;
-use super::schema::{recovery_reports, workers};
+use super::schema::workers;
 use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
 use crate::store::{self, SqlDialect, WorkerRead};
 use crate::tx::unique_violation_or;
@@ -141,35 +138,6 @@ impl Storage for PostgresStorage {
         })
     }
 
-    /// Marks the worker `stopped`, then releases its advisory lock.
-    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        let at = truncate_to_micros(at);
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
-            if Self::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
-                return Err(StorageError::UnknownWorker { id: worker }.into());
-            }
-            diesel::update(
-                workers::table
-                    .find(*worker.as_uuid())
-                    .filter(workers::state.eq(ALIVE)),
-            )
-            .set((
-                workers::state.eq(WorkerState::Stopped.as_str()),
-                workers::stopped_at.eq(at),
-            ))
-            .execute(connection)?;
-            Ok(())
-        })?;
-        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) {
-            // Best effort: if the session is gone, so is the lock.
-            let _ = liveness.run(|connection, tracked| {
-                tracked.remove(&worker);
-                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
-            });
-        }
-        Ok(())
-    }
-
     /// One transaction; see [`PostgresStorage`] for the locking that
     /// makes it exactly-once across concurrent sweeps.
     fn recover_orphans(
@@ -194,25 +162,6 @@ impl Storage for PostgresStorage {
         Self::write_transaction(&mut *self.pooled()?, |connection| {
             Self::claim(connection, claim, judge, watched_by_this_store)
         })
-    }
-
-    fn confirm_reports(
-        &self,
-        reporter: WorkerId,
-        tasks: &[TaskId],
-        at: Timestamp,
-    ) -> Result<u64, StorageError> {
-        let ids: Vec<Uuid> = tasks.iter().map(|id| *id.as_uuid()).collect();
-        diesel::update(
-            recovery_reports::table
-                .filter(recovery_reports::task_id.eq_any(&ids))
-                .filter(recovery_reports::owed_by.eq(*reporter.as_uuid()))
-                .filter(recovery_reports::reported_at.is_null()),
-        )
-        .set(recovery_reports::reported_at.eq(truncate_to_micros(at)))
-        .execute(&mut *self.pooled()?)
-        .map(|confirmed| confirmed as u64)
-        .map_err(map_error)
     }
 
     crate::store::shared_storage_methods!();

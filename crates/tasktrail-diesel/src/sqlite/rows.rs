@@ -2,6 +2,7 @@
 //! domain records.
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
 use tasktrail_core::{
     RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
     WorkerRegistration, WorkerState,
@@ -13,6 +14,17 @@ use crate::codec::{
     decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
     encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
+use crate::overview::{HourCount, HourCountRow};
+use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
+
+/// A time as this schema's TEXT columns hold it: the one form tasktrail
+/// writes (its text order is time order).
+pub(super) use crate::codec::encode_timestamp as stored_time;
+
+/// An id as this schema's TEXT columns hold it: hyphenated, lower case.
+pub(super) fn stored_id(id: &uuid::Uuid) -> String {
+    id.hyphenated().to_string()
+}
 
 /// `workers.liveness_lock` of a worker holding an flock on its lock file.
 pub(super) const FLOCK_LOCK: &str = "flock";
@@ -47,6 +59,11 @@ impl TaskRow {
     /// The task id as stored.
     pub(super) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The task id as stored, owned (what `stored_id` makes of it).
+    pub(super) fn stored_id(&self) -> String {
+        self.id.clone()
     }
 
     /// The record, or a `CorruptRow` that names this row.
@@ -271,5 +288,59 @@ impl ReportRow {
         };
         let previous_reporter = decode_worker_id("owed_by", &self.owed_by)?;
         recovered_again(task, cause, self.sessions_invalidated, previous_reporter)
+    }
+}
+
+/// A row of the stats' running owners: the worker id and the oldest
+/// start as text.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct RunningRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    worker_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    oldest: Option<String>,
+    #[diesel(embed)]
+    owner: OwnerColumns,
+}
+
+impl RunningOwnerRow for RunningRow {
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError> {
+        Ok(RunningOwnerColumns {
+            worker: self
+                .worker_id
+                .as_deref()
+                .map(|id| decode_worker_id("worker_id", id))
+                .transpose()?,
+            oldest_started_at: self
+                .oldest
+                .as_deref()
+                .map(|at| decode_timestamp("started_at", at))
+                .transpose()?,
+            label: self.worker_id.unwrap_or_else(|| "none".to_owned()),
+            owner: self.owner,
+        })
+    }
+}
+
+/// A row of the dashboard's hourly counts, `hour, status, rows`: the hour as text.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct HourRow {
+    #[diesel(sql_type = Text)]
+    hour: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+impl HourCountRow for HourRow {
+    fn into_hour_count(self) -> Result<HourCount, StorageError> {
+        Ok((
+            decode_timestamp("hour", &self.hour)?,
+            self.status,
+            self.rows,
+        ))
     }
 }

@@ -10,104 +10,50 @@
 //! `ceil(0.95 n)`: `(95 n + 99) / 100`, integer arithmetic).
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
-use tasktrail_core::{RunningOwner, StatsRequest, StorageError, TaskStats};
+use tasktrail_core::{StatsRequest, StorageError, TaskStats};
 
-use super::{map_error, SqliteStorage};
-use crate::codec::{decode_timestamp, decode_worker_id, decode_worker_state, encode_timestamp};
-use crate::stats::{assemble, cause_case, cause_text, stats_rows, DurationFigures, Figures};
+use super::rows::RunningRow;
+use super::SqliteStorage;
+use crate::stats::{interrupted_causes, running_owners, StatsStatements};
 
-stats_rows!(diesel::sqlite::Sqlite);
+impl StatsStatements for SqliteStorage {
+    const RUNNING_OWNERS: &'static str = running_owners!(
+        oldest_of_rows: "MIN(julianday(started_at))",
+        oldest: "strftime('%Y-%m-%dT%H:%M:%fZ', r.oldest)"
+    );
 
-#[derive(QueryableByName)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-struct RunningRow {
-    #[diesel(sql_type = Nullable<Text>)]
-    worker_id: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-    #[diesel(sql_type = Nullable<Text>)]
-    oldest: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    host: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pid: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    state: Option<String>,
-}
+    const INTERRUPTED_CAUSES: &'static str = interrupted_causes!(
+        by_own_worker: "(interrupted_by IS worker_id)",
+        interrupted_since: "julianday(interrupted_at) >= julianday(?)"
+    );
 
-impl RunningRow {
-    fn into_owner(self) -> Result<RunningOwner, StorageError> {
-        let worker = self
-            .worker_id
-            .as_deref()
-            .map(|id| decode_worker_id("worker_id", id))
-            .transpose()?;
-        let label = self.worker_id.as_deref().unwrap_or("none");
-        Ok(RunningOwner {
-            worker,
-            host: self.host,
-            pid: self
-                .pid
-                .map(|pid| {
-                    u32::try_from(pid)
-                        .map_err(|_| crate::codec::corrupt(format!("worker {label}: pid {pid}")))
-                })
-                .transpose()?,
-            state: self
-                .state
-                .as_deref()
-                .map(|state| decode_worker_state(label, state))
-                .transpose()?,
-            rows: u64::try_from(self.rows).unwrap_or(0),
-            oldest_started_at: self
-                .oldest
-                .as_deref()
-                .map(|at| decode_timestamp("started_at", at))
-                .transpose()?,
-        })
+    const DURATIONS: &'static str = "\
+        WITH ended AS ( \
+          SELECT status, CAST(round((julianday(COALESCE(finished_at, interrupted_at)) \
+                                     - julianday(started_at)) * 86400000.0) AS INTEGER) AS ms \
+          FROM task_history \
+          WHERE status <> 'running' \
+            AND julianday(COALESCE(finished_at, interrupted_at)) >= julianday(?) \
+        ), ranked AS ( \
+          SELECT status, ms, \
+                 ROW_NUMBER() OVER (PARTITION BY status ORDER BY ms) AS rank, \
+                 COUNT(*) OVER (PARTITION BY status) AS n \
+          FROM ended WHERE ms IS NOT NULL \
+        ) \
+        SELECT status, n AS rows, \
+               MAX(CASE WHEN rank = (n + 1) / 2 THEN ms END) AS median_ms, \
+               MAX(CASE WHEN rank = (95 * n + 99) / 100 THEN ms END) AS p95_ms \
+        FROM ranked GROUP BY status, n";
+
+    type RunningRow = RunningRow;
+
+    fn read_transaction<T>(
+        connection: &mut SqliteConnection,
+        body: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        connection.transaction(body)
     }
 }
-
-const STATUS_COUNTS: &str = "SELECT status, COUNT(*) AS rows FROM task_history GROUP BY status";
-
-/// Through the partial index on running rows: as cheap as the sweep's read.
-const RUNNING_OWNERS: &str = "\
-    SELECT r.worker_id AS worker_id, r.rows AS rows, \
-           strftime('%Y-%m-%dT%H:%M:%fZ', r.oldest) AS oldest, \
-           w.host AS host, w.pid AS pid, w.state AS state \
-    FROM (SELECT worker_id, COUNT(*) AS rows, MIN(julianday(started_at)) AS oldest \
-          FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
-    LEFT JOIN workers AS w ON w.id = r.worker_id";
-
-const INTERRUPTED_CAUSES: &str = concat!(
-    "SELECT ",
-    cause_case!(),
-    " AS cause, COUNT(*) AS rows FROM (SELECT interrupt_reason AS reason, \
-       (interrupted_by IS worker_id) AS by_own_worker, ",
-    cause_text!(),
-    " AS cause FROM task_history \
-       WHERE status = 'interrupted' AND julianday(interrupted_at) >= julianday(?)) \
-     GROUP BY 1"
-);
-
-const DURATIONS: &str = "\
-    WITH ended AS ( \
-      SELECT status, CAST(round((julianday(COALESCE(finished_at, interrupted_at)) \
-                                 - julianday(started_at)) * 86400000.0) AS INTEGER) AS ms \
-      FROM task_history \
-      WHERE status <> 'running' \
-        AND julianday(COALESCE(finished_at, interrupted_at)) >= julianday(?) \
-    ), ranked AS ( \
-      SELECT status, ms, \
-             ROW_NUMBER() OVER (PARTITION BY status ORDER BY ms) AS rank, \
-             COUNT(*) OVER (PARTITION BY status) AS n \
-      FROM ended WHERE ms IS NOT NULL \
-    ) \
-    SELECT status, n AS rows, \
-           MAX(CASE WHEN rank = (n + 1) / 2 THEN ms END) AS median_ms, \
-           MAX(CASE WHEN rank = (95 * n + 99) / 100 THEN ms END) AS p95_ms \
-    FROM ranked GROUP BY status, n";
 
 impl SqliteStorage {
     /// The operator's figures ([`TaskStats`]): rows by status, running
@@ -117,33 +63,6 @@ impl SqliteStorage {
     /// it works on a store opened with
     /// [`open_read_only`](SqliteStorage::open_read_only).
     pub fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
-        let interrupted_start = encode_timestamp(request.interrupted_start());
-        let window_start = encode_timestamp(request.window_start());
-        let (by_status, running, causes, durations) = self
-            .connection()
-            .transaction(|connection| {
-                let by_status = diesel::sql_query(STATUS_COUNTS).load::<StatusRow>(connection)?;
-                let running = diesel::sql_query(RUNNING_OWNERS).load::<RunningRow>(connection)?;
-                let causes = diesel::sql_query(INTERRUPTED_CAUSES)
-                    .bind::<Text, _>(&interrupted_start)
-                    .load::<CauseRow>(connection)?;
-                let durations = diesel::sql_query(DURATIONS)
-                    .bind::<Text, _>(&window_start)
-                    .load::<DurationRow>(connection)?;
-                Ok::<_, diesel::result::Error>((by_status, running, causes, durations))
-            })
-            .map_err(map_error)?;
-        assemble(
-            request,
-            Figures {
-                by_status: by_status.into_iter().map(Into::into).collect(),
-                running: running
-                    .into_iter()
-                    .map(RunningRow::into_owner)
-                    .collect::<Result<_, _>>()?,
-                causes: causes.into_iter().map(Into::into).collect(),
-                durations: durations.into_iter().map(DurationFigures::from).collect(),
-            },
-        )
+        crate::stats::stats(self, request)
     }
 }

@@ -5,15 +5,14 @@ use diesel::result::Error as DieselError;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim, SweepMode};
 use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRegistration,
-    WorkerState,
+    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use super::rows::WorkerRow;
-use super::schema::{recovery_reports, workers};
+use super::schema::workers;
 use super::SqliteStorage;
 use crate::codec::encode_timestamp;
-use crate::store::{require_alive, SqlDialect, WorkerRead};
+use crate::store::{require_alive, WorkerRead};
 use crate::tx::{unique_violation_or, TxError};
 
 pub(super) fn immediate<T>(
@@ -78,29 +77,6 @@ impl Storage for SqliteStorage {
         beat
     }
 
-    /// Marks the worker `stopped`, then releases its lock and removes its
-    /// lock file.
-    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        immediate(&mut self.connection(), |connection| {
-            if SqliteStorage::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
-                return Err(StorageError::UnknownWorker { id: worker }.into());
-            }
-            diesel::update(
-                workers::table
-                    .find(worker.to_string())
-                    .filter(workers::state.eq(WorkerState::Alive.as_str())),
-            )
-            .set((
-                workers::state.eq(WorkerState::Stopped.as_str()),
-                workers::stopped_at.eq(encode_timestamp(at)),
-            ))
-            .execute(connection)?;
-            Ok(())
-        })?;
-        self.drop_worker_lock(worker);
-        Ok(())
-    }
-
     fn recover_orphans(
         &self,
         request: &RecoveryRequest,
@@ -133,30 +109,6 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         immediate(&mut self.connection(), |connection| {
             self.claim(connection, claim, judge)
-        })
-    }
-
-    fn confirm_reports(
-        &self,
-        reporter: WorkerId,
-        tasks: &[TaskId],
-        at: Timestamp,
-    ) -> Result<u64, StorageError> {
-        let reporter = reporter.to_string();
-        let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
-        immediate(&mut self.connection(), |connection| {
-            let mut confirmed = 0;
-            for chunk in ids.chunks(500) {
-                confirmed += diesel::update(
-                    recovery_reports::table
-                        .filter(recovery_reports::task_id.eq_any(chunk))
-                        .filter(recovery_reports::owed_by.eq(&reporter))
-                        .filter(recovery_reports::reported_at.is_null()),
-                )
-                .set(recovery_reports::reported_at.eq(encode_timestamp(at)))
-                .execute(connection)? as u64;
-            }
-            Ok(confirmed)
         })
     }
 

@@ -11,10 +11,15 @@
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
+use diesel::pg::PgConnection;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Double, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::{QueryResult, RunQueryDsl};
+use tasktrail_core::backend::{FinishRow, NewRunningRow};
+use tasktrail_core::{truncate_to_micros, RunReport};
 use uuid::Uuid;
+
+use crate::codec::artifacts_to_json;
 
 /// `INSERT … SELECT … FROM workers WHERE id = $n AND state = 'alive' FOR
 /// SHARE`: the running row, written only if its worker is alive. `FOR SHARE`
@@ -115,3 +120,46 @@ impl QueryFragment<Pg> for FinishCompletedIfOwnedAndRunning<'_> {
 }
 
 impl<Conn> RunQueryDsl<Conn> for FinishCompletedIfOwnedAndRunning<'_> {}
+
+/// One prepared statement, one round trip: the INSERT reads the worker's
+/// row `FOR SHARE` (a concurrent sweep cannot declare it dead in
+/// between) and writes nothing unless it is `alive`.
+pub(super) fn insert_running_if_worker_alive(
+    connection: &mut PgConnection,
+    row: &NewRunningRow,
+) -> QueryResult<usize> {
+    let spec = &row.spec;
+    InsertRunningIfWorkerAlive {
+        id: *row.id.as_uuid(),
+        repo: spec.repo(),
+        issue_number: i64::from(spec.issue_number()),
+        user: spec.user(),
+        agent: spec.agent(),
+        agent_type: spec.agent_type(),
+        model: spec.model(),
+        provider: spec.provider(),
+        started_at: truncate_to_micros(row.started_at),
+        worker: *row.worker.as_uuid(),
+    }
+    .execute(connection)
+}
+
+/// The completed finish, bound as this schema stores its values.
+pub(super) fn finish_completed_if_owned_and_running(
+    connection: &mut PgConnection,
+    row: &FinishRow,
+    report: &RunReport,
+) -> QueryResult<usize> {
+    FinishCompletedIfOwnedAndRunning {
+        id: *row.id.as_uuid(),
+        worker: *row.worker.as_uuid(),
+        status: row.outcome.status().as_str(),
+        finished_at: truncate_to_micros(row.at),
+        input_tokens: i64::from(report.input_tokens),
+        output_tokens: i64::from(report.output_tokens),
+        cost_usd: report.cost_usd.dollars(),
+        turns: i64::from(report.turns),
+        artifacts: artifacts_to_json(&report.artifacts),
+    }
+    .execute(connection)
+}

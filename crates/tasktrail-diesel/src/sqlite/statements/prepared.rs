@@ -10,7 +10,13 @@
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Double, Text};
 use diesel::sqlite::Sqlite;
+use diesel::sqlite::SqliteConnection;
 use diesel::{QueryResult, RunQueryDsl};
+use tasktrail_core::backend::{FinishRow, NewRunningRow};
+use tasktrail_core::RunReport;
+
+use crate::codec::encode_artifacts;
+use crate::sqlite::rows::{stored_id, stored_time};
 
 /// `INSERT … SELECT … FROM workers WHERE id = ? AND state = 'alive'`: the
 /// running row, written only if its worker is alive. One autocommit
@@ -111,3 +117,45 @@ impl QueryFragment<Sqlite> for FinishCompletedIfOwnedAndRunning<'_> {
 }
 
 impl<Conn> RunQueryDsl<Conn> for FinishCompletedIfOwnedAndRunning<'_> {}
+
+/// The start, bound as this schema stores an id and a time.
+pub(super) fn insert_running_if_worker_alive(
+    connection: &mut SqliteConnection,
+    row: &NewRunningRow,
+) -> QueryResult<usize> {
+    let spec = &row.spec;
+    let worker = stored_id(row.worker.as_uuid());
+    InsertRunningIfWorkerAlive {
+        id: &stored_id(row.id.as_uuid()),
+        repo: spec.repo(),
+        issue_number: i64::from(spec.issue_number()),
+        user: spec.user(),
+        agent: spec.agent(),
+        agent_type: spec.agent_type(),
+        model: spec.model(),
+        provider: spec.provider(),
+        started_at: &stored_time(row.started_at),
+        worker: &worker,
+    }
+    .execute(connection)
+}
+
+/// The completed finish, bound as this schema stores its values.
+pub(super) fn finish_completed_if_owned_and_running(
+    connection: &mut SqliteConnection,
+    row: &FinishRow,
+    report: &RunReport,
+) -> QueryResult<usize> {
+    FinishCompletedIfOwnedAndRunning {
+        id: &stored_id(row.id.as_uuid()),
+        worker: &stored_id(row.worker.as_uuid()),
+        status: row.outcome.status().as_str(),
+        finished_at: &stored_time(row.at),
+        input_tokens: i64::from(report.input_tokens),
+        output_tokens: i64::from(report.output_tokens),
+        cost_usd: report.cost_usd.dollars(),
+        turns: i64::from(report.turns),
+        artifacts: &encode_artifacts(&report.artifacts),
+    }
+    .execute(connection)
+}
