@@ -444,7 +444,7 @@ fn sigkill_trials<S: Trail>(test: &str, db: &std::ffi::OsStr, open: impl Fn() ->
         let prelude = iteration % 2 == 1;
         if prelude {
             let mut orphaner = Worker::spawn(
-                &db,
+                db,
                 &[
                     "--tasks",
                     "3",
@@ -466,7 +466,7 @@ fn sigkill_trials<S: Trail>(test: &str, db: &std::ffi::OsStr, open: impl Fn() ->
         // within that span (at most 150 ms), and sometimes just after it.
         let kill_after_ms = rng.below((2 * duration_ms + 45).min(150) + 1);
         let victim = Worker::spawn(
-            &db,
+            db,
             &[
                 "--tasks",
                 "6",
@@ -554,7 +554,7 @@ fn sigkill_trials<S: Trail>(test: &str, db: &std::ffi::OsStr, open: impl Fn() ->
         // Boot a new worker: it must recover every running row, once, and
         // deliver every report the killed workers still owed.
         let (status, boot, stderr) =
-            Worker::spawn(&db, &["--tasks", "0"]).wait(Duration::from_secs(60));
+            Worker::spawn(db, &["--tasks", "0"]).wait(Duration::from_secs(60));
         assert_eq!(status.code(), Some(0), "boot failed: {stderr}: {context}");
         assert!(
             stderr.is_empty(),

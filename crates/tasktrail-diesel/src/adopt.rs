@@ -292,7 +292,7 @@ where
         if !PRE_FIX_STATUSES.contains(&status.status.as_str()) {
             found.push(format!(
                 "{} row(s) have status {:?}, which is not a task status",
-                status.rows, status.status
+                status.row_count, status.status
             ));
         }
     }

@@ -22,7 +22,7 @@
 //! store really issued) and, with `postgres`, `ScratchDatabase` (a fresh
 //! database per test on the server named by `TASKTRAIL_TEST_POSTGRES_URL`).
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod adopt;
 mod codec;
 mod compat;

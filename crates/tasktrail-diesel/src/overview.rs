@@ -18,7 +18,7 @@ use crate::store::{map, SqlDialect};
 /// Every row counted by status; standard SQL, the same in every dialect.
 /// Reads only the index on `(status, started_at, id)`.
 pub(crate) const STATUS_COUNTS: &str =
-    "SELECT status, COUNT(*) AS rows FROM task_history GROUP BY status";
+    "SELECT status, COUNT(*) AS row_count FROM task_history GROUP BY status";
 
 /// `status, rows`: one status's count, from any backend.
 #[derive(QueryableByName)]
@@ -26,7 +26,7 @@ pub(crate) struct StatusCount {
     #[diesel(sql_type = Text)]
     pub(crate) status: String,
     #[diesel(sql_type = BigInt)]
-    pub(crate) rows: i64,
+    pub(crate) row_count: i64,
 }
 
 /// What a backend supplies for the dashboard's counts.
@@ -71,7 +71,7 @@ where
             .bind::<Text, _>(repo.to_owned()),
     };
     let rows: Vec<StatusCount> = S::load_text(&mut *store.hold()?, query).map_err(map::<S>)?;
-    every_status(rows.into_iter().map(|row| (row.status, row.rows)))
+    every_status(rows.into_iter().map(|row| (row.status, row.row_count)))
 }
 
 /// `Storage::count_outcomes_by_hour`: the rows that ended since `since`,

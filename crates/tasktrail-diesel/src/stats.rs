@@ -81,10 +81,10 @@ pub(crate) use cause_text;
 macro_rules! running_owners {
     (oldest_of_rows: $oldest_of_rows:literal, oldest: $oldest:literal) => {
         concat!(
-            "SELECT r.worker_id AS worker_id, r.rows AS rows, ",
+            "SELECT r.worker_id AS worker_id, r.row_count AS row_count, ",
             $oldest,
             " AS oldest, w.host AS host, w.pid AS pid, w.state AS state \
-             FROM (SELECT worker_id, COUNT(*) AS rows, ",
+             FROM (SELECT worker_id, COUNT(*) AS row_count, ",
             $oldest_of_rows,
             " AS oldest FROM task_history WHERE status = 'running' GROUP BY worker_id) AS r \
              LEFT JOIN workers AS w ON w.id = r.worker_id"
@@ -102,7 +102,7 @@ macro_rules! interrupted_causes {
         concat!(
             "SELECT ",
             $crate::stats::cause_case!(),
-            " AS cause, COUNT(*) AS rows FROM (SELECT interrupt_reason AS reason, ",
+            " AS cause, COUNT(*) AS row_count FROM (SELECT interrupt_reason AS reason, ",
             $by_own_worker,
             " AS by_own_worker, ",
             $crate::stats::cause_text!(),
@@ -120,7 +120,7 @@ pub(crate) struct CauseCount {
     #[diesel(sql_type = Text)]
     cause: String,
     #[diesel(sql_type = BigInt)]
-    rows: i64,
+    row_count: i64,
 }
 
 /// `status, rows, median_ms, p95_ms`: one status's durations, from any
@@ -130,7 +130,7 @@ pub(crate) struct DurationFigures {
     #[diesel(sql_type = Text)]
     pub(crate) status: String,
     #[diesel(sql_type = BigInt)]
-    pub(crate) rows: i64,
+    pub(crate) row_count: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     pub(crate) median_ms: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -142,7 +142,7 @@ pub(crate) struct DurationFigures {
 #[derive(QueryableByName)]
 pub(crate) struct OwnerColumns {
     #[diesel(sql_type = BigInt)]
-    rows: i64,
+    row_count: i64,
     #[diesel(sql_type = Nullable<Text>)]
     host: Option<String>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -187,7 +187,7 @@ impl RunningOwnerColumns {
                 .as_deref()
                 .map(|state| decode_worker_state(&label, state))
                 .transpose()?,
-            rows: u64::try_from(owner.rows).unwrap_or(0),
+            rows: u64::try_from(owner.row_count).unwrap_or(0),
             oldest_started_at: self.oldest_started_at,
         })
     }
@@ -268,7 +268,7 @@ where
         Figures {
             by_status: by_status
                 .into_iter()
-                .map(|row| (row.status, row.rows))
+                .map(|row| (row.status, row.row_count))
                 .collect(),
             running: running
                 .into_iter()
@@ -276,7 +276,7 @@ where
                 .collect::<Result<_, _>>()?,
             causes: causes
                 .into_iter()
-                .map(|row| (row.cause, row.rows))
+                .map(|row| (row.cause, row.row_count))
                 .collect(),
             durations,
         },
@@ -324,7 +324,7 @@ pub(crate) fn assemble(
             status,
             DurationStats {
                 status,
-                rows: count("durations", row.rows)?,
+                rows: count("durations", row.row_count)?,
                 median: row.median_ms.map(Duration::milliseconds),
                 p95: row.p95_ms.map(Duration::milliseconds),
             },
@@ -376,7 +376,7 @@ mod tests {
             causes: vec![("process_gone".into(), rows)],
             durations: vec![DurationFigures {
                 status: "failure".into(),
-                rows,
+                row_count: rows,
                 median_ms: Some(1500),
                 p95_ms: Some(9000),
             }],

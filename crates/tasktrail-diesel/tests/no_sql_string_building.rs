@@ -15,14 +15,16 @@ const EXECUTING_CALLS: [&str; 5] = [
     // sqlite/adopt.rs, postgres/adopt.rs: runs a count query.
     "= count(",
 ];
-const ALLOWED: [&str; 8] = [
+const ALLOWED: [&str; 9] = [
     // sqlite/mod.rs: a Duration's milliseconds.
     "PRAGMA busy_timeout",
     // sqlite/mod.rs: a SqliteDurability's fixed pragma value.
     "PRAGMA synchronous",
-    // postgres/scratch.rs: a name made from a fresh UUID.
+    // postgres/scratch.rs, mysql/scratch.rs: a name made from a fresh UUID.
     "CREATE DATABASE {name}",
     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+    // mysql/scratch.rs: the same fresh name (CREATE as above).
+    "DROP DATABASE IF EXISTS {}\"",
     // */adopt.rs: the pre-fix column names, a constant list.
     "WHERE \\\"{name}\\\" IS NULL",
     "ALTER COLUMN \\\"{name}\\\" SET NOT NULL",

@@ -6,10 +6,12 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord,
     Timestamp, WorkerRecord,
 };
+use uuid::Uuid;
 
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use crate::codec::{
@@ -17,10 +19,18 @@ use crate::codec::{
     decode_u32, decode_worker_id, decode_worker_state, name_the_row, recovered_again, CauseColumns,
     RowLabel,
 };
+use crate::overview::{HourCount, HourCountRow};
+use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// `workers.liveness_lock` of a worker whose liveness session holds its
 /// named lock.
 pub(super) const NAMED_LOCK: &str = "named_lock";
+
+/// An id as this schema's `CHAR(36)` columns hold it: hyphenated, lower
+/// case.
+pub(super) fn stored_id(id: &Uuid) -> String {
+    id.hyphenated().to_string()
+}
 
 /// A time as stored: UTC, to the microsecond.
 pub(super) fn stored_time(at: Timestamp) -> NaiveDateTime {
@@ -59,8 +69,8 @@ pub(super) struct TaskRow {
 
 impl TaskRow {
     /// The task id as stored.
-    pub(super) fn id(&self) -> &str {
-        &self.id
+    pub(super) fn stored_id(&self) -> String {
+        self.id.clone()
     }
 
     /// The record, or a `CorruptRow` that names this row.
@@ -256,5 +266,52 @@ impl ReportRow {
             self.sessions_invalidated,
             decode_worker_id("owed_by", &self.owed_by)?,
         )
+    }
+}
+
+/// A row of the stats' running owners: the worker id as text, the oldest
+/// start a `DATETIME(6)`.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::mysql::Mysql))]
+pub(crate) struct RunningRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    worker_id: Option<String>,
+    #[diesel(sql_type = Nullable<Datetime>)]
+    oldest: Option<NaiveDateTime>,
+    #[diesel(embed)]
+    owner: OwnerColumns,
+}
+
+impl RunningOwnerRow for RunningRow {
+    fn into_columns(self) -> Result<RunningOwnerColumns, StorageError> {
+        Ok(RunningOwnerColumns {
+            worker: self
+                .worker_id
+                .as_deref()
+                .map(|id| decode_worker_id("worker_id", id))
+                .transpose()?,
+            label: self.worker_id.unwrap_or_else(|| "none".to_owned()),
+            oldest_started_at: self.oldest.map(read_time),
+            owner: self.owner,
+        })
+    }
+}
+
+/// A row of the dashboard's hourly counts, `hour, status, row_count`: the
+/// hour a `DATETIME(6)` in UTC.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(diesel::mysql::Mysql))]
+pub(crate) struct HourRow {
+    #[diesel(sql_type = Datetime)]
+    hour: NaiveDateTime,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    row_count: i64,
+}
+
+impl HourCountRow for HourRow {
+    fn into_hour_count(self) -> Result<HourCount, StorageError> {
+        Ok((read_time(self.hour), self.status, self.row_count))
     }
 }

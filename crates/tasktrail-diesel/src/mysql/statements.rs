@@ -1,23 +1,20 @@
 //! The MySQL statements behind the shared `Storage` flows
 //! (`crate::store`): ids as text, times as UTC `DATETIME(6)`, pooled
 //! connections, share locks (`LOCK IN SHARE MODE`, the spelling both
-//! MariaDB and MySQL accept) where a sweep must wait.
+//! MariaDB and MySQL accept) where a sweep must wait. The statements every
+//! dialect writes alike are `crate::statements`'.
 
 use diesel::mysql::Mysql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Datetime, Text};
-use tasktrail_core::backend::{FinishRow, NewRunningRow, NewSession};
-use tasktrail_core::{
-    RunReport, SessionKey, SessionRecord, StorageError, TaskFilter, TaskId, TaskRecord, TaskStatus,
-    WorkerId, WorkerRecord,
-};
+use diesel::sql_types::Text;
+use tasktrail_core::{StorageError, TaskId, Timestamp, WorkerId};
 
 use super::connection::Pooled;
-use super::rows::{stored_time, SessionRow, TaskRow, WorkerRow};
-use super::schema::{claude_sdk_sessions, task_history, workers};
+use super::locks::release_named_lock;
+use super::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
+use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::{map_error, MysqlConnection, MysqlStorage};
-use crate::codec::encode_artifacts;
-use crate::store::{SqlDialect, WorkerRead};
+use crate::store::{SqlDialect, TextQuery, WorkerRead};
 use crate::tx::TxError;
 
 #[derive(QueryableByName)]
@@ -33,45 +30,25 @@ struct IdRow {
     id: String,
 }
 
-impl SqlDialect for MysqlStorage {
-    type Backend = Mysql;
-    type Connection = MysqlConnection;
-    type Held<'a> = Pooled;
+/// The start and the completed finish. diesel-async sends every statement
+/// with bind parameters as a server-side prepared statement, kept per
+/// connection by its statement cache.
+mod prepared {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Datetime, Text};
+    use tasktrail_core::backend::{FinishRow, NewRunningRow};
+    use tasktrail_core::{RunReport, TaskStatus};
 
-    fn hold(&self) -> Result<Pooled, StorageError> {
-        self.pooled()
-    }
-
-    fn write_transaction<T>(
-        connection: &mut MysqlConnection,
-        body: impl FnOnce(&mut MysqlConnection) -> Result<T, TxError>,
-    ) -> Result<T, StorageError> {
-        connection
-            .transaction(body)
-            .map_err(TxError::into_storage::<Mysql>)
-    }
-
-    fn worker_state(
-        connection: &mut MysqlConnection,
-        worker: WorkerId,
-        read: WorkerRead,
-    ) -> QueryResult<Option<String>> {
-        let sql = match read {
-            WorkerRead::ForShare => "SELECT state FROM workers WHERE id = ? LOCK IN SHARE MODE",
-            WorkerRead::Plain => "SELECT state FROM workers WHERE id = ?",
-        };
-        diesel::sql_query(sql)
-            .bind::<Text, _>(worker.to_string())
-            .get_result::<StateRow>(connection)
-            .optional()
-            .map(|row| row.map(|row| row.state))
-    }
+    use super::super::rows::stored_time;
+    use super::super::schema::task_history;
+    use super::super::MysqlConnection;
+    use crate::codec::encode_artifacts;
 
     /// One statement: the INSERT reads the worker's row `LOCK IN SHARE
     /// MODE` (a concurrent sweep cannot declare it dead in between; under
     /// `READ COMMITTED` an `INSERT … SELECT` would otherwise read it without
     /// a lock) and writes nothing unless it is `alive`.
-    fn insert_running_if_worker_alive(
+    pub(super) fn insert_running_if_worker_alive(
         connection: &mut MysqlConnection,
         row: &NewRunningRow,
     ) -> QueryResult<usize> {
@@ -95,57 +72,9 @@ impl SqlDialect for MysqlStorage {
         .execute(connection)
     }
 
-    fn workers_by_start(
-        connection: &mut MysqlConnection,
-    ) -> Result<Vec<WorkerRecord>, StorageError> {
-        workers::table
-            .order((workers::started_at, workers::id))
-            .select(WorkerRow::as_select())
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(WorkerRow::into_record)
-            .collect()
-    }
-
-    fn load_task(
-        connection: &mut MysqlConnection,
-        id: TaskId,
-    ) -> Result<Option<TaskRecord>, TxError> {
-        task_history::table
-            .find(id.to_string())
-            .select(TaskRow::as_select())
-            .first(connection)
-            .optional()?
-            .map(TaskRow::into_record)
-            .transpose()
-            .map_err(TxError::from)
-    }
-
-    fn interrupt_if_owned_and_running(
-        connection: &mut MysqlConnection,
-        row: &FinishRow,
-        reason: &str,
-    ) -> QueryResult<usize> {
-        let worker = row.worker.to_string();
-        diesel::update(
-            task_history::table
-                .filter(task_history::id.eq(row.id.to_string()))
-                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                .filter(task_history::worker_id.eq(&worker)),
-        )
-        .set((
-            task_history::status.eq(TaskStatus::Interrupted.as_str()),
-            task_history::interrupted_at.eq(stored_time(row.at)),
-            task_history::interrupt_reason.eq(reason),
-            task_history::interrupted_by.eq(&worker),
-        ))
-        .execute(connection)
-    }
-
     /// With the found-rows flag, the count is the rows the guard matched:
     /// 1 when the finish landed, 0 when it was refused.
-    fn finish_completed_if_owned_and_running(
+    pub(super) fn finish_completed_if_owned_and_running(
         connection: &mut MysqlConnection,
         row: &FinishRow,
         report: &RunReport,
@@ -167,22 +96,72 @@ impl SqlDialect for MysqlStorage {
         ))
         .execute(connection)
     }
+}
 
-    fn invalidate_sessions_of_task(
+impl SqlDialect for MysqlStorage {
+    type Backend = Mysql;
+    type Connection = MysqlConnection;
+    type Held<'a> = Pooled;
+
+    fn hold(&self) -> Result<Pooled, StorageError> {
+        self.pooled()
+    }
+
+    /// Releases the worker's named lock on the liveness session.
+    fn release_worker_lock(&self, worker: WorkerId) {
+        if self.liveness.tracks(worker) {
+            // Best effort: if the session is gone, so is the lock.
+            let _ = self.liveness.run(|connection, tracked| {
+                tracked.remove(&worker);
+                release_named_lock(connection, &Self::worker_lock_name(worker)).map_err(map_error)
+            });
+        }
+    }
+
+    fn write_transaction<T>(
         connection: &mut MysqlConnection,
-        row: &FinishRow,
-        reason: &str,
+        body: impl FnOnce(&mut MysqlConnection) -> Result<T, TxError>,
+    ) -> Result<T, StorageError> {
+        connection
+            .transaction(body)
+            .map_err(TxError::into_storage::<Mysql>)
+    }
+
+    fn bind_time<'f>(query: TextQuery<'f, Mysql>, at: Timestamp) -> TextQuery<'f, Mysql> {
+        query.bind::<diesel::sql_types::Datetime, _>(stored_time(at))
+    }
+
+    fn load_text<R>(
+        connection: &mut MysqlConnection,
+        query: TextQuery<'_, Mysql>,
+    ) -> QueryResult<Vec<R>>
+    where
+        R: QueryableByName<Mysql> + 'static,
+    {
+        query.load(connection)
+    }
+
+    fn execute_text(
+        connection: &mut MysqlConnection,
+        query: TextQuery<'_, Mysql>,
     ) -> QueryResult<usize> {
-        diesel::update(
-            claude_sdk_sessions::table
-                .filter(claude_sdk_sessions::task_id.eq(row.id.to_string()))
-                .filter(claude_sdk_sessions::invalidated_at.is_null()),
-        )
-        .set((
-            claude_sdk_sessions::invalidated_at.eq(stored_time(row.at)),
-            claude_sdk_sessions::invalidation_reason.eq(reason),
-        ))
-        .execute(connection)
+        query.execute(connection)
+    }
+
+    fn worker_state(
+        connection: &mut MysqlConnection,
+        worker: WorkerId,
+        read: WorkerRead,
+    ) -> QueryResult<Option<String>> {
+        let sql = match read {
+            WorkerRead::ForShare => "SELECT state FROM workers WHERE id = ? LOCK IN SHARE MODE",
+            WorkerRead::Plain => "SELECT state FROM workers WHERE id = ?",
+        };
+        diesel::sql_query(sql)
+            .bind::<Text, _>(worker.to_string())
+            .get_result::<StateRow>(connection)
+            .optional()
+            .map(|row| row.map(|row| row.state))
     }
 
     /// Read `LOCK IN SHARE MODE`: a sweep cannot interrupt the task before
@@ -203,116 +182,5 @@ impl SqlDialect for MysqlStorage {
         .map(|row| row.is_some())
     }
 
-    fn insert_session(
-        connection: &mut MysqlConnection,
-        session: &NewSession,
-    ) -> QueryResult<usize> {
-        diesel::insert_into(claude_sdk_sessions::table)
-            .values(SessionRow {
-                session_id: session.session_id.as_str().to_owned(),
-                task_id: session.task_id.to_string(),
-                repo: session.repo.clone(),
-                issue_number: i64::from(session.issue_number),
-                agent: session.agent.clone(),
-                created_at: stored_time(session.created_at),
-                invalidated_at: None,
-                invalidation_reason: None,
-            })
-            .execute(connection)
-    }
-
-    fn newest_valid_session(
-        connection: &mut MysqlConnection,
-        key: &SessionKey,
-        statuses: &[&'static str],
-    ) -> Result<Option<SessionRecord>, StorageError> {
-        claude_sdk_sessions::table
-            .inner_join(task_history::table)
-            .filter(claude_sdk_sessions::repo.eq(&key.repo))
-            .filter(claude_sdk_sessions::issue_number.eq(i64::from(key.issue_number)))
-            .filter(claude_sdk_sessions::agent.eq(&key.agent))
-            .filter(claude_sdk_sessions::invalidated_at.is_null())
-            .filter(task_history::status.eq_any(statuses))
-            .order((
-                claude_sdk_sessions::created_at.desc(),
-                claude_sdk_sessions::session_id.desc(),
-            ))
-            .select(SessionRow::as_select())
-            .first(connection)
-            .optional()
-            .map_err(map_error)?
-            .map(SessionRow::into_record)
-            .transpose()
-    }
-
-    fn sessions_newest_first(
-        connection: &mut MysqlConnection,
-    ) -> Result<Vec<SessionRecord>, StorageError> {
-        sessions_newest_first_of(connection, None)
-    }
-
-    fn sessions_of_task(
-        connection: &mut MysqlConnection,
-        task: TaskId,
-    ) -> Result<Vec<SessionRecord>, StorageError> {
-        sessions_newest_first_of(connection, Some(task))
-    }
-
-    fn task_rows(
-        connection: &mut MysqlConnection,
-        filter: &TaskFilter,
-    ) -> Result<Vec<Result<TaskRecord, StorageError>>, StorageError> {
-        let mut query = task_history::table
-            .select(TaskRow::as_select())
-            .order((task_history::started_at.desc(), task_history::id.desc()))
-            .into_boxed();
-        if let Some(status) = filter.status {
-            query = query.filter(task_history::status.eq(status.as_str()));
-        }
-        if let Some(repo) = &filter.repo {
-            query = query.filter(task_history::repo.eq(repo.clone()));
-        }
-        // MySQL takes an OFFSET only after a LIMIT.
-        match (filter.limit, filter.offset) {
-            (Some(limit), offset) => {
-                query = query.limit(i64::from(limit));
-                if let Some(offset) = offset {
-                    query = query.offset(i64::from(offset));
-                }
-            }
-            (None, Some(offset)) => {
-                query = query.limit(i64::MAX).offset(i64::from(offset));
-            }
-            (None, None) => {}
-        }
-        Ok(query
-            .load(connection)
-            .map_err(map_error)?
-            .into_iter()
-            .map(TaskRow::into_record)
-            .collect())
-    }
-}
-
-/// Every session (`task` `None`) or task `task`'s, newest first.
-fn sessions_newest_first_of(
-    connection: &mut MysqlConnection,
-    task: Option<TaskId>,
-) -> Result<Vec<SessionRecord>, StorageError> {
-    let mut query = claude_sdk_sessions::table
-        .order((
-            claude_sdk_sessions::created_at.desc(),
-            claude_sdk_sessions::session_id.desc(),
-        ))
-        .select(SessionRow::as_select())
-        .into_boxed();
-    if let Some(task) = task {
-        query = query.filter(claude_sdk_sessions::task_id.eq(task.to_string()));
-    }
-    query
-        .load(connection)
-        .map_err(map_error)?
-        .into_iter()
-        .map(SessionRow::into_record)
-        .collect()
+    crate::statements::dialect_statements!();
 }

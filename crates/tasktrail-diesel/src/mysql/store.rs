@@ -4,14 +4,12 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, TaskId, Timestamp, WorkerId, WorkerRegistration,
-    WorkerState,
+    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration, WorkerState,
 };
 
 use super::errors::Redacted;
 use super::locks::{release_named_lock, try_named_lock};
 use super::rows::{stored_time, NAMED_LOCK};
-use super::schema::{recovery_reports, workers};
 use super::{map_error, MysqlConnection, MysqlStorage};
 use crate::codec::encode_host_identity;
 use crate::store::{self, SqlDialect, WorkerRead};
@@ -148,34 +146,6 @@ impl Storage for MysqlStorage {
         })
     }
 
-    /// Marks the worker `stopped`, then releases its named lock.
-    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
-            if Self::worker_state(connection, worker, WorkerRead::Plain)?.is_none() {
-                return Err(StorageError::UnknownWorker { id: worker }.into());
-            }
-            diesel::update(
-                workers::table
-                    .find(worker.to_string())
-                    .filter(workers::state.eq(ALIVE)),
-            )
-            .set((
-                workers::state.eq(WorkerState::Stopped.as_str()),
-                workers::stopped_at.eq(stored_time(at)),
-            ))
-            .execute(connection)?;
-            Ok(())
-        })?;
-        if self.liveness.tracks(worker) {
-            // Best effort: if the session is gone, so is the lock.
-            let _ = self.liveness.run(|connection, tracked| {
-                tracked.remove(&worker);
-                release_named_lock(connection, &Self::worker_lock_name(worker)).map_err(map_error)
-            });
-        }
-        Ok(())
-    }
-
     /// One transaction; see [`MysqlStorage`] for the locking that makes it
     /// exactly-once across concurrent sweeps.
     fn recover_orphans(
@@ -200,25 +170,6 @@ impl Storage for MysqlStorage {
         Self::write_transaction(&mut connection, |connection| {
             Self::claim(connection, claim, judge, watched_by_this_store)
         })
-    }
-
-    fn confirm_reports(
-        &self,
-        reporter: WorkerId,
-        tasks: &[TaskId],
-        at: Timestamp,
-    ) -> Result<u64, StorageError> {
-        let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
-        diesel::update(
-            recovery_reports::table
-                .filter(recovery_reports::task_id.eq_any(&ids))
-                .filter(recovery_reports::owed_by.eq(reporter.to_string()))
-                .filter(recovery_reports::reported_at.is_null()),
-        )
-        .set(recovery_reports::reported_at.eq(stored_time(at)))
-        .execute(&mut *self.pooled()?)
-        .map(|confirmed| confirmed as u64)
-        .map_err(map_error)
     }
 
     crate::store::shared_storage_methods!();

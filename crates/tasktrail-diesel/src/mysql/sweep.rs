@@ -473,7 +473,7 @@ fn move_reports(
         .select(TaskRow::as_select())
         .load::<TaskRow>(connection)?
         .into_iter()
-        .map(|task| (task.id().to_owned(), task))
+        .map(|task| (task.stored_id(), task))
         .collect();
     let mut claimed = Vec::with_capacity(reports.len());
     for (id, report) in reports {

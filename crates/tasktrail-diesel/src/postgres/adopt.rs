@@ -60,7 +60,7 @@ impl AdoptDialect for PostgresStorage {
     const LOCK_TASK_HISTORY: Option<&'static str> =
         Some("LOCK TABLE task_history IN ACCESS EXCLUSIVE MODE");
     const PRE_FIX_STATUS_COUNTS: &'static str =
-        "SELECT status::text AS status, count(*) AS rows FROM task_history \
+        "SELECT status::text AS status, count(*) AS row_count FROM task_history \
          WHERE status IS NOT NULL GROUP BY 1 ORDER BY 1";
     const RECORD_BASELINE: &'static str =
         "INSERT INTO __diesel_schema_migrations (version) VALUES ($1)";

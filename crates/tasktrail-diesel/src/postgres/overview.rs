@@ -8,12 +8,12 @@ use crate::overview::OverviewStatements;
 
 impl OverviewStatements for PostgresStorage {
     const REPO_STATUS_COUNTS: &'static str =
-        "SELECT status, COUNT(*) AS rows FROM task_history WHERE repo = $1 GROUP BY status";
+        "SELECT status, COUNT(*) AS row_count FROM task_history WHERE repo = $1 GROUP BY status";
 
     const OUTCOMES_BY_HOUR: &'static str = "\
         SELECT date_trunc('hour', COALESCE(finished_at, interrupted_at) AT TIME ZONE 'UTC') \
                  AT TIME ZONE 'UTC' AS hour, \
-               status, COUNT(*) AS rows \
+               status, COUNT(*) AS row_count \
         FROM task_history \
         WHERE status <> 'running' AND COALESCE(finished_at, interrupted_at) >= $1 \
         GROUP BY 1, 2";

@@ -323,11 +323,11 @@ pub(crate) struct HourRow {
     #[diesel(sql_type = Text)]
     status: String,
     #[diesel(sql_type = BigInt)]
-    rows: i64,
+    row_count: i64,
 }
 
 impl HourCountRow for HourRow {
     fn into_hour_count(self) -> Result<HourCount, StorageError> {
-        Ok((self.hour, self.status, self.rows))
+        Ok((self.hour, self.status, self.row_count))
     }
 }

@@ -26,7 +26,7 @@ impl StatsStatements for PostgresStorage {
     );
 
     const DURATIONS: &'static str = "\
-        SELECT status, count(*) AS rows, \
+        SELECT status, count(*) AS row_count, \
                percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS median_ms, \
                percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95_ms \
         FROM (SELECT status, \

@@ -99,7 +99,7 @@ impl AdoptDialect for SqliteStorage {
     /// `BEGIN IMMEDIATE` already holds the database's only write lock.
     const LOCK_TASK_HISTORY: Option<&'static str> = None;
     const PRE_FIX_STATUS_COUNTS: &'static str =
-        "SELECT status, count(*) AS rows FROM task_history GROUP BY status ORDER BY status";
+        "SELECT status, count(*) AS row_count FROM task_history GROUP BY status ORDER BY status";
     const RECORD_BASELINE: &'static str =
         "INSERT INTO __diesel_schema_migrations (version) VALUES (?)";
     const EXTRA_COLUMN_CONSEQUENCE: &'static str = " (the upgrade would drop it)";

@@ -9,11 +9,11 @@ use crate::overview::OverviewStatements;
 
 impl OverviewStatements for SqliteStorage {
     const REPO_STATUS_COUNTS: &'static str =
-        "SELECT status, COUNT(*) AS rows FROM task_history WHERE repo = ? GROUP BY status";
+        "SELECT status, COUNT(*) AS row_count FROM task_history WHERE repo = ? GROUP BY status";
 
     const OUTCOMES_BY_HOUR: &'static str = "\
         SELECT strftime('%Y-%m-%dT%H:00:00Z', COALESCE(finished_at, interrupted_at)) AS hour, \
-               status, COUNT(*) AS rows \
+               status, COUNT(*) AS row_count \
         FROM task_history \
         WHERE status <> 'running' \
           AND julianday(COALESCE(finished_at, interrupted_at)) >= julianday(?) \

@@ -332,7 +332,7 @@ pub(crate) struct HourRow {
     #[diesel(sql_type = Text)]
     status: String,
     #[diesel(sql_type = BigInt)]
-    rows: i64,
+    row_count: i64,
 }
 
 impl HourCountRow for HourRow {
@@ -340,7 +340,7 @@ impl HourCountRow for HourRow {
         Ok((
             decode_timestamp("hour", &self.hour)?,
             self.status,
-            self.rows,
+            self.row_count,
         ))
     }
 }

@@ -40,7 +40,7 @@ impl StatsStatements for SqliteStorage {
                  COUNT(*) OVER (PARTITION BY status) AS n \
           FROM ended WHERE ms IS NOT NULL \
         ) \
-        SELECT status, n AS rows, \
+        SELECT status, n AS row_count, \
                MAX(CASE WHEN rank = (n + 1) / 2 THEN ms END) AS median_ms, \
                MAX(CASE WHEN rank = (95 * n + 99) / 100 THEN ms END) AS p95_ms \
         FROM ranked GROUP BY status, n";
