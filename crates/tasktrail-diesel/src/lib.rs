@@ -36,6 +36,8 @@ mod overview;
 mod prune;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod raw;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod row_lock_sweep;
 mod secrets;
 #[cfg(feature = "testing")]
 mod skip;

@@ -144,7 +144,7 @@ pub(super) struct WorkerRow {
 
 impl WorkerRow {
     /// Whether the worker registered holding its named lock.
-    pub(super) fn holds_named_lock(&self) -> bool {
+    pub(super) fn holds_liveness_lock(&self) -> bool {
         self.liveness_lock.as_deref() == Some(NAMED_LOCK)
     }
 

@@ -156,7 +156,7 @@ impl Storage for MysqlStorage {
         let mut connection = self.pooled()?;
         let watched_by_this_store = self.watched_for();
         Self::write_transaction(&mut connection, |connection| {
-            Self::sweep(connection, request, judge, watched_by_this_store)
+            crate::row_lock_sweep::sweep::<Self>(connection, request, judge, watched_by_this_store)
         })
     }
 
@@ -168,7 +168,7 @@ impl Storage for MysqlStorage {
         let mut connection = self.pooled()?;
         let watched_by_this_store = self.watched_for();
         Self::write_transaction(&mut connection, |connection| {
-            Self::claim(connection, claim, judge, watched_by_this_store)
+            crate::row_lock_sweep::claim::<Self>(connection, claim, judge, watched_by_this_store)
         })
     }
 

@@ -162,7 +162,7 @@ pub(super) struct WorkerRow {
 impl WorkerRow {
     /// Whether the worker registered holding its advisory lock (rows
     /// written before the locks were recorded have none).
-    pub(super) fn holds_advisory_lock(&self) -> bool {
+    pub(super) fn holds_liveness_lock(&self) -> bool {
         self.liveness_lock.as_deref() == Some(ADVISORY_LOCK)
     }
 

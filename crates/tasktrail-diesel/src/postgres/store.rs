@@ -149,7 +149,7 @@ impl Storage for PostgresStorage {
         // (the pooled connection the sweep runs on may be brand new).
         let watched_by_this_store = self.watched_for();
         Self::write_transaction(&mut *self.pooled()?, |connection| {
-            Self::sweep(connection, request, judge, watched_by_this_store)
+            crate::row_lock_sweep::sweep::<Self>(connection, request, judge, watched_by_this_store)
         })
     }
 
@@ -160,7 +160,7 @@ impl Storage for PostgresStorage {
     ) -> Result<Vec<RecoveredTask>, StorageError> {
         let watched_by_this_store = self.watched_for();
         Self::write_transaction(&mut *self.pooled()?, |connection| {
-            Self::claim(connection, claim, judge, watched_by_this_store)
+            crate::row_lock_sweep::claim::<Self>(connection, claim, judge, watched_by_this_store)
         })
     }
 

@@ -1,469 +1,110 @@
-//! The Postgres recovery sweep and report claim, as named steps. Each is
-//! one transaction that locks, in this order, the `workers` rows of the
-//! owners it judges (`FOR UPDATE`, in id order: concurrent sweeps queue on
-//! an owner instead of both judging it) and then the rows it changes
-//! (`FOR UPDATE SKIP LOCKED`): see [`PostgresStorage`] for why that makes
-//! recovery exactly-once. The decisions are core's ([`OwnerRecovery`],
-//! [`ReportClaim::reports_of`]).
+//! The Postgres side of the row-lock sweep (`crate::row_lock_sweep`): the
+//! database's clock with the server's uptime, the advisory-lock probe in
+//! `pg_locks`, and the two UPDATEs that say what they changed with
+//! `RETURNING`. See [`PostgresStorage`] for why the locking makes recovery
+//! exactly-once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::Timestamptz;
-use tasktrail_core::backend::{
-    sort_recovered, ClaimedReports, LivenessJudge, LockWatch, OwnerFacts, OwnerLock, OwnerRecovery,
-    RecoveryRequest, ReportClaim, SweepMode,
-};
-use tasktrail_core::{
-    truncate_to_micros, Liveness, RecoveredTask, TaskRecord, TaskStatus, Timestamp, WorkerId,
-    WorkerRecord, WorkerState,
-};
+use tasktrail_core::backend::OwnerRecovery;
+use tasktrail_core::{StorageError, TaskStatus, Timestamp, WorkerId};
 use uuid::Uuid;
 
 use super::advisory::worker_lock_is_held;
-use super::rows::{NewReportRow, ReportRow, TaskRow, WorkerRow};
+use super::rows::{stored_id, stored_time, NewReportRow, ReportRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::PostgresStorage;
-use crate::tx::TxError;
+use crate::row_lock_sweep::{count_by_task, RowLockSweep};
 
-const RUNNING: &str = TaskStatus::Running.as_str();
-const ALIVE: &str = WorkerState::Alive.as_str();
-
-/// The database's clock at the sweep, and how long the sweep's connection
-/// has been able to watch locks, in seconds.
+/// The database's clock at the sweep, and how long the server has been
+/// up, in seconds.
 #[derive(QueryableByName)]
 struct DatabaseClock {
     #[diesel(sql_type = Timestamptz)]
     db_now: DateTime<Utc>,
     #[diesel(sql_type = diesel::sql_types::Double)]
-    watched_seconds: f64,
+    up_seconds: f64,
 }
 
-/// An owner's `workers` row, and whether it registered holding its
-/// advisory lock.
-type OwnerRow = (WorkerRecord, bool);
+impl RowLockSweep for PostgresStorage {
+    type Connection = PgConnection;
+    type Id = Uuid;
 
-/// What the judge needs at this instant: the database's time and how long
-/// this sweep could have watched locks.
-#[derive(Debug, Clone, Copy)]
-struct JudgingClock {
-    db_now: Timestamp,
-    watched_for: chrono::Duration,
-}
-
-impl PostgresStorage {
-    /// The sweep, in the caller's transaction.
-    pub(super) fn sweep(
-        connection: &mut PgConnection,
-        request: &RecoveryRequest,
-        judge: &dyn LivenessJudge,
-        watched_by_this_store: std::time::Duration,
-    ) -> Result<Vec<RecoveredTask>, TxError> {
-        let apply = request.mode == SweepMode::Apply;
-        let sweeper = *request.recovering_worker.as_uuid();
-        let now = truncate_to_micros(request.now);
-        let owners = running_owners(connection, sweeper)?;
-        if owners.is_empty() {
-            return Ok(Vec::new());
-        }
-        let owner_rows = lock_owner_rows(connection, &owners, apply)?;
-        let clock = Self::judging_clock(connection, watched_by_this_store)?;
-        let running = lock_running_rows(connection, sweeper, &owners, apply)?;
-        let verdicts = Self::judge_owners(connection, &running, &owner_rows, clock, judge)?;
-        let mut recovered = Vec::new();
-        for (owner, verdict) in &verdicts {
-            let Some(plan) =
-                OwnerRecovery::for_verdict(*owner, verdict, request.recovering_worker, now)
-            else {
-                continue;
-            };
-            let orphans: Vec<&TaskRecord> = running
-                .iter()
-                .filter(|task| task.worker_id == *owner)
-                .collect();
-            let orphan_ids: Vec<Uuid> = orphans.iter().map(|task| *task.id.as_uuid()).collect();
-            let (transitioned, sessions) = if apply {
-                let transitioned = interrupt_orphans(connection, &orphan_ids, &plan)?;
-                let sessions =
-                    invalidate_sessions_of_tasks(connection, &transitioned, plan.at, &plan.reason)?;
-                mark_dead(connection, &plan)?;
-                (transitioned.into_iter().collect(), sessions)
-            } else {
-                let sessions = count_valid_sessions(connection, &orphan_ids)?;
-                (
-                    orphan_ids.iter().copied().collect::<BTreeSet<Uuid>>(),
-                    sessions,
-                )
-            };
-            for task in orphans {
-                let id = *task.id.as_uuid();
-                if transitioned.contains(&id) {
-                    let count = sessions.get(&id).copied().unwrap_or(0);
-                    recovered.push(plan.recovered(task.clone(), count));
-                }
-            }
-        }
-        if apply {
-            record_owed_reports(connection, &recovered)?;
-        }
-        sort_recovered(&mut recovered);
-        Ok(recovered)
+    fn stored(id: &Uuid) -> Uuid {
+        stored_id(id)
     }
 
-    /// The claim of [`Storage::claim_unreported_recoveries`](tasktrail_core::Storage::claim_unreported_recoveries),
-    /// in the caller's transaction.
-    pub(super) fn claim(
-        connection: &mut PgConnection,
-        claim: &ReportClaim,
-        judge: &dyn LivenessJudge,
-        watched_by_this_store: std::time::Duration,
-    ) -> Result<Vec<RecoveredTask>, TxError> {
-        let claimant = *claim.claimant.as_uuid();
-        let owed_by: Vec<Uuid> = recovery_reports::table
-            .filter(recovery_reports::reported_at.is_null())
-            .select(recovery_reports::owed_by)
-            .distinct()
-            .load(connection)?;
-        if owed_by.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The owners' rows, locked in id order like a sweep's, so a claim
-        // and a sweep judging the same owner read one decision.
-        let others: BTreeSet<Option<Uuid>> = owed_by
-            .iter()
-            .filter(|id| **id != claimant)
-            .map(|id| Some(*id))
-            .collect();
-        let owner_rows = lock_owner_rows(connection, &others, true)?;
-        let clock = Self::judging_clock(connection, watched_by_this_store)?;
-        let mut all: Vec<Uuid> = Vec::new();
-        let mut owed_before: Vec<Uuid> = Vec::new();
-        for owner in owed_by {
-            let row = owner_rows.get(&owner);
-            let facts = Self::facts_of(connection, row, clock)?;
-            let scope = claim.reports_of(WorkerId::from_uuid(owner), row.is_some(), || {
-                judge.judge(facts.as_ref())
-            });
-            match scope {
-                ClaimedReports::All => all.push(owner),
-                ClaimedReports::OwedBefore(_) => owed_before.push(owner),
-                ClaimedReports::None => {}
-            }
-        }
-        if all.is_empty() && owed_before.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut claimed = move_reports(connection, claim, &all, &owed_before)?;
-        sort_recovered(&mut claimed);
-        Ok(claimed)
+    fn worker_of(stored: &Uuid) -> Result<WorkerId, StorageError> {
+        Ok(WorkerId::from_uuid(*stored))
     }
 
-    /// Step 5: one verdict per owner of the locked running rows.
-    fn judge_owners(
+    /// `clock_timestamp()` and `pg_postmaster_start_time()`: after a
+    /// restart or a failover every lock is free until its owner reconnects.
+    fn database_clock(
         connection: &mut PgConnection,
-        running: &[TaskRecord],
-        owner_rows: &HashMap<Uuid, OwnerRow>,
-        clock: JudgingClock,
-        judge: &dyn LivenessJudge,
-    ) -> Result<BTreeMap<Option<WorkerId>, Liveness>, TxError> {
-        let mut verdicts: BTreeMap<Option<WorkerId>, Liveness> = BTreeMap::new();
-        for task in running {
-            if verdicts.contains_key(&task.worker_id) {
-                continue;
-            }
-            let row = task.worker_id.and_then(|id| owner_rows.get(id.as_uuid()));
-            let facts = Self::facts_of(connection, row, clock)?;
-            verdicts.insert(task.worker_id, judge.judge(facts.as_ref()));
-        }
-        Ok(verdicts)
-    }
-
-    /// What the judge learns about one owner (`None`: no `workers` row).
-    fn facts_of(
-        connection: &mut PgConnection,
-        row: Option<&OwnerRow>,
-        clock: JudgingClock,
-    ) -> Result<Option<OwnerFacts>, DieselError> {
-        row.map(|(owner, holds_advisory_lock)| {
-            Self::owner_facts(connection, owner, *holds_advisory_lock, clock)
-        })
-        .transpose()
-    }
-
-    /// Gathers the facts about one owner for the judge: its silence on the
-    /// database's clock (`db_now` minus its heartbeat) and, for an `alive`
-    /// owner that registered holding its advisory lock, whether some session
-    /// holds that lock now ([`worker_lock_is_held`]), tested in `pg_locks`
-    /// without taking it, so the owner can always take it back.
-    fn owner_facts(
-        connection: &mut PgConnection,
-        owner: &WorkerRecord,
-        holds_advisory_lock: bool,
-        clock: JudgingClock,
-    ) -> Result<OwnerFacts, DieselError> {
-        let lock = if owner.state == WorkerState::Alive && holds_advisory_lock {
-            if worker_lock_is_held(connection, Self::worker_lock_key(owner.id))? {
-                OwnerLock::Held
-            } else {
-                OwnerLock::Free {
-                    watched_for: LockWatch::For(clock.watched_for),
-                }
-            }
-        } else {
-            // A stopped or dead owner holds no lock worth asking about; a
-            // registration older than the locks recorded none.
-            OwnerLock::NotCheckable
-        };
-        Ok(OwnerFacts::observed_at(owner.clone(), clock.db_now, lock))
-    }
-
-    /// Step 3: the database's time (the clock heartbeats are written with, so
-    /// owners' silence is measured on it; the caller's clock never matters)
-    /// and how long a judge has been able to watch locks: since the server
-    /// started and since this store's liveness session began, whichever is
-    /// later (after a restart, a failover or a reconnect every lock is free
-    /// until its owner takes it back). Read after the row locks were granted.
-    fn judging_clock(
-        connection: &mut PgConnection,
-        watched_by_this_store: std::time::Duration,
-    ) -> Result<JudgingClock, DieselError> {
+    ) -> Result<(Timestamp, Option<std::time::Duration>), DieselError> {
         let clock = diesel::sql_query(
             "SELECT clock_timestamp() AS db_now, \
              EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())::float8 \
-               AS watched_seconds",
+               AS up_seconds",
         )
         .get_result::<DatabaseClock>(connection)?;
-        let server_up_for =
-            std::time::Duration::from_secs_f64(clock.watched_seconds.clamp(0.0, 1e9));
-        let watched = server_up_for.min(watched_by_this_store);
-        let watched_for = chrono::Duration::from_std(watched).unwrap_or(chrono::Duration::MAX);
-        Ok(JudgingClock {
-            db_now: clock.db_now,
-            watched_for,
-        })
+        let up_for = std::time::Duration::from_secs_f64(clock.up_seconds.clamp(0.0, 1e9));
+        Ok((clock.db_now, Some(up_for)))
     }
-}
 
-/// Step 1: the owners of running rows other than the sweeper (the partial
-/// index serves this).
-fn running_owners(
-    connection: &mut PgConnection,
-    sweeper: Uuid,
-) -> Result<BTreeSet<Option<Uuid>>, DieselError> {
-    let owners: Vec<Option<Uuid>> = task_history::table
-        .filter(task_history::status.eq(RUNNING))
-        .filter(
-            task_history::worker_id
-                .ne(sweeper)
-                .or(task_history::worker_id.is_null()),
+    /// Tested in `pg_locks` without taking the lock.
+    fn worker_lock_is_held(
+        connection: &mut PgConnection,
+        worker: WorkerId,
+    ) -> Result<bool, DieselError> {
+        worker_lock_is_held(connection, Self::worker_lock_key(worker))
+    }
+
+    fn interrupt_orphans(
+        connection: &mut PgConnection,
+        orphans: &[Uuid],
+        plan: &OwnerRecovery,
+    ) -> Result<Vec<Uuid>, DieselError> {
+        diesel::update(
+            task_history::table
+                .filter(task_history::id.eq_any(orphans))
+                .filter(task_history::status.eq(TaskStatus::Running.as_str())),
         )
-        .select(task_history::worker_id)
-        .distinct()
-        .load(connection)?;
-    Ok(owners.into_iter().collect())
-}
-
-/// Step 2: the owners' `workers` rows, locked in id order when `lock`:
-/// concurrent sweeps (and claims) queue here, and the second reads what
-/// the first decided.
-fn lock_owner_rows(
-    connection: &mut PgConnection,
-    owners: &BTreeSet<Option<Uuid>>,
-    lock: bool,
-) -> Result<HashMap<Uuid, OwnerRow>, TxError> {
-    let registered: Vec<Uuid> = owners.iter().flatten().copied().collect();
-    let rows = workers::table
-        .filter(workers::id.eq_any(&registered))
-        .order(workers::id)
-        .select(WorkerRow::as_select());
-    let rows: Vec<WorkerRow> = if lock {
-        rows.for_update().load(connection)?
-    } else {
-        rows.load(connection)?
-    };
-    let mut owner_rows = HashMap::new();
-    for row in rows {
-        let holds_advisory_lock = row.holds_advisory_lock();
-        let record = row.into_record()?;
-        owner_rows.insert(*record.id.as_uuid(), (record, holds_advisory_lock));
-    }
-    Ok(owner_rows)
-}
-
-/// Step 4: the running rows, each locked by exactly one sweep (`SKIP
-/// LOCKED`: a row another sweep or its finishing owner holds is left to
-/// it). Rows of an owner that appeared after step 1 are left to the next
-/// sweep.
-fn lock_running_rows(
-    connection: &mut PgConnection,
-    sweeper: Uuid,
-    owners: &BTreeSet<Option<Uuid>>,
-    lock: bool,
-) -> Result<Vec<TaskRecord>, TxError> {
-    let running = task_history::table
-        .filter(task_history::status.eq(RUNNING))
-        .filter(
-            task_history::worker_id
-                .ne(sweeper)
-                .or(task_history::worker_id.is_null()),
-        )
-        .order((task_history::started_at, task_history::id))
-        .select(TaskRow::as_select());
-    let running: Vec<TaskRow> = if lock {
-        running.for_update().skip_locked().load(connection)?
-    } else {
-        running.load(connection)?
-    };
-    Ok(running
-        .into_iter()
-        .map(TaskRow::into_record)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|task| owners.contains(&task.worker_id.map(|id| *id.as_uuid())))
-        .collect())
-}
-
-/// Step 6a: the dead owner's locked rows become `interrupted`, if still
-/// `running`; returns those that did.
-fn interrupt_orphans(
-    connection: &mut PgConnection,
-    orphans: &[Uuid],
-    plan: &OwnerRecovery,
-) -> Result<Vec<Uuid>, DieselError> {
-    diesel::update(
-        task_history::table
-            .filter(task_history::id.eq_any(orphans))
-            .filter(task_history::status.eq(RUNNING)),
-    )
-    .set((
-        task_history::status.eq(TaskStatus::Interrupted.as_str()),
-        task_history::interrupted_at.eq(plan.at),
-        task_history::interrupt_reason.eq(&plan.reason),
-        task_history::interrupted_by.eq(*plan.recovered_by.as_uuid()),
-    ))
-    .returning(task_history::id)
-    .get_results(connection)
-}
-
-/// Step 6b: the still-valid sessions of `task_ids` invalidated; how many
-/// each task had.
-fn invalidate_sessions_of_tasks(
-    connection: &mut PgConnection,
-    task_ids: &[Uuid],
-    at: Timestamp,
-    reason: &str,
-) -> Result<HashMap<Uuid, u32>, DieselError> {
-    let invalidated: Vec<Uuid> = diesel::update(
-        claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-            .filter(claude_sdk_sessions::invalidated_at.is_null()),
-    )
-    .set((
-        claude_sdk_sessions::invalidated_at.eq(at),
-        claude_sdk_sessions::invalidation_reason.eq(reason),
-    ))
-    .returning(claude_sdk_sessions::task_id)
-    .get_results(connection)?;
-    Ok(count_by_task(invalidated))
-}
-
-fn count_by_task(task_ids: Vec<Uuid>) -> HashMap<Uuid, u32> {
-    let mut counts = HashMap::new();
-    for task in task_ids {
-        *counts.entry(task).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Step 6b on a dry run: how many valid sessions each task has.
-fn count_valid_sessions(
-    connection: &mut PgConnection,
-    task_ids: &[Uuid],
-) -> Result<HashMap<Uuid, u32>, DieselError> {
-    let valid: Vec<Uuid> = claude_sdk_sessions::table
-        .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-        .filter(claude_sdk_sessions::invalidated_at.is_null())
-        .select(claude_sdk_sessions::task_id)
-        .load(connection)?;
-    Ok(count_by_task(valid))
-}
-
-/// Step 6c: the owner, if still `alive`, is `dead` from now on.
-fn mark_dead(connection: &mut PgConnection, plan: &OwnerRecovery) -> Result<(), DieselError> {
-    let Some(owner) = plan.owner_to_mark_dead() else {
-        return Ok(());
-    };
-    diesel::update(
-        workers::table
-            .find(*owner.as_uuid())
-            .filter(workers::state.eq(ALIVE)),
-    )
-    .set((
-        workers::state.eq(WorkerState::Dead.as_str()),
-        workers::stopped_at.eq(plan.at),
-    ))
-    .execute(connection)?;
-    Ok(())
-}
-
-/// Step 7: the report each recovered row owes, owed by the sweeper.
-fn record_owed_reports(
-    connection: &mut PgConnection,
-    recovered: &[RecoveredTask],
-) -> Result<(), DieselError> {
-    let reports: Vec<NewReportRow> = recovered.iter().map(NewReportRow::owed).collect();
-    for chunk in reports.chunks(1000) {
-        diesel::insert_into(recovery_reports::table)
-            .values(chunk)
-            .execute(connection)?;
-    }
-    Ok(())
-}
-
-/// The unconfirmed reports owed by `all` (every one) and `owed_before`
-/// (only those owed since before the claim's cut-off), locked, moved to the
-/// claimant and read with their rows. Each report moves once: a concurrent
-/// claim waits on the row and re-reads `owed_by`, which no longer names a
-/// dead owner.
-fn move_reports(
-    connection: &mut PgConnection,
-    claim: &ReportClaim,
-    all: &[Uuid],
-    owed_before: &[Uuid],
-) -> Result<Vec<RecoveredTask>, TxError> {
-    let reports: Vec<(Uuid, ReportRow)> = recovery_reports::table
-        .filter(recovery_reports::reported_at.is_null())
-        .filter(recovery_reports::owed_by.eq_any(all).or(
-            recovery_reports::owed_by.eq_any(owed_before).and(
-                recovery_reports::owed_since.lt(truncate_to_micros(claim.unregistered_owed_before)),
-            ),
-        ))
-        .select((recovery_reports::task_id, ReportRow::as_select()))
-        .for_update()
-        .load(connection)?;
-    let ids: Vec<Uuid> = reports.iter().map(|(id, _)| *id).collect();
-    diesel::update(recovery_reports::table.filter(recovery_reports::task_id.eq_any(&ids)))
         .set((
-            recovery_reports::owed_by.eq(*claim.claimant.as_uuid()),
-            recovery_reports::owed_since.eq(truncate_to_micros(claim.now)),
+            task_history::status.eq(TaskStatus::Interrupted.as_str()),
+            task_history::interrupted_at.eq(plan.at),
+            task_history::interrupt_reason.eq(&plan.reason),
+            task_history::interrupted_by.eq(*plan.recovered_by.as_uuid()),
         ))
-        .execute(connection)?;
-    let mut tasks: HashMap<Uuid, TaskRow> = task_history::table
-        .filter(task_history::id.eq_any(&ids))
-        .select(TaskRow::as_select())
-        .load::<TaskRow>(connection)?
-        .into_iter()
-        .map(|task| (task.stored_id(), task))
-        .collect();
-    let mut claimed = Vec::with_capacity(reports.len());
-    for (id, report) in reports {
-        // The foreign key keeps the row while its report exists.
-        if let Some(task) = tasks.remove(&id) {
-            claimed.push(report.into_recovered(task.into_record()?)?);
-        }
+        .returning(task_history::id)
+        .get_results(connection)
     }
-    Ok(claimed)
+
+    fn invalidate_sessions_of_tasks(
+        connection: &mut PgConnection,
+        task_ids: &[Uuid],
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<HashMap<Uuid, u32>, DieselError> {
+        let invalidated: Vec<Uuid> = diesel::update(
+            claude_sdk_sessions::table
+                .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
+                .filter(claude_sdk_sessions::invalidated_at.is_null()),
+        )
+        .set((
+            claude_sdk_sessions::invalidated_at.eq(at),
+            claude_sdk_sessions::invalidation_reason.eq(reason),
+        ))
+        .returning(claude_sdk_sessions::task_id)
+        .get_results(connection)?;
+        Ok(count_by_task(invalidated))
+    }
+
+    crate::row_lock_sweep::row_lock_sweep_statements!();
 }
