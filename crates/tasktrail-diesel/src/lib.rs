@@ -26,6 +26,8 @@
 mod adopt;
 mod codec;
 mod compat;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod error_table;
 #[cfg(test)]
 mod error_text;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

@@ -1,5 +1,6 @@
-//! MySQL / MariaDB errors onto public kinds: one table, keyed by the
-//! server's error number.
+//! MySQL / MariaDB errors onto public kinds: [`MYSQL_ERRORS`], one table
+//! keyed by the server's error number (the mapping through it is
+//! `crate::error_table`'s, shared with Postgres).
 //!
 //! diesel-async reads a server error's number into a Diesel kind for the
 //! constraint errors (duplicate key, CHECK, NOT NULL, foreign key,
@@ -8,190 +9,83 @@
 //! `mysql_async` error's text, which starts with its variant (`Input/output
 //! error`, `Driver error`). So an entry names its number and recognises it
 //! either by Diesel's kind or by the server's fixed English message for
-//! that number (every session sets `lc_messages = 'en_US'`). Pieces are
-//! phrases, never a lone word.
-
-use std::fmt;
+//! that number (every session sets `lc_messages = 'en_US'`).
 
 use diesel::r2d2::PoolError;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use tasktrail_core::StorageError;
 
+use crate::error_table::ErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
+pub(crate) use crate::error_table::Redacted;
+use crate::error_table::{kind, text, ErrorTable};
 use crate::secrets::Secrets;
 use crate::tx::ErrorDialect;
 
-/// An error whose text was scrubbed of the URL's secrets. The original
-/// error is not kept as a source: its text may hold them.
-#[derive(Debug)]
-pub(crate) struct Redacted(pub(crate) String);
-
-impl fmt::Display for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Redacted {}
-
-/// What a MySQL error means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MysqlErrorClass {
-    /// Retrying later may succeed: [`StorageError::Unavailable`].
-    Transient,
-    /// The server refuses this configuration (login, database, privilege):
-    /// [`StorageError::AccessDenied`].
-    Refused,
-    /// The schema is not tasktrail's: [`StorageError::Incompatible`].
-    NotOurs,
-    /// A CHECK, NOT NULL or foreign key constraint, or strict mode, rejected
-    /// the write: the row is not one tasktrail writes
-    /// ([`StorageError::CorruptRow`]).
-    ConstraintRejected,
-}
-
-/// How an entry recognises its error.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum MysqlSignal {
-    /// diesel-async read the number into this kind.
-    Kind(DatabaseErrorKind),
-    /// Every piece is in the lower-cased message.
-    Text(&'static [&'static str]),
-}
-
-/// One error condition this backend classifies.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MysqlCondition {
-    /// The server's error number(s), or where the text comes from.
-    pub(crate) number: &'static str,
-    /// How it is recognised.
-    pub(crate) signal: MysqlSignal,
-    /// What it means.
-    pub(crate) class: MysqlErrorClass,
-}
-
-const fn kind(
-    number: &'static str,
-    kind: DatabaseErrorKind,
-    class: MysqlErrorClass,
-) -> MysqlCondition {
-    MysqlCondition {
-        number,
-        signal: MysqlSignal::Kind(kind),
-        class,
-    }
-}
-
-const fn text(
-    number: &'static str,
-    pieces: &'static [&'static str],
-    class: MysqlErrorClass,
-) -> MysqlCondition {
-    MysqlCondition {
-        number,
-        signal: MysqlSignal::Text(pieces),
-        class,
-    }
-}
-
-use MysqlErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
-
-/// Every condition this backend classifies; the first that matches wins.
-/// Anything else is [`StorageError::Other`].
-pub(crate) const MYSQL_ERRORS: &[MysqlCondition] = &[
-    // Constraints: a row tasktrail would never write.
-    kind(
-        "3819, 4025",
-        DatabaseErrorKind::CheckViolation,
-        ConstraintRejected,
-    ),
-    text("4025", &["constraint", "failed for"], ConstraintRejected),
-    kind(
-        "1048, 1364",
-        DatabaseErrorKind::NotNullViolation,
-        ConstraintRejected,
-    ),
-    kind(
-        "1216, 1217, 1451, 1452",
-        DatabaseErrorKind::ForeignKeyViolation,
-        ConstraintRejected,
-    ),
-    text("1406", &["data too long for column"], ConstraintRejected),
-    text("1265", &["data truncated for column"], ConstraintRejected),
-    text("1366", &["incorrect", "value:"], ConstraintRejected),
-    // Contention: the transaction was chosen to give way; retry.
-    text(
-        "1213",
-        &["deadlock found when trying to get lock"],
-        Transient,
-    ),
-    text("1205", &["lock wait timeout exceeded"], Transient),
-    // The server: out of connections, shutting down, read-only, full.
-    text("1040", &["too many connections"], Transient),
-    text(
-        "1203",
-        &["already has more than", "max_user_connections"],
-        Transient,
-    ),
-    text("1053", &["server shutdown in progress"], Transient),
-    text("1927", &["connection was killed"], Transient),
-    text("1317", &["query execution was interrupted"], Transient),
-    kind("1792", DatabaseErrorKind::ReadOnlyTransaction, Transient),
-    text("1290, 1836", &["read-only"], Transient),
-    text("1021", &["disk full"], Transient),
-    text("1114", &["the table", "is full"], Transient),
-    text("3", &["error writing file"], Transient),
-    // The client lost or never had the connection (mysql_async's I/O and
-    // driver errors, and r2d2's checkout timeout).
-    text("client", &["input/output error"], Transient),
-    text("client", &["connection to the server is closed"], Transient),
-    text("client", &["driver error"], Transient),
-    text("client", &["can't connect to mysql server"], Transient),
-    text("r2d2", &["timed out waiting for connection"], Transient),
-    // The configuration: login, database, privileges.
-    text("1045", &["access denied for user"], Refused),
-    text("1044, 1142, 1143, 1227", &["access denied"], Refused),
-    text("1142", &["command denied to user"], Refused),
-    text("1049", &["unknown database"], Refused),
-    // The schema is not what tasktrail made.
-    text("1146", &["doesn't exist"], NotOurs),
-    text("1054", &["unknown column"], NotOurs),
-];
-
-/// A transaction whose connection broke: nothing was committed.
-const BROKEN_CONNECTION: MysqlCondition = text("client", &[], Transient);
-
-fn condition_of(kind: DatabaseErrorKind, message: &str) -> Option<&'static MysqlCondition> {
-    let message = message.to_lowercase();
-    MYSQL_ERRORS
-        .iter()
-        .find(|condition| match condition.signal {
-            MysqlSignal::Kind(expected) => {
-                std::mem::discriminant(&expected) == std::mem::discriminant(&kind)
-            }
-            MysqlSignal::Text(pieces) => pieces.iter().all(|piece| message.contains(piece)),
-        })
-}
-
-/// The class of a text-only failure (a connection or pool error).
-pub(crate) fn classify_mysql_text(message: &str) -> Option<MysqlErrorClass> {
-    condition_of(DatabaseErrorKind::Unknown, message).map(|condition| condition.class)
-}
-
-fn storage_error(condition: Option<&MysqlCondition>, message: String) -> StorageError {
-    let class = condition.map(|condition| condition.class);
-    let message = match condition {
-        Some(condition) => format!("{message} (MySQL error {})", condition.number),
-        None => message,
-    };
-    let source = Box::new(Redacted(message));
-    match class {
-        Some(Transient) => StorageError::Unavailable { source },
-        Some(Refused) => StorageError::AccessDenied { source },
-        Some(NotOurs) => StorageError::Incompatible { detail: source.0 },
-        Some(ConstraintRejected) => StorageError::CorruptRow { detail: source.0 },
-        None => StorageError::Other { source },
-    }
-}
+/// Every condition this backend classifies: `Kind` entries first, then
+/// the first `Text` entry that matches. Anything else is
+/// [`StorageError::Other`].
+pub(crate) const MYSQL_ERRORS: ErrorTable = ErrorTable {
+    dialect: "mysql",
+    entries: &[
+        // Constraints: a row tasktrail would never write.
+        kind(
+            "3819, 4025",
+            DatabaseErrorKind::CheckViolation,
+            ConstraintRejected,
+        ),
+        text("4025", &["constraint", "failed for"], ConstraintRejected),
+        kind(
+            "1048, 1364",
+            DatabaseErrorKind::NotNullViolation,
+            ConstraintRejected,
+        ),
+        kind(
+            "1216, 1217, 1451, 1452",
+            DatabaseErrorKind::ForeignKeyViolation,
+            ConstraintRejected,
+        ),
+        text("1406", &["data too long for column"], ConstraintRejected),
+        text("1265", &["data truncated for column"], ConstraintRejected),
+        text("1366", &["incorrect", "value:"], ConstraintRejected),
+        // Contention: the transaction was chosen to give way; retry.
+        text(
+            "1213",
+            &["deadlock found when trying to get lock"],
+            Transient,
+        ),
+        text("1205", &["lock wait timeout exceeded"], Transient),
+        // The server: out of connections, shutting down, read-only, full.
+        text("1040", &["too many connections"], Transient),
+        text(
+            "1203",
+            &["already has more than", "max_user_connections"],
+            Transient,
+        ),
+        text("1053", &["server shutdown in progress"], Transient),
+        text("1927", &["connection was killed"], Transient),
+        text("1317", &["query execution was interrupted"], Transient),
+        kind("1792", DatabaseErrorKind::ReadOnlyTransaction, Transient),
+        text("1290, 1836", &["read-only"], Transient),
+        text("1021", &["disk full"], Transient),
+        text("1114", &["the table", "is full"], Transient),
+        text("3", &["error writing file"], Transient),
+        // The client lost or never had the connection (mysql_async's I/O and
+        // driver errors, and r2d2's checkout timeout).
+        text("client", &["input/output error"], Transient),
+        text("client", &["connection to the server is closed"], Transient),
+        text("client", &["driver error"], Transient),
+        text("client", &["can't connect to mysql server"], Transient),
+        text("r2d2", &["timed out waiting for connection"], Transient),
+        // The configuration: login, database, privileges.
+        text("1045", &["access denied for user"], Refused),
+        text("1044, 1142, 1143, 1227", &["access denied"], Refused),
+        text("1142", &["command denied to user"], Refused),
+        text("1049", &["unknown database"], Refused),
+        // The schema is not what tasktrail made.
+        text("1146", &["doesn't exist"], NotOurs),
+        text("1054", &["unknown column"], NotOurs),
+    ],
+};
 
 /// The MySQL dialect of [`ErrorDialect`].
 impl ErrorDialect for diesel::mysql::Mysql {
@@ -204,49 +98,17 @@ impl ErrorDialect for diesel::mysql::Mysql {
 /// Unique violations are mapped by the callers, which know which row they
 /// were writing.
 pub(crate) fn map_error(error: DieselError) -> StorageError {
-    let condition = match &error {
-        DieselError::DatabaseError(kind, info) => condition_of(*kind, info.message()),
-        DieselError::RollbackErrorOnCommit { commit_error, .. } => match &**commit_error {
-            DieselError::DatabaseError(kind, info) => condition_of(*kind, info.message()),
-            _ => Some(&BROKEN_CONNECTION),
-        },
-        // The connection broke mid-transaction: nothing was committed.
-        DieselError::BrokenTransactionManager => Some(&BROKEN_CONNECTION),
-        _ => None,
-    };
-    storage_error(condition, format!("mysql: {error}"))
+    MYSQL_ERRORS.map_error(error)
 }
 
-/// A failure to connect (the URL's secrets scrubbed): permanent when the
-/// server refused the configuration, transient otherwise.
+/// A failure to connect (see [`ErrorTable::connection_error`]).
 pub(super) fn connection_error(error: &ConnectionError, secrets: &Secrets) -> StorageError {
-    let message = secrets.scrub(error.to_string().trim_end());
-    match error {
-        ConnectionError::InvalidConnectionUrl(_) => StorageError::Other {
-            source: Box::new(Redacted(format!("invalid mysql URL: {message}"))),
-        },
-        _ => connection_text_error(format!("cannot connect to mysql: {message}")),
-    }
+    MYSQL_ERRORS.connection_error(error, secrets)
 }
 
-fn connection_text_error(message: String) -> StorageError {
-    match classify_mysql_text(&message) {
-        Some(Refused) => StorageError::AccessDenied {
-            source: Box::new(Redacted(message)),
-        },
-        _ => StorageError::Unavailable {
-            source: Box::new(Redacted(message)),
-        },
-    }
-}
-
-/// A failed pool checkout (r2d2 keeps only the last connection error's
-/// text).
+/// A failed pool checkout (see [`ErrorTable::pool_error`]).
 pub(super) fn pool_error(error: &PoolError, secrets: &Secrets) -> StorageError {
-    connection_text_error(format!(
-        "no mysql connection available: {}",
-        secrets.scrub(error.to_string().trim_end())
-    ))
+    MYSQL_ERRORS.pool_error(error, secrets)
 }
 
 #[cfg(test)]

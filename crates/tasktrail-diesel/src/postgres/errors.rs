@@ -1,91 +1,16 @@
-//! Postgres errors onto public kinds.
-
-use std::fmt;
+//! Postgres errors onto public kinds: [`POSTGRES_ERRORS`], the one table
+//! for them, keyed by SQLSTATE (the mapping through it is
+//! `crate::error_table`'s, shared with MySQL).
 
 use diesel::r2d2::PoolError;
 use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
 use tasktrail_core::StorageError;
 
+use crate::error_table::ErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
+pub(crate) use crate::error_table::Redacted;
+use crate::error_table::{kind, text, ErrorTable};
 use crate::secrets::Secrets;
 use crate::tx::ErrorDialect;
-
-/// An error whose text was scrubbed of the URL's secrets. The original error
-/// is not kept as a source: its text may hold them.
-#[derive(Debug)]
-pub(crate) struct Redacted(pub(crate) String);
-
-impl fmt::Display for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Redacted {}
-
-/// What a Postgres error means for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PostgresErrorClass {
-    /// Retrying later may succeed: [`StorageError::Unavailable`].
-    Transient,
-    /// The server refuses this configuration (login, database, permission):
-    /// [`StorageError::AccessDenied`].
-    Refused,
-    /// The schema is not tasktrail's: [`StorageError::Incompatible`].
-    NotOurs,
-    /// A CHECK or NOT NULL constraint rejected the write: the row is not
-    /// one tasktrail writes ([`StorageError::CorruptRow`]).
-    ConstraintRejected,
-}
-
-/// How an entry recognises its error.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum PostgresSignal {
-    /// Diesel read the SQLSTATE (or libpq's connection status) into this
-    /// kind.
-    Kind(DatabaseErrorKind),
-    /// Diesel hides this SQLSTATE (or there is none: libpq's and r2d2's
-    /// connection failures are text only): every piece is in the
-    /// lower-cased message, the server's fixed (untranslated) text for
-    /// that condition. Pieces are phrases, never a lone word.
-    Text(&'static [&'static str]),
-}
-
-/// One error condition this backend classifies.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PostgresCondition {
-    /// Its SQLSTATE(s), or where the text comes from when it has none.
-    pub(crate) sqlstate: &'static str,
-    /// How it is recognised.
-    pub(crate) signal: PostgresSignal,
-    /// What it means.
-    pub(crate) class: PostgresErrorClass,
-}
-
-const fn kind(
-    sqlstate: &'static str,
-    kind: DatabaseErrorKind,
-    class: PostgresErrorClass,
-) -> PostgresCondition {
-    PostgresCondition {
-        sqlstate,
-        signal: PostgresSignal::Kind(kind),
-        class,
-    }
-}
-
-const fn text(
-    sqlstate: &'static str,
-    pieces: &'static [&'static str],
-    class: PostgresErrorClass,
-) -> PostgresCondition {
-    PostgresCondition {
-        sqlstate,
-        signal: PostgresSignal::Text(pieces),
-        class,
-    }
-}
-
-use PostgresErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
 
 /// Every Postgres error condition this backend classifies, keyed by
 /// SQLSTATE: the one table for Postgres errors.
@@ -102,232 +27,183 @@ use PostgresErrorClass::{ConstraintRejected, NotOurs, Refused, Transient};
 /// unless the server sets `lc_messages` otherwise). libpq's connection
 /// errors and r2d2's pool time-outs have no SQLSTATE at all. `Kind`
 /// entries decide first. Each entry has its own test.
-pub(crate) const POSTGRES_ERRORS: &[PostgresCondition] = &[
-    kind(
-        "08000 / 08001 / 08004 / 08006, or libpq CONNECTION_BAD",
-        DatabaseErrorKind::ClosedConnection,
-        Transient,
-    ),
-    kind(
-        "none: libpq could not send the statement",
-        DatabaseErrorKind::UnableToSendCommand,
-        Transient,
-    ),
-    kind(
-        "40001 serialization_failure",
-        DatabaseErrorKind::SerializationFailure,
-        Transient,
-    ),
-    // A standby or a demoted primary after a failover, until the
-    // connection reaches the new primary.
-    kind(
-        "25006 read_only_sql_transaction",
-        DatabaseErrorKind::ReadOnlyTransaction,
-        Transient,
-    ),
-    kind(
-        "23514 check_violation",
-        DatabaseErrorKind::CheckViolation,
-        ConstraintRejected,
-    ),
-    kind(
-        "23502 not_null_violation",
-        DatabaseErrorKind::NotNullViolation,
-        ConstraintRejected,
-    ),
-    // The server ended the session: admin shutdown / pg_terminate_backend,
-    // crash shutdown, idle_session_timeout.
-    text(
-        "57P01 admin_shutdown, 57P02 crash_shutdown, 57P05 idle_session_timeout",
-        &["terminating connection"],
-        Transient,
-    ),
-    // Starting up, shutting down, in recovery.
-    text(
-        "57P03 cannot_connect_now",
-        &["the database system is"],
-        Transient,
-    ),
-    // libpq: the socket closed under a statement, or no session at all.
-    text("none (libpq)", &["server closed the connection"], Transient),
-    text("none (libpq)", &["no connection to the server"], Transient),
-    text(
-        "none (libpq)",
-        &["could not send data to server"],
-        Transient,
-    ),
-    text(
-        "none (libpq)",
-        &["could not receive data from server"],
-        Transient,
-    ),
-    text("none (libpq)", &["ssl syscall error"], Transient),
-    // libpq: nothing listens (a restart), or the host cannot be reached.
-    text("none (libpq)", &["connection refused"], Transient),
-    text("none (libpq)", &["timeout expired"], Transient),
-    // r2d2: no pooled connection could be had in time.
-    text(
-        "none (r2d2)",
-        &["timed out waiting for connection"],
-        Transient,
-    ),
-    text(
-        "53300 too_many_connections",
-        &["too many clients"],
-        Transient,
-    ),
-    text(
-        "53300 too_many_connections",
-        &["too many connections"],
-        Transient,
-    ),
-    // PgBouncer: its client limit (`max_client_conn`), a client that
-    // waited too long for a server connection (`query_wait_timeout`), a
-    // server it cannot reach or whose connection it lost.
-    text(
-        "08P01 (PgBouncer)",
-        &["no more connections allowed"],
-        Transient,
-    ),
-    text("08P01 (PgBouncer)", &["query_wait_timeout"], Transient),
-    text(
-        "08P01 (PgBouncer)",
-        &["pgbouncer cannot connect to server"],
-        Transient,
-    ),
-    text("08P01 (PgBouncer)", &["server conn crashed"], Transient),
-    text(
-        "08P01 (PgBouncer)",
-        &["server login has been failing"],
-        Transient,
-    ),
-    text("53100 disk_full", &["no space left on device"], Transient),
-    text("53100 disk_full", &["could not extend file"], Transient),
-    text("53200 out_of_memory", &["out of memory"], Transient),
-    text("53200 out_of_memory", &["out of shared memory"], Transient),
-    text("40P01 deadlock_detected", &["deadlock detected"], Transient),
-    // 40001 as text: a standby's conflict with recovery arrives this way
-    // through a pooler that rewrites the code.
-    text(
-        "40001 serialization_failure",
-        &["could not serialize access"],
-        Transient,
-    ),
-    // A statement or lock timeout cancelled the statement.
-    text(
-        "57014 query_canceled, 55P03 lock_not_available",
-        &["canceling statement"],
-        Transient,
-    ),
-    text(
-        "55P03 lock_not_available",
-        &["could not obtain lock"],
-        Transient,
-    ),
-    text(
-        "25006 read_only_sql_transaction",
-        &["read-only transaction"],
-        Transient,
-    ),
-    // The login was refused.
-    text(
-        "28P01 invalid_password",
-        &["authentication failed"],
-        Refused,
-    ),
-    text(
-        "28000 invalid_authorization_specification",
-        &["no pg_hba.conf entry"],
-        Refused,
-    ),
-    text(
-        "3D000 invalid_catalog_name",
-        &["database \"", "\" does not exist"],
-        Refused,
-    ),
-    text(
-        "28000 invalid_authorization_specification",
-        &["role \"", "\" does not exist"],
-        Refused,
-    ),
-    text(
-        "42501 insufficient_privilege",
-        &["permission denied"],
-        Refused,
-    ),
-    // The schema is not tasktrail's.
-    text(
-        "42P01 undefined_table",
-        &["relation \"", "\" does not exist"],
-        NotOurs,
-    ),
-    text(
-        "42703 undefined_column",
-        &["column \"", "\" does not exist"],
-        NotOurs,
-    ),
-];
+pub(crate) const POSTGRES_ERRORS: ErrorTable = ErrorTable {
+    dialect: "postgres",
+    entries: &[
+        kind(
+            "08000 / 08001 / 08004 / 08006, or libpq CONNECTION_BAD",
+            DatabaseErrorKind::ClosedConnection,
+            Transient,
+        ),
+        kind(
+            "none: libpq could not send the statement",
+            DatabaseErrorKind::UnableToSendCommand,
+            Transient,
+        ),
+        kind(
+            "40001 serialization_failure",
+            DatabaseErrorKind::SerializationFailure,
+            Transient,
+        ),
+        // A standby or a demoted primary after a failover, until the
+        // connection reaches the new primary.
+        kind(
+            "25006 read_only_sql_transaction",
+            DatabaseErrorKind::ReadOnlyTransaction,
+            Transient,
+        ),
+        kind(
+            "23514 check_violation",
+            DatabaseErrorKind::CheckViolation,
+            ConstraintRejected,
+        ),
+        kind(
+            "23502 not_null_violation",
+            DatabaseErrorKind::NotNullViolation,
+            ConstraintRejected,
+        ),
+        // The server ended the session: admin shutdown / pg_terminate_backend,
+        // crash shutdown, idle_session_timeout.
+        text(
+            "57P01 admin_shutdown, 57P02 crash_shutdown, 57P05 idle_session_timeout",
+            &["terminating connection"],
+            Transient,
+        ),
+        // Starting up, shutting down, in recovery.
+        text(
+            "57P03 cannot_connect_now",
+            &["the database system is"],
+            Transient,
+        ),
+        // libpq: the socket closed under a statement, or no session at all.
+        text("none (libpq)", &["server closed the connection"], Transient),
+        text("none (libpq)", &["no connection to the server"], Transient),
+        text(
+            "none (libpq)",
+            &["could not send data to server"],
+            Transient,
+        ),
+        text(
+            "none (libpq)",
+            &["could not receive data from server"],
+            Transient,
+        ),
+        text("none (libpq)", &["ssl syscall error"], Transient),
+        // libpq: nothing listens (a restart), or the host cannot be reached.
+        text("none (libpq)", &["connection refused"], Transient),
+        text("none (libpq)", &["timeout expired"], Transient),
+        // r2d2: no pooled connection could be had in time.
+        text(
+            "none (r2d2)",
+            &["timed out waiting for connection"],
+            Transient,
+        ),
+        text(
+            "53300 too_many_connections",
+            &["too many clients"],
+            Transient,
+        ),
+        text(
+            "53300 too_many_connections",
+            &["too many connections"],
+            Transient,
+        ),
+        // PgBouncer: its client limit (`max_client_conn`), a client that
+        // waited too long for a server connection (`query_wait_timeout`), a
+        // server it cannot reach or whose connection it lost.
+        text(
+            "08P01 (PgBouncer)",
+            &["no more connections allowed"],
+            Transient,
+        ),
+        text("08P01 (PgBouncer)", &["query_wait_timeout"], Transient),
+        text(
+            "08P01 (PgBouncer)",
+            &["pgbouncer cannot connect to server"],
+            Transient,
+        ),
+        text("08P01 (PgBouncer)", &["server conn crashed"], Transient),
+        text(
+            "08P01 (PgBouncer)",
+            &["server login has been failing"],
+            Transient,
+        ),
+        text("53100 disk_full", &["no space left on device"], Transient),
+        text("53100 disk_full", &["could not extend file"], Transient),
+        text("53200 out_of_memory", &["out of memory"], Transient),
+        text("53200 out_of_memory", &["out of shared memory"], Transient),
+        text("40P01 deadlock_detected", &["deadlock detected"], Transient),
+        // 40001 as text: a standby's conflict with recovery arrives this way
+        // through a pooler that rewrites the code.
+        text(
+            "40001 serialization_failure",
+            &["could not serialize access"],
+            Transient,
+        ),
+        // A statement or lock timeout cancelled the statement.
+        text(
+            "57014 query_canceled, 55P03 lock_not_available",
+            &["canceling statement"],
+            Transient,
+        ),
+        text(
+            "55P03 lock_not_available",
+            &["could not obtain lock"],
+            Transient,
+        ),
+        text(
+            "25006 read_only_sql_transaction",
+            &["read-only transaction"],
+            Transient,
+        ),
+        // The login was refused.
+        text(
+            "28P01 invalid_password",
+            &["authentication failed"],
+            Refused,
+        ),
+        text(
+            "28000 invalid_authorization_specification",
+            &["no pg_hba.conf entry"],
+            Refused,
+        ),
+        text(
+            "3D000 invalid_catalog_name",
+            &["database \"", "\" does not exist"],
+            Refused,
+        ),
+        text(
+            "28000 invalid_authorization_specification",
+            &["role \"", "\" does not exist"],
+            Refused,
+        ),
+        text(
+            "42501 insufficient_privilege",
+            &["permission denied"],
+            Refused,
+        ),
+        // The schema is not tasktrail's.
+        text(
+            "42P01 undefined_table",
+            &["relation \"", "\" does not exist"],
+            NotOurs,
+        ),
+        text(
+            "42703 undefined_column",
+            &["column \"", "\" does not exist"],
+            NotOurs,
+        ),
+    ],
+};
 
-/// The condition of a statement error of `kind` with `message`: a `Kind`
-/// entry first, then a `Text` one.
-pub(crate) fn postgres_condition(
-    kind: DatabaseErrorKind,
-    message: &str,
-) -> Option<&'static PostgresCondition> {
-    POSTGRES_ERRORS
-        .iter()
-        .find(|entry| entry.signal == PostgresSignal::Kind(kind))
-        .or_else(|| condition_of_text(message))
-}
-
-/// The `Text` entry matching `text` (a connection error's, say).
-fn condition_of_text(text: &str) -> Option<&'static PostgresCondition> {
-    let text = text.to_ascii_lowercase();
-    POSTGRES_ERRORS.iter().find(|entry| match entry.signal {
-        PostgresSignal::Text(pieces) => pieces.iter().all(|piece| text.contains(piece)),
-        PostgresSignal::Kind(_) => false,
-    })
-}
-
-/// The class of a Postgres error text, from [`POSTGRES_ERRORS`].
-pub(crate) fn classify_postgres_text(text: &str) -> Option<PostgresErrorClass> {
-    condition_of_text(text).map(|entry| entry.class)
-}
-
+/// A failure to connect (see [`ErrorTable::connection_error`]).
 pub(super) fn connection_error(error: &ConnectionError, secrets: &Secrets) -> StorageError {
-    let message = secrets.scrub(error.to_string().trim_end());
-    match error {
-        ConnectionError::InvalidConnectionUrl(_) => StorageError::Other {
-            source: Box::new(Redacted(format!("invalid postgres URL: {message}"))),
-        },
-        // A refused login or an unknown database is permanent; anything else
-        // about reaching the server (refused, unreachable, timed out,
-        // starting up, too many clients) may succeed later.
-        _ => connection_text_error(format!("cannot connect to postgres: {message}")),
-    }
+    POSTGRES_ERRORS.connection_error(error, secrets)
 }
 
-/// A connection failure known only by its (scrubbed) text: permanent when
-/// [`POSTGRES_ERRORS`] says the server refused the configuration,
-/// transient otherwise.
-fn connection_text_error(message: String) -> StorageError {
-    match classify_postgres_text(&message) {
-        Some(PostgresErrorClass::Refused) => StorageError::AccessDenied {
-            source: Box::new(Redacted(message)),
-        },
-        _ => StorageError::Unavailable {
-            source: Box::new(Redacted(message)),
-        },
-    }
-}
-
-/// r2d2 gave up waiting for a connection; its text carries the last
-/// connection error, which decides transient or permanent.
+/// A failed pool checkout (see [`ErrorTable::pool_error`]).
 pub(super) fn pool_error(error: &PoolError, secrets: &Secrets) -> StorageError {
-    connection_text_error(format!(
-        "no postgres connection available: {}",
-        secrets.scrub(error.to_string().trim_end())
-    ))
+    POSTGRES_ERRORS.pool_error(error, secrets)
 }
 
 /// The Postgres dialect of [`ErrorDialect`].
@@ -341,42 +217,7 @@ impl ErrorDialect for diesel::pg::Pg {
 /// Unique violations are mapped by the callers, which know which row they
 /// were writing.
 pub(crate) fn map_error(error: DieselError) -> StorageError {
-    let condition = match &error {
-        DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
-        // A COMMIT that failed and whose rollback failed too: the
-        // connection is usually gone.
-        DieselError::RollbackErrorOnCommit { commit_error, .. } => match &**commit_error {
-            DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
-            _ => None,
-        },
-        _ => None,
-    };
-    let Some(condition) = condition else {
-        return StorageError::Other {
-            source: Box::new(error),
-        };
-    };
-    match condition.class {
-        Transient => StorageError::Unavailable {
-            source: Box::new(error),
-        },
-        Refused => StorageError::AccessDenied {
-            source: Box::new(error),
-        },
-        NotOurs => StorageError::Incompatible {
-            detail: format!(
-                "the database schema is not tasktrail's ({}: {})",
-                condition.sqlstate,
-                error.to_string().to_ascii_lowercase()
-            ),
-        },
-        ConstraintRejected => StorageError::CorruptRow {
-            detail: format!(
-                "a constraint rejected the write ({})",
-                error.to_string().to_ascii_lowercase()
-            ),
-        },
-    }
+    POSTGRES_ERRORS.map_error(error)
 }
 
 #[cfg(test)]
@@ -432,8 +273,8 @@ mod tests {
             #[test]
             fn every_table_entry_has_its_test() {
                 let texts: &[&str] = &[$($text),+];
-                for entry in POSTGRES_ERRORS {
-                    let PostgresSignal::Text(pieces) = entry.signal else {
+                for entry in POSTGRES_ERRORS.entries {
+                    let crate::error_table::ErrorSignal::Text(pieces) = entry.signal else {
                         continue;
                     };
                     assert!(
@@ -487,8 +328,8 @@ mod tests {
     #[test]
     fn diesel_kinds_decide_before_any_text() {
         let mut kinds = 0;
-        for entry in POSTGRES_ERRORS {
-            let PostgresSignal::Kind(kind) = entry.signal else {
+        for entry in POSTGRES_ERRORS.entries {
+            let crate::error_table::ErrorSignal::Kind(kind) = entry.signal else {
                 continue;
             };
             kinds += 1;
@@ -500,7 +341,7 @@ mod tests {
                 Refused => matches!(error, StorageError::AccessDenied { .. }),
                 NotOurs => matches!(error, StorageError::Incompatible { .. }),
             };
-            assert!(expected, "{} ({kind:?}): {error:?}", entry.sqlstate);
+            assert!(expected, "{} ({kind:?}): {error:?}", entry.code);
         }
         assert_eq!(kinds, 6, "a new kind entry needs its place in this test");
     }
@@ -546,10 +387,12 @@ mod tests {
         let mut raised = |sql: &str| {
             let error = connection.batch_execute(sql).expect_err(sql);
             let condition = match &error {
-                DieselError::DatabaseError(kind, info) => postgres_condition(*kind, info.message()),
+                DieselError::DatabaseError(kind, info) => {
+                    POSTGRES_ERRORS.condition(*kind, info.message())
+                }
                 _ => None,
             };
-            (condition.map(|entry| entry.sqlstate), error)
+            (condition.map(|entry| entry.code), error)
         };
         let cases: &[(&str, &str)] = &[
             ("SELECT * FROM no_such_table_here", "42P01 undefined_table"),
