@@ -11,6 +11,7 @@
 //!
 //! # What a backend has in scope where it expands these macros
 //!
+//! - `diesel::prelude::*`;
 //! - the schema modules `task_history`, `claude_sdk_sessions`, `workers`
 //!   and `recovery_reports` (its `schema.rs`);
 //! - the row types `TaskRow`, `SessionRow`, `WorkerRow` (its `rows.rs`):

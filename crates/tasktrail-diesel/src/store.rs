@@ -11,9 +11,11 @@
 //! `AsyncConnectionWrapper` included) plugs in with its `schema.rs`, its
 //! `rows.rs` (the row types, `stored_id`, `stored_time`), its error table
 //! ([`ErrorDialect`] on Diesel's backend type) and its `statements/`:
-//! `impl SqlDialect` (its connection, write transaction, the statements
-//! whose text or locking is its own, and `crate::statements`'s
-//! `dialect_statements!` for the rest), `impl PruneTarget`
+//! `impl SqlDialect` (written by hand: `hold`, `release_worker_lock`,
+//! `write_transaction`, `bind_time`, `load_text`, `execute_text`, and the
+//! statements whose locking is its own, `worker_state` and
+//! `task_is_running_under`; `crate::statements`'s `dialect_statements!`
+//! for the rest), `impl PruneTarget`
 //! (`prune_statements!`), `impl OverviewStatements` and
 //! `impl StatsStatements` (statement texts, the rows they return), and its
 //! adoption checks (`crate::adopt::AdoptDialect`). Every flow over those

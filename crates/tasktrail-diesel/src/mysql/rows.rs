@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
+use diesel::sql_types::{Datetime, Nullable, Text};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord,
     Timestamp, WorkerRecord,
@@ -19,7 +19,7 @@ use crate::codec::{
     decode_u32, decode_worker_id, decode_worker_state, name_the_row, recovered_again, CauseColumns,
     RowLabel,
 };
-use crate::overview::{HourCount, HourCountRow};
+use crate::overview::{HourCount, HourCountRow, StatusCount};
 use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// `workers.liveness_lock` of a worker whose liveness session holds its
@@ -304,14 +304,16 @@ impl RunningOwnerRow for RunningRow {
 pub(crate) struct HourRow {
     #[diesel(sql_type = Datetime)]
     hour: NaiveDateTime,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    row_count: i64,
+    #[diesel(embed)]
+    count: StatusCount,
 }
 
 impl HourCountRow for HourRow {
     fn into_hour_count(self) -> Result<HourCount, StorageError> {
-        Ok((read_time(self.hour), self.status, self.row_count))
+        Ok((
+            read_time(self.hour),
+            self.count.status,
+            self.count.row_count,
+        ))
     }
 }

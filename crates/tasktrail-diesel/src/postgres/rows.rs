@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Nullable, Timestamptz};
 use tasktrail_core::{
     truncate_to_micros, RecoveredTask, SessionId, SessionRecord, StorageError, TaskId, TaskRecord,
     Timestamp, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
@@ -17,7 +17,7 @@ use crate::codec::{
     artifacts_from_json, corrupt, decode_cost, decode_host_identity, decode_status, decode_u32,
     decode_worker_state, encode_host_identity, recovered_again, CauseColumns, RowLabel,
 };
-use crate::overview::{HourCount, HourCountRow};
+use crate::overview::{HourCount, HourCountRow, StatusCount};
 use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// A time as this schema's `timestamptz` columns hold it: to the
@@ -314,20 +314,19 @@ impl RunningOwnerRow for RunningRow {
     }
 }
 
-/// A row of the dashboard's hourly counts, `hour, status, rows`: the hour as `timestamptz`.
+/// A row of the dashboard's hourly counts, `hour` and a [`StatusCount`]:
+/// the hour as `timestamptz`.
 #[derive(QueryableByName)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub(crate) struct HourRow {
     #[diesel(sql_type = Timestamptz)]
     hour: Timestamp,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    row_count: i64,
+    #[diesel(embed)]
+    count: StatusCount,
 }
 
 impl HourCountRow for HourRow {
     fn into_hour_count(self) -> Result<HourCount, StorageError> {
-        Ok((self.hour, self.status, self.row_count))
+        Ok((self.hour, self.count.status, self.count.row_count))
     }
 }

@@ -2,7 +2,7 @@
 //! domain records.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{Nullable, Text};
 use tasktrail_core::{
     RecoveredTask, SessionId, SessionRecord, StorageError, TaskRecord, WorkerRecord,
     WorkerRegistration, WorkerState,
@@ -14,7 +14,7 @@ use crate::codec::{
     decode_timestamp, decode_u32, decode_worker_id, decode_worker_state, encode_host_identity,
     encode_timestamp, name_the_row, recovered_again, CauseColumns, RowLabel,
 };
-use crate::overview::{HourCount, HourCountRow};
+use crate::overview::{HourCount, HourCountRow, StatusCount};
 use crate::stats::{OwnerColumns, RunningOwnerColumns, RunningOwnerRow};
 
 /// A time as this schema's TEXT columns hold it: the one form tasktrail
@@ -323,24 +323,23 @@ impl RunningOwnerRow for RunningRow {
     }
 }
 
-/// A row of the dashboard's hourly counts, `hour, status, rows`: the hour as text.
+/// A row of the dashboard's hourly counts, `hour` and a [`StatusCount`]:
+/// the hour as text.
 #[derive(QueryableByName)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite))]
 pub(crate) struct HourRow {
     #[diesel(sql_type = Text)]
     hour: String,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    row_count: i64,
+    #[diesel(embed)]
+    count: StatusCount,
 }
 
 impl HourCountRow for HourRow {
     fn into_hour_count(self) -> Result<HourCount, StorageError> {
         Ok((
             decode_timestamp("hour", &self.hour)?,
-            self.status,
-            self.row_count,
+            self.count.status,
+            self.count.row_count,
         ))
     }
 }
