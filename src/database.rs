@@ -750,7 +750,7 @@ mod tests {
             Err(DatabaseUrlError::MissingPath)
         );
         assert!(matches!(
-            DatabaseUrl::parse("mysql://root@db/x"),
+            DatabaseUrl::parse("oracle://scott@db/x"),
             Err(DatabaseUrlError::UnsupportedScheme { .. })
         ));
         assert!(matches!(
@@ -761,6 +761,45 @@ mod tests {
             DatabaseUrl::parse("postgres:///db"),
             Err(DatabaseUrlError::MalformedPostgres { .. })
         ));
+    }
+
+    #[test]
+    fn mysql_urls_name_a_host_and_a_database_and_never_show_their_password() {
+        assert_eq!(
+            DatabaseUrl::parse("mysql://root@127.0.0.1:3306/trail"),
+            Ok(DatabaseUrl::Mysql(
+                "mysql://root@127.0.0.1:3306/trail".into()
+            ))
+        );
+        // `mariadb://` is read as the same client's `mysql://`.
+        assert_eq!(
+            DatabaseUrl::parse("mariadb://app@db/trail"),
+            Ok(DatabaseUrl::Mysql("mysql://app@db/trail".into()))
+        );
+        for bad in [
+            "mysql:///trail",
+            "mysql://app@/trail",
+            "mysql://app@db",
+            "mysql://app@db/",
+            "mysql://app@db/tr ail",
+            "mysql://app:pa/ss@db/trail",
+        ] {
+            assert!(
+                matches!(
+                    DatabaseUrl::parse(bad),
+                    Err(DatabaseUrlError::MalformedMysql { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let url =
+            DatabaseUrl::parse("mysql://app:s3cret-pw@db.internal:3306/trail").expect("valid");
+        for shown in [url.to_string(), format!("{url:?}"), url.redacted()] {
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+            assert!(shown.contains("db.internal:3306/trail"), "{shown}");
+        }
+        let refused = DatabaseUrl::parse("mysql://app:pa/ss-secret@db/trail").expect_err("refused");
+        assert!(!refused.to_string().contains("ss-secret"), "{refused}");
     }
 
     #[test]
