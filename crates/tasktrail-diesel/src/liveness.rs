@@ -10,10 +10,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use diesel::r2d2::R2D2Connection;
-use tasktrail_core::{StorageError, WorkerId};
+use diesel::QueryResult;
+use tasktrail_core::{StorageError, WorkerId, WorkerRegistration, WorkerState};
 
 use crate::secrets::Secrets;
 use crate::statement_log::StatementLog;
+use crate::store::{SqlDialect, WorkerRead};
+use crate::tx::unique_violation_or;
 
 /// A connection a liveness session can run on.
 pub(crate) trait LivenessConnection: R2D2Connection + Sized {
@@ -168,5 +171,138 @@ impl<C: LivenessConnection> LivenessSession<C> {
 fn forget_locks(workers: &mut BTreeMap<WorkerId, bool>) {
     for held in workers.values_mut() {
         *held = false;
+    }
+}
+
+/// What a server backend supplies to register workers and write their
+/// heartbeats through its liveness session: its lock statements, its
+/// registration INSERT (holding the lock) and its heartbeat UPDATE (on
+/// the database's clock).
+pub(crate) trait WorkerLockStatements: SqlDialect {
+    /// Takes `worker`'s liveness lock on this session without waiting:
+    /// whether it holds it now.
+    fn try_take_worker_lock(
+        connection: &mut Self::Connection,
+        worker: WorkerId,
+    ) -> QueryResult<bool>;
+    /// Lets go of `worker`'s liveness lock: whether this session held it.
+    fn let_go_of_worker_lock(
+        connection: &mut Self::Connection,
+        worker: WorkerId,
+    ) -> QueryResult<bool>;
+    /// The registration's row, recorded as holding its lock; its first
+    /// heartbeat the database's clock.
+    fn insert_locked_worker(
+        connection: &mut Self::Connection,
+        registration: &WorkerRegistration,
+    ) -> QueryResult<usize>;
+    /// `heartbeat_at` to the database's clock, never backwards, if the
+    /// worker is `alive`: how many rows matched.
+    fn beat_if_alive(connection: &mut Self::Connection, worker: WorkerId) -> QueryResult<usize>;
+}
+
+/// The heartbeat on `connection`; one that matched no `alive` row says why.
+pub(crate) fn beat<S: WorkerLockStatements>(
+    connection: &mut S::Connection,
+    worker: WorkerId,
+) -> Result<(), StorageError> {
+    match S::beat_if_alive(connection, worker) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(crate::store::worker_refusal::<S>(connection, worker)),
+        Err(error) => Err(crate::store::map::<S>(error)),
+    }
+}
+
+impl<C: LivenessConnection> LivenessSession<C> {
+    /// `Storage::register_worker` through this session: takes the worker's
+    /// lock, then inserts its row (a lock another session holds, or a row
+    /// already there, is [`StorageError::DuplicateWorker`]).
+    pub(crate) fn register<S>(&self, registration: &WorkerRegistration) -> Result<(), StorageError>
+    where
+        S: WorkerLockStatements<Connection = C>,
+    {
+        let id = registration.id;
+        self.run(|connection, tracked| {
+            if tracked.contains_key(&id) {
+                return Err(StorageError::DuplicateWorker { id });
+            }
+            if !S::try_take_worker_lock(connection, id).map_err(crate::store::map::<S>)? {
+                // Another live session holds this worker's lock.
+                return Err(StorageError::DuplicateWorker { id });
+            }
+            match S::insert_locked_worker(connection, registration) {
+                Ok(_) => {
+                    tracked.insert(id, true);
+                    Ok(())
+                }
+                Err(error) => {
+                    let _ = S::let_go_of_worker_lock(connection, id);
+                    Err(unique_violation_or::<S::Backend>(
+                        error,
+                        StorageError::DuplicateWorker { id },
+                    ))
+                }
+            }
+        })
+    }
+
+    /// `Storage::heartbeat_worker` for a worker registered through this
+    /// session: takes its lock again first if the session was
+    /// re-established (a heartbeat that succeeds proves the lock is held);
+    /// a worker found stopped or dead lets go of it.
+    pub(crate) fn heartbeat<S>(&self, worker: WorkerId) -> Result<(), StorageError>
+    where
+        S: WorkerLockStatements<Connection = C>,
+    {
+        self.run(|connection, tracked| {
+            if tracked.get(&worker) == Some(&false) {
+                if !S::try_take_worker_lock(connection, worker).map_err(crate::store::map::<S>)? {
+                    // A sweep is judging this worker right now, or the
+                    // server has not yet ended the lost session that held
+                    // the lock.
+                    return match S::worker_state(connection, worker, WorkerRead::Plain)
+                        .map_err(crate::store::map::<S>)?
+                    {
+                        None => Err(StorageError::UnknownWorker { id: worker }),
+                        Some(state) if state != WorkerState::Alive.as_str() => {
+                            tracked.remove(&worker);
+                            Err(StorageError::WorkerNotAlive { id: worker })
+                        }
+                        Some(_) => Err(StorageError::Unavailable {
+                            source: Box::new(crate::error_table::Redacted(format!(
+                                "the liveness lock of worker {worker} is held by another session; retry at the next heartbeat"
+                            ))),
+                        }),
+                    };
+                }
+                tracked.insert(worker, true);
+            }
+            let result = beat::<S>(connection, worker);
+            if matches!(
+                result,
+                Err(StorageError::WorkerNotAlive { .. } | StorageError::UnknownWorker { .. })
+            ) {
+                let _ = S::let_go_of_worker_lock(connection, worker);
+                tracked.remove(&worker);
+            }
+            result
+        })
+    }
+
+    /// Lets go of `worker`'s lock and stops taking it back (deregistration,
+    /// or a test playing the worker's death): whether this session held it.
+    /// Best effort: if the session is gone, so is the lock.
+    pub(crate) fn release<S>(&self, worker: WorkerId) -> bool
+    where
+        S: WorkerLockStatements<Connection = C>,
+    {
+        if !self.tracks(worker) {
+            return false;
+        }
+        self.run(|connection, tracked| {
+            tracked.remove(&worker);
+            S::let_go_of_worker_lock(connection, worker).map_err(crate::store::map::<S>)
+        })
+        .unwrap_or(false)
     }
 }

@@ -10,7 +10,6 @@ use diesel::sql_types::Text;
 use tasktrail_core::{StorageError, TaskId, Timestamp, WorkerId};
 
 use super::connection::Pooled;
-use super::locks::release_named_lock;
 use super::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
 use super::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
 use super::{map_error, MysqlConnection, MysqlStorage};
@@ -109,13 +108,7 @@ impl SqlDialect for MysqlStorage {
 
     /// Releases the worker's named lock on the liveness session.
     fn release_worker_lock(&self, worker: WorkerId) {
-        if self.liveness.tracks(worker) {
-            // Best effort: if the session is gone, so is the lock.
-            let _ = self.liveness.run(|connection, tracked| {
-                tracked.remove(&worker);
-                release_named_lock(connection, &Self::worker_lock_name(worker)).map_err(map_error)
-            });
-        }
+        self.liveness.release::<Self>(worker);
     }
 
     fn write_transaction<T>(

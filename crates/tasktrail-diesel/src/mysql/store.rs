@@ -4,57 +4,64 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration, WorkerState,
+    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration,
 };
 
-use super::errors::Redacted;
 use super::locks::{release_named_lock, try_named_lock};
 use super::rows::{stored_time, NAMED_LOCK};
-use super::{map_error, MysqlConnection, MysqlStorage};
+use super::{MysqlConnection, MysqlStorage};
 use crate::codec::encode_host_identity;
-use crate::store::{self, SqlDialect, WorkerRead};
-use crate::tx::unique_violation_or;
+use crate::liveness::{beat, WorkerLockStatements};
+use crate::store::SqlDialect;
 
-const ALIVE: &str = WorkerState::Alive.as_str();
-
-/// The heartbeat, never going backwards, on the database's own clock. With
-/// the found-rows flag a heartbeat landing in the same microsecond as the
-/// last one (nothing changes) still counts its row.
-fn beat(connection: &mut MysqlConnection, worker: WorkerId) -> Result<(), StorageError> {
-    let updated = diesel::sql_query(
-        "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, UTC_TIMESTAMP(6)) \
-         WHERE id = ? AND state = 'alive'",
-    )
-    .bind::<Text, _>(worker.to_string())
-    .execute(connection)
-    .map_err(map_error)?;
-    if updated == 1 {
-        return Ok(());
+impl WorkerLockStatements for MysqlStorage {
+    fn try_take_worker_lock(
+        connection: &mut MysqlConnection,
+        worker: WorkerId,
+    ) -> QueryResult<bool> {
+        try_named_lock(connection, &Self::worker_lock_name(worker))
     }
-    Err(store::worker_refusal::<MysqlStorage>(connection, worker))
-}
 
-/// The registration's row; its first heartbeat is the server's
-/// `UTC_TIMESTAMP(6)`.
-fn insert_worker(
-    connection: &mut MysqlConnection,
-    registration: &WorkerRegistration,
-) -> QueryResult<usize> {
-    let (boot_id, pid_namespace) = encode_host_identity(registration.host_identity.as_ref());
-    diesel::sql_query(
-        "INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at, \
+    fn let_go_of_worker_lock(
+        connection: &mut MysqlConnection,
+        worker: WorkerId,
+    ) -> QueryResult<bool> {
+        release_named_lock(connection, &Self::worker_lock_name(worker))
+    }
+
+    /// Its first heartbeat is the server's `UTC_TIMESTAMP(6)`.
+    fn insert_locked_worker(
+        connection: &mut MysqlConnection,
+        registration: &WorkerRegistration,
+    ) -> QueryResult<usize> {
+        let (boot_id, pid_namespace) = encode_host_identity(registration.host_identity.as_ref());
+        diesel::sql_query(
+            "INSERT INTO workers (id, host, pid, process_start_marker, started_at, heartbeat_at, \
            state, boot_id, pid_namespace, liveness_lock) \
          VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6), 'alive', ?, ?, ?)",
-    )
-    .bind::<Text, _>(registration.id.to_string())
-    .bind::<Text, _>(&registration.host)
-    .bind::<BigInt, _>(i64::from(registration.pid))
-    .bind::<Text, _>(&registration.process_start_marker)
-    .bind::<Datetime, _>(stored_time(registration.started_at))
-    .bind::<Nullable<Text>, _>(boot_id)
-    .bind::<Nullable<BigInt>, _>(pid_namespace)
-    .bind::<Text, _>(NAMED_LOCK)
-    .execute(connection)
+        )
+        .bind::<Text, _>(registration.id.to_string())
+        .bind::<Text, _>(&registration.host)
+        .bind::<BigInt, _>(i64::from(registration.pid))
+        .bind::<Text, _>(&registration.process_start_marker)
+        .bind::<Datetime, _>(stored_time(registration.started_at))
+        .bind::<Nullable<Text>, _>(boot_id)
+        .bind::<Nullable<BigInt>, _>(pid_namespace)
+        .bind::<Text, _>(NAMED_LOCK)
+        .execute(connection)
+    }
+
+    /// Never going backwards, on the server's clock. With the found-rows
+    /// flag a heartbeat landing in the same microsecond as the last one
+    /// (nothing changes) still counts its row.
+    fn beat_if_alive(connection: &mut MysqlConnection, worker: WorkerId) -> QueryResult<usize> {
+        diesel::sql_query(
+            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, UTC_TIMESTAMP(6)) \
+             WHERE id = ? AND state = 'alive'",
+        )
+        .bind::<Text, _>(worker.to_string())
+        .execute(connection)
+    }
 }
 
 impl MysqlStorage {
@@ -63,15 +70,7 @@ impl MysqlStorage {
     /// back at heartbeats. Returns whether this store held it.
     #[cfg(feature = "testing")]
     pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
-        if !self.liveness.tracks(worker) {
-            return false;
-        }
-        self.liveness
-            .run(|connection, tracked| {
-                tracked.remove(&worker);
-                release_named_lock(connection, &Self::worker_lock_name(worker)).map_err(map_error)
-            })
-            .unwrap_or(false)
+        self.liveness.release::<Self>(worker)
     }
 }
 
@@ -79,30 +78,7 @@ impl Storage for MysqlStorage {
     /// Takes the worker's named lock on this store's liveness session, then
     /// inserts its row.
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
-        let id = registration.id;
-        let name = Self::worker_lock_name(id);
-        self.liveness.run(|connection, tracked| {
-            if tracked.contains_key(&id) {
-                return Err(StorageError::DuplicateWorker { id });
-            }
-            if !try_named_lock(connection, &name).map_err(map_error)? {
-                // Another live session holds this worker's lock.
-                return Err(StorageError::DuplicateWorker { id });
-            }
-            match insert_worker(connection, registration) {
-                Ok(_) => {
-                    tracked.insert(id, true);
-                    Ok(())
-                }
-                Err(error) => {
-                    let _ = release_named_lock(connection, &name);
-                    Err(unique_violation_or::<diesel::mysql::Mysql>(
-                        error,
-                        StorageError::DuplicateWorker { id },
-                    ))
-                }
-            }
-        })
+        self.liveness.register::<Self>(registration)
     }
 
     /// Moves `heartbeat_at` to the server's `UTC_TIMESTAMP(6)` (`at` is
@@ -111,39 +87,9 @@ impl Storage for MysqlStorage {
     /// the session was re-established.
     fn heartbeat_worker(&self, worker: WorkerId, _at: Timestamp) -> Result<(), StorageError> {
         if !self.liveness.tracks(worker) {
-            return beat(&mut *self.pooled()?, worker);
+            return beat::<Self>(&mut *self.pooled()?, worker);
         }
-        let name = Self::worker_lock_name(worker);
-        self.liveness.run(|connection, tracked| {
-            if tracked.get(&worker) == Some(&false) {
-                if !try_named_lock(connection, &name).map_err(map_error)? {
-                    return match Self::worker_state(connection, worker, WorkerRead::Plain)
-                        .map_err(map_error)?
-                    {
-                        None => Err(StorageError::UnknownWorker { id: worker }),
-                        Some(state) if state != ALIVE => {
-                            tracked.remove(&worker);
-                            Err(StorageError::WorkerNotAlive { id: worker })
-                        }
-                        Some(_) => Err(StorageError::Unavailable {
-                            source: Box::new(Redacted(format!(
-                                "the liveness lock of worker {worker} is held by another session; retry at the next heartbeat"
-                            ))),
-                        }),
-                    };
-                }
-                tracked.insert(worker, true);
-            }
-            let result = beat(connection, worker);
-            if matches!(
-                result,
-                Err(StorageError::WorkerNotAlive { .. } | StorageError::UnknownWorker { .. })
-            ) {
-                let _ = release_named_lock(connection, &name);
-                tracked.remove(&worker);
-            }
-            result
-        })
+        self.liveness.heartbeat::<Self>(worker)
     }
 
     /// One transaction; see [`MysqlStorage`] for the locking that makes it

@@ -5,29 +5,43 @@ use diesel::prelude::*;
 use diesel::sql_types::Uuid as SqlUuid;
 use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
 use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration, WorkerState,
+    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration,
 };
 
 use super::rows::NewWorkerRow;
 use super::schema::workers;
-use super::{advisory_unlock, map_error, try_advisory_lock, PostgresStorage, Redacted};
-use crate::store::{self, SqlDialect, WorkerRead};
+use super::{advisory_unlock, try_advisory_lock, PostgresStorage};
+use crate::liveness::{beat, WorkerLockStatements};
+use crate::store::SqlDialect;
 use crate::tx::unique_violation_or;
 
-const ALIVE: &str = WorkerState::Alive.as_str();
-
-/// The heartbeat, never going backwards, on the database's own clock.
-fn beat(connection: &mut PgConnection, worker: WorkerId) -> Result<(), StorageError> {
-    let updated = diesel::sql_query(
-        "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, now()) WHERE id = $1 AND state = 'alive'",
-    )
-    .bind::<SqlUuid, _>(*worker.as_uuid())
-    .execute(connection)
-    .map_err(map_error)?;
-    if updated == 1 {
-        return Ok(());
+impl WorkerLockStatements for PostgresStorage {
+    fn try_take_worker_lock(connection: &mut PgConnection, worker: WorkerId) -> QueryResult<bool> {
+        try_advisory_lock(connection, Self::worker_lock_key(worker))
     }
-    Err(store::worker_refusal::<PostgresStorage>(connection, worker))
+
+    fn let_go_of_worker_lock(connection: &mut PgConnection, worker: WorkerId) -> QueryResult<bool> {
+        advisory_unlock(connection, Self::worker_lock_key(worker))
+    }
+
+    /// The first heartbeat is the column's default, the database's `now()`.
+    fn insert_locked_worker(
+        connection: &mut PgConnection,
+        registration: &WorkerRegistration,
+    ) -> QueryResult<usize> {
+        diesel::insert_into(workers::table)
+            .values(NewWorkerRow::from_registration(registration))
+            .execute(connection)
+    }
+
+    /// Never going backwards, on the database's own clock.
+    fn beat_if_alive(connection: &mut PgConnection, worker: WorkerId) -> QueryResult<usize> {
+        diesel::sql_query(
+            "UPDATE workers SET heartbeat_at = GREATEST(heartbeat_at, now()) WHERE id = $1 AND state = 'alive'",
+        )
+        .bind::<SqlUuid, _>(*worker.as_uuid())
+        .execute(connection)
+    }
 }
 
 impl PostgresStorage {
@@ -36,15 +50,9 @@ impl PostgresStorage {
     /// back at heartbeats. Returns whether this store held it.
     #[cfg(feature = "testing")]
     pub fn release_worker_lock(&self, worker: WorkerId) -> bool {
-        let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) else {
-            return false;
-        };
-        liveness
-            .run(|connection, tracked| {
-                tracked.remove(&worker);
-                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
-            })
-            .unwrap_or(false)
+        self.liveness
+            .as_ref()
+            .is_some_and(|liveness| liveness.release::<Self>(worker))
     }
 }
 
@@ -53,7 +61,6 @@ impl Storage for PostgresStorage {
     /// then inserts its row; the first heartbeat is the database's `now()`.
     fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
         let id = registration.id;
-        let key = Self::worker_lock_key(id);
         let Some(liveness) = &self.liveness else {
             // Behind a transaction pooler without a liveness URL: no lock
             // (one taken through the pooler would outlive the worker on
@@ -67,31 +74,7 @@ impl Storage for PostgresStorage {
                     unique_violation_or::<Pg>(error, StorageError::DuplicateWorker { id })
                 });
         };
-        liveness.run(|connection, tracked| {
-            if tracked.contains_key(&id) {
-                return Err(StorageError::DuplicateWorker { id });
-            }
-            if !try_advisory_lock(connection, key).map_err(map_error)? {
-                // Another live session holds this worker's lock.
-                return Err(StorageError::DuplicateWorker { id });
-            }
-            match diesel::insert_into(workers::table)
-                .values(NewWorkerRow::from_registration(registration))
-                .execute(connection)
-            {
-                Ok(_) => {
-                    tracked.insert(id, true);
-                    Ok(())
-                }
-                Err(error) => {
-                    let _ = advisory_unlock(connection, key);
-                    Err(unique_violation_or::<Pg>(
-                        error,
-                        StorageError::DuplicateWorker { id },
-                    ))
-                }
-            }
-        })
+        liveness.register::<Self>(registration)
     }
 
     /// Moves `heartbeat_at` to the database's `now()` (`at` is ignored: see
@@ -101,41 +84,9 @@ impl Storage for PostgresStorage {
     /// proves the lock is held.
     fn heartbeat_worker(&self, worker: WorkerId, _at: Timestamp) -> Result<(), StorageError> {
         let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) else {
-            return beat(&mut *self.pooled()?, worker);
+            return beat::<Self>(&mut *self.pooled()?, worker);
         };
-        let key = Self::worker_lock_key(worker);
-        liveness.run(|connection, tracked| {
-            if tracked.get(&worker) == Some(&false) {
-                if !try_advisory_lock(connection, key).map_err(map_error)? {
-                    // A sweep is judging this worker right now, or the server
-                    // has not yet ended the lost session that held the lock.
-                    return match Self::worker_state(connection, worker, WorkerRead::Plain)
-                        .map_err(map_error)?
-                    {
-                        None => Err(StorageError::UnknownWorker { id: worker }),
-                        Some(state) if state != ALIVE => {
-                            tracked.remove(&worker);
-                            Err(StorageError::WorkerNotAlive { id: worker })
-                        }
-                        Some(_) => Err(StorageError::Unavailable {
-                            source: Box::new(Redacted(format!(
-                                "the liveness lock of worker {worker} is held by another session; retry at the next heartbeat"
-                            ))),
-                        }),
-                    };
-                }
-                tracked.insert(worker, true);
-            }
-            let result = beat(connection, worker);
-            if matches!(
-                result,
-                Err(StorageError::WorkerNotAlive { .. } | StorageError::UnknownWorker { .. })
-            ) {
-                let _ = advisory_unlock(connection, key);
-                tracked.remove(&worker);
-            }
-            result
-        })
+        liveness.heartbeat::<Self>(worker)
     }
 
     /// One transaction; see [`PostgresStorage`] for the locking that

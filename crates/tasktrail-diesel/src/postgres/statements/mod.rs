@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::postgres::pool::PgPooled;
 use crate::postgres::rows::{stored_id, stored_time, SessionRow, TaskRow, WorkerRow};
 use crate::postgres::schema::{claude_sdk_sessions, recovery_reports, task_history, workers};
-use crate::postgres::{advisory_unlock, map_error, PostgresStorage};
+use crate::postgres::{map_error, PostgresStorage};
 use crate::store::{SqlDialect, TextQuery, WorkerRead};
 use crate::tx::TxError;
 
@@ -31,12 +31,8 @@ impl SqlDialect for PostgresStorage {
 
     /// Releases the worker's advisory lock on the liveness session.
     fn release_worker_lock(&self, worker: WorkerId) {
-        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.tracks(worker)) {
-            // Best effort: if the session is gone, so is the lock.
-            let _ = liveness.run(|connection, tracked| {
-                tracked.remove(&worker);
-                advisory_unlock(connection, Self::worker_lock_key(worker)).map_err(map_error)
-            });
+        if let Some(liveness) = &self.liveness {
+            liveness.release::<Self>(worker);
         }
     }
 
