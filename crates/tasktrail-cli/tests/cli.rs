@@ -237,7 +237,7 @@ fn a_file_that_is_not_a_database_is_refused_and_unchanged() {
     );
     assert_eq!(std::fs::read_to_string(&notes).expect("read"), content);
     assert_one_line_error(
-        &tasktrail(Path::new("mysql://root@db/x"), &["list"]),
+        &tasktrail(Path::new("oracle://scott@db/x"), &["list"]),
         "unsupported scheme",
     );
 }
@@ -247,6 +247,9 @@ fn a_password_in_the_url_never_shows() {
     // Every form a password takes, against a server that is not there
     // (port 1) and one that refuses (no such role or database).
     let forms = [
+        "mysql://app:secretpw@127.0.0.1:1/trail",
+        "mysql://app:secretpw@127.0.0.1:3306/no_such_db",
+        "mariadb://app:secr%65tpw@127.0.0.1:1/trail",
         "postgres://app:secretpw@127.0.0.1:1/trail",
         "postgres://app:secretpw@127.0.0.1:5432/no_such_db",
         "postgresql://app:secr%65tpw@127.0.0.1:1/trail",
