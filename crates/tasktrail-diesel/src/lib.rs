@@ -66,6 +66,8 @@ pub type RawColumns = Vec<(&'static str, Option<String>)>;
 pub use secrets::{redact, Secrets, REDACTED};
 #[cfg(feature = "testing")]
 pub use skip::report_skipped_test;
+#[cfg(all(feature = "testing", any(feature = "postgres", feature = "mysql")))]
+pub use skip::{Scratch, ScratchServer};
 #[cfg(feature = "testing")]
 pub use statement_log::StatementLog;
 
@@ -73,11 +75,13 @@ pub use statement_log::StatementLog;
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
 
 #[cfg(all(feature = "mysql", feature = "testing"))]
-pub use mysql::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
+pub use mysql::{test_mysql_url, MysqlTestServer, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
 #[cfg(feature = "mysql")]
 pub use mysql::{MysqlConnection, MysqlOptions, MysqlStorage, OwnRuntime, MYSQL_MIGRATIONS};
 #[cfg(all(feature = "postgres", feature = "testing"))]
-pub use postgres::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
+pub use postgres::{
+    test_postgres_url, PostgresTestServer, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     LivenessMode, Pooler, PostgresOptions, PostgresStorage, POOLER_PARAMETER, POSTGRES_MIGRATIONS,

@@ -20,7 +20,7 @@ mod store;
 mod sweep;
 
 #[cfg(feature = "testing")]
-pub use scratch::{test_mysql_url, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
+pub use scratch::{test_mysql_url, MysqlTestServer, ScratchMysqlDatabase, TEST_MYSQL_URL_VARIABLE};
 
 use std::fmt;
 use std::time::Duration;

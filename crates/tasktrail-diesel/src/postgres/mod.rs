@@ -26,7 +26,9 @@ mod url;
 pub use options::PostgresOptions;
 pub use pooler::{LivenessMode, Pooler, POOLER_PARAMETER};
 #[cfg(feature = "testing")]
-pub use scratch::{test_postgres_url, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE};
+pub use scratch::{
+    test_postgres_url, PostgresTestServer, ScratchDatabase, CI_VARIABLE, TEST_POSTGRES_URL_VARIABLE,
+};
 
 use std::fmt;
 use std::sync::Mutex;
