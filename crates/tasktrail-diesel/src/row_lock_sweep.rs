@@ -28,6 +28,7 @@ use tasktrail_core::{
     WorkerRecord, WorkerState,
 };
 
+use crate::store::SqlDialect;
 use crate::tx::TxError;
 
 /// An owner's `workers` row, and whether it registered holding its
@@ -139,6 +140,69 @@ pub(crate) trait RowLockSweep {
         owed_before: &[Self::Id],
     ) -> Result<Vec<RecoveredTask>, TxError>;
 }
+
+/// A server store: a [`RowLockSweep`] over its [`SqlDialect`] connection
+/// that knows how long it has watched liveness locks without a break.
+pub(crate) trait WatchingStore:
+    SqlDialect + RowLockSweep<Connection = <Self as SqlDialect>::Connection>
+{
+    /// How long this store has been able to watch liveness locks without a
+    /// break (its liveness session's age, pinged).
+    fn watched_for(&self) -> std::time::Duration;
+}
+
+/// `Storage::recover_orphans`: the sweep in one write transaction. The
+/// connection is checked out before the store says how long it watched,
+/// so a server restart after that answer ends this connection too (the
+/// sweep fails instead of judging with a watch the restart reset).
+pub(crate) fn recover_orphans<S: WatchingStore>(
+    store: &S,
+    request: &RecoveryRequest,
+    judge: &dyn LivenessJudge,
+) -> Result<Vec<RecoveredTask>, StorageError> {
+    let mut connection = store.hold()?;
+    let watched_by_this_store = store.watched_for();
+    S::write_transaction(&mut connection, |connection| {
+        sweep::<S>(connection, request, judge, watched_by_this_store)
+    })
+}
+
+/// `Storage::claim_unreported_recoveries`: the claim in one write
+/// transaction (checked out as for [`recover_orphans`]).
+pub(crate) fn claim_unreported_recoveries<S: WatchingStore>(
+    store: &S,
+    report_claim: &ReportClaim,
+    judge: &dyn LivenessJudge,
+) -> Result<Vec<RecoveredTask>, StorageError> {
+    let mut connection = store.hold()?;
+    let watched_by_this_store = store.watched_for();
+    S::write_transaction(&mut connection, |connection| {
+        claim::<S>(connection, report_claim, judge, watched_by_this_store)
+    })
+}
+
+/// The two `Storage` methods of a [`WatchingStore`], for its `impl
+/// Storage` to expand.
+macro_rules! row_lock_storage_methods {
+    () => {
+        fn recover_orphans(
+            &self,
+            request: &tasktrail_core::backend::RecoveryRequest,
+            judge: &dyn tasktrail_core::backend::LivenessJudge,
+        ) -> Result<Vec<tasktrail_core::RecoveredTask>, tasktrail_core::StorageError> {
+            $crate::row_lock_sweep::recover_orphans(self, request, judge)
+        }
+
+        fn claim_unreported_recoveries(
+            &self,
+            claim: &tasktrail_core::backend::ReportClaim,
+            judge: &dyn tasktrail_core::backend::LivenessJudge,
+        ) -> Result<Vec<tasktrail_core::RecoveredTask>, tasktrail_core::StorageError> {
+            $crate::row_lock_sweep::claim_unreported_recoveries(self, claim, judge)
+        }
+    };
+}
+pub(crate) use row_lock_storage_methods;
 
 /// How many of `task_ids` name each task.
 pub(crate) fn count_by_task<Id: Eq + Hash>(task_ids: Vec<Id>) -> HashMap<Id, u32> {

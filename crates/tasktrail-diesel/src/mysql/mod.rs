@@ -228,14 +228,16 @@ impl MysqlStorage {
     pub fn redacted_url(&self) -> &str {
         &self.shown_url
     }
+}
 
+impl crate::row_lock_sweep::WatchingStore for MysqlStorage {
     /// How long this store has been able to watch liveness locks without a
     /// break: its liveness session's age, checked with the server now (a
     /// session that ended unnoticed, as every session does at a server
     /// restart, watched nothing: zero). Asked after the sweep's connection
     /// was checked out, so a restart after this answer ends that
     /// connection too and the sweep fails instead of judging.
-    pub(crate) fn watched_for(&self) -> Duration {
+    fn watched_for(&self) -> Duration {
         self.liveness.connected_for()
     }
 }

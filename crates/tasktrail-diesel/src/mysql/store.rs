@@ -2,17 +2,13 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Datetime, Nullable, Text};
-use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
-use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration,
-};
+use tasktrail_core::{Storage, StorageError, Timestamp, WorkerId, WorkerRegistration};
 
 use super::locks::{release_named_lock, try_named_lock};
 use super::rows::{stored_time, NAMED_LOCK};
 use super::{MysqlConnection, MysqlStorage};
 use crate::codec::encode_host_identity;
 use crate::liveness::{beat, WorkerLockStatements};
-use crate::store::SqlDialect;
 
 impl WorkerLockStatements for MysqlStorage {
     fn try_take_worker_lock(
@@ -92,31 +88,9 @@ impl Storage for MysqlStorage {
         self.liveness.heartbeat::<Self>(worker)
     }
 
-    /// One transaction; see [`MysqlStorage`] for the locking that makes it
-    /// exactly-once across concurrent sweeps.
-    fn recover_orphans(
-        &self,
-        request: &RecoveryRequest,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let mut connection = self.pooled()?;
-        let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut connection, |connection| {
-            crate::row_lock_sweep::sweep::<Self>(connection, request, judge, watched_by_this_store)
-        })
-    }
-
-    fn claim_unreported_recoveries(
-        &self,
-        claim: &ReportClaim,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let mut connection = self.pooled()?;
-        let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut connection, |connection| {
-            crate::row_lock_sweep::claim::<Self>(connection, claim, judge, watched_by_this_store)
-        })
-    }
+    // One transaction each; see the type's documentation for the locking
+    // that makes recovery exactly-once across concurrent sweeps.
+    crate::row_lock_sweep::row_lock_storage_methods!();
 
     crate::store::shared_storage_methods!();
 }

@@ -332,17 +332,6 @@ impl PostgresStorage {
         }
     }
 
-    /// How long this store has been able to watch liveness locks without a
-    /// break: its liveness session's age, or, without one (behind a
-    /// transaction pooler), how long its pool has reached the server
-    /// without a failure.
-    pub(crate) fn watched_for(&self) -> Duration {
-        match &self.liveness {
-            Some(liveness) => liveness.connected_for(),
-            None => self.reach.reached_for(),
-        }
-    }
-
     /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
     /// operators' one-off repairs). Fails only if no connection can be had.
     pub fn with_connection<T>(
@@ -368,4 +357,17 @@ impl PostgresStorage {
 struct ServerPort {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
     port: Option<i32>,
+}
+
+impl crate::row_lock_sweep::WatchingStore for PostgresStorage {
+    /// How long this store has been able to watch liveness locks without a
+    /// break: its liveness session's age, or, without one (behind a
+    /// transaction pooler), how long its pool has reached the server
+    /// without a failure.
+    fn watched_for(&self) -> Duration {
+        match &self.liveness {
+            Some(liveness) => liveness.connected_for(),
+            None => self.reach.reached_for(),
+        }
+    }
 }

@@ -3,16 +3,12 @@
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::Uuid as SqlUuid;
-use tasktrail_core::backend::{LivenessJudge, RecoveryRequest, ReportClaim};
-use tasktrail_core::{
-    RecoveredTask, Storage, StorageError, Timestamp, WorkerId, WorkerRegistration,
-};
+use tasktrail_core::{Storage, StorageError, Timestamp, WorkerId, WorkerRegistration};
 
 use super::rows::NewWorkerRow;
 use super::schema::workers;
 use super::{advisory_unlock, try_advisory_lock, PostgresStorage};
 use crate::liveness::{beat, WorkerLockStatements};
-use crate::store::SqlDialect;
 use crate::tx::unique_violation_or;
 
 impl WorkerLockStatements for PostgresStorage {
@@ -89,31 +85,9 @@ impl Storage for PostgresStorage {
         liveness.heartbeat::<Self>(worker)
     }
 
-    /// One transaction; see [`PostgresStorage`] for the locking that
-    /// makes it exactly-once across concurrent sweeps.
-    fn recover_orphans(
-        &self,
-        request: &RecoveryRequest,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        // How long this store has watched locks: its liveness session's age
-        // (the pooled connection the sweep runs on may be brand new).
-        let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
-            crate::row_lock_sweep::sweep::<Self>(connection, request, judge, watched_by_this_store)
-        })
-    }
-
-    fn claim_unreported_recoveries(
-        &self,
-        claim: &ReportClaim,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        let watched_by_this_store = self.watched_for();
-        Self::write_transaction(&mut *self.pooled()?, |connection| {
-            crate::row_lock_sweep::claim::<Self>(connection, claim, judge, watched_by_this_store)
-        })
-    }
+    // One transaction each; see the type's documentation for the locking
+    // that makes recovery exactly-once across concurrent sweeps.
+    crate::row_lock_sweep::row_lock_storage_methods!();
 
     crate::store::shared_storage_methods!();
 }
