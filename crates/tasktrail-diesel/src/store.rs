@@ -536,3 +536,53 @@ macro_rules! shared_storage_methods {
     };
 }
 pub(crate) use shared_storage_methods;
+
+/// The public constructors of a server store (Postgres, MySQL) that opens
+/// with a URL and options of type `$options`, written once over its
+/// `open_unmigrated`, `migrate` and `refuse_pending_migrations`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+macro_rules! server_store_openers {
+    ($options:ty, $url_form:literal) => {
+        #[doc = concat!("Connects to the database at `url` (`", $url_form, "`) with default")]
+        /// options and applies pending migrations.
+        pub fn open(url: &str) -> Result<Self, tasktrail_core::StorageError> {
+            Self::open_with(url, <$options>::default())
+        }
+
+        /// Connects and applies pending migrations.
+        ///
+        /// Fails with [`StorageError::Unavailable`](tasktrail_core::StorageError::Unavailable)
+        /// when the server cannot be reached, and with
+        /// [`StorageError::AccessDenied`](tasktrail_core::StorageError::AccessDenied)
+        /// when it refuses the login or has no such database; refuses
+        /// ([`StorageError::Incompatible`](tasktrail_core::StorageError::Incompatible))
+        /// a database whose schema holds tables but is not a tasktrail one,
+        /// and one migrated by a newer tasktrail. No error text ever
+        /// contains the URL's password.
+        pub fn open_with(
+            url: &str,
+            options: $options,
+        ) -> Result<Self, tasktrail_core::StorageError> {
+            let store = Self::open_unmigrated(url, &options)?;
+            store.migrate()?;
+            Ok(store)
+        }
+
+        /// Connects for reading only (the operator's `list`, `show`,
+        /// `sessions`, `recover --dry-run`): never migrates and runs no DDL,
+        /// so a role that may only SELECT can use it. A database that needs
+        /// a migration is refused
+        /// ([`StorageError::Incompatible`](tasktrail_core::StorageError::Incompatible),
+        /// naming the migrations): `tasktrail migrate` first.
+        pub fn open_read_only(
+            url: &str,
+            options: &$options,
+        ) -> Result<Self, tasktrail_core::StorageError> {
+            let store = Self::open_unmigrated(url, options)?;
+            store.refuse_pending_migrations()?;
+            Ok(store)
+        }
+    };
+}
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) use server_store_openers;

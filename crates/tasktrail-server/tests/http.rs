@@ -332,9 +332,17 @@ fn healthz_is_200_while_the_worker_is_alive_and_503_once_it_stopped() {
 
 #[test]
 fn a_client_that_disconnects_mid_dispatch_leaves_no_running_row() {
-    // INSERTs take a while, so a client can go away mid-dispatch.
-    let slow_inserts = InterceptedStorage::new(MemoryStorage::new(), |call| {
+    // INSERTs take a while, and say when they begin: each client goes away
+    // while its INSERT is under way (on a busy machine a client that left
+    // before the handler ran would test nothing).
+    let (insert_began, inserts_beginning) = std::sync::mpsc::channel::<()>();
+    let insert_began = std::sync::Mutex::new(insert_began);
+    let slow_inserts = InterceptedStorage::new(MemoryStorage::new(), move |call| {
         if call == StorageCall::InsertRunning {
+            let _ = insert_began
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(());
             thread::sleep(Duration::from_millis(150));
         }
         Ok(())
@@ -350,7 +358,10 @@ fn a_client_that_disconnects_mid_dispatch_leaves_no_running_row() {
             body.len()
         )
         .expect("send");
-        // Gone before the INSERT (150 ms) can have committed.
+        // Gone while the INSERT (150 ms) is under way.
+        inserts_beginning
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the dispatch reached its INSERT");
         stream
             .shutdown(std::net::Shutdown::Both)
             .expect("disconnect");

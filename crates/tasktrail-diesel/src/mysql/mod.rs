@@ -149,35 +149,7 @@ impl fmt::Debug for MysqlStorage {
 }
 
 impl MysqlStorage {
-    /// Connects to the database at `url`
-    /// (`mysql://user:password@host:port/database`) with default options and
-    /// applies pending migrations.
-    pub fn open(url: &str) -> Result<Self, StorageError> {
-        Self::open_with(url, MysqlOptions::default())
-    }
-
-    /// Connects and applies pending migrations.
-    ///
-    /// Fails with [`StorageError::Unavailable`] when the server cannot be
-    /// reached, [`StorageError::AccessDenied`] when it refuses the login or
-    /// has no such database; refuses ([`StorageError::Incompatible`]) a
-    /// database that holds tables but is not a tasktrail one, and one
-    /// migrated by a newer tasktrail. No error text ever contains the URL's
-    /// password.
-    pub fn open_with(url: &str, options: MysqlOptions) -> Result<Self, StorageError> {
-        let store = Self::open_unmigrated(url, &options)?;
-        store.migrate()?;
-        Ok(store)
-    }
-
-    /// Connects for reading only (`list`, `show`, `sessions`, `recover
-    /// --dry-run`): never migrates and runs no DDL. A database that needs a
-    /// migration is refused ([`StorageError::Incompatible`]).
-    pub fn open_read_only(url: &str, options: &MysqlOptions) -> Result<Self, StorageError> {
-        let store = Self::open_unmigrated(url, options)?;
-        store.refuse_pending_migrations()?;
-        Ok(store)
-    }
+    crate::store::server_store_openers!(MysqlOptions, "mysql://user:password@host:port/database");
 
     /// Connects without running migrations. Still refuses a database that
     /// is not ours.

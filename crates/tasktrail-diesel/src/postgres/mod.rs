@@ -181,35 +181,10 @@ impl fmt::Debug for PostgresStorage {
 }
 
 impl PostgresStorage {
-    /// Connects to the database at `url` (`postgres://user:password@host:port/database`)
-    /// with default options and applies pending migrations.
-    pub fn open(url: &str) -> Result<Self, StorageError> {
-        Self::open_with(url, PostgresOptions::default())
-    }
-
-    /// Connects and applies pending migrations.
-    ///
-    /// Fails with [`StorageError::Unavailable`] when the server cannot be
-    /// reached, refuses the login, or has no such database; refuses
-    /// ([`StorageError::Incompatible`]) a database whose schema holds tables
-    /// but is not a tasktrail one, and a database migrated by a newer
-    /// tasktrail. No error text ever contains the URL's password.
-    pub fn open_with(url: &str, options: PostgresOptions) -> Result<Self, StorageError> {
-        let store = Self::open_unmigrated(url, &options)?;
-        store.migrate()?;
-        Ok(store)
-    }
-
-    /// Connects for reading only (the operator's `list`, `show`,
-    /// `sessions`, `recover --dry-run`): never migrates and runs no DDL, so
-    /// a role that may only SELECT can use it. A database that needs a
-    /// migration is refused ([`StorageError::Incompatible`], naming the
-    /// migrations): `tasktrail migrate` first.
-    pub fn open_read_only(url: &str, options: &PostgresOptions) -> Result<Self, StorageError> {
-        let store = Self::open_unmigrated(url, options)?;
-        store.refuse_pending_migrations()?;
-        Ok(store)
-    }
+    crate::store::server_store_openers!(
+        PostgresOptions,
+        "postgres://user:password@host:port/database"
+    );
 
     /// Connects without running migrations (the upgrade tests use it to start
     /// from an old schema). Still refuses a database that is not ours.
