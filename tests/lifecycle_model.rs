@@ -1110,23 +1110,37 @@ prop_state_machine! {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_backend_agrees_with_the_model() {
-    use proptest::test_runner::TestRunner;
     // Skips visibly, or fails under CI.
     if tasktrail_diesel::test_postgres_url().is_none() {
         return;
     }
+    run_the_model_on_fresh_databases::<common::PostgresBackend>();
+}
+
+/// MySQL/MariaDB runs the same model with a fresh database per case, when
+/// `TASKTRAIL_TEST_MYSQL_URL` is set.
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_backend_agrees_with_the_model() {
+    // Skips visibly, or fails under CI.
+    if tasktrail_diesel::test_mysql_url().is_none() {
+        return;
+    }
+    run_the_model_on_fresh_databases::<common::MysqlBackend>();
+}
+
+/// Runs the model's sequential cases (fewer than on the embedded backends:
+/// each creates and drops a database) on `B`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn run_the_model_on_fresh_databases<B: Backend>() {
+    use proptest::test_runner::TestRunner;
     let mut config = config(8);
     config.source_file = Some(file!());
     let mut runner = TestRunner::new(config.clone());
     let result = runner.run(
         &LifecycleModel::sequential_strategy(1..30),
         |(initial, transitions, seen)| {
-            LifecycleTest::<common::PostgresBackend>::test_sequential(
-                config.clone(),
-                initial,
-                transitions,
-                seen,
-            );
+            LifecycleTest::<B>::test_sequential(config.clone(), initial, transitions, seen);
             Ok(())
         },
     );

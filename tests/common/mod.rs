@@ -379,61 +379,177 @@ impl Backend for PostgresBackend {
     }
 }
 
+/// `impl Storage for $backend`: every call handed to its `store`.
+macro_rules! storage_through_the_store {
+    ($backend:ty) => {
+        impl Storage for $backend {
+            fn register_worker(
+                &self,
+                registration: &WorkerRegistration,
+            ) -> Result<(), StorageError> {
+                self.store.register_worker(registration)
+            }
+            fn heartbeat_worker(
+                &self,
+                worker: WorkerId,
+                at: Timestamp,
+            ) -> Result<(), StorageError> {
+                self.store.heartbeat_worker(worker, at)
+            }
+            fn deregister_worker(
+                &self,
+                worker: WorkerId,
+                at: Timestamp,
+            ) -> Result<(), StorageError> {
+                self.store.deregister_worker(worker, at)
+            }
+            fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
+                self.store.list_workers()
+            }
+            fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
+                self.store.insert_running(row)
+            }
+            fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
+                self.store.finish_running(row)
+            }
+            fn recover_orphans(
+                &self,
+                request: &RecoveryRequest,
+                judge: &dyn LivenessJudge,
+            ) -> Result<Vec<RecoveredTask>, StorageError> {
+                self.store.recover_orphans(request, judge)
+            }
+            fn claim_unreported_recoveries(
+                &self,
+                claim: &ReportClaim,
+                judge: &dyn LivenessJudge,
+            ) -> Result<Vec<RecoveredTask>, StorageError> {
+                self.store.claim_unreported_recoveries(claim, judge)
+            }
+            fn confirm_reports(
+                &self,
+                reporter: WorkerId,
+                tasks: &[TaskId],
+                at: Timestamp,
+            ) -> Result<u64, StorageError> {
+                self.store.confirm_reports(reporter, tasks, at)
+            }
+            fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
+                self.store.record_session(session)
+            }
+            fn resumable_session(
+                &self,
+                key: &SessionKey,
+            ) -> Result<Option<SessionRecord>, StorageError> {
+                self.store.resumable_session(key)
+            }
+            fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
+                self.store.list_sessions()
+            }
+            fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+                self.store.get_task(id)
+            }
+            fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
+                self.store.list_tasks(filter)
+            }
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
-impl Storage for PostgresBackend {
-    fn register_worker(&self, registration: &WorkerRegistration) -> Result<(), StorageError> {
-        self.store.register_worker(registration)
-    }
-    fn heartbeat_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        self.store.heartbeat_worker(worker, at)
-    }
-    fn deregister_worker(&self, worker: WorkerId, at: Timestamp) -> Result<(), StorageError> {
-        self.store.deregister_worker(worker, at)
-    }
-    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StorageError> {
-        self.store.list_workers()
-    }
-    fn insert_running(&self, row: &NewRunningRow) -> Result<(), StorageError> {
-        self.store.insert_running(row)
-    }
-    fn finish_running(&self, row: &FinishRow) -> Result<FinishWrite, StorageError> {
-        self.store.finish_running(row)
-    }
-    fn recover_orphans(
-        &self,
-        request: &RecoveryRequest,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        self.store.recover_orphans(request, judge)
-    }
-    fn claim_unreported_recoveries(
-        &self,
-        claim: &ReportClaim,
-        judge: &dyn LivenessJudge,
-    ) -> Result<Vec<RecoveredTask>, StorageError> {
-        self.store.claim_unreported_recoveries(claim, judge)
-    }
-    fn confirm_reports(
-        &self,
-        reporter: WorkerId,
-        tasks: &[TaskId],
-        at: Timestamp,
-    ) -> Result<u64, StorageError> {
-        self.store.confirm_reports(reporter, tasks, at)
-    }
-    fn record_session(&self, session: &NewSession) -> Result<(), StorageError> {
-        self.store.record_session(session)
-    }
-    fn resumable_session(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StorageError> {
-        self.store.resumable_session(key)
-    }
-    fn list_sessions(&self) -> Result<Vec<SessionRecord>, StorageError> {
-        self.store.list_sessions()
-    }
-    fn get_task(&self, id: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        self.store.get_task(id)
-    }
-    fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StorageError> {
-        self.store.list_tasks(filter)
+storage_through_the_store!(PostgresBackend);
+
+/// MySQL/MariaDB on a fresh database of its own, dropped with the backend,
+/// in its production configuration: heartbeats on the server's clock
+/// (`UTC_TIMESTAMP(6)`), which the tests' manual clock cannot move; tests
+/// age heartbeats with [`Backend::age_heartbeat`] instead.
+#[cfg(feature = "mysql")]
+pub struct MysqlBackend {
+    store: tasktrail_diesel::MysqlStorage,
+    _database: tasktrail_diesel::ScratchMysqlDatabase,
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlBackend {
+    /// Runs one UPDATE, `binds` bound as text in order, on a pooled
+    /// connection and checks that it matched one row.
+    fn update_one_row(&self, sql: &str, binds: &[&str]) {
+        use diesel::prelude::*;
+        use diesel::sql_types::Text;
+        let updated = self
+            .store
+            .with_connection(|connection| {
+                let mut query = diesel::sql_query(sql).into_boxed();
+                for bind in binds {
+                    query = query.bind::<Text, _>(bind.to_string());
+                }
+                query.execute(connection).expect(sql)
+            })
+            .expect("a connection");
+        assert_eq!(updated, 1, "{sql}");
     }
 }
+
+#[cfg(feature = "mysql")]
+impl Backend for MysqlBackend {
+    fn invalidate_session_by_hand(&self, session: &SessionId, at: Timestamp) {
+        let at = at.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        self.update_one_row(
+            "UPDATE claude_sdk_sessions SET invalidated_at = ?, \
+             invalidation_reason = 'invalidated by hand' WHERE session_id = ?",
+            &[&at, session.as_str()],
+        );
+    }
+    // As for Postgres: restarting the shared server is not a test's to do
+    // (mysql_backend's tests end every session with KILL instead).
+    fn restart_under(&self, _live_workers: &[WorkerId]) {}
+    fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StorageError> {
+        self.store.prune(request)
+    }
+    fn stats(&self, request: &StatsRequest) -> Result<TaskStats, StorageError> {
+        self.store.stats(request)
+    }
+    fn fresh(_dir: &std::path::Path) -> Option<Self> {
+        let database = tasktrail_diesel::ScratchMysqlDatabase::create()?;
+        let store = tasktrail_diesel::MysqlStorage::open_with(
+            database.url(),
+            tasktrail_diesel::MysqlOptions {
+                statement_log: Some(StatementLog::new()),
+                pool_size: 2,
+                ..tasktrail_diesel::MysqlOptions::default()
+            },
+        )
+        .expect("open mysql");
+        Some(Self {
+            store,
+            _database: database,
+        })
+    }
+    fn task_insert_statements(&self, id: TaskId) -> usize {
+        self.store
+            .statement_log()
+            .map_or(0, |log| log.task_insert_statements(id))
+    }
+    fn age_heartbeat(&self, worker: WorkerId, by: chrono::Duration) {
+        let micros = by.num_microseconds().expect("a short duration").to_string();
+        self.update_one_row(
+            "UPDATE workers SET heartbeat_at = heartbeat_at - INTERVAL ? MICROSECOND WHERE id = ?",
+            &[&micros, &worker.to_string()],
+        );
+    }
+    fn change_worker_lock(&self, worker: WorkerId, change: LockChange) {
+        match change {
+            // Idempotent, as the server: a lock already let go stays free.
+            LockChange::ReleasedByDeath => {
+                self.store.release_worker_lock(worker);
+            }
+            _ => self.update_one_row(
+                "UPDATE workers SET liveness_lock = NULL WHERE id = ?",
+                &[&worker.to_string()],
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+storage_through_the_store!(MysqlBackend);
