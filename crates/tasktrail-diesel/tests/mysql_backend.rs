@@ -524,7 +524,7 @@ impl LivenessJudge for EveryOwnerIsDead {
 }
 
 /// Holds the sweep inside its transaction, after it locked the owner's
-/// row, until the test lets it go.
+/// row, until the test lets it go (or 60 s passed).
 struct GatedJudge {
     judging: std::sync::mpsc::SyncSender<()>,
     release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
@@ -533,11 +533,13 @@ struct GatedJudge {
 impl LivenessJudge for GatedJudge {
     fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
         self.judging.send(()).expect("tell the test");
-        self.release
+        // Bounded: a test that failed before letting the sweep go must not
+        // leave it waiting (its scope would wait for it forever).
+        let _released = self
+            .release
             .lock()
             .expect("release")
-            .recv()
-            .expect("released");
+            .recv_timeout(StdDuration::from_secs(60));
         EveryOwnerIsDead {
             delay: StdDuration::ZERO,
         }
@@ -593,7 +595,7 @@ fn a_start_waiting_on_the_sweep_that_declares_its_worker_dead_inserts_nothing() 
         });
         // Until the start has returned or waits on the worker's row.
         let mut watcher = database.connect();
-        let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(20);
         let mut early = None;
         loop {
             if let Ok(result) = started.try_recv() {
@@ -1402,4 +1404,67 @@ fn a_sweep_after_every_session_ended_reads_no_free_lock_as_death() {
         Some(TaskStatus::Running)
     );
     assert_eq!(worker_states(&store)[&live.id()], WorkerState::Alive);
+}
+
+#[derive(QueryableByName)]
+struct ConnectionId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Ends every session of this database but `connection`'s own, as a
+/// server restart or a network reset does.
+fn kill_every_other_session(connection: &mut MysqlConnection) -> usize {
+    let sessions: Vec<ConnectionId> = diesel::sql_query(
+        "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
+         WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    )
+    .load(connection)
+    .expect("the sessions");
+    for session in &sessions {
+        diesel::sql_query("KILL CONNECTION ?")
+            .bind::<BigInt, _>(session.id)
+            .execute(connection)
+            .expect("kill a session");
+    }
+    sessions.len()
+}
+
+/// After the server ended every session of a store (its pooled
+/// connections and its liveness session), each dead connection fails at
+/// most one statement, transiently, and is replaced: the store works
+/// again at once, without a restart. Kills a pool that hands a dead
+/// connection back out after its failed statement (each checkout of it
+/// then fails for as long as the pool keeps it).
+#[test]
+fn a_store_whose_sessions_the_server_ended_fails_each_at_most_once_and_recovers() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let worker = register(&store, "dev", 10);
+    // Two pooled connections, both made and handed back.
+    store
+        .with_connection(|_| store.with_connection(|_| ()).expect("a second connection"))
+        .expect("a connection");
+    assert_eq!(kill_every_other_session(&mut database.connect()), 3);
+    let mut failures = 0;
+    let listed = loop {
+        match store.list_tasks(&TaskFilter::default()) {
+            Ok(rows) => break rows,
+            Err(error) => {
+                assert!(error.is_transient(), "{error:?}");
+                failures += 1;
+                assert!(failures <= 2, "a dead connection failed twice: {error:?}");
+            }
+        }
+    };
+    assert!(listed.is_empty());
+    heartbeat_until_it_lands(&worker, &store);
+    for issue in 1..=5 {
+        let running = Task::queue(spec(issue))
+            .start(&worker, &store)
+            .expect("a start after the outage");
+        running
+            .finish(Outcome::Success(report()), &store)
+            .expect("a finish after the outage");
+    }
 }

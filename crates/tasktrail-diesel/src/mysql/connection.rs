@@ -1,12 +1,13 @@
 //! MySQL connections: the blocking Diesel connection over the pure-Rust
 //! client, the settings every session gets, and the statement pool.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
-use diesel::r2d2::{
-    ConnectionManager, CustomizeConnection, NopErrorHandler, Pool, PooledConnection,
-};
+use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
+use diesel::r2d2::{ManageConnection, NopErrorHandler, Pool, PooledConnection, R2D2Connection};
 use diesel::Connection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::AsyncMysqlConnection;
@@ -83,10 +84,7 @@ impl diesel_async::async_connection_wrapper::BlockOn for OwnRuntime {
     }
 }
 
-pub(super) type MysqlPool = Pool<ConnectionManager<MysqlConnection>>;
-
-/// A connection checked out of a store's pool.
-pub(crate) type Pooled = PooledConnection<ConnectionManager<MysqlConnection>>;
+pub(super) type MysqlPool = Pool<PooledMysqlManager>;
 
 /// What every session of this backend runs first. `READ COMMITTED`: a
 /// plain read and a locking read in one transaction see the same committed
@@ -109,31 +107,114 @@ pub(super) fn establish(
 ) -> Result<MysqlConnection, StorageError> {
     let mut connection =
         MysqlConnection::establish(url).map_err(|error| connection_error(&error, secrets))?;
-    configure(&mut connection, statement_log).map_err(super::map_error)?;
+    configure(&mut connection, statement_log, None).map_err(super::map_error)?;
     Ok(connection)
 }
 
+/// Applies [`SESSION_SETTINGS`], then instruments the connection: the
+/// statement log counts its INSERTs, and `last_failed` says whether the
+/// last statement started on it failed (set when a statement starts,
+/// cleared when it succeeds: diesel-async may fail a statement on a dead
+/// socket before it reports the statement finished).
 fn configure(
     connection: &mut MysqlConnection,
     statement_log: Option<&StatementLog>,
+    last_failed: Option<Arc<AtomicBool>>,
 ) -> diesel::QueryResult<()> {
     connection.batch_execute(SESSION_SETTINGS)?;
-    if let Some(log) = statement_log {
-        connection.set_instrumentation(log.instrumentation());
+    let mut log = statement_log.map(StatementLog::instrumentation);
+    if log.is_some() || last_failed.is_some() {
+        connection.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let Some(last_failed) = &last_failed {
+                match &event {
+                    InstrumentationEvent::StartQuery { .. } => {
+                        last_failed.store(true, Ordering::SeqCst);
+                    }
+                    InstrumentationEvent::FinishQuery { error: None, .. } => {
+                        last_failed.store(false, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+            log.on_connection_event(event);
+        });
     }
     Ok(())
 }
 
-/// Applies [`SESSION_SETTINGS`] and the statement log to each pooled
-/// connection.
+/// A pooled connection and whether the last statement started on it
+/// failed.
+pub(crate) struct TrackedConnection {
+    connection: MysqlConnection,
+    last_statement_failed: Arc<AtomicBool>,
+}
+
+/// Makes the pool's connections and decides, when one is handed back,
+/// whether to keep it.
+///
+/// The client cannot tell by itself that the server ended a session (a
+/// restart, a network reset, `wait_timeout`, `KILL`): diesel-async counts
+/// a connection broken only when a transaction's `BEGIN`, `COMMIT` or
+/// `ROLLBACK` failed, so a dead connection that failed a lone statement
+/// went back into the pool and failed every statement after it. So a
+/// connection on which a statement failed is pinged when it is handed
+/// back, and dropped if it does not answer (the next checkout makes a new
+/// one). A connection whose statements all succeeded is kept without a
+/// round trip.
 #[derive(Debug)]
-struct OnAcquire {
+pub(crate) struct PooledMysqlManager {
+    url: String,
     statement_log: Option<StatementLog>,
 }
 
-impl CustomizeConnection<MysqlConnection, diesel::r2d2::Error> for OnAcquire {
-    fn on_acquire(&self, connection: &mut MysqlConnection) -> Result<(), diesel::r2d2::Error> {
-        configure(connection, self.statement_log.as_ref()).map_err(diesel::r2d2::Error::QueryError)
+impl ManageConnection for PooledMysqlManager {
+    type Connection = TrackedConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<TrackedConnection, diesel::r2d2::Error> {
+        let mut connection =
+            MysqlConnection::establish(&self.url).map_err(diesel::r2d2::Error::ConnectionError)?;
+        let last_statement_failed = Arc::new(AtomicBool::new(false));
+        configure(
+            &mut connection,
+            self.statement_log.as_ref(),
+            Some(Arc::clone(&last_statement_failed)),
+        )
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        Ok(TrackedConnection {
+            connection,
+            last_statement_failed,
+        })
+    }
+
+    fn is_valid(&self, tracked: &mut TrackedConnection) -> Result<(), diesel::r2d2::Error> {
+        tracked
+            .connection
+            .ping()
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, tracked: &mut TrackedConnection) -> bool {
+        tracked.connection.is_broken()
+            || (tracked.last_statement_failed.load(Ordering::SeqCst)
+                && tracked.connection.ping().is_err())
+    }
+}
+
+/// A connection checked out of a store's pool.
+pub(crate) struct Pooled(PooledConnection<PooledMysqlManager>);
+
+impl Deref for Pooled {
+    type Target = MysqlConnection;
+
+    fn deref(&self) -> &MysqlConnection {
+        &self.0.connection
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut MysqlConnection {
+        &mut self.0.connection
     }
 }
 
@@ -144,16 +225,16 @@ pub(super) fn pool(url: &str, options: &MysqlOptions, _secrets: &Secrets) -> Mys
         .max_size(options.pool_size.max(1))
         .min_idle(Some(0))
         .connection_timeout(options.connection_timeout)
-        // A connection the server closed is found broken when it is handed
-        // back (r2d2 asks `is_broken`) and replaced.
+        // A connection the server closed is found out when it is handed
+        // back after a failed statement (`PooledMysqlManager`).
         .test_on_check_out(false)
         // r2d2 would log connection errors (which may name the host)
         // through `log`; they are returned, redacted, instead.
         .error_handler(Box::new(NopErrorHandler))
-        .connection_customizer(Box::new(OnAcquire {
+        .build_unchecked(PooledMysqlManager {
+            url: url.to_owned(),
             statement_log: options.statement_log.clone(),
-        }))
-        .build_unchecked(ConnectionManager::new(url))
+        })
 }
 
 /// A pooled connection, waiting at most `timeout`.
@@ -163,5 +244,6 @@ pub(super) fn checkout(
     timeout: Duration,
 ) -> Result<Pooled, StorageError> {
     pool.get_timeout(timeout)
+        .map(Pooled)
         .map_err(|error| pool_error(&error, secrets))
 }

@@ -80,7 +80,10 @@ impl MysqlOptions {
 /// `Storage` a blocking Diesel connection (each connection drives its
 /// socket on its own single-threaded tokio runtime, or on the caller's
 /// runtime from `spawn_blocking`). The store holds an r2d2 pool of such
-/// connections for its statements, plus one dedicated *liveness session*,
+/// connections for its statements (one whose last statement failed is
+/// pinged when it is handed back, and replaced if the server ended it: a
+/// restart, a network reset or `wait_timeout` costs each connection at
+/// most one failed statement), plus one dedicated *liveness session*,
 /// never pooled, that runs the migrations, registers workers, writes their
 /// heartbeats and holds one named lock (`GET_LOCK`) per worker registered
 /// through the store ([`MysqlStorage::worker_lock_name`]) for as long as the
