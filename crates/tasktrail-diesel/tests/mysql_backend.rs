@@ -12,23 +12,25 @@
 //! visible `skipped:` line and passes, unless `CI` is set: then it fails.
 #![cfg(all(feature = "mysql", feature = "testing"))]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::Duration as StdDuration;
 
 use chrono::{Duration, NaiveDate};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable, Text};
+use support::{register, report, spec, test_policy, NoProcesses, TEST_GRACE};
 use tasktrail_core::backend::{
     FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NoticingJudge, OwnerFacts, PolicyJudge,
     RecoveryRequest, SweepMode,
 };
 use tasktrail_core::{
-    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, Liveness, LivenessPolicy,
-    NoticedOwner, Outcome, ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId,
-    Storage, StorageError, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
-    TaskStatus, Timestamp, Unproven, WorkerId, WorkerRegistration, WorkerState,
+    Clock, DeathCause, FinishRefusal, InterruptReason, Liveness, NoticedOwner, Outcome,
+    RecoveredTask, RegisteredWorker, SessionId, Storage, StorageError, SystemClock, Task,
+    TaskFilter, TaskId, TaskStatus, Timestamp, Unproven, WorkerId, WorkerState,
 };
 use tasktrail_diesel::{MysqlConnection, MysqlOptions, MysqlStorage, ScratchMysqlDatabase};
 
@@ -123,53 +125,6 @@ macro_rules! database_or_skip {
     };
 }
 
-struct NoProcesses;
-
-impl ProcessProbe for NoProcesses {
-    fn process_start_marker(&self, _pid: u32) -> Option<String> {
-        None
-    }
-}
-
-fn spec(issue_number: i64) -> TaskSpec {
-    TaskSpec::validate(TaskSpecInput {
-        repo: "acme/widgets".into(),
-        issue_number,
-        user: "alice".into(),
-        agent: "fixer".into(),
-        agent_type: "claude_sdk".into(),
-        model: "claude-opus".into(),
-        provider: "anthropic".into(),
-    })
-    .expect("spec")
-}
-
-fn registration(host: &str, pid: u32) -> WorkerRegistration {
-    WorkerRegistration {
-        id: WorkerId::new_random(),
-        host: host.into(),
-        pid,
-        process_start_marker: format!("boot:{pid}"),
-        host_identity: None,
-        started_at: SystemClock.now(),
-    }
-}
-
-fn register(store: &MysqlStorage, host: &str, pid: u32) -> RegisteredWorker {
-    RegisteredWorker::register(store, registration(host, pid), Arc::new(SystemClock))
-        .expect("register")
-}
-
-fn report() -> RunReport {
-    RunReport {
-        input_tokens: 1200,
-        output_tokens: 300,
-        cost_usd: CostUsd::new(0.42).expect("cost"),
-        turns: 7,
-        artifacts: vec!["pr/17".into()],
-    }
-}
-
 /// Starts a task and lets go of its handle without a finish, as a worker
 /// that dies mid-task does: its row stays `running`.
 fn start_and_forget(worker: &RegisteredWorker, store: &MysqlStorage, issue: i64) -> TaskId {
@@ -179,18 +134,6 @@ fn start_and_forget(worker: &RegisteredWorker, store: &MysqlStorage, issue: i64)
     let id = running.id();
     std::mem::forget(running);
     id
-}
-
-/// The grace the tests judge with: short, so a test can wait it out.
-const TEST_GRACE: StdDuration = StdDuration::from_secs(1);
-
-/// No pid probe (the tests' processes are made up), the default lease, a
-/// one-second grace.
-fn test_policy() -> LivenessPolicy {
-    LivenessPolicy {
-        grace: Duration::from_std(TEST_GRACE).expect("grace"),
-        ..LivenessPolicy::new(None)
-    }
 }
 
 /// Waits a grace after `store` was opened: its liveness session (the

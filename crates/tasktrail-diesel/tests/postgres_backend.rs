@@ -11,6 +11,8 @@
 //! fails (`tasktrail_diesel::test_postgres_url`).
 #![cfg(feature = "postgres")]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 
@@ -23,15 +25,15 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_migrations::MigrationHarness;
+use support::{register, registration, report, spec, test_policy, NoProcesses, TEST_GRACE};
 use tasktrail_core::backend::{
     FinishRow, FinishWrite, NewRunningRow, NoticingJudge, OwnerLock, PolicyJudge, RecoveryRequest,
     SweepMode,
 };
 use tasktrail_core::{
-    Clock, CostUsd, DeathCause, FinishRefusal, InterruptReason, Liveness, LivenessPolicy, Outcome,
-    ProcessProbe, RecoveredTask, RegisteredWorker, RunReport, SessionId, SessionKey, Storage,
-    StorageError, StorageExt, SystemClock, Task, TaskFilter, TaskId, TaskSpec, TaskSpecInput,
-    TaskStatus, Timestamp, Unproven, WorkerId, WorkerRegistration, WorkerState,
+    Clock, DeathCause, FinishRefusal, InterruptReason, Liveness, LivenessPolicy, Outcome,
+    RecoveredTask, RegisteredWorker, SessionId, SessionKey, Storage, StorageError, StorageExt,
+    SystemClock, Task, TaskFilter, TaskId, TaskStatus, Timestamp, Unproven, WorkerId, WorkerState,
 };
 use tasktrail_diesel::{
     PostgresOptions, PostgresStorage, ScratchDatabase, StatementLog, POSTGRES_MIGRATIONS,
@@ -74,65 +76,6 @@ macro_rules! database_or_skip {
             None => return,
         }
     };
-}
-
-struct NoProcesses;
-
-impl ProcessProbe for NoProcesses {
-    fn process_start_marker(&self, _pid: u32) -> Option<String> {
-        None
-    }
-}
-
-fn spec(issue_number: i64) -> TaskSpec {
-    TaskSpec::validate(TaskSpecInput {
-        repo: "acme/widgets".into(),
-        issue_number,
-        user: "alice".into(),
-        agent: "fixer".into(),
-        agent_type: "claude_sdk".into(),
-        model: "claude-opus".into(),
-        provider: "anthropic".into(),
-    })
-    .expect("spec")
-}
-
-fn registration(host: &str, pid: u32) -> WorkerRegistration {
-    WorkerRegistration {
-        id: WorkerId::new_random(),
-        host: host.into(),
-        pid,
-        process_start_marker: format!("boot:{pid}"),
-        host_identity: None,
-        started_at: SystemClock.now(),
-    }
-}
-
-fn register(store: &PostgresStorage, host: &str, pid: u32) -> RegisteredWorker {
-    RegisteredWorker::register(store, registration(host, pid), Arc::new(SystemClock))
-        .expect("register")
-}
-
-fn report() -> RunReport {
-    RunReport {
-        input_tokens: 1200,
-        output_tokens: 300,
-        cost_usd: CostUsd::new(0.42).expect("cost"),
-        turns: 7,
-        artifacts: vec!["pr/17".into(), "a \"quoted\" path".into()],
-    }
-}
-
-/// The grace the tests judge with: short, so a test can wait it out.
-const TEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The tests' policy: no pid probe (their processes are made up), the
-/// default lease, a one-second grace.
-fn test_policy() -> LivenessPolicy {
-    LivenessPolicy {
-        grace: Duration::from_std(TEST_GRACE).expect("grace"),
-        ..LivenessPolicy::new(None)
-    }
 }
 
 /// Opens `store`'s pooled connection and waits a grace, so its sweeps have

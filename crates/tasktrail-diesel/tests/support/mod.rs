@@ -1,0 +1,72 @@
+//! What the server backends' own tests (`postgres_backend.rs`,
+//! `mysql_backend.rs`) share: made-up workers and tasks, and the short
+//! grace they judge with.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use tasktrail_core::{
+    Clock, CostUsd, LivenessPolicy, ProcessProbe, RegisteredWorker, RunReport, Storage,
+    SystemClock, TaskSpec, TaskSpecInput, WorkerId, WorkerRegistration,
+};
+
+/// A process table in which no pid runs: the tests' processes are made up.
+pub struct NoProcesses;
+
+impl ProcessProbe for NoProcesses {
+    fn process_start_marker(&self, _pid: u32) -> Option<String> {
+        None
+    }
+}
+
+pub fn spec(issue_number: i64) -> TaskSpec {
+    TaskSpec::validate(TaskSpecInput {
+        repo: "acme/widgets".into(),
+        issue_number,
+        user: "alice".into(),
+        agent: "fixer".into(),
+        agent_type: "claude_sdk".into(),
+        model: "claude-opus".into(),
+        provider: "anthropic".into(),
+    })
+    .expect("spec")
+}
+
+pub fn registration(host: &str, pid: u32) -> WorkerRegistration {
+    WorkerRegistration {
+        id: WorkerId::new_random(),
+        host: host.into(),
+        pid,
+        process_start_marker: format!("boot:{pid}"),
+        host_identity: None,
+        started_at: SystemClock.now(),
+    }
+}
+
+pub fn register<S: Storage>(store: &S, host: &str, pid: u32) -> RegisteredWorker {
+    RegisteredWorker::register(store, registration(host, pid), Arc::new(SystemClock))
+        .expect("register")
+}
+
+pub fn report() -> RunReport {
+    RunReport {
+        input_tokens: 1200,
+        output_tokens: 300,
+        cost_usd: CostUsd::new(0.42).expect("cost"),
+        turns: 7,
+        artifacts: vec!["pr/17".into(), "a \"quoted\" path".into()],
+    }
+}
+
+/// The grace the tests judge with: short, so a test can wait it out.
+pub const TEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The tests' policy: no pid probe (their processes are made up), the
+/// default lease, a one-second grace.
+pub fn test_policy() -> LivenessPolicy {
+    LivenessPolicy {
+        grace: Duration::from_std(TEST_GRACE).expect("grace"),
+        ..LivenessPolicy::new(None)
+    }
+}
