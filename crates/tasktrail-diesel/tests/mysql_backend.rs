@@ -22,7 +22,7 @@ use chrono::{Duration, NaiveDate};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use support::{register, report, spec, test_policy, NoProcesses, TEST_GRACE};
+use support::{register, report, spec, test_policy, NoProcesses, SlowJudge, TEST_GRACE};
 use tasktrail_core::backend::{
     FinishRow, FinishWrite, LivenessJudge, NewRunningRow, NoticingJudge, OwnerFacts, PolicyJudge,
     RecoveryRequest, SweepMode,
@@ -248,17 +248,6 @@ fn running_rows(store: &MysqlStorage) -> Vec<TaskId> {
 // ---------------------------------------------------------------------------
 // Exactly-once recovery
 // ---------------------------------------------------------------------------
-
-/// A judge that takes its time (as one probing a slow network might), so
-/// concurrent sweeps overlap inside their transactions.
-struct SlowJudge<'a>(PolicyJudge<'a>);
-
-impl LivenessJudge for SlowJudge<'_> {
-    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
-        std::thread::sleep(StdDuration::from_millis(50));
-        self.0.judge(owner)
-    }
-}
 
 type Span = (std::time::Instant, std::time::Instant);
 

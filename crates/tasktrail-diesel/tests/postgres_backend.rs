@@ -25,7 +25,9 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_migrations::MigrationHarness;
-use support::{register, registration, report, spec, test_policy, NoProcesses, TEST_GRACE};
+use support::{
+    register, registration, report, spec, test_policy, NoProcesses, SlowJudge, TEST_GRACE,
+};
 use tasktrail_core::backend::{
     FinishRow, FinishWrite, NewRunningRow, NoticingJudge, OwnerLock, PolicyJudge, RecoveryRequest,
     SweepMode,
@@ -1644,20 +1646,6 @@ fn concurrent_boots_share_ownerless_orphans_exactly_once() {
 }
 
 type Span = (std::time::Instant, std::time::Instant);
-
-/// A judge that takes its time (as one probing a process table or a slow
-/// network might), so concurrent sweeps overlap inside their transactions.
-struct SlowJudge<'a>(PolicyJudge<'a>);
-
-impl tasktrail_core::backend::LivenessJudge for SlowJudge<'_> {
-    fn judge(
-        &self,
-        owner: Option<&tasktrail_core::backend::OwnerFacts>,
-    ) -> tasktrail_core::Liveness {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        self.0.judge(owner)
-    }
-}
 
 fn slow_sweep_as(store: &PostgresStorage, worker: WorkerId, _host: &str) -> Vec<RecoveredTask> {
     let policy = test_policy();

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use chrono::Duration;
+use tasktrail_core::backend::{LivenessJudge, OwnerFacts, PolicyJudge};
 use tasktrail_core::{
-    Clock, CostUsd, LivenessPolicy, ProcessProbe, RegisteredWorker, RunReport, Storage,
+    Clock, CostUsd, Liveness, LivenessPolicy, ProcessProbe, RegisteredWorker, RunReport, Storage,
     SystemClock, TaskSpec, TaskSpecInput, WorkerId, WorkerRegistration,
 };
 
@@ -68,5 +69,16 @@ pub fn test_policy() -> LivenessPolicy {
     LivenessPolicy {
         grace: Duration::from_std(TEST_GRACE).expect("grace"),
         ..LivenessPolicy::new(None)
+    }
+}
+
+/// A judge that takes its time (as one probing a process table or a slow
+/// network might), so concurrent sweeps overlap inside their transactions.
+pub struct SlowJudge<'a>(pub PolicyJudge<'a>);
+
+impl LivenessJudge for SlowJudge<'_> {
+    fn judge(&self, owner: Option<&OwnerFacts>) -> Liveness {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.0.judge(owner)
     }
 }
