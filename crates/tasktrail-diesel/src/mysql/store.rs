@@ -207,16 +207,23 @@ impl Storage for MysqlStorage {
         at: Timestamp,
     ) -> Result<u64, StorageError> {
         let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
-        diesel::update(
-            recovery_reports::table
-                .filter(recovery_reports::task_id.eq_any(&ids))
-                .filter(recovery_reports::owed_by.eq(reporter.to_string()))
-                .filter(recovery_reports::reported_at.is_null()),
-        )
-        .set(recovery_reports::reported_at.eq(stored_time(at)))
-        .execute(&mut *self.pooled()?)
-        .map(|confirmed| confirmed as u64)
-        .map_err(map_error)
+        // One transaction, one statement per chunk of ids (MySQL's
+        // placeholder limit, `sweep::IDS_PER_STATEMENT`): all or nothing,
+        // as one statement would be.
+        Self::write_transaction(&mut *self.pooled()?, |connection| {
+            let mut confirmed = 0;
+            for chunk in ids.chunks(super::sweep::IDS_PER_STATEMENT) {
+                confirmed += diesel::update(
+                    recovery_reports::table
+                        .filter(recovery_reports::task_id.eq_any(chunk))
+                        .filter(recovery_reports::owed_by.eq(reporter.to_string()))
+                        .filter(recovery_reports::reported_at.is_null()),
+                )
+                .set(recovery_reports::reported_at.eq(stored_time(at)))
+                .execute(connection)? as u64;
+            }
+            Ok(confirmed)
+        })
     }
 
     crate::store::shared_storage_methods!();

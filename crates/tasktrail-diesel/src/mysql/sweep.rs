@@ -29,6 +29,13 @@ use super::{MysqlConnection, MysqlStorage};
 use crate::tx::TxError;
 
 const RUNNING: &str = TaskStatus::Running.as_str();
+
+/// The most ids one statement of this backend binds. MySQL refuses to
+/// prepare a statement with more than 65,535 placeholders (error 1390,
+/// "Prepared statement contains too many placeholders"), and an `eq_any` of
+/// ids binds one per id: the ids of a large sweep (100,000 orphans of one
+/// owner) or claim go in chunks of this many, in the same transaction.
+pub(super) const IDS_PER_STATEMENT: usize = 10_000;
 const ALIVE: &str = WorkerState::Alive.as_str();
 
 /// The database's clock at the sweep.
@@ -331,29 +338,33 @@ fn interrupt_orphans(
     orphans: &[Uuid],
     plan: &OwnerRecovery,
 ) -> Result<Vec<Uuid>, DieselError> {
-    let still_running: Vec<Uuid> = task_history::table
-        .filter(task_history::id.eq_any(orphans))
-        .filter(task_history::status.eq(RUNNING))
-        .select(task_history::id)
-        .for_update()
-        .load(connection)?;
-    if still_running.is_empty() {
-        return Ok(still_running);
+    let mut interrupted = Vec::with_capacity(orphans.len());
+    for chunk in orphans.chunks(IDS_PER_STATEMENT) {
+        let still_running: Vec<Uuid> = task_history::table
+            .filter(task_history::id.eq_any(chunk))
+            .filter(task_history::status.eq(RUNNING))
+            .select(task_history::id)
+            .for_update()
+            .load(connection)?;
+        if still_running.is_empty() {
+            continue;
+        }
+        let changed = diesel::update(
+            task_history::table
+                .filter(task_history::id.eq_any(&still_running))
+                .filter(task_history::status.eq(RUNNING)),
+        )
+        .set((
+            task_history::status.eq(TaskStatus::Interrupted.as_str()),
+            task_history::interrupted_at.eq(stored_time(plan.at)),
+            task_history::interrupt_reason.eq(&plan.reason),
+            task_history::interrupted_by.eq(plan.recovered_by.to_string()),
+        ))
+        .execute(connection)?;
+        debug_assert_eq!(changed, still_running.len());
+        interrupted.extend(still_running);
     }
-    let changed = diesel::update(
-        task_history::table
-            .filter(task_history::id.eq_any(&still_running))
-            .filter(task_history::status.eq(RUNNING)),
-    )
-    .set((
-        task_history::status.eq(TaskStatus::Interrupted.as_str()),
-        task_history::interrupted_at.eq(stored_time(plan.at)),
-        task_history::interrupt_reason.eq(&plan.reason),
-        task_history::interrupted_by.eq(plan.recovered_by.to_string()),
-    ))
-    .execute(connection)?;
-    debug_assert_eq!(changed, still_running.len());
-    Ok(still_running)
+    Ok(interrupted)
 }
 
 /// Step 6b: the still-valid sessions of `task_ids` invalidated; how many
@@ -364,25 +375,29 @@ fn invalidate_sessions_of_tasks(
     at: Timestamp,
     reason: &str,
 ) -> Result<HashMap<Uuid, u32>, DieselError> {
-    if task_ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut valid: Vec<Uuid> = Vec::with_capacity(task_ids.len());
+    for chunk in task_ids.chunks(IDS_PER_STATEMENT) {
+        let valid_in_chunk: Vec<Uuid> = claude_sdk_sessions::table
+            .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+            .filter(claude_sdk_sessions::invalidated_at.is_null())
+            .select(claude_sdk_sessions::task_id)
+            .for_update()
+            .load(connection)?;
+        if valid_in_chunk.is_empty() {
+            continue;
+        }
+        diesel::update(
+            claude_sdk_sessions::table
+                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                .filter(claude_sdk_sessions::invalidated_at.is_null()),
+        )
+        .set((
+            claude_sdk_sessions::invalidated_at.eq(stored_time(at)),
+            claude_sdk_sessions::invalidation_reason.eq(reason),
+        ))
+        .execute(connection)?;
+        valid.extend(valid_in_chunk);
     }
-    let valid: Vec<Uuid> = claude_sdk_sessions::table
-        .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-        .filter(claude_sdk_sessions::invalidated_at.is_null())
-        .select(claude_sdk_sessions::task_id)
-        .for_update()
-        .load(connection)?;
-    diesel::update(
-        claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-            .filter(claude_sdk_sessions::invalidated_at.is_null()),
-    )
-    .set((
-        claude_sdk_sessions::invalidated_at.eq(stored_time(at)),
-        claude_sdk_sessions::invalidation_reason.eq(reason),
-    ))
-    .execute(connection)?;
     Ok(count_by_task(valid))
 }
 
@@ -399,11 +414,16 @@ fn count_valid_sessions(
     connection: &mut MysqlConnection,
     task_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, u32>, DieselError> {
-    let valid: Vec<Uuid> = claude_sdk_sessions::table
-        .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-        .filter(claude_sdk_sessions::invalidated_at.is_null())
-        .select(claude_sdk_sessions::task_id)
-        .load(connection)?;
+    let mut valid: Vec<Uuid> = Vec::with_capacity(task_ids.len());
+    for chunk in task_ids.chunks(IDS_PER_STATEMENT) {
+        valid.extend(
+            claude_sdk_sessions::table
+                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                .filter(claude_sdk_sessions::invalidated_at.is_null())
+                .select(claude_sdk_sessions::task_id)
+                .load::<Uuid>(connection)?,
+        );
+    }
     Ok(count_by_task(valid))
 }
 
@@ -462,19 +482,23 @@ fn move_reports(
             .for_update()
             .load(connection)?;
     let ids: Vec<Uuid> = reports.iter().map(|(id, _)| id.clone()).collect();
-    diesel::update(recovery_reports::table.filter(recovery_reports::task_id.eq_any(&ids)))
-        .set((
-            recovery_reports::owed_by.eq(claim.claimant.to_string()),
-            recovery_reports::owed_since.eq(stored_time(claim.now)),
-        ))
-        .execute(connection)?;
-    let mut tasks: HashMap<Uuid, TaskRow> = task_history::table
-        .filter(task_history::id.eq_any(&ids))
-        .select(TaskRow::as_select())
-        .load::<TaskRow>(connection)?
-        .into_iter()
-        .map(|task| (task.id().to_owned(), task))
-        .collect();
+    let mut tasks: HashMap<Uuid, TaskRow> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        diesel::update(recovery_reports::table.filter(recovery_reports::task_id.eq_any(chunk)))
+            .set((
+                recovery_reports::owed_by.eq(claim.claimant.to_string()),
+                recovery_reports::owed_since.eq(stored_time(claim.now)),
+            ))
+            .execute(connection)?;
+        tasks.extend(
+            task_history::table
+                .filter(task_history::id.eq_any(chunk))
+                .select(TaskRow::as_select())
+                .load::<TaskRow>(connection)?
+                .into_iter()
+                .map(|task| (task.id().to_owned(), task)),
+        );
+    }
     let mut claimed = Vec::with_capacity(reports.len());
     for (id, report) in reports {
         // The foreign key keeps the row while its report exists.
