@@ -6,6 +6,8 @@
 //! task id the crate does (time-ordered, v7), so only the code differs.
 //!
 //! Run: `cargo bench --bench lifecycle`. Results: docs/performance.md.
+//! MySQL/MariaDB (feature `mysql`) runs when `TASKTRAIL_TEST_MYSQL_URL` names
+//! a server: `cargo bench --features mysql --bench lifecycle -- mysql`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use diesel::prelude::*;
 use tasktrail::*;
 #[cfg(feature = "postgres")]
 use tasktrail_diesel::ScratchDatabase;
+#[cfg(feature = "mysql")]
+use tasktrail_diesel::{MysqlConnection, MysqlStorage, ScratchMysqlDatabase};
 
 fn spec() -> TaskSpec {
     TaskSpec::validate(TaskSpecInput {
@@ -201,6 +205,8 @@ fn lifecycle(c: &mut Criterion) {
     }
     #[cfg(feature = "postgres")]
     postgres_lifecycle(&mut group);
+    #[cfg(feature = "mysql")]
+    mysql_lifecycle(&mut group);
     group.finish();
 }
 
@@ -276,6 +282,201 @@ fn postgres_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measu
             b.iter(|| one_lifecycle(&pooled_worker, &pooled))
         });
     }
+}
+
+/// The running row's INSERT on MySQL, as the raw baselines send it.
+#[cfg(feature = "mysql")]
+const MYSQL_RAW_INSERT_RUNNING: &str = "INSERT INTO task_history (id, repo, issue_number, `user`, agent, agent_type, model, provider, status, started_at, worker_id) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)";
+
+/// The fenced finish on MySQL, as the raw baselines send it.
+#[cfg(feature = "mysql")]
+const MYSQL_RAW_FINISH: &str = "UPDATE task_history SET status = 'success', finished_at = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?, turns = ?, artifacts = ? \
+     WHERE id = ? AND status = 'running' AND worker_id = ?";
+
+/// The INSERT of the running row through Diesel's `sql_query` (a macro,
+/// not a function: the same query value goes to Diesel's and to
+/// diesel-async's `execute`, whose bounds differ).
+#[cfg(feature = "mysql")]
+macro_rules! mysql_raw_insert_query {
+    ($id:expr, $worker:expr) => {{
+        use diesel::sql_types::{BigInt, Datetime, Text};
+        diesel::sql_query(MYSQL_RAW_INSERT_RUNNING)
+            .bind::<Text, _>($id)
+            .bind::<Text, _>("acme/widgets")
+            .bind::<BigInt, _>(1104_i64)
+            .bind::<Text, _>("alice")
+            .bind::<Text, _>("fixer")
+            .bind::<Text, _>("claude_sdk")
+            .bind::<Text, _>("claude-opus")
+            .bind::<Text, _>("anthropic")
+            .bind::<Datetime, _>(SystemClock.now().naive_utc())
+            .bind::<Text, _>($worker)
+    }};
+}
+
+/// The fenced finish through Diesel's `sql_query`.
+#[cfg(feature = "mysql")]
+macro_rules! mysql_raw_finish_query {
+    ($id:expr, $worker:expr) => {{
+        use diesel::sql_types::{BigInt, Datetime, Double, Text};
+        diesel::sql_query(MYSQL_RAW_FINISH)
+            .bind::<Datetime, _>(SystemClock.now().naive_utc())
+            .bind::<BigInt, _>(1200_i64)
+            .bind::<BigInt, _>(300_i64)
+            .bind::<Double, _>(0.42)
+            .bind::<BigInt, _>(7_i64)
+            .bind::<Text, _>("[\"pr/17\"]")
+            .bind::<Text, _>($id)
+            .bind::<Text, _>($worker)
+    }};
+}
+
+/// The same two statements on MySQL, autocommit each, through Diesel's
+/// `sql_query` on one of the store's pooled connections: the crate's own
+/// driver stack (diesel-async's `AsyncConnectionWrapper` over
+/// `mysql_async`), which prepares such a statement, runs it, and closes it.
+#[cfg(feature = "mysql")]
+fn raw_mysql_lifecycle(connection: &mut MysqlConnection, worker: &str) {
+    let id = TaskId::new_time_ordered().to_string();
+    mysql_raw_insert_query!(&id, worker)
+        .execute(connection)
+        .expect("raw insert");
+    mysql_raw_finish_query!(&id, worker)
+        .execute(connection)
+        .expect("raw update");
+}
+
+/// The same `sql_query` statements through diesel-async directly, on the
+/// bench's own current-thread runtime: the previous baseline without the
+/// `AsyncConnectionWrapper` (which does the same `block_on` per statement).
+#[cfg(feature = "mysql")]
+fn raw_mysql_lifecycle_without_wrapper(
+    runtime: &tokio::runtime::Runtime,
+    connection: &mut diesel_async::AsyncMysqlConnection,
+    worker: &str,
+) {
+    let id = TaskId::new_time_ordered().to_string();
+    runtime.block_on(async {
+        diesel_async::RunQueryDsl::execute(mysql_raw_insert_query!(&id, worker), connection)
+            .await
+            .expect("raw insert");
+        diesel_async::RunQueryDsl::execute(mysql_raw_finish_query!(&id, worker), connection)
+            .await
+            .expect("raw update");
+    });
+}
+
+/// A time as the MySQL protocol sends a `DATETIME(6)`.
+#[cfg(feature = "mysql")]
+fn mysql_datetime(at: Timestamp) -> mysql_async::Value {
+    use chrono::{Datelike, Timelike};
+    mysql_async::Value::Date(
+        u16::try_from(at.year()).expect("a four-digit year"),
+        at.month() as u8,
+        at.day() as u8,
+        at.hour() as u8,
+        at.minute() as u8,
+        at.second() as u8,
+        at.timestamp_subsec_micros(),
+    )
+}
+
+/// The same two statements through `mysql_async` itself, prepared once per
+/// connection (its statement cache) and then only executed: the fastest
+/// this driver can issue them.
+#[cfg(feature = "mysql")]
+fn raw_prepared_mysql_lifecycle(
+    runtime: &tokio::runtime::Runtime,
+    connection: &mut mysql_async::Conn,
+    worker: &str,
+) {
+    use mysql_async::prelude::Queryable;
+    let id = TaskId::new_time_ordered().to_string();
+    runtime.block_on(async {
+        connection
+            .exec_drop(
+                MYSQL_RAW_INSERT_RUNNING,
+                (
+                    id.as_str(),
+                    "acme/widgets",
+                    1104_i64,
+                    "alice",
+                    "fixer",
+                    "claude_sdk",
+                    "claude-opus",
+                    "anthropic",
+                    mysql_datetime(SystemClock.now()),
+                    worker,
+                ),
+            )
+            .await
+            .expect("raw insert");
+        connection
+            .exec_drop(
+                MYSQL_RAW_FINISH,
+                (
+                    mysql_datetime(SystemClock.now()),
+                    1200_i64,
+                    300_i64,
+                    0.42_f64,
+                    7_i64,
+                    "[\"pr/17\"]",
+                    id.as_str(),
+                    worker,
+                ),
+            )
+            .await
+            .expect("raw update");
+    });
+}
+
+/// MySQL/MariaDB: the crate beside the same two statements through the
+/// same driver stack, all in one fresh database on the
+/// `TASKTRAIL_TEST_MYSQL_URL` server (skipped, visibly, without it).
+#[cfg(feature = "mysql")]
+fn mysql_lifecycle(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use diesel_async::AsyncConnection;
+    let Some(database) = ScratchMysqlDatabase::create() else {
+        return;
+    };
+    let store = MysqlStorage::open(database.url()).expect("open");
+    let store_worker = worker(&store);
+    group.bench_function("mysql/tasktrail", |b| {
+        b.iter(|| one_lifecycle(&store_worker, &store))
+    });
+    let raw_worker = worker(&store).id().to_string();
+    store
+        .with_connection(|connection| {
+            group.bench_function("mysql/raw_sql_baseline", |b| {
+                b.iter(|| raw_mysql_lifecycle(connection, &raw_worker))
+            });
+        })
+        .expect("connection");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let unwrapped_worker = worker(&store).id().to_string();
+    let mut unwrapped = runtime
+        .block_on(diesel_async::AsyncMysqlConnection::establish(
+            database.url(),
+        ))
+        .expect("diesel-async connection");
+    group.bench_function("mysql/raw_sql_baseline_without_wrapper", |b| {
+        b.iter(|| raw_mysql_lifecycle_without_wrapper(&runtime, &mut unwrapped, &unwrapped_worker))
+    });
+    let prepared_worker = worker(&store).id().to_string();
+    let mut prepared = runtime
+        .block_on(mysql_async::Conn::from_url(database.url()))
+        .expect("mysql_async connection");
+    group.bench_function("mysql/raw_prepared_baseline", |b| {
+        b.iter(|| raw_prepared_mysql_lifecycle(&runtime, &mut prepared, &prepared_worker))
+    });
+    runtime.block_on(async {
+        drop(unwrapped);
+        prepared.disconnect().await.expect("disconnect");
+    });
 }
 
 criterion_group! {

@@ -51,6 +51,11 @@ pub(crate) trait RowLockSweep {
     /// An id as the backend's columns hold it.
     type Id: Ord + Eq + Hash + Clone;
 
+    /// The most ids one statement binds (`eq_any` binds one placeholder per
+    /// id where the dialect has no array parameter): the ids of a large
+    /// sweep or claim go in chunks of this many, in the same transaction.
+    const IDS_PER_STATEMENT: usize;
+
     /// An id as the backend's columns hold it.
     fn stored(id: &uuid::Uuid) -> Self::Id;
 
@@ -474,11 +479,16 @@ macro_rules! row_lock_sweep_statements {
             connection: &mut Self::Connection,
             task_ids: &[Self::Id],
         ) -> Result<std::collections::HashMap<Self::Id, u32>, diesel::result::Error> {
-            let valid: Vec<Self::Id> = claude_sdk_sessions::table
-                .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-                .filter(claude_sdk_sessions::invalidated_at.is_null())
-                .select(claude_sdk_sessions::task_id)
-                .load(connection)?;
+            let mut valid: Vec<Self::Id> = Vec::with_capacity(task_ids.len());
+            for chunk in task_ids.chunks(Self::IDS_PER_STATEMENT) {
+                valid.extend(
+                    claude_sdk_sessions::table
+                        .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                        .filter(claude_sdk_sessions::invalidated_at.is_null())
+                        .select(claude_sdk_sessions::task_id)
+                        .load::<Self::Id>(connection)?,
+                );
+            }
             Ok($crate::row_lock_sweep::count_by_task(valid))
         }
 
@@ -547,19 +557,26 @@ macro_rules! row_lock_sweep_statements {
                 .for_update()
                 .load(connection)?;
             let ids: Vec<Self::Id> = reports.iter().map(|(id, _)| id.clone()).collect();
-            diesel::update(recovery_reports::table.filter(recovery_reports::task_id.eq_any(&ids)))
+            let mut tasks: std::collections::HashMap<Self::Id, TaskRow> =
+                std::collections::HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(Self::IDS_PER_STATEMENT) {
+                diesel::update(
+                    recovery_reports::table.filter(recovery_reports::task_id.eq_any(chunk)),
+                )
                 .set((
                     recovery_reports::owed_by.eq(stored_id(claim.claimant.as_uuid())),
                     recovery_reports::owed_since.eq(stored_time(claim.now)),
                 ))
                 .execute(connection)?;
-            let mut tasks: std::collections::HashMap<Self::Id, TaskRow> = task_history::table
-                .filter(task_history::id.eq_any(&ids))
-                .select(TaskRow::as_select())
-                .load::<TaskRow>(connection)?
-                .into_iter()
-                .map(|task| (task.stored_id(), task))
-                .collect();
+                tasks.extend(
+                    task_history::table
+                        .filter(task_history::id.eq_any(chunk))
+                        .select(TaskRow::as_select())
+                        .load::<TaskRow>(connection)?
+                        .into_iter()
+                        .map(|task| (task.stored_id(), task)),
+                );
+            }
             let mut claimed = Vec::with_capacity(reports.len());
             for (id, report) in reports {
                 // The foreign key keeps the row while its report exists.

@@ -31,6 +31,11 @@ struct DatabaseClock {
 impl RowLockSweep for MysqlStorage {
     type Connection = MysqlConnection;
     type Id = String;
+    /// MySQL refuses to prepare a statement with more than 65,535
+    /// placeholders (error 1390, "Prepared statement contains too many
+    /// placeholders"), and an `eq_any` of ids binds one per id: a sweep of
+    /// 100,000 orphans of one owner goes in chunks of this many.
+    const IDS_PER_STATEMENT: usize = 10_000;
 
     fn stored(id: &uuid::Uuid) -> String {
         stored_id(id)
@@ -65,56 +70,64 @@ impl RowLockSweep for MysqlStorage {
         orphans: &[String],
         plan: &OwnerRecovery,
     ) -> Result<Vec<String>, DieselError> {
-        let still_running: Vec<String> = task_history::table
-            .filter(task_history::id.eq_any(orphans))
-            .filter(task_history::status.eq(RUNNING))
-            .select(task_history::id)
-            .for_update()
-            .load(connection)?;
-        if still_running.is_empty() {
-            return Ok(still_running);
+        let mut interrupted = Vec::with_capacity(orphans.len());
+        for chunk in orphans.chunks(Self::IDS_PER_STATEMENT) {
+            let still_running: Vec<String> = task_history::table
+                .filter(task_history::id.eq_any(chunk))
+                .filter(task_history::status.eq(RUNNING))
+                .select(task_history::id)
+                .for_update()
+                .load(connection)?;
+            if still_running.is_empty() {
+                continue;
+            }
+            diesel::update(
+                task_history::table
+                    .filter(task_history::id.eq_any(&still_running))
+                    .filter(task_history::status.eq(RUNNING)),
+            )
+            .set((
+                task_history::status.eq(TaskStatus::Interrupted.as_str()),
+                task_history::interrupted_at.eq(stored_time(plan.at)),
+                task_history::interrupt_reason.eq(&plan.reason),
+                task_history::interrupted_by.eq(stored_id(plan.recovered_by.as_uuid())),
+            ))
+            .execute(connection)?;
+            interrupted.extend(still_running);
         }
-        diesel::update(
-            task_history::table
-                .filter(task_history::id.eq_any(&still_running))
-                .filter(task_history::status.eq(RUNNING)),
-        )
-        .set((
-            task_history::status.eq(TaskStatus::Interrupted.as_str()),
-            task_history::interrupted_at.eq(stored_time(plan.at)),
-            task_history::interrupt_reason.eq(&plan.reason),
-            task_history::interrupted_by.eq(stored_id(plan.recovered_by.as_uuid())),
-        ))
-        .execute(connection)?;
-        Ok(still_running)
+        Ok(interrupted)
     }
 
-    /// Read locked, then changed, in this transaction.
+    /// Read locked, then changed, in this transaction, a chunk at a time.
     fn invalidate_sessions_of_tasks(
         connection: &mut MysqlConnection,
         task_ids: &[String],
         at: Timestamp,
         reason: &str,
     ) -> Result<HashMap<String, u32>, DieselError> {
-        if task_ids.is_empty() {
-            return Ok(HashMap::new());
+        let mut valid: Vec<String> = Vec::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(Self::IDS_PER_STATEMENT) {
+            let valid_in_chunk: Vec<String> = claude_sdk_sessions::table
+                .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                .filter(claude_sdk_sessions::invalidated_at.is_null())
+                .select(claude_sdk_sessions::task_id)
+                .for_update()
+                .load(connection)?;
+            if valid_in_chunk.is_empty() {
+                continue;
+            }
+            diesel::update(
+                claude_sdk_sessions::table
+                    .filter(claude_sdk_sessions::task_id.eq_any(chunk))
+                    .filter(claude_sdk_sessions::invalidated_at.is_null()),
+            )
+            .set((
+                claude_sdk_sessions::invalidated_at.eq(stored_time(at)),
+                claude_sdk_sessions::invalidation_reason.eq(reason),
+            ))
+            .execute(connection)?;
+            valid.extend(valid_in_chunk);
         }
-        let valid: Vec<String> = claude_sdk_sessions::table
-            .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-            .filter(claude_sdk_sessions::invalidated_at.is_null())
-            .select(claude_sdk_sessions::task_id)
-            .for_update()
-            .load(connection)?;
-        diesel::update(
-            claude_sdk_sessions::table
-                .filter(claude_sdk_sessions::task_id.eq_any(task_ids))
-                .filter(claude_sdk_sessions::invalidated_at.is_null()),
-        )
-        .set((
-            claude_sdk_sessions::invalidated_at.eq(stored_time(at)),
-            claude_sdk_sessions::invalidation_reason.eq(reason),
-        ))
-        .execute(connection)?;
         Ok(count_by_task(valid))
     }
 

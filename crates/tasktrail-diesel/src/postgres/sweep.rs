@@ -34,6 +34,9 @@ struct DatabaseClock {
 impl RowLockSweep for PostgresStorage {
     type Connection = PgConnection;
     type Id = Uuid;
+    /// `eq_any` binds one array (`= ANY($1)`) on Postgres, whatever its
+    /// length.
+    const IDS_PER_STATEMENT: usize = usize::MAX;
 
     fn stored(id: &Uuid) -> Uuid {
         stored_id(id)
