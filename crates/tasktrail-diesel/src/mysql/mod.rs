@@ -124,9 +124,11 @@ impl MysqlOptions {
 /// order, so concurrent sweeps queue on an owner instead of both judging
 /// it), then the `running` rows themselves (`FOR UPDATE SKIP LOCKED`), and
 /// changes only rows it holds. MariaDB has no `UPDATE … RETURNING`: the
-/// rows a sweep interrupts are exactly the rows it locked (nobody else can
-/// change them before it commits), and it checks that the `UPDATE` matched
-/// every one of them.
+/// rows a sweep interrupts are the rows it read `running` under its own
+/// `FOR UPDATE` lock just before the `UPDATE` (nobody else can change them
+/// before it commits), so those are the rows it reports; sessions are read
+/// locked the same way before they are invalidated. Ids go 10,000 to a
+/// statement (MySQL prepares at most 65,535 placeholders).
 ///
 /// # Finishes without `RETURNING`
 ///
