@@ -537,12 +537,14 @@ macro_rules! shared_storage_methods {
 }
 pub(crate) use shared_storage_methods;
 
-/// The public constructors of a server store (Postgres, MySQL) that opens
-/// with a URL and options of type `$options`, written once over its
-/// `open_unmigrated`, `migrate` and `refuse_pending_migrations`.
+/// The public constructors and accessors of a server store (Postgres,
+/// MySQL) that opens with a URL and options of type `$options`, written
+/// once over its `open_unmigrated`, `migrate` and
+/// `refuse_pending_migrations`, its `SqlDialect` connection and its
+/// `statement_log` and `shown_url` fields.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-macro_rules! server_store_openers {
-    ($options:ty, $url_form:literal) => {
+macro_rules! server_store_methods {
+    ($options:ty, $connection:ty, $url_form:literal) => {
         #[doc = concat!("Connects to the database at `url` (`", $url_form, "`) with default")]
         /// options and applies pending migrations.
         pub fn open(url: &str) -> Result<Self, tasktrail_core::StorageError> {
@@ -582,7 +584,29 @@ macro_rules! server_store_openers {
             store.refuse_pending_migrations()?;
             Ok(store)
         }
+
+        /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
+        /// operators' one-off repairs). Fails only if no connection can be
+        /// had.
+        pub fn with_connection<T>(
+            &self,
+            f: impl FnOnce(&mut $connection) -> T,
+        ) -> Result<T, tasktrail_core::StorageError> {
+            let mut connection = $crate::store::SqlDialect::hold(self)?;
+            Ok(f(&mut connection))
+        }
+
+        /// The statement log this store was opened with.
+        pub fn statement_log(&self) -> Option<&$crate::StatementLog> {
+            self.statement_log.as_ref()
+        }
+
+        /// The URL this store connects to, with its password replaced by
+        /// `***`.
+        pub fn redacted_url(&self) -> &str {
+            &self.shown_url
+        }
     };
 }
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) use server_store_openers;
+pub(crate) use server_store_methods;

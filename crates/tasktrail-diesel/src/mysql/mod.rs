@@ -154,7 +154,11 @@ impl fmt::Debug for MysqlStorage {
 }
 
 impl MysqlStorage {
-    crate::store::server_store_openers!(MysqlOptions, "mysql://user:password@host:port/database");
+    crate::store::server_store_methods!(
+        MysqlOptions,
+        MysqlConnection,
+        "mysql://user:password@host:port/database"
+    );
 
     /// Connects without running migrations. Still refuses a database that
     /// is not ours.
@@ -184,26 +188,6 @@ impl MysqlStorage {
     /// A pooled connection.
     pub(crate) fn pooled(&self) -> Result<Pooled, StorageError> {
         connection::checkout(&self.pool, &self.secrets, self.connection_timeout)
-    }
-
-    /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
-    /// operators' one-off repairs). Fails only if no connection can be had.
-    pub fn with_connection<T>(
-        &self,
-        f: impl FnOnce(&mut MysqlConnection) -> T,
-    ) -> Result<T, StorageError> {
-        let mut connection = self.pooled()?;
-        Ok(f(&mut connection))
-    }
-
-    /// The statement log this store was opened with.
-    pub fn statement_log(&self) -> Option<&StatementLog> {
-        self.statement_log.as_ref()
-    }
-
-    /// The URL this store connects to, with its password replaced by `***`.
-    pub fn redacted_url(&self) -> &str {
-        &self.shown_url
     }
 }
 

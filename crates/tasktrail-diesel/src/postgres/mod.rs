@@ -181,8 +181,9 @@ impl fmt::Debug for PostgresStorage {
 }
 
 impl PostgresStorage {
-    crate::store::server_store_openers!(
+    crate::store::server_store_methods!(
         PostgresOptions,
+        PgConnection,
         "postgres://user:password@host:port/database"
     );
 
@@ -305,26 +306,6 @@ impl PostgresStorage {
             (Some(_), true) => LivenessMode::AdvisoryLockOnLivenessUrl,
             (Some(_), false) => LivenessMode::AdvisoryLock,
         }
-    }
-
-    /// Runs `f` with a pooled Diesel connection (tests, benchmarks, and
-    /// operators' one-off repairs). Fails only if no connection can be had.
-    pub fn with_connection<T>(
-        &self,
-        f: impl FnOnce(&mut PgConnection) -> T,
-    ) -> Result<T, StorageError> {
-        let mut connection = self.pooled()?;
-        Ok(f(&mut connection))
-    }
-
-    /// The statement log this store was opened with.
-    pub fn statement_log(&self) -> Option<&StatementLog> {
-        self.statement_log.as_ref()
-    }
-
-    /// The URL this store connects to, with its password replaced by `***`.
-    pub fn redacted_url(&self) -> &str {
-        &self.shown_url
     }
 }
 
