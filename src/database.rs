@@ -441,6 +441,11 @@ impl AnyStorage {
     }
 
     /// [`AnyStorage::open_read_only`] with `options`.
+    // Options only tune the server backends.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql")),
+        allow(unused_variables)
+    )]
     pub fn open_read_only_with(
         url: &DatabaseUrl,
         options: &OpenOptions,
@@ -468,6 +473,11 @@ impl AnyStorage {
     }
 
     /// [`AnyStorage::open_unmigrated`] with `options`.
+    // Options only tune the server backends.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql")),
+        allow(unused_variables)
+    )]
     pub fn open_unmigrated_with(
         url: &DatabaseUrl,
         options: &OpenOptions,
