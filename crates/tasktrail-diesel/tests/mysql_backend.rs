@@ -1400,3 +1400,51 @@ fn a_store_whose_sessions_the_server_ended_fails_each_at_most_once_and_recovers(
             .expect("a finish after the outage");
     }
 }
+
+/// The two statements on every task's hot path are prepared once per
+/// connection and reused (static query ids: diesel-async caches only
+/// those), not prepared, executed and closed on every call.
+#[test]
+fn start_and_completed_finish_are_prepared_once_per_connection_and_reused() {
+    let database = database_or_skip!();
+    let log = tasktrail_diesel::StatementLog::new();
+    let store = MysqlStorage::open_with(
+        database.url(),
+        MysqlOptions {
+            pool_size: 1,
+            ..MysqlOptions::default()
+        }
+        .with_statement_log(log.clone()),
+    )
+    .expect("open");
+    let worker = register(&store, "dev", 10);
+    for issue in 1..=5 {
+        let running = Task::queue(spec(issue))
+            .start(&worker, &store)
+            .expect("start");
+        running
+            .finish(Outcome::Success(report()), &store)
+            .expect("finish");
+    }
+    let prepared = log.statements_prepared_for_reuse();
+    let starts = prepared
+        .iter()
+        .filter(|sql| sql.starts_with("INSERT INTO task_history"))
+        .count();
+    let finishes = prepared
+        .iter()
+        .filter(|sql| {
+            sql.starts_with("UPDATE task_history SET status") && sql.contains("finished_at")
+        })
+        .count();
+    assert_eq!(
+        (starts, finishes),
+        (1, 1),
+        "five lifecycles on one connection prepared the start and the finish once each: {prepared:#?}"
+    );
+    assert_eq!(
+        log.task_history_inserts().len(),
+        5,
+        "and ran the start five times"
+    );
+}

@@ -2,7 +2,8 @@
 //! (`crate::store`): ids as text, times as UTC `DATETIME(6)`, pooled
 //! connections, share locks (`LOCK IN SHARE MODE`, the spelling both
 //! MariaDB and MySQL accept) where a sweep must wait. The statements every
-//! dialect writes alike are `crate::statements`'.
+//! dialect writes alike are `crate::statements`'; the two on the hot path
+//! are kept prepared ([`prepared`]).
 
 use diesel::mysql::Mysql;
 use diesel::prelude::*;
@@ -29,73 +30,7 @@ struct IdRow {
     id: String,
 }
 
-/// The start and the completed finish. diesel-async sends every statement
-/// with bind parameters as a server-side prepared statement, kept per
-/// connection by its statement cache.
-mod prepared {
-    use diesel::prelude::*;
-    use diesel::sql_types::{BigInt, Datetime, Text};
-    use tasktrail_core::backend::{FinishRow, NewRunningRow};
-    use tasktrail_core::{RunReport, TaskStatus};
-
-    use super::super::rows::stored_time;
-    use super::super::schema::task_history;
-    use super::super::MysqlConnection;
-    use crate::codec::encode_artifacts;
-
-    /// One statement: the INSERT reads the worker's row `LOCK IN SHARE
-    /// MODE` (a concurrent sweep cannot declare it dead in between; under
-    /// `READ COMMITTED` an `INSERT … SELECT` would otherwise read it without
-    /// a lock) and writes nothing unless it is `alive`.
-    pub(super) fn insert_running_if_worker_alive(
-        connection: &mut MysqlConnection,
-        row: &NewRunningRow,
-    ) -> QueryResult<usize> {
-        let spec = &row.spec;
-        diesel::sql_query(
-            "INSERT INTO task_history \
-               (id, repo, issue_number, `user`, agent, agent_type, model, provider, status, started_at, worker_id) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, workers.id FROM workers \
-             WHERE workers.id = ? AND workers.state = 'alive' LOCK IN SHARE MODE",
-        )
-        .bind::<Text, _>(row.id.to_string())
-        .bind::<Text, _>(spec.repo())
-        .bind::<BigInt, _>(i64::from(spec.issue_number()))
-        .bind::<Text, _>(spec.user())
-        .bind::<Text, _>(spec.agent())
-        .bind::<Text, _>(spec.agent_type())
-        .bind::<Text, _>(spec.model())
-        .bind::<Text, _>(spec.provider())
-        .bind::<Datetime, _>(stored_time(row.started_at))
-        .bind::<Text, _>(row.worker.to_string())
-        .execute(connection)
-    }
-
-    /// With the found-rows flag, the count is the rows the guard matched:
-    /// 1 when the finish landed, 0 when it was refused.
-    pub(super) fn finish_completed_if_owned_and_running(
-        connection: &mut MysqlConnection,
-        row: &FinishRow,
-        report: &RunReport,
-    ) -> QueryResult<usize> {
-        diesel::update(
-            task_history::table
-                .filter(task_history::id.eq(row.id.to_string()))
-                .filter(task_history::status.eq(TaskStatus::Running.as_str()))
-                .filter(task_history::worker_id.eq(row.worker.to_string())),
-        )
-        .set((
-            task_history::status.eq(row.outcome.status().as_str()),
-            task_history::finished_at.eq(stored_time(row.at)),
-            task_history::input_tokens.eq(i64::from(report.input_tokens)),
-            task_history::output_tokens.eq(i64::from(report.output_tokens)),
-            task_history::cost_usd.eq(report.cost_usd.dollars()),
-            task_history::turns.eq(i64::from(report.turns)),
-            task_history::artifacts.eq(encode_artifacts(&report.artifacts)),
-        ))
-        .execute(connection)
-    }
-}
+mod prepared;
 
 impl SqlDialect for MysqlStorage {
     type Backend = Mysql;
