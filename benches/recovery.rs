@@ -358,15 +358,16 @@ mod mysql {
         .expect("raw reports insert")
     }
 
-    /// The floor: one transaction doing only the writes every orphan
-    /// requires (its session invalidated, its report owed, the row
-    /// interrupted), set-wise, reading nothing back.
-    fn raw_mandatory_writes(store: &MysqlStorage) -> usize {
+    /// The sessions' UPDATE, the reports' INSERT if `with_reports`, and the
+    /// rows' UPDATE, by hand, in one transaction, reading nothing back.
+    fn raw_writes_in_one_transaction(store: &MysqlStorage, with_reports: bool) -> usize {
         store
             .with_connection(|connection| {
                 connection.transaction(|connection| {
                     sessions_update(connection);
-                    reports_insert(connection);
+                    if with_reports {
+                        reports_insert(connection);
+                    }
                     diesel::QueryResult::Ok(rows_update(connection))
                 })
             })
@@ -374,18 +375,16 @@ mod mysql {
             .expect("raw transaction")
     }
 
-    /// The SQLite table's floor: the sessions' and the rows' UPDATE in one
-    /// transaction (no reports).
+    /// The floor: only the writes every orphan requires (its session
+    /// invalidated, its report owed, the row interrupted), set-wise.
+    fn raw_mandatory_writes(store: &MysqlStorage) -> usize {
+        raw_writes_in_one_transaction(store, true)
+    }
+
+    /// The SQLite table's floor: the sessions' and the rows' UPDATE (no
+    /// reports).
     fn raw_rows_and_sessions_update(store: &MysqlStorage) -> usize {
-        store
-            .with_connection(|connection| {
-                connection.transaction(|connection| {
-                    sessions_update(connection);
-                    diesel::QueryResult::Ok(rows_update(connection))
-                })
-            })
-            .expect("a connection")
-            .expect("raw transaction")
+        raw_writes_in_one_transaction(store, false)
     }
 
     /// One UPDATE of the rows, nothing else.
