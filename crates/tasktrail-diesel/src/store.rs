@@ -597,7 +597,7 @@ macro_rules! server_store_methods {
         }
 
         /// The statement log this store was opened with.
-        pub fn statement_log(&self) -> Option<&$crate::StatementLog> {
+        pub fn statement_log(&self) -> Option<&$crate::statement_log::StatementLog> {
             self.statement_log.as_ref()
         }
 
