@@ -218,3 +218,71 @@ impl ErrorTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table of one `Kind` entry and one `Text` entry.
+    const TABLE: ErrorTable = ErrorTable {
+        dialect: "test",
+        entries: &[
+            kind(
+                "40001",
+                DatabaseErrorKind::SerializationFailure,
+                ErrorClass::Transient,
+            ),
+            text("1045", &["access denied"], ErrorClass::Refused),
+        ],
+    };
+
+    fn server(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    fn failed_commit(commit_error: DieselError) -> DieselError {
+        DieselError::RollbackErrorOnCommit {
+            commit_error: Box::new(commit_error),
+            rollback_error: Box::new(DieselError::BrokenTransactionManager),
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_is_classified_by_the_commit_error() {
+        let transient = TABLE.map_error(failed_commit(server(
+            DatabaseErrorKind::SerializationFailure,
+            "could not serialize access",
+        )));
+        assert!(
+            matches!(transient, StorageError::Unavailable { .. }),
+            "{transient:?}"
+        );
+        let refused = TABLE.map_error(failed_commit(server(
+            DatabaseErrorKind::Unknown,
+            "Access denied for user 'app'",
+        )));
+        assert!(
+            matches!(refused, StorageError::AccessDenied { .. }),
+            "{refused:?}"
+        );
+        let other = TABLE.map_error(failed_commit(DieselError::NotFound));
+        assert!(matches!(other, StorageError::Other { .. }), "{other:?}");
+    }
+
+    #[test]
+    fn a_broken_transaction_manager_is_transient() {
+        let error = TABLE.map_error(DieselError::BrokenTransactionManager);
+        assert!(
+            matches!(error, StorageError::Unavailable { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_redacted_error_shows_its_text() {
+        assert_eq!(
+            Redacted("cannot connect to test: refused".to_owned()).to_string(),
+            "cannot connect to test: refused"
+        );
+    }
+}
