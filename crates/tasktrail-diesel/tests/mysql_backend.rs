@@ -1426,35 +1426,7 @@ fn start_and_completed_finish_are_prepared_once_per_connection_and_reused() {
     )
     .expect("open");
     let worker = register(&store, "dev", 10);
-    for issue in 1..=5 {
-        let running = Task::queue(spec(issue))
-            .start(&worker, &store)
-            .expect("start");
-        running
-            .finish(Outcome::Success(report()), &store)
-            .expect("finish");
-    }
-    let prepared = log.statements_prepared_for_reuse();
-    let starts = prepared
-        .iter()
-        .filter(|sql| sql.starts_with("INSERT INTO task_history"))
-        .count();
-    let finishes = prepared
-        .iter()
-        .filter(|sql| {
-            sql.starts_with("UPDATE task_history SET status") && sql.contains("finished_at")
-        })
-        .count();
-    assert_eq!(
-        (starts, finishes),
-        (1, 1),
-        "five lifecycles on one connection prepared the start and the finish once each: {prepared:#?}"
-    );
-    assert_eq!(
-        log.task_history_inserts().len(),
-        5,
-        "and ran the start five times"
-    );
+    support::five_lifecycles_prepare_the_hot_path_once(&store, &worker, &log);
 }
 
 /// Sets `worker`'s state with an operator's UPDATE.

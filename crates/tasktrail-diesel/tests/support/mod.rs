@@ -82,3 +82,44 @@ impl LivenessJudge for SlowJudge<'_> {
         self.0.judge(owner)
     }
 }
+
+/// Runs five start + finish lifecycles of `worker` on `store` (opened with
+/// `log` and a pool of one connection) and checks that the start and the
+/// completed finish were each prepared once and reused, not prepared on
+/// every call.
+pub fn five_lifecycles_prepare_the_hot_path_once(
+    store: &impl Storage,
+    worker: &RegisteredWorker,
+    log: &tasktrail_diesel::StatementLog,
+) {
+    use tasktrail_core::{Outcome, Task};
+    for issue in 1..=5 {
+        let running = Task::queue(spec(issue))
+            .start(worker, store)
+            .expect("start");
+        running
+            .finish(Outcome::Success(report()), store)
+            .expect("finish");
+    }
+    let prepared = log.statements_prepared_for_reuse();
+    let starts = prepared
+        .iter()
+        .filter(|sql| sql.starts_with("INSERT INTO task_history"))
+        .count();
+    let finishes = prepared
+        .iter()
+        .filter(|sql| {
+            sql.starts_with("UPDATE task_history SET status") && sql.contains("finished_at")
+        })
+        .count();
+    assert_eq!(
+        (starts, finishes),
+        (1, 1),
+        "five lifecycles on one connection prepared the start and the finish once each: {prepared:#?}"
+    );
+    assert_eq!(
+        log.task_history_inserts().len(),
+        5,
+        "and ran the start five times"
+    );
+}
