@@ -1564,3 +1564,74 @@ fn a_heartbeat_after_a_reconnect_waits_for_a_lock_another_session_holds() {
         "a worker found dead is no longer tracked"
     );
 }
+
+/// A full lifecycle on `store`: a worker registers, starts and finishes a
+/// task, and the store lists it. Whether it reached the end is the
+/// caller's assertion.
+fn one_lifecycle(store: &MysqlStorage) -> Vec<TaskStatus> {
+    let worker = register(store, "host-a", 10);
+    let running = Task::queue(spec(1)).start(&worker, store).expect("start");
+    running
+        .finish(Outcome::Success(report()), store)
+        .expect("finish");
+    store
+        .list_tasks(&TaskFilter::default())
+        .expect("list")
+        .into_iter()
+        .map(|row| row.status)
+        .collect()
+}
+
+/// A tokio server opens its store inside a task on its multi-thread
+/// runtime, uses it there and drops it at shutdown. Each connection's own
+/// runtime leaves the caller's worker thread for the call
+/// (`block_in_place`: calling `block_on` from a worker panics, "Cannot
+/// start a runtime from within a runtime") and is shut down without
+/// waiting when dropped (a runtime dropped the usual way inside async code
+/// panics too).
+#[test]
+fn a_store_is_opened_used_and_dropped_on_a_multi_thread_runtimes_worker() {
+    let database = database_or_skip!();
+    let url = database.url().to_owned();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let statuses = runtime
+        .block_on(async move {
+            tokio::spawn(async move {
+                let store = MysqlStorage::open(&url).expect("open inside async code");
+                let statuses = one_lifecycle(&store);
+                drop(store);
+                statuses
+            })
+            .await
+        })
+        .expect("the task neither panicked nor was cancelled");
+    assert_eq!(statuses, [TaskStatus::Success]);
+}
+
+/// The async `Worker`'s way on a current-thread runtime: the sync store
+/// called through `spawn_blocking`. `block_in_place` is only allowed on a
+/// multi-thread runtime's worker; here each connection's runtime is
+/// entered directly.
+#[test]
+fn a_store_is_used_through_spawn_blocking_on_a_current_thread_runtime() {
+    let database = database_or_skip!();
+    let url = database.url().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let statuses = runtime
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let store = MysqlStorage::open(&url).expect("open on a blocking thread");
+                one_lifecycle(&store)
+            })
+            .await
+        })
+        .expect("the blocking task did not panic");
+    assert_eq!(statuses, [TaskStatus::Success]);
+}

@@ -220,7 +220,7 @@ impl DerefMut for Pooled {
 
 /// The store's statement pool. Connections are made when first needed
 /// (a server that is down fails the statement, not the open).
-pub(super) fn pool(url: &str, options: &MysqlOptions, _secrets: &Secrets) -> MysqlPool {
+pub(super) fn pool(url: &str, options: &MysqlOptions) -> MysqlPool {
     Pool::builder()
         .max_size(options.pool_size.max(1))
         .min_idle(Some(0))

@@ -170,7 +170,7 @@ impl MysqlStorage {
             options.statement_log.clone(),
             std::sync::Arc::new(()),
         )?;
-        let pool = connection::pool(url, options, &secrets);
+        let pool = connection::pool(url, options);
         let store = Self {
             pool,
             liveness,

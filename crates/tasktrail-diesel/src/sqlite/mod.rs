@@ -449,9 +449,6 @@ fn enable_wal(
     }
 }
 
-/// Creates the file with mode 0600 if it does not exist yet, so the database
-/// and (by SQLite's rule of copying the main file's mode) its WAL are readable
-/// by their owner only.
 /// Refuses a database file that has another name (a hard link) in the same
 /// directory: SQLite names its write-ahead log after the path, so two names
 /// keep two logs and the writes through one are lost to the other. What
@@ -493,6 +490,9 @@ fn refuse_a_second_name(path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Creates the file with mode 0600 if it does not exist yet, so the database
+/// and (by SQLite's rule of copying the main file's mode) its WAL are readable
+/// by their owner only.
 fn create_owner_only(path: &Path) -> Result<(), StorageError> {
     if path.exists() {
         return Ok(());
