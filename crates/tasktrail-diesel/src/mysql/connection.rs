@@ -187,6 +187,9 @@ impl ManageConnection for PooledMysqlManager {
         })
     }
 
+    /// Not called: r2d2 tests a connection at checkout only with
+    /// `test_on_check_out`, which [`pool`] turns off (`has_broken` decides
+    /// at hand-back instead). A ping, should that ever change.
     fn is_valid(&self, tracked: &mut TrackedConnection) -> Result<(), diesel::r2d2::Error> {
         tracked
             .connection
@@ -246,4 +249,49 @@ pub(super) fn checkout(
     pool.get_timeout(timeout)
         .map(Pooled)
         .map_err(|error| pool_error(&error, secrets))
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use diesel::RunQueryDsl;
+
+    use super::*;
+    use crate::ScratchMysqlDatabase;
+
+    fn last_failed(tracked: &TrackedConnection) -> bool {
+        tracked.last_statement_failed.load(Ordering::SeqCst)
+    }
+
+    /// The flag the pool reads when a connection is handed back: set by a
+    /// statement that failed, cleared by the next one that succeeds (else
+    /// every hand-back after one failure would cost a ping). A connection
+    /// that failed a statement but still answers is kept.
+    #[test]
+    fn the_last_failed_flag_follows_each_statement_and_an_answering_connection_is_kept() {
+        let Some(scratch) = ScratchMysqlDatabase::create() else {
+            return;
+        };
+        let manager = PooledMysqlManager {
+            url: scratch.url().to_owned(),
+            statement_log: None,
+        };
+        let mut tracked = manager.connect().expect("connect");
+        assert!(!last_failed(&tracked), "a new connection");
+        diesel::sql_query("SELECT 1")
+            .execute(&mut tracked.connection)
+            .expect("a statement that succeeds");
+        assert!(!last_failed(&tracked), "after a statement that succeeded");
+        diesel::sql_query("SELECT * FROM no_such_table")
+            .execute(&mut tracked.connection)
+            .expect_err("a statement that fails");
+        assert!(last_failed(&tracked), "after a statement that failed");
+        assert!(
+            !manager.has_broken(&mut tracked),
+            "it failed a statement but still answers"
+        );
+        diesel::sql_query("SELECT 1")
+            .execute(&mut tracked.connection)
+            .expect("a statement that succeeds");
+        assert!(!last_failed(&tracked), "cleared by the next success");
+    }
 }
