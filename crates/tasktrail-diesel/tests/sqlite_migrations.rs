@@ -645,6 +645,68 @@ fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes
     );
 }
 
+/// Adoption refuses `path` with exactly one difference, leaving the file
+/// as it was.
+fn assert_refused_for_one_reason(path: &Path) {
+    let before = std::fs::read(path).expect("read");
+    let Err(StorageError::NotAdoptable { differences }) =
+        SqliteStorage::adopt(path, &SqliteOptions::default())
+    else {
+        panic!("expected NotAdoptable");
+    };
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert_eq!(
+        std::fs::read(path).expect("read"),
+        before,
+        "nothing changed"
+    );
+}
+
+/// A pre-fix table without a primary key holding two rows of one id: the
+/// upgrade's primary key could not hold them, so adoption lists them
+/// instead of failing halfway.
+#[test]
+fn a_table_with_two_rows_of_one_id_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("twice.db");
+    let mut sql = FOREIGN_PRE_FIX_SCHEMA.replace("id VARCHAR(36) PRIMARY KEY", "id VARCHAR(36)");
+    sql.push_str(&foreign_row(
+        1,
+        "success",
+        "2026-05-11 15:13:00",
+        Some("2026-05-11 15:49:00"),
+    ));
+    sql.push_str(&foreign_row(
+        1,
+        "failure",
+        "2026-05-11 16:13:00",
+        Some("2026-05-11 16:49:00"),
+    ));
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(&sql)
+        .expect("their rows");
+    assert_refused_for_one_reason(&path);
+}
+
+/// A tasktrail database that has not run every migration yet has the
+/// pre-fix table and nothing in the way of the upgrade, but it is
+/// tasktrail's own: `migrate` upgrades it, adoption refuses it for its
+/// migration record.
+#[test]
+fn a_tasktrail_database_behind_on_migrations_is_refused_for_adoption_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ours.db");
+    let store = SqliteStorage::open_unmigrated(&path, &SqliteOptions::default()).expect("open");
+    store.with_connection(|connection| {
+        connection
+            .run_next_migration(SQLITE_MIGRATIONS)
+            .expect("the first migration only");
+    });
+    drop(store);
+    assert_refused_for_one_reason(&path);
+}
+
 /// One pre-fix row per status, with and without a `finished_at` (the
 /// pre-fix schema allowed it NULL), and with every run column NULL.
 const EVERY_STATUS_ROWS: &str = "
