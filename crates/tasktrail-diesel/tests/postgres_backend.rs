@@ -2090,6 +2090,75 @@ fn a_pre_fix_database_written_by_plain_sql_is_adopted_with_every_row_kept() {
     ));
 }
 
+/// Sessions of the test's database waiting for a lock.
+fn sessions_waiting_for_a_lock(connection: &mut PgConnection) -> i64 {
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = BigInt)]
+        waiting: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(*) AS waiting FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Waiting>(connection)
+    .expect("pg_stat_activity")
+    .waiting
+}
+
+/// Two adoptions at once (two operators, or a deploy script run twice):
+/// `LOCK TABLE task_history IN ACCESS EXCLUSIVE MODE` makes them one at a
+/// time, so the second checks the table the first adopted and refuses it;
+/// every row is kept. A reader holding the table in `SHARE` mode lines the
+/// two up: both read the catalogs, then wait. Without the lock clause both
+/// check the pre-fix table, and the second fails halfway through an
+/// upgrade the first already made.
+#[test]
+fn two_adoptions_at_once_adopt_the_table_once_and_refuse_the_other() {
+    let database = database_or_skip!();
+    database
+        .connect()
+        .batch_execute(&format!("{FOREIGN_PRE_FIX_SCHEMA}{}", foreign_rows()))
+        .expect("their schema");
+    let mut reader = database.connect();
+    reader
+        .batch_execute("BEGIN; LOCK TABLE task_history IN SHARE MODE;")
+        .expect("hold the table");
+    let adopters: Vec<_> = (0..2)
+        .map(|_| {
+            let url = database.url.clone();
+            std::thread::spawn(move || PostgresStorage::adopt(&url))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sessions_waiting_for_a_lock(&mut database.connect()) < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reader.batch_execute("COMMIT").expect("let go of the table");
+    let results: Vec<Result<Vec<String>, StorageError>> = adopters
+        .into_iter()
+        .map(|adopter| adopter.join().expect("the adopter did not panic"))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|result| result.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|result| matches!(result, Err(StorageError::NotAdoptable { .. }))),
+        "{results:?}"
+    );
+    let rows = database
+        .open()
+        .list_tasks(&TaskFilter::default())
+        .expect("list");
+    assert_eq!(rows.len(), 5, "every row kept");
+}
+
 #[test]
 fn a_postgres_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes() {
     let database = database_or_skip!();
