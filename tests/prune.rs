@@ -311,6 +311,7 @@ fn a_row_whose_recovery_report_is_owed_is_kept<B: Backend>() {
         shared,
     )
     .expect("register");
+    let victim_id = victim.id();
     let owed = Task::queue(spec(1)).start(&victim, &store).expect("start");
     let delivered = Task::queue(spec(2)).start(&victim, &store).expect("start");
     let (owed, delivered) = (owed.id(), delivered.id());
@@ -349,13 +350,27 @@ fn a_row_whose_recovery_report_is_owed_is_kept<B: Backend>() {
             })
             .expect("prune")
     };
-    assert_eq!(prune(true).tasks, 1, "the dry run counts the same");
-    assert_eq!(prune(false).tasks, 1);
+    let dry_run = prune(true);
+    let first = prune(false);
+    assert_eq!(dry_run, first, "the dry run counts the same");
+    assert_eq!(first.tasks, 1);
     assert!(store.get_task(delivered).expect("read").is_none());
     assert_eq!(
         store.get_task(owed).expect("read").map(|row| row.status),
         Some(TaskStatus::Interrupted),
         "its report is owed: kept"
+    );
+    // The dead worker the kept row names stays with it (the row the
+    // driver skipped is not read for the workers it names: the DELETE's
+    // own "no row names it" guard keeps it).
+    assert_eq!(first.workers, 0);
+    assert!(
+        store
+            .list_workers()
+            .expect("workers")
+            .iter()
+            .any(|worker| worker.id == victim_id),
+        "the worker a kept row names is kept"
     );
 
     // A later sweep delivers it (its operator sweep's report is a lease

@@ -62,16 +62,20 @@ pub(crate) fn prune<T: PruneTarget>(
         let owed: HashSet<T::Id> = target.owed_reports(&ids)?.into_iter().collect();
         let mut selected = Vec::new();
         for (id, record) in rows {
-            let record = record.filter(|_| !owed.contains(&id));
             match record {
-                Some(record) if request.selects(&record) => selected.push(id),
+                Some(record) if !owed.contains(&id) && request.selects(&record) => {
+                    selected.push(id)
+                }
+                // Kept (not selected, or owed a report): the workers it
+                // names stay, and a dry run counts them as staying.
                 Some(record) => named.extend(
                     [record.worker_id, record.interrupted_by]
                         .into_iter()
                         .flatten(),
                 ),
-                // Unreadable, or owed a report: kept. The workers it names are protected by
-                // the DELETE's own guard (no row may name them).
+                // Unreadable: kept. The workers it names are kept by the
+                // DELETE's own guard (no row may name them); a dry run,
+                // which cannot read them, counts them as going.
                 None => {}
             }
         }

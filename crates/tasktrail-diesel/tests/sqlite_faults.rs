@@ -578,6 +578,55 @@ fn an_unreadable_row_is_reported_on_its_own_and_hides_no_other() {
     ));
 }
 
+/// A prune keeps a row it cannot read, and the stopped worker that row
+/// names (the driver cannot read the name: the DELETE of `workers` keeps
+/// every worker a row names); a stopped worker no row names goes.
+#[test]
+fn a_prune_keeps_an_unreadable_row_and_the_stopped_worker_it_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let named = worker(&store, 1);
+    let named_id = named.id();
+    let id = Task::queue(spec(1))
+        .start(&named, &store)
+        .expect("start")
+        .finish(Outcome::Success(RunReport::empty()), &store)
+        .expect("finish")
+        .id();
+    named.deregister(&store).expect("deregister");
+    let unnamed = worker(&store, 2);
+    unnamed.deregister(&store).expect("deregister");
+    store.with_connection(|connection| {
+        diesel::sql_query("UPDATE task_history SET finished_at = 'soon' WHERE id = ?")
+            .bind::<Text, _>(id.to_string())
+            .execute(connection)
+            .expect("corrupt the row")
+    });
+    let report = store
+        .prune(&PruneRequest {
+            cut_off: SystemClock.now() + chrono::Duration::days(1),
+            statuses: vec![],
+            dry_run: false,
+            batch_size: 10,
+        })
+        .expect("prune");
+    assert_eq!((report.tasks, report.workers), (0, 1), "{report:?}");
+    let workers: Vec<WorkerId> = store
+        .list_workers()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker.id)
+        .collect();
+    assert_eq!(workers, vec![named_id]);
+    assert_eq!(
+        store
+            .list_task_rows(&TaskFilter::default())
+            .expect("rows")
+            .len(),
+        1
+    );
+}
+
 #[test]
 fn a_second_name_of_the_database_file_is_refused_naming_both() {
     let dir = tempfile::tempdir().expect("tempdir");
