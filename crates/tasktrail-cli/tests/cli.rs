@@ -1146,3 +1146,22 @@ fn a_recovery_line_that_cannot_be_written_stays_owed_and_a_later_recover_prints_
     let again = tasktrail(&db, &["recover", "--lease", "1s"]);
     assert!(!stdout(&again).contains("[recovery] "), "printed once");
 }
+
+/// A database named relative to the working directory (`--db t.db`, no
+/// directory part) that has a second name beside it is refused like any
+/// other: the check looks in the working directory.
+#[test]
+fn a_relative_database_name_with_a_hard_link_beside_it_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let migrated = tasktrail(&dir.path().join("t.db"), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    std::fs::hard_link(dir.path().join("t.db"), dir.path().join("hard.db")).expect("hard link");
+    let output = Command::new(env!("CARGO_BIN_EXE_tasktrail"))
+        .args(["--db", "t.db", "list"])
+        .current_dir(dir.path())
+        .env_remove("TASKTRAIL_DB")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tasktrail");
+    assert_one_line_error(&output, "hard link");
+}

@@ -180,3 +180,34 @@ fn a_read_only_open_of_a_database_behind_on_migrations_is_refused_and_migrates_n
     );
     assert_eq!(applied_versions(&path), before);
 }
+
+/// Opening a fresh file another connection is reading (its switch to the
+/// write-ahead log needs the file to itself) waits until that read ends,
+/// up to the busy timeout, instead of failing at once.
+#[test]
+fn opening_a_fresh_file_another_connection_is_reading_waits_for_the_read_to_end() {
+    use diesel::connection::SimpleConnection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let mut reader = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .expect("a read that holds the file");
+    let opener = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            SqliteStorage::open_with(
+                &path,
+                options(SqliteDurability::Full, Duration::from_secs(20)),
+            )
+            .map(drop)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!opener.is_finished(), "the open waited for the reader");
+    reader.batch_execute("COMMIT").expect("end the read");
+    opener
+        .join()
+        .expect("the opener did not panic")
+        .expect("the open succeeded once the read ended");
+}
