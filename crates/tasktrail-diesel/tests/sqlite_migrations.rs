@@ -697,14 +697,45 @@ fn a_table_with_two_rows_of_one_id_is_refused_and_left_alone() {
 fn a_tasktrail_database_behind_on_migrations_is_refused_for_adoption_and_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ours.db");
-    let store = SqliteStorage::open_unmigrated(&path, &SqliteOptions::default()).expect("open");
+    make_a_database_at_its_first_migration(&path);
+    assert_refused_for_one_reason(&path);
+}
+
+/// A tasktrail database at `path` that has run its first migration only.
+fn make_a_database_at_its_first_migration(path: &Path) {
+    let store = SqliteStorage::open_unmigrated(path, &SqliteOptions::default()).expect("open");
     store.with_connection(|connection| {
         connection
             .run_next_migration(SQLITE_MIGRATIONS)
             .expect("the first migration only");
     });
-    drop(store);
-    assert_refused_for_one_reason(&path);
+}
+
+fn applied_versions(path: &Path) -> Vec<String> {
+    let mut connection =
+        SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
+    connection
+        .applied_migrations()
+        .expect("read the migrations")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_read_only_open_of_a_database_behind_on_migrations_is_refused_and_migrates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    make_a_database_at_its_first_migration(&path);
+    let before = applied_versions(&path);
+    assert_eq!(before.len(), 1);
+    let error = SqliteStorage::open_read_only(&path, &SqliteOptions::default())
+        .expect_err("a migration is pending");
+    assert!(
+        matches!(&error, StorageError::Incompatible { detail } if detail.contains("migrate")),
+        "{error:?}"
+    );
+    assert_eq!(applied_versions(&path), before);
 }
 
 /// One pre-fix row per status, with and without a `finished_at` (the

@@ -3,14 +3,12 @@
 //! read-only opening (no file made, nothing migrated, nothing written).
 #![cfg(feature = "sqlite")]
 
-use std::path::Path;
 use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_migrations::MigrationHarness;
 use tasktrail_core::{Clock, Storage, StorageError, SystemClock, TaskFilter, WorkerId};
-use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage, SQLITE_MIGRATIONS};
+use tasktrail_diesel::{SqliteDurability, SqliteOptions, SqliteStorage};
 
 #[derive(QueryableByName)]
 struct Synchronous {
@@ -128,17 +126,6 @@ fn a_read_only_open_of_a_missing_file_is_refused_and_makes_no_file() {
     );
 }
 
-fn applied_versions(path: &Path) -> Vec<String> {
-    let mut connection =
-        SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
-    connection
-        .applied_migrations()
-        .expect("read the migrations")
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
 #[test]
 fn a_read_only_open_reads_a_current_database_and_refuses_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -157,28 +144,6 @@ fn a_read_only_open_reads_a_current_database_and_refuses_writes() {
         matches!(error, StorageError::AccessDenied { .. }),
         "{error:?}"
     );
-}
-
-#[test]
-fn a_read_only_open_of_a_database_behind_on_migrations_is_refused_and_migrates_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("old.db");
-    let store = SqliteStorage::open_unmigrated(&path, &SqliteOptions::default()).expect("open");
-    store.with_connection(|connection| {
-        connection
-            .run_next_migration(SQLITE_MIGRATIONS)
-            .expect("the first migration only");
-    });
-    drop(store);
-    let before = applied_versions(&path);
-    assert_eq!(before.len(), 1);
-    let error = SqliteStorage::open_read_only(&path, &SqliteOptions::default())
-        .expect_err("a migration is pending");
-    assert!(
-        matches!(&error, StorageError::Incompatible { detail } if detail.contains("migrate")),
-        "{error:?}"
-    );
-    assert_eq!(applied_versions(&path), before);
 }
 
 /// Opening a fresh file another connection is reading (its switch to the
