@@ -176,3 +176,36 @@ fn opening_a_fresh_file_another_connection_is_reading_waits_for_the_read_to_end(
         .expect("the opener did not panic")
         .expect("the open succeeded once the read ended");
 }
+
+/// A database file that cannot be created (a directory the user may not
+/// write, a read-only file system) is `AccessDenied`: permanent, not
+/// retried, and nothing is made. The tests run as root, which may create
+/// files almost anywhere, but not at the root of sysfs.
+#[test]
+fn a_database_file_that_cannot_be_created_is_access_denied() {
+    let path = std::path::Path::new("/sys/tasktrail-test.db");
+    let error = SqliteStorage::open(path).expect_err("sysfs makes no files");
+    assert!(
+        matches!(error, StorageError::AccessDenied { .. }) && !error.is_transient(),
+        "{error:?}"
+    );
+    assert!(!path.exists());
+}
+
+/// A second name in another directory cannot be seen from the database's
+/// own directory (docs: share the directory, never the file): the store
+/// opens, however many other files share the database's directory and
+/// file system.
+#[test]
+fn a_hard_link_in_another_directory_is_not_mistaken_for_a_file_beside_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let path = home.join("t.db");
+    drop(SqliteStorage::open(&path).expect("create"));
+    std::fs::write(home.join("notes.txt"), "another file beside it").expect("write");
+    std::fs::hard_link(&path, elsewhere.join("t.db")).expect("hard link");
+    SqliteStorage::open(&path).expect("the other name cannot be seen from here");
+}
