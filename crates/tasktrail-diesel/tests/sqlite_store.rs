@@ -146,18 +146,20 @@ fn a_read_only_open_reads_a_current_database_and_refuses_writes() {
     );
 }
 
-/// Opening a fresh file another connection is reading (its switch to the
-/// write-ahead log needs the file to itself) waits until that read ends,
-/// up to the busy timeout, instead of failing at once.
+/// Opening a fresh file while another connection holds its write lock
+/// waits until that transaction ends, up to the busy timeout, instead of
+/// failing at once. The switch to the write-ahead log upgrades a read
+/// transaction to a write, and SQLite answers that upgrade "busy" without
+/// calling the busy handler: the store retries it until the deadline.
 #[test]
-fn opening_a_fresh_file_another_connection_is_reading_waits_for_the_read_to_end() {
+fn opening_a_fresh_file_another_connection_is_writing_waits_for_its_transaction_to_end() {
     use diesel::connection::SimpleConnection;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("t.db");
-    let mut reader = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM sqlite_master;")
-        .expect("a read that holds the file");
+    let mut writer = SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
+    writer
+        .batch_execute("BEGIN IMMEDIATE;")
+        .expect("hold the write lock");
     let opener = {
         let path = path.clone();
         std::thread::spawn(move || {
@@ -169,12 +171,12 @@ fn opening_a_fresh_file_another_connection_is_reading_waits_for_the_read_to_end(
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!opener.is_finished(), "the open waited for the reader");
-    reader.batch_execute("COMMIT").expect("end the read");
+    assert!(!opener.is_finished(), "the open waited for the writer");
+    writer.batch_execute("COMMIT").expect("end the transaction");
     opener
         .join()
         .expect("the opener did not panic")
-        .expect("the open succeeded once the read ended");
+        .expect("the open succeeded once the transaction ended");
 }
 
 /// A database file that cannot be created (a directory the user may not
