@@ -563,8 +563,34 @@ fn unreachable_servers_are_unavailable_unknown_databases_refused_and_never_show_
             );
         }
     }
+    // Behind a transaction pooler the liveness session has a URL of its
+    // own: its password is hidden too, even where libpq's message quotes
+    // it (an unescaped '@' makes its tail the host name).
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    let options = PostgresOptions {
+        connection_timeout: std::time::Duration::from_secs(2),
+        liveness_url: Some(format!(
+            "postgres://tasktrail:pa@{secret}@127.0.0.1:1/tasktrail"
+        )),
+        ..PostgresOptions::default()
+    };
+    let error = PostgresStorage::open_with(
+        &format!("{}{separator}tasktrail_pooler=transaction", database.url),
+        options,
+    )
+    .expect_err("the liveness server is unreachable");
+    let shown = format!(
+        "{error} / {error:?} / {:?}",
+        std::error::Error::source(&error).map(ToString::to_string)
+    );
+    assert!(!shown.contains("Sup3r"), "{shown}");
+    assert!(matches!(error, StorageError::Unavailable { .. }), "{shown}");
     let store = database.open();
-    let shown = format!("{store:?} {}", store.redacted_url());
+    let shown = format!("{store:?}");
+    assert!(
+        shown.starts_with("PostgresStorage") && shown.contains(store.redacted_url()),
+        "{shown}"
+    );
     assert!(!shown.contains("hunter2"), "{shown}");
 }
 
