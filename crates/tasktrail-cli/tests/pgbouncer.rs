@@ -226,14 +226,26 @@ fn the_operator_commands_work_through_pgbouncer() {
         "recover --dry-run",
     );
     // Undeclared, the pooler cannot be proven, but the port mismatch is
-    // worth a warning; declared or direct, there is none.
+    // worth a warning; declared (as any kind, `none` too: the operator's
+    // word is taken) or direct, there is none.
     let undeclared = tasktrail(&setup.bouncer.undeclared_url(setup.database), &["recover"]);
     assert!(
         text(&undeclared.stderr).contains("declare it with ?tasktrail_pooler=transaction"),
         "{}",
         text(&undeclared.stderr)
     );
-    for quiet in [db.clone(), setup.direct()] {
+    let declared = |kind: &str| {
+        format!(
+            "{}?tasktrail_pooler={kind}",
+            setup.bouncer.undeclared_url(setup.database)
+        )
+    };
+    for quiet in [
+        db.clone(),
+        declared("session"),
+        declared("none"),
+        setup.direct(),
+    ] {
         let recovered = tasktrail(&quiet, &["recover"]);
         assert!(
             !text(&recovered.stderr).contains("warning"),
