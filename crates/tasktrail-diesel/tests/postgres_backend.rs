@@ -499,6 +499,39 @@ fn a_database_that_is_not_ours_is_refused_and_left_alone() {
     assert_eq!(tables, vec!["invoices".to_owned()], "nothing was created");
 }
 
+/// A reader never migrates: on an empty database `open_read_only` is
+/// refused, naming a migration it would need, and creates nothing; once
+/// migrated, the database opens for reading.
+#[test]
+fn open_read_only_refuses_an_unmigrated_database_naming_the_migration() {
+    let database = database_or_skip!();
+    let error = PostgresStorage::open_read_only(&database.url, &PostgresOptions::default())
+        .expect_err("refused");
+    let StorageError::Incompatible { detail } = &error else {
+        panic!("{error:?}");
+    };
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let tables: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM information_schema.tables \
+         WHERE table_schema = current_schema()",
+    )
+    .get_result(&mut database.connect())
+    .expect("count");
+    assert_eq!(tables.count, 0, "a reader runs no DDL");
+    let versions = database.open().applied_migrations().expect("versions");
+    assert!(
+        detail.contains(&versions[0]),
+        "the refusal names {}: {detail}",
+        versions[0]
+    );
+    PostgresStorage::open_read_only(&database.url, &PostgresOptions::default())
+        .expect("a current database opens for reading");
+}
+
 #[test]
 fn a_database_migrated_by_a_newer_tasktrail_is_refused() {
     let database = database_or_skip!();
