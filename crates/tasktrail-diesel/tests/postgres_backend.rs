@@ -1557,7 +1557,12 @@ fn the_advisory_lock_lives_with_the_store_and_deregistering_releases_it() {
         "held while the store lives"
     );
     let kept = register(&store, "dev", 11);
+    let gone = worker.id();
     worker.deregister(&store).expect("deregister");
+    assert!(
+        lock_is_free(&mut admin, gone),
+        "deregistering released its lock"
+    );
     assert!(!lock_is_free(&mut admin, kept.id()));
     drop(store);
     // Dropping the store ends its session: the server releases the lock.
