@@ -1657,3 +1657,25 @@ fn a_store_is_used_through_spawn_blocking_on_a_current_thread_runtime() {
         .expect("the blocking task did not panic");
     assert_eq!(statuses, [TaskStatus::Success]);
 }
+
+/// Deregistering a worker lets go of its named lock at once; the other
+/// workers of the store keep theirs.
+#[test]
+fn deregistering_a_worker_releases_its_named_lock_and_no_other() {
+    let database = database_or_skip!();
+    let mut admin = database.connect();
+    let store = database.open();
+    let worker = register(&store, "dev", 10);
+    let kept = register(&store, "dev", 11);
+    let gone = worker.id();
+    assert!(
+        named_lock_is_held(&mut admin, gone),
+        "held while registered"
+    );
+    worker.deregister(&store).expect("deregister");
+    assert!(
+        !named_lock_is_held(&mut admin, gone),
+        "deregistering released its lock"
+    );
+    assert!(named_lock_is_held(&mut admin, kept.id()));
+}
