@@ -432,6 +432,55 @@ mod tests {
         );
     }
 
+    /// A connection SQLite refused as not a database, and one whose first
+    /// statement failed, are classified like any other error of theirs.
+    #[test]
+    fn a_failed_opening_is_classified_by_what_sqlite_said() {
+        let not_a_database =
+            ConnectionError::BadConnection(ffi::code_to_str(ffi::SQLITE_NOTADB).to_owned());
+        assert!(matches!(
+            map_connection_error(not_a_database),
+            StorageError::Incompatible { .. }
+        ));
+        let setup_failed = ConnectionError::CouldntSetupConfiguration(database_error(
+            DatabaseErrorKind::Unknown,
+            "file is not a database",
+        ));
+        assert!(matches!(
+            map_connection_error(setup_failed),
+            StorageError::Incompatible { .. }
+        ));
+        let refused = ConnectionError::CouldntSetupConfiguration(database_error(
+            DatabaseErrorKind::Unknown,
+            "attempt to write a readonly database",
+        ));
+        assert!(matches!(
+            map_connection_error(refused),
+            StorageError::AccessDenied { .. }
+        ));
+        let anything_else = ConnectionError::BadConnection("out of memory".to_owned());
+        assert!(map_connection_error(anything_else).is_transient());
+    }
+
+    /// Two kinds of foreign database, one kind each: a schema that is not
+    /// ours (SQLite's generic error: a missing table or column) and a file
+    /// SQLite cannot use; the detail says which, for the operator.
+    #[test]
+    fn a_foreign_schema_and_an_unusable_file_are_told_apart_in_the_detail() {
+        let StorageError::Incompatible { detail: schema } =
+            from_message("no such table: task_history")
+        else {
+            panic!("a missing table is not ours");
+        };
+        assert!(schema.contains("schema is not tasktrail's"), "{schema}");
+        let StorageError::Incompatible { detail: file } = from_message("file is not a database")
+        else {
+            panic!("a file that is not a database is not ours");
+        };
+        assert!(file.contains("not a usable SQLite database"), "{file}");
+        assert!(file.contains("SQLITE_NOTADB"), "{file}");
+    }
+
     #[test]
     fn opening_something_that_is_not_a_database_is_incompatible() {
         let directory = tempfile::tempdir().expect("tempdir");
