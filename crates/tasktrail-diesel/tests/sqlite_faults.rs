@@ -627,6 +627,75 @@ fn a_prune_keeps_an_unreadable_row_and_the_stopped_worker_it_names() {
     );
 }
 
+/// An interrupted finish changes the row and invalidates its sessions in
+/// one transaction: when the sessions' UPDATE fails, the row is still
+/// `running`, the task is handed back, and its retry does both.
+#[test]
+fn an_interrupted_finish_failing_at_its_sessions_leaves_the_row_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let worker = worker(&store, 10);
+    let running = Task::queue(spec(1)).start(&worker, &store).expect("start");
+    let id = running.id();
+    running
+        .record_session(SessionId::parse("sess_one").expect("id"), &store)
+        .expect("session");
+    raw(
+        &store,
+        "CREATE TRIGGER injected_fault BEFORE UPDATE ON claude_sdk_sessions \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    );
+    let reason = InterruptReason::new("stopped").expect("reason");
+    let error = running
+        .finish(Outcome::Interrupted(reason), &store)
+        .expect_err("the sessions' UPDATE fails");
+    let Some((running, outcome)) = error.into_parts() else {
+        panic!("a storage failure hands the task back");
+    };
+    let row = store.get_task(id).expect("read").expect("the row");
+    assert_eq!(row.status, TaskStatus::Running, "{row:?}");
+    assert!(store
+        .list_sessions()
+        .expect("sessions")
+        .iter()
+        .all(|session| session.invalidated_at.is_none()));
+    raw(&store, "DROP TRIGGER injected_fault;");
+    running.finish(outcome, &store).expect("the retry");
+    assert_eq!(
+        store.get_task(id).expect("read").expect("the row").status,
+        TaskStatus::Interrupted
+    );
+    assert!(store
+        .list_sessions()
+        .expect("sessions")
+        .iter()
+        .all(|session| session.invalidated_at.is_some()));
+}
+
+/// Recording a session that fails for another reason than a second
+/// INSERT of its id is that failure, never `DuplicateSession`.
+#[test]
+fn a_session_insert_failing_otherwise_is_not_called_a_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("t.db")).expect("open");
+    let worker = worker(&store, 10);
+    let running = Task::queue(spec(1)).start(&worker, &store).expect("start");
+    raw(
+        &store,
+        "CREATE TRIGGER injected_fault BEFORE INSERT ON claude_sdk_sessions \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    );
+    let error = running
+        .record_session(SessionId::parse("sess_one").expect("id"), &store)
+        .expect_err("the INSERT fails");
+    assert!(
+        !matches!(error, StorageError::DuplicateSession),
+        "{error:?}"
+    );
+    assert!(store.list_sessions().expect("sessions").is_empty());
+    drop(running);
+}
+
 #[test]
 fn a_second_name_of_the_database_file_is_refused_naming_both() {
     let dir = tempfile::tempdir().expect("tempdir");
