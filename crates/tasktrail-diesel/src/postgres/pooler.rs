@@ -285,6 +285,56 @@ mod tests {
     }
 
     #[test]
+    fn every_pooler_round_trips_through_its_url_value_and_only_transaction_multiplexes() {
+        for pooler in [Pooler::None, Pooler::Session, Pooler::Transaction] {
+            assert_eq!(Pooler::parse(pooler.as_str()).unwrap(), pooler);
+            assert_eq!(pooler.to_string(), pooler.as_str());
+            assert_eq!(
+                pooler.multiplexes_sessions(),
+                pooler == Pooler::Transaction,
+                "{pooler}"
+            );
+        }
+        assert_eq!(Pooler::parse("direct").unwrap(), Pooler::None);
+        assert_eq!(Pooler::parse(" Transaction ").unwrap(), Pooler::Transaction);
+    }
+
+    #[test]
+    fn each_liveness_mode_shows_a_name_of_its_own() {
+        let modes = [
+            LivenessMode::AdvisoryLock,
+            LivenessMode::AdvisoryLockOnLivenessUrl,
+            LivenessMode::Lease,
+        ];
+        let names: std::collections::BTreeSet<String> =
+            modes.iter().map(ToString::to_string).collect();
+        assert_eq!(names.len(), modes.len(), "{names:?}");
+        for mode in modes {
+            assert_eq!(mode.to_string(), mode.as_str());
+            assert!(!mode.as_str().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_bare_parameter_is_refused_and_empty_pairs_are_dropped() {
+        assert!(split_pooler("postgres://u@h/db?tasktrail_pooler").is_err());
+        assert_eq!(
+            split_pooler("postgres://u@h/db?&sslmode=disable&&tasktrail_pooler=session").unwrap(),
+            (
+                "postgres://u@h/db?sslmode=disable".to_owned(),
+                Some(Pooler::Session)
+            )
+        );
+    }
+
+    #[test]
+    fn a_url_with_no_host_names_no_port() {
+        // The default Unix socket: no TCP port to compare.
+        assert_eq!(named_port("postgres:///db"), None);
+        assert_eq!(named_port("postgres://u@/db"), None);
+    }
+
+    #[test]
     fn an_unknown_pooler_is_refused_without_echoing_the_url() {
         let error = split_pooler("postgres://u:s3cret@h/db?tasktrail_pooler=statement")
             .expect_err("statement pooling is not supported");
