@@ -2416,3 +2416,30 @@ fn a_sweep_on_a_fresh_pooled_connection_still_proves_a_death_its_store_watched()
         DeathCause::LockReleased { pid: 10, .. }
     ));
 }
+
+/// With the server reachable, a statement waits for a connection of a
+/// busy pool up to the connection timeout (only while the server is known
+/// to be down does a checkout give up after a second, so a stopping
+/// worker is not held past its deadline).
+#[test]
+fn a_statement_waits_for_a_busy_pool_while_the_server_is_reachable() {
+    let database = database_or_skip!();
+    let store = database.open_with(PostgresOptions {
+        pool_size: 1,
+        connection_timeout: std::time::Duration::from_secs(20),
+        ..PostgresOptions::default()
+    });
+    let (held_tx, held) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            store.with_connection(|_connection| {
+                held_tx.send(()).expect("say it is held");
+                std::thread::sleep(std::time::Duration::from_millis(2500));
+            })
+        });
+        held.recv().expect("the pool's only connection is held");
+        store
+            .list_tasks(&TaskFilter::default())
+            .expect("the statement waited for the connection");
+    });
+}
