@@ -2420,7 +2420,8 @@ fn a_sweep_on_a_fresh_pooled_connection_still_proves_a_death_its_store_watched()
 /// With the server reachable, a statement waits for a connection of a
 /// busy pool up to the connection timeout (only while the server is known
 /// to be down does a checkout give up after a second, so a stopping
-/// worker is not held past its deadline).
+/// worker is not held past its deadline), and so it does again once a
+/// connection the server closed has been replaced.
 #[test]
 fn a_statement_waits_for_a_busy_pool_while_the_server_is_reachable() {
     let database = database_or_skip!();
@@ -2429,6 +2430,26 @@ fn a_statement_waits_for_a_busy_pool_while_the_server_is_reachable() {
         connection_timeout: std::time::Duration::from_secs(20),
         ..PostgresOptions::default()
     });
+    // The server closes the pooled connection; once it has sat idle past
+    // the test threshold, the next statement finds it closed (the server
+    // seems down for a moment) and gets a new one (reached again).
+    let pooled_pid: i32 = store
+        .with_connection(|connection| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                "pg_backend_pid()",
+            ))
+            .get_result(connection)
+        })
+        .expect("a connection")
+        .expect("pid");
+    database
+        .connect()
+        .batch_execute(&format!("SELECT pg_terminate_backend({pooled_pid})"))
+        .expect("terminate");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    store
+        .list_tasks(&TaskFilter::default())
+        .expect("a new connection");
     let (held_tx, held) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         scope.spawn(|| {
