@@ -645,6 +645,39 @@ fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes
     );
 }
 
+/// A database holding the pre-fix table and nothing else is adopted; one
+/// with no table at all is refused, for that one reason.
+#[test]
+fn a_database_of_the_pre_fix_table_alone_is_adopted_and_an_empty_one_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alone.db");
+    let schema = FOREIGN_PRE_FIX_SCHEMA
+        .replace(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);",
+            "",
+        )
+        .replace("INSERT INTO notes (body) VALUES ('kept as it is');", "");
+    let mut sql = schema.clone();
+    sql.push_str(&foreign_row(
+        1,
+        "success",
+        "2026-05-11 15:13:00",
+        Some("2026-05-11 15:49:00"),
+    ));
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(&sql)
+        .expect("their rows");
+    let recorded = SqliteStorage::adopt(&path, &SqliteOptions::default()).expect("adopted");
+    assert_eq!(recorded.len(), MIGRATIONS, "{recorded:?}");
+    let empty = dir.path().join("empty.db");
+    SqliteConnection::establish(empty.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute("VACUUM;")
+        .expect("an empty database");
+    assert_refused_for_one_reason(&empty);
+}
+
 /// Adoption refuses `path` with exactly one difference, leaving the file
 /// as it was.
 fn assert_refused_for_one_reason(path: &Path) {
