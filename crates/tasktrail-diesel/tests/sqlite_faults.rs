@@ -576,6 +576,21 @@ fn an_unreadable_row_is_reported_on_its_own_and_hides_no_other() {
         store.list_tasks(&TaskFilter::default()),
         Err(StorageError::CorruptRow { .. })
     ));
+    // `show` prints the row as the database holds it.
+    let columns = store.raw_task_columns(bad).expect("raw").expect("a row");
+    let value = |name: &str| {
+        columns
+            .iter()
+            .find(|(column, _)| *column == name)
+            .and_then(|(_, text)| text.clone())
+    };
+    assert_eq!(value("finished_at").as_deref(), Some("soon"));
+    assert_eq!(value("status").as_deref(), Some("success"));
+    assert_eq!(columns.len(), 20);
+    assert!(store
+        .raw_task_columns(TaskId::new_time_ordered())
+        .expect("raw")
+        .is_none());
 }
 
 /// A prune keeps a row it cannot read, and the stopped worker that row

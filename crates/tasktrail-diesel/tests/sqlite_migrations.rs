@@ -645,6 +645,57 @@ fn a_table_of_another_shape_is_refused_with_every_difference_and_nothing_changes
     );
 }
 
+/// Adoption rewrites every time into the canonical form, a row's
+/// `finished_at` and an interrupted row's `interrupted_at` (its old
+/// `finished_at`) even when its `started_at` was canonical already.
+#[test]
+fn adoption_makes_each_time_of_a_row_canonical_not_only_its_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("times.db");
+    let mut sql = FOREIGN_PRE_FIX_SCHEMA.to_owned();
+    for (n, status) in [(1, "success"), (2, "interrupted")] {
+        sql.push_str(&foreign_row(
+            n,
+            status,
+            "2026-05-11T15:13:00.000000Z",
+            Some("2026-05-11 15:49:00"),
+        ));
+    }
+    SqliteConnection::establish(path.to_str().expect("utf-8"))
+        .expect("create")
+        .batch_execute(&sql)
+        .expect("their rows");
+    SqliteStorage::adopt(&path, &SqliteOptions::default()).expect("adopted");
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Times {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        finished_at: Option<String>,
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        interrupted_at: Option<String>,
+    }
+    let mut connection =
+        SqliteConnection::establish(path.to_str().expect("utf-8")).expect("connect");
+    let times: Vec<Times> = diesel::sql_query(
+        "SELECT finished_at, interrupted_at FROM task_history ORDER BY issue_number",
+    )
+    .load(&mut connection)
+    .expect("the times");
+    let canonical = Some("2026-05-11T15:49:00.000000Z".to_owned());
+    assert_eq!(
+        times,
+        vec![
+            Times {
+                finished_at: canonical.clone(),
+                interrupted_at: None
+            },
+            Times {
+                finished_at: None,
+                interrupted_at: canonical
+            },
+        ]
+    );
+}
+
 /// A database holding the pre-fix table and nothing else is adopted; one
 /// with no table at all is refused, for that one reason.
 #[test]
