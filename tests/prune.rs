@@ -286,6 +286,16 @@ fn postgres_prunes_exactly_what_it_selects() {
     check::<common::PostgresBackend>(12);
 }
 
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_prunes_exactly_what_it_selects() {
+    // Skips visibly, or fails under CI.
+    if tasktrail_diesel::test_mysql_url().is_none() {
+        return;
+    }
+    check::<common::MysqlBackend>(12);
+}
+
 /// A row whose `[recovery]` report is still owed is never pruned, however
 /// old: its reporter died before confirming it and a later sweep must still
 /// print it. Once the report is delivered, the row and its report go.
@@ -405,6 +415,12 @@ fn sqlite_keeps_a_row_whose_recovery_report_is_owed() {
 #[test]
 fn postgres_keeps_a_row_whose_recovery_report_is_owed() {
     a_row_whose_recovery_report_is_owed_is_kept::<common::PostgresBackend>();
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_keeps_a_row_whose_recovery_report_is_owed() {
+    a_row_whose_recovery_report_is_owed_is_kept::<common::MysqlBackend>();
 }
 
 /// Workers go only when they stopped *before* the cut-off: one stopped at

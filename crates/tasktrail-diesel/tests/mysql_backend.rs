@@ -1679,3 +1679,34 @@ fn deregistering_a_worker_releases_its_named_lock_and_no_other() {
     );
     assert!(named_lock_is_held(&mut admin, kept.id()));
 }
+
+/// `show` of a row prints every column as the database holds it (for a
+/// row that cannot be read as a record): the row's twenty columns as
+/// text, `None` for NULL; no row for an id the table does not hold.
+#[test]
+fn a_row_is_shown_column_by_column_as_the_database_holds_it() {
+    let database = database_or_skip!();
+    let store = database.open();
+    let worker = register(&store, "h", 1);
+    let running = Task::queue(spec(9)).start(&worker, &store).expect("start");
+    let id = running.id();
+    running
+        .finish(Outcome::Success(report()), &store)
+        .expect("finish");
+    let columns = store.raw_task_columns(id).expect("raw").expect("a row");
+    let value = |name: &str| {
+        columns
+            .iter()
+            .find(|(column, _)| *column == name)
+            .and_then(|(_, text)| text.clone())
+    };
+    assert_eq!(columns.len(), 20);
+    assert_eq!(value("id"), Some(id.to_string()));
+    assert_eq!(value("status").as_deref(), Some("success"));
+    assert_eq!(value("worker_id"), Some(worker.id().to_string()));
+    assert_eq!(value("interrupted_at"), None);
+    assert!(store
+        .raw_task_columns(TaskId::new_random())
+        .expect("raw")
+        .is_none());
+}
