@@ -1710,3 +1710,16 @@ fn a_row_is_shown_column_by_column_as_the_database_holds_it() {
         .expect("raw")
         .is_none());
 }
+
+/// There is no pre-fix MySQL schema to adopt: `adopt` refuses, saying so,
+/// and writes nothing.
+#[test]
+fn adoption_is_refused_on_mysql_and_writes_nothing() {
+    let database = database_or_skip!();
+    let error = MysqlStorage::adopt(database.url()).expect_err("refused");
+    let StorageError::NotAdoptable { differences } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert!(tables(&database).is_empty(), "nothing written");
+}
