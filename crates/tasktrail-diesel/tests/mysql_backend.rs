@@ -1694,12 +1694,7 @@ fn a_row_is_shown_column_by_column_as_the_database_holds_it() {
         .finish(Outcome::Success(report()), &store)
         .expect("finish");
     let columns = store.raw_task_columns(id).expect("raw").expect("a row");
-    let value = |name: &str| {
-        columns
-            .iter()
-            .find(|(column, _)| *column == name)
-            .and_then(|(_, text)| text.clone())
-    };
+    let value = |name: &str| support::column_value(&columns, name);
     assert_eq!(columns.len(), 20);
     assert_eq!(value("id"), Some(id.to_string()));
     assert_eq!(value("status").as_deref(), Some("success"));

@@ -2293,12 +2293,7 @@ fn an_unreadable_row_is_shown_as_the_database_holds_it() {
         Err(StorageError::CorruptRow { .. })
     ));
     let columns = store.raw_task_columns(id).expect("raw").expect("a row");
-    let value = |name: &str| {
-        columns
-            .iter()
-            .find(|(column, _)| *column == name)
-            .and_then(|(_, text)| text.clone())
-    };
+    let value = |name: &str| support::column_value(&columns, name);
     assert_eq!(value("input_tokens").as_deref(), Some("-5"));
     assert_eq!(value("status").as_deref(), Some("success"));
     assert_eq!(value("interrupted_at"), None);
@@ -2374,6 +2369,29 @@ fn a_select_only_role_reads_and_a_dml_only_role_runs_workers_on_a_current_schema
 /// connections (`idle_session_timeout`, a pooler, a NAT) keeps every pooled
 /// connection young, and a watch measured on those would never prove a
 /// death.
+/// The server closes `store`'s (only) pooled connection, as an idle
+/// timeout would, and it then sits idle past the pool's test threshold:
+/// the next statement finds it closed and gets a brand-new one.
+fn close_the_pooled_connection_and_let_it_sit_idle(
+    database: &TestDatabase,
+    store: &PostgresStorage,
+) {
+    let pooled_pid: i32 = store
+        .with_connection(|connection| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                "pg_backend_pid()",
+            ))
+            .get_result(connection)
+        })
+        .expect("a connection")
+        .expect("pid");
+    database
+        .connect()
+        .batch_execute(&format!("SELECT pg_terminate_backend({pooled_pid})"))
+        .expect("terminate");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+}
+
 #[test]
 fn a_sweep_on_a_fresh_pooled_connection_still_proves_a_death_its_store_watched() {
     let database = database_or_skip!();
@@ -2395,20 +2413,7 @@ fn a_sweep_on_a_fresh_pooled_connection_still_proves_a_death_its_store_watched()
     let_the_judge_watch_a_grace(&store);
     // The server closes the pooled connection, as an idle timeout would:
     // the sweep gets a brand-new one.
-    let pooled_pid: i32 = store
-        .with_connection(|connection| {
-            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                "pg_backend_pid()",
-            ))
-            .get_result(connection)
-        })
-        .expect("a connection")
-        .expect("pid");
-    database
-        .connect()
-        .batch_execute(&format!("SELECT pg_terminate_backend({pooled_pid})"))
-        .expect("terminate");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    close_the_pooled_connection_and_let_it_sit_idle(&database, &store);
     let recovered = sweep_as(&store, sweeper.id(), "host-b", SystemClock.now());
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(matches!(
@@ -2433,20 +2438,7 @@ fn a_statement_waits_for_a_busy_pool_while_the_server_is_reachable() {
     // The server closes the pooled connection; once it has sat idle past
     // the test threshold, the next statement finds it closed (the server
     // seems down for a moment) and gets a new one (reached again).
-    let pooled_pid: i32 = store
-        .with_connection(|connection| {
-            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                "pg_backend_pid()",
-            ))
-            .get_result(connection)
-        })
-        .expect("a connection")
-        .expect("pid");
-    database
-        .connect()
-        .batch_execute(&format!("SELECT pg_terminate_backend({pooled_pid})"))
-        .expect("terminate");
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    close_the_pooled_connection_and_let_it_sit_idle(&database, &store);
     store
         .list_tasks(&TaskFilter::default())
         .expect("a new connection");

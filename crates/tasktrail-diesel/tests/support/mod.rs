@@ -123,3 +123,12 @@ pub fn five_lifecycles_prepare_the_hot_path_once(
         "and ran the start five times"
     );
 }
+
+/// The value of column `name` in a row `raw_task_columns` returned (`None`
+/// for NULL or a column it does not have).
+pub fn column_value(columns: &tasktrail_diesel::RawColumns, name: &str) -> Option<String> {
+    columns
+        .iter()
+        .find(|(column, _)| *column == name)
+        .and_then(|(_, text)| text.clone())
+}
