@@ -1635,9 +1635,11 @@ fn a_store_is_opened_used_and_dropped_on_a_multi_thread_runtimes_worker() {
 }
 
 /// The async `Worker`'s way on a current-thread runtime: the sync store
-/// called through `spawn_blocking`. `block_in_place` is only allowed on a
-/// multi-thread runtime's worker; here each connection's runtime is
-/// entered directly.
+/// opened and used through `spawn_blocking` works end to end. (A usage
+/// check, not a guard: whether a connection's runtime is entered directly
+/// or through `block_in_place` here, both work on a blocking thread; the
+/// multi-thread test above is the one that fails when the choice is
+/// wrong.)
 #[test]
 fn a_store_is_used_through_spawn_blocking_on_a_current_thread_runtime() {
     let database = database_or_skip!();
